@@ -1,0 +1,52 @@
+"""ufm: exact optima, simulations and metrics for the unconstrained features model.
+
+The public API is re-exported here and imported lazily, so ``import ufm`` is
+cheap: sympy, cvxpy, numba and matplotlib load only when a function needs them.
+
+Main entry points
+-----------------
+UFMProblem, LayerPeeledProblem   problem data (:mod:`ufm.problems`)
+solve                            ``solve(problem, method="closed_form")`` -> Solution
+closed_form                      analytic optima and thresholds (THEORY §1-3)
+metrics                          NC1-NC4, CDNV, ETF distance, semantic scores, effective rank
+settings                         synthetic settings with latent factors (factorial, hierarchy, ntp_contexts)
+symbolic                         sympy expressions behind every closed form
+losses                           plain-numpy losses, objectives and gradients
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_ATTRS = {
+    "UFMProblem": ("ufm.problems", "UFMProblem"),
+    "LayerPeeledProblem": ("ufm.problems", "LayerPeeledProblem"),
+    "Solution": ("ufm.results", "Solution"),
+    "load": ("ufm.results", "load"),
+    "solve": ("ufm.solve", "solve"),
+    "Setting": ("ufm.settings", "Setting"),
+    "factorial": ("ufm.settings", "factorial"),
+    "hierarchy": ("ufm.settings", "hierarchy"),
+    "ntp_contexts": ("ufm.settings", "ntp_contexts"),
+}
+_MODULES = ("closed_form", "losses", "metrics", "plotting", "problems", "results", "settings", "symbolic")
+
+__all__ = sorted(set(_ATTRS) | set(_MODULES))
+
+
+def __getattr__(name: str):
+    if name in _ATTRS:
+        module, attr = _ATTRS[name]
+        value = getattr(importlib.import_module(module), attr)
+    elif name in _MODULES:
+        value = importlib.import_module(f"ufm.{name}")
+    else:
+        raise AttributeError(f"module 'ufm' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

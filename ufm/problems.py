@@ -1,0 +1,388 @@
+"""Problem data for the unconstrained features model (UFM).
+
+A problem is data only: it is validated when built and never changes. Solvers
+(:mod:`ufm.closed_form`, :func:`ufm.solve`) and simulators read it.
+
+Conventions (THEORY §0.1)
+-------------------------
+* Shapes: ``W`` is K x d, ``H`` is d x N (one column per example), ``b`` has
+  length K, logits ``Z = W H + b 1_N^T`` are K x N.
+* Columns are ordered class-major when labels are built from class counts:
+  column ``(k, i)`` is sample ``i`` of class ``k``.
+* Objective, with *halved* regularizers ("Zhu normalization", THEORY (0.1))::
+
+      f(W, H, b) = g(W H + b 1^T) + lam_W/2 ||W||_F^2 + lam_H/2 ||H||_F^2 + lam_b/2 ||b||^2
+
+  where ``g`` is the mean cross-entropy over the N examples (``loss="ce"``)
+  or ``1/(2N) ||Z - Y||_F^2`` (``loss="mse"``, THEORY §2.2). Papers that write
+  ``lam ||W||^2`` without the 1/2 use twice our ``lam``.
+* Soft labels (THEORY §5, next-token prediction) are a K x N column-stochastic
+  matrix; cross-entropy then reads ``logsumexp(z_j) - p_j^T z_j`` per column.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+import numpy as np
+
+__all__ = ["UFMProblem", "LayerPeeledProblem", "LOSS_NAMES"]
+
+#: Loss names understood by every solver; see :mod:`ufm.losses`.
+LOSS_NAMES = ("ce", "mse")
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__}).")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}.")
+    return int(value)
+
+
+def _check_nonneg(name: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a non-negative real number, got {value!r}.") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}; pass a finite value >= 0.")
+    if v < 0:
+        raise ValueError(f"{name} must be >= 0 (a weight decay), got {v}; pass its absolute value or 0.")
+    return v
+
+
+def _counts_from(K, n, counts, who: str) -> tuple[int, ...]:
+    if n is not None and counts is not None:
+        raise ValueError(f"{who}: pass either n (balanced classes) or counts (one count per class), not both.")
+    if n is None and counts is None:
+        raise ValueError(f"{who}: pass n=<samples per class> for balanced classes or counts=[n_1, ..., n_K].")
+    if n is not None:
+        n = _check_int("n", n, 1)
+        return (n,) * K
+    try:
+        c = tuple(counts)
+    except TypeError:
+        raise ValueError(f"counts must be a sequence of K={K} positive integers, got {counts!r}.") from None
+    if len(c) != K:
+        raise ValueError(f"counts must have one entry per class: K={K} but len(counts)={len(c)}.")
+    return tuple(_check_int(f"counts[{i}]", ci, 1) for i, ci in enumerate(c))
+
+
+@dataclass(frozen=True, eq=False)
+class UFMProblem:
+    """The standard unconstrained features model (UFM), validated and frozen.
+
+    Parameters
+    ----------
+    K : int
+        Number of classes, ``K >= 2``. May be omitted when ``labels`` is given.
+    n : int, optional
+        Samples per class (balanced classes). Give ``n`` or ``counts``.
+    counts : sequence of int, optional
+        Samples per class, one entry per class (imbalanced classes).
+    d : int
+        Feature dimension (rows of ``H``, columns of ``W``).
+    loss : {"ce", "mse"}
+        Mean cross-entropy over the N examples (THEORY (0.1)) or
+        ``1/(2N) ||Z - Y||_F^2`` (THEORY §2.2).
+    bias : bool
+        Whether the logits carry a bias ``b`` (off by default).
+    lam_W, lam_H, lam_b : float
+        Weight decays, halved convention: the objective adds
+        ``lam_W/2 ||W||_F^2 + lam_H/2 ||H||_F^2 + lam_b/2 ||b||^2`` (THEORY §0.1).
+        ``lam_b`` needs ``bias=True``; ``lam_b = 0`` with a bias means a free bias.
+    labels : array, optional
+        ``None`` (default): hard labels, class-major, from ``n``/``counts``.
+        A 1-D integer array of length N: hard labels in any order (counts are
+        read from it). A K x N array with non-negative columns summing to 1:
+        soft labels (THEORY §5); ``n``/``counts`` must then be omitted.
+
+    Attributes
+    ----------
+    N : int
+        Number of examples (columns of ``H``).
+    counts : tuple of int or None
+        Per-class counts for hard labels; ``None`` for soft labels.
+    n : int or None
+        Samples per class when balanced, else ``None``.
+
+    Examples
+    --------
+    >>> p = UFMProblem(K=4, n=3, d=6, loss="ce", lam_W=0.01, lam_H=0.01)
+    >>> round(p.gamma, 7)   # sqrt(n lam_W lam_H), THEORY §1.2
+    0.0173205
+
+    References
+    ----------
+    Zhu et al. 2021, arXiv 2105.02375 (objective (0.1)); THEORY.md §0.1, §2.2, §5.
+    """
+
+    K: int | None = None
+    n: int | None = None
+    counts: tuple[int, ...] | None = None
+    d: int | None = None
+    loss: str = "ce"
+    bias: bool = False
+    lam_W: float = 0.0
+    lam_H: float = 0.0
+    lam_b: float = 0.0
+    labels: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        if self.loss not in LOSS_NAMES:
+            raise ValueError(f"loss must be one of {LOSS_NAMES}, got {self.loss!r}.")
+        if not isinstance(self.bias, (bool, np.bool_)):
+            raise ValueError(f"bias must be True or False, got {self.bias!r}.")
+        set_("bias", bool(self.bias))
+        if self.d is None:
+            raise ValueError("d (feature dimension) is required, e.g. UFMProblem(K=4, n=3, d=6).")
+        set_("d", _check_int("d", self.d, 1))
+        for name in ("lam_W", "lam_H", "lam_b"):
+            set_(name, _check_nonneg(name, getattr(self, name)))
+        if not self.bias and self.lam_b != 0.0:
+            raise ValueError(f"lam_b={self.lam_b} regularizes a bias, but bias=False; pass bias=True or drop lam_b.")
+
+        if self.labels is None:
+            if self.K is None:
+                raise ValueError("K (number of classes) is required unless labels are given.")
+            K = _check_int("K", self.K, 2)
+            counts = _counts_from(K, self.n, self.counts, "UFMProblem")
+            y = np.repeat(np.arange(K), counts)
+            self._set_hard(K, counts, y)
+        else:
+            lab = np.asarray(self.labels)
+            if lab.ndim == 1:
+                self._set_hard_from_vector(lab)
+            elif lab.ndim == 2:
+                self._set_soft(lab)
+            else:
+                raise ValueError(
+                    f"labels must be a 1-D integer vector (hard labels) or a K x N column-stochastic matrix "
+                    f"(soft labels), got an array with shape {lab.shape}."
+                )
+
+    # -- construction helpers -------------------------------------------------
+    def _set_hard(self, K, counts, y):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        set_("K", K)
+        set_("counts", tuple(int(c) for c in counts))
+        set_("n", counts[0] if len(set(counts)) == 1 else None)
+        y = np.asarray(y, dtype=np.int64)
+        y.setflags(write=False)
+        set_("_y", y)
+        set_("labels", None)
+
+    def _set_hard_from_vector(self, lab):
+        if not np.issubdtype(lab.dtype, np.integer):
+            if np.issubdtype(lab.dtype, np.floating) and np.all(np.isfinite(lab)) and np.all(lab == np.round(lab)):
+                lab = lab.astype(np.int64)
+            else:
+                raise ValueError("labels (1-D) must hold integer class indices 0..K-1.")
+        if lab.size == 0:
+            raise ValueError("labels is empty; give at least one example per class.")
+        if lab.min() < 0:
+            raise ValueError(f"labels must be class indices >= 0, found {lab.min()}.")
+        K = int(lab.max()) + 1 if self.K is None else _check_int("K", self.K, 2)
+        if K < 2:
+            raise ValueError("labels name a single class; a UFM needs K >= 2 classes.")
+        if lab.max() >= K:
+            raise ValueError(f"labels contain class {lab.max()} but K={K}; labels must lie in 0..K-1.")
+        counts = np.bincount(lab, minlength=K)
+        if np.any(counts == 0):
+            missing = np.flatnonzero(counts == 0).tolist()
+            raise ValueError(f"classes {missing} have no example in labels; every class needs at least one.")
+        if self.n is not None or self.counts is not None:
+            given = _counts_from(K, self.n, self.counts, "UFMProblem")
+            if tuple(given) != tuple(counts):
+                raise ValueError(
+                    f"n/counts {given} disagree with the counts read from labels {tuple(counts.tolist())}; "
+                    "pass labels alone."
+                )
+        self._set_hard(K, tuple(counts.tolist()), lab)
+
+    def _set_soft(self, lab):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        if self.n is not None or self.counts is not None:
+            raise ValueError("soft labels (a K x N matrix) fix N themselves; omit n and counts.")
+        lab = np.array(lab, dtype=np.float64)
+        if not np.all(np.isfinite(lab)):
+            raise ValueError("labels contain NaN or inf; soft labels must be finite probabilities.")
+        K, N = lab.shape
+        if self.K is not None and _check_int("K", self.K, 2) != K:
+            raise ValueError(f"K={self.K} but soft labels have {K} rows; one row per class.")
+        if K < 2:
+            raise ValueError("soft labels need K >= 2 rows (classes).")
+        if lab.min() < 0:
+            raise ValueError(f"soft labels must be non-negative, found {lab.min():.3g}.")
+        colsum = lab.sum(0)
+        bad = np.flatnonzero(np.abs(colsum - 1.0) > 1e-9)
+        if bad.size:
+            raise ValueError(
+                f"soft labels must be column-stochastic (each column sums to 1); column {bad[0]} sums to "
+                f"{colsum[bad[0]]:.6g}. Normalize with labels / labels.sum(0)."
+            )
+        lab.setflags(write=False)
+        set_("K", K)
+        set_("labels", lab)
+        set_("counts", None)
+        set_("n", None)
+        set_("_y", None)
+
+    # -- derived quantities ---------------------------------------------------
+    @property
+    def N(self) -> int:
+        """Number of examples (columns of ``H`` and of the logits)."""
+        return int(self.labels.shape[1]) if self.labels is not None else int(sum(self.counts))
+
+    @property
+    def soft(self) -> bool:
+        """True when the labels are soft (a K x N probability matrix)."""
+        return self.labels is not None
+
+    @property
+    def balanced(self) -> bool:
+        """True for hard labels with equal class counts."""
+        return self.n is not None
+
+    @property
+    def y(self) -> np.ndarray:
+        """Integer class of each example (hard labels only; read-only)."""
+        if self._y is None:
+            raise ValueError("this problem has soft labels; use .Y (the K x N label matrix) instead of .y.")
+        return self._y
+
+    @property
+    def Y(self) -> np.ndarray:
+        """The K x N label matrix: one-hot columns, or the soft labels."""
+        if self.labels is not None:
+            return self.labels
+        Y = np.zeros((self.K, self.N))
+        Y[self._y, np.arange(self.N)] = 1.0
+        return Y
+
+    @property
+    def mu(self) -> float:
+        """``sqrt(lam_W lam_H)``: the nuclear-norm weight of the convex form (THEORY (4.1))."""
+        return math.sqrt(self.lam_W * self.lam_H)
+
+    @property
+    def gamma(self) -> float:
+        """``sqrt(n lam_W lam_H)`` for balanced classes (THEORY §1.2); zero regime iff ``K gamma >= 1``."""
+        if not self.balanced:
+            raise ValueError("gamma = sqrt(n lam_W lam_H) is defined for balanced classes only.")
+        return math.sqrt(self.n * self.lam_W * self.lam_H)
+
+    @property
+    def free_bias(self) -> bool:
+        """True when the bias is present and unregularized (``lam_b = 0``)."""
+        return self.bias and self.lam_b == 0.0
+
+    def replace(self, **changes) -> "UFMProblem":
+        """A copy with some fields changed (validated again)."""
+        kw = self.as_dict()
+        if self.soft:
+            kw["labels"] = self.labels
+        if {"n", "counts", "labels"} & changes.keys():
+            for key in ("n", "counts", "labels"):
+                kw.pop(key, None)
+        if "labels" in changes:
+            kw.pop("K")
+        return UFMProblem(**{**kw, **changes})
+
+    def as_dict(self) -> dict:
+        """Scalar parameters as a JSON-friendly dict (soft labels are not included)."""
+        out = dict(K=self.K, d=self.d, loss=self.loss, bias=self.bias,
+                   lam_W=self.lam_W, lam_H=self.lam_H, lam_b=self.lam_b)
+        if self.balanced:
+            out["n"] = self.n
+        elif self.counts is not None:
+            out["counts"] = list(self.counts)
+        return out
+
+    def __repr__(self) -> str:
+        size = f"n={self.n}" if self.balanced else (f"counts={list(self.counts)}" if self.counts else f"soft N={self.N}")
+        bias = f", bias=True, lam_b={self.lam_b:g}" if self.bias else ""
+        return (f"UFMProblem(K={self.K}, {size}, d={self.d}, loss={self.loss!r}, "
+                f"lam_W={self.lam_W:g}, lam_H={self.lam_H:g}{bias})")
+
+
+@dataclass(frozen=True, eq=False)
+class LayerPeeledProblem:
+    """Layer-peeled model with norm constraints (Fang et al. 2021; THEORY §1.3).
+
+    ``min_{W,H} (1/N) sum CE(W h_{k,i}, k)`` subject to
+    ``(1/K) sum_k ||w_k||^2 <= E_W`` and ``(1/K) sum_k (1/n_k) sum_i ||h_{k,i}||^2 <= E_H``.
+    No bias, no weight decay: the energies play their role.
+
+    Parameters
+    ----------
+    K : int
+        Number of classes, ``K >= 2``.
+    n, counts : int or sequence of int
+        Balanced count per class, or one count per class.
+    d : int
+        Feature dimension.
+    E_W, E_H : float
+        Energy budgets (> 0) of the classifier rows and of the features.
+
+    References
+    ----------
+    Fang, He, Long, Su, arXiv 2101.12699 (PNAS 2021); THEORY.md §1.3, §3.1.
+    """
+
+    K: int | None = None
+    n: int | None = None
+    counts: tuple[int, ...] | None = None
+    d: int | None = None
+    E_W: float = 1.0
+    E_H: float = 1.0
+
+    loss = "ce"
+    bias = False
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        if self.K is None:
+            raise ValueError("K (number of classes) is required.")
+        K = _check_int("K", self.K, 2)
+        if self.d is None:
+            raise ValueError("d (feature dimension) is required.")
+        set_("d", _check_int("d", self.d, 1))
+        counts = _counts_from(K, self.n, self.counts, "LayerPeeledProblem")
+        set_("K", K)
+        set_("counts", counts)
+        set_("n", counts[0] if len(set(counts)) == 1 else None)
+        for name in ("E_W", "E_H"):
+            v = _check_nonneg(name, getattr(self, name))
+            if v == 0:
+                raise ValueError(f"{name} must be > 0 (an energy budget), got 0.")
+            set_(name, v)
+
+    @property
+    def N(self) -> int:
+        return int(sum(self.counts))
+
+    @property
+    def balanced(self) -> bool:
+        return self.n is not None
+
+    @property
+    def y(self) -> np.ndarray:
+        return np.repeat(np.arange(self.K), self.counts)
+
+    @property
+    def Y(self) -> np.ndarray:
+        Y = np.zeros((self.K, self.N))
+        Y[self.y, np.arange(self.N)] = 1.0
+        return Y
+
+    def as_dict(self) -> dict:
+        out = dict(K=self.K, d=self.d, E_W=self.E_W, E_H=self.E_H)
+        if self.balanced:
+            out["n"] = self.n
+        else:
+            out["counts"] = list(self.counts)
+        return out
+

@@ -1,0 +1,188 @@
+"""Frozen result objects shared by every solver and simulator.
+
+Each result is a frozen dataclass whose array fields are read-only and whose
+scalar fields and ``meta`` are JSON-friendly, so ``save`` writes one ``.npz``
+file (``allow_pickle=False``) and ``load`` gives back an equal object.
+``meta`` carries the parameters, the solver and the package versions;
+``meta["content_hash"]`` is a SHA-256 over the arrays and the other fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+__all__ = ["Solution", "load", "package_versions"]
+
+_SCHEMA = 1
+
+
+def package_versions() -> dict:
+    """Versions of Python, ufm and the core numerical packages (for ``meta``)."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("ufm", "numpy", "scipy", "sympy", "cvxpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:  # running from a source tree
+            out[name] = None
+    return out
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, (np.bool_,)):
+        return bool(x)
+    return x
+
+
+class _Result:
+    """Save/load, read-only arrays and content hash for result dataclasses."""
+
+    _ARRAYS: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self):
+        for name in self._ARRAYS:
+            value = getattr(self, name)
+            if value is not None:
+                arr = np.array(value, dtype=np.float64)
+                arr.setflags(write=False)
+                object.__setattr__(self, name, arr)
+        meta = _jsonable(dict(self.meta))
+        meta.setdefault("versions", package_versions())
+        meta["content_hash"] = self._hash(meta)
+        object.__setattr__(self, "meta", meta)
+
+    def _scalars(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in self._ARRAYS and f.name != "meta"}
+
+    def _hash(self, meta: dict) -> str:
+        h = hashlib.sha256()
+        for name in self._ARRAYS:
+            arr = getattr(self, name)
+            h.update(name.encode())
+            if arr is not None:
+                h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
+        rest = {k: v for k, v in meta.items() if k not in ("content_hash", "versions")}
+        h.update(json.dumps(_jsonable(self._scalars()), sort_keys=True).encode())
+        h.update(json.dumps(rest, sort_keys=True).encode())
+        return h.hexdigest()
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write this result to ``path`` (``.npz``, no pickles). Returns the path written."""
+        arrays = {name: getattr(self, name) for name in self._ARRAYS if getattr(self, name) is not None}
+        header = {"schema": _SCHEMA, "type": type(self).__name__,
+                  "scalars": _jsonable(self._scalars()), "meta": self.meta}
+        path = os.fspath(path)
+        if not path.endswith(".npz"):
+            path += ".npz"
+        np.savez_compressed(path, __header__=np.array(json.dumps(header)), **arrays)
+        return path
+
+
+@dataclass(frozen=True, eq=False)
+class Solution(_Result):
+    """A solution of a UFM problem, in the style of ``scipy.optimize.OptimizeResult``.
+
+    Attributes
+    ----------
+    W : ndarray (K, d)
+        Classifier.
+    H : ndarray (d, N)
+        Features, one column per example.
+    b : ndarray (K,) or None
+        Bias (``None`` when the problem has none).
+    Z : ndarray (K, N)
+        Logits ``W H + b 1^T``.
+    loss : float
+        The objective value that the method minimizes (``meta["objective"]``
+        names it: the regularized objective (0.1) for regularized problems, the
+        max-margin value for the unregularized limits).
+    success : bool
+        Whether ``W, H, b`` is a global minimizer to the stated accuracy.
+    status : str
+        A short code, e.g. ``"etf"``, ``"zero"``, ``"orthogonal_frame"``, ``"seli"``.
+    message : str
+        Human-readable account of what was found and which regime applies.
+    method : str
+        The method that produced it (e.g. ``"closed_form"``).
+    nit : int
+        Iterations used (0 for closed forms).
+    meta : dict
+        Problem parameters, regime quantities, versions and ``content_hash``.
+    citation : str
+        The THEORY tags and papers behind the result.
+    """
+
+    W: np.ndarray
+    H: np.ndarray
+    b: np.ndarray | None
+    Z: np.ndarray
+    loss: float
+    success: bool
+    status: str
+    message: str
+    method: str
+    nit: int = 0
+    meta: dict = field(default_factory=dict)
+    citation: str = ""
+
+    _ARRAYS: ClassVar[tuple[str, ...]] = ("W", "H", "b", "Z")
+
+    @property
+    def gram_H(self) -> np.ndarray:
+        """Feature Gram ``H^T H`` (N x N)."""
+        return self.H.T @ self.H
+
+    @property
+    def gram_W(self) -> np.ndarray:
+        """Classifier Gram ``W W^T`` (K x K)."""
+        return self.W @ self.W.T
+
+    def __repr__(self) -> str:
+        return (f"Solution(method={self.method!r}, status={self.status!r}, success={self.success}, "
+                f"loss={self.loss:.10g}, W{self.W.shape}, H{self.H.shape})")
+
+
+_TYPES = {"Solution": Solution}
+
+
+def load(path: str | os.PathLike):
+    """Load a result written by ``save``; checks the schema and the content hash."""
+    with np.load(path, allow_pickle=False) as data:
+        if "__header__" not in data:
+            raise ValueError(f"{path} is not a ufm result file (no __header__ entry).")
+        header = json.loads(str(data["__header__"]))
+        cls = _TYPES.get(header.get("type"))
+        if cls is None:
+            raise ValueError(f"{path}: unknown result type {header.get('type')!r}; known: {sorted(_TYPES)}.")
+        if header.get("schema") != _SCHEMA:
+            raise ValueError(f"{path}: schema {header.get('schema')} not supported (this ufm reads {_SCHEMA}).")
+        arrays = {name: (np.array(data[name]) if name in data else None) for name in cls._ARRAYS}
+    meta = header["meta"]
+    stored = meta.get("content_hash")
+    obj = cls(**arrays, **header["scalars"], meta=meta)
+    if stored is not None and obj.meta["content_hash"] != stored:
+        raise ValueError(f"{path}: content hash mismatch; the file was changed or corrupted.")
+    return obj
+
+
+Solution.load = staticmethod(load)  # Solution.load(path) reads a saved Solution
