@@ -1,0 +1,149 @@
+"""Plain-numpy losses, objectives and gradients: the reference for every solver.
+
+A loss is a pair of functions of the logits ``Z`` (K x N) and the label matrix
+``Y`` (K x N, one-hot or column-stochastic): ``value(Z, Y) -> float`` and
+``grad(Z, Y) -> dZ``. Both are *means over the N examples* (THEORY (0.1)):
+
+* ``"ce"``: ``(1/N) sum_j [logsumexp(z_j) - y_j^T z_j]``, with a stable
+  log-sum-exp; for one-hot ``y_j`` this is the usual cross-entropy, for soft
+  labels the NTP cross-entropy of THEORY §5.2.
+* ``"mse"``: ``1/(2N) ||Z - Y||_F^2`` (THEORY §2.2).
+
+To add a loss, write its ``value`` and ``grad`` here and register them in
+:data:`LOSSES`; everything else (objectives, stationarity checks, solvers
+that call these functions) picks it up.
+
+The regularized UFM objective uses halved weight decays (THEORY §0.1)::
+
+    f(W, H, b) = g(W H + b 1^T) + lam_W/2 ||W||^2 + lam_H/2 ||H||^2 + lam_b/2 ||b||^2
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import numpy as np
+from scipy.special import logsumexp, softmax
+
+__all__ = ["LOSSES", "Loss", "ce", "ce_grad", "mse", "mse_grad", "logits",
+           "data_loss", "data_grad", "objective", "gradients", "stationarity_residuals"]
+
+
+def ce(Z: np.ndarray, Y: np.ndarray) -> float:
+    """Mean cross-entropy ``(1/N) sum_j [logsumexp(z_j) - y_j^T z_j]`` (THEORY (0.1), §5.2).
+
+    Stable for any logit scale (log-sum-exp with the column maximum removed).
+    """
+    N = Z.shape[1]
+    return float((logsumexp(Z, axis=0).sum() - np.sum(Y * Z)) / N)
+
+
+def ce_grad(Z: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Gradient of :func:`ce` in the logits: ``(softmax(Z) - Y) / N`` (column softmax)."""
+    return (softmax(Z, axis=0) - Y) / Z.shape[1]
+
+
+def mse(Z: np.ndarray, Y: np.ndarray) -> float:
+    """Mean squared error ``1/(2N) ||Z - Y||_F^2`` (THEORY §2.2)."""
+    R = Z - Y
+    return float(np.sum(R * R) / (2 * Z.shape[1]))
+
+
+def mse_grad(Z: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Gradient of :func:`mse` in the logits: ``(Z - Y) / N``."""
+    return (Z - Y) / Z.shape[1]
+
+
+class Loss(NamedTuple):
+    value: Callable[[np.ndarray, np.ndarray], float]
+    grad: Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+#: Registered losses by name (the ``loss=`` of a problem).
+LOSSES: dict[str, Loss] = {"ce": Loss(ce, ce_grad), "mse": Loss(mse, mse_grad)}
+
+
+def _loss(problem) -> Loss:
+    try:
+        return LOSSES[problem.loss]
+    except KeyError:
+        raise ValueError(f"loss {problem.loss!r} has no implementation; known: {sorted(LOSSES)}.") from None
+
+
+def logits(W: np.ndarray, H: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """``Z = W H + b 1^T`` (K x N); ``b=None`` means no bias."""
+    Z = W @ H
+    return Z if b is None else Z + np.asarray(b)[:, None]
+
+
+def _check_shapes(problem, W, H, b):
+    K, N, d = problem.K, problem.N, problem.d
+    if W.shape != (K, d):
+        raise ValueError(f"W must be K x d = {K} x {d}, got {W.shape}.")
+    if H.shape != (d, N):
+        raise ValueError(f"H must be d x N = {d} x {N}, got {H.shape}.")
+    if problem.bias and (b is None or np.shape(b) != (K,)):
+        raise ValueError(f"this problem has a bias: b must have shape ({K},), got {None if b is None else np.shape(b)}.")
+
+
+def data_loss(problem, Z: np.ndarray) -> float:
+    """The data term ``g(Z)`` of ``problem`` at logits ``Z`` (bias already added)."""
+    return _loss(problem).value(Z, problem.Y)
+
+
+def data_grad(problem, Z: np.ndarray) -> np.ndarray:
+    """``G = grad_Z g(Z)`` for ``problem`` (K x N)."""
+    return _loss(problem).grad(Z, problem.Y)
+
+
+def objective(problem, W, H, b=None) -> float:
+    """The full regularized objective of ``problem`` (halved weight decays, THEORY (0.1)).
+
+    ``b`` is ignored (and may be ``None``) when the problem has no bias.
+    """
+    W, H = np.asarray(W, float), np.asarray(H, float)
+    b = np.asarray(b, float) if (problem.bias and b is not None) else None
+    _check_shapes(problem, W, H, b)
+    f = data_loss(problem, logits(W, H, b))
+    f += 0.5 * problem.lam_W * np.sum(W * W) + 0.5 * problem.lam_H * np.sum(H * H)
+    if b is not None:
+        f += 0.5 * problem.lam_b * np.sum(b * b)
+    return float(f)
+
+
+def gradients(problem, W, H, b=None):
+    """Gradients ``(dW, dH, db)`` of :func:`objective` (``db`` is ``None`` without a bias).
+
+    ``dW = G H^T + lam_W W``, ``dH = W^T G + lam_H H``, ``db = G 1 + lam_b b``
+    with ``G = grad_Z g(Z)`` (THEORY §4).
+    """
+    W, H = np.asarray(W, float), np.asarray(H, float)
+    b = np.asarray(b, float) if (problem.bias and b is not None) else None
+    _check_shapes(problem, W, H, b)
+    G = data_grad(problem, logits(W, H, b))
+    dW = G @ H.T + problem.lam_W * W
+    dH = W.T @ G + problem.lam_H * H
+    db = None if b is None else G.sum(axis=1) + problem.lam_b * b
+    return dW, dH, db
+
+
+def stationarity_residuals(problem, W, H, b=None) -> dict:
+    """Relative residuals of the first-order conditions of THEORY §4.
+
+    Returns ``{"W": ||lam_W W + G H^T|| / scale, "H": ..., "b": ...}`` where
+    ``scale`` is the Frobenius norm of the larger of the two terms (or 1 when
+    both vanish), so each entry is a relative error (0 at a critical point).
+    """
+    W, H = np.asarray(W, float), np.asarray(H, float)
+    b = np.asarray(b, float) if (problem.bias and b is not None) else None
+    _check_shapes(problem, W, H, b)
+    G = data_grad(problem, logits(W, H, b))
+
+    def rel(a, c):
+        scale = max(np.linalg.norm(a), np.linalg.norm(c), 1e-300)
+        return float(np.linalg.norm(a + c) / scale) if scale > 1e-300 else 0.0
+
+    out = {"W": rel(problem.lam_W * W, G @ H.T), "H": rel(problem.lam_H * H, W.T @ G)}
+    if b is not None:
+        out["b"] = rel(problem.lam_b * b, G.sum(axis=1))
+    return out
