@@ -130,20 +130,23 @@ def gradients(problem, W, H, b=None):
 def stationarity_residuals(problem, W, H, b=None) -> dict:
     """Relative residuals of the first-order conditions of THEORY §4.
 
-    Returns ``{"W": ||lam_W W + G H^T|| / scale, "H": ..., "b": ...}`` where
-    ``scale`` is the Frobenius norm of the larger of the two terms (or 1 when
-    both vanish), so each entry is a relative error (0 at a critical point).
+    Returns ``{"W": ||lam_W W + G H^T|| / scale_W, "H": ..., "b": ...}`` with
+    ``G = grad_Z g(Z)`` and each scale the larger of the regularizer term and a
+    bound on the data term (``||G|| ||H||``, ``||W|| ||G||``, ``||G|| sqrt(N)``),
+    so each entry is a relative error, 0 at a critical point.
     """
     W, H = np.asarray(W, float), np.asarray(H, float)
     b = np.asarray(b, float) if (problem.bias and b is not None) else None
     _check_shapes(problem, W, H, b)
     G = data_grad(problem, logits(W, H, b))
+    g = np.linalg.norm(G)
 
-    def rel(a, c):
-        scale = max(np.linalg.norm(a), np.linalg.norm(c), 1e-300)
-        return float(np.linalg.norm(a + c) / scale) if scale > 1e-300 else 0.0
+    def rel(reg, data, bound):
+        scale = max(np.linalg.norm(reg), bound)
+        return float(np.linalg.norm(reg + data) / scale) if scale > 0 else 0.0
 
-    out = {"W": rel(problem.lam_W * W, G @ H.T), "H": rel(problem.lam_H * H, W.T @ G)}
+    out = {"W": rel(problem.lam_W * W, G @ H.T, g * np.linalg.norm(H)),
+           "H": rel(problem.lam_H * H, W.T @ G, g * np.linalg.norm(W))}
     if b is not None:
-        out["b"] = rel(problem.lam_b * b, G.sum(axis=1))
+        out["b"] = rel(problem.lam_b * b, G.sum(axis=1), g * np.sqrt(problem.N))
     return out

@@ -1,0 +1,42 @@
+"""Shared test helpers: an independent nonconvex solver for UFM problems."""
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+
+from ufm import losses
+
+
+def nonconvex_minimize(problem, seed=0, scale=0.5, gtol=1e-11, maxiter=50000):
+    """Minimize the full nonconvex objective over (W, H, b) with L-BFGS from a random start.
+
+    Independent of ufm.closed_form: it only uses the plain-numpy objective and
+    gradients of ufm.losses. Returns (f, W, H, b).
+    """
+    rng = np.random.default_rng(seed)
+    K, d, N = problem.K, problem.d, problem.N
+    nb = K if problem.bias else 0
+    x0 = scale * rng.standard_normal(K * d + d * N + nb)
+
+    def unpack(x):
+        W = x[:K * d].reshape(K, d)
+        H = x[K * d:K * d + d * N].reshape(d, N)
+        b = x[K * d + d * N:] if nb else None
+        return W, H, b
+
+    def fun(x):
+        W, H, b = unpack(x)
+        f = losses.objective(problem, W, H, b)
+        dW, dH, db = losses.gradients(problem, W, H, b)
+        g = np.concatenate([dW.ravel(), dH.ravel()] + ([db] if nb else []))
+        return f, g
+
+    res = minimize(fun, x0, jac=True, method="L-BFGS-B",
+                   options={"gtol": gtol, "ftol": 1e-16, "maxiter": maxiter, "maxcor": 30})
+    W, H, b = unpack(res.x)
+    return res.fun, W, H, b
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)

@@ -1,0 +1,74 @@
+"""``ufm.solve``: one entry point for every global solver (dispatch only).
+
+The module is private (``ufm._solve``) so that the function ``ufm.solve`` is
+never shadowed by a submodule of the same name.
+
+Each method is registered in :data:`METHODS` as a module path and two names:
+the function that solves and the function that says whether it applies
+(``applies(problem) -> (bool, str)``). Adding a solver means writing its
+module and adding one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["solve", "METHODS", "NoMethodApplies"]
+
+#: method name -> (module, solve function, applies function)
+METHODS: dict[str, tuple[str, str, str]] = {
+    "closed_form": ("ufm.closed_form", "solve", "applies"),
+}
+
+
+class NoMethodApplies(ValueError):
+    """No registered method can solve the problem; the message lists why, per method."""
+
+
+def _method(name: str):
+    module, fn, check = METHODS[name]
+    mod = importlib.import_module(module)
+    return getattr(mod, fn), getattr(mod, check)
+
+
+def solve(problem, method: str = "auto", **options):
+    """Solve a UFM problem to global optimality.
+
+    Parameters
+    ----------
+    problem : UFMProblem or LayerPeeledProblem
+        The problem (see :mod:`ufm.problems` for the objective and its conventions:
+        halved regularizers, means over the N examples).
+    method : str
+        ``"auto"`` (the first method in :data:`METHODS` that applies) or a name in
+        :data:`METHODS`, e.g. ``"closed_form"`` (THEORY §1-§3).
+    **options
+        Passed to the method.
+
+    Returns
+    -------
+    Solution
+        Frozen result with ``W, H, b, Z, loss, success, status, message, method, meta``;
+        ``meta["auto"]`` records the choice when ``method="auto"``.
+
+    Raises
+    ------
+    NoMethodApplies
+        If the requested method does not cover the problem (the message says why
+        and names the registered methods that do), or none does.
+    """
+    if method != "auto" and method not in METHODS:
+        raise ValueError(f"method must be 'auto' or one of {sorted(METHODS)}, got {method!r}.")
+    names = list(METHODS) if method == "auto" else [method]
+    reasons = {}
+    for name in names:
+        run, applies = _method(name)
+        ok, why = applies(problem)
+        if ok:
+            return run(problem, **options)
+        reasons[name] = why
+    others = [m for m in METHODS if m not in reasons and _method(m)[1](problem)[0]]
+    hint = (f" Methods that do apply: {others}." if others else
+            f" No registered method ({sorted(METHODS)}) applies to this problem.")
+    detail = "\n".join(f"[{k}] {v}" for k, v in reasons.items())
+    raise NoMethodApplies(f"method={method!r} cannot solve {problem!r}.{hint}\n{detail}")
