@@ -1,0 +1,25 @@
+"""The README's first session runs as written, and its commented values hold."""
+
+import pathlib
+import re
+
+import pytest
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_opens_with_the_two_commands():
+    text = README.read_text()
+    first_block = re.search(r"```\n(.*?)```", text, re.S).group(1).split("\n")
+    assert first_block[0].startswith("make demo") and first_block[1].startswith("make test")
+
+
+def test_readme_python_block_runs():
+    code = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
+    ns = {}
+    exec(compile(code, str(README), "exec"), ns)
+    sol = ns["sol"]
+    assert (sol.loss, sol.status) == (pytest.approx(0.26133639, abs=1e-8), "etf")
+    assert sol.meta["s"] == pytest.approx(4.00250385, abs=1e-8)
+    assert ns["metrics"].etf_distance(sol.gram_W) < 1e-12
+    assert ns["Phi"].shape == (6 + 8, 8)
