@@ -24,32 +24,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
 import numpy as np
+
+from ._checks import check_int as _check_int, check_nonneg as _check_nonneg
 
 __all__ = ["UFMProblem", "LayerPeeledProblem", "LOSS_NAMES"]
 
 #: Loss names understood by every solver; see :mod:`ufm.losses`.
 LOSS_NAMES = ("ce", "mse")
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__}).")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}.")
-    return int(value)
-
-
-def _check_nonneg(name: str, value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a non-negative real number, got {value!r}.") from None
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}; pass a finite value >= 0.")
-    if v < 0:
-        raise ValueError(f"{name} must be >= 0 (a weight decay), got {v}; pass its absolute value or 0.")
-    return v
 
 
 def _counts_from(K, n, counts, who: str) -> tuple[int, ...]:

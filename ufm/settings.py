@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ufm.problems import UFMProblem, _check_int
+from ufm._checks import check_int as _check_int, check_nonneg
+from ufm.problems import UFMProblem
 
 __all__ = ["Setting", "factorial", "hierarchy", "ntp_contexts", "MAX_ITEMS"]
 
@@ -58,20 +59,6 @@ class _ReadOnlyDict(dict):
 def _readonly(a: np.ndarray) -> np.ndarray:
     a.setflags(write=False)
     return a
-
-
-def _check_sigma(sigma) -> float:
-    if isinstance(sigma, (bool, np.bool_)):
-        raise ValueError(f"sigma must be a real number >= 0 (the per-item capacity), got {sigma!r}.")
-    try:
-        s = float(sigma)
-    except (TypeError, ValueError):
-        raise ValueError(f"sigma must be a real number >= 0 (the per-item capacity), got {sigma!r}.") from None
-    if not math.isfinite(s):
-        raise ValueError(f"sigma must be finite, got {sigma!r}; pass a finite capacity >= 0.")
-    if s < 0:
-        raise ValueError(f"sigma must be >= 0 (only sigma^2 enters the kernel), got {s}; pass its absolute value.")
-    return s
 
 
 def _check_memory(nbytes: int, what: str) -> None:
@@ -469,14 +456,14 @@ class Setting:
         >>> np.round(np.linalg.svd(s.encoding(0.5), compute_uv=False), 4)  # THEORY TV5b
         array([2.0616, 1.5   , 1.5   , 0.5   ])
         """
-        sigma = _check_sigma(sigma)
+        sigma = check_nonneg("sigma", sigma, "the per-item capacity")
         top = self.attribute_encoding(strengths)
         _check_memory(8 * (top.shape[0] + self.N) * self.N, "the encoding Phi")
         return np.vstack([top, sigma * np.eye(self.N)])
 
     def input_kernel(self, sigma, strengths=None) -> np.ndarray:
         """The input kernel ``K_x = Phi^T Phi = Phi_attr^T Phi_attr + sigma^2 I_N`` (N x N; THEORY §8.2)."""
-        sigma = _check_sigma(sigma)
+        sigma = check_nonneg("sigma", sigma, "the per-item capacity")
         Kx = self.attribute_kernel(strengths)
         Kx[np.diag_indices(self.N)] += sigma * sigma
         return Kx

@@ -1,0 +1,33 @@
+"""Argument checks shared by every module: each error names the argument and the fix."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["check_int", "check_nonneg"]
+
+
+def check_int(name: str, value, minimum: int) -> int:
+    """``value`` as an int ``>= minimum``; bools and non-integers are refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__}).")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}.")
+    return int(value)
+
+
+def check_nonneg(name: str, value, meaning: str = "a weight decay") -> float:
+    """``value`` as a finite float ``>= 0``; ``meaning`` says what it is, for the message."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be a real number >= 0 ({meaning}), got {value!r}.")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number >= 0 ({meaning}), got {value!r}.") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}; pass a finite value >= 0.")
+    if v < 0:
+        raise ValueError(f"{name} must be >= 0 ({meaning}), got {v}; pass its absolute value or 0.")
+    return v
