@@ -71,7 +71,7 @@ def ce_optimum():
     """All closed-form quantities of the collapse regime (K gamma < 1), THEORY §1.2.
 
     Returns a dict of expressions in ``K, n, lam_W, lam_H`` (``gamma`` substituted):
-    ``s`` (margin), ``t`` (correct-class logit), ``w_sq`` (||w_k||^2), ``h_sq``
+    ``s`` (margin), ``t`` (correct-class logit; not the time symbol :data:`t`), ``w_sq`` (||w_k||^2), ``h_sq``
     (||h_{k,i}||^2), ``W_F2``, ``H_F2``, ``ce`` (cross-entropy at the optimum),
     ``f`` (objective (0.1)), ``sv`` (the K-1 nonzero singular values of Z*),
     ``nuclear`` (||Z*||_*), ``h_over_w`` (||h|| / ||w||).
@@ -111,7 +111,8 @@ def mse_scalar_objective(bias: str = "none"):
 
     ``(1/(2K))[(alpha-1)^2 (K-1) + (beta + c K - 1)^2] + gamma (alpha (K-1) + beta) + lam_b K c^2 / 2``
     (THEORY §2.2), valid for ``alpha, beta >= 0``. ``bias`` is ``"none"`` (c = 0,
-    and beta = alpha is forced: Z = alpha Y), ``"free"`` (lam_b = 0) or ``"regularized"``.
+    restricted to beta = alpha, i.e. Z = alpha Y, where the minimum over beta lies anyway;
+    ``derivations/mse_balanced.py`` shows it), ``"free"`` (lam_b = 0) or ``"regularized"``.
     """
     loss = ((alpha - 1) ** 2 * (K - 1) + (beta + c * K - 1) ** 2) / (2 * K)
     reg = gamma * (alpha * (K - 1) + beta)
