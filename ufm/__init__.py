@@ -6,7 +6,9 @@ cheap: sympy, cvxpy, numba and matplotlib load only when a function needs them.
 Main entry points
 -----------------
 UFMProblem, LayerPeeledProblem   problem data (:mod:`ufm.problems`)
+AnchoredUFM, InputCoupledUFM     semantic-aware models M1, M2 (THEORY §8.1-8.2)
 solve                            ``solve(problem, method="closed_form")`` -> Solution
+simulate                         ``simulate(problem, steps, lr, ...)`` -> Trajectory (GD or gradient flow)
 closed_form                      analytic optima and thresholds (THEORY §1-3)
 metrics                          NC1-NC4, CDNV, ETF distance, semantic scores, effective rank
 settings                         synthetic settings with latent factors (factorial, hierarchy, ntp_contexts)
@@ -25,6 +27,10 @@ _ATTRS = {
     "LayerPeeledProblem": ("ufm.problems", "LayerPeeledProblem"),
     "Solution": ("ufm.results", "Solution"),
     "load": ("ufm.results", "load"),
+    "AnchoredUFM": ("ufm.problems", "AnchoredUFM"),
+    "InputCoupledUFM": ("ufm.problems", "InputCoupledUFM"),
+    "Trajectory": ("ufm.results", "Trajectory"),
+    "simulate": ("ufm._simulate", "simulate"),
     "solve": ("ufm._solve", "solve"),
     "NoMethodApplies": ("ufm._solve", "NoMethodApplies"),
     "Setting": ("ufm.settings", "Setting"),

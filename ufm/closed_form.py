@@ -124,7 +124,9 @@ def _require(cond: bool, reason: str):
 
 
 def _require_ufm(problem):
-    _require(isinstance(problem, UFMProblem), f"needs a UFMProblem, got {type(problem).__name__}")
+    _require(type(problem) is UFMProblem,
+             f"closed forms cover the standard UFMProblem, not {type(problem).__name__} "
+             "(its optimum needs a numerical solver)")
 
 
 # -- balanced cross-entropy ---------------------------------------------------

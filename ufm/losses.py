@@ -16,6 +16,20 @@ that call these functions) picks it up.
 The regularized UFM objective uses halved weight decays (THEORY §0.1)::
 
     f(W, H, b) = g(W H + b 1^T) + lam_W/2 ||W||^2 + lam_H/2 ||H||^2 + lam_b/2 ||b||^2
+
+plus ``beta/2 ||H - H_anchor||^2`` for the anchored UFM (THEORY §8.1). The
+input-coupled UFM (THEORY §8.2) has its own pair :func:`input_coupled_objective`
+and :func:`input_coupled_gradients` in ``(W, A)`` with ``H = A Phi``.
+
+Models as states
+----------------
+Simulators hold a model's trainable blocks in a dict (a *state*):
+``{"W", "H"}`` (+ ``"b"`` with a bias) for :class:`~ufm.problems.UFMProblem` and
+:class:`~ufm.problems.AnchoredUFM`, ``{"W", "A"}`` for
+:class:`~ufm.problems.InputCoupledUFM`. :func:`blocks`, :func:`state_objective`,
+:func:`state_gradients` and :func:`features` work on any model, so a simulator
+or solver is written once. :func:`gd_reference` is the plain-numpy gradient
+descent every compiled kernel is tested against.
 """
 
 from __future__ import annotations
@@ -26,7 +40,9 @@ import numpy as np
 from scipy.special import logsumexp, softmax
 
 __all__ = ["LOSSES", "Loss", "ce", "ce_grad", "mse", "mse_grad", "logits",
-           "data_loss", "data_grad", "objective", "gradients", "stationarity_residuals"]
+           "data_loss", "data_grad", "objective", "gradients", "stationarity_residuals",
+           "input_coupled_objective", "input_coupled_gradients",
+           "blocks", "features", "state_logits", "state_objective", "state_gradients", "gd_reference"]
 
 
 def ce(Z: np.ndarray, Y: np.ndarray) -> float:
@@ -108,14 +124,18 @@ def objective(problem, W, H, b=None) -> float:
     f += 0.5 * problem.lam_W * np.sum(W * W) + 0.5 * problem.lam_H * np.sum(H * H)
     if b is not None:
         f += 0.5 * problem.lam_b * np.sum(b * b)
+    beta = getattr(problem, "beta", 0.0)
+    if beta:
+        D = H - problem.H_anchor
+        f += 0.5 * beta * np.sum(D * D)
     return float(f)
 
 
 def gradients(problem, W, H, b=None):
     """Gradients ``(dW, dH, db)`` of :func:`objective` (``db`` is ``None`` without a bias).
 
-    ``dW = G H^T + lam_W W``, ``dH = W^T G + lam_H H``, ``db = G 1 + lam_b b``
-    with ``G = grad_Z g(Z)`` (THEORY §4).
+    ``dW = G H^T + lam_W W``, ``dH = W^T G + lam_H H (+ beta (H - H_anchor))``,
+    ``db = G 1 + lam_b b`` with ``G = grad_Z g(Z)`` (THEORY §4, §8.1).
     """
     W, H = np.asarray(W, float), np.asarray(H, float)
     b = np.asarray(b, float) if (problem.bias and b is not None) else None
@@ -123,6 +143,9 @@ def gradients(problem, W, H, b=None):
     G = data_grad(problem, logits(W, H, b))
     dW = G @ H.T + problem.lam_W * W
     dH = W.T @ G + problem.lam_H * H
+    beta = getattr(problem, "beta", 0.0)
+    if beta:
+        dH += beta * (H - problem.H_anchor)
     db = None if b is None else G.sum(axis=1) + problem.lam_b * b
     return dW, dH, db
 
@@ -150,3 +173,97 @@ def stationarity_residuals(problem, W, H, b=None) -> dict:
     if b is not None:
         out["b"] = rel(problem.lam_b * b, G.sum(axis=1), g * np.sqrt(problem.N))
     return out
+
+
+# -- input-coupled UFM (THEORY §8.2) ------------------------------------------------
+def _check_icm(problem, W, A):
+    if W.shape != (problem.K, problem.d):
+        raise ValueError(f"W must be K x d = {problem.K} x {problem.d}, got {W.shape}.")
+    if A.shape != (problem.d, problem.p):
+        raise ValueError(f"A must be d x p = {problem.d} x {problem.p}, got {A.shape}.")
+
+
+def input_coupled_objective(problem, W, A) -> float:
+    """``g(W A Phi) + lam_W/2 ||W||^2 + lam_A/2 ||A||^2`` (THEORY (8.2), halved decays)."""
+    W, A = np.asarray(W, float), np.asarray(A, float)
+    _check_icm(problem, W, A)
+    Z = W @ (A @ problem.Phi)
+    return float(data_loss(problem, Z) + 0.5 * problem.lam_W * np.sum(W * W) + 0.5 * problem.lam_A * np.sum(A * A))
+
+
+def input_coupled_gradients(problem, W, A):
+    """``(dW, dA) = (G H^T + lam_W W, W^T G Phi^T + lam_A A)`` with ``H = A Phi``, ``G = grad_Z g``.
+
+    The induced feature flow is ``dH/dt = -W^T G K_x - lam_A H`` with ``K_x = Phi^T Phi``
+    (THEORY §8.2 (c)).
+    """
+    W, A = np.asarray(W, float), np.asarray(A, float)
+    _check_icm(problem, W, A)
+    H = A @ problem.Phi
+    G = data_grad(problem, W @ H)
+    return G @ H.T + problem.lam_W * W, (W.T @ G) @ problem.Phi.T + problem.lam_A * A
+
+
+# -- models as states ------------------------------------------------------------------
+def _is_input_coupled(problem) -> bool:
+    return hasattr(problem, "Phi")
+
+
+def blocks(problem) -> dict:
+    """Names and shapes of a model's trainable blocks, in a fixed order."""
+    if _is_input_coupled(problem):
+        return {"W": (problem.K, problem.d), "A": (problem.d, problem.p)}
+    out = {"W": (problem.K, problem.d), "H": (problem.d, problem.N)}
+    if problem.bias:
+        out["b"] = (problem.K,)
+    return out
+
+
+def features(problem, state: dict) -> np.ndarray:
+    """The features ``H`` (d x N) of a state: ``state["H"]`` or ``A Phi``."""
+    return state["A"] @ problem.Phi if _is_input_coupled(problem) else state["H"]
+
+
+def state_logits(problem, state: dict) -> np.ndarray:
+    """Logits ``Z`` (K x N) of a state (bias included)."""
+    return logits(state["W"], features(problem, state), state.get("b"))
+
+
+def state_objective(problem, state: dict) -> float:
+    """The objective of any model at ``state`` (see :func:`blocks`)."""
+    if _is_input_coupled(problem):
+        return input_coupled_objective(problem, state["W"], state["A"])
+    return objective(problem, state["W"], state["H"], state.get("b"))
+
+
+def state_gradients(problem, state: dict) -> dict:
+    """Gradients of :func:`state_objective`, one entry per block."""
+    if _is_input_coupled(problem):
+        dW, dA = input_coupled_gradients(problem, state["W"], state["A"])
+        return {"W": dW, "A": dA}
+    dW, dH, db = gradients(problem, state["W"], state["H"], state.get("b"))
+    out = {"W": dW, "H": dH}
+    if db is not None:
+        out["b"] = db
+    return out
+
+
+def gd_reference(problem, state: dict, lr: float, steps: int, record=()) -> tuple[dict, dict]:
+    """Plain-numpy gradient descent ``x <- x - lr grad f(x)`` for ``steps`` steps.
+
+    The reference twin of the compiled kernels of :func:`ufm.simulate`.
+    ``record`` lists the steps (0..steps) at which to keep a copy of the state.
+    Returns ``(final_state, {step: state})``.
+    """
+    state = {k: np.array(v, dtype=float) for k, v in state.items()}
+    kept = {}
+    want = set(int(s) for s in record)
+    for k in range(steps + 1):
+        if k in want:
+            kept[k] = {name: v.copy() for name, v in state.items()}
+        if k == steps:
+            break
+        grads = state_gradients(problem, state)
+        for name in state:
+            state[name] = state[name] - lr * grads[name]
+    return state, kept

@@ -29,7 +29,7 @@ import numpy as np
 
 from ._checks import check_int as _check_int, check_nonneg as _check_nonneg
 
-__all__ = ["UFMProblem", "LayerPeeledProblem", "LOSS_NAMES"]
+__all__ = ["UFMProblem", "LayerPeeledProblem", "AnchoredUFM", "InputCoupledUFM", "LOSS_NAMES"]
 
 #: Loss names understood by every solver; see :mod:`ufm.losses`.
 LOSS_NAMES = ("ce", "mse")
@@ -262,17 +262,29 @@ class UFMProblem:
         """True when the bias is present and unregularized (``lam_b = 0``)."""
         return self.bias and self.lam_b == 0.0
 
-    def replace(self, **changes) -> "UFMProblem":
-        """A copy with some fields changed (validated again)."""
-        kw = self.as_dict()
+    def _init_kwargs(self) -> dict:
+        """Keyword arguments that rebuild this problem (labels kept exactly)."""
+        kw = dict(K=self.K, d=self.d, loss=self.loss, bias=self.bias,
+                  lam_W=self.lam_W, lam_H=self.lam_H, lam_b=self.lam_b)
         if self.soft:
             kw["labels"] = self.labels
+        elif not np.array_equal(self._y, np.repeat(np.arange(self.K), self.counts)):
+            kw["labels"] = np.asarray(self._y)
+        elif self.balanced:
+            kw["n"] = self.n
+        else:
+            kw["counts"] = self.counts
+        return kw
+
+    def replace(self, **changes):
+        """A copy with some fields changed (validated again); keeps the class of ``self``."""
+        kw = self._init_kwargs()
         if {"n", "counts", "labels"} & changes.keys():
             for key in ("n", "counts", "labels"):
                 kw.pop(key, None)
         if "labels" in changes:
             kw.pop("K")
-        return UFMProblem(**{**kw, **changes})
+        return type(self)(**{**kw, **changes})
 
     def as_dict(self) -> dict:
         """Scalar parameters as a JSON-friendly dict (soft labels are not included)."""
@@ -369,3 +381,196 @@ class LayerPeeledProblem:
             out["counts"] = list(self.counts)
         return out
 
+
+
+def _finite_matrix(name: str, value, ndim: int = 2) -> np.ndarray:
+    arr = np.array(value, dtype=np.float64)
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D array, got shape {arr.shape}.")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty.")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf; pass finite values.")
+    arr.setflags(write=False)
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class AnchoredUFM(UFMProblem):
+    """Anchored UFM (M1, THEORY §8.1): the standard UFM plus a pull toward fixed features.
+
+    Objective (halved convention, THEORY §0.1)::
+
+        g(W H + b 1^T) + lam_W/2 ||W||^2 + lam_H/2 ||H||^2 + lam_b/2 ||b||^2 + beta/2 ||H - H_anchor||_F^2
+
+    ``H_anchor`` (d x N) plays the role of input or intermediate features;
+    large ``beta`` ties ``H`` to them (a simple map from inputs to features),
+    small ``beta`` frees it (an expressive map); ``beta = 0`` is the plain UFM.
+    All other parameters are those of :class:`UFMProblem`; ``d`` defaults to
+    ``H_anchor.shape[0]``.
+
+    The model of Tirer, Huang, Niles-Weed (arXiv 2210.16658, Eq. 2) writes the
+    MSE version as ``1/(2Kn)||WH-Y||^2 + lam_W/(2K)||W||^2 + lam_H/(2Kn)||H||^2 +
+    beta/(2Kn)||H-H_0||^2``; with ``loss="mse"`` it equals this objective with
+    ``lam_W -> lam_W/K``, ``lam_H -> lam_H/(Kn)``, ``beta -> beta/(Kn)``.
+
+    References
+    ----------
+    THEORY.md §8.1 (M1); Tirer, Huang, Niles-Weed 2023, arXiv 2210.16658.
+    """
+
+    H_anchor: np.ndarray | None = field(default=None, repr=False)
+    beta: float = 0.0
+
+    def __post_init__(self):
+        if self.H_anchor is None:
+            raise ValueError("H_anchor (d x N fixed features) is required for an AnchoredUFM.")
+        H0 = _finite_matrix("H_anchor", self.H_anchor)
+        object.__setattr__(self, "H_anchor", H0)
+        if self.d is None:
+            object.__setattr__(self, "d", H0.shape[0])
+        super().__post_init__()
+        object.__setattr__(self, "beta", _check_nonneg("beta", self.beta, "the anchor strength"))
+        if H0.shape != (self.d, self.N):
+            raise ValueError(f"H_anchor must be d x N = {self.d} x {self.N}, got {H0.shape}.")
+
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), "beta": self.beta, "model": "anchored"}
+
+    def _init_kwargs(self) -> dict:
+        return {**super()._init_kwargs(), "H_anchor": self.H_anchor, "beta": self.beta}
+
+    def plain(self) -> UFMProblem:
+        """The same problem without the anchor term, as a :class:`UFMProblem`."""
+        kw = super()._init_kwargs()
+        return UFMProblem(**kw)
+
+    def __repr__(self) -> str:
+        return UFMProblem.__repr__(self).replace("UFMProblem(", "AnchoredUFM(", 1)[:-1] + f", beta={self.beta:g})"
+
+
+@dataclass(frozen=True, eq=False)
+class InputCoupledUFM:
+    """Input-coupled (input-linear) UFM (M2, THEORY §8.2): features ``H = A Phi``.
+
+    Objective (halved convention)::
+
+        g(W A Phi) + lam_W/2 ||W||_F^2 + lam_A/2 ||A||_F^2
+
+    with fixed input encodings ``Phi`` (p x N), trainable ``A`` (d x p) and
+    ``W`` (K x d). No bias. Gradient flow on ``(W, A)`` is the UFM flow with the
+    feature update preconditioned by the input kernel ``K_x = Phi^T Phi``
+    (THEORY §8.2 (c)); ``Phi = I`` gives back the standard UFM. With
+    ``Phi = [attribute one-hots; sigma I]`` (:meth:`from_setting`), ``sigma`` is
+    the per-item capacity: semantic modes (large singular values of ``Phi``)
+    are learned first, and a large ``sigma`` lets the end state approach the ETF.
+
+    Parameters
+    ----------
+    Phi : array (p, N)
+        Fixed input encodings, one column per example.
+    d : int
+        Feature dimension (rows of ``A``).
+    loss : {"ce", "mse"}
+        Mean CE over the N examples or ``1/(2N)||Z - Y||^2``.
+    lam_W, lam_A : float
+        Weight decays (halved).
+    labels : array, optional
+        ``None`` (default): one distinct class per column of ``Phi`` (K = N).
+        Otherwise as in :class:`UFMProblem` (integer vector or soft K x N).
+    attributes : array (N, F), optional
+        Latent attributes of the items, for semantic metrics while simulating.
+    sigma : float, optional
+        The capacity used to build ``Phi`` (informational, kept in ``meta``).
+
+    References
+    ----------
+    THEORY.md §8.2 (M2), §6.3; Saxe, McClelland, Ganguli 2019, arXiv 1810.10531.
+    """
+
+    Phi: np.ndarray | None = field(default=None, repr=False)
+    d: int | None = None
+    loss: str = "ce"
+    lam_W: float = 0.0
+    lam_A: float = 0.0
+    labels: np.ndarray | None = field(default=None, repr=False)
+    attributes: np.ndarray | None = field(default=None, repr=False)
+    sigma: float | None = None
+
+    bias = False
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        if self.Phi is None:
+            raise ValueError("Phi (p x N input encodings) is required, e.g. setting.encoding(sigma).")
+        Phi = _finite_matrix("Phi", self.Phi)
+        set_("Phi", Phi)
+        N = Phi.shape[1]
+        if self.d is None:
+            raise ValueError("d (feature dimension, rows of A) is required.")
+        if self.labels is None:
+            if N < 2:
+                raise ValueError("Phi has a single column; distinct labels need N >= 2 items.")
+            base = UFMProblem(K=N, n=1, d=self.d, loss=self.loss)
+        else:
+            base = UFMProblem(labels=self.labels, d=self.d, loss=self.loss)
+        if base.N != N:
+            raise ValueError(f"labels describe N={base.N} examples but Phi has {N} columns; one label per column.")
+        set_("d", base.d)
+        set_("_base", base)
+        for name in ("lam_W", "lam_A"):
+            set_(name, _check_nonneg(name, getattr(self, name)))
+        if self.attributes is not None:
+            att = np.array(self.attributes)
+            if att.ndim != 2 or att.shape[0] != N or not np.issubdtype(att.dtype, np.integer):
+                raise ValueError(f"attributes must be an integer N x F table with N={N} rows, got "
+                                 f"{att.dtype} array of shape {att.shape}.")
+            att.setflags(write=False)
+            set_("attributes", att)
+        if self.sigma is not None:
+            set_("sigma", _check_nonneg("sigma", self.sigma, "the per-item capacity"))
+
+    @classmethod
+    def from_setting(cls, setting, sigma: float, d: int | None = None, loss: str = "ce", *,
+                     lam_W: float = 0.0, lam_A: float = 0.0, strengths=None) -> "InputCoupledUFM":
+        """The M2 model of a synthetic setting: ``Phi = setting.encoding(sigma)``, distinct labels.
+
+        ``d`` defaults to ``N`` (enough for any optimum: rank <= min(K, N)).
+        ``strengths`` weights the attribute blocks (see ``Setting.encoding``).
+        """
+        Phi = setting.encoding(sigma, strengths=strengths)
+        return cls(Phi=Phi, d=setting.N if d is None else d, loss=loss, lam_W=lam_W, lam_A=lam_A,
+                   labels=np.asarray(setting.labels), attributes=setting.attributes, sigma=sigma)
+
+    # label structure, shared with UFMProblem
+    K = property(lambda self: self._base.K, doc="Number of classes.")
+    N = property(lambda self: self._base.N, doc="Number of examples (columns of Phi).")
+    Y = property(lambda self: self._base.Y, doc="K x N label matrix.")
+    y = property(lambda self: self._base.y, doc="Integer labels (hard labels only).")
+    soft = property(lambda self: self._base.soft)
+    counts = property(lambda self: self._base.counts)
+    balanced = property(lambda self: self._base.balanced)
+
+    @property
+    def p(self) -> int:
+        """Input dimension (rows of ``Phi``)."""
+        return int(self.Phi.shape[0])
+
+    @property
+    def input_kernel(self) -> np.ndarray:
+        """``K_x = Phi^T Phi`` (N x N), the preconditioner of the feature flow."""
+        return self.Phi.T @ self.Phi
+
+    @property
+    def mu(self) -> float:
+        """``sqrt(lam_W lam_A)``: the nuclear-norm weight of the convex form (THEORY §8.2 (b))."""
+        return math.sqrt(self.lam_W * self.lam_A)
+
+    def as_dict(self) -> dict:
+        return dict(model="input_coupled", K=self.K, N=self.N, p=self.p, d=self.d, loss=self.loss,
+                    lam_W=self.lam_W, lam_A=self.lam_A, sigma=self.sigma)
+
+    def __repr__(self) -> str:
+        sig = "" if self.sigma is None else f", sigma={self.sigma:g}"
+        return (f"InputCoupledUFM(K={self.K}, N={self.N}, p={self.p}, d={self.d}, loss={self.loss!r}, "
+                f"lam_W={self.lam_W:g}, lam_A={self.lam_A:g}{sig})")

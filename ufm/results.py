@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-__all__ = ["Solution", "load", "package_versions"]
+__all__ = ["Solution", "Trajectory", "load", "package_versions"]
 
 _SCHEMA = 1
 
@@ -57,14 +57,23 @@ class _Result:
     """Save/load, read-only arrays and content hash for result dataclasses."""
 
     _ARRAYS: ClassVar[tuple[str, ...]] = ()
+    _DICTS: ClassVar[tuple[str, ...]] = ()     # fields holding {name: array}
+    _INT_ARRAYS: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self):
         for name in self._ARRAYS:
             value = getattr(self, name)
             if value is not None:
-                arr = np.array(value, dtype=np.float64)
+                arr = np.array(value, dtype=np.int64 if name in self._INT_ARRAYS else np.float64)
                 arr.setflags(write=False)
                 object.__setattr__(self, name, arr)
+        for name in self._DICTS:
+            frozen = {}
+            for key, value in getattr(self, name).items():
+                arr = np.array(value, dtype=np.float64)
+                arr.setflags(write=False)
+                frozen[str(key)] = arr
+            object.__setattr__(self, name, _FrozenDict(frozen))
         meta = _jsonable(dict(self.meta))
         meta.setdefault("versions", package_versions())
         meta["content_hash"] = self._hash(meta)
@@ -72,15 +81,20 @@ class _Result:
 
     def _scalars(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in self._ARRAYS and f.name != "meta"}
+                if f.name not in self._ARRAYS + self._DICTS and f.name != "meta"}
+
+    def _all_arrays(self) -> dict:
+        out = {name: getattr(self, name) for name in self._ARRAYS if getattr(self, name) is not None}
+        for name in self._DICTS:
+            for key, arr in getattr(self, name).items():
+                out[f"{name}/{key}"] = arr
+        return out
 
     def _hash(self, meta: dict) -> str:
         h = hashlib.sha256()
-        for name in self._ARRAYS:
-            arr = getattr(self, name)
+        for name, arr in self._all_arrays().items():
             h.update(name.encode())
-            if arr is not None:
-                h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
+            h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
         rest = {k: v for k, v in meta.items() if k not in ("content_hash", "versions")}
         h.update(json.dumps(_jsonable(self._scalars()), sort_keys=True).encode())
         h.update(json.dumps(rest, sort_keys=True).encode())
@@ -88,7 +102,7 @@ class _Result:
 
     def save(self, path: str | os.PathLike) -> str:
         """Write this result to ``path`` (``.npz``, no pickles). Returns the path written."""
-        arrays = {name: getattr(self, name) for name in self._ARRAYS if getattr(self, name) is not None}
+        arrays = self._all_arrays()
         header = {"schema": _SCHEMA, "type": type(self).__name__,
                   "scalars": _jsonable(self._scalars()), "meta": self.meta}
         path = os.fspath(path)
@@ -162,7 +176,78 @@ class Solution(_Result):
                 f"loss={self.loss:.10g}, W{self.W.shape}, H{self.H.shape})")
 
 
-_TYPES = {"Solution": Solution}
+class _FrozenDict(dict):
+    """A dict that refuses changes (results are immutable)."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("results are frozen; copy the dict to change it.")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self):
+        return (_FrozenDict, (dict(self),))
+
+
+@dataclass(frozen=True, eq=False)
+class Trajectory(_Result):
+    """A recorded simulation: what :func:`ufm.simulate` returns.
+
+    Attributes
+    ----------
+    steps : int array (T,)
+        The recorded steps, always including 0 and the last step reached.
+    times : float array (T,)
+        Gradient-flow time of each record: ``steps * lr`` (GD with step ``lr``
+        approximates the flow at ``t = k lr``; in flow mode these are the exact times).
+    records : dict of name -> array (seeds, T, ...)
+        One array per recorded quantity (``"loss"``, ``"W"``, ``"gram_H"``,
+        metric names, ...); also reachable as attributes: ``traj.loss``.
+    status : str
+        ``"completed"``, ``"interrupted"`` (Ctrl-C), ``"nonfinite"`` (a state
+        overflowed; the records before it are kept) or ``"max_steps"`` (the
+        flow integrator hit its step budget).
+    message : str
+        What happened, in words.
+    mode : str
+        ``"gd"`` (plain gradient descent) or ``"flow"`` (adaptive integration
+        of the gradient flow; ``meta["time_variable"]`` says ``"t"`` or ``"log(1+t)"``).
+    meta : dict
+        Problem, lr, seeds, init, dtype, versions, integrator statistics, content hash.
+    """
+
+    steps: np.ndarray
+    times: np.ndarray
+    records: dict
+    status: str
+    message: str
+    mode: str
+    meta: dict = field(default_factory=dict)
+    citation: str = ""
+
+    _ARRAYS: ClassVar[tuple[str, ...]] = ("steps", "times")
+    _INT_ARRAYS: ClassVar[tuple[str, ...]] = ("steps",)
+    _DICTS: ClassVar[tuple[str, ...]] = ("records",)
+
+    def __getattr__(self, name):
+        records = self.__dict__.get("records")
+        if records is not None and name in records:
+            return records[name]
+        raise AttributeError(f"Trajectory has no record {name!r}; recorded: {sorted(records or {})}.")
+
+    @property
+    def n_seeds(self) -> int:
+        return next(iter(self.records.values())).shape[0] if self.records else 0
+
+    @property
+    def success(self) -> bool:
+        return self.status == "completed"
+
+    def __repr__(self) -> str:
+        return (f"Trajectory(mode={self.mode!r}, status={self.status!r}, records={sorted(self.records)}, "
+                f"seeds={self.n_seeds}, T={len(self.steps)}, last step={int(self.steps[-1])})")
+
+
+_TYPES = {"Solution": Solution, "Trajectory": Trajectory}
 
 
 def load(path: str | os.PathLike):
@@ -177,6 +262,9 @@ def load(path: str | os.PathLike):
         if header.get("schema") != _SCHEMA:
             raise ValueError(f"{path}: schema {header.get('schema')} not supported (this ufm reads {_SCHEMA}).")
         arrays = {name: (np.array(data[name]) if name in data else None) for name in cls._ARRAYS}
+        for name in cls._DICTS:
+            prefix = name + "/"
+            arrays[name] = {key[len(prefix):]: np.array(data[key]) for key in data.files if key.startswith(prefix)}
     meta = header["meta"]
     stored = meta.get("content_hash")
     obj = cls(**arrays, **header["scalars"], meta=meta)
@@ -186,3 +274,4 @@ def load(path: str | os.PathLike):
 
 
 Solution.load = staticmethod(load)  # Solution.load(path) reads a saved Solution
+Trajectory.load = staticmethod(load)
