@@ -150,8 +150,8 @@ def ufm_grad(W, H, b, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, Z, 
 
 @njit(cache=True, parallel=True)
 def ufm_gd(Ws, Hs, bs, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, lr, n_steps):
-    """``n_steps`` of plain GD for every seed (in place); returns each seed's objective
-    at the *start* of its last step, or NaN when a state became non-finite (the seed then stops)."""
+    """``n_steps`` of plain GD for every seed (in place); returns each seed's objective at
+    its final state, NaN or inf when the state or objective became non-finite (the seed then stops)."""
     S = Ws.shape[0]
     K, d = Ws.shape[1], Ws.shape[2]
     N = Hs.shape[2]
@@ -177,6 +177,8 @@ def ufm_gd(Ws, Hs, bs, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, lr
             if use_bias:
                 for c in range(K):
                     b[c] -= lr * db[c]
+        if np.isfinite(f):  # the objective where the seed stands now
+            f = ufm_grad(W, H, b, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, Z, G, dW, dH, db)
         last[s] = f
     return last
 
@@ -253,6 +255,8 @@ def icm_gd(Ws, As, Phi, Y, lam_W, lam_A, loss_id, lr, n_steps):
             for i in range(d):
                 for j in range(p):
                     A[i, j] -= lr * dA[i, j]
+        if np.isfinite(f):  # the objective where the seed stands now
+            f = icm_grad(W, A, Phi, Y, lam_W, lam_A, loss_id, H, Z, G, T, dW, dA)
         last[s] = f
     return last
 

@@ -406,6 +406,8 @@ def simulate(problem, steps: int, lr: float | None = None, *, mode: str = "gd", 
     warnings = []
 
     def keep(states):
+        """Record every quantity at one step; all or nothing, so records stay aligned."""
+        row = {}
         for name, r in recorders.items():
             per_seed = []
             for i in range(next(iter(states.values())).shape[0]):
@@ -416,7 +418,9 @@ def simulate(problem, steps: int, lr: float | None = None, *, mode: str = "gd", 
                     per_seed.append(np.full(r.shape(problem), np.nan))
                     if len(warnings) < 20:
                         warnings.append(f"{name} undefined at a recorded step: {err}")
-            rec[name].append(np.stack(per_seed))
+            row[name] = np.stack(per_seed)
+        for name, value in row.items():
+            rec[name].append(value)
 
     if mode == "gd":
         status, message, kept = _run_gd(problem, batch, lr, dtype, grid_steps, keep, progress)

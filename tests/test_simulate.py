@@ -1,0 +1,228 @@
+"""ufm.simulate: compiled kernels equal their numpy twins; recording, seeds, errors, partial results."""
+
+import os
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+
+import ufm
+from ufm import losses
+from ufm.problems import AnchoredUFM, InputCoupledUFM, UFMProblem
+
+
+def _problems():
+    rng = np.random.default_rng(7)
+    soft = rng.dirichlet(np.ones(4), size=5).T
+    yield "ce", UFMProblem(K=4, n=3, d=5, loss="ce", lam_W=0.01, lam_H=0.02)
+    yield "ce-bias-imbalanced", UFMProblem(K=3, counts=[3, 1, 2], d=4, loss="ce", bias=True,
+                                           lam_W=0.05, lam_H=0.01, lam_b=0.1)
+    yield "ce-free-bias-no-decay", UFMProblem(K=3, n=2, d=3, loss="ce", bias=True)
+    yield "soft-ce", UFMProblem(labels=soft, d=3, loss="ce", lam_W=0.01, lam_H=0.01)
+    yield "mse", UFMProblem(K=4, n=2, d=4, loss="mse", lam_W=0.01, lam_H=0.03)
+    yield "mse-bias", UFMProblem(K=3, counts=[2, 3, 1], d=5, loss="mse", bias=True, lam_b=0.2)
+    yield "anchored-mse", AnchoredUFM(H_anchor=rng.standard_normal((4, 8)), beta=0.3, K=4, n=2, loss="mse",
+                                      lam_W=0.01, lam_H=0.01)
+    yield "anchored-ce-bias", AnchoredUFM(H_anchor=rng.standard_normal((3, 6)), beta=0.1, K=3, n=2, loss="ce",
+                                          bias=True, lam_b=0.05)
+    s = ufm.factorial((2, 3))
+    yield "input-coupled-ce", InputCoupledUFM.from_setting(s, sigma=0.7, d=5, lam_W=0.01, lam_A=0.02)
+    yield "input-coupled-mse", InputCoupledUFM.from_setting(s, sigma=1.3, d=4, loss="mse")
+
+
+PROBLEMS = list(_problems())
+
+
+@pytest.mark.parametrize("name,problem", PROBLEMS, ids=[n for n, _ in PROBLEMS])
+def test_gd_equals_numpy_twin(name, problem):
+    steps, lr = 300, 0.3
+    tr = ufm.simulate(problem, steps=steps, lr=lr, init_scale=0.3, seed=3, seeds=2,
+                      record=tuple(losses.blocks(problem)) + ("loss",), n_records=12)
+    assert tr.status == "completed" and tr.steps[0] == 0 and tr.steps[-1] == steps
+    for i in range(2):
+        state0 = {name_: tr.records[name_][i, 0] for name_ in losses.blocks(problem)}
+        _, kept = losses.gd_reference(problem, state0, lr, steps, record=tr.steps)
+        for j, step in enumerate(tr.steps):
+            for block in losses.blocks(problem):
+                np.testing.assert_allclose(tr.records[block][i, j], kept[step][block], atol=1e-10, rtol=0)
+            assert tr.loss[i, j] == pytest.approx(losses.state_objective(problem, kept[step]), abs=1e-10)
+
+
+@pytest.mark.parametrize("name,problem", [PROBLEMS[6], PROBLEMS[8]], ids=["anchored", "input-coupled"])
+def test_model_gradients_taylor_slope(name, problem):
+    rng = np.random.default_rng(0)
+    state = {k: rng.standard_normal(s) for k, s in losses.blocks(problem).items()}
+    v = {k: rng.standard_normal(s) for k, s in losses.blocks(problem).items()}
+    g = losses.state_gradients(problem, state)
+    f0 = losses.state_objective(problem, state)
+    slope = sum(np.sum(g[k] * v[k]) for k in state)
+    ts = np.logspace(-1, -4, 7)
+    rem = [abs(losses.state_objective(problem, {k: state[k] + t * v[k] for k in state}) - f0 - t * slope)
+           for t in ts]
+    slopes = np.diff(np.log(rem)) / np.diff(np.log(ts))
+    assert np.all(np.abs(slopes - 2) < 0.1), slopes
+
+
+def test_results_do_not_depend_on_thread_count_or_seed_count():
+    p = UFMProblem(K=5, n=2, d=6, loss="ce", lam_W=0.01, lam_H=0.01)
+    kw = dict(steps=500, lr=0.5, init_scale=0.2, record=("W", "H"), n_records=5)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = ufm.simulate(p, seeds=4, **kw)
+        numba.set_num_threads(max(2, before))
+        two = ufm.simulate(p, seeds=4, **kw)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(one.W, two.W)
+    np.testing.assert_array_equal(one.H, two.H)
+    # seed i of a 4-seed run is the same run as seed i of a 2-seed run
+    fewer = ufm.simulate(p, seeds=2, **kw)
+    np.testing.assert_array_equal(fewer.W, one.W[:2])
+    assert not np.array_equal(one.W[0], one.W[1])
+
+
+def test_float32_on_request_tracks_float64():
+    p = UFMProblem(K=4, n=2, d=4, loss="ce", lam_W=0.01, lam_H=0.01)
+    a = ufm.simulate(p, steps=200, lr=0.5, init_scale=0.3, record=("loss",), dtype=np.float32)
+    b = ufm.simulate(p, steps=200, lr=0.5, init_scale=0.3, record=("loss",))
+    assert a.meta["dtype"] == "float32"
+    np.testing.assert_allclose(a.loss, b.loss, rtol=1e-4)
+    assert not np.array_equal(a.loss, b.loss)
+
+
+def test_log_grid_and_user_initialization():
+    p = UFMProblem(K=3, n=1, d=3, loss="mse")
+    grid = ufm._simulate.record_grid(10**6, n_records=50)
+    assert grid[0] == 0 and grid[-1] == 10**6 and np.all(np.diff(grid) > 0)
+    assert np.all(np.diff(np.log(grid[10:])) < 0.35)            # geometric spacing
+    W0 = np.ones((3, 3)) * 0.1
+    tr = ufm.simulate(p, steps=10, lr=0.1, W0=W0, record=("W",), grid="linear", n_records=11)
+    np.testing.assert_array_equal(tr.steps, np.arange(11))
+    np.testing.assert_array_equal(tr.W[0, 0], W0)
+    np.testing.assert_allclose(tr.times, tr.steps * 0.1)
+
+
+def test_metrics_and_grams_are_recorded_consistently():
+    p = UFMProblem(K=4, n=3, d=6, loss="ce", lam_W=0.01, lam_H=0.01)
+    tr = ufm.simulate(p, steps=20000, lr=1.0, init_scale=0.1, seeds=2,
+                      record=("H", "W", "gram_H", "gram_means", "gram_W", "nc1", "nc2", "etf_distance", "loss"))
+    j = -1
+    np.testing.assert_allclose(tr.gram_H[:, j], np.einsum("sdi,sdj->sij", tr.H[:, j], tr.H[:, j]), atol=1e-12)
+    np.testing.assert_allclose(tr.gram_W[:, j], np.einsum("skd,sld->skl", tr.W[:, j], tr.W[:, j]), atol=1e-12)
+    assert tr.gram_means.shape == (2, len(tr.steps), 4, 4)
+    # the long run reaches the closed-form ETF: metrics near 0, loss at f*
+    sol = ufm.solve(p)
+    np.testing.assert_allclose(tr.loss[:, j], sol.loss, rtol=1e-9)
+    assert np.all(tr.etf_distance[:, j] < 1e-6) and np.all(tr.nc1[:, j] < 1e-10)
+    assert np.all(tr.etf_distance[:, 0] > 0.1)
+
+
+def test_custom_recorder_and_semantic_gap_needs_attributes():
+    p = UFMProblem(K=4, n=1, d=4, loss="ce")
+    tr = ufm.simulate(p, steps=5, lr=0.1, record={"wnorm": lambda prob, st: np.linalg.norm(st["W"])})
+    assert tr.wnorm.shape == (1, len(tr.steps))
+    with pytest.raises(ValueError, match="needs attributes"):
+        ufm.simulate(p, steps=5, lr=0.1, record=("semantic_gap",))
+    tr = ufm.simulate(p, steps=5, lr=0.1, record=("semantic_gap",), attributes=ufm.factorial((2, 2)).attributes)
+    assert np.all(np.isfinite(tr.semantic_gap))
+
+
+def test_save_and_load_round_trip(tmp_path):
+    p = UFMProblem(K=3, n=2, d=3, loss="mse", lam_W=0.1, lam_H=0.1)
+    tr = ufm.simulate(p, steps=50, lr=0.2, seeds=2, record=("loss", "gram_H"))
+    back = ufm.load(tr.save(tmp_path / "traj.npz"))
+    assert isinstance(back, ufm.Trajectory) and back.meta["content_hash"] == tr.meta["content_hash"]
+    np.testing.assert_array_equal(back.gram_H, tr.gram_H)
+    np.testing.assert_array_equal(back.steps, tr.steps)
+    assert back.steps.dtype == np.int64 and (back.status, back.mode) == (tr.status, tr.mode)
+    with pytest.raises(TypeError):
+        tr.records["loss"] = None
+
+
+def test_nonfinite_run_stops_and_keeps_records():
+    p = UFMProblem(K=3, n=2, d=3, loss="mse")
+    tr = ufm.simulate(p, steps=10**5, lr=50.0, init_scale=1.0, record=("loss",))
+    assert tr.status == "nonfinite" and "lower lr" in tr.message
+    assert 1 <= len(tr.steps) < 100 and np.all(np.isfinite(tr.loss))
+    assert tr.steps[-1] < 10**5
+
+
+def test_interrupt_returns_partial_trajectory():
+    p = UFMProblem(K=3, n=2, d=3, loss="ce")
+    calls = {"n": 0}
+
+    def tripwire(problem, state):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return 0.0
+
+    tr = ufm.simulate(p, steps=1000, lr=0.1, record={"trip": tripwire}, n_records=30)
+    assert tr.status == "interrupted"
+    assert len(tr.steps) == 4 and tr.trip.shape == (1, 4)   # 1 call probes the shape, 4 records kept
+
+
+def test_progress_lines_without_tqdm(capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tqdm(name, *args, **kwargs):
+        if name.startswith("tqdm"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tqdm)
+    ufm.simulate(UFMProblem(K=3, n=1, d=3), steps=100, lr=0.1, progress=True)
+    err = capsys.readouterr().err
+    assert "ufm.simulate (gd): 100/100 (100%)" in err
+
+
+@pytest.mark.parametrize("kw,fragment", [
+    (dict(steps=0, lr=0.1), "steps must be an integer >= 1"),
+    (dict(steps=10), "lr is required"),
+    (dict(steps=10, lr=-1.0), "lr must be a finite number > 0"),
+    (dict(steps=10, lr=0.1, mode="euler"), "mode must be"),
+    (dict(steps=10, lr=0.1, record=("nc9",)), "cannot record 'nc9'"),
+    (dict(steps=10, lr=0.1, record=("A",)), "no block 'A'"),
+    (dict(steps=10, lr=0.1, A0=np.zeros((3, 3))), "A0 was given"),
+    (dict(steps=10, lr=0.1, W0=np.zeros((2, 2))), "W0 must have shape (3, 3)"),
+    (dict(steps=10, lr=0.1, dtype=np.float16), "dtype must be float64 or float32"),
+    (dict(steps=10, lr=0.1, record=()), "record is empty"),
+    (dict(steps=10, lr=0.1, grid="cubic"), "grid must be"),
+])
+def test_bad_arguments_are_explained(kw, fragment):
+    with pytest.raises(ValueError) as err:
+        ufm.simulate(UFMProblem(K=3, n=2, d=3), **kw)
+    assert fragment in str(err.value)
+
+
+def test_memory_estimate_refuses_huge_records(monkeypatch):
+    monkeypatch.setattr(ufm._simulate, "_available_bytes", lambda: 10**6)
+    with pytest.raises(ValueError, match="record Grams"):
+        ufm.simulate(UFMProblem(K=10, n=10, d=50), steps=1000, lr=0.1, record=("H",), n_records=200)
+
+
+def test_kernels_match_twin_without_jit():
+    """A fast subset under NUMBA_DISABLE_JIT=1: the kernel source itself, run as Python, equals the twin."""
+    code = r"""
+import numpy as np, ufm
+from ufm import losses
+p = ufm.UFMProblem(K=3, counts=[2, 1, 2], d=3, loss="ce", bias=True, lam_W=0.1, lam_H=0.1, lam_b=0.1)
+tr = ufm.simulate(p, steps=20, lr=0.2, init_scale=0.5, record=("W", "H", "b"), n_records=4)
+s0 = {k: tr.records[k][0, 0] for k in ("W", "H", "b")}
+fin, _ = losses.gd_reference(p, s0, 0.2, 20)
+assert max(np.abs(fin[k] - tr.records[k][0, -1]).max() for k in fin) < 1e-12
+m = ufm.InputCoupledUFM.from_setting(ufm.factorial((2, 2)), sigma=1.0, d=3, loss="mse", lam_A=0.1)
+tr = ufm.simulate(m, steps=20, lr=0.2, init_scale=0.5, record=("W", "A"), n_records=4)
+fin, _ = losses.gd_reference(m, {k: tr.records[k][0, 0] for k in ("W", "A")}, 0.2, 20)
+assert max(np.abs(fin[k] - tr.records[k][0, -1]).max() for k in fin) < 1e-12
+print("ok")
+"""
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
