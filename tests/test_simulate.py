@@ -226,3 +226,51 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+# -- flow mode ---------------------------------------------------------------------------
+def test_flow_matches_scipy_on_the_full_system():
+    from scipy.integrate import solve_ivp
+
+    p = UFMProblem(K=3, counts=[2, 1, 2], d=3, loss="ce", bias=True, lam_W=0.02, lam_H=0.01, lam_b=0.05)
+    tr = ufm.simulate(p, steps=400, lr=0.1, mode="flow", init_scale=0.3, record=("W", "H", "b"), n_records=8,
+                      rtol=1e-10, atol=1e-12)
+    assert tr.meta["time_variable"] == "t"           # weight decay: plain time
+    names = ("W", "H", "b")
+    shapes = losses.blocks(p)
+    y0 = np.concatenate([tr.records[k][0, 0].ravel() for k in names])
+
+    def f(t, y):
+        st, i = {}, 0
+        for k in names:
+            size = int(np.prod(shapes[k]))
+            st[k] = y[i:i + size].reshape(shapes[k])
+            i += size
+        g = losses.state_gradients(p, st)
+        return -np.concatenate([g[k].ravel() for k in names])
+
+    ref = solve_ivp(f, [0, tr.times[-1]], y0, t_eval=tr.times, method="DOP853", rtol=1e-12, atol=1e-14)
+    got = np.stack([np.concatenate([tr.records[k][0, j].ravel() for k in names]) for j in range(len(tr.steps))])
+    np.testing.assert_allclose(got, ref.y.T, rtol=1e-7, atol=1e-9)
+
+
+def test_gd_approaches_the_flow_as_the_step_shrinks():
+    p = UFMProblem(K=3, n=2, d=3, loss="mse", lam_W=0.05, lam_H=0.05)
+    T = 4.0
+    flow = ufm.simulate(p, steps=40, lr=T / 40, mode="flow", init_scale=0.5, record=("H",), n_records=2,
+                        rtol=1e-11, atol=1e-13)
+    errs = []
+    for k in (40, 400, 4000):
+        gd = ufm.simulate(p, steps=k, lr=T / k, init_scale=0.5, record=("H",), n_records=2)
+        errs.append(np.abs(gd.H[0, -1] - flow.H[0, -1]).max())
+    assert errs[0] > 5 * errs[1] > 25 * errs[2]      # first order in the step
+
+
+def test_flow_log_time_reaches_huge_horizons_cheaply():
+    p = UFMProblem(K=3, n=4, d=4, loss="ce")
+    tr = ufm.simulate(p, steps=10**8, lr=1.0, mode="flow", init_scale=0.1, record=("loss",), n_records=40)
+    assert tr.status == "completed" and tr.meta["time_variable"] == "log(1+t)"
+    assert tr.meta["nfev"][0] < 20000
+    assert np.all(np.diff(tr.loss[0, 5:]) < 0) and tr.loss[0, -1] < 1e-7   # CE ~ 1/(t log t)
+    with pytest.raises(ValueError, match="float64 only"):
+        ufm.simulate(p, steps=10, lr=1.0, mode="flow", dtype=np.float32)

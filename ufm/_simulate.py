@@ -301,7 +301,7 @@ def simulate(problem, steps: int, lr: float | None = None, *, mode: str = "gd", 
              seed: int = 0, seeds: int = 1, record=("loss",), n_records: int = 100, grid: str = "log",
              record_steps=None, W0=None, H0=None, A0=None, b0=None, attributes=None, dtype=np.float64,
              progress: bool = False, time_variable: str = "auto", rtol: float = 1e-8, atol: float = 1e-10,
-             max_evals: int = 10**7) -> Trajectory:
+             max_steps: int = 10**6) -> Trajectory:
     """Simulate gradient descent or gradient flow of a UFM model and record it over (log-)time.
 
     Parameters
@@ -347,8 +347,8 @@ def simulate(problem, steps: int, lr: float | None = None, *, mode: str = "gd", 
     progress : bool
         Show a progress bar (tqdm when installed, else lines on stderr), updated
         between kernel chunks.
-    rtol, atol, max_evals :
-        Flow mode: integrator tolerances and evaluation budget per seed.
+    rtol, atol, max_steps :
+        Flow mode: integrator tolerances and budget of step attempts per seed (6 evaluations each).
 
     Returns
     -------
@@ -426,7 +426,7 @@ def simulate(problem, steps: int, lr: float | None = None, *, mode: str = "gd", 
         status, message, kept = _run_gd(problem, batch, lr, dtype, grid_steps, keep, progress)
     else:
         status, message, kept, info = _run_flow(problem, batch, lr, grid_steps, keep, progress, time_variable,
-                                                rtol, atol, max_evals)
+                                                rtol, atol, max_steps)
         meta.update(info)
     if warnings:
         meta["warnings"] = warnings
@@ -510,7 +510,7 @@ def _limit_blas():
     threadpool_limits(1)
 
 
-def _run_flow(problem, batch, lr, grid_steps, keep, progress, time_variable, rtol, atol, max_evals):
+def _run_flow(problem, batch, lr, grid_steps, keep, progress, time_variable, rtol, atol, max_steps):
     from ._integrate import integrate
 
     if time_variable == "auto":
@@ -529,7 +529,7 @@ def _run_flow(problem, batch, lr, grid_steps, keep, progress, time_variable, rto
         for i in range(seeds):
             y0 = _flatten(_seed_state(batch, i), names)
             res = integrate(rhs, y0, data, t_eval, rtol=rtol, atol=atol, log_time=(time_variable == "log"),
-                            max_steps=max_evals)
+                            max_steps=max_steps)
             paths.append(res)
             nfev.append(int(res.nfev))
             statuses.append(int(res.status))
