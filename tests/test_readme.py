@@ -23,3 +23,7 @@ def test_readme_python_block_runs():
     assert sol.meta["s"] == pytest.approx(4.00250385, abs=1e-8)
     assert ns["metrics"].etf_distance(sol.gram_W) < 1e-12
     assert ns["Phi"].shape == (6 + 8, 8)
+    assert ns["gd"].loss[:, -1] == pytest.approx([0.26133639] * 4, abs=1e-8)
+    gap = ns["tr"].semantic_gap[0]
+    assert gap.max() == pytest.approx(0.41, abs=0.01) and gap[0] < gap.max() - 0.2 and gap[-1] < gap.max() - 0.1
+    assert ns["flow"].status == "completed" and ns["flow"].meta["time_variable"] == "log(1+t)"

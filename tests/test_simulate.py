@@ -220,6 +220,8 @@ m = ufm.InputCoupledUFM.from_setting(ufm.factorial((2, 2)), sigma=1.0, d=3, loss
 tr = ufm.simulate(m, steps=20, lr=0.2, init_scale=0.5, record=("W", "A"), n_records=4)
 fin, _ = losses.gd_reference(m, {k: tr.records[k][0, 0] for k in ("W", "A")}, 0.2, 20)
 assert max(np.abs(fin[k] - tr.records[k][0, -1]).max() for k in fin) < 1e-12
+fl = ufm.simulate(p, steps=10, lr=0.2, mode="flow", init_scale=0.5, record=("loss",), n_records=3)
+assert fl.status == "completed" and np.all(np.diff(fl.loss[0]) < 0)
 print("ok")
 """
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
