@@ -263,6 +263,8 @@ def test_no_closed_form_names_the_reasons():
 
 def test_d_too_small_is_explained():
     with pytest.raises(ValueError, match=r"d >= K-1 = 3, got d=2"):
+        ufm.solve(UFMProblem(K=4, n=3, d=2, lam_W=0.01, lam_H=0.01), method="closed_form")
+    with pytest.raises(ValueError, match=r"d=2 is below rank\(Z\*\)=3"):   # auto falls through to convex
         ufm.solve(UFMProblem(K=4, n=3, d=2, lam_W=0.01, lam_H=0.01))
     with pytest.raises(ValueError, match=r"d=3 is below rank"):
         ufm.solve(UFMProblem(K=4, n=3, d=3, loss="mse", lam_W=0.01, lam_H=0.01))

@@ -13,12 +13,22 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
+
 __all__ = ["solve", "METHODS", "NoMethodApplies"]
 
 #: method name -> (module, solve function, applies function)
 METHODS: dict[str, tuple[str, str, str]] = {
     "closed_form": ("ufm.closed_form", "solve", "applies"),
+    "convex": ("ufm.convex", "convex", "applies_convex"),
+    "prox": ("ufm.convex", "prox", "applies_prox"),
+    "svm": ("ufm.convex", "svm", "applies_svm"),
 }
+
+#: ``method="auto"`` uses cvxpy (Clarabel) up to this many logit entries in the convex form
+#: (K x K after the class-collapse of hard labels, K x N for soft labels, K x p for the
+#: input-coupled model) and the proximal solver above it; see benchmarks/RESULTS.md.
+AUTO_CONVEX_MAX_ENTRIES = 2_500
 
 
 class NoMethodApplies(ValueError):
@@ -59,16 +69,48 @@ def solve(problem, method: str = "auto", **options):
     """
     if method != "auto" and method not in METHODS:
         raise ValueError(f"method must be 'auto' or one of {sorted(METHODS)}, got {method!r}.")
-    names = list(METHODS) if method == "auto" else [method]
+    if method == "auto":
+        return _auto(problem, options)
     reasons = {}
-    for name in names:
-        run, applies = _method(name)
-        ok, why = applies(problem)
-        if ok:
-            return run(problem, **options)
-        reasons[name] = why
+    run, applies = _method(method)
+    ok, why = applies(problem)
+    if ok:
+        return run(problem, **options)
+    reasons[method] = why
     others = [m for m in METHODS if m not in reasons and _method(m)[1](problem)[0]]
     hint = (f" Methods that do apply: {others}." if others else
             f" No registered method ({sorted(METHODS)}) applies to this problem.")
     detail = "\n".join(f"[{k}] {v}" for k, v in reasons.items())
     raise NoMethodApplies(f"method={method!r} cannot solve {problem!r}.{hint}\n{detail}")
+
+
+def _auto(problem, options):
+    """Closed form when one applies; else cvxpy for small convex forms, the proximal solver for large
+    ones; else the max-margin program. The choice and the reason go to ``meta["auto"]``."""
+    from .convex import form_of
+
+    reasons = {}
+    ok, why = _method("closed_form")[1](problem)
+    if ok:
+        choice, reason = "closed_form", f"a closed form applies ({why})"
+    else:
+        reasons["closed_form"] = why
+        ok, why = _method("convex")[1](problem)
+        if ok:
+            entries = int(np.prod(form_of(problem).shape))
+            if entries <= AUTO_CONVEX_MAX_ENTRIES:
+                choice, reason = "convex", (f"no closed form; the convex form has {entries} entries "
+                                            f"<= {AUTO_CONVEX_MAX_ENTRIES}, where the interior-point solver is fast")
+            else:
+                choice, reason = "prox", (f"no closed form; the convex form has {entries} entries "
+                                          f"> {AUTO_CONVEX_MAX_ENTRIES}, where the proximal solver is faster")
+        else:
+            reasons["convex"] = why
+            ok, why = _method("svm")[1](problem)
+            if not ok:
+                reasons["svm"] = why
+                detail = "\n".join(f"[{k}] {v}" for k, v in reasons.items())
+                raise NoMethodApplies(f"no method solves {problem!r}:\n{detail}")
+            choice, reason = "svm", f"no closed form and no minimizer; the max-margin limit applies ({why})"
+    sol = _method(choice)[0](problem, **options)
+    return sol.replace(meta={**sol.meta, "auto": {"method": choice, "why": reason}})

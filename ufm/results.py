@@ -100,6 +100,10 @@ class _Result:
         h.update(json.dumps(rest, sort_keys=True).encode())
         return h.hexdigest()
 
+    def replace(self, **changes):
+        """A copy with some fields changed (``meta`` gets a fresh content hash)."""
+        return dataclasses.replace(self, **changes)
+
     def save(self, path: str | os.PathLike) -> str:
         """Write this result to ``path`` (``.npz``, no pickles). Returns the path written."""
         arrays = self._all_arrays()
@@ -141,9 +145,12 @@ class Solution(_Result):
     nit : int
         Iterations used (0 for closed forms).
     meta : dict
-        Problem parameters, regime quantities, versions and ``content_hash``.
+        Problem parameters, regime quantities, certificates (duality gap,
+        stationarity residuals), versions and ``content_hash``.
     citation : str
         The THEORY tags and papers behind the result.
+    A : ndarray (d, p) or None
+        The input map of an input-coupled UFM (``H = A Phi``); ``None`` otherwise.
     """
 
     W: np.ndarray
@@ -158,8 +165,9 @@ class Solution(_Result):
     nit: int = 0
     meta: dict = field(default_factory=dict)
     citation: str = ""
+    A: np.ndarray | None = None
 
-    _ARRAYS: ClassVar[tuple[str, ...]] = ("W", "H", "b", "Z")
+    _ARRAYS: ClassVar[tuple[str, ...]] = ("W", "H", "b", "Z", "A")
 
     @property
     def gram_H(self) -> np.ndarray:

@@ -1,0 +1,631 @@
+"""Exact global solvers: convex nuclear-norm programs, a proximal solver, certificates, max-margin limits.
+
+Every regularized UFM is a convex problem in the logits (THEORY §4, (4.1))::
+
+    min_{W,H,b} g(W H + b 1^T) + lam_W/2 ||W||^2 + lam_H/2 ||H||^2 + lam_b/2 ||b||^2
+      = min_{Z,b} g(Z + b 1^T) + mu ||Z||_* + lam_b/2 ||b||^2,      mu = sqrt(lam_W lam_H),
+
+valid when ``d >= rank(Z*)`` (halved regularizers; ``2 mu`` for un-halved ones).
+The input-coupled UFM ``H = A Phi`` (THEORY §8.2 (b)) is ``min_M g(M Phi) + sqrt(lam_W lam_A) ||M||_*``.
+
+Both are written here as one *form*: a variable ``X``, a linear map ``fwd`` to
+the distinct logit columns, column weights ``omega`` (summing to 1: the mean
+over examples) and targets ``T``:
+
+* standard UFM, hard labels: the class-collapsed reduction of THEORY §4: an
+  optimal ``Z`` has identical columns within a class, so ``Z = Zbar E`` and
+  ``||Z||_* = ||Zbar diag(sqrt n_k)||_*``; the variable is ``X = Zbar diag(sqrt n_k)``
+  (K x K), ``fwd(X) = X diag(1/sqrt n_k)``, ``omega_k = n_k/N``.
+* standard UFM, soft labels (NTP, THEORY §5): ``X = Z`` (K x N), ``omega_j = 1/N``.
+* input-coupled: ``X = M`` (K x p), ``fwd(M) = M Phi``, ``omega_j = 1/N``.
+
+Solvers: :func:`convex` (cvxpy, Clarabel by default or SCS with explicit
+tolerances; the solver and its status are recorded), :func:`prox` (accelerated
+proximal gradient with singular-value soft-thresholding, for sizes where
+interior-point programs are slow), :func:`svm` (the max-margin limits of the
+unregularized problems: SELI, NTP-SVM, input-coupled). Every solution carries a
+certificate: the duality gap of :func:`certificate` and the stationarity
+residuals of THEORY §4 at the recovered ``W, H`` (balanced split).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import logsumexp, softmax
+
+from . import losses
+from .closed_form import NotApplicable, balanced_split
+from .problems import AnchoredUFM, InputCoupledUFM, UFMProblem
+from .results import Solution
+
+__all__ = ["convex", "prox", "svm", "certificate", "Form", "form_of", "applies_convex", "applies_prox",
+           "applies_svm", "SOLVERS"]
+
+#: cvxpy solvers that handle the exponential and semidefinite cones of these programs.
+SOLVERS = ("CLARABEL", "SCS")
+
+_CITE = "THEORY §4 (DER; TV1, TV3, TV8, TV11); Srebro et al. (variational identity); ufm.convex"
+
+
+# -- the convex form ----------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Form:
+    """A regularized UFM as ``min_X sum_j omega_j l(fwd(X)_j + b, T_j) + mu ||X||_* (+ bias term)``."""
+
+    problem: object
+    kind: str                 # "collapsed", "full" or "input_coupled"
+    T: np.ndarray             # K x m targets (distinct columns)
+    omega: np.ndarray         # m weights, sum 1
+    mu: float
+    loss: str
+    bias: str                 # "none", "free" or "regularized"
+    lam_b: float
+    scale: np.ndarray | None  # collapsed: 1/sqrt(n_k) per column
+    Phi: np.ndarray | None    # input-coupled encodings
+
+    @property
+    def shape(self):
+        K = self.T.shape[0]
+        return (K, self.Phi.shape[0]) if self.kind == "input_coupled" else (K, self.T.shape[1])
+
+    def fwd(self, X):
+        if self.kind == "input_coupled":
+            return X @ self.Phi
+        return X * self.scale[None, :] if self.scale is not None else X
+
+    def adj(self, G):
+        if self.kind == "input_coupled":
+            return G @ self.Phi.T
+        return G * self.scale[None, :] if self.scale is not None else G
+
+    # data term, per column
+    def data(self, L):
+        if self.loss == "ce":
+            return float(np.sum(self.omega * (logsumexp(L, axis=0) - np.sum(self.T * L, axis=0))))
+        R = L - self.T
+        return float(0.5 * np.sum(self.omega * np.sum(R * R, axis=0)))
+
+    def data_grad(self, L):
+        if self.loss == "ce":
+            return (softmax(L, axis=0) - self.T) * self.omega[None, :]
+        return (L - self.T) * self.omega[None, :]
+
+    def logits(self, X, b):
+        L = self.fwd(X)
+        return L if b is None else L + b[:, None]
+
+    def bias_reg(self, b):
+        return 0.0 if (b is None or self.bias != "regularized") else 0.5 * self.lam_b * float(b @ b)
+
+    def primal(self, X, b) -> float:
+        return self.data(self.logits(X, b)) + self.mu * _nuclear(X) + self.bias_reg(b)
+
+
+def _nuclear(X):
+    return float(np.linalg.svd(X, compute_uv=False).sum()) if X.size else 0.0
+
+
+def _opnorm(X):
+    return float(np.linalg.norm(X, 2)) if X.size else 0.0
+
+
+def form_of(problem, reduce: str | bool = "auto") -> Form:
+    """The convex form of ``problem`` (see the module docstring).
+
+    ``reduce``: ``"auto"`` (class-collapse hard labels), ``True`` or ``False``.
+
+    Raises
+    ------
+    NotApplicable
+        For models without a convex form (the anchored UFM), or when the
+        regularization is such that no minimizer exists (CE without weight decay:
+        use :func:`svm`).
+    """
+    if isinstance(problem, AnchoredUFM):
+        raise NotApplicable("the anchored UFM has no nuclear-norm form (the pull toward H_anchor is not a "
+                            "function of W H); simulate it or solve it by block-coordinate descent")
+    if isinstance(problem, InputCoupledUFM):
+        mu = problem.mu
+        _require_attained(problem.loss, mu, "lam_W and lam_A")
+        return Form(problem, "input_coupled", problem.Y, np.full(problem.N, 1.0 / problem.N), mu, problem.loss,
+                    "none", 0.0, None, problem.Phi)
+    if not isinstance(problem, UFMProblem):
+        raise NotApplicable(f"needs a UFMProblem or InputCoupledUFM, got {type(problem).__name__}")
+    mu = problem.mu
+    _require_attained(problem.loss, mu, "lam_W and lam_H")
+    if (problem.lam_W > 0) != (problem.lam_H > 0):
+        raise NotApplicable("lam_W and lam_H must be both positive (with one of them 0 the infimum is not attained)")
+    bias = "none" if not problem.bias else ("free" if problem.lam_b == 0 else "regularized")
+    if reduce not in ("auto", True, False):
+        raise ValueError(f"reduce must be 'auto', True or False, got {reduce!r}.")
+    if reduce is True and problem.soft:
+        raise ValueError("reduce=True needs hard labels; soft labels have no class-collapsed form.")
+    if not problem.soft and reduce in ("auto", True):
+        counts = np.asarray(problem.counts, dtype=float)
+        return Form(problem, "collapsed", np.eye(problem.K), counts / problem.N, mu, problem.loss, bias,
+                    problem.lam_b, 1.0 / np.sqrt(counts), None)
+    return Form(problem, "full", problem.Y, np.full(problem.N, 1.0 / problem.N), mu, problem.loss, bias,
+                problem.lam_b, None, None)
+
+
+def _require_attained(loss, mu, names):
+    if loss == "ce" and mu == 0:
+        raise NotApplicable(f"CE without weight decay ({names} not both > 0) has no minimizer: the logits grow "
+                            "without bound; method='svm' gives the max-margin direction they converge to")
+    if loss == "mse" and mu == 0:
+        raise NotApplicable("MSE without weight decay interpolates; method='closed_form' gives the minimum-norm "
+                            "solution")
+
+
+# -- certificate ----------------------------------------------------------------------
+def _polish_bias(form: Form, X, b, iters: int = 60):
+    """The optimal bias for fixed X (Newton on a K-dimensional strictly convex problem)."""
+    if b is None:
+        return None
+    L0 = form.fwd(X)
+    lam = form.lam_b if form.bias == "regularized" else 0.0
+    if form.loss == "mse":
+        return (form.T - L0) @ form.omega / (form.omega.sum() + lam)
+    b = np.array(b, dtype=float)
+    for _ in range(iters):
+        L = L0 + b[:, None]
+        P = softmax(L, axis=0)
+        g = (P - form.T) @ form.omega + lam * b
+        Hm = (P * form.omega[None, :]) @ P.T
+        Hm = np.diag(P @ form.omega) - Hm + lam * np.eye(len(b))
+        if form.bias == "free":       # CE is invariant along 1: solve on its complement
+            g = g - g.mean()
+            Hm = Hm + np.ones_like(Hm) / len(b)
+        step = np.linalg.solve(Hm, g)
+        f0 = form.data(L) + form.bias_reg(b)
+        t = 1.0
+        while t > 1e-12:
+            bn = b - t * step
+            if form.data(L0 + bn[:, None]) + form.bias_reg(bn) <= f0 - 0.25 * t * float(g @ step) + 1e-16 * abs(f0):
+                break
+            t *= 0.5
+        b = bn
+        if np.abs(g).max() < 1e-15:
+            break
+    if form.bias == "free":
+        b = b - b.mean() if form.loss == "ce" else b
+    return b
+
+
+def certificate(form: Form, X, b=None) -> dict:
+    """Primal value, a dual lower bound and their gap at ``(X, b)``.
+
+    The dual of ``min g(fwd(X) + b 1^T) + mu ||X||_* + r(b)`` is
+    ``max_V -g*(V) - r*(V 1)`` over ``||adj(V)||_op <= mu`` (Fenchel duality;
+    with a free bias ``V 1 = 0``). The candidate is ``V = s grad g`` at the
+    (bias-polished) iterate, scaled by the largest ``s <= 1`` that keeps it
+    feasible; ``s = 1`` at the optimum, where the gap is 0. CE:
+    ``-g*(V) = sum_j omega_j Entropy(T_j + V_j/omega_j)``; MSE:
+    ``-g*(V) = -sum_j [||V_j||^2/(2 omega_j) + V_j^T T_j]``.
+
+    Returns ``{"primal", "dual", "gap", "rel_gap", "b"}`` (``b`` polished).
+    """
+    b = _polish_bias(form, X, b)
+    L = form.logits(X, b)
+    primal = form.data(L) + form.mu * _nuclear(X) + form.bias_reg(b)
+    G = form.data_grad(L)
+    if form.bias == "free":
+        G = G - np.outer(G.sum(axis=1), form.omega) / form.omega.sum()
+    op = _opnorm(form.adj(G))
+    s = 1.0 if op <= form.mu else form.mu / op
+    if form.loss == "ce":
+        U = G / form.omega[None, :]                      # per-example gradient p - t (shifted)
+        neg = U < 0
+        if np.any(neg):
+            with np.errstate(divide="ignore"):
+                s = min(s, float(np.min(np.where(neg, form.T / -np.where(neg, U, -1.0), np.inf))))
+        Q = np.clip(form.T + s * U, 0.0, None)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ent = -np.sum(np.where(Q > 0, Q * np.log(Q), 0.0), axis=0)
+        dual = float(form.omega @ ent)
+    else:
+        V = s * G
+        dual = -float(np.sum(np.sum(V * V, axis=0) / (2 * form.omega)) + np.sum(V * form.T))
+    if form.bias == "regularized":
+        w = (s * G).sum(axis=1)
+        dual -= float(w @ w) / (2 * form.lam_b)
+    gap = max(primal - dual, 0.0)
+    return {"primal": primal, "dual": dual, "gap": gap, "rel_gap": gap / max(1.0, abs(primal)), "b": b}
+
+
+# -- recovery ---------------------------------------------------------------------------
+def _recover(form: Form, X, b, method, status, message, nit, meta, success) -> Solution:
+    p = form.problem
+    cert = certificate(form, X, b)
+    b = cert["b"]
+    if form.kind == "input_coupled":
+        U, S, Vt = np.linalg.svd(X, full_matrices=False)
+        r = int(np.sum(S > 1e-10 * max(S[0] if S.size else 0.0, 1e-300)))
+        if r > p.d:
+            raise NotApplicable(f"d={p.d} is below rank(M*)={r}; increase d to at least {r}")
+        q = (p.lam_A / p.lam_W) ** 0.25
+        W = np.zeros((p.K, p.d))
+        A = np.zeros((p.d, p.p))
+        W[:, :r] = q * U[:, :r] * np.sqrt(S[:r])
+        A[:r] = (np.sqrt(S[:r])[:, None] * Vt[:r]) / q
+        H = A @ p.Phi
+        Z = W @ H
+        g = losses.state_gradients(p, {"W": W, "A": A})
+        stat = {"W": _rel(g["W"], p.lam_W * W), "A": _rel(g["A"], p.lam_A * A)}
+    else:
+        Zbar = form.fwd(X)
+        Z = Zbar[:, p.y] if form.kind == "collapsed" else Zbar
+        W, H = balanced_split(Z, p.d, p.lam_W, p.lam_H)
+        A = None
+        stat = losses.stationarity_residuals(p, W, H, b)
+        Z = losses.logits(W, H, b)
+    meta = {"problem": p.as_dict(), "form": form.kind, "objective": "regularized objective (0.1) = convex form (4.1)",
+            "duality_gap": cert["gap"], "rel_duality_gap": cert["rel_gap"], "dual": cert["dual"],
+            "stationarity": stat, **meta}
+    return Solution(W=W, H=H, b=b, Z=Z, loss=cert["primal"], success=bool(success), status=status,
+                    message=message + f" Certified relative duality gap {cert['rel_gap']:.2e}.", method=method,
+                    nit=nit, meta=meta, citation=_CITE, A=A)
+
+
+def _rel(grad, reg):
+    scale = max(np.linalg.norm(reg), np.linalg.norm(grad - reg), 1e-300)
+    return float(np.linalg.norm(grad) / scale)
+
+
+def _zero_solution(form: Form, method: str) -> Solution | None:
+    """The exact zero test of THEORY §4: ``X = 0`` is optimal iff ``||adj(grad g(b0))||_op <= mu``."""
+    b0 = _polish_bias(form, np.zeros(form.shape), None if form.bias == "none" else np.zeros(form.T.shape[0]))
+    L = form.logits(np.zeros(form.shape), b0)
+    G = form.data_grad(L)
+    if _opnorm(form.adj(G)) <= form.mu:
+        return _recover(form, np.zeros(form.shape), b0, method, "zero",
+                        "Zero optimum: ||grad g(0)||_op <= sqrt(lam_W lam_H) (THEORY §4 exact test).", 0,
+                        {"zero_test": True}, True)
+    return None
+
+
+# -- cvxpy ---------------------------------------------------------------------------------
+def _cvx_program(form: Form):
+    import cvxpy as cp
+
+    K = form.T.shape[0]
+    m = form.T.shape[1]
+    X = cp.Variable(form.shape)
+    if form.kind == "input_coupled":
+        L = X @ form.Phi
+    elif form.scale is not None:
+        L = X @ np.diag(form.scale)
+    else:
+        L = X
+    b = cp.Variable(K) if form.bias != "none" else None
+    if b is not None:
+        L = L + cp.reshape(b, (K, 1), order="C") @ np.ones((1, m))
+    if form.loss == "ce":
+        data = cp.sum(cp.multiply(form.omega, cp.log_sum_exp(L, axis=0) - cp.sum(cp.multiply(form.T, L), axis=0)))
+    else:
+        data = 0.5 * cp.sum(cp.multiply(form.omega, cp.sum(cp.square(L - form.T), axis=0)))
+    obj = data + form.mu * cp.normNuc(X)
+    if form.bias == "regularized":
+        obj = obj + 0.5 * form.lam_b * cp.sum_squares(b)
+    return cp.Problem(cp.Minimize(obj)), X, b
+
+
+def convex(problem, *, solver: str = "CLARABEL", reduce="auto", eps: float = 1e-9, max_iters: int = 100_000,
+           polish: float | None = 1e-7, verbose: bool = False) -> Solution:
+    """Global optimum from the convex program (4.1) (or (8.2b)), solved by cvxpy.
+
+    Parameters
+    ----------
+    problem : UFMProblem or InputCoupledUFM
+        Regularized (``mu = sqrt(lam_W lam_H) > 0``); any labels, counts and bias.
+    solver : {"CLARABEL", "SCS"}
+        Interior point (Clarabel, default: accurate for small and medium sizes)
+        or first-order conic (SCS, run with ``eps_abs = eps_rel = eps``).
+    reduce : "auto", True or False
+        Use the class-collapsed K x K form for hard labels (THEORY §4).
+    eps : float
+        Solver tolerances (Clarabel's gap and feasibility tolerances, SCS's eps).
+    polish : float or None
+        Interior-point and conic solutions stop at about ``eps`` in the objective,
+        which can leave the certified gap near 1e-5 (the certificate is linear in
+        the distance to the optimum, the objective quadratic); by default proximal
+        iterations from the solver's point bring the certified relative gap below
+        ``polish`` (``None`` skips this). ``meta["polish_iterations"]`` says how many.
+
+    Returns
+    -------
+    Solution
+        ``W, H`` (and ``A`` for the input-coupled model) by the balanced split;
+        ``meta`` records the solver, its status and time, the duality gap and the
+        stationarity residuals. ``success`` needs an optimal solver status and a
+        relative duality gap below 1e-6.
+    """
+    import cvxpy as cp
+
+    solver = solver.upper()
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
+    form = form_of(problem, reduce)
+    zero = _zero_solution(form, "convex")
+    if zero is not None:
+        return zero
+    prob, X, b = _cvx_program(form)
+    opts = ({"eps_abs": eps, "eps_rel": eps, "max_iters": max_iters} if solver == "SCS" else
+            {"tol_gap_abs": eps, "tol_gap_rel": eps, "tol_feas": eps, "max_iter": 500})
+    t0 = time.perf_counter()
+    try:
+        prob.solve(solver=solver, verbose=verbose, **opts)
+    except cp.error.SolverError as err:
+        raise RuntimeError(f"cvxpy solver {solver} failed: {err}. Try solver='SCS' or method='prox'.") from err
+    elapsed = time.perf_counter() - t0
+    if X.value is None:
+        return Solution(W=np.zeros((problem.K, problem.d)), H=np.zeros((problem.d, problem.N)), b=None,
+                        Z=np.zeros((problem.K, problem.N)), loss=math.nan, success=False, status=str(prob.status),
+                        message=f"{solver} returned status {prob.status!r} and no solution; try solver='SCS' "
+                                f"with a looser eps, or method='prox'.", method="convex",
+                        meta={"solver": solver, "solver_status": prob.status}, citation=_CITE)
+    Xv = np.asarray(X.value)
+    bv = None if b is None else np.asarray(b.value)
+    info = {"solver": solver, "solver_status": prob.status, "solve_time": elapsed, "solver_value": float(prob.value),
+            "solver_rel_gap": certificate(form, Xv, bv)["rel_gap"], "polish_iterations": 0}
+    if polish is not None and prob.status == cp.OPTIMAL:
+        Xv, bv, info["polish_iterations"], _ = _fista(form, Xv, bv, polish, 2000, 5, False)
+    sol = _recover(form, Xv, bv, "convex", "optimal", f"cvxpy/{solver} status {prob.status}.",
+                   int(prob.solver_stats.num_iters or 0), info, True)
+    ok = prob.status == cp.OPTIMAL and sol.meta["rel_duality_gap"] < 1e-6
+    if ok:
+        return sol
+    return sol.replace(success=False, status="inaccurate",
+                    message=sol.message + " Not certified optimal: tighten eps or use method='prox'.")
+
+
+# -- accelerated proximal gradient -----------------------------------------------------------
+def _svt(X, tau):
+    U, S, Vt = np.linalg.svd(X, full_matrices=False)
+    S = np.maximum(S - tau, 0.0)
+    r = int(np.count_nonzero(S))
+    return (U[:, :r] * S[:r]) @ Vt[:r]
+
+
+def _fista(form: Form, X, b, tol: float, max_iter: int, check_every: int, progress: bool):
+    """FISTA with backtracking and adaptive restart from (X, b); returns (X, b, iterations, certificate)."""
+    K = form.T.shape[0]
+    lam_b = form.lam_b if form.bias == "regularized" else 0.0
+    # initial Lipschitz guess: the data Hessian is <= omega_j * (1/2 for CE, 1 for MSE) per column
+    curv = 0.5 if form.loss == "ce" else 1.0
+    if form.kind == "input_coupled":
+        Lip = curv * float(np.max(form.omega)) * _opnorm(form.Phi) ** 2
+    else:
+        Lip = curv * float(np.max(form.omega * (form.scale ** 2 if form.scale is not None else 1.0)))
+    if b is not None:
+        Lip = max(Lip, curv * float(form.omega.sum()) + lam_b)
+    Lip = max(Lip, 1e-12)
+
+    def smooth(Xv, bv):
+        L = form.logits(Xv, bv)
+        G = form.data_grad(L)
+        val = form.data(L) + form.bias_reg(bv)
+        return val, form.adj(G), (None if bv is None else G.sum(axis=1) + lam_b * bv)
+
+    del K
+    Yx, Yb = X.copy(), None if b is None else b.copy()
+    t, F_prev = 1.0, math.inf
+    cert = certificate(form, X, b)
+    it = 0
+    while cert["rel_gap"] > tol and it < max_iter:
+        it += 1
+        fy, gX, gb = smooth(Yx, Yb)
+        while True:                       # backtracking on the Lipschitz estimate
+            Xn = _svt(Yx - gX / Lip, form.mu / Lip)
+            bn = None if Yb is None else Yb - gb / Lip
+            fn = form.data(form.logits(Xn, bn)) + form.bias_reg(bn)
+            dX = Xn - Yx
+            quad = fy + float(np.sum(gX * dX)) + 0.5 * Lip * float(np.sum(dX * dX))
+            if bn is not None:
+                db = bn - Yb
+                quad += float(gb @ db) + 0.5 * Lip * float(db @ db)
+            if fn <= quad + 1e-15 * abs(quad):
+                break
+            Lip *= 2.0
+        F = fn + form.mu * _nuclear(Xn)
+        if F > F_prev:                    # adaptive restart: drop the momentum, retry from the last iterate
+            t, F_prev = 1.0, math.inf
+            Yx, Yb = X.copy(), None if b is None else b.copy()
+            continue
+        t_next = 0.5 * (1 + math.sqrt(1 + 4 * t * t))
+        mom = (t - 1) / t_next
+        Yx = Xn + mom * (Xn - X)
+        Yb = None if bn is None else bn + mom * (bn - b)
+        X, b, t, F_prev = Xn, bn, t_next, F
+        Lip *= 0.95                      # let the step grow again
+        if it % check_every == 0 or it == max_iter:
+            cert = certificate(form, X, b)
+            if progress:
+                print(f"ufm prox: iteration {it}, relative gap {cert['rel_gap']:.2e}", flush=True)
+    return X, cert["b"], it, cert
+
+
+def prox(problem, *, tol: float = 1e-6, max_iter: int = 20_000, reduce="auto", check_every: int = 10,
+         progress: bool = False) -> Solution:
+    """Global optimum by accelerated proximal gradient (FISTA with restarts) on (4.1).
+
+    Each iteration takes a gradient step on the smooth part (data term and bias
+    decay, step from a backtracking estimate of the Lipschitz constant) and the
+    proximal step of ``mu ||X||_*`` (singular-value soft-thresholding,
+    ``U diag((s - tau)_+) V^T``). Momentum restarts when the objective rises
+    (O'Donoghue & Candes 2015). It stops when the certified relative duality gap
+    of :func:`certificate` is at most ``tol`` (checked every ``check_every`` iterations).
+
+    Returns a :class:`Solution` with ``method="prox"``; ``success`` is False (with
+    the gap reached) when ``max_iter`` runs out.
+    """
+    form = form_of(problem, reduce)
+    zero = _zero_solution(form, "prox")
+    if zero is not None:
+        return zero
+    t0 = time.perf_counter()
+    b0 = None if form.bias == "none" else np.zeros(form.T.shape[0])
+    X, b, it, cert = _fista(form, np.zeros(form.shape), b0, tol, max_iter, check_every, progress)
+    elapsed = time.perf_counter() - t0
+    ok = cert["rel_gap"] <= tol
+    msg = (f"FISTA converged in {it} iterations ({elapsed:.3g} s)." if ok else
+           f"FISTA stopped at max_iter={max_iter} with relative gap {cert['rel_gap']:.2e} > tol={tol:g}; "
+           f"raise max_iter or loosen tol.")
+    return _recover(form, X, b, "prox", "optimal" if ok else "max_iter", msg, it,
+                    {"tol": tol, "solve_time": elapsed}, ok)
+
+
+# -- max-margin limits ---------------------------------------------------------------------
+def svm(problem, *, solver: str = "CLARABEL") -> Solution:
+    """The max-margin limit of an unregularized CE problem (the direction gradient descent converges to).
+
+    * Standard UFM, hard labels, any counts: the nuclear-norm SVM (3.2),
+      ``min ||Z||_* s.t. Z_{y_i,i} - Z_{c,i} >= 1``, solved in class-collapsed form;
+      its solution is SELI, ``P_K Y`` (THEORY §3.2).
+    * Soft labels (NTP, THEORY §5.2): the in-support logits ``L_in`` (explicit), the
+      NTP-SVM (5.2) ``L_mm`` (depends only on the supports), and the centred
+      support-matrix proxy ``S~ = P_V S``; ``Z`` is ``L_mm``.
+    * Input-coupled UFM: ``min ||M||_* s.t. margins(M Phi) >= 1`` (THEORY §8.2).
+
+    ``W, H`` are the balanced split with ratio 1 (``A`` too for the input-coupled
+    model); ``loss`` is the max-margin value ``||.||_*``.
+    """
+    import cvxpy as cp
+
+    solver = solver.upper()
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
+    ok, why = applies_svm(problem)
+    if not ok:
+        raise NotApplicable(why)
+    p = problem
+    meta = {"problem": p.as_dict(), "solver": solver, "objective": "max-margin value (nuclear norm)"}
+    if isinstance(p, InputCoupledUFM):
+        M = cp.Variable((p.K, p.p))
+        Z = M @ p.Phi
+        cons = _margin_constraints(Z, p.y, p.K)
+        prob = cp.Problem(cp.Minimize(cp.normNuc(M)), cons)
+        _solve(prob, solver)
+        Mv = np.asarray(M.value)
+        U, S, Vt = np.linalg.svd(Mv, full_matrices=False)
+        r = int(np.sum(S > 1e-8 * S[0]))
+        if r > p.d:
+            raise NotApplicable(f"d={p.d} is below rank(M)={r}; increase d")
+        W = np.zeros((p.K, p.d))
+        A = np.zeros((p.d, p.p))
+        W[:, :r] = U[:, :r] * np.sqrt(S[:r])
+        A[:r] = np.sqrt(S[:r])[:, None] * Vt[:r]
+        H = A @ p.Phi
+        meta.update(solver_status=prob.status, nuclear=float(prob.value))
+        return Solution(W=W, H=H, b=None, Z=W @ H, A=A, loss=float(prob.value), success=prob.status == cp.OPTIMAL,
+                        status="max_margin", message="Max-margin end state of the input-coupled UFM (no weight "
+                        "decay): the direction of W A Phi under gradient descent.", method="svm", meta=meta,
+                        citation="THEORY §8.2; Lyu & Li 2020; Ji & Telgarsky 2020")
+    if not p.soft:
+        counts = np.asarray(p.counts, dtype=float)
+        Zb = cp.Variable((p.K, p.K))
+        cons = _margin_constraints(Zb, np.arange(p.K), p.K)
+        prob = cp.Problem(cp.Minimize(cp.normNuc(Zb @ np.diag(np.sqrt(counts)))), cons)
+        _solve(prob, solver)
+        Z = np.asarray(Zb.value)[:, p.y]
+        W, H = balanced_split(Z, p.d, 0.0, 0.0)
+        sel = (np.eye(p.K) - 1.0 / p.K) @ p.Y
+        meta.update(solver_status=prob.status, nuclear=float(prob.value),
+                    distance_to_seli=float(np.abs(Z - sel).max()))
+        return Solution(W=W, H=H, b=None, Z=W @ H, loss=float(prob.value), success=prob.status == cp.OPTIMAL,
+                        status="seli", message="Nuclear-norm SVM (3.2) of the unregularized CE UFM; SELI predicts "
+                        f"P_K Y (max deviation {meta['distance_to_seli']:.1e}).", method="svm", meta=meta,
+                        citation="THEORY §3.2; Thrampoulidis et al. 2022, arXiv 2208.05512")
+    return _ntp_svm(p, solver, meta)
+
+
+def _solve(prob, solver):
+    import cvxpy as cp
+
+    try:
+        prob.solve(solver=solver, **({"eps_abs": 1e-10, "eps_rel": 1e-10, "max_iters": 200_000}
+                                    if solver == "SCS" else {}))
+    except cp.error.SolverError as err:
+        raise RuntimeError(f"cvxpy solver {solver} failed: {err}") from err
+    if prob.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
+        raise RuntimeError(f"the max-margin program is {prob.status} with {solver}; the margins cannot be met "
+                           "(check the labels: every class needs an example) or the solver failed.")
+
+
+def _margin_constraints(Z, y, K):
+    """Z[y_i, i] - Z[c, i] >= 1 for every column i and every c != y_i (vectorized)."""
+    import cvxpy as cp
+
+    y = np.asarray(y)
+    m = len(y)
+    Yh = np.zeros((K, m))
+    Yh[y, np.arange(m)] = 1.0
+
+    picked = cp.sum(cp.multiply(Yh, Z), axis=0)                       # Z[y_i, i]
+    gaps = cp.reshape(picked, (1, m), order="C") - Z                  # row c: Z[y_i,i] - Z[c,i]
+    mask = 1.0 - Yh
+    return [cp.multiply(mask, gaps) >= mask]
+
+
+def _ntp_svm(p, solver, meta):
+    import cvxpy as cp
+
+    Y = p.Y
+    V, m = Y.shape
+    S = (Y > 0).astype(float)
+    Lin = np.zeros((V, m))
+    for j in range(m):
+        sup = np.flatnonzero(S[:, j])
+        lp = np.log(Y[sup, j])
+        Lin[sup, j] = lp - lp.mean()
+    L = cp.Variable((V, m))
+    cons = []
+    for j in range(m):
+        sup = np.flatnonzero(S[:, j])
+        out = np.flatnonzero(S[:, j] == 0)
+        if sup.size > 1:
+            cons.append(L[sup[1:], j] == L[sup[0], j])
+        if out.size:
+            cons.append(L[sup[0], j] - L[out, j] >= 1)
+    prob = cp.Problem(cp.Minimize(cp.normNuc(L)), cons)
+    _solve(prob, solver)
+    Lmm = np.asarray(L.value)
+    St = (np.eye(V) - 1.0 / V) @ S
+    cos = float(np.sum(Lmm * St) / (np.linalg.norm(Lmm) * np.linalg.norm(St)))
+    W, H = balanced_split(Lmm, p.d, 0.0, 0.0)
+    meta.update(solver_status=prob.status, nuclear=float(prob.value), L_in=Lin.tolist(),
+                support_proxy=St.tolist(), cos_to_proxy=cos, nuclear_proxy=_nuclear(St))
+    return Solution(W=W, H=H, b=None, Z=W @ H, loss=float(prob.value), success=prob.status == cp.OPTIMAL,
+                    status="ntp_svm", message=f"NTP-SVM (5.2): the out-of-support logits L_mm; cos(L_mm, S~) = "
+                    f"{cos:.5f}. meta holds L_in and the centred support proxy S~.", method="svm", meta=meta,
+                    citation="THEORY §5.2; Thrampoulidis 2024, arXiv 2402.18551; Zhao et al. 2024, arXiv 2408.15417")
+
+
+# -- applicability (for ufm.solve) -------------------------------------------------------------
+def applies_convex(problem) -> tuple[bool, str]:
+    try:
+        form_of(problem)
+    except NotApplicable as err:
+        return False, str(err)
+    return True, "convex form (4.1)"
+
+
+applies_prox = applies_convex
+
+
+def applies_svm(problem) -> tuple[bool, str]:
+    if isinstance(problem, AnchoredUFM):
+        return False, "the anchored UFM has no max-margin program here"
+    if isinstance(problem, InputCoupledUFM):
+        if problem.loss != "ce" or problem.mu > 0 or problem.soft:
+            return False, "svm needs an unregularized CE input-coupled problem with hard labels"
+        return True, "input-coupled max margin"
+    if not isinstance(problem, UFMProblem):
+        return False, f"needs a UFMProblem, got {type(problem).__name__}"
+    if problem.loss != "ce" or problem.lam_W > 0 or problem.lam_H > 0 or problem.bias:
+        return False, "svm is the limit of CE without weight decay and without bias"
+    return True, "nuclear-norm SVM"
