@@ -182,3 +182,11 @@ def test_auto_records_its_choice():
     sol = ufm.solve(big)
     assert sol.method == "prox" and sol.success and sol.meta["auto"]["method"] == "prox"
     assert ufm.solve(CLOSED[0]).meta["auto"]["method"] == "closed_form"
+
+
+def test_infeasible_margins_are_explained():
+    """Two items with the same encoding (sigma = 0, siblings of a hierarchy) cannot be separated."""
+    s = ufm.hierarchy(2, 2)
+    m = InputCoupledUFM.from_setting(s, sigma=0.0, d=4)
+    with pytest.raises(RuntimeError, match="margins cannot be met"):
+        ufm.solve(m, method="svm")

@@ -15,9 +15,9 @@ def test_readme_opens_with_the_two_commands():
 
 
 def test_readme_python_block_runs():
-    code = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
+    first, second = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     ns = {}
-    exec(compile(code, str(README), "exec"), ns)
+    exec(compile(first, str(README), "exec"), ns)
     sol = ns["sol"]
     assert (sol.loss, sol.status) == (pytest.approx(0.26133639, abs=1e-8), "etf")
     assert sol.meta["s"] == pytest.approx(4.00250385, abs=1e-8)
@@ -27,3 +27,6 @@ def test_readme_python_block_runs():
     gap = ns["tr"].semantic_gap[0]
     assert gap.max() == pytest.approx(0.41, abs=0.01) and gap[0] < gap.max() - 0.2 and gap[-1] < gap.max() - 0.1
     assert ns["flow"].status == "completed" and ns["flow"].meta["time_variable"] == "log(1+t)"
+    exec(compile(second, str(README), "exec"), ns)                 # the imbalanced example
+    assert ns["sol"].meta["auto"]["method"] == "convex"
+    assert ns["metrics"].cosine_matrix(ns["sol"].gram_W)[2, 3] == pytest.approx(1.0, abs=1e-3)
