@@ -199,7 +199,7 @@ def _polish_bias(form: Form, X, b, iters: int = 60):
     return b
 
 
-def certificate(form: Form, X, b=None) -> dict:
+def certificate(form: Form, X, b=None, *, nuclear: float | None = None) -> dict:
     """Primal value, a dual lower bound and their gap at ``(X, b)``.
 
     The dual of ``min g(fwd(X) + b 1^T) + mu ||X||_* + r(b)`` is
@@ -210,11 +210,12 @@ def certificate(form: Form, X, b=None) -> dict:
     ``-g*(V) = sum_j omega_j Entropy(T_j + V_j/omega_j)``; MSE:
     ``-g*(V) = -sum_j [||V_j||^2/(2 omega_j) + V_j^T T_j]``.
 
+    ``nuclear`` may pass ``||X||_*`` when it is known (saves an SVD).
     Returns ``{"primal", "dual", "gap", "rel_gap" = gap / primal, "b"}`` (``b`` polished).
     """
     b = _polish_bias(form, X, b)
     L = form.logits(X, b)
-    primal = form.data(L) + form.mu * _nuclear(X) + form.bias_reg(b)
+    primal = form.data(L) + form.mu * (_nuclear(X) if nuclear is None else nuclear) + form.bias_reg(b)
     G = form.data_grad(L)
     if form.bias == "free":
         G = G - np.outer(G.sum(axis=1), form.omega) / form.omega.sum()
@@ -388,15 +389,15 @@ def convex(problem, *, solver: str = "CLARABEL", reduce="auto", eps: float = 1e-
 
 # -- accelerated proximal gradient -----------------------------------------------------------
 def _svt(X, tau):
+    """Singular-value soft-thresholding (the prox of tau ||.||_*); returns the result and its nuclear norm."""
     U, S, Vt = np.linalg.svd(X, full_matrices=False)
     S = np.maximum(S - tau, 0.0)
     r = int(np.count_nonzero(S))
-    return (U[:, :r] * S[:r]) @ Vt[:r]
+    return (U[:, :r] * S[:r]) @ Vt[:r], float(S.sum())
 
 
 def _fista(form: Form, X, b, tol: float, max_iter: int, check_every: int, progress: bool):
     """FISTA with backtracking and adaptive restart from (X, b); returns (X, b, iterations, certificate)."""
-    K = form.T.shape[0]
     lam_b = form.lam_b if form.bias == "regularized" else 0.0
     # initial Lipschitz guess: the data Hessian is <= omega_j * (1/2 for CE, 1 for MSE) per column
     curv = 0.5 if form.loss == "ce" else 1.0
@@ -408,26 +409,24 @@ def _fista(form: Form, X, b, tol: float, max_iter: int, check_every: int, progre
         Lip = max(Lip, curv * float(form.omega.sum()) + lam_b)
     Lip = max(Lip, 1e-12)
 
-    def smooth(Xv, bv):
-        L = form.logits(Xv, bv)
-        G = form.data_grad(L)
-        val = form.data(L) + form.bias_reg(bv)
-        return val, form.adj(G), (None if bv is None else G.sum(axis=1) + lam_b * bv)
+    def grad(Xv, bv):
+        """Gradient of the smooth part (data term and bias decay) in X and b."""
+        G = form.data_grad(form.logits(Xv, bv))
+        return form.adj(G), (None if bv is None else G.sum(axis=1) + lam_b * bv)
 
-    del K
     Yx, Yb = X.copy(), None if b is None else b.copy()
     t = 1.0
     cert = certificate(form, X, b)
-    it = 0
+    nuc, it = None, 0
     while cert["rel_gap"] > tol and it < max_iter:
         it += 1
-        fy, gX, gb = smooth(Yx, Yb)
+        gX, gb = grad(Yx, Yb)
         while True:                       # backtracking on the Lipschitz estimate
-            Xn = _svt(Yx - gX / Lip, form.mu / Lip)
+            Xn, nuc_n = _svt(Yx - gX / Lip, form.mu / Lip)
             bn = None if Yb is None else Yb - gb / Lip
             # accept when the gradient changed by at most Lip * step (the Lipschitz condition itself:
             # unlike the function-value test it does not drown in rounding near the optimum)
-            _, gXn, gbn = smooth(Xn, bn)
+            gXn, gbn = grad(Xn, bn)
             dg = float(np.sum((gXn - gX) ** 2))
             dx = float(np.sum((Xn - Yx) ** 2))
             if bn is not None:
@@ -445,10 +444,10 @@ def _fista(form: Form, X, b, tol: float, max_iter: int, check_every: int, progre
         mom = 0.0 if back > 0 else (t - 1) / t_next
         Yx = Xn + mom * (Xn - X)
         Yb = None if bn is None else bn + mom * (bn - b)
-        X, b, t = Xn, bn, t_next
+        X, b, t, nuc = Xn, bn, t_next, nuc_n
         Lip *= 0.95                      # let the step grow again
         if it % check_every == 0 or it == max_iter:
-            cert = certificate(form, X, b)
+            cert = certificate(form, X, b, nuclear=nuc)
             if progress:
                 print(f"ufm prox: iteration {it}, relative gap {cert['rel_gap']:.2e}", flush=True)
     return X, cert["b"], it, cert
