@@ -101,7 +101,7 @@ else:
             return builder.bitcast(args[0], _ir.DoubleType())
         return _types.float64(_types.int64), codegen
 
-    @njit(cache=True, inline="always", fastmath=FASTMATH)
+    @njit(cache=True, fastmath=FASTMATH)
     def _exp(x):
         """``exp(x)`` in float64 for ``x <= 709`` (the softmax calls it with ``x <= 0``).
 
@@ -143,7 +143,7 @@ def _dot(a, b):
     return s
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def _mm_nn(A, B, C):
     """C = A @ B."""
     m, k = A.shape
@@ -161,7 +161,7 @@ def _mm_nn(A, B, C):
                 C[i, j] += a * B[q, j]
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def _mm_nt(A, B, C):
     """C = A @ B.T."""
     m, k = A.shape
@@ -174,7 +174,7 @@ def _mm_nt(A, B, C):
             C[i, j] = _dot(A[i], B[j])
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def _mm_tn(A, B, C):
     """C = A.T @ B."""
     k, m = A.shape
@@ -193,7 +193,7 @@ def _mm_tn(A, B, C):
                 C[i, j] += a * B[q, j]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _transpose(A, AT):
     m, n = A.shape
     for i in range(m):
@@ -207,7 +207,7 @@ def _transpose(A, AT):
 _SHORT_ROW = 16
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def _col_stats(Z, cmax, cacc):
     """``cmax[j]`` = maximum and ``cacc[j]`` = sum of column j of Z, in passes along rows."""
     K, N = Z.shape
@@ -226,7 +226,7 @@ def _col_stats(Z, cmax, cacc):
 _ONE_SHIFT_SPREAD = 300.0
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def _softmax_exps(Z, G, cmax, csum, cacc):
     """The exponentials of the column softmax of Z into G, their column sums into csum.
 
@@ -291,7 +291,7 @@ def _softmax_exps(Z, G, cmax, csum, cacc):
     return check
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def _logit_pass(Z, Y, loss_id, G, cmax, csum, cacc):
     """G = grad_Z g(Z) (mean over the N columns), in passes along rows.
 
@@ -322,7 +322,7 @@ def _logit_pass(Z, Y, loss_id, G, cmax, csum, cacc):
     return check
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def _data_loss(Z, Y, loss_id, cmax, csum):
     """g(Z) after :func:`_softmax_exps` (which left the shifts in ``cmax`` and ``csum``)."""
     K, N = Z.shape
@@ -341,7 +341,7 @@ def _data_loss(Z, Y, loss_id, cmax, csum):
     return total / N
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def _logit_grad(Z, Y, loss_id, G):
     """G = grad_Z g(Z) (mean over the N columns); returns g(Z)."""
     N = Z.shape[1]
@@ -353,7 +353,7 @@ def _logit_grad(Z, Y, loss_id, G):
     return _data_loss(Z, Y, loss_id, cmax, csum)
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def _sumsq(A):
     """``||A||_F^2`` row by row (each row a vectorised :func:`_dot`)."""
     s = 0.0
@@ -365,7 +365,7 @@ def _sumsq(A):
 _BIG = 1e290
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _bounded(sW, sH, sb):
     """Whether ``||W||^2 = sW``, ``||H||^2 = sH``, ``||b||^2 = sb`` are finite and small
     enough that no logit, loss or weight-decay term can overflow (``|z| <= ||W|| ||H|| + ||b||``)."""
@@ -412,7 +412,7 @@ def ufm_grad(W, H, b, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, Z, 
     return f + reg
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def _ufm_step(W, F, trans, b, Y, Fanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, lr, want_f,
               Z, G, dW, dF, cmax, csum, cacc):
     """One GD step ``x <- x - lr grad f(x)`` in place, unless the logits are non-finite.
@@ -615,7 +615,7 @@ def icm_grad(W, A, Phi, Y, lam_W, lam_A, loss_id, H, Z, G, T, dW, dA):
     return f + reg
 
 
-@njit(cache=True, inline="always", fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH)
 def _icm_step(W, A, Phi, Y, lam_W, lam_A, loss_id, lr, want_f, H, Z, G, T, dW, dA, cmax, csum, cacc):
     """One GD step on (W, A) in place unless the logits are non-finite; returns ``(check, f)``
     as :func:`_ufm_step` does."""
