@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-__all__ = ["Solution", "Trajectory", "load", "package_versions"]
+__all__ = ["Solution", "SweepResult", "Trajectory", "load", "package_versions"]
 
 _SCHEMA = 1
 
@@ -255,7 +255,236 @@ class Trajectory(_Result):
                 f"seeds={self.n_seeds}, T={len(self.steps)}, last step={int(self.steps[-1])})")
 
 
-_TYPES = {"Solution": Solution, "Trajectory": Trajectory}
+# -- sweeps ----------------------------------------------------------------------------
+def record_value(value, name: str = "value"):
+    """A record entry in its stored form: a JSON scalar, a tuple of them, or a read-only array.
+
+    numpy scalars become Python numbers, lists and tuples of scalars become
+    tuples (so a record compares equal after a save/load round trip), and
+    arrays are copied and made read-only. Anything else is refused.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        if all(v is None or isinstance(v, (bool, str, int, float, np.generic, list, tuple)) for v in value):
+            return tuple(record_value(v, name) for v in value)
+        value = np.asarray(value)
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            raise ValueError(f"{name}: arrays of Python objects cannot be stored without pickles; "
+                             "store numbers, strings or booleans.")
+        if value.ndim == 0:
+            return record_value(value.item(), name)
+        arr = np.array(value)
+        arr.setflags(write=False)
+        return arr
+    raise ValueError(f"{name}: cannot store a {type(value).__name__} in a record; use a number, string, boolean, "
+                     "None, a list of those, or a numpy array.")
+
+
+def _from_json(value):
+    """Undo the JSON encoding of a record value (lists back to tuples)."""
+    if isinstance(value, list):
+        return tuple(_from_json(v) for v in value)
+    return value
+
+
+def pack_records(records, prefix: str = "records"):
+    """Split records into JSON rows (arrays replaced by ``{"__array__": name}``) and a dict of arrays."""
+    rows, arrays = [], {}
+    for i, rec in enumerate(records):
+        row = {}
+        for j, (key, value) in enumerate(rec.items()):
+            if isinstance(value, np.ndarray):
+                name = f"{prefix}/{i}/{j}"
+                arrays[name] = value
+                row[key] = {"__array__": name}
+            else:
+                row[key] = _jsonable(value)
+        rows.append(row)
+    return rows, arrays
+
+
+def unpack_records(rows, data) -> list:
+    """Inverse of :func:`pack_records`; ``data`` maps array names to arrays (e.g. an open ``.npz``)."""
+    out = []
+    for row in rows:
+        rec = {}
+        for key, value in row.items():
+            if isinstance(value, dict) and "__array__" in value:
+                rec[key] = np.array(data[value["__array__"]])
+            else:
+                rec[key] = _from_json(value)
+        out.append(rec)
+    return out
+
+
+def _hash_records(rows, arrays, h=None):
+    h = hashlib.sha256() if h is None else h
+    h.update(json.dumps(rows, sort_keys=True).encode())
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{arr.dtype.str}|{arr.shape}".encode())
+        h.update(arr.tobytes())
+    return h
+
+
+class _FrozenList(list):
+    """A list that refuses changes (results are immutable)."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("results are frozen; copy the list to change it.")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+
+    def __reduce__(self):
+        return (_FrozenList, (list(self),))
+
+
+@dataclass(frozen=True, eq=False)
+class SweepResult(_Result):
+    """Tidy results of :func:`ufm.sweep`: one record per (grid point, seed), in grid order.
+
+    Attributes
+    ----------
+    records : list of dict
+        One dict per finished run (read-only), in grid order with the seeds of a
+        point next to each other. Keys: the grid parameters, ``seed_index``,
+        ``seed`` (the integer the task was given), ``ok``, ``error`` (``None`` when
+        ``ok``, else ``"Type: message"``), then what the task returned
+        (see :func:`ufm.sweep`). Values are Python scalars, tuples or read-only arrays.
+    task : str
+        The task that ran, ``"module:function"``.
+    axes : tuple of str
+        The grid parameters, in grid order.
+    seeds : int
+        Seeds per grid point.
+    status : str
+        ``"completed"`` (every run has a record, ok or failed) or ``"interrupted"``
+        (Ctrl-C; the finished runs are kept, and a rerun with the same
+        ``cache_dir`` computes only the missing ones).
+    message : str
+        What happened, with the number of failed runs and their errors.
+    meta : dict
+        Backend, seeds, fixed arguments, counts (``n_runs``, ``n_cached``,
+        ``n_computed``, ``n_failed``), ``errors`` (message -> count), the first
+        ``tracebacks``, ``elapsed`` seconds, versions, ``records_hash`` (a SHA-256
+        over the records only: equal records give equal hashes whatever the
+        backend) and ``content_hash``.
+    """
+
+    records: list
+    task: str
+    axes: tuple
+    seeds: int
+    status: str
+    message: str
+    meta: dict = field(default_factory=dict)
+    citation: str = ""
+
+    def __post_init__(self):
+        frozen = _FrozenList(
+            _FrozenDict({str(k): record_value(v, f"records[{i}][{k!r}]") for k, v in rec.items()})
+            for i, rec in enumerate(self.records))
+        object.__setattr__(self, "records", frozen)
+        object.__setattr__(self, "axes", tuple(self.axes))
+        rows, arrays = pack_records(frozen)
+        meta = dict(self.meta)
+        meta["records_hash"] = _hash_records(rows, arrays).hexdigest()
+        object.__setattr__(self, "meta", meta)
+        super().__post_init__()
+
+    def _scalars(self) -> dict:
+        return {"task": self.task, "axes": list(self.axes), "seeds": self.seeds, "status": self.status,
+                "message": self.message, "citation": self.citation}
+
+    def _hash(self, meta: dict) -> str:
+        rows, arrays = pack_records(self.records)
+        h = _hash_records(rows, arrays)
+        rest = {k: v for k, v in meta.items() if k not in ("content_hash", "versions")}
+        h.update(json.dumps(_jsonable(self._scalars()), sort_keys=True).encode())
+        h.update(json.dumps(rest, sort_keys=True).encode())
+        return h.hexdigest()
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the sweep to ``path`` (``.npz``, no pickles). Returns the path written."""
+        rows, arrays = pack_records(self.records)
+        header = {"schema": _SCHEMA, "type": type(self).__name__, "scalars": self._scalars(),
+                  "records": rows, "meta": self.meta}
+        path = os.fspath(path)
+        if not path.endswith(".npz"):
+            path += ".npz"
+        np.savez_compressed(path, __header__=np.array(json.dumps(header)), **arrays)
+        return path
+
+    @classmethod
+    def _fields_from_file(cls, header, data) -> dict:
+        return {**header["scalars"], "records": unpack_records(header["records"], data)}
+
+    # -- views ----------------------------------------------------------------------
+    @property
+    def n_failed(self) -> int:
+        """Number of runs whose task raised (or whose worker died too often)."""
+        return sum(1 for r in self.records if not r["ok"])
+
+    @property
+    def failed(self) -> list:
+        """The records of the failed runs."""
+        return [r for r in self.records if not r["ok"]]
+
+    @property
+    def success(self) -> bool:
+        """Whether every run finished and none failed."""
+        return self.status == "completed" and self.n_failed == 0
+
+    def column(self, name: str, *, ok_only: bool = False) -> np.ndarray:
+        """Values of one key across records (``NaN`` where a record lacks it, e.g. failed runs).
+
+        Numbers give a float array, anything else an object array.
+        """
+        rows = [r for r in self.records if r["ok"] or not ok_only]
+        if not any(name in r for r in rows):
+            known = sorted({k for r in self.records for k in r})
+            raise ValueError(f"no record has {name!r}; keys: {known}.")
+        values = [r.get(name, np.nan) for r in rows]
+        if all(isinstance(v, (int, float, bool)) and not isinstance(v, np.ndarray) for v in values):
+            return np.array(values, dtype=np.float64)
+        out = np.empty(len(values), dtype=object)
+        out[:] = values
+        return out
+
+    def to_pandas(self):
+        """The records as a ``pandas.DataFrame`` (one row per run; array values stay arrays).
+
+        pandas is optional: ``pip install pandas``.
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("SweepResult.to_pandas needs pandas: pip install pandas "
+                              "(or use result.records, a list of dicts).") from None
+        return pd.DataFrame([dict(r) for r in self.records])
+
+    def summary(self) -> str:
+        """The message, with the most common errors (up to 5)."""
+        lines = [self.message]
+        for err, count in list(self.meta.get("errors", {}).items())[:5]:
+            lines.append(f"  {count} x {err}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"SweepResult(task={self.task!r}, status={self.status!r}, records={len(self.records)}, "
+                f"axes={list(self.axes)}, seeds={self.seeds}, failed={self.n_failed})")
+
+
+_TYPES = {"Solution": Solution, "Trajectory": Trajectory, "SweepResult": SweepResult}
 
 
 def load(path: str | os.PathLike):
@@ -269,13 +498,18 @@ def load(path: str | os.PathLike):
             raise ValueError(f"{path}: unknown result type {header.get('type')!r}; known: {sorted(_TYPES)}.")
         if header.get("schema") != _SCHEMA:
             raise ValueError(f"{path}: schema {header.get('schema')} not supported (this ufm reads {_SCHEMA}).")
-        arrays = {name: (np.array(data[name]) if name in data else None) for name in cls._ARRAYS}
-        for name in cls._DICTS:
-            prefix = name + "/"
-            arrays[name] = {key[len(prefix):]: np.array(data[key]) for key in data.files if key.startswith(prefix)}
+        if hasattr(cls, "_fields_from_file"):     # results with their own layout (SweepResult)
+            fields = cls._fields_from_file(header, data)
+        else:
+            fields = {name: (np.array(data[name]) if name in data else None) for name in cls._ARRAYS}
+            for name in cls._DICTS:
+                prefix = name + "/"
+                fields[name] = {key[len(prefix):]: np.array(data[key]) for key in data.files
+                                if key.startswith(prefix)}
+            fields.update(header["scalars"])
     meta = header["meta"]
     stored = meta.get("content_hash")
-    obj = cls(**arrays, **header["scalars"], meta=meta)
+    obj = cls(**fields, meta=meta)
     if stored is not None and obj.meta["content_hash"] != stored:
         raise ValueError(f"{path}: content hash mismatch; the file was changed or corrupted.")
     return obj
@@ -283,3 +517,4 @@ def load(path: str | os.PathLike):
 
 Solution.load = staticmethod(load)  # Solution.load(path) reads a saved Solution
 Trajectory.load = staticmethod(load)
+SweepResult.load = staticmethod(load)
