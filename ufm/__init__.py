@@ -9,6 +9,8 @@ UFMProblem, LayerPeeledProblem   problem data (:mod:`ufm.problems`)
 AnchoredUFM, InputCoupledUFM     semantic-aware models M1, M2 (THEORY §8.1-8.2)
 solve                            ``solve(problem, method="closed_form")`` -> Solution
 simulate                         ``simulate(problem, steps, lr, ...)`` -> Trajectory (GD or gradient flow)
+sweep                            ``sweep(task, grid, seeds=..., backend="loky"|"threads"|"dask"|"sequential")``
+                                 -> SweepResult: grids x seeds on joblib or Dask, cached and resumable
 closed_form                      analytic optima and thresholds (THEORY §1-3)
 metrics                          NC1-NC4, CDNV, ETF distance, semantic scores, effective rank
 settings                         synthetic settings with latent factors (factorial, hierarchy, ntp_contexts)
@@ -32,6 +34,8 @@ _ATTRS = {
     "Trajectory": ("ufm.results", "Trajectory"),
     "simulate": ("ufm._simulate", "simulate"),
     "solve": ("ufm._solve", "solve"),
+    "sweep": ("ufm._sweep", "sweep"),
+    "SweepResult": ("ufm.results", "SweepResult"),
     "NoMethodApplies": ("ufm._solve", "NoMethodApplies"),
     "Setting": ("ufm.settings", "Setting"),
     "factorial": ("ufm.settings", "factorial"),
