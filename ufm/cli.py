@@ -15,6 +15,20 @@ def _demo(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from ._sweep import run_config
+
+    try:
+        res = run_config(args.config, out=args.out, resume=args.resume, backend=args.backend, n_jobs=args.n_jobs,
+                         figure=not args.no_figure, progress=not args.quiet)["result"]
+    except (ValueError, OSError) as err:
+        print(f"ufm sweep: {err}", file=sys.stderr)
+        return 2
+    if res.status == "interrupted":
+        return 130
+    return 0 if res.n_failed == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ufm", description="Unconstrained features model toolkit.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -24,6 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="ufm-demo", help="output folder (created if missing; default: ufm-demo)")
     demo.add_argument("--no-figures", action="store_true", help="write the table only")
     demo.set_defaults(func=_demo)
+    sw = sub.add_parser("sweep", help="run a parameter sweep from a TOML file; write the result and a phase diagram",
+                        description="Run the sweep of CONFIG.toml (task, [problem], [fixed], [grid], seeds, backend; "
+                                    "see examples/sweep.toml) with ufm.sweep. Writes OUT/result.npz and "
+                                    "OUT/phase_diagram.png; finished runs are cached in OUT/cache as they complete. "
+                                    "Exit status: 0 all runs ok, 1 some failed, 2 bad configuration, 130 interrupted.")
+    sw.add_argument("config", help="the TOML file")
+    sw.add_argument("--out", help="output folder (default: the file's `out`, else ufm-sweep)")
+    sw.add_argument("--resume", action="store_true",
+                    help="continue an interrupted sweep: load the finished runs from OUT/cache, compute the rest")
+    sw.add_argument("--backend", choices=["loky", "threads", "dask", "sequential"], help="override the file's backend")
+    sw.add_argument("--n-jobs", type=int, help="override the file's n_jobs")
+    sw.add_argument("--no-figure", action="store_true", help="write the result only")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.set_defaults(func=_sweep)
     return parser
 
 
