@@ -61,6 +61,14 @@ def interrupted_trajectory(a, seed):
     return float(a)
 
 
+def thread_caps(a, seed):
+    import numba
+    from threadpoolctl import threadpool_info
+
+    blas = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+    return {"numba": numba.get_num_threads(), "blas": max(blas, default=1)}
+
+
 def counts(path):
     if not os.path.exists(path):
         return {}
@@ -230,6 +238,13 @@ def test_save_load_round_trip_and_frozen(tmp_path):
     else:
         df = res.to_pandas()
         assert len(df) == 12 and list(df.columns[:4]) == ["a", "b", "seed_index", "seed"]
+
+
+def test_workers_run_numba_and_blas_on_one_thread(dask_client):
+    for backend, extra in (("loky", {}), ("dask", {"client": dask_client})):
+        res = ufm.sweep(thread_caps, {"a": [0, 1, 2, 3]}, backend=backend, n_jobs=2, progress=False, **extra)
+        assert res.success
+        assert {(r["numba"], r["blas"]) for r in res.records} == {(1, 1)}, backend
 
 
 # -- nothing lost, nothing repeated ----------------------------------------------------------
