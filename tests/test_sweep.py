@@ -283,9 +283,12 @@ def test_ctrl_c_during_a_loky_sweep_then_resume(tmp_path):
     grid = {"a": list(range(10, 40))}
     fixed = {"counter": str(counter), "sleep": 0.15}
 
+    finished = threading.Event()
+
     def interrupt_after_three_runs():
         while len(list(cache.glob("*.npz"))) < 3:
-            time.sleep(0.01)
+            if finished.wait(0.01):
+                return
         os.kill(os.getpid(), signal.SIGINT)
 
     cache.mkdir()
@@ -296,8 +299,9 @@ def test_ctrl_c_during_a_loky_sweep_then_resume(tmp_path):
         watcher = threading.Thread(target=interrupt_after_three_runs, daemon=True)
         watcher.start()
         first = ufm.sweep(counted, grid, fixed=fixed, backend="loky", n_jobs=2, cache_dir=cache, progress=False)
-        watcher.join(5)
     finally:
+        finished.set()
+        watcher.join(5)
         signal.signal(signal.SIGINT, previous)
     assert first.status == "interrupted" and len(first.records) < 30
     before = counts(counter)
