@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-__all__ = ["Solution", "SweepResult", "Trajectory", "load", "package_versions"]
+__all__ = ["Solution", "SweepResult", "TheoryCurve", "Trajectory", "load", "package_versions"]
 
 _SCHEMA = 1
 
@@ -255,6 +255,62 @@ class Trajectory(_Result):
                 f"seeds={self.n_seeds}, T={len(self.steps)}, last step={int(self.steps[-1])})")
 
 
+@dataclass(frozen=True, eq=False)
+class TheoryCurve(_Result):
+    """A predicted curve on a time grid: what :mod:`ufm.dynamics` returns.
+
+    Attributes
+    ----------
+    times : float array (T,)
+        Gradient-flow times, in the convention of :func:`ufm.simulate`
+        (``t = steps * lr``, mean losses), so ``dynamics.*(problem, traj.times)``
+        lines up with a :class:`Trajectory`.
+    records : dict of name -> array (T, ...)
+        One array per predicted quantity (no seed axis), e.g. ``"z"`` (mode
+        outputs), ``"gram_H"``, ``"semantic_gap"``, ``"etf_distance"``, ``"p"``;
+        also reachable as attributes: ``curve.semantic_gap``.
+    kind : str
+        ``"modes"``, ``"semantic"`` or ``"symmetric_flow"``.
+    constants : dict of name -> array
+        Time-independent arrays of the prediction (singular values ``"d"``,
+        modes ``"Q"``, ``"z0"``, ``"peak_gram"``, ``"end_gram"``, ...); also
+        reachable as attributes.
+    peak_time, peak_value, transition_time : float or None
+        For ``kind="semantic"``: time and value of the semantic-gap maximum,
+        and the first time after it at which the Gram is closer to the end
+        state than to the peak (``None`` when not reached or not defined).
+    meta : dict
+        Problem, model and approximation used, initialization, versions, content hash.
+    """
+
+    times: np.ndarray
+    records: dict
+    kind: str
+    constants: dict = field(default_factory=dict)
+    peak_time: float | None = None
+    peak_value: float | None = None
+    transition_time: float | None = None
+    meta: dict = field(default_factory=dict)
+    citation: str = ""
+
+    _ARRAYS: ClassVar[tuple[str, ...]] = ("times",)
+    _DICTS: ClassVar[tuple[str, ...]] = ("records", "constants")
+
+    def __getattr__(self, name):
+        for group in ("records", "constants"):
+            values = self.__dict__.get(group)
+            if values is not None and name in values:
+                return values[name]
+        raise AttributeError(f"TheoryCurve has no record or constant {name!r}; records: "
+                             f"{sorted(self.__dict__.get('records') or {})}, constants: "
+                             f"{sorted(self.__dict__.get('constants') or {})}.")
+
+    def __repr__(self) -> str:
+        extra = "" if self.peak_time is None else f", peak_time={self.peak_time:.6g}"
+        extra += "" if self.transition_time is None else f", transition_time={self.transition_time:.6g}"
+        return f"TheoryCurve(kind={self.kind!r}, records={sorted(self.records)}, T={len(self.times)}{extra})"
+
+
 # -- sweeps ----------------------------------------------------------------------------
 def record_value(value, name: str = "value"):
     """A record entry in its stored form: a JSON scalar, a tuple of them, or a read-only array.
@@ -484,7 +540,7 @@ class SweepResult(_Result):
                 f"axes={list(self.axes)}, seeds={self.seeds}, failed={self.n_failed})")
 
 
-_TYPES = {"Solution": Solution, "Trajectory": Trajectory, "SweepResult": SweepResult}
+_TYPES = {"Solution": Solution, "Trajectory": Trajectory, "TheoryCurve": TheoryCurve, "SweepResult": SweepResult}
 
 
 def load(path: str | os.PathLike):
@@ -517,4 +573,5 @@ def load(path: str | os.PathLike):
 
 Solution.load = staticmethod(load)  # Solution.load(path) reads a saved Solution
 Trajectory.load = staticmethod(load)
+TheoryCurve.load = staticmethod(load)
 SweepResult.load = staticmethod(load)
