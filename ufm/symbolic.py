@@ -18,10 +18,11 @@ import sympy as sp
 
 __all__ = [
     "K", "n", "gamma", "lam_W", "lam_H", "lam_b", "s", "t", "alpha", "beta", "c",
-    "E_W", "E_H", "z0", "d_alpha", "N", "x", "p", "p0",
+    "E_W", "E_H", "z0", "d_alpha", "N", "x", "p", "p0", "lam",
     "ce_scalar_objective", "ce_margin", "ce_zero_threshold", "ce_optimum",
     "layer_peeled_optimum", "mse_scalar_objective", "mse_optimum", "mse_bias_threshold",
     "nuclear_split", "logistic_mode", "mse_symmetric_flow", "ce_symmetric_flow",
+    "mse_decay_mode", "random_init_mode", "ce_linearized_mode", "two_level_peak",
     "numeric",
 ]
 
@@ -45,6 +46,7 @@ d_alpha = sp.Symbol("d_alpha", positive=True)  # input singular value of a mode
 x = sp.Symbol("x", positive=True)            # a nuclear norm (variational identity)
 p = sp.Symbol("p", positive=True)            # symmetric-subspace product a*beta
 p0 = sp.Symbol("p0", positive=True)          # its initial value
+lam = sp.Symbol("lam", positive=True)        # a common weight decay lam_W = lam_A
 
 
 # -- balanced cross-entropy UFM (THEORY §1.2) ---------------------------------
@@ -194,6 +196,84 @@ def ce_symmetric_flow():
     return {"phi": phi, "rhs": rhs, "early_rate": 2 / (K * sp.sqrt(n))}
 
 
+def mse_decay_mode():
+    """Mode law of §6.3 with equal weight decays lam_W = lam_A = lam (halved, THEORY §0.1).
+
+    The balanced mode ``a = b`` of ``1/(2N)(1 - a b d)^2 + lam/2 (a^2 + b^2)`` gives
+    ``dz/dt = (2 d/N) z (z_inf - z)`` with ``z_inf = 1 - lam N/d``: a logistic with
+    carrying capacity ``z_inf``. Returns ``{"z_sym", "rhs", "z_inf", "z"}``,
+    ``z = z_inf / (1 + (z_inf/z0 - 1) exp(-2 d z_inf t/N))``.
+    """
+    z = sp.Symbol("z", positive=True)
+    zinf = 1 - lam * N / d_alpha
+    rate = 2 * d_alpha / N
+    return {"z_sym": z, "rhs": rate * z * (zinf - z), "z_inf": zinf,
+            "z": zinf / (1 + (zinf / z0 - 1) * sp.exp(-rate * zinf * t))}
+
+
+def random_init_mode():
+    """Linear phase of one mode from an arbitrary (e.g. random) start (THEORY §6.1, §6.3).
+
+    With ``w = W^T q_a`` and ``v = A p_a`` (vectors in R^d) and ``s = d_alpha/N``,
+    the small-logit flow is ``dw/dt = s v, dv/dt = s w``. In terms of
+    ``w0sq = |w0|^2``, ``v0sq = |v0|^2``, ``wv0 = w0.v0`` the mode output
+    ``z = d_alpha w.v`` and the Gram weight ``d_alpha^2 |v|^2`` are::
+
+        z(t)      = d_alpha [ sinh(2st)(w0sq + v0sq)/2 + cosh(2st) wv0 ]
+        gram(t)   = d_alpha^2 [ cosh(2st)(w0sq + v0sq)/2 + sinh(2st) wv0 + (v0sq - w0sq)/2 ]
+
+    ``z_grow = d_alpha |w0 + v0|^2/4`` is the coefficient of ``exp(2st)`` in ``z``
+    (the initial strength of the matching aligned run). For Gaussian blocks of std
+    ``sigma0`` in dimension ``dim``: ``E z(t) = z_mean (e^{2st} - e^{-2st})`` and
+    ``E gram(t) = d_alpha z_mean (e^{2st} + e^{-2st})``, ``z_mean = d_alpha dim sigma0^2/2``.
+    """
+    w0sq, v0sq, wv0, sig0, dim = sp.symbols("w0sq v0sq wv0 sigma0 dim", positive=True)
+    st = 2 * d_alpha * t / N
+    z_t = d_alpha * (sp.sinh(st) * (w0sq + v0sq) / 2 + sp.cosh(st) * wv0)
+    gram_t = d_alpha**2 * (sp.cosh(st) * (w0sq + v0sq) / 2 + sp.sinh(st) * wv0 + (v0sq - w0sq) / 2)
+    z_mean = d_alpha * dim * sig0**2 / 2
+    return {"symbols": (w0sq, v0sq, wv0, sig0, dim), "z": z_t, "gram": gram_t,
+            "z_grow": d_alpha * (w0sq + v0sq + 2 * wv0) / 4, "z_decay": d_alpha * (w0sq + v0sq - 2 * wv0) / 4,
+            "z_mean": z_mean, "Ez": z_mean * (sp.exp(st) - sp.exp(-st)),
+            "Egram": d_alpha * z_mean * (sp.exp(st) + sp.exp(-st))}
+
+
+def ce_linearized_mode():
+    """Linearized CE (softmax(z) = 1/K + P_K z/K + O(z^2)) on a centred mode (THEORY §5.3, §6.3).
+
+    ``-grad_Z CE = (1/N)(P_K Y - P_K Z/K)``: the Saxe flow with target ``K P_K Y``.
+    A mode orthogonal to ``1`` obeys ``dz/dt = (2 d_alpha/N) z (1 - z/K)``: the early
+    rate ``2 d_alpha/N`` of MSE, with carrying capacity ``K`` (far outside the
+    linear regime; the softmax saturates first). Returns ``{"z_sym", "rhs",
+    "early_rate", "z"}``.
+    """
+    z = sp.Symbol("z", positive=True)
+    rate = 2 * d_alpha / N
+    return {"z_sym": z, "rhs": rate * z * (1 - z / K), "early_rate": rate,
+            "z": K / (1 + (K / z0 - 1) * sp.exp(-rate * t))}
+
+
+def two_level_peak():
+    """Peak of the semantic gap for a Gram with two centred levels (THEORY §6.3, §7.4).
+
+    With ``P_N G P_N = w_s Pi_s + w_i Pi_i`` (semantic and item eigenspaces) the
+    gap is an increasing function of ``rho = w_s/w_i`` (shown for factorial
+    settings in ``derivations/mode_dynamics.py``), and with logistic modes
+    ``w = z d``::
+
+        d log(rho)/dt = (2/N) [ d_s (1 - z_s) - d_i (1 - z_i) ],
+
+    so the peak is where ``d_s (1 - z_s(t)) = d_i (1 - z_i(t))``. Returns
+    ``{"symbols": (d_s, d_i, z0_s, z0_i), "condition": d_s (1 - z_s(t)) - d_i (1 - z_i(t))}``
+    with the logistic ``z(t)`` of :func:`logistic_mode`.
+    """
+    ds, di, zs0, zi0 = sp.symbols("d_s d_i z0_s z0_i", positive=True)
+    zl = logistic_mode()["z"]
+    zs = zl.subs({d_alpha: ds, z0: zs0})
+    zi = zl.subs({d_alpha: di, z0: zi0})
+    return {"symbols": (ds, di, zs0, zi0), "z_s": zs, "z_i": zi, "condition": ds * (1 - zs) - di * (1 - zi)}
+
+
 # -- numeric evaluation --------------------------------------------------------
 @lru_cache(maxsize=None)
 def _lambdified(expr, names: tuple[str, ...]):
@@ -202,7 +282,7 @@ def _lambdified(expr, names: tuple[str, ...]):
 
 
 _ASSUMPTIONS = {sym.name: sym.assumptions0 for sym in
-                (K, n, N, gamma, lam_W, lam_H, lam_b, s, t, alpha, beta, c, E_W, E_H, z0, d_alpha, x, p, p0)}
+                (K, n, N, gamma, lam_W, lam_H, lam_b, s, t, alpha, beta, c, E_W, E_H, z0, d_alpha, x, p, p0, lam)}
 
 
 def numeric(expr, **values) -> float:
