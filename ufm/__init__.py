@@ -9,6 +9,7 @@ UFMProblem, LayerPeeledProblem   problem data (:mod:`ufm.problems`)
 AnchoredUFM, InputCoupledUFM     semantic-aware models M1, M2 (THEORY §8.1-8.2)
 solve                            ``solve(problem, method="closed_form")`` -> Solution
 simulate                         ``simulate(problem, steps, lr, ...)`` -> Trajectory (GD or gradient flow)
+dynamics                         theory curves on the same time grid -> TheoryCurve (modes, semantic gap, peak)
 sweep                            ``sweep(task, grid, seeds=..., backend="loky"|"threads"|"dask"|"sequential")``
                                  -> SweepResult: grids x seeds on joblib or Dask, cached and resumable
 closed_form                      analytic optima and thresholds (THEORY §1-3)
@@ -32,6 +33,7 @@ _ATTRS = {
     "AnchoredUFM": ("ufm.problems", "AnchoredUFM"),
     "InputCoupledUFM": ("ufm.problems", "InputCoupledUFM"),
     "Trajectory": ("ufm.results", "Trajectory"),
+    "TheoryCurve": ("ufm.results", "TheoryCurve"),
     "simulate": ("ufm._simulate", "simulate"),
     "solve": ("ufm._solve", "solve"),
     "sweep": ("ufm._sweep", "sweep"),
@@ -42,7 +44,7 @@ _ATTRS = {
     "hierarchy": ("ufm.settings", "hierarchy"),
     "ntp_contexts": ("ufm.settings", "ntp_contexts"),
 }
-_MODULES = ("closed_form", "losses", "metrics", "plotting", "problems", "results", "settings", "symbolic")
+_MODULES = ("closed_form", "dynamics", "losses", "metrics", "plotting", "problems", "results", "settings", "symbolic")
 
 __all__ = sorted(set(_ATTRS) | set(_MODULES))
 

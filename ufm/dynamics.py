@@ -1,0 +1,855 @@
+"""Theory curves: predicted learning dynamics on the time grid of :func:`ufm.simulate`.
+
+Every function returns a frozen :class:`ufm.results.TheoryCurve` evaluated at
+``times`` -- pass ``trajectory.times`` to overlay a simulation. Time is the
+gradient-flow time of :func:`ufm.simulate` (``t = steps * lr``) for the losses
+of :mod:`ufm.problems`: MEANS over the N examples (mean CE, ``1/(2N)||Z - Y||^2``)
+and halved weight decays (THEORY §0.1).
+
+Input-coupled (semantic) UFM, THEORY §6.3, §8.2 (M2)
+----------------------------------------------------
+:func:`mode_curves` and :func:`semantic_curve` take an
+:class:`~ufm.problems.InputCoupledUFM` with distinct one-hot labels
+(``Y = I_N``, as built by ``InputCoupledUFM.from_setting``). Features are
+``H = A Phi`` and logits ``Z = W A Phi``.
+
+*Modes.* For MSE the modes are the SVD ``Phi = P D Q^T`` (THEORY §6.3): with
+``W = Q diag(a) R^T`` and ``A = R diag(b) P^T`` (``R`` orthonormal) the flow
+keeps this form, and the mode output ``z_a = a_a b_a d_a`` (the logit of each
+item on its own direction, ``Q^T Z Q = diag(z)``) obeys
+``dz/dt = (2 d_a/N) z (1 - z)`` -- the logistic law, closed form
+(``ufm.symbolic.logistic_mode``). With equal weight decays
+``lam_W = lam_A = lam`` it becomes ``dz/dt = (2 d_a/N) z (1 - lam N/d_a - z)``,
+again a logistic (``ufm.symbolic.mse_decay_mode``). For CE the modes are the
+SVD of the centred inputs ``Phi P_N = P' D' Q'^T`` (the direction ``1_N`` of a
+common logit offset is dropped: the softmax ignores it). The item Gram, centred
+with ``P_N`` as every metric here does (THEORY §7.4), is
+
+    P_N H^T H P_N = Q diag(b_a^2 d_a^2) Q^T  ( = Q diag(z_a d_a) Q^T when balanced, a = b ).
+
+*Linearized CE phase* (THEORY §5.3, §6.3). At small logits
+``softmax(z) = 1/K + P_K z/K + O(z^2)``, so ``-grad_Z CE = (1/N)(P_K Y - P_K Z/K)``:
+the CE flow is the Saxe flow with the centred target ``K P_K Y`` and a ``1/K``
+slower saturation. Its early growth is that of MSE: every centred mode grows at
+``dz/dt = (2 d'_a/N) z`` (``ufm.symbolic.ce_linearized_mode``), so modes are
+acquired in the order of the singular values of ``Phi P_N``. Record
+``"z_linear"`` is this linear phase, exact until the logits reach O(1).
+
+*Saturation of CE (the model used).* CE saturation couples the modes through
+the softmax, so there is no per-mode logistic. We use the gradient flow of the
+CE objective *restricted to the mode-aligned family*
+``W = Q' diag(a) R^T, A = R diag(b) P'^T``: a diagonal two-layer network with
+state ``(a, b)`` and
+
+    da/dt = b c(z) - lam_W a,   db/dt = a c(z) - lam_A b,
+    c_a(z) = q'_a^T (1/N)(Y - softmax(Z)) Phi^T p'_a,   Z = Q' diag(a b) P'^T Phi
+
+(``derivations/mode_dynamics.py`` shows ``dL/da = -b c``, ``dL/db = -a c``;
+for MSE the same projection gives back the logistic law exactly). It is exact
+whenever the family is invariant under the full flow: in the linearized phase
+(when ``1_N`` is an eigenvector of ``K_x``, true for
+:func:`~ufm.settings.factorial`, :func:`~ufm.settings.hierarchy` and the
+default :func:`~ufm.settings.ntp_contexts`), on the symmetric states where all
+``z_a`` are equal (it is then the margin ODE of THEORY §6.5), and -- measured,
+``tests/test_dynamics.py`` -- along the whole flow for the factorial and
+hierarchy settings, whose modes are symmetry-adapted (the off-diagonal part of
+``Q^T Z Q`` stays at rounding level). For :func:`~ufm.settings.ntp_contexts`
+the part of the gradient that rotates modes into each other is neglected (it
+stays below 1% of ``max z``). Degenerate singular values are split by the
+Hadamard square ``K_x o K_x`` (see :func:`input_modes`); without that split the
+saturation and the end state depend on an arbitrary basis. Being a gradient
+flow of a 2-homogeneous model, the late phase follows the logarithmically slow
+directional convergence of CE (Lyu & Li 2020) to the max-margin point of the
+family, and with weight decay it converges to the minimizer of
+``CE(Z(u)) + sqrt(lam_W lam_A) sum_a u_a`` over ``u = a b >= 0`` (the convex
+form THEORY §8.2 (b) restricted to the family). For the factorial and
+hierarchy settings both coincide with the global end state of ``ufm.solve``.
+
+*Initial mode strength* ``z0`` (the peak time depends on ``log(1/z0)``):
+
+* ``z0=`` (scalar or one value per mode): an aligned, balanced initialization
+  (``a = b = sqrt(z0/d)``, as in THEORY TV5b/TV7a).
+* ``W0=, A0=``: the initialization of one run. In the linear phase each mode
+  is a 2-D linear system, ``dw/dt = s v, dv/dt = s w`` with ``w = W^T q_a``,
+  ``v = A p_a`` (vectors in R^d) and ``s = d_a/N``; so
+  ``w + v = e^{st}(w0 + v0)`` grows and ``w - v`` decays. The growing part
+  sets ``z0_a = d_a |w0 + v0|^2 / 4`` ("the projection of the initial product
+  on the growing mode"), and the logits follow
+  ``z_a(t) = d_a [sinh(2st)(|w0|^2 + |v0|^2)/2 + cosh(2st) w0.v0]`` exactly
+  in that phase (``ufm.symbolic.random_init_mode``). With weight decays the
+  2-D system gets ``-lam_W w`` and ``-lam_A v`` and is solved the same way
+  (growth rate ``2 (m + omega)``, ``m = -(lam_W + lam_A)/2``,
+  ``omega = sqrt(s^2 + (lam_W - lam_A)^2/4)``; see ``_LinearPhase``), and
+  ``z0`` is the product of the growing components.
+* ``init_scale=`` (default ``1e-3``, the default of :func:`ufm.simulate`): the
+  expectation of the above over Gaussian blocks of that standard deviation,
+  ``z0_a = d_a d init_scale^2 / 2`` (``d`` = feature dimension). Per run,
+  ``|w0 + v0|^2`` is ``2 init_scale^2`` times a chi-square with ``d`` degrees
+  of freedom, so a run's peak time scatters by about
+  ``sqrt(2/d) / log(1/z0)`` relative to the prediction (a few percent); using
+  ``log E z0`` instead of ``E log z0`` biases it by ``O(1/(d log(1/z0)))``.
+
+With a random initialization the Gram also carries the parts of the linear
+phase that do not grow: without decay ``+ d_a z_decay e^{-2 d_a t/N}`` per mode
+and, for a given run, the conserved imbalance ``d_a^2 (|v0|^2 - |w0|^2)/2``, so that the curve
+starts at the initial Gram (in expectation ``d init_scale^2 K_x``). The
+cross-mode overlaps ``w_a . v_b`` of a random start average to zero and are
+neglected: the prediction is that of the mean run. After the linear phase the
+growing part is continued by the aligned model above, started at ``z_grow``.
+Measured on the three settings at ``sigma = 3, 4`` with ``d = 32``: predicted
+peak times within 3% of the mean simulated one, for MSE and CE; with ``d = N``
+the per-run scatter of the random overlaps is larger (a run's peak moves by up
+to ~20%).
+
+*Peak and transition.* The semantic gap (THEORY §7.4) of the predicted Gram is
+maximized over time (dense log grid, then a bounded scalar refinement in
+``log t``). The transition time is the first time after the peak at which the
+centred, unit-norm Gram is closer (Frobenius) to the end state than to the Gram
+at the peak (root refined by Brent's method).
+
+Standard UFM, THEORY §6.4-6.5
+-----------------------------
+:func:`symmetric_flow` integrates the symmetric-subspace flows
+``W = a U`` (``U U^T = P_K``), ``H = beta (U^T kron 1_n^T)``, with the margin
+``p = a beta``; see its docstring for the time translation of THEORY's
+unnormalized MSE loss.
+
+References
+----------
+THEORY.md §5.3, §6.1-6.5, §7.4, §8.2; Saxe, McClelland, Ganguli, arXiv 1312.6120
+and 1810.10531; Mixon, Parshall, Pi, arXiv 2011.11619; Lyu & Li, arXiv 1906.05890;
+Zhao, Papadimitriou, Thrampoulidis, "Structure Before Collapse", arXiv 2606.26749.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._checks import check_nonneg
+from .problems import InputCoupledUFM, UFMProblem
+from .results import TheoryCurve
+from .settings import _check_memory
+
+__all__ = ["mode_curves", "semantic_curve", "symmetric_flow", "input_modes", "DEFAULT_INIT_SCALE"]
+
+#: The default ``init_scale`` of :func:`ufm.simulate`, used when no initialization is named.
+DEFAULT_INIT_SCALE = 1e-3
+
+_CITATION_MODES = ("THEORY §5.3, §6.3, §8.2 (mode dynamics of the input-coupled UFM); Saxe, McClelland, Ganguli "
+                   "arXiv 1312.6120; ufm.dynamics")
+_CITATION_SYMMETRIC = ("THEORY §6.4 (Mixon, Parshall, Pi arXiv 2011.11619), §6.5 (symmetric CE flow); "
+                       "ufm.dynamics.symmetric_flow")
+
+
+# =====================================================================================
+# argument checks
+# =====================================================================================
+def _check_times(times) -> np.ndarray:
+    t = np.array(times, dtype=np.float64).ravel() if np.ndim(times) else np.array([float(times)])
+    if t.size == 0:
+        raise ValueError("times is empty; pass the time grid, e.g. trajectory.times.")
+    if not np.all(np.isfinite(t)) or t.min() < 0:
+        raise ValueError("times must be finite and >= 0 (gradient-flow time t = steps * lr).")
+    if np.any(np.diff(t) < 0):
+        raise ValueError("times must be non-decreasing (e.g. trajectory.times).")
+    return t
+
+
+def _check_semantic_problem(problem) -> InputCoupledUFM:
+    if not isinstance(problem, InputCoupledUFM):
+        raise ValueError(f"problem must be an InputCoupledUFM (THEORY §8.2), got {type(problem).__name__}; "
+                         "build one with InputCoupledUFM.from_setting(setting, sigma). For the standard UFM "
+                         "use symmetric_flow.")
+    if problem.soft or problem.K != problem.N or not np.array_equal(problem.y, np.arange(problem.N)):
+        raise ValueError("the mode theory needs distinct one-hot labels (item i has label i, Y = I_N), as built by "
+                         "InputCoupledUFM.from_setting; this problem's labels differ.")
+    return problem
+
+
+# =====================================================================================
+# modes of the input encodings
+# =====================================================================================
+def input_modes(problem, *, tol: float = 1e-10):
+    """The modes of an input-coupled UFM with distinct labels (THEORY §6.3, §5.3).
+
+    MSE: the thin SVD ``Phi = P D Q^T``. CE: the SVD of the centred inputs
+    ``Phi P_N`` (``1_N``, a common logit offset, is not learned). Singular
+    values below ``tol * max`` are dropped (those directions never grow).
+    Inside an eigenspace of a repeated singular value the basis is fixed by
+    the eigenvectors of ``Q_b^T (K_x o K_x) Q_b`` (Hadamard square of the
+    input kernel): the linear phase is isotropic there, but CE saturation is
+    not, and this choice follows the item permutations that preserve ``K_x``
+    (for a factorial setting it separates e.g. pairwise from triple
+    interactions). Each ``q_a`` has a positive largest-magnitude entry.
+
+    Returns
+    -------
+    P : ndarray (p, r)
+        Input-space singular vectors (``p_a``).
+    d : ndarray (r,)
+        Singular values, decreasing: the mode of ``d_a`` grows at rate ``2 d_a/N``.
+    Q : ndarray (N, r)
+        Item-space singular vectors (``q_a``): the item Gram is ``Q diag(.) Q^T``.
+    """
+    problem = _check_semantic_problem(problem)
+    Phi = problem.Phi
+    X = Phi if problem.loss == "mse" else Phi - Phi.mean(axis=1, keepdims=True)
+    P, d, Qt = np.linalg.svd(X, full_matrices=False)
+    keep = d > tol * d[0] if d.size and d[0] > 0 else np.zeros(d.shape, bool)
+    if not keep.any():
+        raise ValueError("Phi has no nonzero singular value (after centring for CE): nothing can be learned.")
+    P, d, Q = P[:, keep], d[keep], Qt[keep].T
+    # Degenerate singular values leave the basis of their eigenspace free. The linear phase does not
+    # care, but saturation (and the end state) does: split each degenerate block by the Hadamard
+    # square K_x o K_x, which is invariant under every item permutation that preserves K_x, so the
+    # modes follow the symmetry of the setting (e.g. pairwise vs triple interactions of a factorial).
+    Kx = Phi.T @ Phi
+    H2 = Kx * Kx
+    i = 0
+    while i < d.size:
+        j = i
+        while j + 1 < d.size and d[i] - d[j + 1] <= 1e-9 * d[0]:
+            j += 1
+        if j > i:
+            Qb = Q[:, i:j + 1]
+            _, V = np.linalg.eigh(Qb.T @ H2 @ Qb)
+            V = V[:, ::-1]
+            Q[:, i:j + 1] = Qb @ V
+            P[:, i:j + 1] = P[:, i:j + 1] @ V
+        i = j + 1
+    # a fixed sign convention (each q_a has a positive largest-magnitude entry), for reproducible constants
+    sgn = np.sign(Q[np.argmax(np.abs(Q), axis=0), np.arange(Q.shape[1])])
+    sgn[sgn == 0] = 1.0
+    return P * sgn, d, Q * sgn
+
+
+def _initial_modes(problem, P, d, Q, z0, init_scale, W0, A0):
+    """The initialization seen by each mode: ``(init, ww, vv, wv)`` per mode.
+
+    ``w = W0^T q_a`` and ``v = A0 p_a`` are vectors in R^d; ``ww = |w|^2``,
+    ``vv = |v|^2``, ``wv = w.v``. An aligned balanced start ``z0`` is
+    ``ww = vv = wv = z0/d_a``; ``init_scale`` gives the Gaussian expectations
+    ``ww = vv = d init_scale^2``, ``wv = 0``.
+    """
+    given = [name for name, v in (("z0", z0), ("init_scale", init_scale), ("W0/A0", W0 if W0 is not None else A0))
+             if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"give one of z0 (aligned init), W0 and A0 (one run's init) or init_scale (random init "
+                         f"in expectation); got {given}.")
+    r = d.size
+    if z0 is not None:
+        z = np.broadcast_to(np.asarray(z0, dtype=np.float64), (r,)).copy() if np.ndim(z0) == 0 \
+            else np.asarray(z0, dtype=np.float64)
+        if z.shape != (r,):
+            raise ValueError(f"z0 must be a scalar or have one value per mode ({r} modes), got shape {z.shape}.")
+        if not np.all(np.isfinite(z)) or np.any(z <= 0):
+            raise ValueError("z0 must be finite and > 0 (the initial mode outputs of an aligned init).")
+        u = z / d
+        return "aligned", u, u.copy(), u.copy()
+    if W0 is not None or A0 is not None:
+        if W0 is None or A0 is None:
+            raise ValueError("give both W0 (K x d) and A0 (d x p) for a run's initialization.")
+        W0 = np.asarray(W0, dtype=np.float64)
+        A0 = np.asarray(A0, dtype=np.float64)
+        if W0.shape != (problem.K, problem.d) or A0.shape != (problem.d, problem.p):
+            raise ValueError(f"W0 must be K x d = {problem.K} x {problem.d} and A0 d x p = {problem.d} x {problem.p}, "
+                             f"got {W0.shape} and {A0.shape}.")
+        if not (np.all(np.isfinite(W0)) and np.all(np.isfinite(A0))):
+            raise ValueError("W0 and A0 must be finite.")
+        w = W0.T @ Q                                   # d x r: w_a = W^T q_a
+        v = A0 @ P                                     # d x r: v_a = A p_a
+        return "given", np.sum(w * w, 0), np.sum(v * v, 0), np.sum(w * v, 0)
+    s0 = DEFAULT_INIT_SCALE if init_scale is None else check_nonneg("init_scale", init_scale, "the init std")
+    if s0 == 0:
+        raise ValueError("init_scale = 0 is a fixed point (nothing grows); pass init_scale > 0.")
+    e = np.full(r, problem.d * s0**2)
+    return "random", e, e.copy(), np.zeros(r)
+
+
+class _LinearPhase:
+    """Exact small-logit flow of each mode: d/dt (w, v) = [[-lam_W, s], [s, -lam_A]] (w, v), s = d_a/N.
+
+    With m = -(lam_W + lam_A)/2, delta = (lam_W - lam_A)/2 and omega = sqrt(s^2 + delta^2),
+    exp(M t) = e^{m t} (cosh(omega t) I + sinh(omega t)/omega [[-delta, s], [s, delta]]), which splits
+    into a growing part e^{(m + omega) t} Pi_+ and a decaying part e^{(m - omega) t} Pi_-,
+    Pi_+- = (I +- [[-delta, s], [s, delta]]/omega)/2. Without decay this is ufm.symbolic.random_init_mode.
+    """
+
+    def __init__(self, d, N, lam_W, lam_A, ww, vv, wv):
+        self.d, self.ww, self.vv, self.wv = d, ww, vv, wv
+        self.s = d / N
+        self.m = -(lam_W + lam_A) / 2.0
+        self.delta = (lam_W - lam_A) / 2.0
+        self.omega = np.sqrt(self.s**2 + self.delta**2)
+        self.rate = 2.0 * (self.m + self.omega)            # growth rate of z in the linear phase
+        so, do = self.s / self.omega, self.delta / self.omega
+        # growing parts w+ = ((1 - do) w0 + so v0)/2, v+ = (so w0 + (1 + do) v0)/2 and decaying v-
+        self.z_grow = d * so * ((1 - do) * ww + (1 + do) * vv + 2 * so * wv) / 4.0
+        self.vplus_vminus = (so**2 * (vv - ww) - 2 * so * do * wv) / 4.0
+        self.vminus_sq = (so**2 * ww + (1 - do) ** 2 * vv - 2 * so * (1 - do) * wv) / 4.0
+
+    def z(self, t):
+        """d w(t).v(t), (T, r)."""
+        x = self.omega * t[:, None]
+        ch, sh = np.cosh(x), np.sinh(x) / self.omega
+        Aw, B, Av = ch - self.delta * sh, self.s * sh, ch + self.delta * sh
+        return self.d * np.exp(2 * self.m * t[:, None]) * (Aw * B * self.ww + B * Av * self.vv
+                                                           + (Aw * Av + B * B) * self.wv)
+
+    def gram_rest(self, t):
+        """d^2 (|v|^2 - |v+|^2): the part of the Gram weight that does not grow (cross and decaying terms)."""
+        tt = t[:, None]
+        return self.d**2 * (2 * np.exp(2 * self.m * tt) * self.vplus_vminus
+                            + np.exp(2 * (self.m - self.omega) * tt) * self.vminus_sq)
+
+
+# =====================================================================================
+# the mode models
+# =====================================================================================
+class _ModeModel:
+    """Mode outputs z_a(t) and the balanced/unbalanced factors of one input-coupled problem."""
+
+    def __init__(self, problem, z0=None, init_scale=None, W0=None, A0=None, rtol=1e-9):
+        self.problem = _check_semantic_problem(problem)
+        self.loss = problem.loss
+        self.N = problem.N
+        self.P, self.d, self.Q = input_modes(problem)
+        self.r = self.d.size
+        self.lam_W, self.lam_A = float(problem.lam_W), float(problem.lam_A)
+        self.init, ww, vv, wv = _initial_modes(problem, self.P, self.d, self.Q, z0, init_scale, W0, A0)
+        self.linear = _LinearPhase(self.d, self.N, self.lam_W, self.lam_A, ww, vv, wv)
+        self.rate = self.linear.rate                            # growth rate of z in the linear phase
+        self.z0 = np.asarray(z0, dtype=np.float64) * np.ones(self.r) if self.init == "aligned" else self.linear.z_grow
+        if np.any(self.z0 <= 0):
+            raise ValueError("the initialization has no component on the growing direction of some mode "
+                             "(e.g. W0^T q_a + A0 p_a = 0); perturb the init.")
+        self.rtol = rtol
+        if self.loss == "mse" and self.lam_W == self.lam_A:
+            self.kind = "closed_form"
+            self.zinf = 1.0 - self.lam_W * self.N / self.d      # carrying capacity (THEORY §6.3 with decay)
+        else:
+            self.kind = "ode"
+            self.PhiTP = problem.Phi.T @ self.P                 # N x r: Phi^T p_a
+            self.PtPhi = self.P.T @ problem.Phi                 # r x N
+            self._sol = None
+            self._t_end = 0.0
+
+    # -- logits and the projected gradient --------------------------------------------
+    def logits(self, u):
+        """Z for mode products u = a b (N x N)."""
+        if self.loss == "mse":
+            return (self.Q * (u * self.d)) @ self.Q.T
+        return (self.Q * u) @ self.PtPhi
+
+    def drive(self, u):
+        """c_a = q_a^T (1/N)(Y - softmax(Z) or Z) Phi^T p_a (the projected negative gradient)."""
+        if self.loss == "mse":
+            return self.d * (1.0 - u * self.d) / self.N
+        Z = self.logits(u)
+        Z = Z - Z.max(axis=0, keepdims=True)
+        S = np.exp(Z)
+        S /= S.sum(axis=0, keepdims=True)
+        G = -S
+        G[np.diag_indices(self.N)] += 1.0
+        G /= self.N
+        return np.sum(self.Q * (G @ self.PhiTP), axis=0)
+
+    # -- ODE in (log a, log b) -----------------------------------------------------------
+    def _rhs(self, _t, y):
+        la, lb = y[:self.r], y[self.r:]
+        a, b = np.exp(la), np.exp(lb)
+        c = self.drive(a * b)
+        return np.concatenate([(b / a) * c - self.lam_W, (a / b) * c - self.lam_A])
+
+    def _integrate(self, t_end):
+        from scipy.integrate import solve_ivp
+
+        if self._sol is not None and t_end <= self._t_end:
+            return
+        u0 = self.z0 / self.d
+        y0 = np.concatenate([0.5 * np.log(u0), 0.5 * np.log(u0)])
+        t_end = max(t_end, 1.0)
+        sol = solve_ivp(self._rhs, (0.0, t_end), y0, method="LSODA", dense_output=True, rtol=self.rtol,
+                        atol=1e-10)
+        if not sol.success:
+            raise RuntimeError(f"the mode ODE failed: {sol.message}")
+        self._sol, self._t_end = sol.sol, t_end
+
+    def factors(self, t):
+        """(a(t), b(t)), each (T, r)."""
+        t = np.atleast_1d(np.asarray(t, dtype=np.float64))
+        if self.kind == "closed_form":
+            z = self.z_closed(t)
+            u = np.sqrt(z / self.d)
+            return u, u
+        self._integrate(float(t.max()))
+        y = self._sol(t).T
+        return np.exp(y[:, :self.r]), np.exp(y[:, self.r:])
+
+    def z_closed(self, t):
+        """Logistic z(t) with carrying capacity zinf (THEORY §6.3; decay version when lam > 0)."""
+        t = np.asarray(t, dtype=np.float64)[:, None]
+        z0, zinf, r = self.z0, self.zinf, 2.0 * self.d / self.N
+        out = np.empty((t.shape[0], self.r))
+        for j in range(self.r):
+            if abs(zinf[j]) < 1e-14:
+                out[:, j] = z0[j] / (1.0 + r[j] * z0[j] * t[:, 0])
+            else:
+                e = np.exp(-r[j] * zinf[j] * t[:, 0])
+                out[:, j] = zinf[j] / (1.0 + (zinf[j] / z0[j] - 1.0) * e)
+        return out
+
+    def z(self, t):
+        a, b = self.factors(t)
+        return a * b * self.d
+
+    def z_linear(self, t):
+        """The linear (small-logit) phase: exact growth of each mode output from its initialization."""
+        return self.linear.z(np.atleast_1d(np.asarray(t, dtype=np.float64)))
+
+    def gram_weights(self, t):
+        """Per-mode weights g_a(t) with centred item Gram = Q diag(g) Q^T (then centred with P_N)."""
+        t = np.atleast_1d(np.asarray(t, dtype=np.float64))
+        a, b = self.factors(t)
+        g = b * b * self.d**2
+        if self.init != "aligned":      # the parts of the linear phase that do not grow
+            g = g + self.linear.gram_rest(t)
+        return np.maximum(g, 0.0)
+
+    def gram(self, t):
+        """Centred item Grams P_N H^T H P_N, shape (T, N, N)."""
+        g = self.gram_weights(t)
+        G = np.einsum("ia,ta,ja->tij", self.Q, g, self.Q)
+        return _centre(G)
+
+    def map_grams(self, t, fn):
+        """``[fn(G) for G in self.gram(t)]`` in chunks of at most ~32 MB of Grams."""
+        t = np.atleast_1d(np.asarray(t, dtype=np.float64))
+        step = max(1, (1 << 25) // (8 * self.N * self.N))
+        out = []
+        for i in range(0, t.size, step):
+            out.extend(fn(G) for G in self.gram(t[i:i + step]))
+        return np.array(out)
+
+    def saturation_time(self):
+        """A time by which every mode has left its linear phase (used to size searches)."""
+        rate = np.abs(self.rate) + 1e-3 * float(np.max(2.0 * self.d / self.N))    # modes that decay: their scale
+        return float(np.max((np.log(1.0 / np.minimum(self.z0, 0.5)) + 12.0) / rate))
+
+    # -- end states ---------------------------------------------------------------------
+    def end_weights(self):
+        """Gram weights of the model's end state (t -> infinity), and a description."""
+        if self.kind == "closed_form":
+            zinf = np.maximum(self.zinf, 0.0)
+            return zinf * self.d, "closed form: z_a -> max(1 - lam N/d_a, 0)"
+        if self.loss == "mse":
+            return self._restricted_optimum(), "restricted optimum (unequal decays)"
+        if self.lam_W == 0 and self.lam_A == 0:
+            return self._max_margin(), "max-margin point of the mode-aligned family (linear program)"
+        return self._restricted_optimum(), "minimizer of CE + sqrt(lam_W lam_A) sum z/d over the mode family"
+
+    def _max_margin(self):
+        """min sum_a u_a s.t. Z(u)_ii - Z(u)_ji >= 1, u >= 0 (u = a b; Gram weight u d^2)."""
+        from scipy.optimize import linprog
+
+        N = self.N
+        _check_memory(3 * 8 * self.r * N * N, "the max-margin linear program (3 r N^2 floats)")
+        # Z(u) = sum_a u_a M_a with M_a = q_a (P^T Phi)_a; the margins Z_ii - Z_ji are linear in u
+        M = np.einsum("ia,aj->aij", self.Q, self.PtPhi)
+        diag = M[:, np.arange(N), np.arange(N)]                       # (r, N): Z_ii per mode
+        margins = diag[:, None, :] - M                                 # (r, j, i): Z_ii - Z_ji
+        off = ~np.eye(N, dtype=bool)
+        A_ub = -margins[:, off].T                                      # one row per (j, i), j != i
+        res = linprog(np.ones(self.r), A_ub=A_ub, b_ub=-np.ones(A_ub.shape[0]), bounds=[(0, None)] * self.r,
+                      method="highs")
+        if res.status != 0:
+            raise RuntimeError(f"the max-margin linear program failed: {res.message}")
+        return res.x * self.d**2
+
+    def _restricted_optimum(self):
+        """min_u loss(Z(u)) + mu sum u over u >= 0 (mu = sqrt(lam_W lam_A)); Gram weight u d^2 at balance."""
+        from scipy.optimize import minimize
+
+        mu = math.sqrt(self.lam_W * self.lam_A)
+        Y = np.eye(self.N)
+
+        def fun(u):
+            Z = self.logits(u)
+            if self.loss == "mse":
+                R = Z - Y
+                f = 0.5 * np.sum(R * R) / self.N
+            else:
+                m = Z.max(axis=0)
+                lse = m + np.log(np.exp(Z - m).sum(axis=0))
+                f = np.mean(lse - np.diag(Z))
+            grad = -self.drive(u) + mu      # d/du_a of the loss is -c_a
+            return f + mu * u.sum(), grad
+
+        u0 = np.maximum(self.factors([self.saturation_time()])[0][0] ** 2, 1e-8)
+        res = minimize(fun, u0, jac=True, method="L-BFGS-B", bounds=[(0, None)] * self.r,
+                       options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 20000})
+        return res.x * self.d**2
+
+
+def _centre(G):
+    return G - G.mean(axis=-1, keepdims=True) - G.mean(axis=-2, keepdims=True) + G.mean(axis=(-1, -2),
+                                                                                         keepdims=True)
+
+
+def _unit(G):
+    return G / np.linalg.norm(G, axis=(-2, -1), keepdims=True)
+
+
+def _model_meta(model, problem):
+    return {"problem": problem.as_dict(), "loss": model.loss, "init": model.init, "solution": model.kind,
+            "n_modes": int(model.r), "time": "gradient-flow time t = steps * lr of ufm.simulate (mean losses)",
+            "mode_basis": "SVD of Phi" if model.loss == "mse" else "SVD of Phi P_N (centred inputs)"}
+
+
+# =====================================================================================
+# public: mode curves
+# =====================================================================================
+def mode_curves(problem, times, *, z0=None, init_scale=None, W0=None, A0=None, rtol: float = 1e-9) -> TheoryCurve:
+    """Predicted mode outputs of the input-coupled UFM (THEORY §6.3, §5.3), on ``times``.
+
+    Parameters
+    ----------
+    problem : InputCoupledUFM
+        Distinct one-hot labels (``Y = I_N``), loss ``"mse"`` or ``"ce"``,
+        any weight decays (halved).
+    times : array
+        Gradient-flow times (``trajectory.times``).
+    z0 : float or array, optional
+        Initial mode outputs of an aligned, balanced initialization.
+    init_scale : float, optional
+        Standard deviation of a Gaussian initialization (as in
+        :func:`ufm.simulate`); ``z0`` is its expectation
+        ``d_a * d * init_scale**2 / 2``. Default ``1e-3`` when nothing is given.
+    W0, A0 : array, optional
+        One run's initialization: ``z0`` is its exact growing component
+        ``d_a |W0^T q_a + A0 p_a|^2 / 4``.
+    rtol : float
+        Tolerance of the mode ODE (CE, or MSE with unequal decays).
+
+    Returns
+    -------
+    TheoryCurve
+        ``kind="modes"``; records ``"z"`` (T, r): the mode outputs
+        ``z_a = q_a^T Z q_a`` (MSE; ``Q^T Z Q = diag(z)`` on the aligned
+        family) or the logit coefficients of the centred modes (CE);
+        ``"z_linear"`` (T, r): the linear (small-logit) phase, exact until the
+        logits reach O(1). Constants ``"d"`` (singular values), ``"Q"`` (N x r
+        item-space modes), ``"P"`` (p x r), ``"rate"`` (``2 d/N``), ``"z0"``.
+
+    Notes
+    -----
+    See the module docstring for the models: the closed-form logistic law
+    (MSE, THEORY §6.3), the linearized CE phase and the mode-restricted CE flow,
+    and how ``z0`` follows from the initialization.
+    """
+    t = _check_times(times)
+    model = _ModeModel(problem, z0, init_scale, W0, A0, rtol)
+    records = {"z": model.z(t), "z_linear": model.z_linear(t)}
+    constants = {"d": model.d, "Q": model.Q, "P": model.P, "rate": model.rate, "z0": model.z0}
+    return TheoryCurve(times=t, records=records, kind="modes", constants=constants,
+                       meta=_model_meta(model, problem), citation=_CITATION_MODES)
+
+
+# =====================================================================================
+# public: semantic curve, peak and transition
+# =====================================================================================
+def _gap_fn(attributes):
+    from .metrics import semantic_gap
+
+    return lambda G: semantic_gap(G, attributes, center=True)
+
+
+def semantic_curve(problem, times, attributes=None, *, z0=None, init_scale=None, W0=None, A0=None,
+                   end_gram="auto", horizon: float | None = None, keep_gram: bool = True,
+                   rtol: float = 1e-9) -> TheoryCurve:
+    """Predicted semantic transient of the input-coupled UFM: Gram, semantic gap, ETF distance, peak, transition.
+
+    Parameters
+    ----------
+    problem : InputCoupledUFM
+        Distinct one-hot labels (``InputCoupledUFM.from_setting``).
+    times : array
+        Gradient-flow times (``trajectory.times``).
+    attributes : (N, F) int array, optional
+        Item attributes for the semantic gap (THEORY §7.4); default
+        ``problem.attributes``.
+    z0, init_scale, W0, A0 :
+        The initialization, as in :func:`mode_curves` (default: a Gaussian
+        init of scale ``1e-3``, in expectation).
+    end_gram : "auto", "solve", array or None
+        The end state for the transition time. ``"auto"``: the model's own
+        limit -- the closed form for MSE (``z_a -> max(1 - lam N/d_a, 0)``),
+        for CE the minimizer of the convex objective restricted to the mode
+        family (with weight decay) or its max-margin point (without).
+        ``"solve"``: the exact global end state ``ufm.solve(problem)`` (convex
+        program or max-margin SVM, THEORY §8.2). An N x N Gram: used as given.
+        ``None``: no transition time.
+    keep_gram : bool
+        Record the Gram at every time (``T x N x N`` floats; refused with a
+        ValueError when that exceeds the free memory). ``False`` keeps the
+        scalar records only.
+    horizon : float, optional
+        How far in time to look for the peak and the transition. Default: the
+        larger of ``times[-1]`` and a time by which every mode has left its
+        linear phase. For CE the transition is searched up to ``1e6`` times
+        that: without weight decay the approach to the max-margin direction is
+        logarithmically slow, and with a small decay the end state is reached
+        on the slow time scale of the decay.
+    rtol : float
+        Tolerance of the mode ODE.
+
+    Returns
+    -------
+    TheoryCurve
+        ``kind="semantic"``. Records (T, ...): ``"z"``, ``"gram_H"`` (the item
+        Gram ``H^T H`` centred with ``P_N``, N x N), ``"semantic_gap"``,
+        ``"etf_distance"`` (of the centred item Gram, THEORY §7.2). Fields
+        ``peak_time``, ``peak_value`` (maximum of the gap), ``transition_time``
+        (``None`` if the end state is not approached within the horizon or
+        ``end_gram=None``). Constants: ``"d"``, ``"Q"``, ``"z0"``,
+        ``"peak_gram"``, ``"end_gram"`` (both centred, unit Frobenius norm).
+        ``meta`` says how the end state was obtained and the gap at ``t = 0``.
+
+    Notes
+    -----
+    The peak is the maximum over a dense log-spaced grid, refined by a bounded
+    scalar search in ``log t``; the transition is the first sign change after
+    the peak of ``||G^ - E^|| - ||G^ - G^_peak||`` (``^``: centred, unit
+    Frobenius norm), refined by Brent's method.
+    """
+    from scipy.optimize import brentq, minimize_scalar
+
+    t = _check_times(times)
+    model = _ModeModel(problem, z0, init_scale, W0, A0, rtol)
+    if attributes is None:
+        attributes = problem.attributes
+    if attributes is None:
+        raise ValueError("semantic_curve needs attributes=(N x F table) or a problem built with attributes "
+                         "(InputCoupledUFM.from_setting).")
+    attributes = np.asarray(attributes)
+    gap = _gap_fn(attributes)
+    from .metrics import etf_distance
+
+    records = {"z": model.z(t),
+               "semantic_gap": model.map_grams(t, gap),
+               "etf_distance": model.map_grams(t, lambda g: etf_distance(g, center=True))}
+    if keep_gram:
+        _check_memory(8 * t.size * model.N**2, "the recorded Grams (keep_gram=False records the scalars only)")
+        records["gram_H"] = model.gram(t)
+
+    # -- the search range -----------------------------------------------------------------
+    t_sat = model.saturation_time()
+    if horizon is None:
+        horizon = max(float(t[-1]), 2.0 * t_sat)
+        far = max(horizon, 1e6 * t_sat) if model.loss == "ce" else horizon
+    else:
+        horizon = float(horizon)
+        if not (math.isfinite(horizon) and horizon > 0):
+            raise ValueError(f"horizon must be a finite time > 0, got {horizon}.")
+        far = horizon
+    t_lo = min(1e-3 / float(model.rate.max()), horizon * 1e-6)
+    grid = np.unique(np.concatenate([[0.0], np.geomspace(t_lo, horizon, 600), t[(t > 0) & (t <= horizon)]]))
+
+    def gap_at(tt):
+        return gap(model.gram([tt])[0])
+
+    gg = model.map_grams(grid, gap)
+    j = int(np.argmax(gg))
+    peak_t, peak_v = float(grid[j]), float(gg[j])
+    if 0 < j < grid.size - 1:
+        lo, hi = math.log(max(grid[j - 1], t_lo)), math.log(grid[j + 1])
+        res = minimize_scalar(lambda s: -gap_at(math.exp(s)), bounds=(lo, hi), method="bounded",
+                              options={"xatol": 1e-7})
+        if -res.fun >= peak_v:
+            peak_t, peak_v = float(math.exp(res.x)), float(-res.fun)
+    meta = _model_meta(model, problem)
+    meta.update({"gap_at_0": float(gg[0]), "horizon": horizon,
+                 "peak": "interior maximum" if 0 < j < grid.size - 1 else
+                 ("at t = 0: the gap never rises above its initial value" if j == 0 else
+                  "at the horizon: the gap is still rising; raise horizon")})
+    peak_gram = _unit(model.gram([peak_t])[0])
+
+    # -- the end state and the transition ---------------------------------------------------
+    transition = None
+    constants = {"d": model.d, "Q": model.Q, "z0": model.z0, "peak_gram": peak_gram}
+    if end_gram is not None:
+        E, how = _end_state(model, problem, end_gram)
+        constants["end_gram"] = E
+        meta["end_state"] = how
+        meta["end_state_semantic_gap"] = float(gap(E))
+        meta["end_state_etf_distance"] = float(etf_distance(E, center=True))
+
+        def D(tt):
+            def one(G):
+                Gh = _unit(G)
+                return np.linalg.norm(Gh - E) - np.linalg.norm(Gh - peak_gram)
+            return model.map_grams(tt, one)
+
+        after = np.geomspace(max(peak_t, t_lo), far, 2000) if far > peak_t else np.array([])
+        if after.size:
+            Dv = D(after)
+            neg = np.flatnonzero(Dv < 0)
+            if neg.size:
+                k = int(neg[0])
+                if k == 0:
+                    transition = float(after[0])
+                else:
+                    transition = float(math.exp(brentq(lambda s: D(math.exp(s))[0], math.log(after[k - 1]),
+                                                       math.log(after[k]), xtol=1e-10)))
+                meta["transition"] = "first time after the peak when the Gram is closer to the end state"
+            else:
+                meta["transition"] = (f"not reached by t = {far:g}: the Gram stays closer to its peak than to the "
+                                      "end state")
+    return TheoryCurve(times=t, records=records, kind="semantic", constants=constants, meta=meta,
+                       citation=_CITATION_MODES + "; THEORY §7.2, §7.4 (metrics)", peak_time=peak_t,
+                       peak_value=peak_v, transition_time=transition)
+
+
+def _end_state(model, problem, end_gram):
+    if isinstance(end_gram, str):
+        if end_gram == "auto":
+            w, how = model.end_weights()
+            E = _centre((model.Q * w) @ model.Q.T)
+        elif end_gram == "solve":
+            from ._solve import solve
+
+            sol = solve(problem)
+            E = _centre(sol.H.T @ sol.H)
+            how = f"ufm.solve(problem) (method {sol.method!r}): the exact global end state"
+        else:
+            raise ValueError(f"end_gram must be 'auto', 'solve', an N x N Gram or None, got {end_gram!r}.")
+    else:
+        E = np.asarray(end_gram, dtype=np.float64)
+        if E.shape != (model.N, model.N) or not np.all(np.isfinite(E)):
+            raise ValueError(f"end_gram must be a finite N x N = {model.N} x {model.N} Gram, got shape {E.shape}.")
+        E = _centre(E)
+        how = "given"
+    if not np.linalg.norm(E) > 0:
+        raise ValueError("the end-state Gram is zero after centring (e.g. weight decay too strong): no transition.")
+    return _unit(E), how
+
+
+# =====================================================================================
+# public: symmetric-subspace flows of the standard UFM
+# =====================================================================================
+def symmetric_flow(problem, times, p0: float | None = None, *, a0: float | None = None,
+                   beta0: float | None = None, b0: float = 0.0, rtol: float = 1e-11) -> TheoryCurve:
+    """Symmetric-subspace gradient flow of the balanced standard UFM (THEORY §6.4 MSE, §6.5 CE).
+
+    Ansatz ``W = a U`` (``U U^T = P_K``, needs ``d >= K - 1``),
+    ``H = beta (U^T kron 1_n^T)``, bias ``b = c 1_K``; the margin (logit gap)
+    is ``p = a beta``. In the time of :func:`ufm.simulate` (mean losses, halved
+    decays) the flow is
+
+    * MSE: ``da/dt = beta (1 - p)/K - lam_W a``, ``dbeta/dt = a (1 - p)/N - lam_H beta``,
+      ``dc/dt = -(c - 1/K) - lam_b c`` (the bias decouples). Without decay the
+      balanced manifold ``a = sqrt(n) beta`` is invariant and
+      ``p(t) = 1/(1 + (1/p0 - 1) exp(-2 sqrt(n) t/N))``: THEORY's
+      ``dp/dtau = 2 sqrt(n) p (1 - p)`` is for the unnormalized loss
+      ``1/2||.||^2``, whose time is ``tau = t/N``. The part ``J/K`` of ``Y`` not
+      fitted by the bias is orthogonal to the ansatz, so it is not learned on
+      it; but for the full flow it is an unstable direction (a perturbation
+      along ``1_K`` grows with the same rate), so without a bias a full
+      simulation leaves the subspace once round-off has grown.
+    * CE: ``da/dt = phi(p) beta/(K-1) - lam_W a``, ``dbeta/dt = phi(p) a/(n(K-1)) - lam_H beta``,
+      ``phi(p) = (K-1) e^{-p}/(1 + (K-1) e^{-p})``; without decay and balanced,
+      ``dp/dt = 2/(sqrt(n)(K-1)) p phi(p)`` (THEORY §6.5; same time as ours).
+      The bias gets no gradient on this family (softmax ignores ``c 1``) and
+      only decays with ``lam_b``.
+
+    Parameters
+    ----------
+    problem : UFMProblem
+        Balanced hard labels, class-major (the default labels), ``d >= K - 1``.
+    times : array
+        Gradient-flow times.
+    p0 : float, optional
+        Initial margin on the balanced manifold: ``a0 = (sqrt(n) p0)^{1/2}``,
+        ``beta0 = p0/a0``. Or give ``a0`` and ``beta0``.
+    b0 : float
+        Initial bias level ``c`` (bias problems only).
+    rtol : float
+        Integrator tolerance (DOP853) where no closed form applies.
+
+    Returns
+    -------
+    TheoryCurve
+        ``kind="symmetric_flow"``; records ``"p"``, ``"a"``, ``"beta"``,
+        ``"gram_W"`` (``a^2 P_K``), ``"loss"`` (the full objective, halved
+        decays) and ``"b"`` (``c 1_K``) for bias problems.
+    """
+    from scipy.integrate import solve_ivp
+
+    if type(problem) is not UFMProblem:
+        raise ValueError(f"symmetric_flow needs a standard UFMProblem, got {type(problem).__name__}.")
+    if problem.soft or not problem.balanced:
+        raise ValueError("symmetric_flow needs balanced hard labels (n per class).")
+    if not np.array_equal(problem.y, np.repeat(np.arange(problem.K), problem.n)):
+        raise ValueError("symmetric_flow needs class-major labels (the default UFMProblem(K=..., n=...)).")
+    K, n, N = problem.K, problem.n, problem.N
+    if problem.d < K - 1:
+        raise ValueError(f"the symmetric ansatz needs d >= K - 1 = {K - 1} (U U^T = P_K), got d={problem.d}.")
+    t = _check_times(times)
+    if p0 is not None:
+        if a0 is not None or beta0 is not None:
+            raise ValueError("give p0 (balanced start) or a0 and beta0, not both.")
+        p0 = float(p0)
+        if not (math.isfinite(p0) and p0 > 0):
+            raise ValueError(f"p0 must be finite and > 0, got {p0}.")
+        a0 = math.sqrt(math.sqrt(n) * p0)
+        beta0 = p0 / a0
+    elif a0 is None or beta0 is None:
+        raise ValueError("give p0 (initial margin, balanced a = sqrt(n) beta) or both a0 and beta0.")
+    a0, beta0 = float(a0), float(beta0)
+    lW, lH, lb = problem.lam_W, problem.lam_H, problem.lam_b
+    c0 = float(b0)
+    if not problem.bias and c0 != 0.0:
+        raise ValueError("b0 given but the problem has no bias; pass bias=True or drop b0.")
+    mse = problem.loss == "mse"
+
+    balanced = abs(a0 - math.sqrt(n) * beta0) <= 1e-14 * max(a0, 1.0)
+    if mse and lW == 0 and lH == 0 and balanced:
+        pp = 1.0 / (1.0 + (1.0 / (a0 * beta0) - 1.0) * np.exp(-2.0 * math.sqrt(n) * t / N))
+        a = np.sqrt(math.sqrt(n) * pp)
+        bt = pp / a
+        how = "closed form (logistic, THEORY §6.4)"
+    else:
+        def rhs(_t, y):
+            a_, b_ = y
+            p = a_ * b_
+            if mse:
+                g = 1.0 - p
+                return [b_ * g / K - lW * a_, a_ * g / N - lH * b_]
+            e = (K - 1) * math.exp(-p) if p > -700 else math.inf
+            phi = e / (1.0 + e) if math.isfinite(e) else 1.0
+            return [phi * b_ / (K - 1) - lW * a_, phi * a_ / (n * (K - 1)) - lH * b_]
+
+        sol = solve_ivp(rhs, (0.0, max(float(t[-1]), 1e-12)), [a0, beta0], t_eval=t, method="DOP853",
+                        rtol=rtol, atol=1e-14 * max(a0, beta0, 1e-300))
+        if not sol.success:
+            raise RuntimeError(f"the symmetric flow ODE failed: {sol.message}")
+        a, bt = sol.y
+        pp = a * bt
+        how = "numerical (DOP853)"
+    if mse:
+        c = (c0 - 1.0 / (K * (1.0 + lb))) * np.exp(-(1.0 + lb) * t) + 1.0 / (K * (1.0 + lb)) if problem.bias \
+            else np.zeros_like(t)
+        loss = ((1 - pp) ** 2 * (K - 1) + (1 - K * c) ** 2) / (2 * K)
+    else:
+        c = c0 * np.exp(-lb * t) if problem.bias else np.zeros_like(t)
+        loss = np.log1p((K - 1) * np.exp(-pp))
+    loss = loss + lW / 2 * a**2 * (K - 1) + lH / 2 * bt**2 * n * (K - 1) + lb / 2 * K * c**2
+    PK = np.eye(K) - 1.0 / K
+    records = {"p": pp, "a": a, "beta": bt, "gram_W": a[:, None, None] ** 2 * PK, "loss": loss}
+    if problem.bias:
+        records["b"] = c[:, None] * np.ones(K)
+    meta = {"problem": problem.as_dict(), "a0": a0, "beta0": beta0, "b0": c0, "solution": how,
+            "time": "gradient-flow time t = steps * lr of ufm.simulate (mean losses)"}
+    return TheoryCurve(times=t, records=records, kind="symmetric_flow", meta=meta, citation=_CITATION_SYMMETRIC)
