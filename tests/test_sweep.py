@@ -353,9 +353,33 @@ def test_dask_worker_killed_mid_sweep(tmp_path, dask_client):
     ref = ufm.sweep(counted, grid, seeds=2, fixed={**fixed, "counter": str(tmp_path / "c2"), "crash": None},
                     backend="sequential", progress=False)
     assert [r["value"] for r in ref.records] == [r["value"] for r in res.records]
-    deadline = time.time() + 30                          # the nanny brings the worker back
-    while len(dask_client.scheduler_info()["workers"]) < 2 and time.time() < deadline:
+    wait_for_workers(dask_client)
+
+
+def wait_for_workers(client, n=2):
+    deadline = time.time() + 30                          # the nanny brings a killed worker back
+    while len(client.scheduler_info()["workers"]) < n and time.time() < deadline:
         time.sleep(0.1)
+
+
+def set_allowed_failures(dask_scheduler, n):
+    old, dask_scheduler.allowed_failures = dask_scheduler.allowed_failures, n
+    return old
+
+
+def test_dask_run_that_keeps_killing_workers_is_recorded(tmp_path, dask_client):
+    # Dask gives up on a task after `allowed-failures` worker deaths (default 3), counting every task the
+    # dead worker held; 0 and a single run keep this quick and free of bystanders.
+    old = dask_client.run_on_scheduler(set_allowed_failures, n=0)
+    try:
+        res = ufm.sweep(counted, {"a": [4]}, seeds=1, fixed={"counter": str(tmp_path / "count"), "crash": 4},
+                        backend="dask", client=dask_client, progress=False)
+    finally:
+        dask_client.run_on_scheduler(set_allowed_failures, n=old)
+    assert res.status == "completed" and res.n_failed == 1 and res.records[0]["a"] == 4
+    assert res.records[0]["error"].startswith("KilledWorker")
+    assert "1 failed" in res.message
+    wait_for_workers(dask_client)
 
 
 # -- CLI and phase diagram ------------------------------------------------------------------

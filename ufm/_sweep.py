@@ -658,11 +658,11 @@ def _run_dask(call, jobs, done, opts):
             fut = client.submit(_run_job, call, job, opts["cache_dir"], None, "process", pure=False,
                                 key=f"ufm-sweep-{token}-{job.index}", retries=opts["retries"])
             futures[fut] = job
-        for fut in as_completed(list(futures)):
+        # results are fetched in the client's event loop as tasks finish (no round trip per run here)
+        for fut, out in as_completed(list(futures), with_results=True, raise_errors=False):
             job = futures.pop(fut)
-            try:
-                out = fut.result()
-            except Exception as err:      # KilledWorker: the run killed workers too often
+            if fut.status == "error":     # KilledWorker: the run killed workers too often
+                err = out[1] if isinstance(out, tuple) else out
                 out = (job.index, _error_record(job, f"{type(err).__name__}: {err}"), None, False)
             fut.release()
             done(*out)
