@@ -9,9 +9,18 @@ __all__ = ["main"]
 
 
 def _demo(args) -> int:
-    from .demo import run
+    import time
 
-    run(args.out, figures=not args.no_figures)
+    from .demo import run, structure_before_collapse
+
+    t0 = time.perf_counter()
+    if not args.closed_forms:
+        structure_before_collapse(args.out, sigma=args.sigma, lam=args.lam, seeds=args.seeds, quick=args.quick,
+                                  figures=not args.no_figures)
+    if args.closed_forms or args.all:
+        print("\n== standard UFMs in closed form (THEORY TV1-TV3, layer-peeled)")
+        run(args.out, figures=not args.no_figures)
+    print(f"ufm demo: done in {time.perf_counter() - t0:.1f} s; output folder: {args.out}")
     return 0
 
 
@@ -32,11 +41,24 @@ def _sweep(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ufm", description="Unconstrained features model toolkit.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="solve standard UFMs in closed form; write a table and figures",
-                          description="Solve the standard UFMs of THEORY TV1-TV3 and the layer-peeled model in "
-                                      "closed form; print the table and write it with the figures to --out.")
+    demo = sub.add_parser("demo", help="structure before collapse: simulation, theory curves, phase diagram",
+                          description="Structure before collapse on factorial(2x2x2) (input-coupled UFM, THEORY "
+                                      "§8.2): gradient flow from a small random start, theory curves, the exact "
+                                      "end state and the phase diagram over capacity sigma, attribute strength, "
+                                      "weight decay and setting. Prints summary tables and writes them with the "
+                                      "figures sbc_grams.png, sbc_trajectory.png, sbc_phase.png to --out. "
+                                      "--closed-forms shows the standard UFMs of THEORY TV1-TV3 in closed form "
+                                      "instead; --all shows both.")
     demo.add_argument("--out", default="ufm-demo", help="output folder (created if missing; default: ufm-demo)")
-    demo.add_argument("--no-figures", action="store_true", help="write the table only")
+    demo.add_argument("--no-figures", action="store_true", help="write the tables only")
+    demo.add_argument("--quick", action="store_true", help="fewer seeds, records and phase points (for tests)")
+    demo.add_argument("--sigma", type=float, default=3.0, help="capacity of the headline run (default: 3)")
+    demo.add_argument("--lam", type=float, default=1e-3,
+                      help="weight decay lam_W = lam_A of the headline run, > 0 (default: 1e-3)")
+    demo.add_argument("--seeds", type=int, default=None, help="simulated seeds (default: 3, or 1 with --quick)")
+    demo.add_argument("--closed-forms", action="store_true",
+                      help="only the closed-form table of standard UFMs (TV1-TV3, layer-peeled) and its figures")
+    demo.add_argument("--all", action="store_true", help="the headline demo and the closed-form section")
     demo.set_defaults(func=_demo)
     sw = sub.add_parser("sweep", help="run a parameter sweep from a TOML file; write the result and a phase diagram",
                         description="Run the sweep of CONFIG.toml (task, [problem], [fixed], [grid], seeds, backend; "
@@ -56,7 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        if args.seeds is None:
+            args.seeds = 1 if args.quick else 3
+        if args.seeds < 1:
+            parser.error("demo: --seeds must be >= 1")
+        if not (args.sigma > 0) or not (args.lam > 0):
+            parser.error("demo: --sigma and --lam must be > 0 (lam > 0 gives a finite end state)")
     return args.func(args)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["plot_gram", "plot_phase_diagram"]
+__all__ = ["plot_gram", "plot_trajectory", "plot_phase_diagram", "plot_phase_lines"]
 
 
 def _axes(ax):
@@ -171,4 +171,165 @@ def plot_phase_diagram(result, x, y, value, ax=None, *, where=None, cmap="viridi
                  fontsize=9)
     if colorbar:
         ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=value)
+    return ax
+
+
+_PRETTY = {"semantic_gap": "semantic gap $\\Delta$", "etf_distance": "ETF distance $d_{ETF}$", "loss": "loss",
+           "peak_gap": "peak semantic gap", "end_gap": "end-state semantic gap",
+           "end_etf_distance": "end-state ETF distance", "gap_init": "initial semantic gap",
+           "peak_time": "peak time", "transition_time": "transition time"}
+
+
+def _pretty(name: str) -> str:
+    return _PRETTY.get(name, name.replace("_", " "))
+
+
+def plot_trajectory(trajectory, metric: str = "semantic_gap", ax=None, *, theory=None, theory_metric=None,
+                    end_value=None, label=None, color=None, seeds: bool = True, marks: bool = True,
+                    logx: bool = True, title=None, legend: bool = True):
+    """A recorded metric over (log-)time, with a theory curve and the end state overlaid.
+
+    Parameters
+    ----------
+    trajectory : Trajectory or None
+        What :func:`ufm.simulate` returned; ``metric`` must be a scalar record
+        (``(seeds, T)``). The mean over seeds is drawn solid, each seed faint
+        (``seeds=True``). ``None``: draw the theory curve only.
+    metric : str
+        Record name, e.g. ``"semantic_gap"`` or ``"etf_distance"``.
+    theory : TheoryCurve, optional
+        Drawn dashed (record ``theory_metric``, default ``metric``); its
+        ``peak_time`` and ``transition_time`` are marked by dotted vertical
+        lines when ``marks=True``.
+    end_value : float, optional
+        The end state's value (e.g. from ``ufm.solve``), a dash-dotted horizontal line.
+    label, color : optional
+        Label of the simulated curve (default ``"simulation (mean of n seeds)"``) and its color.
+    logx : bool
+        Log time axis; ``t = 0`` cannot be shown on it and is left out.
+
+    Returns
+    -------
+    Axes
+        Lines carry labels ``"simulation ..."``, ``"theory ..."``, ``"end state ..."``,
+        ``"peak (theory)"``, ``"transition (theory)"``.
+    """
+    if trajectory is None and theory is None:
+        raise ValueError("give a trajectory, a theory curve or both.")
+    ax = _axes(ax)
+    color = color or "C0"
+    tmin = []
+    if trajectory is not None:
+        if metric not in trajectory.records:
+            raise ValueError(f"{metric!r} is not recorded; the trajectory has {sorted(trajectory.records)}.")
+        v = np.asarray(trajectory.records[metric], dtype=float)
+        if v.ndim != 2:
+            raise ValueError(f"{metric!r} has shape {v.shape}; plot_trajectory draws scalar records (seeds x T).")
+        t = np.asarray(trajectory.times, dtype=float)
+        keep = t > 0 if logx else np.ones(t.shape, bool)
+        if seeds and v.shape[0] > 1:
+            for row in v:
+                ax.plot(t[keep], row[keep], color=color, alpha=0.25, lw=0.8)
+        n = v.shape[0]
+        lab = label or f"simulation (mean of {n} seed{'s' * (n != 1)})"
+        ax.plot(t[keep], np.nanmean(v, 0)[keep], color=color, lw=2.0, label=lab)
+        tmin.append(t[keep].min())
+    if theory is not None:
+        name = theory_metric or metric
+        if name not in theory.records:
+            raise ValueError(f"the theory curve has no record {name!r}; it has {sorted(theory.records)}.")
+        tt = np.asarray(theory.times, dtype=float)
+        keep = tt > 0 if logx else np.ones(tt.shape, bool)
+        ax.plot(tt[keep], np.asarray(theory.records[name])[keep], color="k", ls="--", lw=1.4,
+                label=f"theory ({theory.kind})")
+        if marks:
+            if theory.peak_time is not None:
+                ax.axvline(theory.peak_time, color="C3", ls=":", lw=1.2, label="peak (theory)")
+            if theory.transition_time is not None:
+                ax.axvline(theory.transition_time, color="C2", ls=":", lw=1.2, label="transition (theory)")
+    if end_value is not None:
+        ax.axhline(float(end_value), color="gray", ls="-.", lw=1.2, label="end state (exact)")
+    if logx:
+        ax.set_xscale("log")
+        ax.set_xlabel("gradient-flow time t (log scale)")
+    else:
+        ax.set_xlabel("gradient-flow time t")
+    ax.set_ylabel(_pretty(metric))
+    if title:
+        ax.set_title(title, fontsize=9)
+    if legend:
+        ax.legend(fontsize=7)
+    return ax
+
+
+def plot_phase_lines(result, x: str = "sigma", values=("peak_gap", "end_gap", "end_etf_distance"), ax=None, *,
+                     hue: str | None = "setting", where=None, logx: bool = True, logy: bool = False, title=None,
+                     legend: bool = True):
+    """Curves of sweep outputs against one grid parameter, one color per ``hue`` value, one line style per value.
+
+    The companion of :func:`plot_phase_diagram` for a single swept axis (e.g.
+    the end-state ETF distance and the peak semantic gap against ``sigma``).
+
+    Parameters
+    ----------
+    result : SweepResult or sequence of dict
+    x : str
+        The grid parameter on the horizontal axis (numbers).
+    values : sequence of str
+        Record entries to draw (solid, dashed, dotted, ... in this order).
+    hue : str or None
+        A grid parameter drawn in different colors (``None``: one color).
+    where : dict, optional
+        Keep only records with these parameter values; every other parameter
+        must then take a single value (nothing is averaged over silently),
+        except seeds, which are averaged.
+
+    Returns
+    -------
+    Axes
+        One line per ``(hue value, value)``, labelled ``"<hue value>: <value>"``.
+    """
+    records = [r for r in getattr(result, "records", result) if r.get("ok", True)]
+    where = dict(where or {})
+    records = [r for r in records if all(r.get(k) == v for k, v in where.items())]
+    if not records:
+        raise ValueError(f"no successful record matches where={where}.")
+    if isinstance(values, str):
+        values = (values,)
+    for name in (x,) + ((hue,) if hue else ()) + tuple(values):
+        if not any(name in r for r in records):
+            raise ValueError(f"no record has {name!r}; entries: {sorted({k for r in records for k in r})}.")
+    params = [k for k in getattr(result, "axes", ()) or ()] or [
+        k for k in ("setting", "sigma", "strength", "lam") if k in records[0]]
+    for name in params:
+        if name in (x, hue) or name in where:
+            continue
+        distinct = {repr(r.get(name)) for r in records}
+        if len(distinct) > 1:
+            raise ValueError(f"records vary in {name!r} too ({sorted(distinct)}); pick one with where={{{name!r}: ...}}.")
+    groups = list(dict.fromkeys(r.get(hue) for r in records)) if hue else [None]
+    styles = ["-", "--", ":", "-."]
+    ax = _axes(ax)
+    for ci, g in enumerate(groups):
+        rows = [r for r in records if hue is None or r.get(hue) == g]
+        xs = sorted({float(r[x]) for r in rows})
+        for vi, name in enumerate(values):
+            ys = [np.nanmean([float(r[name]) for r in rows if float(r[x]) == xv]) for xv in xs]
+            lab = f"{g}: {_pretty(name)}" if hue else _pretty(name)
+            ax.plot(xs, ys, color=f"C{ci}", ls=styles[vi % len(styles)], marker="o", ms=3, label=lab)
+    if logx:
+        from matplotlib.ticker import NullFormatter
+
+        ax.set_xscale("log")
+        allx = sorted({float(r[x]) for r in records})
+        ax.set_xticks(allx, [_fmt(v) for v in allx])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(x + (" (log scale)" if logx else ""))
+    ax.set_ylabel(", ".join(_pretty(v) for v in values) if len(values) == 1 else "value")
+    if title:
+        ax.set_title(title, fontsize=9)
+    if legend:
+        ax.legend(fontsize=6)
     return ax

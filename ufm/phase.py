@@ -1,0 +1,192 @@
+"""Phase diagram of structure before collapse: where the semantic transient appears, and where it ends.
+
+:func:`phase_diagram` runs :func:`phase_point` over a grid of capacity
+``sigma``, attribute strength, weight decay and setting with :func:`ufm.sweep`,
+and returns its :class:`~ufm.results.SweepResult` (one tidy record per point).
+Plot it with :func:`ufm.plotting.plot_phase_diagram` (heat map over two
+parameters) or :func:`ufm.plotting.plot_phase_lines` (curves over ``sigma``).
+
+Where each number comes from
+----------------------------
+* ``peak_gap``, ``peak_time``, ``transition_time``, ``gap_init``: the theory
+  curve :func:`ufm.dynamics.semantic_curve` of the input-coupled UFM (M2,
+  THEORY §6.3, §8.2) from a Gaussian initialization of scale ``init_scale``, in
+  expectation (the mean run). The transition time is measured against the
+  exact end state below.
+* ``end_gap``, ``end_etf_distance``: the exact end state ``ufm.solve(problem)``
+  (convex program with weight decay, max-margin program without, THEORY §8.2
+  (b)); semantic gap (THEORY §7.4) and ETF distance (THEORY §7.2) of its
+  centred item Gram ``H^T H``.
+* with ``simulate=True`` also ``sim_peak_gap``, ``sim_peak_time``,
+  ``sim_end_gap``, ``sim_end_etf_distance``: one gradient-flow run of
+  :func:`ufm.simulate` (flow mode) to ``horizon`` (default: ``10 x`` the
+  predicted transition time), so the theory and the simulation can be compared
+  point by point.
+
+What it shows (THEORY §8.2 "Behavior"): as ``sigma`` grows relative to the
+attribute strength, the end state approaches the simplex ETF (its ETF
+distance and semantic gap fall towards 0), while the early peak of the
+semantic gap is still there, many times above both the initial and the final
+gap.
+
+References
+----------
+THEORY.md §6.3, §7.2, §7.4, §8.2; Zhao, Papadimitriou, Thrampoulidis,
+"Structure Before Collapse", arXiv 2606.26749.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["SETTINGS", "make_setting", "phase_point", "phase_diagram"]
+
+#: The default instance of each setting generator of :mod:`ufm.settings`.
+SETTINGS = {
+    "factorial": ("factorial", ((2, 2, 2),), {}),
+    "hierarchy": ("hierarchy", (2,), {"depth": 3}),
+    "ntp_contexts": ("ntp_contexts", (), {}),
+}
+
+
+def make_setting(name: str):
+    """The default setting called ``name``: ``factorial((2, 2, 2))``, ``hierarchy(2, depth=3)`` or ``ntp_contexts()``."""
+    from . import settings
+
+    if name not in SETTINGS:
+        raise ValueError(f"setting must be one of {sorted(SETTINGS)}, got {name!r}.")
+    gen, args, kw = SETTINGS[name]
+    return getattr(settings, gen)(*args, **kw)
+
+
+def phase_point(setting: str = "factorial", sigma: float = 3.0, strength: float = 1.0, lam: float = 1e-3, *,
+                loss: str = "ce", d: int | None = None, init_scale: float = 1e-3, simulate: bool = False,
+                horizon: float | None = None, seed: int = 0) -> dict:
+    """Peak, transition and end state of the semantic transient at one point of the phase diagram.
+
+    Parameters
+    ----------
+    setting : {"factorial", "hierarchy", "ntp_contexts"}
+        The default instance (:func:`make_setting`).
+    sigma : float
+        Per-item capacity (``Phi = [strength * Phi_attr; sigma I]``, THEORY §8.2).
+    strength : float
+        Weight of every attribute block (``Setting.encoding(..., strengths=strength)``).
+    lam : float
+        Weight decay, ``lam_W = lam_A = lam`` (halved convention, THEORY §0.1);
+        ``0`` gives the max-margin end state.
+    loss : {"ce", "mse"}
+    d : int, optional
+        Feature dimension (default ``N``).
+    init_scale : float
+        Std of the Gaussian initialization (theory: in expectation; simulation: the draw).
+    simulate : bool
+        Also run one gradient flow (flow mode, time variable ``t``) and report its numbers.
+    horizon : float, optional
+        End time of the simulation; default the larger of ``10 x`` the predicted
+        transition time (``100 x`` the peak time when there is none) and ``100/lam``.
+    seed : int
+        Seed of the simulated initialization.
+
+    Returns
+    -------
+    dict
+        ``gap_init``, ``peak_gap``, ``peak_time``, ``transition_time`` (theory,
+        ``nan`` when not reached), ``end_gap``, ``end_etf_distance`` (exact end
+        state), ``end_method``, ``rises`` (``peak_gap > 1.5 gap_init`` and
+        ``peak_gap > 1.5 end_gap``), and the ``sim_*`` entries with ``simulate=True``.
+    """
+    from . import dynamics, metrics
+    from ._solve import solve
+    from .problems import InputCoupledUFM
+
+    st = make_setting(setting)
+    m = InputCoupledUFM.from_setting(st, sigma=float(sigma), d=d, loss=loss, lam_W=float(lam), lam_A=float(lam),
+                                     strengths=float(strength))
+    sol = solve(m)
+    E = sol.H.T @ sol.H
+    end_gap = float(metrics.semantic_gap(E, st.attributes, center=True))
+    end_etf = float(metrics.etf_distance(E, center=True))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = dynamics.semantic_curve(m, [0.0], init_scale=init_scale, end_gram=E, keep_gram=False)
+    trans = c.transition_time
+    out = {"gap_init": float(c.meta["gap_at_0"]), "peak_gap": float(c.peak_value), "peak_time": float(c.peak_time),
+           "transition_time": float("nan") if trans is None else float(trans),
+           "end_gap": end_gap, "end_etf_distance": end_etf, "end_method": sol.method,
+           "rises": bool(c.peak_value > 1.5 * c.meta["gap_at_0"] and c.peak_value > 1.5 * end_gap)}
+    if simulate:
+        from ._simulate import simulate as run
+
+        if horizon is not None:
+            T = float(horizon)
+        else:   # past the transition, and many decay times 1/lam (the slow approach to the end state)
+            T = 10.0 * trans if trans is not None else 100.0 * c.peak_time
+            T = max(T, 100.0 / lam) if lam > 0 else T
+        steps = 10**6
+        tr = run(m, steps=steps, lr=T / steps, mode="flow", time_variable="t" if lam > 0 else "log",
+                 init_scale=init_scale, seed=seed, record=("semantic_gap", "etf_distance"), n_records=200)
+        g = tr.records["semantic_gap"][0]
+        j = int(np.nanargmax(g))
+        out.update(sim_peak_gap=float(g[j]), sim_peak_time=float(tr.times[j]), sim_end_gap=float(g[-1]),
+                   sim_end_etf_distance=float(tr.records["etf_distance"][0, -1]), sim_horizon=T,
+                   sim_status=tr.status)
+    return out
+
+
+def phase_diagram(settings=("factorial", "hierarchy", "ntp_contexts"), sigmas=(1.0, 2.0, 3.0, 4.0, 6.0, 8.0),
+                  strengths=(1.0,), lams=(1e-3,), *, grid=None, loss: str = "ce", simulate: bool = False,
+                  init_scale: float = 1e-3, backend: str = "sequential", n_jobs: int | None = None,
+                  cache_dir=None, progress: bool = False, seed: int = 0):
+    """Structure-before-collapse phase diagram over capacity, attribute strength, weight decay and setting.
+
+    Runs :func:`phase_point` with :func:`ufm.sweep` at every point of the
+    Cartesian product ``setting x sigma x strength x lam`` (or at the points of
+    ``grid``, a list of dicts with those keys, for a sparser design).
+
+    Parameters
+    ----------
+    settings, sigmas, strengths, lams : sequences
+        The grid axes (setting names of :data:`SETTINGS`; ``lam`` is
+        ``lam_W = lam_A``).
+    grid : list of dict, optional
+        Explicit points instead of the product.
+    loss : {"ce", "mse"}
+    simulate : bool
+        Also simulate each point (see :func:`phase_point`): slower, and adds the ``sim_*`` columns.
+    backend, n_jobs, cache_dir, progress :
+        Passed to :func:`ufm.sweep` (``backend="loky"`` for processes; the
+        default ``"sequential"`` avoids starting workers for the cheap theory-only points).
+    seed : int
+        Base seed (used by the simulations).
+
+    Returns
+    -------
+    SweepResult
+        One record per point: the parameters ``setting``, ``sigma``,
+        ``strength``, ``lam`` and the entries of :func:`phase_point`.
+        ``result.column("end_etf_distance")`` etc. give arrays in grid order.
+
+    Examples
+    --------
+    >>> res = phase_diagram(settings=("factorial",), sigmas=(2.0, 4.0))   # doctest: +SKIP
+    >>> res.column("end_etf_distance")                                     # doctest: +SKIP
+    array([0.406, 0.111])
+    """
+    from ._sweep import sweep
+
+    if grid is None:
+        for name, vals in (("settings", settings), ("sigmas", sigmas), ("strengths", strengths), ("lams", lams)):
+            if len(vals) == 0:
+                raise ValueError(f"{name} is empty; give at least one value.")
+        for s in settings:
+            make_setting(s)    # a clear error for an unknown name, before any work
+        for s in sigmas:
+            if not (math.isfinite(float(s)) and float(s) > 0):
+                raise ValueError(f"sigmas must be finite and > 0, got {s}.")
+        grid = {"setting": list(settings), "sigma": [float(s) for s in sigmas],
+                "strength": [float(s) for s in strengths], "lam": [float(v) for v in lams]}
+    fixed = {"loss": loss, "simulate": bool(simulate), "init_scale": float(init_scale)}
+    return sweep(phase_point, grid, fixed=fixed, backend=backend, n_jobs=n_jobs, cache_dir=cache_dir,
+                 progress=progress, seed=seed)
