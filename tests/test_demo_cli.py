@@ -1,4 +1,8 @@
-"""`ufm demo` (what `make demo` runs) and plot_gram, drawn under Agg and checked for content."""
+"""`ufm demo` (what `make demo` runs) and plot_gram, drawn under Agg and checked for content.
+
+The headline section (structure before collapse) runs with --quick here; the closed-form section
+(--closed-forms) keeps its table of THEORY TV1-TV3 pinned.
+"""
 
 import csv
 
@@ -14,8 +18,29 @@ from ufm import cli, demo  # noqa: E402
 from ufm.plotting import plot_gram  # noqa: E402
 
 
+def test_demo_structure_before_collapse_quick(tmp_path, capsys):
+    assert cli.main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for name in ("sbc_grams.png", "sbc_trajectory.png", "sbc_phase.png", "sbc_summary.csv", "sbc_summary.md",
+                 "sbc_phase.csv"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert not (tmp_path / "closed_forms.csv").exists()          # that section is --closed-forms / --all
+    with open(tmp_path / "sbc_summary.csv") as fh:
+        rows = {r["state"]: r for r in csv.DictReader(fh)}
+    init, peak, end = rows["init"], rows["peak"], rows["end state (ufm.solve, exact)"]
+    sim_end = rows["end of simulation"]
+    assert float(peak["semantic_gap_sim"]) > 3 * float(init["semantic_gap_sim"])      # rises ...
+    assert float(peak["semantic_gap_sim"]) > 3 * float(end["semantic_gap_sim"])       # ... and falls
+    assert float(sim_end["semantic_gap_sim"]) == pytest.approx(float(end["semantic_gap_sim"]), abs=1e-4)
+    assert float(sim_end["etf_distance_sim"]) == pytest.approx(float(end["etf_distance_sim"]), abs=1e-4)
+    with open(tmp_path / "sbc_phase.csv") as fh:
+        phase = list(csv.DictReader(fh))
+    assert {r["setting"] for r in phase} == {"factorial", "hierarchy", "ntp_contexts"}
+    assert "| state | time | semantic_gap_sim" in out and "phase diagram" in out and "output folder" in out
+
+
 def test_demo_writes_table_and_figures(tmp_path, capsys):
-    assert cli.main(["demo", "--out", str(tmp_path)]) == 0
+    assert cli.main(["demo", "--closed-forms", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for name in ("closed_forms.csv", "closed_forms.md", "closed_form_grams.png", "regimes.png"):
         assert (tmp_path / name).stat().st_size > 0
@@ -39,7 +64,8 @@ def test_demo_help_lists_options(capsys):
         cli.main(["demo", "--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    assert "--out" in text and "--no-figures" in text
+    for opt in ("--out", "--no-figures", "--quick", "--sigma", "--lam", "--seeds", "--closed-forms", "--all"):
+        assert opt in text, opt
 
 
 def test_demo_table_only(tmp_path):

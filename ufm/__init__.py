@@ -12,6 +12,8 @@ simulate                         ``simulate(problem, steps, lr, ...)`` -> Trajec
 dynamics                         theory curves on the same time grid -> TheoryCurve (modes, semantic gap, peak)
 sweep                            ``sweep(task, grid, seeds=..., backend="loky"|"threads"|"dask"|"sequential")``
                                  -> SweepResult: grids x seeds on joblib or Dask, cached and resumable
+phase_diagram                    structure before collapse over sigma, attribute strength, weight decay, setting
+                                 -> SweepResult (theory peak and transition, exact end state; ufm.phase)
 closed_form                      analytic optima and thresholds (THEORY §1-3)
 metrics                          NC1-NC4, CDNV, ETF distance, semantic scores, effective rank
 settings                         synthetic settings with latent factors (factorial, hierarchy, ntp_contexts)
@@ -43,8 +45,9 @@ _ATTRS = {
     "factorial": ("ufm.settings", "factorial"),
     "hierarchy": ("ufm.settings", "hierarchy"),
     "ntp_contexts": ("ufm.settings", "ntp_contexts"),
+    "phase_diagram": ("ufm.phase", "phase_diagram"),
 }
-_MODULES = ("closed_form", "dynamics", "losses", "metrics", "plotting", "problems", "results", "settings", "symbolic")
+_MODULES = ("closed_form", "dynamics", "losses", "metrics", "phase", "plotting", "problems", "results", "settings", "symbolic")
 
 __all__ = sorted(set(_ATTRS) | set(_MODULES))
 
