@@ -21,7 +21,7 @@ from ufm.plotting import plot_gram  # noqa: E402
 def test_demo_structure_before_collapse_quick(tmp_path, capsys):
     assert cli.main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for name in ("sbc_grams.png", "sbc_trajectory.png", "sbc_phase.png", "sbc_summary.csv", "sbc_summary.md",
+    for name in ("sbc_grams.png", "sbc_trajectory.png", "sbc_phase.png", "sbc_models.png", "sbc_summary.csv", "sbc_summary.md",
                  "sbc_phase.csv"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert not (tmp_path / "closed_forms.csv").exists()          # that section is --closed-forms / --all

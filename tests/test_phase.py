@@ -117,3 +117,77 @@ def test_plot_trajectory_content():
         plot_trajectory(tr, "etf_distance")
     with pytest.raises(ValueError, match="give a trajectory"):
         plot_trajectory(None)
+
+
+# =====================================================================================
+# M3 kernel flow (THEORY §8.3) and the M1/M2/M3 comparison
+# =====================================================================================
+def test_block_kernel_levels_and_psd():
+    st = ufm.factorial((2, 2))
+    T = dynamics.block_kernel(st, 1.0, 0.5, 0.1, graded=False)
+    S = st.share
+    off = ~np.eye(st.N, dtype=bool)
+    assert np.all(np.diag(T) == 1.0)
+    assert np.all(T[off & (S > 0)] == 0.5) and np.all(T[off & (S == 0)] == 0.1)
+    G = dynamics.block_kernel(st, 1.0, 0.5, 0.0)                 # graded: shared * (#shared)/F
+    np.testing.assert_allclose(G[off], 0.5 * S[off] / 2)
+    with pytest.raises(ValueError, match="positive semidefinite"):
+        dynamics.block_kernel(st, 1.0, 2.0, 0.0)
+
+
+def test_kernel_flow_identity_is_the_free_logit_flow():
+    """Theta = I: MSE has Z(t) = Y + (Z0 - Y) e^{-t/N}; CE from Z = 0 stays symmetric, so the gap is 0 (ETF)."""
+    st = ufm.factorial((2, 2, 2))
+    N = st.N
+    t = np.array([0.0, 1.0, 10.0, 100.0])
+    Z0 = 0.1 * np.random.default_rng(0).standard_normal((N, N))
+    c = dynamics.kernel_flow(st, np.eye(N), t, loss="mse", Z0=Z0)
+    for k, tt in enumerate(t):
+        np.testing.assert_allclose(c.Z[k], np.eye(N) + (Z0 - np.eye(N)) * np.exp(-tt / N), atol=1e-12)
+    ce = dynamics.kernel_flow(st, np.eye(N), t[1:], loss="ce")
+    np.testing.assert_allclose(ce.semantic_gap, 0.0, atol=1e-9)
+    np.testing.assert_allclose(ce.etf_distance, 0.0, atol=1e-9)
+    assert np.all(np.diff(ce.loss) < 0)
+
+
+def test_kernel_flow_with_input_kernel_is_the_linear_model():
+    """Theta = K_x: the kernel flow is exactly gradient flow of Z = M Phi on M (THEORY §8.3, M2 link)."""
+    from scipy.integrate import solve_ivp
+
+    st = ufm.factorial((2, 2))
+    Phi = st.encoding(1.0)
+    N, p = st.N, Phi.shape[0]
+    t = np.array([0.0, 2.0, 20.0])
+    c = dynamics.kernel_flow(st, Phi.T @ Phi, t, loss="ce")
+
+    def rhs(_s, m):
+        Z = m.reshape(N, p) @ Phi
+        E = np.exp(Z - Z.max(0))
+        G = (E / E.sum(0) - np.eye(N)) / N
+        return -(G @ Phi.T).ravel()
+
+    sol = solve_ivp(rhs, (0, 20.0), np.zeros(N * p), t_eval=t, rtol=1e-10, atol=1e-12)
+    for k in range(t.size):
+        np.testing.assert_allclose(c.Z[k], sol.y[:, k].reshape(N, p) @ Phi, atol=1e-7)
+
+
+def test_kernel_flow_block_kernel_starts_structured():
+    st = ufm.factorial((2, 2, 2))
+    t = np.geomspace(0.1, 1e4, 40)
+    c = dynamics.kernel_flow(st, dynamics.block_kernel(st, 1.0, 0.6), t, loss="ce")
+    assert c.semantic_gap[0] > 0.3 and c.semantic_gap[-1] < c.semantic_gap[0]   # inherits Theta's blocks, decays
+    assert c.peak_time < 10 and c.kind == "kernel_flow"
+    with pytest.raises(ValueError, match="symmetric"):
+        dynamics.kernel_flow(st, np.triu(np.ones((8, 8))), t)
+
+
+def test_transient_models_m1_m2_rise_then_fall():
+    from ufm.phase import transient_models
+
+    out = transient_models("factorial", horizon=2e4, n_records=60)
+    for name in ("M1 anchored", "M2 input-coupled"):
+        t, g, e = out[name]
+        j = int(np.argmax(g))
+        assert g[j] > g[0] + 0.2 and g[j] > g[-1] + 0.2 and 0 < j < t.size - 1, (name, g[0], g[j], g[-1])
+    t, g, e = out["M3 kernel flow"]
+    assert g[-1] > 0.15                       # M3 keeps its structure much longer (no decay, log-slow CE)

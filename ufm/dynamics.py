@@ -132,13 +132,16 @@ from .problems import InputCoupledUFM, UFMProblem
 from .results import TheoryCurve
 from .settings import _check_memory
 
-__all__ = ["mode_curves", "semantic_curve", "symmetric_flow", "input_modes", "DEFAULT_INIT_SCALE"]
+__all__ = ["mode_curves", "semantic_curve", "symmetric_flow", "input_modes", "block_kernel", "kernel_flow",
+           "DEFAULT_INIT_SCALE"]
 
 #: The default ``init_scale`` of :func:`ufm.simulate`, used when no initialization is named.
 DEFAULT_INIT_SCALE = 1e-3
 
 _CITATION_MODES = ("THEORY §5.3, §6.3, §8.2 (mode dynamics of the input-coupled UFM); Saxe, McClelland, Ganguli "
                    "arXiv 1312.6120; ufm.dynamics")
+_CITATION_KERNEL = ("THEORY §8.3 (M3, function-space kernel flow dZ/dt = -grad g(Z) Theta; Seleznova et al. "
+                    "arXiv 2305.16427); ufm.dynamics.kernel_flow")
 _CITATION_SYMMETRIC = ("THEORY §6.4 (Mixon, Parshall, Pi arXiv 2011.11619), §6.5 (symmetric CE flow); "
                        "ufm.dynamics.symmetric_flow")
 
@@ -853,3 +856,153 @@ def symmetric_flow(problem, times, p0: float | None = None, *, a0: float | None 
     meta = {"problem": problem.as_dict(), "a0": a0, "beta0": beta0, "b0": c0, "solution": how,
             "time": "gradient-flow time t = steps * lr of ufm.simulate (mean losses)"}
     return TheoryCurve(times=t, records=records, kind="symmetric_flow", meta=meta, citation=_CITATION_SYMMETRIC)
+
+
+
+# =====================================================================================
+# public: M3, the function-space kernel flow (THEORY §8.3)
+# =====================================================================================
+def _attributes_of(setting_or_attributes):
+    att = getattr(setting_or_attributes, "attributes", setting_or_attributes)
+    att = np.asarray(att)
+    if att.ndim != 2 or not np.issubdtype(att.dtype, np.integer):
+        raise ValueError(f"attributes must be an integer N x F table (or a Setting), got {att.dtype} array of shape "
+                         f"{att.shape}.")
+    return att
+
+
+def block_kernel(setting_or_attributes, same: float = 1.0, shared: float = 0.5, none: float = 0.0, *,
+                 graded: bool = True) -> np.ndarray:
+    """The block kernel of THEORY §8.3 for items with attributes: same item / shared attributes / none.
+
+    ``Theta_ii = same``; for ``i != j``: with ``graded=False`` the three levels
+    literally, ``shared`` if the items share at least one attribute, else
+    ``none``; with ``graded=True`` (default) ``none + (shared - none) s_ij / F``,
+    where ``s_ij`` is the number of shared attributes (so items sharing every
+    attribute get ``shared``; for ``F = 1`` both coincide).
+
+    Raises ``ValueError`` if the result is not positive semidefinite (e.g.
+    ``shared`` too large against ``same``), since a tangent kernel must be.
+    """
+    att = _attributes_of(setting_or_attributes)
+    N, F = att.shape
+    for name, v in (("same", same), ("shared", shared), ("none", none)):
+        if not math.isfinite(float(v)):
+            raise ValueError(f"{name} must be finite, got {v}.")
+    S = (att[:, None, :] == att[None, :, :]).sum(-1).astype(float) if F else np.zeros((N, N))
+    if graded:
+        T = none + (shared - none) * (S / max(F, 1))
+    else:
+        T = np.where(S > 0, float(shared), float(none))
+    T = np.array(T, dtype=np.float64)
+    T[np.diag_indices(N)] = same
+    lo = np.linalg.eigvalsh(T).min()
+    if lo < -1e-10 * max(abs(same), 1.0):
+        raise ValueError(f"the block kernel is not positive semidefinite (smallest eigenvalue {lo:.3g}); raise "
+                         f"'same' or lower 'shared'/'none' (same={same}, shared={shared}, none={none}).")
+    return T
+
+
+def kernel_flow(setting_or_attributes, theta, times, *, loss: str = "ce", Z0=None, init_scale: float = 0.0,
+                seed: int = 0, rtol: float = 1e-9, atol: float = 1e-12) -> TheoryCurve:
+    """M3: the function-space kernel flow ``dZ/dt = -grad_Z g(Z) Theta`` with distinct one-hot labels (THEORY §8.3).
+
+    ``Z`` (N x N logits, column ``i`` = item ``i``, label ``i``: ``Y = I_N``);
+    ``g`` is the mean loss of :mod:`ufm.problems` (mean CE or
+    ``1/(2N)||Z - Y||^2``), so the time is that of :func:`ufm.simulate`. A
+    constant kernel ``Theta`` is the lazy (NTK) regime; the neural-tangent
+    kernel of a UFM itself is ``H^T H`` on the sample side, so ``Theta = I``
+    is the flow of free logits (no shared features), and ``Theta = K_x`` is
+    exactly the flow of the linear model ``Z = M Phi`` trained on ``M``.
+
+    *Which Gram.* There are no features in function space, so the semantic
+    gap and ETF distance are those of the **logit Gram** ``Z^T Z`` (N x N,
+    centred with ``P_N``), the natural stand-in for the feature Gram: for a
+    UFM at the ETF both are multiples of ``P_N``. Record ``"gram_H"`` holds it
+    under the name used by the other curves, so plots and metrics take either.
+
+    Parameters
+    ----------
+    setting_or_attributes : Setting or (N, F) int array
+        Items and their attributes (for the semantic gap).
+    theta : (N, N) array
+        The kernel, symmetric PSD (e.g. :func:`block_kernel`).
+    times : array
+        Times (non-decreasing, >= 0).
+    loss : {"ce", "mse"}
+    Z0 : (N, N) array, optional
+        Initial logits; default ``init_scale`` times a standard Gaussian draw
+        (``init_scale = 0``: start at ``Z = 0``).
+
+    Returns
+    -------
+    TheoryCurve
+        ``kind="kernel_flow"``; records ``"Z"``, ``"gram_H"`` (the logit Gram),
+        ``"semantic_gap"``, ``"etf_distance"``, ``"loss"``; ``peak_time``,
+        ``peak_value``: the maximum of the gap over ``times`` (``peak_time`` is
+        ``times[0]`` when the gap never rises: the kernel flow *starts* semantic
+        and only loses structure, unlike M2). ``transition_time`` is ``None``
+        (no end state is computed: without decay CE logits diverge).
+    """
+    from scipy.integrate import solve_ivp
+
+    from .metrics import etf_distance, semantic_gap
+
+    att = _attributes_of(setting_or_attributes)
+    N = att.shape[0]
+    T = np.asarray(theta, dtype=np.float64)
+    if T.shape != (N, N) or not np.all(np.isfinite(T)):
+        raise ValueError(f"theta must be a finite N x N = {N} x {N} kernel, got shape {T.shape}.")
+    if not np.allclose(T, T.T, atol=1e-12 * max(1.0, np.abs(T).max())):
+        raise ValueError("theta must be symmetric (a kernel).")
+    if np.linalg.eigvalsh(T).min() < -1e-10 * max(1.0, np.abs(T).max()):
+        raise ValueError("theta must be positive semidefinite (a kernel).")
+    if loss not in ("ce", "mse"):
+        raise ValueError(f"loss must be 'ce' or 'mse', got {loss!r}.")
+    t = _check_times(times)
+    if Z0 is None:
+        s0 = check_nonneg("init_scale", init_scale, "the init std of the logits")
+        Z0 = s0 * np.random.default_rng(seed).standard_normal((N, N))
+    Z0 = np.asarray(Z0, dtype=np.float64)
+    if Z0.shape != (N, N) or not np.all(np.isfinite(Z0)):
+        raise ValueError(f"Z0 must be a finite N x N = {N} x {N} logit matrix, got shape {Z0.shape}.")
+    Y = np.eye(N)
+
+    def grad(Z):
+        if loss == "mse":
+            return (Z - Y) / N
+        E = np.exp(Z - Z.max(axis=0, keepdims=True))
+        return (E / E.sum(axis=0, keepdims=True) - Y) / N
+
+    def objective(Z):
+        if loss == "mse":
+            return float(np.sum((Z - Y) ** 2) / (2 * N))
+        Zs = Z - Z.max(axis=0, keepdims=True)
+        return float(np.mean(np.log(np.exp(Zs).sum(axis=0)) - np.diag(Zs)))
+
+    if loss == "mse":      # linear: Z(t) = Y + (Z0 - Y) exp(-t Theta / N), exactly
+        w, V = np.linalg.eigh(T)
+        Zt = np.stack([Y + ((Z0 - Y) @ V) * np.exp(-tt * w / N) @ V.T for tt in t])
+        how = "closed form (matrix exponential of Theta)"
+    else:
+        sol = solve_ivp(lambda _s, z: -(grad(z.reshape(N, N)) @ T).ravel(), (0.0, max(float(t[-1]), 1e-12)),
+                        Z0.ravel(), t_eval=t, method="DOP853", rtol=rtol, atol=atol)
+        if not sol.success:
+            raise RuntimeError(f"the kernel flow ODE failed: {sol.message}")
+        Zt = sol.y.T.reshape(-1, N, N)
+        how = "numerical (DOP853)"
+    grams = np.einsum("tki,tkj->tij", Zt, Zt)
+    gaps, etfs = [], []
+    for G in grams:
+        ok = np.linalg.norm(G) > 1e-300 and np.linalg.norm(G - G.mean(0) - G.mean(1)[:, None] + G.mean()) > 1e-14
+        gaps.append(semantic_gap(G, att, center=True) if ok else np.nan)
+        etfs.append(etf_distance(G, center=True) if ok else np.nan)
+    gaps, etfs = np.array(gaps), np.array(etfs)
+    j = int(np.nanargmax(gaps)) if np.any(np.isfinite(gaps)) else 0
+    records = {"Z": Zt, "gram_H": grams, "semantic_gap": gaps, "etf_distance": etfs,
+               "loss": np.array([objective(Z) for Z in Zt])}
+    meta = {"model": "M3 kernel flow", "loss": loss, "N": N, "solution": how,
+            "gram": "logit Gram Z^T Z (no features in function space), centred with P_N",
+            "peak": "maximum over the given times" + (" (at the first time: the gap never rises)" if j == 0 else "")}
+    return TheoryCurve(times=t, records=records, kind="kernel_flow", constants={"theta": T, "Z0": Z0},
+                       peak_time=float(t[j]), peak_value=float(gaps[j]), meta=meta, citation=_CITATION_KERNEL)
