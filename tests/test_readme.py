@@ -15,7 +15,7 @@ def test_readme_opens_with_the_two_commands():
 
 
 def test_readme_python_block_runs():
-    first, second = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    first, second, third = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     ns = {}
     exec(compile(first, str(README), "exec"), ns)
     sol = ns["sol"]
@@ -30,3 +30,6 @@ def test_readme_python_block_runs():
     exec(compile(second, str(README), "exec"), ns)                 # the imbalanced example
     assert ns["sol"].meta["auto"]["method"] == "convex"
     assert ns["metrics"].cosine_matrix(ns["sol"].gram_W)[2, 3] == pytest.approx(1.0, abs=1e-3)
+    exec(compile(third, str(README), "exec"), ns)                  # structure before collapse: the phase diagram
+    assert ns["res"].column("end_etf_distance") == pytest.approx([0.41, 0.11], abs=0.01)
+    assert ns["res"].column("peak_gap") == pytest.approx([0.43, 0.24], abs=0.01)
