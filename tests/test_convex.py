@@ -177,7 +177,7 @@ def test_errors_and_unsuccessful_results_say_what_to_change():
 
 def test_auto_records_its_choice():
     small = ufm.solve(HARD[0])
-    assert small.method == "convex" and "entries" in small.meta["auto"]["why"]
+    assert small.method == "prox" and "entries" in small.meta["auto"]["why"]
     big = UFMProblem(K=60, counts=list(range(1, 61)), d=60, loss="ce", lam_W=1e-3, lam_H=1e-3)
     sol = ufm.solve(big)
     assert sol.method == "prox" and sol.success and sol.meta["auto"]["method"] == "prox"

@@ -28,7 +28,7 @@ def test_readme_python_block_runs():
     assert gap.max() == pytest.approx(0.41, abs=0.01) and gap[0] < gap.max() - 0.2 and gap[-1] < gap.max() - 0.1
     assert ns["flow"].status == "completed" and ns["flow"].meta["time_variable"] == "log(1+t)"
     exec(compile(second, str(README), "exec"), ns)                 # the imbalanced example
-    assert ns["sol"].meta["auto"]["method"] == "convex"
+    assert ns["sol"].meta["auto"]["method"] == "prox"
     assert ns["metrics"].cosine_matrix(ns["sol"].gram_W)[2, 3] == pytest.approx(1.0, abs=1e-3)
     exec(compile(third, str(README), "exec"), ns)                  # structure before collapse: the phase diagram
     assert ns["res"].column("end_etf_distance") == pytest.approx([0.41, 0.11], abs=0.01)

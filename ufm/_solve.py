@@ -25,10 +25,6 @@ METHODS: dict[str, tuple[str, str, str]] = {
     "svm": ("ufm.convex", "svm", "applies_svm"),
 }
 
-#: ``method="auto"`` uses cvxpy (Clarabel) up to this many logit entries in the convex form
-#: (K x K after the class-collapse of hard labels, K x N for soft labels, K x p for the
-#: input-coupled model) and the proximal solver above it; see benchmarks/RESULTS.md.
-AUTO_CONVEX_MAX_ENTRIES = 2_500
 
 
 class NoMethodApplies(ValueError):
@@ -85,8 +81,8 @@ def solve(problem, method: str = "auto", **options):
 
 
 def _auto(problem, options):
-    """Closed form when one applies; else cvxpy for small convex forms, the proximal solver for large
-    ones; else the max-margin program. The choice and the reason go to ``meta["auto"]``."""
+    """Closed form when one applies; else the certified proximal solver on the convex form; else the
+    max-margin program. The choice and the reason go to ``meta["auto"]``."""
     from .convex import form_of
 
     reasons = {}
@@ -95,17 +91,14 @@ def _auto(problem, options):
         choice, reason = "closed_form", f"a closed form applies ({why})"
     else:
         reasons["closed_form"] = why
-        ok, why = _method("convex")[1](problem)
+        ok, why = _method("prox")[1](problem)
         if ok:
             entries = int(np.prod(form_of(problem).shape))
-            if entries <= AUTO_CONVEX_MAX_ENTRIES:
-                choice, reason = "convex", (f"no closed form; the convex form has {entries} entries "
-                                            f"<= {AUTO_CONVEX_MAX_ENTRIES}, where the interior-point solver is fast")
-            else:
-                choice, reason = "prox", (f"no closed form; the convex form has {entries} entries "
-                                          f"> {AUTO_CONVEX_MAX_ENTRIES}, where the proximal solver is faster")
+            choice, reason = "prox", (f"no closed form; the convex form ({entries} entries) is solved by the "
+                                      "certified proximal solver, faster than cvxpy at every size benchmarked "
+                                      "(benchmarks/RESULTS.md); method='convex' gives an independent check")
         else:
-            reasons["convex"] = why
+            reasons["prox"] = why
             ok, why = _method("svm")[1](problem)
             if not ok:
                 reasons["svm"] = why
