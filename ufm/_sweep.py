@@ -404,9 +404,14 @@ class _Call:
         return summarize(out, self.keep)
 
 
+_BLAS_CAPPED = False
+
+
 def _cap_threads(mode):
     """One thread per worker for BLAS and numba, so parallel workers do not oversubscribe the cores."""
-    if mode == "process":
+    global _BLAS_CAPPED
+    if mode == "process" and not _BLAS_CAPPED:     # once per worker process (threadpoolctl takes ~1 ms)
+        _BLAS_CAPPED = True
         import multiprocessing
 
         if multiprocessing.parent_process() is not None:   # a worker process, not the user's own
