@@ -33,7 +33,7 @@ def test_phase_diagram_records(phase):
     assert phase.status == "completed" and phase.n_failed == 0
     assert len(phase.records) == 3 * len(SIGMAS)
     for r in phase.records:
-        assert r["end_method"] == "convex"
+        assert r["end_method"] == "prox"
         assert 0 < r["peak_time"] < r["transition_time"]
         assert r["peak_gap"] > r["gap_init"]
 
