@@ -374,6 +374,17 @@ def _bounded(sW, sH, sb):
 
 # -- standard and anchored UFM -------------------------------------------------------
 @njit(cache=True, fastmath=FASTMATH)
+def _add_decay(X, dX, lam):
+    """dX += lam X; returns the halved decay lam/2 ||X||^2."""
+    reg = 0.0
+    for i in range(X.shape[0]):
+        for j in range(X.shape[1]):
+            dX[i, j] += lam * X[i, j]
+            reg += 0.5 * lam * X[i, j] * X[i, j]
+    return reg
+
+
+@njit(cache=True, fastmath=FASTMATH)
 def ufm_grad(W, H, b, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, Z, G, dW, dH, db):
     """Gradients of the (anchored) UFM objective into dW, dH, db; returns the objective.
 
@@ -389,16 +400,10 @@ def ufm_grad(W, H, b, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, Z, 
     f = _logit_grad(Z, Y, loss_id, G)
     _mm_nt(G, H, dW)
     _mm_tn(W, G, dH)
-    reg = 0.0
-    for i in range(W.shape[0]):
-        for j in range(W.shape[1]):
-            dW[i, j] += lam_W * W[i, j]
-            reg += 0.5 * lam_W * W[i, j] * W[i, j]
-    for i in range(H.shape[0]):
-        for j in range(H.shape[1]):
-            dH[i, j] += lam_H * H[i, j]
-            reg += 0.5 * lam_H * H[i, j] * H[i, j]
-            if beta != 0.0:
+    reg = _add_decay(W, dW, lam_W) + _add_decay(H, dH, lam_H)
+    if beta != 0.0:
+        for i in range(H.shape[0]):
+            for j in range(H.shape[1]):
                 dd = H[i, j] - Hanc[i, j]
                 dH[i, j] += beta * dd
                 reg += 0.5 * beta * dd * dd
@@ -603,16 +608,7 @@ def icm_grad(W, A, Phi, Y, lam_W, lam_A, loss_id, H, Z, G, T, dW, dA):
     _mm_nt(G, H, dW)
     _mm_tn(W, G, T)
     _mm_nt(T, Phi, dA)
-    reg = 0.0
-    for i in range(W.shape[0]):
-        for j in range(W.shape[1]):
-            dW[i, j] += lam_W * W[i, j]
-            reg += 0.5 * lam_W * W[i, j] * W[i, j]
-    for i in range(A.shape[0]):
-        for j in range(A.shape[1]):
-            dA[i, j] += lam_A * A[i, j]
-            reg += 0.5 * lam_A * A[i, j] * A[i, j]
-    return f + reg
+    return f + _add_decay(W, dW, lam_W) + _add_decay(A, dA, lam_A)
 
 
 @njit(cache=True, fastmath=FASTMATH)
