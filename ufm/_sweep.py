@@ -550,7 +550,7 @@ def _joblib():
     try:
         import joblib
     except ImportError:
-        raise ImportError("backend='loky' and 'threads' need joblib: pip install 'ufm[distributed]' (or joblib); "
+        raise ImportError("backend='loky' and 'threads' need joblib (a core dependency of ufm): pip install joblib; "
                           "backend='sequential' needs nothing.") from None
     return joblib
 
