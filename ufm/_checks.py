@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
-__all__ = ["check_int", "check_nonneg"]
+__all__ = ["available_bytes", "check_int", "check_nonneg"]
 
 
 def check_int(name: str, value, minimum: int) -> int:
@@ -31,3 +32,11 @@ def check_nonneg(name: str, value, meaning: str = "a weight decay") -> float:
     if v < 0:
         raise ValueError(f"{name} must be >= 0 ({meaning}), got {v}; pass its absolute value or 0.")
     return v
+
+
+def available_bytes() -> int | None:
+    """Free physical memory in bytes, or ``None`` where the platform does not say."""
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None

@@ -29,7 +29,6 @@ function in :data:`RECORDERS` (add a quantity by adding one entry there):
 from __future__ import annotations
 
 import math
-import os
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -37,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from . import losses
-from ._checks import check_int
+from ._checks import available_bytes, check_int
 from .problems import AnchoredUFM, InputCoupledUFM, UFMProblem
 from .results import Trajectory
 
@@ -275,10 +274,8 @@ class _Progress:
 
 # -- memory ------------------------------------------------------------------------
 def _available_bytes() -> int:
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 1 << 34
+    free = available_bytes()
+    return 1 << 34 if free is None else free   # unknown platform: assume 16 GiB
 
 
 def _check_memory(recorders, problem, seeds, n_times):

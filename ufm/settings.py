@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ufm._checks import check_int as _check_int, check_nonneg
+from ufm._checks import available_bytes, check_int as _check_int, check_nonneg
 from ufm.problems import UFMProblem
 
 __all__ = ["Setting", "factorial", "hierarchy", "ntp_contexts", "MAX_ITEMS"]
@@ -63,11 +62,8 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 
 def _check_memory(nbytes: int, what: str) -> None:
     """Refuse an allocation larger than the memory this machine has free."""
-    try:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):  # not available on this platform
-        return
-    if free > 0 and nbytes > free:
+    free = available_bytes()
+    if free is not None and free > 0 and nbytes > free:
         raise ValueError(
             f"{what} needs {nbytes / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB of memory is free; "
             "use a setting with fewer items."
