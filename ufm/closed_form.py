@@ -59,13 +59,17 @@ def _centering(K: int) -> np.ndarray:
     return np.eye(K) - np.ones((K, K)) / K
 
 
-def balanced_split(Z: np.ndarray, d: int, lam_W: float, lam_H: float):
+def balanced_split(Z: np.ndarray, d: int, lam_W: float, lam_H: float, *, rank_tol: float = _RANK_TOL,
+                   floor: float = 1.0, name: str = "Z*"):
     """Factor ``Z = W H`` with the balanced split of THEORY §4.
 
     Returns ``W`` (K x d) and ``H`` (d x N) with
     ``W W^T = sqrt(lam_H/lam_W) (Z Z^T)^{1/2}`` and ``H^T H = sqrt(lam_W/lam_H) (Z^T Z)^{1/2}``,
     so ``lam_W/2 ||W||^2 + lam_H/2 ||H||^2 = sqrt(lam_W lam_H) ||Z||_*``. With
     ``lam_W = lam_H = 0`` the ratio is 1 (the minimum of ``(||W||^2 + ||H||^2)/2``).
+    The same split of ``M = W A`` gives the input-coupled factors (THEORY §8.2 (b)).
+    Singular values at most ``rank_tol * max(s_1, floor)`` count as zero; ``name``
+    names the matrix in the error message.
 
     Raises
     ------
@@ -74,10 +78,10 @@ def balanced_split(Z: np.ndarray, d: int, lam_W: float, lam_H: float):
         only a lower bound (THEORY §4).
     """
     U, S, Vt = np.linalg.svd(Z, full_matrices=False)
-    r = int(np.sum(S > _RANK_TOL * max(S[0] if S.size else 0.0, 1.0)))
+    r = int(np.sum(S > rank_tol * max(S[0] if S.size else 0.0, floor)))
     if r > d:
         raise NotApplicable(
-            f"d={d} is below rank(Z*)={r}: the closed-form optimum needs d >= {r}. "
+            f"d={d} is below rank({name})={r}: the optimum needs d >= {r}. "
             f"Increase d, or use a rank-constrained solver (the convex value is then only a lower bound)."
         )
     q = (lam_H / lam_W) ** 0.25 if (lam_W > 0 and lam_H > 0) else 1.0

@@ -247,15 +247,7 @@ def _recover(form: Form, X, b, method, status, message, nit, meta, success) -> S
     cert = certificate(form, X, b)
     b = cert["b"]
     if form.kind == "input_coupled":
-        U, S, Vt = np.linalg.svd(X, full_matrices=False)
-        r = int(np.sum(S > 1e-10 * max(S[0] if S.size else 0.0, 1e-300)))
-        if r > p.d:
-            raise NotApplicable(f"d={p.d} is below rank(M*)={r}; increase d to at least {r}")
-        q = (p.lam_A / p.lam_W) ** 0.25
-        W = np.zeros((p.K, p.d))
-        A = np.zeros((p.d, p.p))
-        W[:, :r] = q * U[:, :r] * np.sqrt(S[:r])
-        A[:r] = (np.sqrt(S[:r])[:, None] * Vt[:r]) / q
+        W, A = balanced_split(X, p.d, p.lam_W, p.lam_A, rank_tol=1e-10, floor=1e-300, name="M*")
         H = A @ p.Phi
         Z = W @ H
         g = losses.state_gradients(p, {"W": W, "A": A})
@@ -519,14 +511,7 @@ def svm(problem, *, solver: str = "CLARABEL") -> Solution:
         prob = cp.Problem(cp.Minimize(cp.normNuc(M)), cons)
         _solve(prob, solver)
         Mv = np.asarray(M.value)
-        U, S, Vt = np.linalg.svd(Mv, full_matrices=False)
-        r = int(np.sum(S > 1e-8 * S[0]))
-        if r > p.d:
-            raise NotApplicable(f"d={p.d} is below rank(M)={r}; increase d")
-        W = np.zeros((p.K, p.d))
-        A = np.zeros((p.d, p.p))
-        W[:, :r] = U[:, :r] * np.sqrt(S[:r])
-        A[:r] = np.sqrt(S[:r])[:, None] * Vt[:r]
+        W, A = balanced_split(Mv, p.d, 0.0, 0.0, rank_tol=1e-8, floor=1e-300, name="M")
         H = A @ p.Phi
         meta.update(solver_status=prob.status, nuclear=float(prob.value))
         return Solution(W=W, H=H, b=None, Z=W @ H, A=A, loss=float(prob.value), success=prob.status == cp.OPTIMAL,
