@@ -47,7 +47,7 @@ _ATTRS = {
     "ntp_contexts": ("ufm.settings", "ntp_contexts"),
     "phase_diagram": ("ufm.phase", "phase_diagram"),
 }
-_MODULES = ("closed_form", "dynamics", "losses", "metrics", "phase", "plotting", "problems", "results", "settings", "symbolic")
+_MODULES = ("bridge", "closed_form", "dynamics", "losses", "metrics", "phase", "plotting", "problems", "results", "settings", "symbolic")
 
 __all__ = sorted(set(_ATTRS) | set(_MODULES))
 

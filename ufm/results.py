@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-__all__ = ["Solution", "SweepResult", "TheoryCurve", "Trajectory", "load", "package_versions"]
+__all__ = ["Run", "Solution", "SweepResult", "TheoryCurve", "Trajectory", "load", "package_versions"]
 
 _SCHEMA = 1
 
@@ -540,7 +540,197 @@ class SweepResult(_Result):
                 f"axes={list(self.axes)}, seeds={self.seeds}, failed={self.n_failed})")
 
 
-_TYPES = {"Solution": Solution, "Trajectory": Trajectory, "TheoryCurve": TheoryCurve, "SweepResult": SweepResult}
+# -- observed runs (the bridge format) ----------------------------------------------------
+RUN_SCHEMA = 1   # version of the bridge format (the fields of Run); load refuses other versions
+
+
+def _run_error(field_name: str, problem: str, fix: str):
+    return ValueError(f"bridge run field {field_name!r}: {problem}; {fix}.")
+
+
+def _run_array(name, value, *, integer=False, ndim=None):
+    try:
+        arr = np.asarray(value)
+    except Exception as err:  # ragged lists, objects
+        raise _run_error(name, f"cannot be read as an array ({err})", "pass a numeric array") from None
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise _run_error(name, f"has dtype {arr.dtype}", "pass numbers")
+    if np.iscomplexobj(arr):
+        raise _run_error(name, "is complex", "pass real numbers")
+    if ndim is not None and arr.ndim != ndim:
+        raise _run_error(name, f"has {arr.ndim} dimensions (shape {arr.shape}), expected {ndim}",
+                         "check the array's layout in the file")
+    if integer:
+        if np.issubdtype(arr.dtype, np.floating):
+            if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+                raise _run_error(name, "holds non-integer values", "pass integers")
+        return arr.astype(np.int64)
+    arr = arr.astype(np.float64)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise _run_error(name, f"holds {int(bad.sum())} NaN/inf entries (first at index {idx})",
+                         "record finite values only (a diverged run cannot be fitted)")
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class Run(_Result):
+    """Features of a trained network (or any model) recorded over training: the bridge format.
+
+    One record per entry of ``steps``. The classes are the columns of the Gram
+    matrices, in the order of ``labels``; for the synthetic settings of
+    :mod:`ufm.settings` class ``k`` is item ``k`` (distinct labels).
+    Every field is validated on construction (so also on load): a failure is
+    a ``ValueError`` naming the field and the fix.
+
+    Attributes
+    ----------
+    steps : int array (T,)
+        Training steps of the records, strictly increasing, ``>= 0``.
+    grams : float array (T, K, K)
+        Class-mean Gram ``G_t = M_t^T M_t`` of the penultimate features, with
+        ``M_t`` (d x K) the class means (uncentred, unnormalized: fitting
+        centres and normalizes, THEORY §8.6). Symmetric PSD (checked to a
+        relative tolerance ``1e-6`` of the largest diagonal entry).
+    labels : int array (K,)
+        The label id of each class (distinct), e.g. the next-token id.
+    counts : int array (K,)
+        Examples per class (``>= 1``) the means were taken over.
+    attributes : int array (K, F) or None
+        Latent attribute table of the classes (THEORY §7.4): ``attributes[k, f]``
+        is the level of factor ``f`` for class ``k``; needed by the semantic
+        metrics and the fit (or pass a ``setting`` there).
+    means : float array (T, d, K) or None
+        Class means ``M_t`` (optional; ``grams`` must equal ``M_t^T M_t``).
+    W : float array (T, K, d) or None
+        Classifier (last linear layer) at each record (optional).
+    within : float array (T, K) or None
+        Within-class trace: mean over the class's examples of
+        ``||h_i - mu_k||^2`` (0 for a class with one example).
+    loss : float array (T,) or None
+        Training loss at each record (the network's own loss convention).
+    name : str
+        A short description of the run.
+    meta : dict
+        How the run was made (setting, network, optimizer, seed, ...),
+        ``"schema"`` (the bridge format version, :data:`RUN_SCHEMA`), versions
+        and ``content_hash``.
+
+    References
+    ----------
+    THEORY.md §7 (metrics on Grams), §8.6 (Gram-matrix bridge).
+    """
+
+    steps: np.ndarray
+    grams: np.ndarray
+    labels: np.ndarray
+    counts: np.ndarray
+    attributes: np.ndarray | None = None
+    means: np.ndarray | None = None
+    W: np.ndarray | None = None
+    within: np.ndarray | None = None
+    loss: np.ndarray | None = None
+    name: str = ""
+    meta: dict = field(default_factory=dict)
+    citation: str = "THEORY.md §8.6 (Gram-matrix bridge)"
+
+    _ARRAYS: ClassVar[tuple[str, ...]] = ("steps", "grams", "labels", "counts", "attributes", "means", "W",
+                                          "within", "loss")
+    _INT_ARRAYS: ClassVar[tuple[str, ...]] = ("steps", "labels", "counts", "attributes")
+
+    def __post_init__(self):
+        self._validate()
+        meta = dict(self.meta)
+        schema = meta.setdefault("schema", RUN_SCHEMA)
+        if schema != RUN_SCHEMA:
+            raise _run_error("schema", f"is {schema!r}, this ufm reads version {RUN_SCHEMA}",
+                             "convert the file with the ufm version that wrote it")
+        object.__setattr__(self, "meta", meta)
+        super().__post_init__()
+
+    def _validate(self):
+        steps = _run_array("steps", self.steps, integer=True, ndim=1)
+        T = len(steps)
+        if T < 1:
+            raise _run_error("steps", "is empty", "record at least one step")
+        if np.any(steps < 0) or np.any(np.diff(steps) <= 0):
+            raise _run_error("steps", f"must be >= 0 and strictly increasing, got {steps[:8].tolist()}...",
+                             "sort the records by step and drop repeats")
+        grams = _run_array("grams", self.grams, ndim=3)
+        if grams.shape[0] != T or grams.shape[1] != grams.shape[2]:
+            raise _run_error("grams", f"has shape {grams.shape}, expected (T, K, K) with T = len(steps) = {T}",
+                             "store one square class-mean Gram per recorded step")
+        K = grams.shape[1]
+        if K < 2:
+            raise _run_error("grams", f"has K = {K} classes", "record at least 2 classes")
+        scale = max(float(np.max(np.abs(np.diagonal(grams, axis1=1, axis2=2)))), 1e-300)
+        asym = float(np.max(np.abs(grams - np.swapaxes(grams, 1, 2))))
+        if asym > 1e-8 * scale:
+            raise _run_error("grams", f"is not symmetric (max |G - G^T| = {asym:.3g}, scale {scale:.3g})",
+                             "store G = M^T M of the class means M")
+        sym = 0.5 * (grams + np.swapaxes(grams, 1, 2))
+        low = np.linalg.eigvalsh(sym)[:, 0]
+        t_bad = int(np.argmin(low))
+        if low[t_bad] < -1e-6 * scale:
+            raise _run_error("grams", f"is not positive semidefinite (eigenvalue {low[t_bad]:.3g} at record "
+                             f"{t_bad}, step {int(steps[t_bad])}; scale {scale:.3g})",
+                             "store G = M^T M of the class means M, not a centred or distance matrix")
+        labels = _run_array("labels", self.labels, integer=True, ndim=1)
+        if labels.shape != (K,) or len(np.unique(labels)) != K:
+            raise _run_error("labels", f"must hold K = {K} distinct label ids, got shape {labels.shape} with "
+                             f"{len(np.unique(labels))} distinct", "give one label id per Gram row")
+        counts = _run_array("counts", self.counts, integer=True, ndim=1)
+        if counts.shape != (K,) or np.any(counts < 1):
+            raise _run_error("counts", f"must be K = {K} counts >= 1, got {counts.tolist()[:8]}",
+                             "count the examples behind each class mean")
+        if self.attributes is not None:
+            A = _run_array("attributes", self.attributes, integer=True, ndim=2)
+            if A.shape[0] != K or np.any(A < 0):
+                raise _run_error("attributes", f"must be a (K = {K}, F) table of levels >= 0, got shape {A.shape}",
+                                 "give one row of factor levels per class, in label order")
+        d = None
+        if self.means is not None:
+            M = _run_array("means", self.means, ndim=3)
+            if M.shape[0] != T or M.shape[2] != K:
+                raise _run_error("means", f"has shape {M.shape}, expected (T = {T}, d, K = {K})",
+                                 "store the class means as columns")
+            d = M.shape[1]
+            G = np.einsum("tdk,tdl->tkl", M, M)
+            err = float(np.max(np.abs(G - grams)))
+            if err > 1e-6 * max(scale, 1.0):
+                raise _run_error("grams", f"differs from means^T means by {err:.3g}",
+                                 "store grams computed from the stored means")
+        if self.W is not None:
+            W = _run_array("W", self.W, ndim=3)
+            if W.shape[0] != T or W.shape[1] != K or (d is not None and W.shape[2] != d):
+                raise _run_error("W", f"has shape {W.shape}, expected (T = {T}, K = {K}, d"
+                                 + (f" = {d})" if d is not None else ")"), "store the classifier rows in label order")
+        if self.within is not None:
+            V = _run_array("within", self.within, ndim=2)
+            if V.shape != (T, K) or np.any(V < 0):
+                raise _run_error("within", f"must be (T = {T}, K = {K}) traces >= 0, got shape {V.shape}",
+                                 "store the mean squared distance to the class mean per class")
+        if self.loss is not None:
+            loss = _run_array("loss", self.loss, ndim=1)
+            if loss.shape != (T,):
+                raise _run_error("loss", f"has shape {loss.shape}, expected (T = {T},)", "store one loss per record")
+
+    @property
+    def T(self) -> int:
+        return len(self.steps)
+
+    @property
+    def K(self) -> int:
+        return self.grams.shape[1]
+
+    def __repr__(self) -> str:
+        extra = [n for n in ("attributes", "means", "W", "within", "loss") if getattr(self, n) is not None]
+        return (f"Run(name={self.name!r}, T={self.T}, K={self.K}, steps {int(self.steps[0])}..{int(self.steps[-1])}, "
+                f"with {extra})")
+
+
+_TYPES = {"Solution": Solution, "Trajectory": Trajectory, "TheoryCurve": TheoryCurve, "SweepResult": SweepResult, "Run": Run}
 
 
 def load(path: str | os.PathLike):
@@ -575,3 +765,4 @@ Solution.load = staticmethod(load)  # Solution.load(path) reads a saved Solution
 Trajectory.load = staticmethod(load)
 TheoryCurve.load = staticmethod(load)
 SweepResult.load = staticmethod(load)
+Run.load = staticmethod(load)

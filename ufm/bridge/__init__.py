@@ -1,0 +1,8 @@
+"""Bridge to real networks: record Gram trajectories, load them, fit UFM parameters (THEORY §8.6).
+
+``Exporter`` / ``Run`` / ``load_run`` (torch-free) live in :mod:`ufm.bridge.io`.
+"""
+
+from .io import RUN_SCHEMA, Exporter, Run, load_run, log_steps
+
+__all__ = ["Exporter", "RUN_SCHEMA", "Run", "load_run", "log_steps"]
