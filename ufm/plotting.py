@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["plot_gram", "plot_trajectory", "plot_phase_diagram", "plot_phase_lines"]
+__all__ = ["plot_fit", "plot_fit_figure", "plot_gram", "plot_trajectory", "plot_phase_diagram", "plot_phase_lines"]
 
 
 def _axes(ax):
@@ -333,3 +333,76 @@ def plot_phase_lines(result, x: str = "sigma", values=("peak_gap", "end_gap", "e
     if legend:
         ax.legend(fontsize=6)
     return ax
+
+
+_FIT_STYLE = {"static": ("static", ":", "tab:gray"), "input_coupled": ("M2 input-coupled", "-", "tab:blue"),
+              "anchored": ("M1 anchored", "--", "tab:orange")}
+
+
+def plot_fit(result, metric: str = "gap", ax=None):
+    """Observed curve (dots) with each fitted model's curve over log-steps, from a :class:`~ufm.results.FitResult`.
+
+    Parameters
+    ----------
+    result : FitResult
+        What :func:`ufm.fit` returned.
+    metric : {"gap", "etf_distance"}
+        The semantic gap (THEORY §7.4) or the ETF distance (§7.2) of the
+        centred, unit-norm Grams.
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    Axes
+    """
+    if metric not in ("gap", "etf_distance"):
+        raise ValueError(f"metric must be 'gap' or 'etf_distance', got {metric!r}.")
+    ax = _axes(ax)
+    steps = np.asarray(result.steps, dtype=float)
+    x = np.where(steps > 0, steps, np.nan)
+    if np.isnan(x[0]) and len(x) > 1:            # show step 0 half a decade before the first positive step
+        first = np.nanmin(x)
+        x[0] = first / 3.0
+    ax.plot(x, result.curves[f"observed_{metric}"], "o", ms=3.5, color="k", label="observed")
+    for model, gof in result.gof.items():
+        key = f"{model}_{metric}"
+        if key not in result.curves:
+            continue
+        name, ls, color = _FIT_STYLE.get(model, (model, "-", None))
+        ax.plot(x, result.curves[key], ls, color=color, lw=1.6, label=f"{name} (gap R²={gof['gap_r2']:.2f})")
+    if result.predicted_transition is not None and metric == "gap":
+        ax.axvline(result.predicted_transition, color="tab:blue", lw=0.8, alpha=0.6, label="predicted transition")
+    ax.set_xscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("semantic gap" if metric == "gap" else "ETF distance")
+    ax.legend(fontsize=7)
+    return ax
+
+
+def plot_fit_figure(result, *, snapshots: int = 3, models=("input_coupled",)):
+    """The overlay figure of ``ufm fit``: gap and ETF distance curves, then observed vs fitted Gram snapshots.
+
+    Top row: :func:`plot_fit` for both metrics. Next rows: the observed
+    centred Gram (cosines) at the first record, the semantic-gap peak and the
+    last record, beside each model of ``models`` at the aligned time.
+
+    Returns
+    -------
+    matplotlib Figure
+    """
+    import matplotlib.pyplot as plt
+
+    models = [m for m in models if m in result.grams]
+    gap = np.asarray(result.curves["observed_gap"])
+    picks = sorted({0, int(np.argmax(gap)), len(gap) - 1})[:snapshots]
+    rows = 1 + 1 + len(models)
+    fig = plt.figure(figsize=(3.0 * max(len(picks), 2), 2.8 * rows), constrained_layout=True)
+    grid = fig.add_gridspec(rows, 2 * len(picks))
+    plot_fit(result, "gap", fig.add_subplot(grid[0, :len(picks)]))
+    plot_fit(result, "etf_distance", fig.add_subplot(grid[0, len(picks):]))
+    for r, name in enumerate(["observed"] + models, start=1):
+        for c, t in enumerate(picks):
+            ax = fig.add_subplot(grid[r, 2 * c:2 * c + 2])
+            label = _FIT_STYLE.get(name, (name,))[0]
+            plot_gram(result.grams[name][t], ax, title=f"{label}, step {result.steps[t]:.4g}", colorbar=False)
+    return fig

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-__all__ = ["Run", "Solution", "SweepResult", "TheoryCurve", "Trajectory", "load", "package_versions"]
+__all__ = ["FitResult", "Run", "Solution", "SweepResult", "TheoryCurve", "Trajectory", "load", "package_versions"]
 
 _SCHEMA = 1
 
@@ -730,7 +730,78 @@ class Run(_Result):
                 f"with {extra})")
 
 
-_TYPES = {"Solution": Solution, "Trajectory": Trajectory, "TheoryCurve": TheoryCurve, "SweepResult": SweepResult, "Run": Run}
+@dataclass(frozen=True, eq=False)
+class FitResult(_Result):
+    """UFM models fitted to observed Gram trajectories: what :func:`ufm.fit` returns (THEORY §8.6).
+
+    Attributes
+    ----------
+    params : dict
+        Fitted values (JSON-friendly, read-only): ``"sigma"``, ``"strengths"``,
+        ``"lam"``, ``"time_exponent"``, ``"time_offset"`` (input-coupled M2 and
+        its time map ``log tau ~ offset + exponent log step``),
+        ``"transition_model_time"``, ``"beta_start"``, ``"beta_end"``
+        (anchored M1), ``"a_end"``, ``"b_end"`` and their ``*_ci`` intervals,
+        ``"ratio_end"`` (static decomposition at the last record).
+    gof : dict
+        Model name -> ``{"gap_r2", "gram_r2", "gram_distance", "n_params"}``.
+    steps : float array (T,)
+        The observed clock (training steps, or flow times for a Trajectory).
+    curves : dict of name -> array
+        Observed and fitted curves over the records (``"observed_gap"``,
+        ``"input_coupled_gap"``, ``"anchored_gap"``, ``"static_gap"``, the ETF
+        distances, ``"time_map"``, ``"beta_path"``, static coefficients and
+        intervals, the model's own ``"model_times"`` / ``"model_gap"``).
+    grams : dict of name -> array (T, K, K)
+        Centred, unit-norm Grams: ``"observed"`` and each fitted model's at the
+        aligned times.
+    best_model : str
+        The dynamical model with the highest Gram R^2.
+    predicted_transition : float or None
+        Observed step at which the fitted M2 model's Gram becomes closer to its
+        end state than to its semantic peak.
+    message : str
+        The fit table in words.
+    meta : dict
+        Source, options, timing, notes, versions, content hash.
+    """
+
+    params: dict
+    gof: dict
+    steps: np.ndarray
+    curves: dict
+    grams: dict
+    best_model: str
+    predicted_transition: float | None = None
+    message: str = ""
+    meta: dict = field(default_factory=dict)
+    citation: str = "THEORY.md §8.6 (Gram-matrix bridge), §8.1 (M1), §8.2 (M2)"
+
+    _ARRAYS: ClassVar[tuple[str, ...]] = ("steps",)
+    _DICTS: ClassVar[tuple[str, ...]] = ("curves", "grams")
+
+    def __post_init__(self):
+        object.__setattr__(self, "params", _FrozenDict(_jsonable(dict(self.params))))
+        object.__setattr__(self, "gof", _FrozenDict({k: _FrozenDict(_jsonable(dict(v)))
+                                                     for k, v in dict(self.gof).items()}))
+        super().__post_init__()
+
+    def __getattr__(self, name):
+        curves = self.__dict__.get("curves")
+        if curves is not None and name in curves:
+            return curves[name]
+        raise AttributeError(f"FitResult has no curve {name!r}; curves: {sorted(curves or {})}.")
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        sig = self.params.get("sigma")
+        extra = "" if sig is None else f", sigma={sig:.4g}"
+        return f"FitResult(best_model={self.best_model!r}{extra}, models={sorted(self.gof)}, T={len(self.steps)})"
+
+
+_TYPES = {"Solution": Solution, "Trajectory": Trajectory, "TheoryCurve": TheoryCurve, "SweepResult": SweepResult, "Run": Run, "FitResult": FitResult}
 
 
 def load(path: str | os.PathLike):
@@ -766,3 +837,4 @@ Trajectory.load = staticmethod(load)
 TheoryCurve.load = staticmethod(load)
 SweepResult.load = staticmethod(load)
 Run.load = staticmethod(load)
+FitResult.load = staticmethod(load)

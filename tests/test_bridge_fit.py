@@ -1,0 +1,225 @@
+"""ufm.fit: round trips from known parameters, the static decomposition, the M1 path (TV9), alignment, errors."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+import ufm
+from ufm.bridge.fit import align_monotone, anchored_path, fit, isotropic_init, static_decomposition, unit_centred
+from ufm.metrics import etf_distance, semantic_gap
+from ufm.results import FitResult, Run
+
+SETTING = ufm.factorial((2, 2, 2))
+TRUE = {"sigma": 2.0, "strengths": [1.25, 1.0, 0.8]}   # geometric mean 1: the fit's normalization
+
+
+def _simulated(d=None, lam=0.0, seed=3, n_records=40):
+    """Gram trajectory of M2 simulated from TRUE: the exact isotropic start, or Gaussian in width d."""
+    if d is None:
+        prob = ufm.InputCoupledUFM.from_setting(SETTING, TRUE["sigma"], d=6 + 8 + 8, loss="ce",
+                                                strengths=TRUE["strengths"], lam_W=lam, lam_A=lam)
+        init = isotropic_init(prob, 1e-2)
+    else:
+        prob = ufm.InputCoupledUFM.from_setting(SETTING, TRUE["sigma"], d=d, loss="ce",
+                                                strengths=TRUE["strengths"], lam_W=lam, lam_A=lam)
+        init = {"init_scale": 1e-2 / math.sqrt(d), "seed": seed}
+    horizon = 1e6 if lam == 0 else 50.0 / lam
+    return ufm.simulate(prob, steps=10**6, lr=horizon / 10**6, mode="flow", record=("gram_H",),
+                        n_records=n_records, **init)
+
+
+@pytest.fixture(scope="module")
+def exact_fit():
+    return fit(_simulated(), setting=SETTING)
+
+
+def _close(value, truth, rtol):
+    assert np.allclose(value, truth, rtol=rtol), (value, truth)
+
+
+def test_round_trip_exact_start_recovers_parameters_and_identity_time_map(exact_fit):
+    r = exact_fit
+    _close(r.params["sigma"], TRUE["sigma"], 0.01)
+    _close(r.params["strengths"], TRUE["strengths"], 0.01)
+    # the observed clock is the model clock: tau = step (exponent 1, offset 0)
+    assert abs(r.params["time_exponent"] - 1) < 0.02 and abs(r.params["time_offset"]) < 0.05
+    assert r.gof["input_coupled"]["gram_r2"] > 0.999 and r.gof["input_coupled"]["gap_r2"] > 0.999
+    assert r.best_model == "input_coupled"
+
+
+def test_round_trip_gaussian_wide_start_within_five_percent():
+    """A Gaussian start in width 512 (another seed, not the fit's start) still gives the parameters to 5%."""
+    r = fit(_simulated(d=512), setting=SETTING, models=("input_coupled",))
+    _close(r.params["sigma"], TRUE["sigma"], 0.05)
+    _close(r.params["strengths"], TRUE["strengths"], 0.05)
+    assert r.gof["input_coupled"]["gap_r2"] > 0.95
+
+
+def test_round_trip_with_weight_decay_fits_lam():
+    lam = 1e-3
+    r = fit(_simulated(lam=lam, n_records=30), setting=SETTING, models=("input_coupled",), lam="fit")
+    _close(r.params["sigma"], TRUE["sigma"], 0.05)
+    _close(r.params["strengths"], TRUE["strengths"], 0.05)
+    _close(r.params["lam"], lam, 0.2)      # the end state pins lam only through a logarithm
+    assert r.gof["input_coupled"]["gram_r2"] > 0.99
+
+
+def test_fit_result_round_trips_through_npz(exact_fit, tmp_path):
+    path = exact_fit.save(tmp_path / "fit.npz")
+    back = ufm.load(path)
+    assert isinstance(back, FitResult)
+    assert back.params == exact_fit.params and back.gof == exact_fit.gof
+    assert np.array_equal(back.curves["time_map"], exact_fit.curves["time_map"])
+    assert back.best_model == exact_fit.best_model
+    with pytest.raises(TypeError):
+        back.params["sigma"] = 1.0
+
+
+def test_fit_accepts_run_file_and_arrays(exact_fit, tmp_path):
+    traj = _simulated()
+    G = np.asarray(traj.records["gram_H"][0])
+    run = Run(steps=np.round(traj.times).astype(int), grams=G, labels=np.arange(8), counts=np.ones(8, int),
+              attributes=SETTING.attributes, name="sim")
+    path = run.save(tmp_path / "run.npz")
+    r = fit(path, models=("static",))
+    assert r.meta["source"].startswith("Run")
+    r2 = fit(G, attributes=SETTING.attributes, models=("static",))
+    np.testing.assert_allclose(r.curves["static_a"], r2.curves["static_a"])
+
+
+# -- static decomposition ----------------------------------------------------------------
+def _basis(attrs):
+    K = len(attrs)
+    P = np.eye(K) - 1 / K
+    return P, [P @ (attrs[:, None, f] == attrs[None, :, f]).astype(float) @ P for f in range(attrs.shape[1])]
+
+
+def test_static_decomposition_is_exact_on_a_model_gram():
+    attrs = SETTING.attributes
+    P, Ss = _basis(attrs)
+    b = np.array([0.7, 0.3, 0.1])
+    G = P + sum(bf * S for bf, S in zip(b, Ss))
+    st = static_decomposition(G, attrs)
+    scale = np.linalg.norm(G)
+    np.testing.assert_allclose(st["a"][0] * scale, 1.0, atol=1e-12)
+    np.testing.assert_allclose(st["b"][0] * scale, b, atol=1e-12)
+    np.testing.assert_allclose(st["r2"][0], 1.0, atol=1e-12)
+    # agrees with ufm.metrics.semantic_regression(per_factor=True)
+    ref = ufm.metrics.semantic_regression(G, attrs, per_factor=True)
+    np.testing.assert_allclose(st["b"][0], ref.b, atol=1e-12)
+
+
+def test_static_intervals_cover_at_the_nominal_rate_for_independent_noise():
+    attrs = ufm.factorial((2, 2, 2, 2)).attributes
+    P, Ss = _basis(attrs)
+    K = len(attrs)
+    rng = np.random.default_rng(0)
+    b = np.array([0.5, 0.3, 0.2, 0.1])
+    G0 = P + sum(bf * S for bf, S in zip(b, Ss))
+    # noise that is i.i.d. on an orthonormal basis of centred symmetric matrices: the OLS assumption
+    basis = []
+    for i, j in itertools.combinations_with_replacement(range(K), 2):
+        E = np.zeros((K, K))
+        E[i, j] = E[j, i] = 1.0 if i == j else 1 / math.sqrt(2)
+        basis.append((P @ E @ P).ravel())
+    Q, _ = np.linalg.qr(np.array(basis).T)
+    Q = Q[:, : K * (K - 1) // 2]
+    hits, trials = 0, 300
+    for _ in range(trials):
+        G = G0 + 0.03 * (Q @ rng.standard_normal(Q.shape[1])).reshape(K, K)
+        st = static_decomposition(G, attrs)
+        scale = np.linalg.norm(P @ G @ P)
+        lo, hi = st["b_ci"][0, :, 0] * scale, st["b_ci"][0, :, 1] * scale
+        hits += np.all((lo <= b) & (b <= hi))
+    # joint coverage of 4 intervals at 95% each: about 0.95^4 = 0.81 for independent estimates
+    assert 0.7 < hits / trials < 0.95
+
+
+def test_static_drops_factors_that_do_not_split_classes():
+    attrs = np.column_stack([SETTING.attributes, np.zeros(8, int), np.arange(8)])
+    st = static_decomposition(SETTING.encoding(1.0).T @ SETTING.encoding(1.0), attrs)
+    assert st["factors"] == [0, 1, 2] and st["dropped"] == [3, 4]
+
+
+# -- M1 path: THEORY TV9 -------------------------------------------------------------------
+def test_anchored_path_reproduces_tv9():
+    K, n, d = 4, 2, 6
+    attrs = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
+    rng = np.random.default_rng(3)
+    mu0 = np.zeros((d, K))
+    for k, (a1, a2) in enumerate(attrs):
+        mu0[a1, k] = 1
+        mu0[2 + a2, k] = 1
+    H0 = np.repeat(mu0, n, axis=1) + 0.1 * rng.normal(size=(d, K * n))
+    y = np.repeat(np.arange(K), n)
+    betas = np.array([100.0, 10.0, 1.0, 0.1, 0.01, 0.001, 1e-4])
+    _, H = anchored_path(H0, betas, labels=y)
+    expected_gap = [0.4895, 0.4816, 0.4544, 0.3690, 0.1464, 0.0205]
+    expected_etf = [0.5995, 0.5923, 0.5666, 0.4798, 0.2054, 0.0291]
+    for i in range(6):
+        M = H[i].reshape(d, K, n).mean(axis=2)
+        Mc = M - M.mean(axis=1, keepdims=True)
+        G = Mc.T @ Mc
+        assert abs(semantic_gap(G, attrs) - expected_gap[i]) < 1e-4
+        assert abs(etf_distance(G) - expected_etf[i]) < 1e-4
+    M = H[-1].reshape(d, K, n).mean(axis=2)
+    np.testing.assert_allclose((M ** 2).sum(axis=0), [0.9911, 0.9917, 0.9913, 0.9909], atol=1e-4)
+
+
+def test_anchored_fit_recovers_a_beta_path():
+    """Grams made by the M1 path itself are fitted back with the same non-increasing beta path."""
+    H0 = SETTING.encoding(1.0)
+    grid = np.logspace(3, -5, 81)
+    truth = grid[[10, 30, 45, 60, 70]]
+    _, H = anchored_path(H0, truth)
+    G = np.einsum("bdk,bdl->bkl", H, H)
+    r = fit(G, setting=SETTING, models=("anchored",), anchor=H0, betas=grid)
+    np.testing.assert_allclose(r.curves["beta_path"], truth, rtol=1e-9)
+    assert r.gof["anchored"]["gram_r2"] > 0.999
+
+
+# -- alignment -----------------------------------------------------------------------------
+def test_align_monotone_matches_brute_force():
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        T, J = rng.integers(1, 5), rng.integers(1, 6)
+        D = rng.random((T, J))
+        path, cost = align_monotone(D)
+        assert np.all(np.diff(path) >= 0)
+        best = min(sum(D[i, j] for i, j in enumerate(p))
+                   for p in itertools.product(range(J), repeat=T) if all(a <= b for a, b in zip(p, p[1:])))
+        assert abs(cost * T - best) < 1e-12
+        assert abs(sum(D[i, j] for i, j in enumerate(path)) - best) < 1e-12
+
+
+def test_unit_centred_is_centred_and_unit():
+    G = SETTING.input_kernel(1.0)
+    U = unit_centred(G)
+    np.testing.assert_allclose(U.sum(axis=0), 0, atol=1e-12)
+    assert abs(np.linalg.norm(U) - 1) < 1e-12
+
+
+# -- errors --------------------------------------------------------------------------------
+def test_bad_inputs_are_named():
+    G = SETTING.input_kernel(1.0)
+    with pytest.raises(ValueError, match="attribute"):
+        fit(G, models=("static",))
+    with pytest.raises(ValueError, match="models"):
+        fit(G, setting=SETTING, models=("magic",))
+    with pytest.raises(ValueError, match="steps"):
+        fit(np.stack([G, G]), setting=SETTING, steps=[1, 1], models=("static",))
+    with pytest.raises(ValueError, match="not symmetric"):
+        bad = G.copy()
+        bad[0, 1] += 1
+        fit(bad, setting=SETTING, models=("static",))
+    with pytest.raises(ValueError, match="N = 8 items"):
+        fit(np.eye(4)[None], setting=SETTING, models=("static",))
+    with pytest.raises(ValueError, match="zero after centring"):
+        fit(np.ones((8, 8)), setting=SETTING, models=("static",))
+    with pytest.raises(ValueError, match="lam"):
+        fit(G, setting=SETTING, lam=-1.0)
+    with pytest.raises(ValueError, match="Trajectory recorded"):
+        traj = ufm.simulate(ufm.InputCoupledUFM.from_setting(SETTING, 1.0), steps=5, lr=0.1, record=("loss",))
+        fit(traj, setting=SETTING)
