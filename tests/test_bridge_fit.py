@@ -32,7 +32,7 @@ def _simulated(d=None, lam=0.0, seed=3, n_records=40):
 
 @pytest.fixture(scope="module")
 def exact_fit():
-    return fit(_simulated(), setting=SETTING)
+    return fit(_simulated(), setting=SETTING, lam=0.0)
 
 
 def _close(value, truth, rtol):
@@ -49,9 +49,17 @@ def test_round_trip_exact_start_recovers_parameters_and_identity_time_map(exact_
     assert r.best_model == "input_coupled"
 
 
+def test_round_trip_with_lam_fitted_although_zero():
+    """Fitting lam on a lam = 0 run still gives sigma and strengths (lam and the late time map then trade off)."""
+    r = fit(_simulated(n_records=30), setting=SETTING, models=("input_coupled",))
+    _close(r.params["sigma"], TRUE["sigma"], 0.05)
+    _close(r.params["strengths"], TRUE["strengths"], 0.05)
+    assert r.gof["input_coupled"]["gram_r2"] > 0.99
+
+
 def test_round_trip_gaussian_wide_start_within_five_percent():
     """A Gaussian start in width 512 (another seed, not the fit's start) still gives the parameters to 5%."""
-    r = fit(_simulated(d=512), setting=SETTING, models=("input_coupled",))
+    r = fit(_simulated(d=512), setting=SETTING, models=("input_coupled",), lam=0.0)
     _close(r.params["sigma"], TRUE["sigma"], 0.05)
     _close(r.params["strengths"], TRUE["strengths"], 0.05)
     assert r.gof["input_coupled"]["gap_r2"] > 0.95
@@ -223,3 +231,24 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="Trajectory recorded"):
         traj = ufm.simulate(ufm.InputCoupledUFM.from_setting(SETTING, 1.0), steps=5, lr=0.1, record=("loss",))
         fit(traj, setting=SETTING)
+
+
+def test_cli_fit_prints_the_table_and_writes_fit_and_figure(tmp_path, capsys):
+    from ufm.cli import main
+
+    traj = _simulated(n_records=25)
+    run = Run(steps=np.round(traj.times).astype(int), grams=np.asarray(traj.records["gram_H"][0]),
+              labels=np.arange(8), counts=np.ones(8, int), attributes=SETTING.attributes, name="sim")
+    path = run.save(tmp_path / "run.npz")
+    out = tmp_path / "out"
+    assert main(["fit", str(path), "--lam", "0", "--models", "static,input_coupled", "--out", str(out),
+                 "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "input_coupled" in text and "sigma = " in text and "Gram R^2" in text
+    back = ufm.load(out / "fit.npz")
+    assert abs(back.params["sigma"] - TRUE["sigma"]) < 0.05 * TRUE["sigma"]
+    assert (out / "fit_overlay.png").stat().st_size > 10_000
+    # bad input: exit status 2 and a message naming the problem
+    assert main(["fit", str(tmp_path / "missing.npz"), "--quiet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["fit", str(path), "--lam", "abc", "--quiet"]) == 2

@@ -17,6 +17,10 @@ phase_diagram                    structure before collapse over sigma, attribute
 closed_form                      analytic optima and thresholds (THEORY §1-3)
 metrics                          NC1-NC4, CDNV, ETF distance, semantic scores, effective rank
 settings                         synthetic settings with latent factors (factorial, hierarchy, ntp_contexts)
+fit                              ``fit(run_or_grams, setting=...)`` -> FitResult: static ETF + attribute decomposition,
+                                 input-coupled (M2) and anchored (M1) fits to observed Gram trajectories (ufm.bridge)
+bridge                           Run (the bridge format), Exporter (record from a training loop), load_run,
+                                 reference networks (torch)
 symbolic                         sympy expressions behind every closed form
 losses                           plain-numpy losses, objectives and gradients
 """
@@ -46,6 +50,9 @@ _ATTRS = {
     "hierarchy": ("ufm.settings", "hierarchy"),
     "ntp_contexts": ("ufm.settings", "ntp_contexts"),
     "phase_diagram": ("ufm.phase", "phase_diagram"),
+    "fit": ("ufm.bridge.fit", "fit"),
+    "FitResult": ("ufm.results", "FitResult"),
+    "Run": ("ufm.results", "Run"),
 }
 _MODULES = ("bridge", "closed_form", "dynamics", "losses", "metrics", "phase", "plotting", "problems", "results", "settings", "symbolic")
 

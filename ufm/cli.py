@@ -38,6 +38,65 @@ def _sweep(args) -> int:
     return 0 if res.n_failed == 0 else 1
 
 
+def _fit(args) -> int:
+    import os
+
+    from .bridge.fit import fit
+
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    lam = args.lam if args.lam == "fit" else None
+    if lam is None:
+        try:
+            lam = float(args.lam)
+        except ValueError:
+            print(f"ufm fit: --lam must be 'fit' or a number >= 0, got {args.lam!r}", file=sys.stderr)
+            return 2
+    setting = None
+    if args.setting:
+        from .phase import make_setting
+
+        try:
+            setting = make_setting(args.setting)
+        except ValueError as err:
+            print(f"ufm fit: {err}", file=sys.stderr)
+            return 2
+    try:
+        res = fit(args.run, setting=setting, models=models, loss=args.loss, lam=lam,
+                  fit_strengths=not args.no_strengths, match=args.match, progress=not args.quiet)
+    except (ValueError, OSError) as err:
+        print(f"ufm fit: {err}", file=sys.stderr)
+        return 2
+    print(res.message)
+    p = res.params
+    if "sigma" in p:
+        print(f"input-coupled (M2): sigma = {p['sigma']:.4g}, strengths = "
+              f"{[round(v, 4) for v in p['strengths']]}, lam = {p['lam']:.3g}, "
+              f"time map: log tau = {p['time_offset']:.3g} + {p['time_exponent']:.3g} log step")
+    if "b_end" in p:
+        lo_hi = ", ".join(f"{b:.3g} [{lo:.3g}, {hi:.3g}]" for b, (lo, hi) in zip(p["b_end"], p["b_end_ci"]))
+        print(f"static at the last record: a = {p['a_end']:.3g}, b_f = {lo_hi}")
+    if "beta_end" in p:
+        print(f"anchored (M1): beta from {p['beta_start']:.3g} to {p['beta_end']:.3g}")
+    if res.predicted_transition is not None:
+        print(f"predicted transition (M2: closer to its end state than to its semantic peak): "
+              f"step {res.predicted_transition:.4g}")
+    out = args.out or os.path.splitext(args.run)[0] + "_fit"
+    os.makedirs(out, exist_ok=True)
+    res.save(os.path.join(out, "fit.npz"))
+    written = [os.path.join(out, "fit.npz")]
+    if not args.no_figure:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from .plotting import plot_fit_figure
+
+        fig = plot_fit_figure(res)
+        fig.savefig(os.path.join(out, "fit_overlay.png"), dpi=110)
+        written.append(os.path.join(out, "fit_overlay.png"))
+    print("wrote " + ", ".join(written))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ufm", description="Unconstrained features model toolkit.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -3,6 +3,6 @@
 ``Exporter`` / ``Run`` / ``load_run`` (torch-free) live in :mod:`ufm.bridge.io`.
 """
 
-from .io import RUN_SCHEMA, Exporter, Run, load_run, log_steps
+from .io import RUN_SCHEMA, Capture, Exporter, Run, load_run, log_steps, save_run
 
-__all__ = ["Exporter", "RUN_SCHEMA", "Run", "load_run", "log_steps"]
+__all__ = ["RUN_SCHEMA", "Capture", "Exporter", "Run", "load_run", "log_steps", "save_run"]

@@ -49,7 +49,8 @@ from .. import metrics
 from .._checks import check_int, check_nonneg
 from ..results import FitResult, Run, Trajectory
 
-__all__ = ["fit", "static_decomposition", "align_monotone", "anchored_path", "unit_centred"]
+__all__ = ["fit", "static_decomposition", "align_monotone", "anchored_path", "isotropic_init", "pattern_ids",
+           "project_patterns", "unit_centred"]
 
 MODELS = ("static", "input_coupled", "anchored")
 
@@ -64,6 +65,33 @@ def unit_centred(grams) -> np.ndarray:
         raise ValueError("a Gram is zero after centring (all class means equal); it has no geometry to fit. "
                          "Drop that record (often step 0 of a zero-initialized model).")
     return Gc / norm
+
+
+def pattern_ids(attributes) -> np.ndarray:
+    """K x K integer map: pairs ``(k, l)`` get the same id iff they share the same set of factors.
+
+    The diagonal has its own id. Averaging a Gram over each id is the
+    orthogonal projection onto the matrices that depend on a pair only through
+    which attributes it shares (every kernel built from the attribute table,
+    THEORY §7.4, lies there).
+    """
+    A = np.asarray(attributes)
+    K, F = A.shape
+    eq = A[:, None, :] == A[None, :, :]                       # (K, K, F)
+    code = (eq * (1 << np.arange(F, dtype=np.int64))).sum(axis=-1) + 1
+    code[np.diag_indices(K)] = 0
+    _, ids = np.unique(code, return_inverse=True)
+    return ids.reshape(K, K)
+
+
+def project_patterns(grams, ids) -> np.ndarray:
+    """Average each Gram of a stack (T x K x K) over the pairs of equal ``ids``; rescaled to unit Frobenius norm."""
+    G = np.asarray(grams, dtype=np.float64)
+    flat = ids.ravel()
+    n = np.bincount(flat)
+    sums = np.stack([np.bincount(flat, weights=g.ravel(), minlength=len(n)) for g in G.reshape(len(G), -1)])
+    out = (sums / n)[:, flat].reshape(G.shape)
+    return out / np.linalg.norm(out, axis=(-2, -1), keepdims=True)
 
 
 def _observed(source, setting, attributes, steps):
@@ -272,7 +300,8 @@ def isotropic_init(problem, init_scale: float) -> dict:
 class _M2:
     """Simulated unit-centred Gram trajectories of the input-coupled UFM for a parameter vector."""
 
-    def __init__(self, setting, loss, d, init_scale, seed, horizon, n_model, lam):
+    def __init__(self, setting, loss, d, init_scale, seed, horizon, n_model, lam, project=None):
+        self.project = project if project is not None else (lambda G: G)
         self.setting, self.loss, self.d = setting, loss, d
         self.init_scale, self.seed, self.horizon, self.n_model = init_scale, seed, horizon, n_model
         self.lam = lam                      # float, or None = fitted
@@ -309,7 +338,7 @@ class _M2:
         tr = simulate(prob, steps=steps, lr=horizon / steps, mode="flow", record=("gram_H",),
                       n_records=self.n_model, init_scale=self.init_scale, seed=self.seed, **init)
         times = np.asarray(tr.times)
-        G = unit_centred(np.asarray(tr.records["gram_H"])[0])
+        G = self.project(unit_centred(np.asarray(tr.records["gram_H"])[0]))
         out = (times, G, tr)
         if len(self.cache) > 256:
             self.cache.clear()
@@ -326,10 +355,10 @@ class _M2:
 
 
 def _fit_m2(obs, setting, *, loss, lam, d, init_scale, seed, horizon, n_model, fit_strengths, sigma_grid,
-            maxiter, log):
+            maxiter, log, project):
     from scipy.optimize import minimize
 
-    model = _M2(setting, loss, d, init_scale, seed, horizon, n_model, None if lam == "fit" else lam)
+    model = _M2(setting, loss, d, init_scale, seed, horizon, n_model, None if lam == "fit" else lam, project)
     B = model.B
     n_u = (B - 1) if fit_strengths else 0
     lam_grid = [None] if model.lam is not None else [-4.0, -3.0, -2.0]
@@ -449,9 +478,9 @@ def anchored_path(H0, betas, *, labels=None, lam_W: float = 1e-2, lam_H: float =
     return Ws, Hs
 
 
-def _fit_m1(obs, H0, *, lam_W, lam_H, betas, seed):
+def _fit_m1(obs, H0, *, lam_W, lam_H, betas, seed, project):
     _, H = anchored_path(H0, betas, lam_W=lam_W, lam_H=lam_H, seed=seed)
-    grams = unit_centred(np.einsum("bdk,bdl->bkl", H, H))
+    grams = project(unit_centred(np.einsum("bdk,bdl->bkl", H, H)))
     # non-increasing beta over training: align against the grid sorted by decreasing beta
     order = np.argsort(-betas)
     path, cost = align_monotone(_dist2(obs, grams[order]))
@@ -481,11 +510,11 @@ def _gof(obs, model, gap_obs, attributes, n_params):
 
 
 # -- entry point ------------------------------------------------------------------------
-def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, loss: str = "ce", lam=0.0,
+def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, loss: str = "ce", lam="fit",
         fit_strengths: bool = True, d: int | None = None, init_scale: float = 1e-2, seed: int = 0,
         horizon: float = 1e6, n_model: int = 160, sigma_grid=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), maxiter: int = 300,
         anchor=None, lam_W_anchor: float = 1e-2, lam_H_anchor: float = 1e-2, betas=None, level: float = 0.95,
-        progress: bool = False) -> FitResult:
+        match: str = "patterns", progress: bool = False) -> FitResult:
     """Fit the static decomposition, the input-coupled UFM (M2) and the anchored UFM (M1) to observed Grams.
 
     Parameters
@@ -508,10 +537,12 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         Any of ``"static"``, ``"input_coupled"``, ``"anchored"``.
     loss : {"ce", "mse"}
         Loss of the simulated M2 model (the network's loss; default CE).
-    lam : float or "fit"
-        Weight decay ``lam_W = lam_A`` of M2 (halved convention, THEORY §0.1);
-        ``"fit"`` fits it on a log scale (useful when the network's loss
-        plateaus at a finite end state).
+    lam : "fit" or float
+        Weight decay ``lam_W = lam_A`` of M2 (halved convention, THEORY §0.1).
+        ``"fit"`` (default) fits ``log10 lam`` from the starts -4, -3, -2: a
+        finite-time stand-in for whatever ends a network's transient (weight
+        decay, the optimizer, finite training). A number holds it fixed
+        (``0`` = plain CE, whose transient fades only logarithmically).
     fit_strengths : bool
         Fit one strength per attribute block (geometric mean 1), or hold them at 1.
     d, init_scale, seed, horizon, n_model
@@ -531,6 +562,16 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         M1 grid (default ``logspace(3, -5, 81)``).
     level : float
         Confidence level of the static intervals.
+    match : {"patterns", "full"}
+        What the dynamical models are matched on. ``"patterns"`` (default):
+        the unit-centred Grams averaged over pairs that share the same set of
+        attributes (:func:`project_patterns`), which keeps every
+        attribute-driven structure and removes the item-specific random part
+        of a finite network's Gram that no model with these inputs produces
+        (its diagonal excess remains, and reads as capacity ``sigma``).
+        ``"full"``: the whole unit-centred Grams. Gram R^2 and distances in
+        ``gof`` are computed in this representation; the semantic gaps always
+        on the full observed Grams.
     progress : bool
         Print what is being fitted.
 
@@ -558,18 +599,23 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), e.g. 0.95, got {level!r}.")
     obs_steps, grams, attributes, setting, desc = _observed(source, setting, attributes, steps)
-    obs = unit_centred(grams)
-    T, K, _ = obs.shape
-    gap_obs, etf_obs = _gaps(obs, attributes), _etf(obs)
+    if match not in ("patterns", "full"):
+        raise ValueError(f"match must be 'patterns' or 'full', got {match!r}.")
+    obs_full = unit_centred(grams)
+    T, K, _ = obs_full.shape
+    ids = pattern_ids(attributes)
+    project = (lambda G: project_patterns(G, ids)) if match == "patterns" else (lambda G: G)
+    obs = project(obs_full)
+    gap_obs, etf_obs = _gaps(obs_full, attributes), _etf(obs_full)
     curves = {"observed_gap": gap_obs, "observed_etf_distance": etf_obs}
-    fitted = {"observed": obs}
+    fitted = {"observed": obs_full, "observed_matched": obs}
     gof, params = {}, {}
     notes = []
 
     if "static" in models:
         st = static_decomposition(grams, attributes, level=level)
         fitted["static"] = st["fitted"]
-        gap, gof["static"] = _gof(obs, st["fitted"], gap_obs, attributes, T * (1 + len(st["factors"])))
+        gap, gof["static"] = _gof(obs, project(st["fitted"]), gap_obs, attributes, T * (1 + len(st["factors"])))
         curves.update(static_gap=gap, static_a=st["a"], static_b=st["b"], static_a_ci=st["a_ci"],
                       static_b_ci=st["b_ci"], static_r2=st["r2"])
         params.update(a_end=float(st["a"][-1]), b_end=st["b"][-1].tolist(),
@@ -584,7 +630,8 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
     if "input_coupled" in models:
         log(f"input_coupled: fitting {K} classes, {T} records")
         m2 = _fit_m2(obs, setting, loss=loss, lam=lam, d=d, init_scale=init_scale, seed=seed, horizon=horizon,
-                     n_model=n_model, fit_strengths=fit_strengths, sigma_grid=sigma_grid, maxiter=maxiter, log=log)
+                     n_model=n_model, fit_strengths=fit_strengths, sigma_grid=sigma_grid, maxiter=maxiter, log=log,
+                     project=project)
         model_G = m2["model_grams"][m2["path"]]
         fitted["input_coupled"] = model_G
         tau = m2["times"][m2["path"]]
@@ -617,7 +664,8 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         if grid.ndim != 1 or len(grid) < 2 or np.any(grid <= 0):
             raise ValueError("betas must be a 1-D grid of at least 2 values > 0.")
         log(f"anchored: beta path over {len(grid)} values")
-        m1 = _fit_m1(obs, H0, lam_W=lam_W_anchor, lam_H=lam_H_anchor, betas=grid, seed=seed)
+        m1 = _fit_m1(obs, H0, lam_W=lam_W_anchor, lam_H=lam_H_anchor, betas=grid, seed=seed,
+                     project=project)
         fitted["anchored"] = m1["model_grams"]
         gap, gof["anchored"] = _gof(obs, m1["model_grams"], gap_obs, attributes, T)
         curves.update(anchored_gap=gap, anchored_etf_distance=_etf(m1["model_grams"]), beta_path=m1["betas"])
@@ -629,7 +677,7 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
     table = _table(gof)
     message = (f"fit of {desc}: {K} classes, {T} records; best dynamical model: {best}.\n{table}"
                + ("".join(f"\nnote: {n}" for n in notes)))
-    meta = {"source": desc, "models": list(models), "loss": loss, "lam": lam, "fit_strengths": fit_strengths,
+    meta = {"source": desc, "models": list(models), "match": match, "loss": loss, "lam": lam, "fit_strengths": fit_strengths,
             "init_scale": init_scale, "seed": seed, "horizon": horizon, "n_model": n_model,
             "setting": getattr(setting, "name", None), "attributes": np.asarray(attributes).tolist(),
             "seconds": time.perf_counter() - t_start, "notes": notes}
