@@ -15,7 +15,7 @@ def test_readme_opens_with_the_two_commands():
 
 
 def test_readme_python_block_runs():
-    first, second, third = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    first, second, third, fourth = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     ns = {}
     exec(compile(first, str(README), "exec"), ns)
     sol = ns["sol"]
@@ -33,3 +33,14 @@ def test_readme_python_block_runs():
     exec(compile(third, str(README), "exec"), ns)                  # structure before collapse: the phase diagram
     assert ns["res"].column("end_etf_distance") == pytest.approx([0.41, 0.11], abs=0.01)
     assert ns["res"].column("peak_gap") == pytest.approx([0.43, 0.24], abs=0.01)
+
+
+def test_readme_bridge_block_runs(tmp_path, monkeypatch):
+    fourth = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[3]
+    monkeypatch.chdir(tmp_path)
+    ns = {}
+    exec(compile(fourth, str(README), "exec"), ns)
+    f = ns["f"]
+    assert f.params["sigma"] == pytest.approx(2.0, rel=0.05) and f.best_model == "input_coupled"
+    assert f.gof["input_coupled"]["gap_r2"] > 0.95
+    assert (tmp_path / "run.npz").exists()

@@ -169,15 +169,19 @@ def _observed(source, setting, attributes, steps):
 
 
 def _setting_from_meta(meta):
-    """Rebuild a setting from ``{"generator": name, "params": {...}}`` as the reference networks record it."""
+    """Rebuild a setting from the run's ``meta["setting"]`` (``{"name": "factorial(...)", "params": {...}}``, as
+    :func:`ufm.bridge.train_network` records it; ``"generator"`` may name the function); ``None`` if it cannot."""
     from .. import settings
 
     if not isinstance(meta, dict):
         return None
-    gen = meta.get("generator")
+    gen = meta.get("generator") or str(meta.get("name", "")).split("(")[0]
     params = meta.get("params")
     if gen in ("factorial", "hierarchy", "ntp_contexts") and isinstance(params, dict):
-        return getattr(settings, gen)(**params)
+        try:
+            return getattr(settings, gen)(**params)
+        except (TypeError, ValueError):
+            return None
     return None
 
 
