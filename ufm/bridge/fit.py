@@ -340,7 +340,8 @@ class _M2:
         steps = 10**6
         init = {} if self.d is not None else isotropic_init(prob, self.init_scale)
         tr = simulate(prob, steps=steps, lr=horizon / steps, mode="flow", record=("gram_H",),
-                      n_records=self.n_model, init_scale=self.init_scale, seed=self.seed, **init)
+                      n_records=self.n_model, init_scale=self.init_scale, seed=self.seed, rtol=1e-6, atol=1e-9,
+                      **init)   # Grams to ~1e-6, far below what distinguishes a fit; 3x faster than the default
         times = np.asarray(tr.times)
         G = self.project(unit_centred(np.asarray(tr.records["gram_H"])[0]))
         out = (times, G, tr)
@@ -383,7 +384,7 @@ def _fit_m2(obs, setting, *, loss, lam, d, init_scale, seed, horizon, n_model, f
         return model.score(x, obs)
 
     res = minimize(f, x_full[free], method="Nelder-Mead",
-                   options={"xatol": 1e-4, "fatol": 1e-9, "maxiter": maxiter, "initial_simplex": _simplex(
+                   options={"xatol": 2e-3, "fatol": 1e-7, "maxiter": maxiter, "initial_simplex": _simplex(
                        x_full[free], 0.15)})
     x_full[free] = res.x
     times, G, tr = model.trajectory(x_full)
