@@ -97,6 +97,69 @@ def _fit(args) -> int:
     return 0
 
 
+#: ``ufm train-network`` settings: generator, argument names of ``--levels``, default ``--levels``.
+_NETWORK_SETTINGS = {
+    "factorial": ("levels", None, (2, 2, 2, 2, 2)),
+    "hierarchy": ("branching", None, (2, 2, 2, 2, 2)),
+    "ntp_contexts": (None, ("n_classes", "objects_per_class", "verbs_per_class", "n_subjects"), (4, 8, 2, 32)),
+}
+
+
+def _train_network(args) -> int:
+    import os
+    import time
+
+    from . import settings
+    from .bridge.networks import gap_summary, train_network
+
+    key, names, default = _NETWORK_SETTINGS[args.setting]
+    if args.levels is None:
+        levels = default
+    else:
+        try:
+            levels = tuple(int(v) for v in args.levels.split(","))
+        except ValueError:
+            print(f"ufm train-network: --levels must be comma-separated integers, e.g. 2,2,2; got {args.levels!r}",
+                  file=sys.stderr)
+            return 2
+    try:
+        if names is None:
+            setting = getattr(settings, args.setting)(levels)
+        else:
+            if len(levels) != len(names):
+                raise ValueError(f"--levels for ntp_contexts takes {len(names)} integers ({','.join(names)}), "
+                                 f"e.g. 4,8,2,32; got {len(levels)}")
+            setting = settings.ntp_contexts(**dict(zip(names, levels)))
+        t0 = time.perf_counter()
+        run = train_network(setting, arch=args.arch, steps=args.steps, lr=args.lr, optimizer=args.optimizer,
+                            weight_decay=args.weight_decay, width=args.width, depth=args.depth,
+                            item_scale=args.item_scale, batch_size=args.batch_size, n_records=args.records,
+                            seed=args.seed, progress=not args.quiet, out=args.out)
+    except (ValueError, ImportError, OSError) as err:
+        print(f"ufm train-network: {err}", file=sys.stderr)
+        return 2
+    m = run.meta
+    net = m["network"]
+    print(f"{net['arch']} (depth {net['depth']}, width {net['width']}) on {setting.name}: {m['optimizer']} "
+          f"lr={m['lr']:g} weight_decay={m['weight_decay']:g}"
+          + (f" item_scale={m['item_scale']:g}" if m["item_scale"] is not None else "")
+          + f" seed={m['seed']}; {m['status']} after {m['steps_run']} steps in {time.perf_counter() - t0:.1f} s")
+    try:
+        s = gap_summary(run)
+    except ValueError as err:
+        print(f"semantic gap: {err}")
+    else:
+        print(f"semantic gap: start {s['start']:.3f}, peak {s['peak']:.3f} (step {s['peak_step']}), end {s['end']:.3f}"
+              f" -> transient {'yes' if s['transient'] else 'no'} (peak >= start + 0.05, end <= 0.6 peak)")
+        print(f"ETF distance: start {s['etf_start']:.3f}, end {s['etf_end']:.3f}; loss: start {s['loss_start']:.3g},"
+              f" end {s['loss_end']:.3g}")
+    print(f"wrote {os.path.abspath(args.out if os.path.splitext(args.out)[1] else args.out + '.npz')} "
+          f"({run.T} records; labels: {m['labels']})")
+    if m["status"] == "interrupted":
+        return 130
+    return 0 if m["status"] == "completed" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ufm", description="Unconstrained features model toolkit.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +196,37 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--no-figure", action="store_true", help="write the result only")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=_sweep)
+    tn = sub.add_parser("train-network", help="train a reference network on a setting; record its Gram trajectory",
+                        description="Train a reference network (ufm.bridge.networks.train_network) on a synthetic "
+                                    "setting: a ReLU MLP on the attribute one-hots plus an item-id one-hot scaled "
+                                    "by --item-scale (factorial, hierarchy), or a small causal transformer on the "
+                                    "token contexts (ntp_contexts). Records the penultimate-feature Grams, the "
+                                    "classifier and the loss on a log-spaced step grid, writes the run to --out "
+                                    "(bridge format, for `ufm fit`) and prints the semantic gap at start / peak / "
+                                    "end. Unset options take the architecture's measured defaults. Exit status: 0 "
+                                    "completed, 1 diverged, 2 bad argument, 130 interrupted (the partial run is "
+                                    "written).")
+    tn.add_argument("--setting", required=True, choices=sorted(_NETWORK_SETTINGS), help="the synthetic setting")
+    tn.add_argument("--levels", help="factorial: levels per factor (default 2,2,2,2,2); hierarchy: branching per "
+                                     "level (default 2,2,2,2,2); ntp_contexts: n_classes,objects_per_class,"
+                                     "verbs_per_class,n_subjects (default 4,8,2,32)")
+    tn.add_argument("--arch", choices=["auto", "mlp", "transformer"], default="auto",
+                    help="network (default auto: transformer for ntp_contexts, else MLP)")
+    tn.add_argument("--steps", type=int, help="optimizer steps (default: 8000 MLP, 1000 transformer)")
+    tn.add_argument("--lr", type=float, help="learning rate (default: 1e-3 adam/adamw; sgd 0.05)")
+    tn.add_argument("--optimizer", choices=["adam", "adamw", "sgd"],
+                    help="optimizer (default: adam for the MLP, sgd with momentum 0.9 for the transformer)")
+    tn.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
+    tn.add_argument("--width", type=int, help="hidden width / model width (default: 256 MLP, 64 transformer)")
+    tn.add_argument("--depth", type=int, help="hidden layers / transformer blocks (default 2)")
+    tn.add_argument("--item-scale", type=float,
+                    help="MLP only: weight of the item-id one-hot in the input (default 2; 0 = attributes only)")
+    tn.add_argument("--batch-size", type=int, help="items per step (default: full batch)")
+    tn.add_argument("--records", type=int, default=60, help="records on the log-spaced step grid (default 60)")
+    tn.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    tn.add_argument("--out", required=True, help="the run file to write (.npz; .safetensors or .h5 by extension)")
+    tn.add_argument("--quiet", action="store_true", help="no progress bar")
+    tn.set_defaults(func=_train_network)
     return parser
 
 

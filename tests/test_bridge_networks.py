@@ -1,0 +1,258 @@
+"""Reference networks (ufm.bridge.networks): valid deterministic runs, the semantic transient, the CLI."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ufm.bridge.io import log_steps
+from ufm.bridge.networks import DEFAULTS, gap_summary, train_network
+from ufm.cli import main
+from ufm.results import Run, load
+from ufm.settings import factorial, hierarchy, ntp_contexts
+
+torch.set_num_threads(1)
+
+# small and fast: factorial(2x2x2x2), 16 items, width 128, 3000 steps (~2-5 s each on one thread)
+SMALL = factorial((2, 2, 2, 2))
+SMALL_KW = dict(width=128, steps=3000, n_records=40)
+
+
+def _grams_equal(a: Run, b: Run):
+    np.testing.assert_array_equal(a.steps, b.steps)
+    np.testing.assert_array_equal(a.grams, b.grams)
+    np.testing.assert_array_equal(a.W, b.W)
+    np.testing.assert_array_equal(a.loss, b.loss)
+
+
+# -- runs: valid, deterministic, on the grid ---------------------------------------------------
+def test_mlp_run_is_valid_deterministic_and_on_the_grid(tmp_path):
+    s = factorial((2, 2, 2))
+    kw = dict(steps=200, width=32, n_records=20, seed=3)
+    out = tmp_path / "mlp.npz"
+    a = train_network(s, out=out, **kw)
+    b = train_network(s, **kw)
+    _grams_equal(a, b)
+    assert a.meta["content_hash"] == b.meta["content_hash"]          # no wall time in meta
+    np.testing.assert_array_equal(a.steps, log_steps(200, 20))
+    assert a.T == len(log_steps(200, 20)) and a.steps[0] == 0 and a.steps[-1] == 200
+    np.testing.assert_array_equal(a.labels, np.arange(8))
+    np.testing.assert_array_equal(a.counts, np.ones(8))
+    np.testing.assert_array_equal(a.attributes, s.attributes)
+    assert a.means.shape == (a.T, 32, 8) and a.W.shape == (a.T, 8, 32)
+    np.testing.assert_allclose(a.grams, np.einsum("tdk,tdl->tkl", a.means, a.means), atol=1e-9)
+    assert np.all(a.means >= 0)                                         # post-ReLU features
+    assert a.loss[0] == pytest.approx(np.log(8), rel=0.1) and a.loss[-1] < 0.1 * a.loss[0]
+    m = a.meta
+    assert m["status"] == "completed" and m["steps_run"] == 200
+    assert m["network"]["arch"] == "mlp" and m["network"]["depth"] == DEFAULTS["mlp"]["depth"]
+    assert m["network"]["input_dim"] == 6 + 8                           # 3 binary factors + item one-hot
+    assert m["optimizer"] == "adam" and m["lr"] == 1e-3 and m["weight_decay"] == 0.0
+    assert m["item_scale"] == 2.0 and m["seed"] == 3 and m["torch"] == torch.__version__
+    assert m["setting"]["generator"] == "factorial" and m["setting"]["params"]["levels"] == [2, 2, 2]
+    saved = load(out)
+    assert isinstance(saved, Run) and saved.meta["content_hash"] == a.meta["content_hash"]
+    _grams_equal(saved, a)
+    # another seed is another initialization
+    c = train_network(s, **{**kw, "seed": 4})
+    assert not np.allclose(c.grams[0], a.grams[0])
+
+
+def test_transformer_run_labels_are_next_tokens_and_W_rows_follow():
+    s = ntp_contexts()                                                  # 12 contexts, vocabulary 21
+    kw = dict(steps=60, width=32, n_records=15)
+    a = train_network(s, **kw)
+    b = train_network(s, **kw)
+    _grams_equal(a, b)
+    np.testing.assert_array_equal(a.labels, s.next_tokens)
+    np.testing.assert_array_equal(a.attributes, s.attributes)
+    assert a.W.shape == (a.T, s.N, 32) and a.means.shape == (a.T, 32, s.N)
+    m = a.meta
+    assert m["network"]["arch"] == "transformer" and m["network"]["outputs"] == len(s.vocab)
+    assert m["optimizer"] == "sgd" and m["lr"] == DEFAULTS["transformer"]["lr"]["sgd"] and m["item_scale"] is None
+    assert a.loss[-1] < 0.5 * a.loss[0]
+    # final LayerNorm: every feature has mean 0 and variance ~1 over its coordinates (LN gain/bias start at 1/0)
+    np.testing.assert_allclose(a.means[0].mean(axis=0), 0.0, atol=1e-5)
+    # an MLP on the same token setting: labels are the item ids
+    c = train_network(s, arch="mlp", steps=20, width=16, n_records=5)
+    np.testing.assert_array_equal(c.labels, np.arange(s.N))
+
+
+def test_torch_state_is_restored():
+    threads = torch.get_num_threads()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train_network(factorial((2, 2)), steps=5, width=8, n_records=3)
+    np.testing.assert_array_equal(torch.rand(3), expected)             # the global RNG was not advanced
+    assert torch.get_num_threads() == threads
+
+
+def test_minibatch_is_deterministic_and_differs_from_full_batch():
+    kw = dict(steps=40, width=16, n_records=6)
+    a = train_network(factorial((2, 2, 2)), batch_size=3, **kw)
+    b = train_network(factorial((2, 2, 2)), batch_size=3, **kw)
+    full = train_network(factorial((2, 2, 2)), **kw)
+    _grams_equal(a, b)
+    np.testing.assert_array_equal(a.grams[0], full.grams[0])            # same initialization
+    assert not np.allclose(a.grams[-1], full.grams[-1])
+    assert a.meta["batch_size"] == 3
+
+
+# -- the transient and its absence ---------------------------------------------------------------
+def test_mlp_shows_structure_before_collapse():
+    """Gap rises while the loss drops, then falls (AdamW, decoupled decay: fast at this size)."""
+    run = train_network(SMALL, optimizer="adamw", weight_decay=1.0, **SMALL_KW)
+    s = gap_summary(run)
+    assert s["peak"] > s["start"] + 0.06, s
+    assert s["end"] < 0.5 * s["peak"], s
+    assert 10 <= s["peak_step"] <= 500, s                               # early, around the loss drop
+    assert s["transient"]
+
+
+@pytest.mark.parametrize("config", [
+    dict(optimizer="adamw", weight_decay=1.0, item_scale=0.0),          # attributes alone: no per-item capacity
+    dict(optimizer="sgd", weight_decay=5e-4),                           # SGD keeps the structure
+])
+def test_no_collapse_without_capacity_or_with_sgd(config):
+    s = gap_summary(train_network(SMALL, **config, **SMALL_KW))
+    assert s["peak"] > s["start"] + 0.04, s                             # the structure is learned ...
+    assert s["end"] > 0.85 * s["peak"], s                               # ... and kept
+    assert not s["transient"]
+
+
+def test_transformer_shows_structure_before_collapse():
+    s = gap_summary(train_network(ntp_contexts(4, 8, 2, 32)))           # the transformer defaults
+    assert s["peak"] > s["start"] + 0.1, s
+    assert s["end"] < 0.5 * s["peak"], s
+    assert s["etf_end"] < s["etf_start"], s
+
+
+# -- interruption and divergence ---------------------------------------------------------------
+def test_keyboard_interrupt_returns_the_partial_run(tmp_path):
+    seen = []
+
+    def stop(step, loss):
+        seen.append((step, loss))
+        if step >= 20:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "partial.npz"
+    threads = torch.get_num_threads()
+    run = train_network(hierarchy(2, depth=3), steps=500, width=16, n_records=30, callback=stop, out=out)
+    assert run.meta["status"] == "interrupted"
+    grid = log_steps(500, 30)
+    kept = grid[: np.searchsorted(grid, 20) + 1]                        # up to the first record at step >= 20
+    assert kept[-1] >= 20
+    np.testing.assert_array_equal(run.steps, kept)                      # every record up to the interrupt
+    assert [s for s, _ in seen] == kept.tolist()
+    np.testing.assert_allclose(run.loss, [l for _, l in seen])
+    assert torch.get_num_threads() == threads
+    assert load(out).meta["status"] == "interrupted"
+    # the records are those of an uninterrupted run
+    full = train_network(hierarchy(2, depth=3), steps=500, width=16, n_records=30)
+    np.testing.assert_array_equal(full.grams[: len(kept)], run.grams)
+    assert full.meta["status"] == "completed"
+
+
+def test_interrupt_before_the_first_record_propagates(monkeypatch):
+    import ufm.bridge.networks as nw
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nw, "_build_mlp", boom)
+    with pytest.raises(KeyboardInterrupt):
+        train_network(factorial((2, 2)), steps=5, width=4)
+
+
+def test_divergence_keeps_the_records_before_it():
+    run = train_network(factorial((2, 2, 2)), optimizer="sgd", lr=1e12, steps=50, width=16, n_records=10)
+    assert run.meta["status"] == "nonfinite" and "lower lr" in run.meta["message"]
+    assert 1 <= run.T < len(log_steps(50, 10)) and np.all(np.isfinite(run.grams))
+
+
+# -- bad arguments -------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(arch="cnn"), "arch"),
+    (dict(optimizer="rmsprop"), "optimizer"),
+    (dict(steps=0), "steps"),
+    (dict(steps=2.5), "steps"),
+    (dict(lr=-1.0), "lr"),
+    (dict(lr=float("nan")), "lr"),
+    (dict(weight_decay=-0.1), "weight_decay"),
+    (dict(width=0), "width"),
+    (dict(depth=0), "depth"),
+    (dict(item_scale=-1.0), "item_scale"),
+    (dict(batch_size=9), "batch_size"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(n_records=1), "n_records"),
+    (dict(seed=-1), "seed"),
+    (dict(callback=3), "callback"),
+    (dict(arch="transformer"), "arch='transformer'"),
+    (dict(out="/nonexistent-folder/run.npz"), "out="),
+    (dict(out="run.pt"), "extension"),
+])
+def test_bad_arguments_name_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name.replace("(", r"\(").replace("[", r"\[")):
+        train_network(factorial((2, 2, 2)), **kwargs)
+
+
+def test_bad_arguments_for_the_transformer_and_the_setting():
+    with pytest.raises(ValueError, match="item_scale"):
+        train_network(ntp_contexts(), item_scale=1.0)
+    with pytest.raises(ValueError, match="width must be a multiple"):
+        train_network(ntp_contexts(), width=30)
+    with pytest.raises(ValueError, match="setting must be a ufm.settings.Setting"):
+        train_network(np.zeros((4, 2)))
+
+
+def test_missing_torch_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)                     # `import torch` raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'ufm\[torch\]'.*torch==2\.13\.0"):
+        train_network(factorial((2, 2)), steps=2)
+
+
+def test_import_does_not_load_torch():
+    code = "import sys, ufm.bridge, ufm.bridge.networks; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- the command line ------------------------------------------------------------------------------
+def test_cli_train_network_writes_a_loadable_run(tmp_path, capsys):
+    out = tmp_path / "run.npz"
+    rc = main(["train-network", "--setting", "factorial", "--levels", "2,2,2", "--steps", "150", "--width", "32",
+               "--records", "12", "--seed", "1", "--quiet", "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "semantic gap: start" in text and "peak" in text and "end" in text and str(out) in text
+    run = load(out)
+    assert isinstance(run, Run) and run.K == 8 and run.steps[-1] == 150 and run.meta["seed"] == 1
+    same = train_network(factorial((2, 2, 2)), steps=150, width=32, n_records=12, seed=1)
+    np.testing.assert_array_equal(run.grams, same.grams)               # the CLI is a thin wrapper
+
+
+def test_cli_transformer_and_hierarchy(tmp_path, capsys):
+    assert main(["train-network", "--setting", "ntp_contexts", "--levels", "3,4,2,3", "--steps", "20",
+                 "--width", "16", "--quiet", "--out", str(tmp_path / "t.npz")]) == 0
+    assert load(tmp_path / "t.npz").meta["network"]["arch"] == "transformer"
+    assert main(["train-network", "--setting", "hierarchy", "--levels", "2,2", "--steps", "10", "--width", "8",
+                 "--optimizer", "sgd", "--weight-decay", "1e-3", "--quiet", "--out", str(tmp_path / "h")]) == 0
+    assert load(tmp_path / "h.npz").meta["optimizer"] == "sgd"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--setting", "factorial", "--levels", "2,x"], "--levels"),
+    (["--setting", "factorial", "--levels", "1,2"], "levels[0]"),
+    (["--setting", "ntp_contexts", "--levels", "3,4"], "--levels for ntp_contexts"),
+    (["--setting", "ntp_contexts", "--item-scale", "2"], "item_scale"),
+    (["--setting", "factorial", "--steps", "0"], "steps"),
+    (["--setting", "factorial", "--lr", "-1"], "lr"),
+])
+def test_cli_bad_input_exits_2(tmp_path, capsys, argv, needle):
+    rc = main(["train-network", *argv, "--quiet", "--out", str(tmp_path / "x.npz")])
+    assert rc == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()

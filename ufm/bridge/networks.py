@@ -1,0 +1,481 @@
+"""Reference networks: train a small real network on a synthetic setting and record its Gram trajectory.
+
+:func:`train_network` trains, on one of the settings of :mod:`ufm.settings`
+(items with latent attributes, each with its own one-hot label), either
+
+* an **MLP** (attribute settings, :func:`~ufm.settings.factorial`,
+  :func:`~ufm.settings.hierarchy`): the input of item ``i`` is column ``i`` of
+  the M2 encoding ``Phi = [Phi_attr; item_scale * I_N]`` (THEORY §8.2,
+  :meth:`~ufm.settings.Setting.encoding`): the attribute one-hots plus an
+  item-id one-hot scaled by ``item_scale``, the per-item *input capacity*
+  (``sigma`` of M2); then ``depth`` ReLU layers of ``width`` units and a linear
+  classifier to ``N`` outputs (with bias); item ``i`` has label ``i``;
+* a small **causal transformer** (token settings,
+  :func:`~ufm.settings.ntp_contexts`): token + position embeddings (small,
+  std 0.02), ``depth`` pre-LayerNorm blocks (causal multi-head self-attention,
+  GELU MLP; torch's default initialization), a final LayerNorm and a bias-free
+  classifier over the whole vocabulary; the feature is the last position's
+  final hidden state and the target of context ``i`` is its next token
+  ``setting.next_tokens[i]``,
+
+with full-batch (default) or mini-batch cross-entropy, and records with
+:class:`~ufm.bridge.io.Exporter` the penultimate features of every item (the
+class means; one example per class), the classifier rows and the loss on the
+log-spaced grid :func:`~ufm.bridge.io.log_steps`. The result is a
+:class:`ufm.results.Run` (the bridge format), ready for the semantic metrics
+(``ufm.metrics.semantic_gap(run.grams[t], run.attributes)``) and for fitting.
+
+What the networks show (measured, ``docs/bridge/networks.md``): with the
+defaults the semantic gap of the feature Gram rises while the loss drops
+(shared attributes are learned first) and then falls (the items spread apart):
+structure before collapse in a real network. The fall needs per-item capacity:
+``item_scale > 0`` for the MLP (attributes alone keep the structure), a
+subject token of its own for every context for the transformer
+(``ntp_contexts(..., n_subjects=N)``; shared subjects keep it). For the MLP it
+also needs an optimizer that keeps moving once the data are fitted (Adam
+without weight decay, or AdamW with decoupled decay); SGD, and Adam with
+coupled L2 decay, keep the structure. The transformer shows it with SGD.
+
+torch is optional: ``pip install 'ufm[torch]'`` (``torch==2.13.0``). It is
+imported inside the functions, so ``import ufm.bridge`` works without it.
+
+References
+----------
+Zhao, Papadimitriou, Thrampoulidis, "Structure Before Collapse", arXiv 2606.26749;
+THEORY.md §6.3 (order of learned modes), §7.4 (semantic gap), §8.2 (M2 encodings
+and capacity), §8.6 (Gram-matrix bridge).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from .._checks import available_bytes, check_int, check_nonneg
+from .io import Exporter, _format_of, log_steps, save_run
+
+__all__ = ["DEFAULTS", "gap_summary", "train_network"]
+
+#: Defaults of :func:`train_network` per architecture (``None`` arguments take these).
+#: Measured to show the transient on factorial((2,)*5), hierarchy(2, depth=5) (MLP, ~10-25 s on one
+#: CPU thread) and ntp_contexts(4, 8, 2, 32) (transformer, ~5 s); see docs/bridge/networks.md.
+DEFAULTS = {
+    "mlp": {"steps": 8000, "optimizer": "adam", "lr": {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.05}, "width": 256,
+            "depth": 2, "item_scale": 2.0},
+    "transformer": {"steps": 1000, "optimizer": "sgd", "lr": {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.05},
+                    "width": 64, "depth": 2, "heads": 4},
+}
+
+_OPTIMIZERS = ("adam", "adamw", "sgd")
+_SGD_MOMENTUM = 0.9
+_EMB_STD = 0.02   # transformer: std of the token and position embeddings at initialization
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("train_network needs PyTorch: pip install 'ufm[torch]' (installs torch==2.13.0, the "
+                          "CPU build this package is tested with).") from None
+    return torch
+
+
+def _check_positive(name: str, value, meaning: str) -> float:
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be a real number > 0 ({meaning}), got {value!r}.")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number > 0 ({meaning}), got {value!r}.") from None
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a finite number > 0 ({meaning}), got {value!r}.")
+    return v
+
+
+def _torch_seed(seed: int) -> int:
+    """A 63-bit torch seed derived from ``np.random.SeedSequence(seed)``."""
+    return int(np.random.SeedSequence(seed).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def _generator(setting) -> str | None:
+    """The generator of :mod:`ufm.settings` that built ``setting`` (from its params), or ``None``."""
+    keys = set(setting.params)
+    for name, key in (("factorial", "levels"), ("hierarchy", "branching"), ("ntp_contexts", "n_classes")):
+        if key in keys:
+            return name
+    return None
+
+
+# -- the networks (built after torch is imported) --------------------------------------------
+def _build_mlp(torch, p: int, width: int, depth: int, n_out: int):
+    nn = torch.nn
+
+    class MLP(nn.Module):
+        """ReLU MLP; ``features`` is the output of the last hidden ReLU (the penultimate layer)."""
+
+        def __init__(self):
+            super().__init__()
+            layers, fan_in = [], p
+            for _ in range(depth):
+                layers += [nn.Linear(fan_in, width), nn.ReLU()]
+                fan_in = width
+            self.body = nn.Sequential(*layers)
+            self.head = nn.Linear(width, n_out)
+
+        def features(self, x):
+            return self.body(x)
+
+    return MLP()
+
+
+def _build_transformer(torch, vocab: int, length: int, width: int, depth: int, heads: int):
+    nn, F = torch.nn, torch.nn.functional
+
+    class Block(nn.Module):
+        """Pre-LN block: x + attn(LN(x)) (causal), then x + MLP(LN(x))."""
+
+        def __init__(self):
+            super().__init__()
+            self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
+            self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+            self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+        def forward(self, x):
+            B, L, d = x.shape
+            q, k, v = (t.reshape(B, L, heads, d // heads).transpose(1, 2)
+                       for t in self.qkv(self.ln1(x)).split(d, dim=-1))
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.proj(a.transpose(1, 2).reshape(B, L, d))
+            return x + self.mlp(self.ln2(x))
+
+    class Transformer(nn.Module):
+        """Causal transformer; ``features`` is the final (LayerNormed) hidden state at the last position."""
+
+        def __init__(self):
+            super().__init__()
+            self.tok, self.pos = nn.Embedding(vocab, width), nn.Embedding(length, width)
+            self.blocks = nn.Sequential(*[Block() for _ in range(depth)])
+            self.ln_f = nn.LayerNorm(width)
+            self.head = nn.Linear(width, vocab, bias=False)
+            # small embeddings (the pre-LN blocks see them normalized), torch's default for the linear layers
+            nn.init.normal_(self.tok.weight, 0.0, _EMB_STD)
+            nn.init.normal_(self.pos.weight, 0.0, _EMB_STD)
+
+        def features(self, tokens):
+            pos = torch.arange(tokens.shape[1], device=tokens.device)
+            x = self.blocks(self.tok(tokens) + self.pos(pos))
+            return self.ln_f(x)[:, -1]
+
+    return Transformer()
+
+
+def _optimizer(torch, name: str, params, lr: float, weight_decay: float):
+    if name == "adam":    # L2 added to the gradient (coupled), as torch.optim.Adam does
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":   # decoupled weight decay
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=_SGD_MOMENTUM, weight_decay=weight_decay)
+
+
+# -- the entry point -----------------------------------------------------------------------------
+def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: float | None = None,
+                  optimizer: str | None = None, weight_decay: float = 0.0, width: int | None = None,
+                  depth: int | None = None, item_scale: float | None = None, batch_size: int | None = None,
+                  n_records: int = 60, seed: int = 0, progress: bool = False, out=None, callback=None):
+    """Train a reference network on a synthetic setting and record its feature Grams (the bridge format).
+
+    Parameters
+    ----------
+    setting : ufm.settings.Setting
+        Items with latent attributes and distinct labels (:func:`~ufm.settings.factorial`,
+        :func:`~ufm.settings.hierarchy`, :func:`~ufm.settings.ntp_contexts`, or a custom one).
+    arch : {"auto", "mlp", "transformer"}
+        ``"auto"``: the transformer when the setting has token contexts
+        (``setting.tokens``), else the MLP. The MLP also runs on a token
+        setting (its attribute block is then the bag-of-positions one-hot).
+    steps : int, optional
+        Optimizer steps (default: ``DEFAULTS[arch]["steps"]``: 8000 MLP, 1000 transformer).
+    lr : float, optional
+        Learning rate (default 1e-3 for Adam/AdamW, 0.05 for SGD).
+    optimizer : {"adam", "adamw", "sgd"}, optional
+        ``torch.optim.Adam`` (``weight_decay`` is an L2 term added to the
+        gradient), ``torch.optim.AdamW`` (decoupled decay) or SGD with momentum 0.9
+        (L2 added to the gradient). Default: ``"adam"`` for the MLP, ``"sgd"``
+        for the transformer (the choices under which each shows the transient).
+    weight_decay : float
+        Weight decay (``>= 0``), applied to every parameter.
+    width : int, optional
+        MLP hidden width (default 256) / transformer model width (default 64,
+        a multiple of the 4 heads).
+    depth : int, optional
+        MLP hidden layers / transformer blocks (default 2 for both).
+    item_scale : float, optional
+        MLP only: the weight ``sigma`` of the item-id one-hot in the input
+        ``Phi = [Phi_attr; sigma I_N]`` (THEORY §8.2), the per-item input capacity
+        (default 2.0; 0 gives the attributes alone). Not defined for the
+        transformer, whose inputs are the tokens alone.
+    batch_size : int, optional
+        Items per step, drawn without replacement each step; ``None`` (default)
+        is full-batch training. Records always use every item.
+    n_records : int
+        Records on the log-spaced grid ``log_steps(steps, n_records)`` (always
+        step 0, before training, and the last step).
+    seed : int
+        ``torch.manual_seed`` gets an integer derived from
+        ``np.random.SeedSequence(seed)``; the global torch RNG state is restored
+        afterwards. Runs are deterministic for a seed (one thread).
+    progress : bool
+        Show a progress bar (tqdm when installed, else lines on stderr).
+    out : str or path, optional
+        Also write the run there with :func:`ufm.bridge.io.save_run` (``.npz``
+        by default; ``.safetensors`` / ``.h5`` by extension; the folder must
+        exist). Written after an interruption too.
+    callback : callable, optional
+        ``callback(step, loss)`` after each record, e.g. to print or to stop
+        early by raising ``KeyboardInterrupt``.
+
+    Returns
+    -------
+    ufm.results.Run
+        ``steps`` (the record grid), ``grams`` (T x K x K Grams of the
+        penultimate features, uncentred), ``means`` (T x d x K), ``W`` (T x K x d:
+        the classifier rows of the labels), ``loss`` (full-batch mean
+        cross-entropy), ``attributes = setting.attributes``, ``counts`` (all 1).
+        ``labels``: ``arange(N)`` (item ids) for the MLP, ``setting.next_tokens``
+        (vocabulary ids) for the transformer; class ``k`` is item ``k`` either way.
+        ``meta`` records the setting, the network, the optimizer, the seeds, the
+        torch version, ``status`` (``"completed"``, ``"interrupted"`` after
+        Ctrl-C with the records made so far, or ``"nonfinite"`` when the loss
+        diverged), ``message`` and ``steps_run``; no wall time, so equal runs
+        have equal content hashes.
+
+    Raises
+    ------
+    ValueError
+        A bad argument; the message names it and the fix.
+    ImportError
+        torch is missing (``pip install 'ufm[torch]'``).
+
+    Notes
+    -----
+    Parameters are float32; the cross-entropy is computed from the logits in
+    float64, so the loss and its gradient stay exact below float32's epsilon
+    (long runs without weight decay reach losses of 1e-8 and below, where a
+    float32 softmax saturates and Adam's normalized updates turn into noise).
+    ``torch.set_num_threads(1)`` during training (restored afterwards).
+
+    Examples
+    --------
+    >>> from ufm.settings import factorial                     # doctest: +SKIP
+    >>> from ufm.metrics import semantic_gap                   # doctest: +SKIP
+    >>> run = train_network(factorial((2,) * 5))                # doctest: +SKIP
+    >>> [semantic_gap(G, run.attributes) for G in run.grams]    # doctest: +SKIP
+    """
+    from ..settings import Setting
+
+    if not isinstance(setting, Setting):
+        raise ValueError(f"setting must be a ufm.settings.Setting (e.g. ufm.settings.factorial((2, 2, 2))), "
+                         f"got {type(setting).__name__}.")
+    if arch not in ("auto", "mlp", "transformer"):
+        raise ValueError(f"arch must be 'auto', 'mlp' or 'transformer', got {arch!r}.")
+    kind = ("transformer" if setting.tokens is not None else "mlp") if arch == "auto" else arch
+    if kind == "transformer" and setting.tokens is None:
+        raise ValueError(f"arch='transformer' needs token contexts, but setting {setting.name!r} has none "
+                         f"(setting.tokens is None); use arch='mlp' or a token setting such as ntp_contexts().")
+    defaults = DEFAULTS[kind]
+    optimizer = defaults["optimizer"] if optimizer is None else optimizer
+    if optimizer not in _OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {list(_OPTIMIZERS)} (or None for the architecture's default), "
+                         f"got {optimizer!r}.")
+    steps = check_int("steps", defaults["steps"] if steps is None else steps, 1)
+    lr = _check_positive("lr", defaults["lr"][optimizer] if lr is None else lr, "the learning rate")
+    weight_decay = check_nonneg("weight_decay", weight_decay)
+    width = check_int("width", defaults["width"] if width is None else width, 1)
+    depth = check_int("depth", defaults["depth"] if depth is None else depth, 1)
+    heads = defaults.get("heads")
+    if kind == "transformer":
+        if width % heads:
+            raise ValueError(f"width must be a multiple of the {heads} attention heads for the transformer, got "
+                             f"{width}; use e.g. width={heads * max(1, round(width / heads))}.")
+        if item_scale is not None:
+            raise ValueError("item_scale is the MLP's per-item input weight; the transformer sees the tokens only. "
+                             "Drop item_scale, or pass arch='mlp' to train an MLP on the setting's encoding.")
+    else:
+        item_scale = check_nonneg("item_scale", defaults["item_scale"] if item_scale is None else item_scale,
+                                  "the weight of the item-id one-hot in the input")
+    N = setting.N
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size, 1)
+        if batch_size > N:
+            raise ValueError(f"batch_size={batch_size} exceeds the {N} items; use batch_size <= {N} or None "
+                             "(full batch).")
+    n_records = check_int("n_records", n_records, 2)
+    seed = check_int("seed", seed, 0)
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be callable as callback(step, loss), got {type(callback).__name__}.")
+    if out is not None:
+        out = os.fspath(out)
+        folder = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(folder):
+            raise ValueError(f"out={out!r}: the folder {folder!r} does not exist; create it first.")
+        _format_of(out, default_npz=True)     # an unknown extension fails now, not after training
+
+    grid = log_steps(steps, n_records)
+    d_feat = width
+    need = 8 * len(grid) * (N * N + 2 * d_feat * N)            # grams, means and W of every record (float64)
+    free = available_bytes()
+    if free is not None and free > 0 and need > free // 2:
+        raise ValueError(f"recording {len(grid)} steps of {N} x {N} Grams and {d_feat} x {N} means needs "
+                         f"{need / 2**30:.1f} GiB, more than half the free memory ({free / 2**31:.1f} GiB); "
+                         f"lower n_records or use a setting with fewer items.")
+
+    torch = _import_torch()
+    from .._simulate import _Progress
+
+    if kind == "mlp":
+        x_all = setting.encoding(item_scale).T          # N x p, row i = Phi[:, i] (THEORY §8.2)
+        labels = np.arange(N, dtype=np.int64)
+        targets = labels
+        network = {"arch": "mlp", "depth": depth, "width": width, "activation": "relu",
+                   "input": "Phi = [attribute one-hots; item_scale * I_N] (THEORY 8.2)", "input_dim": x_all.shape[1],
+                   "classifier": f"linear {width} -> {N} outputs with bias", "outputs": N,
+                   "features": "output of the last hidden ReLU layer"}
+    else:
+        x_all = np.asarray(setting.tokens, dtype=np.int64)
+        labels = np.asarray(setting.next_tokens, dtype=np.int64)
+        targets = labels
+        V, L = len(setting.vocab), x_all.shape[1]
+        network = {"arch": "transformer", "depth": depth, "width": width, "heads": heads, "mlp_width": 4 * width,
+                   "norm": "pre-LayerNorm, final LayerNorm", "attention": "causal", "context_length": L,
+                   "vocab_size": V,
+                   "init": f"embeddings N(0, {_EMB_STD}^2); linear layers torch default (Kaiming-uniform)",
+                   "classifier": f"linear {width} -> vocabulary ({V}) without bias", "outputs": V,
+                   "features": "final LayerNorm output at the last position"}
+    setting_meta = {"name": setting.name, "generator": _generator(setting), "params": dict(setting.params),
+                    "factor_names": list(setting.factor_names), "N": N, "F": setting.F}
+    torch_seed = _torch_seed(seed)
+    meta = {"source": "ufm.bridge.train_network", "setting": setting_meta, "network": network,
+            "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
+            "momentum": _SGD_MOMENTUM if optimizer == "sgd" else None, "steps_requested": steps,
+            "batch_size": batch_size, "seed": seed, "torch_seed": torch_seed,
+            "item_scale": item_scale if kind == "mlp" else None,
+            "labels": "item index arange(N)" if kind == "mlp" else "next-token vocabulary ids (setting.next_tokens)",
+            "loss_kind": "mean cross-entropy over the batch (float64 from float32 logits)",
+            "dtype": "float32", "torch": torch.__version__}
+    exporter = Exporter(labels, attributes=setting.attributes, name=f"{kind} on {setting.name}", meta=meta)
+
+    threads = torch.get_num_threads()
+    status, message = "completed", f"ran {steps} steps."
+    bar = _Progress(progress, steps, f"train_network ({kind})")
+    current = 0
+    try:
+        torch.set_num_threads(1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch_seed)
+            if kind == "mlp":
+                model = _build_mlp(torch, x_all.shape[1], width, depth, N)
+                X = torch.tensor(x_all, dtype=torch.float32)
+            else:
+                model = _build_transformer(torch, V, L, width, depth, heads)
+                X = torch.tensor(x_all)
+            y = torch.tensor(targets)
+            opt = _optimizer(torch, optimizer, model.parameters(), lr, weight_decay)
+            ce = torch.nn.functional.cross_entropy
+            gen = torch.Generator().manual_seed(torch_seed) if batch_size is not None else None
+
+            def record(step):
+                with torch.no_grad():
+                    h = model.features(X)
+                    loss = float(ce(model.head(h).double(), y))
+                if not (math.isfinite(loss) and torch.isfinite(h).all()):
+                    return False
+                exporter.record(step, h, labels, W=model.head.weight, loss=loss)
+                if callback is not None:
+                    callback(int(step), loss)
+                return True
+
+            for target in grid:
+                while current < target:
+                    if batch_size is None:
+                        xb, yb = X, y
+                    else:
+                        idx = torch.randperm(N, generator=gen)[:batch_size]
+                        xb, yb = X[idx], y[idx]
+                    loss = ce(model.head(model.features(xb)).double(), yb)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    current += 1
+                if not record(int(target)):
+                    status = "nonfinite"
+                    message = (f"the loss or the features became non-finite by step {int(target)}; lower lr. "
+                               f"Records before it are kept.")
+                    break
+                bar.update(current)
+    except KeyboardInterrupt:
+        status, message = "interrupted", f"interrupted at step {current}; {len(exporter)} records kept."
+        if len(exporter) == 0:
+            raise
+    finally:
+        torch.set_num_threads(threads)
+        bar.close()
+    if len(exporter) == 0:   # non-finite at step 0
+        raise ValueError("the network's features are non-finite at initialization; check the setting's encoding.")
+    exporter.meta.update(status=status, message=message, steps_run=current)
+    run = exporter.run()
+    if out is not None:
+        save_run(run, out)
+    return run
+
+
+def gap_summary(run, attributes=None, *, rise: float = 0.05, fall: float = 0.6) -> dict:
+    """Semantic gap of a run at its start, peak and end, and whether it shows the transient.
+
+    The gap is :func:`ufm.metrics.semantic_gap` of each recorded Gram (centred,
+    THEORY §7.4); a record where it is undefined (an item's centred feature is
+    zero, e.g. dead ReLU features) counts as NaN and is skipped.
+
+    Parameters
+    ----------
+    run : ufm.results.Run
+        A recorded run (e.g. from :func:`train_network`).
+    attributes : int array (K, F), optional
+        Attribute table of the classes (default ``run.attributes``).
+    rise, fall : float
+        The transient criterion: ``peak >= start + rise`` and ``end <= fall * peak``
+        (defaults 0.05 and 0.6).
+
+    Returns
+    -------
+    dict
+        ``gaps`` (T,), ``etf`` (T,: :func:`ufm.metrics.etf_distance`, centred),
+        ``start``, ``peak``, ``peak_step``, ``end``, ``etf_start``, ``etf_end``,
+        ``loss_start``, ``loss_end`` (``None`` without losses) and ``transient`` (bool).
+    """
+    from ..metrics import etf_distance, semantic_gap
+
+    A = run.attributes if attributes is None else np.asarray(attributes)
+    if A is None:
+        raise ValueError("attributes: the run records no attribute table; pass attributes=(K x F levels).")
+
+    def safe(fn, *args):
+        try:
+            return fn(*args)
+        except ValueError:
+            return np.nan
+
+    gaps = np.array([safe(semantic_gap, G, A) for G in run.grams])
+    etf = np.array([safe(etf_distance, G) for G in run.grams])
+    if np.all(np.isnan(gaps)):
+        raise ValueError("the semantic gap is undefined at every record (no factor splits the classes, or the "
+                         "features are degenerate); check the attribute table.")
+    k = int(np.nanargmax(gaps))
+    start, peak, end = float(gaps[0]), float(gaps[k]), float(gaps[-1])
+    transient = bool(peak >= start + rise and end <= fall * peak)
+    loss = run.loss
+    return {"gaps": gaps, "etf": etf, "start": start, "peak": peak, "peak_step": int(run.steps[k]), "end": end,
+            "etf_start": float(etf[0]), "etf_end": float(etf[-1]),
+            "loss_start": None if loss is None else float(loss[0]),
+            "loss_end": None if loss is None else float(loss[-1]), "transient": transient}
