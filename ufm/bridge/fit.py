@@ -16,8 +16,9 @@ file, arrays, or a :class:`~ufm.results.Trajectory` of :func:`ufm.simulate`) and
     weight decay, and a monotone time map from observed steps to model time.
 ``"anchored"`` (M1, THEORY §8.1)
     The minimizer of the anchored MSE UFM (8.1) on a grid of ``beta``, anchor
-    ``H_0`` = the input encoding; fitted: a non-increasing path ``beta(step)``
-    (``1/beta`` reads as capacity x training time).
+    ``H_0`` = the attribute one-hots; fitted: a non-increasing path
+    ``beta(step)`` (``1/beta`` reads as capacity x training time). Its semantic
+    gap can only fall along such a path, so it cannot produce the early rise.
 
 Conventions (THEORY §8.6 step 5): Grams are compared only after centring with
 ``P_K`` and scaling to unit Frobenius norm (overall scale, rotations and the
@@ -559,8 +560,10 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
     maxiter : int
         Nelder-Mead iterations.
     anchor : array (d0, K), optional
-        M1 anchor ``H_0``; default ``Phi`` of the fitted M2 (or of ``sigma = 1``
-        if M2 is not fitted): features anchored to the inputs.
+        M1 anchor ``H_0``. Default: the attribute one-hots (THEORY §8.6 step 3),
+        weighted by M2's fitted strengths when M2 is fitted, stacked on a zero
+        K x K block that leaves room for the ETF (as in
+        :func:`ufm.phase.transient_models`).
     lam_W_anchor, lam_H_anchor : float
         M1 weight decays (Tirer normalization of (8.1)).
     betas : array, optional
@@ -657,11 +660,9 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
 
     if "anchored" in models:
         H0 = anchor
-        if H0 is None:
-            if m2 is not None:
-                H0 = m2["problem"].Phi
-            else:
-                H0 = setting.encoding(1.0)
+        if H0 is None:     # attribute one-hots (M2's fitted strengths if any), with room for an ETF
+            strengths = None if m2 is None else m2["strengths"]
+            H0 = np.vstack([setting.attribute_encoding(strengths), np.zeros((K, K))])
         H0 = np.asarray(H0, dtype=np.float64)
         if H0.ndim != 2 or H0.shape[1] != K:
             raise ValueError(f"anchor must be (d0, K = {K}), got shape {H0.shape}.")
