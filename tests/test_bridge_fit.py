@@ -252,3 +252,17 @@ def test_cli_fit_prints_the_table_and_writes_fit_and_figure(tmp_path, capsys):
     assert main(["fit", str(tmp_path / "missing.npz"), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["fit", str(path), "--lam", "abc", "--quiet"]) == 2
+
+
+def test_fit_reproduces_the_gap_curve_of_a_real_network():
+    """Issue 7's bar: the fitted M2 reproduces a factorial network's semantic-gap curve with R^2 >= 0.9."""
+    from ufm.bridge.networks import train_network
+
+    s = ufm.factorial((2, 2, 2, 2))
+    run = train_network(s, steps=3000, n_records=40, seed=0)       # MLP, Adam, item_scale 2 (the defaults)
+    gap = np.array([semantic_gap(G, s.attributes) for G in run.grams])
+    assert gap.max() > gap[0] + 0.05 and gap[-1] < 0.8 * gap.max()  # the network shows the transient
+    r = fit(run, models=("static", "input_coupled"))
+    assert r.gof["input_coupled"]["gap_r2"] >= 0.9
+    assert r.best_model == "input_coupled"
+    assert r.predicted_transition is not None and r.predicted_transition > run.steps[int(np.argmax(gap))]

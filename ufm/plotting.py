@@ -370,8 +370,9 @@ def plot_fit(result, metric: str = "gap", ax=None):
             continue
         name, ls, color = _FIT_STYLE.get(model, (model, "-", None))
         ax.plot(x, result.curves[key], ls, color=color, lw=1.6, label=f"{name} (gap R²={gof['gap_r2']:.2f})")
-    if result.predicted_transition is not None and metric == "gap":
-        ax.axvline(result.predicted_transition, color="tab:blue", lw=0.8, alpha=0.6, label="predicted transition")
+    tr = result.predicted_transition
+    if tr is not None and metric == "gap" and tr <= 100 * np.nanmax(x):   # farther out it would squash the data
+        ax.axvline(tr, color="tab:blue", lw=0.8, alpha=0.6, label="predicted transition")
     ax.set_xscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("semantic gap" if metric == "gap" else "ETF distance")
