@@ -196,6 +196,27 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--no-figure", action="store_true", help="write the result only")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=_sweep)
+    ft = sub.add_parser("fit", help="fit UFM models to a recorded run; print the table, write the overlay figure",
+                        description="Fit the static ETF + attribute decomposition, the input-coupled UFM (M2) and "
+                                    "the anchored UFM (M1) to the class-mean Grams of RUN (a bridge file: .npz, "
+                                    ".safetensors, .h5; THEORY §8.6). Prints the goodness-of-fit table and the "
+                                    "fitted parameters; writes OUT/fit.npz and OUT/fit_overlay.png (observed "
+                                    "semantic gap and ETF distance with the fitted curves, Gram snapshots side by "
+                                    "side). Exit status 2 on a bad file or argument.")
+    ft.add_argument("run", help="the recorded run (written by ufm train-network or ufm.bridge.Exporter)")
+    ft.add_argument("--setting", choices=["factorial", "hierarchy", "ntp_contexts"],
+                    help="the default setting of that name, when the run does not record its setting")
+    ft.add_argument("--models", default="static,input_coupled,anchored",
+                    help="comma-separated subset of static,input_coupled,anchored (default: all)")
+    ft.add_argument("--loss", choices=["ce", "mse"], default="ce", help="loss of the M2 model (default: ce)")
+    ft.add_argument("--lam", default="fit", help="M2 weight decay: 'fit' (default) or a number >= 0")
+    ft.add_argument("--no-strengths", action="store_true", help="hold the attribute strengths at 1")
+    ft.add_argument("--match", choices=["patterns", "full"], default="patterns",
+                    help="match the models on attribute-pattern averaged Grams (default) or on the full Grams")
+    ft.add_argument("--out", help="output folder (default: RUN without extension + '_fit')")
+    ft.add_argument("--no-figure", action="store_true", help="write fit.npz only")
+    ft.add_argument("--quiet", action="store_true", help="no progress lines")
+    ft.set_defaults(func=_fit)
     tn = sub.add_parser("train-network", help="train a reference network on a setting; record its Gram trajectory",
                         description="Train a reference network (ufm.bridge.networks.train_network) on a synthetic "
                                     "setting: a ReLU MLP on the attribute one-hots plus an item-id one-hot scaled "
