@@ -53,10 +53,8 @@ def _fit(args) -> int:
             return 2
     setting = None
     if args.setting:
-        from .phase import make_setting
-
         try:
-            setting = make_setting(args.setting)
+            setting = network_setting(args.setting)
         except ValueError as err:
             print(f"ufm fit: {err}", file=sys.stderr)
             return 2
@@ -105,16 +103,35 @@ _NETWORK_SETTINGS = {
 }
 
 
+def network_setting(name: str, levels=None):
+    """The setting ``ufm train-network --setting NAME [--levels ...]`` trains on (also ``ufm fit --setting``).
+
+    ``levels``: factor levels (factorial), branching per level (hierarchy), or
+    ``n_classes, objects_per_class, verbs_per_class, n_subjects`` (ntp_contexts);
+    default ``_NETWORK_SETTINGS[name][2]``.
+    """
+    from . import settings
+
+    if name not in _NETWORK_SETTINGS:
+        raise ValueError(f"setting must be one of {sorted(_NETWORK_SETTINGS)}, got {name!r}.")
+    _, names, default = _NETWORK_SETTINGS[name]
+    levels = default if levels is None else tuple(levels)
+    if names is None:
+        return getattr(settings, name)(levels)
+    if len(levels) != len(names):
+        raise ValueError(f"--levels for ntp_contexts takes {len(names)} integers ({','.join(names)}), "
+                         f"e.g. 4,8,2,32; got {len(levels)}")
+    return settings.ntp_contexts(**dict(zip(names, levels)))
+
+
 def _train_network(args) -> int:
     import os
     import time
 
-    from . import settings
     from .bridge.networks import gap_summary, train_network
 
-    key, names, default = _NETWORK_SETTINGS[args.setting]
     if args.levels is None:
-        levels = default
+        levels = None
     else:
         try:
             levels = tuple(int(v) for v in args.levels.split(","))
@@ -123,13 +140,7 @@ def _train_network(args) -> int:
                   file=sys.stderr)
             return 2
     try:
-        if names is None:
-            setting = getattr(settings, args.setting)(levels)
-        else:
-            if len(levels) != len(names):
-                raise ValueError(f"--levels for ntp_contexts takes {len(names)} integers ({','.join(names)}), "
-                                 f"e.g. 4,8,2,32; got {len(levels)}")
-            setting = settings.ntp_contexts(**dict(zip(names, levels)))
+        setting = network_setting(args.setting, levels)
         t0 = time.perf_counter()
         run = train_network(setting, arch=args.arch, steps=args.steps, lr=args.lr, optimizer=args.optimizer,
                             weight_decay=args.weight_decay, width=args.width, depth=args.depth,
@@ -205,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "side). Exit status 2 on a bad file or argument.")
     ft.add_argument("run", help="the recorded run (written by ufm train-network or ufm.bridge.Exporter)")
     ft.add_argument("--setting", choices=["factorial", "hierarchy", "ntp_contexts"],
-                    help="the default setting of that name, when the run does not record its setting")
+                    help="the setting `ufm train-network --setting NAME` uses by default, when the run does not "
+                         "record its setting")
     ft.add_argument("--models", default="static,input_coupled,anchored",
                     help="comma-separated subset of static,input_coupled,anchored (default: all)")
     ft.add_argument("--loss", choices=["ce", "mse"], default="ce", help="loss of the M2 model (default: ce)")
