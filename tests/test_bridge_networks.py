@@ -15,9 +15,9 @@ from ufm.settings import factorial, hierarchy, ntp_contexts
 
 torch.set_num_threads(1)
 
-# small and fast: factorial(2x2x2x2), 16 items, width 128, 3000 steps (~2-5 s each on one thread)
+# small and fast: factorial(2x2x2x2), 16 items, width 128, 3000 steps, item_scale 2 (~2-5 s each on one thread)
 SMALL = factorial((2, 2, 2, 2))
-SMALL_KW = dict(width=128, steps=3000, n_records=40)
+SMALL_KW = dict(width=128, steps=3000, n_records=40, item_scale=2.0)
 
 
 def _grams_equal(a: Run, b: Run):
@@ -50,7 +50,7 @@ def test_mlp_run_is_valid_deterministic_and_on_the_grid(tmp_path):
     assert m["network"]["arch"] == "mlp" and m["network"]["depth"] == DEFAULTS["mlp"]["depth"]
     assert m["network"]["input_dim"] == 6 + 8                           # 3 binary factors + item one-hot
     assert m["optimizer"] == "adam" and m["lr"] == 1e-3 and m["weight_decay"] == 0.0
-    assert m["item_scale"] == 2.0 and m["seed"] == 3 and m["torch"] == torch.__version__
+    assert m["item_scale"] == DEFAULTS["mlp"]["item_scale"] and m["seed"] == 3 and m["torch"] == torch.__version__
     assert m["setting"]["generator"] == "factorial" and m["setting"]["params"]["levels"] == [2, 2, 2]
     saved = load(out)
     assert isinstance(saved, Run) and saved.meta["content_hash"] == a.meta["content_hash"]
@@ -104,7 +104,7 @@ def test_minibatch_is_deterministic_and_differs_from_full_batch():
 # -- the transient and its absence ---------------------------------------------------------------
 def test_mlp_shows_structure_before_collapse():
     """Gap rises while the loss drops, then falls (AdamW, decoupled decay: fast at this size)."""
-    run = train_network(SMALL, optimizer="adamw", weight_decay=1.0, **SMALL_KW)
+    run = train_network(SMALL, **{**SMALL_KW, "optimizer": "adamw", "weight_decay": 1.0})
     s = gap_summary(run)
     assert s["peak"] > s["start"] + 0.06, s
     assert s["end"] < 0.5 * s["peak"], s
@@ -117,7 +117,7 @@ def test_mlp_shows_structure_before_collapse():
     dict(optimizer="sgd", weight_decay=5e-4),                           # SGD keeps the structure
 ])
 def test_no_collapse_without_capacity_or_with_sgd(config):
-    s = gap_summary(train_network(SMALL, **config, **SMALL_KW))
+    s = gap_summary(train_network(SMALL, **{**SMALL_KW, **config}))
     assert s["peak"] > s["start"] + 0.04, s                             # the structure is learned ...
     assert s["end"] > 0.85 * s["peak"], s                               # ... and kept
     assert not s["transient"]

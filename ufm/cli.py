@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--width", type=int, help="hidden width / model width (default: 256 MLP, 64 transformer)")
     tn.add_argument("--depth", type=int, help="hidden layers / transformer blocks (default 2)")
     tn.add_argument("--item-scale", type=float,
-                    help="MLP only: weight of the item-id one-hot in the input (default 2; 0 = attributes only)")
+                    help="MLP only: weight of the item-id one-hot in the input (default 2.5; 0 = attributes only)")
     tn.add_argument("--batch-size", type=int, help="items per step (default: full batch)")
     tn.add_argument("--records", type=int, default=60, help="records on the log-spaced step grid (default 60)")
     tn.add_argument("--seed", type=int, default=0, help="seed (default 0)")

@@ -63,7 +63,7 @@ __all__ = ["DEFAULTS", "gap_summary", "train_network"]
 #: CPU thread) and ntp_contexts(4, 8, 2, 32) (transformer, ~5 s); see docs/bridge/networks.md.
 DEFAULTS = {
     "mlp": {"steps": 8000, "optimizer": "adam", "lr": {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.05}, "width": 256,
-            "depth": 2, "item_scale": 2.0},
+            "depth": 2, "item_scale": 2.5},
     "transformer": {"steps": 1000, "optimizer": "sgd", "lr": {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.05},
                     "width": 64, "depth": 2, "heads": 4},
 }
@@ -214,7 +214,7 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
     item_scale : float, optional
         MLP only: the weight ``sigma`` of the item-id one-hot in the input
         ``Phi = [Phi_attr; sigma I_N]`` (THEORY §8.2), the per-item input capacity
-        (default 2.0; 0 gives the attributes alone). Not defined for the
+        (default 2.5; 0 gives the attributes alone). Not defined for the
         transformer, whose inputs are the tokens alone.
     batch_size : int, optional
         Items per step, drawn without replacement each step; ``None`` (default)
