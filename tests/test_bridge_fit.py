@@ -259,7 +259,7 @@ def test_fit_reproduces_the_gap_curve_of_a_real_network():
     from ufm.bridge.networks import train_network
 
     s = ufm.factorial((2, 2, 2, 2))
-    run = train_network(s, steps=3000, n_records=40, seed=0)       # MLP, Adam, item_scale 2 (the defaults)
+    run = train_network(s, steps=3000, n_records=40, seed=0, item_scale=2.0)   # MLP, Adam (default optimizer)
     gap = np.array([semantic_gap(G, s.attributes) for G in run.grams])
     assert gap.max() > gap[0] + 0.05 and gap[-1] < 0.8 * gap.max()  # the network shows the transient
     r = fit(run, models=("static", "input_coupled"))
