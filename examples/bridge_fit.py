@@ -56,16 +56,17 @@ def main(argv=None):
         rows.append((setting.name, run.meta.get("network", {}).get("arch", "?"), gap[0], gap.max(),
                      int(run.steps[int(np.argmax(gap))]), gap[-1], g["input_coupled"]["gap_r2"],
                      g["input_coupled"]["gram_r2"], g["anchored"]["gap_r2"], g["static"]["gap_r2"], p["sigma"],
-                     p["lam"], p["time_exponent"], res.predicted_transition, t_train, t_fit))
+                     p["lam"], p["time_exponent"], res.predicted_transition, p["observed_transition"], t_train, t_fit))
         print(res.message, flush=True)
     head = ("| setting | net | gap start | gap peak (step) | gap end | M2 gap R^2 | M2 Gram R^2 | M1 gap R^2 | "
-            "static gap R^2 | sigma | lam | time exponent | predicted transition (step) | train s | fit s |")
-    lines = [head, "|" + "---|" * 15]
+            "static gap R^2 | sigma | lam | time exponent | predicted transition (step) | observed transition (step) | "
+            "train s | fit s |")
+    lines = [head, "|" + "---|" * 16]
     for r in rows:
-        tr = "none" if r[13] is None else f"{r[13]:.3g}"
+        tr, ob = ("none" if v is None else f"{v:.3g}" for v in (r[13], r[14]))
         lines.append(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.3f} ({r[4]}) | {r[5]:.3f} | {r[6]:.3f} | {r[7]:.3f} | "
-                     f"{r[8]:.3f} | {r[9]:.3f} | {r[10]:.3g} | {r[11]:.2g} | {r[12]:.3g} | {tr} | {r[14]:.1f} | "
-                     f"{r[15]:.1f} |")
+                     f"{r[8]:.3f} | {r[9]:.3f} | {r[10]:.3g} | {r[11]:.2g} | {r[12]:.3g} | {tr} | {ob} | {r[15]:.1f} | "
+                     f"{r[16]:.1f} |")
     table = "\n".join(lines)
     print(table)
     with open(os.path.join(args.out, "fits_table.md"), "w") as fh:

@@ -587,7 +587,10 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
     -------
     FitResult
         ``params`` (``"sigma"``, ``"strengths"``, ``"lam"``, ``"time_exponent"``,
-        ``"time_offset"``, ``"beta_end"``, ``"a_end"``, ``"b_end"``, ...),
+        ``"time_offset"``, ``"beta_end"``, ``"a_end"``, ``"b_end"``,
+        ``"observed_transition"`` (the first record after the gap peak whose
+        Gram is closer to the last record's than to the peak's, ``None`` if
+        only the last one is), ...),
         ``gof`` per model, ``curves`` (observed and fitted semantic gap and ETF
         distance, time map, beta path, static coefficients with intervals),
         ``grams`` (unit-centred observed and fitted Grams), ``best_model`` and
@@ -633,6 +636,8 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         if st["dropped"]:
             notes.append(f"static: factors {st['dropped']} dropped (they do not split the classes or repeat others)")
 
+    j_obs = _transition_index(obs, gap_obs)      # the same test on the run itself, its last record as the end
+    params["observed_transition"] = None if j_obs is None or j_obs == T - 1 else float(obs_steps[j_obs])
     transition = None
     m2 = None
     if "input_coupled" in models:
