@@ -40,6 +40,7 @@ Collapse", arXiv 2606.26749.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -49,6 +50,7 @@ import numpy as np
 from .. import metrics
 from .._checks import check_int, check_nonneg
 from ..results import FitResult, Run, Trajectory
+from .io import _as_numpy, load_run
 
 __all__ = ["fit", "static_decomposition", "align_monotone", "anchored_path", "isotropic_init", "pattern_ids",
            "project_patterns", "unit_centred"]
@@ -102,18 +104,9 @@ def _observed(source, setting, attributes, steps):
     desc = type(source).__name__
     run_attrs = None
     if isinstance(source, (str, os.PathLike)):
-        from .io import load_run
-        from ..results import load
-
         path = os.fspath(source)
-        try:
-            obj = load_run(path)
-        except ValueError as err:
-            if "Trajectory" not in str(err):
-                raise
-            obj = load(path)
-        desc = f"{type(obj).__name__} {os.path.basename(path)}"
-        source = obj
+        source = _load_source(path)
+        desc = f"{type(source).__name__} {os.path.basename(path)}"
     if isinstance(source, Run):
         obs_steps, grams, run_attrs = np.asarray(source.steps, float), np.asarray(source.grams), source.attributes
         if source.name:
@@ -132,8 +125,7 @@ def _observed(source, setting, attributes, steps):
         prob_attrs = source.meta.get("attributes")
         run_attrs = None if prob_attrs is None else np.asarray(prob_attrs)
     else:
-        grams = np.asarray(source, dtype=np.float64) if not hasattr(source, "detach") else np.asarray(
-            source.detach().cpu().numpy(), dtype=np.float64)
+        grams = _as_numpy(source, "source")
         if grams.ndim == 2:
             grams = grams[None]
         if grams.ndim != 3 or grams.shape[1] != grams.shape[2]:
@@ -167,6 +159,21 @@ def _observed(source, setting, attributes, steps):
     if setting is None:
         setting = Setting(attributes=attributes, name="from attributes")
     return obs_steps, grams, attributes, setting, desc
+
+
+def _load_source(path: str):
+    """A bridge run (any format :func:`~ufm.bridge.io.load_run` reads) or a saved Trajectory."""
+    from ..results import load
+
+    if path.endswith(".npz") and os.path.exists(path):
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                kind = json.loads(str(data["__header__"])).get("type") if "__header__" in data.files else None
+        except Exception:      # unreadable: load_run says what is wrong with the file
+            kind = None
+        if kind == "Trajectory":
+            return load(path)
+    return load_run(path)
 
 
 def _setting_from_meta(meta):
