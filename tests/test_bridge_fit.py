@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm.bridge.fit import align_monotone, anchored_path, fit, isotropic_init, static_decomposition, unit_centred
+from ufm.bridge.fitting import align_monotone, anchored_path, fit, isotropic_init, static_decomposition, unit_centred
 from ufm.metrics import etf_distance, semantic_gap
 from ufm.results import FitResult, Run
 
@@ -266,3 +266,22 @@ def test_fit_reproduces_the_gap_curve_of_a_real_network():
     assert r.gof["input_coupled"]["gap_r2"] >= 0.9
     assert r.best_model == "input_coupled"
     assert r.predicted_transition is not None and r.predicted_transition > run.steps[int(np.argmax(gap))]
+
+
+def test_ctrl_c_during_the_m2_search_keeps_the_best_point(monkeypatch):
+    """An interrupt inside Nelder-Mead ends the search, not the fit: the best point so far is reported."""
+    import ufm.bridge.fitting as F
+
+    calls = {"n": 0}
+    score = F._M2.score
+
+    def interrupting(self, x, obs):
+        calls["n"] += 1
+        if calls["n"] == 40:          # after the starting grid, inside the search
+            raise KeyboardInterrupt
+        return score(self, x, obs)
+
+    monkeypatch.setattr(F._M2, "score", interrupting)
+    r = fit(_simulated(n_records=25), setting=SETTING, models=("input_coupled",), lam=0.0)
+    assert any("interrupted" in n for n in r.meta["notes"])
+    assert r.params["sigma"] > 0 and r.gof["input_coupled"]["gram_r2"] > 0.5

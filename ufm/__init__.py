@@ -50,7 +50,7 @@ _ATTRS = {
     "hierarchy": ("ufm.settings", "hierarchy"),
     "ntp_contexts": ("ufm.settings", "ntp_contexts"),
     "phase_diagram": ("ufm.phase", "phase_diagram"),
-    "fit": ("ufm.bridge.fit", "fit"),
+    "fit": ("ufm.bridge.fitting", "fit"),
     "FitResult": ("ufm.results", "FitResult"),
     "Run": ("ufm.results", "Run"),
 }

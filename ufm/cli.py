@@ -41,7 +41,7 @@ def _sweep(args) -> int:
 def _fit(args) -> int:
     import os
 
-    from .bridge.fit import fit
+    from .bridge.fitting import fit
 
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     lam = args.lam if args.lam == "fit" else None

@@ -2,13 +2,13 @@
 
 io.py        the bridge format (:class:`~ufm.results.Run`), ``Exporter`` (torch-free recorder with a
              forward-hook capture), ``load_run`` / ``save_run`` (npz; safetensors and HDF5 optional)
-fit.py       ``fit`` -> :class:`~ufm.results.FitResult`: static ETF + attribute decomposition, the
+fitting.py   ``fit`` -> :class:`~ufm.results.FitResult`: static ETF + attribute decomposition, the
              input-coupled UFM (M2) and the anchored UFM (M1), side by side
 networks.py  ``train_network``: reference MLP / causal transformer on the synthetic settings (torch,
              imported only when a network is trained)
 """
 
-from .fit import fit
+from .fitting import fit
 from .io import RUN_SCHEMA, Capture, Exporter, Run, load_run, log_steps, save_run
 from .networks import gap_summary, train_network
 

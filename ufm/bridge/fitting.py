@@ -386,22 +386,33 @@ def _fit_m2(obs, setting, *, loss, lam, d, init_scale, seed, horizon, n_model, f
     free = [0] + list(range(1, 1 + n_u)) + ([len(best[1]) - 1] if model.lam is None else [])
     x_full = best[1].copy()
 
+    best_seen = {"cost": best[0], "z": x_full[free].copy(), "nfev": 0}
+
     def f(z):
         x = x_full.copy()
         x[free] = z
-        return model.score(x, obs)
+        c = model.score(x, obs)
+        best_seen["nfev"] += 1
+        if c < best_seen["cost"]:
+            best_seen["cost"], best_seen["z"] = c, np.array(z, dtype=float)
+        return c
 
-    res = minimize(f, x_full[free], method="Nelder-Mead",
-                   options={"xatol": 2e-3, "fatol": 1e-7, "maxiter": maxiter, "initial_simplex": _simplex(
-                       x_full[free], 0.15)})
-    x_full[free] = res.x
+    interrupted = False
+    try:
+        minimize(f, x_full[free], method="Nelder-Mead",
+                 options={"xatol": 2e-3, "fatol": 1e-7, "maxiter": maxiter,
+                          "initial_simplex": _simplex(x_full[free], 0.15)})
+    except KeyboardInterrupt:      # Ctrl-C: keep the best point found so far
+        interrupted = True
+        log("input_coupled: interrupted; keeping the best parameters found so far")
+    x_full[free] = best_seen["z"]
     times, G, tr = model.trajectory(x_full)
     path, cost = align_monotone(_dist2(obs, G))
     sigma, strengths, lam_v = model.unpack(x_full)
     log(f"input_coupled: sigma={sigma:.4g}, strengths={np.round(strengths, 4).tolist()}, lam={lam_v:.3g}, "
-        f"cost {cost:.4g} ({res.nfev} simulations)")
-    return {"sigma": sigma, "strengths": strengths, "lam": lam_v, "times": times, "model_grams": G,
-            "path": path, "cost": cost, "nfev": int(res.nfev), "n_free": len(free), "problem": model.problem(x_full)}
+        f"cost {cost:.4g} ({best_seen['nfev']} simulations)")
+    return {"interrupted": interrupted, "sigma": sigma, "strengths": strengths, "lam": lam_v, "times": times, "model_grams": G,
+            "path": path, "cost": cost, "nfev": best_seen["nfev"], "n_free": len(free), "problem": model.problem(x_full)}
 
 
 def _simplex(x0, step):
@@ -652,6 +663,8 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         m2 = _fit_m2(obs, setting, loss=loss, lam=lam, d=d, init_scale=init_scale, seed=seed, horizon=horizon,
                      n_model=n_model, fit_strengths=fit_strengths, sigma_grid=sigma_grid, maxiter=maxiter, log=log,
                      project=project)
+        if m2["interrupted"]:
+            notes.append("input_coupled: interrupted (Ctrl-C); the parameters are the best found before it")
         model_G = m2["model_grams"][m2["path"]]
         fitted["input_coupled"] = model_G
         tau = m2["times"][m2["path"]]
