@@ -285,3 +285,13 @@ def test_ctrl_c_during_the_m2_search_keeps_the_best_point(monkeypatch):
     r = fit(_simulated(n_records=25), setting=SETTING, models=("input_coupled",), lam=0.0)
     assert any("interrupted" in n for n in r.meta["notes"])
     assert r.params["sigma"] > 0 and r.gof["input_coupled"]["gram_r2"] > 0.5
+
+
+def test_ufm_load_names_the_file_when_it_is_truncated_or_missing(tmp_path):
+    path = _simulated(n_records=5).save(tmp_path / "t.npz")
+    raw = open(path, "rb").read()
+    (tmp_path / "cut.npz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="cut.npz is not a readable ufm result file"):
+        ufm.load(tmp_path / "cut.npz")
+    with pytest.raises(ValueError, match="does not exist"):
+        ufm.load(tmp_path / "missing.npz")

@@ -806,7 +806,18 @@ _TYPES = {"Solution": Solution, "Trajectory": Trajectory, "TheoryCurve": TheoryC
 
 def load(path: str | os.PathLike):
     """Load a result written by ``save``; checks the schema and the content hash."""
-    with np.load(path, allow_pickle=False) as data:
+    import zipfile
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist.") from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        raise ValueError(f"{path} is not a readable ufm result file ({type(err).__name__}: {err}); it is truncated, "
+                         f"corrupted or not an .npz written by ufm.") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} holds a single array, not a ufm result file (.npz with a __header__).")
+    with data:
         if "__header__" not in data:
             raise ValueError(f"{path} is not a ufm result file (no __header__ entry).")
         header = json.loads(str(data["__header__"]))
