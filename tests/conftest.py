@@ -40,3 +40,16 @@ def nonconvex_minimize(problem, seed=0, scale=0.5, gtol=1e-11, maxiter=50000):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def tv9_data():
+    """THEORY TV9 data: K=4 on a 2x2 factorial, n=2, d=6, anchor = attribute one-hots + 0.1 noise (seed 3)."""
+    K, n, d = 4, 2, 6
+    attrs = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
+    rng = np.random.default_rng(3)
+    mu0 = np.zeros((d, K))
+    for k, (a1, a2) in enumerate(attrs):
+        mu0[a1, k] = 1.0
+        mu0[2 + a2, k] = 1.0
+    H0 = np.repeat(mu0, n, axis=1) + 0.1 * rng.normal(size=(d, K * n))
+    return K, n, d, attrs, H0

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import ufm
+from conftest import tv9_data
 from ufm.bridge.fitting import align_monotone, anchored_path, fit, isotropic_init, static_decomposition, unit_centred
 from ufm.metrics import etf_distance, semantic_gap
 from ufm.results import FitResult, Run
@@ -153,14 +154,7 @@ def test_static_drops_factors_that_do_not_split_classes():
 
 # -- M1 path: THEORY TV9 -------------------------------------------------------------------
 def test_anchored_path_reproduces_tv9():
-    K, n, d = 4, 2, 6
-    attrs = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
-    rng = np.random.default_rng(3)
-    mu0 = np.zeros((d, K))
-    for k, (a1, a2) in enumerate(attrs):
-        mu0[a1, k] = 1
-        mu0[2 + a2, k] = 1
-    H0 = np.repeat(mu0, n, axis=1) + 0.1 * rng.normal(size=(d, K * n))
+    K, n, d, attrs, H0 = tv9_data()
     y = np.repeat(np.arange(K), n)
     betas = np.array([100.0, 10.0, 1.0, 0.1, 0.01, 0.001, 1e-4])
     _, H = anchored_path(H0, betas, labels=y)

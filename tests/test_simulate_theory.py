@@ -28,6 +28,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import ufm
+from conftest import tv9_data
 from ufm import UFMProblem
 
 
@@ -427,18 +428,6 @@ TV9 = {  # beta (Tirer normalization): (objective, semantic gap of the centred c
 }
 
 
-def _tv9_data():
-    K, n, d = 4, 2, 6
-    attrs = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
-    rng = np.random.default_rng(3)
-    mu0 = np.zeros((d, K))
-    for k, (a1, a2) in enumerate(attrs):
-        mu0[a1, k] = 1.0
-        mu0[2 + a2, k] = 1.0
-    H0 = np.repeat(mu0, n, axis=1) + 0.1 * rng.normal(size=(d, K * n))
-    return K, n, d, attrs, H0
-
-
 def test_tv9_anchored_beta_sweep_gap_decreases_with_beta():
     """Tirer et al. Eq. 2: 1/(2Kn)||WH-Y||^2 + lW/(2K)||W||^2 + lH/(2Kn)||H||^2 + beta/(2Kn)||H-H0||^2.
 
@@ -447,7 +436,7 @@ def test_tv9_anchored_beta_sweep_gap_decreases_with_beta():
     objective values and the minimizers coincide. The flow starts where TV9's block
     coordinate descent starts, H = H0 and W = W*(H0) = Y H0^T (H0 H0^T + n lW I)^{-1}.
     """
-    K, n, d, attrs, H0 = _tv9_data()
+    K, n, d, attrs, H0 = tv9_data()
     N, lW, lH = K * n, 0.01, 0.01
     Y = np.kron(np.eye(K), np.ones((1, n)))
     W0 = Y @ H0.T @ np.linalg.inv(H0 @ H0.T + n * lW * np.eye(d))
