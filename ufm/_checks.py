@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-__all__ = ["available_bytes", "check_int", "check_nonneg"]
+__all__ = ["available_bytes", "check_int", "check_nonneg", "check_positive"]
 
 
 def check_int(name: str, value, minimum: int) -> int:
@@ -31,6 +31,19 @@ def check_nonneg(name: str, value, meaning: str = "a weight decay") -> float:
         raise ValueError(f"{name} must be finite, got {value!r}; pass a finite value >= 0.")
     if v < 0:
         raise ValueError(f"{name} must be >= 0 ({meaning}), got {v}; pass its absolute value or 0.")
+    return v
+
+
+def check_positive(name: str, value, meaning: str) -> float:
+    """``value`` as a finite float ``> 0``; ``meaning`` says what it is, for the message."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be a real number > 0 ({meaning}), got {value!r}.")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number > 0 ({meaning}), got {value!r}.") from None
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a finite number > 0 ({meaning}), got {value!r}.")
     return v
 
 

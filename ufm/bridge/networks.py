@@ -53,7 +53,7 @@ import os
 
 import numpy as np
 
-from .._checks import available_bytes, check_int, check_nonneg
+from .._checks import available_bytes, check_int, check_nonneg, check_positive
 from .io import Exporter, _format_of, log_steps, save_run
 
 __all__ = ["DEFAULTS", "gap_summary", "train_network"]
@@ -80,18 +80,6 @@ def _import_torch():
         raise ImportError("train_network needs PyTorch: pip install 'ufm[torch]' (installs torch==2.13.0, the "
                           "CPU build this package is tested with).") from None
     return torch
-
-
-def _check_positive(name: str, value, meaning: str) -> float:
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be a real number > 0 ({meaning}), got {value!r}.")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number > 0 ({meaning}), got {value!r}.") from None
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{name} must be a finite number > 0 ({meaning}), got {value!r}.")
-    return v
 
 
 def _torch_seed(seed: int) -> int:
@@ -290,7 +278,7 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
         raise ValueError(f"optimizer must be one of {list(_OPTIMIZERS)} (or None for the architecture's default), "
                          f"got {optimizer!r}.")
     steps = check_int("steps", defaults["steps"] if steps is None else steps, 1)
-    lr = _check_positive("lr", defaults["lr"][optimizer] if lr is None else lr, "the learning rate")
+    lr = check_positive("lr", defaults["lr"][optimizer] if lr is None else lr, "the learning rate")
     weight_decay = check_nonneg("weight_decay", weight_decay)
     width = check_int("width", defaults["width"] if width is None else width, 1)
     depth = check_int("depth", defaults["depth"] if depth is None else depth, 1)
