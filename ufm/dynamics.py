@@ -129,6 +129,7 @@ import numpy as np
 
 from ._checks import check_nonneg
 from .problems import InputCoupledUFM, UFMProblem
+from .metrics import double_centre
 from .results import TheoryCurve
 from .settings import _check_memory
 
@@ -425,7 +426,7 @@ class _ModeModel:
         """Centred item Grams P_N H^T H P_N, shape (T, N, N)."""
         g = self.gram_weights(t)
         G = np.einsum("ia,ta,ja->tij", self.Q, g, self.Q)
-        return _centre(G)
+        return double_centre(G)
 
     def map_grams(self, t, fn):
         """``[fn(G) for G in self.gram(t)]`` in chunks of at most ~32 MB of Grams."""
@@ -494,11 +495,6 @@ class _ModeModel:
         res = minimize(fun, u0, jac=True, method="L-BFGS-B", bounds=[(0, None)] * self.r,
                        options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 20000})
         return res.x * self.d**2
-
-
-def _centre(G):
-    return G - G.mean(axis=-1, keepdims=True) - G.mean(axis=-2, keepdims=True) + G.mean(axis=(-1, -2),
-                                                                                         keepdims=True)
 
 
 def _unit(G):
@@ -719,12 +715,12 @@ def _end_state(model, problem, end_gram):
     if isinstance(end_gram, str):
         if end_gram == "auto":
             w, how = model.end_weights()
-            E = _centre((model.Q * w) @ model.Q.T)
+            E = double_centre((model.Q * w) @ model.Q.T)
         elif end_gram == "solve":
             from ._solve import solve
 
             sol = solve(problem)
-            E = _centre(sol.H.T @ sol.H)
+            E = double_centre(sol.H.T @ sol.H)
             how = f"ufm.solve(problem) (method {sol.method!r}): the exact global end state"
         else:
             raise ValueError(f"end_gram must be 'auto', 'solve', an N x N Gram or None, got {end_gram!r}.")
@@ -732,7 +728,7 @@ def _end_state(model, problem, end_gram):
         E = np.asarray(end_gram, dtype=np.float64)
         if E.shape != (model.N, model.N) or not np.all(np.isfinite(E)):
             raise ValueError(f"end_gram must be a finite N x N = {model.N} x {model.N} Gram, got shape {E.shape}.")
-        E = _centre(E)
+        E = double_centre(E)
         how = "given"
     if not np.linalg.norm(E) > 0:
         raise ValueError("the end-state Gram is zero after centring (e.g. weight decay too strong): no transition.")

@@ -73,7 +73,7 @@ __all__ = [
     # NC3 / NC4
     "NC3_VARIANTS", "nc3", "unc3", "nc4",
     # Gram utilities and semantic scores
-    "center_gram", "cosine_matrix", "attribute_kernel", "semantic_gap", "offdiag_alignment",
+    "center_gram", "double_centre", "cosine_matrix", "attribute_kernel", "semantic_gap", "offdiag_alignment",
     "cka", "excess_cka", "SemanticFit", "semantic_regression",
     # spectra
     "effective_rank", "participation_ratio",
@@ -1066,7 +1066,12 @@ def center_gram(G) -> np.ndarray:
     G = _float_matrix(G, "G", "square matrix")
     if G.shape[0] != G.shape[1]:
         raise ValueError(f"G must be square, got shape {G.shape}.")
-    return G - G.mean(axis=0, keepdims=True) - G.mean(axis=1, keepdims=True) + G.mean()
+    return double_centre(G)
+
+
+def double_centre(G) -> np.ndarray:
+    """``P_K G P_K`` over the last two axes, for one K x K matrix or a stack (no checks; see :func:`center_gram`)."""
+    return G - G.mean(axis=-1, keepdims=True) - G.mean(axis=-2, keepdims=True) + G.mean(axis=(-2, -1), keepdims=True)
 
 
 def _cosines(G: np.ndarray, name: str) -> np.ndarray:

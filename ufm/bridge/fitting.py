@@ -61,8 +61,7 @@ MODELS = ("static", "input_coupled", "anchored")
 # -- observed data -------------------------------------------------------------------
 def unit_centred(grams) -> np.ndarray:
     """``P_K G P_K / ||P_K G P_K||_F`` for one Gram (K x K) or a stack (T x K x K) (THEORY §8.6 steps 1, 5)."""
-    G = np.asarray(grams, dtype=np.float64)
-    Gc = G - G.mean(axis=-1, keepdims=True) - G.mean(axis=-2, keepdims=True) + G.mean(axis=(-2, -1), keepdims=True)
+    Gc = metrics.double_centre(np.asarray(grams, dtype=np.float64))
     norm = np.linalg.norm(Gc, axis=(-2, -1), keepdims=True)
     if np.any(norm <= 1e-300):
         raise ValueError("a Gram is zero after centring (all class means equal); it has no geometry to fit. "
