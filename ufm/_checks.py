@@ -19,14 +19,19 @@ def check_int(name: str, value, minimum: int) -> int:
     return int(value)
 
 
+def _real(name: str, value, requirement: str) -> float:
+    """``float(value)``; bools and non-numbers are refused with "must be a real number <requirement>"."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be a real number {requirement}, got {value!r}.")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number {requirement}, got {value!r}.") from None
+
+
 def check_nonneg(name: str, value, meaning: str = "a weight decay") -> float:
     """``value`` as a finite float ``>= 0``; ``meaning`` says what it is, for the message."""
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be a real number >= 0 ({meaning}), got {value!r}.")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number >= 0 ({meaning}), got {value!r}.") from None
+    v = _real(name, value, f">= 0 ({meaning})")
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {value!r}; pass a finite value >= 0.")
     if v < 0:
@@ -36,12 +41,7 @@ def check_nonneg(name: str, value, meaning: str = "a weight decay") -> float:
 
 def check_positive(name: str, value, meaning: str) -> float:
     """``value`` as a finite float ``> 0``; ``meaning`` says what it is, for the message."""
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be a real number > 0 ({meaning}), got {value!r}.")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number > 0 ({meaning}), got {value!r}.") from None
+    v = _real(name, value, f"> 0 ({meaning})")
     if not (math.isfinite(v) and v > 0):
         raise ValueError(f"{name} must be a finite number > 0 ({meaning}), got {value!r}.")
     return v
