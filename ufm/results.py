@@ -59,6 +59,18 @@ class _Result:
     _ARRAYS: ClassVar[tuple[str, ...]] = ()
     _DICTS: ClassVar[tuple[str, ...]] = ()     # fields holding {name: array}
     _INT_ARRAYS: ClassVar[tuple[str, ...]] = ()
+    _LOOKUP: ClassVar[tuple[tuple[str, str], ...]] = ()   # (dict field, singular): entries readable as attributes
+
+    def __getattr__(self, name):
+        if not type(self)._LOOKUP:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}.")
+        for group, _ in type(self)._LOOKUP:
+            values = self.__dict__.get(group)
+            if values is not None and name in values:
+                return values[name]
+        what = " or ".join(single for _, single in type(self)._LOOKUP)
+        have = ", ".join(f"{group}: {sorted(self.__dict__.get(group) or {})}" for group, _ in type(self)._LOOKUP)
+        raise AttributeError(f"{type(self).__name__} has no {what} {name!r}; {have}.")
 
     def __post_init__(self):
         for name in self._ARRAYS:
@@ -235,12 +247,7 @@ class Trajectory(_Result):
     _ARRAYS: ClassVar[tuple[str, ...]] = ("steps", "times")
     _INT_ARRAYS: ClassVar[tuple[str, ...]] = ("steps",)
     _DICTS: ClassVar[tuple[str, ...]] = ("records",)
-
-    def __getattr__(self, name):
-        records = self.__dict__.get("records")
-        if records is not None and name in records:
-            return records[name]
-        raise AttributeError(f"Trajectory has no record {name!r}; recorded: {sorted(records or {})}.")
+    _LOOKUP: ClassVar[tuple[tuple[str, str], ...]] = (("records", "record"),)
 
     @property
     def n_seeds(self) -> int:
@@ -295,15 +302,7 @@ class TheoryCurve(_Result):
 
     _ARRAYS: ClassVar[tuple[str, ...]] = ("times",)
     _DICTS: ClassVar[tuple[str, ...]] = ("records", "constants")
-
-    def __getattr__(self, name):
-        for group in ("records", "constants"):
-            values = self.__dict__.get(group)
-            if values is not None and name in values:
-                return values[name]
-        raise AttributeError(f"TheoryCurve has no record or constant {name!r}; records: "
-                             f"{sorted(self.__dict__.get('records') or {})}, constants: "
-                             f"{sorted(self.__dict__.get('constants') or {})}.")
+    _LOOKUP: ClassVar[tuple[tuple[str, str], ...]] = (("records", "record"), ("constants", "constant"))
 
     def __repr__(self) -> str:
         extra = "" if self.peak_time is None else f", peak_time={self.peak_time:.6g}"
@@ -779,18 +778,13 @@ class FitResult(_Result):
 
     _ARRAYS: ClassVar[tuple[str, ...]] = ("steps",)
     _DICTS: ClassVar[tuple[str, ...]] = ("curves", "grams")
+    _LOOKUP: ClassVar[tuple[tuple[str, str], ...]] = (("curves", "curve"),)
 
     def __post_init__(self):
         object.__setattr__(self, "params", _FrozenDict(_jsonable(dict(self.params))))
         object.__setattr__(self, "gof", _FrozenDict({k: _FrozenDict(_jsonable(dict(v)))
                                                      for k, v in dict(self.gof).items()}))
         super().__post_init__()
-
-    def __getattr__(self, name):
-        curves = self.__dict__.get("curves")
-        if curves is not None and name in curves:
-            return curves[name]
-        raise AttributeError(f"FitResult has no curve {name!r}; curves: {sorted(curves or {})}.")
 
     def __str__(self) -> str:
         return self.message
