@@ -314,12 +314,6 @@ def simulate(problem, steps: int, lr: float | None = None, *, mode: str = "gd", 
         ``"gd"``: plain GD with constant step, run by compiled kernels (its own
         dynamics, not the flow). ``"flow"``: the gradient-flow ODE integrated by an
         adaptive Dormand-Prince 5(4) method to tolerance ``rtol``/``atol``.
-    time_variable : {"auto", "t", "log"}
-        Flow mode only. ``"log"`` integrates in ``s = log(1 + t)``, which makes log-time
-        horizons cheap when nothing damps the dynamics (CE without weight decay
-        converges like log t, THEORY §6.5); ``"t"`` integrates in plain time, which
-        is better with weight decay (log-time makes that stiff). ``"auto"`` picks
-        ``"log"`` exactly when the problem has no weight decay and no anchor.
     init_scale : float
         Standard deviation of the Gaussian initialization of every block but the
         bias (initialized at 0).
@@ -344,6 +338,12 @@ def simulate(problem, steps: int, lr: float | None = None, *, mode: str = "gd", 
     progress : bool
         Show a progress bar (tqdm when installed, else lines on stderr), updated
         between kernel chunks.
+    time_variable : {"auto", "t", "log"}
+        Flow mode only. ``"log"`` integrates in ``s = log(1 + t)``, which makes log-time
+        horizons cheap when nothing damps the dynamics (CE without weight decay
+        converges like log t, THEORY §6.5); ``"t"`` integrates in plain time, which
+        is better with weight decay (log-time makes that stiff). ``"auto"`` picks
+        ``"log"`` exactly when the problem has no weight decay and no anchor.
     rtol, atol, max_steps :
         Flow mode: integrator tolerances and budget of step attempts per seed (6 evaluations each).
 

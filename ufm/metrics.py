@@ -252,7 +252,19 @@ def _offdiag(K: int) -> np.ndarray:
 # class statistics
 # ---------------------------------------------------------------------------
 class ClassStats(NamedTuple):
-    """Class statistics of THEORY §7.1 (a tuple: ``M, mu_G, Sigma_W, Sigma_B = class_stats(...)``)."""
+    """Class statistics of THEORY §7.1 (a tuple: ``M, mu_G, Sigma_W, Sigma_B = class_stats(...)``).
+
+    Attributes
+    ----------
+    M : ndarray, d x K
+        Class means.
+    mu_G : ndarray, length d
+        Sample global mean.
+    Sigma_W : ndarray, d x d
+        Within-class covariance (pooled over examples, 1/N).
+    Sigma_B : ndarray, d x d
+        Between-class covariance (1/K, centred with the sample mean).
+    """
 
     M: np.ndarray        #: d x K class means
     mu_G: np.ndarray     #: length-d sample global mean
@@ -535,6 +547,7 @@ def nc1_from_gram(G, labels, variant: str = "pinv", *, K=None, rank=None, check_
     Returns
     -------
     float
+        The same number as :func:`nc1` on the features (to rounding).
 
     References
     ----------
@@ -657,6 +670,20 @@ def cdnv_mean(H, labels, *, K=None) -> float:
     Uncentred (translation invariant). ``+inf`` if two class means coincide.
     See :func:`cdnv` for the matrix.
 
+    Parameters
+    ----------
+    H : array, d x N
+        Features, one column per example.
+    labels : array of int, length N
+        Class of each example, in ``0..K-1``; every class needs an example.
+    K : int, optional
+        Number of classes; default ``labels.max() + 1``.
+
+    Returns
+    -------
+    float
+        Mean CDNV over ordered class pairs.
+
     References
     ----------
     Galanti, Gyorgy, Hutter, arXiv 2112.15121; THEORY.md §7.1.
@@ -665,7 +692,25 @@ def cdnv_mean(H, labels, *, K=None) -> float:
 
 
 def cdnv_mean_from_gram(G, labels, *, K=None, check_psd: bool = True) -> float:
-    """:func:`cdnv_mean` from the N x N sample Gram (THEORY §7.1; Galanti et al. arXiv 2112.15121)."""
+    """:func:`cdnv_mean` from the N x N sample Gram (THEORY §7.1; Galanti et al. arXiv 2112.15121).
+
+    Parameters
+    ----------
+    G : array, N x N
+        Sample Gram ``H^T H`` (symmetric PSD).
+    labels : array of int, length N
+        Class of each example, in ``0..K-1``; every class needs an example.
+    K : int, optional
+        Number of classes; default ``labels.max() + 1``.
+    check_psd : bool
+        Check that ``G`` is positive semidefinite (an eigendecomposition; skip it for speed
+        when ``G`` is known to be a Gram).
+
+    Returns
+    -------
+    float
+        Mean CDNV over ordered class pairs.
+    """
     return _offdiag_mean(cdnv_from_gram(G, labels, K=K, check_psd=check_psd))
 
 
@@ -776,6 +821,23 @@ def nc2_from_gram(G, labels, *, K=None, check_psd: bool = True) -> float:
     ``M~^T M~ = A^T G_c A`` (see :func:`class_mean_gram`), centred with the
     sample global mean; then the Zhu et al. ETF distance without re-centring.
 
+    Parameters
+    ----------
+    G : array, N x N
+        Sample Gram ``H^T H`` (symmetric PSD).
+    labels : array of int, length N
+        Class of each example, in ``0..K-1``; every class needs an example.
+    K : int, optional
+        Number of classes; default ``labels.max() + 1``.
+    check_psd : bool
+        Check that ``G`` is positive semidefinite (an eigendecomposition; skip it for speed
+        when ``G`` is known to be a Gram).
+
+    Returns
+    -------
+    float
+        In ``[0, 2]``; 0 at a simplex ETF.
+
     References
     ----------
     Zhu et al., arXiv 2105.02375; THEORY.md §7.2.
@@ -830,6 +892,17 @@ def nc2_papyan(H=None, labels=None, *, W=None, K=None) -> dict:
     mean** ``mu_G``) or ``W=`` (classifier rows ``w_k``, **not centred**, as in
     Papyan et al.), not both.
 
+    Parameters
+    ----------
+    H : array, d x N, optional
+        Features, one column per example (with ``labels``).
+    labels : array of int, length N, optional
+        Class of each example, in ``0..K-1``.
+    W : array, K x d, optional
+        Classifier rows (instead of ``H`` and ``labels``).
+    K : int, optional
+        Number of classes; default ``labels.max() + 1`` (or the rows of ``W``).
+
     Returns
     -------
     dict
@@ -859,7 +932,25 @@ def nc2_papyan(H=None, labels=None, *, W=None, K=None) -> dict:
 
 
 def nc2_papyan_from_gram(G, labels, *, K=None, check_psd: bool = True) -> dict:
-    """:func:`nc2_papyan` of the centred class means from the N x N sample Gram (THEORY §7.2; Papyan et al.)."""
+    """:func:`nc2_papyan` of the centred class means from the N x N sample Gram (THEORY §7.2; Papyan et al.).
+
+    Parameters
+    ----------
+    G : array, N x N
+        Sample Gram ``H^T H`` (symmetric PSD).
+    labels : array of int, length N
+        Class of each example, in ``0..K-1``; every class needs an example.
+    K : int, optional
+        Number of classes; default ``labels.max() + 1``.
+    check_psd : bool
+        Check that ``G`` is positive semidefinite (an eigendecomposition; skip it for speed
+        when ``G`` is known to be a Gram).
+
+    Returns
+    -------
+    dict
+        ``equinorm``, ``equiangular``, ``maxangle`` as in :func:`nc2_papyan`.
+    """
     parts, _, _, _ = _sample_gram(G, labels, K, check_psd)
     return _papyan_from_gram(parts.Gmu, "G (centred class means)")
 
@@ -885,6 +976,15 @@ def gnc2(H, labels, *, K=None) -> dict:
     length ``mu^_k``, and take the log inverse-distance kernel
     ``log(1 / ||mu^_k - mu^_l||)`` over ordered pairs ``k != l``.
 
+    Parameters
+    ----------
+    H : array, d x N
+        Features, one column per example.
+    labels : array of int, length N
+        Class of each example, in ``0..K-1``; every class needs an example.
+    K : int, optional
+        Number of classes; default ``labels.max() + 1``.
+
     Returns
     -------
     dict
@@ -904,7 +1004,25 @@ def gnc2(H, labels, *, K=None) -> dict:
 
 
 def gnc2_from_gram(G, labels, *, K=None, check_psd: bool = True) -> dict:
-    """:func:`gnc2` from the N x N sample Gram (THEORY §7.2; Liu et al. arXiv 2303.06484)."""
+    """:func:`gnc2` from the N x N sample Gram (THEORY §7.2; Liu et al. arXiv 2303.06484).
+
+    Parameters
+    ----------
+    G : array, N x N
+        Sample Gram ``H^T H`` (symmetric PSD).
+    labels : array of int, length N
+        Class of each example, in ``0..K-1``; every class needs an example.
+    K : int, optional
+        Number of classes; default ``labels.max() + 1``.
+    check_psd : bool
+        Check that ``G`` is positive semidefinite (an eigendecomposition; skip it for speed
+        when ``G`` is known to be a Gram).
+
+    Returns
+    -------
+    dict
+        ``mean`` and ``var`` of the log inverse-distance kernel, as in :func:`gnc2`.
+    """
     parts, _, _, _ = _sample_gram(G, labels, K, check_psd)
     return _gnc2_from_gram(parts.Gmu, "G")
 
@@ -1058,6 +1176,16 @@ def center_gram(G) -> np.ndarray:
     class means, which is the sample mean only for balanced classes). Checks
     only that ``G`` is square and finite.
 
+    Parameters
+    ----------
+    G : array, K x K
+        Square, finite matrix.
+
+    Returns
+    -------
+    ndarray, K x K
+        ``P_K G P_K``.
+
     References
     ----------
     THEORY.md §0.1 (P_K), §7.2, §7.4; Zhu et al., arXiv 2105.02375 (centred
@@ -1070,7 +1198,18 @@ def center_gram(G) -> np.ndarray:
 
 
 def double_centre(G) -> np.ndarray:
-    """``P_K G P_K`` over the last two axes, for one K x K matrix or a stack (no checks; see :func:`center_gram`)."""
+    """``P_K G P_K`` over the last two axes, for one K x K matrix or a stack (no checks; see :func:`center_gram`).
+
+    Parameters
+    ----------
+    G : ndarray, (..., K, K)
+        One matrix or a stack.
+
+    Returns
+    -------
+    ndarray
+        ``P_K G P_K`` for each matrix, same shape.
+    """
     return G - G.mean(axis=-1, keepdims=True) - G.mean(axis=-2, keepdims=True) + G.mean(axis=(-2, -1), keepdims=True)
 
 
@@ -1095,6 +1234,16 @@ def cosine_matrix(G) -> np.ndarray:
     square, finite and symmetric, with every diagonal entry
     ``> 1e-12 * max(diag)``: a zero-norm item has no cosine, and it is an error
     rather than clipped.
+
+    Parameters
+    ----------
+    G : array, K x K
+        Symmetric Gram with a positive diagonal.
+
+    Returns
+    -------
+    ndarray, K x K
+        Cosines, with ones on the diagonal.
 
     References
     ----------
@@ -1187,6 +1336,22 @@ def offdiag_alignment(gram, attributes, *, center: bool = True, tol: float = 1e-
     ``P_K G P_K`` by default (mean of the K rows). Needs ``K >= 3`` (at least
     two pairs); noisy for small K.
 
+    Parameters
+    ----------
+    gram : array, K x K
+        Symmetric PSD Gram.
+    attributes : array of int, K x F
+        Factor levels, one row per class.
+    center : bool
+        Apply ``P_K G P_K`` first.
+    tol : float
+        Standard deviation below which the cosines count as constant.
+
+    Returns
+    -------
+    float
+        In ``[-1, 1]``.
+
     References
     ----------
     THEORY.md §7.4 item 2 (derived), TV6; motivating paper: Zhao,
@@ -1209,6 +1374,16 @@ def cka(G1, G2) -> float:
     Always centres with ``P_K`` (mean of the K rows); both Grams must be
     symmetric PSD of the same size and nonzero after centring.
 
+    Parameters
+    ----------
+    G1, G2 : array, K x K
+        Symmetric PSD Grams of the same size.
+
+    Returns
+    -------
+    float
+        In ``[-1, 1]`` (``[0, 1]`` for PSD Grams).
+
     References
     ----------
     Kornblith et al., arXiv 1905.00414; THEORY.md §7.4.
@@ -1228,6 +1403,18 @@ def excess_cka(gram, attributes) -> float:
     Plain CKA with ``S`` is not 0 at the ETF, so the ETF baseline is
     subtracted: the excess CKA is 0 at any ETF. Always centred (CKA centres
     both kernels with ``P_K``).
+
+    Parameters
+    ----------
+    gram : array, K x K
+        Symmetric PSD Gram.
+    attributes : array of int, K x F
+        Factor levels, one row per class.
+
+    Returns
+    -------
+    float
+        0 at any ETF; positive when the Gram aligns with the shared-factor kernel.
 
     References
     ----------
@@ -1301,6 +1488,7 @@ def semantic_regression(gram, attributes, *, per_factor: bool = False) -> Semant
     Returns
     -------
     SemanticFit
+        Coefficients ``a``, ``b``, their ratio, the residual and the R^2 of the fit.
 
     Raises
     ------

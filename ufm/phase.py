@@ -52,7 +52,18 @@ SETTINGS = {
 
 
 def make_setting(name: str):
-    """The default setting called ``name``: ``factorial((2, 2, 2))``, ``hierarchy(2, depth=3)`` or ``ntp_contexts()``."""
+    """The default setting called ``name``: ``factorial((2, 2, 2))``, ``hierarchy(2, depth=3)`` or ``ntp_contexts()``.
+
+    Parameters
+    ----------
+    name : {"factorial", "hierarchy", "ntp_contexts"}
+        One of :data:`SETTINGS`.
+
+    Returns
+    -------
+    Setting
+        A new instance.
+    """
     from . import settings
 
     if name not in SETTINGS:
@@ -155,6 +166,8 @@ def phase_diagram(settings=("factorial", "hierarchy", "ntp_contexts"), sigmas=(1
     loss : {"ce", "mse"}
     simulate : bool
         Also simulate each point (see :func:`phase_point`): slower, and adds the ``sim_*`` columns.
+    init_scale : float
+        Std of the Gaussian initialization (theory: in expectation; simulation: the draw).
     backend, n_jobs, cache_dir, progress :
         Passed to :func:`ufm.sweep` (``backend="loky"`` for processes; the
         default ``"sequential"`` avoids starting workers for the cheap theory-only points).
@@ -212,6 +225,29 @@ def transient_models(setting: str = "factorial", *, sigma: float = 3.0, lam: flo
       kernel ``block_kernel(setting, 1, shared, 0)`` (no weight decay); the
       logit Gram inherits the kernel's blocks at once and then loses them only
       log-slowly as CE saturates: a plateau and slow decay, no delayed rise.
+
+    Parameters
+    ----------
+    setting : {"factorial", "hierarchy", "ntp_contexts"}
+        The default instance (:func:`make_setting`).
+    sigma : float
+        Per-item capacity of M2.
+    lam : float
+        Weight decay of M1 and M2 (halved convention).
+    beta : float
+        Anchor strength of M1.
+    anchor_scale : float
+        Scale of the attribute one-hots in M1's anchor.
+    shared : float
+        Kernel value of M3 for items that share attributes (``same = 1``, ``none = 0``).
+    horizon : float
+        End time of the three flows.
+    init_scale : float
+        Std of the Gaussian initialization of M1 and M2.
+    n_records : int
+        Records on the log-time grid.
+    seed : int
+        Seed of the initialization.
 
     Returns
     -------

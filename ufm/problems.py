@@ -277,7 +277,18 @@ class UFMProblem:
         return kw
 
     def replace(self, **changes):
-        """A copy with some fields changed (validated again); keeps the class of ``self``."""
+        """A copy with some fields changed (validated again); keeps the class of ``self``.
+
+        Parameters
+        ----------
+        **changes
+            Constructor arguments to change.
+
+        Returns
+        -------
+        UFMProblem
+            The new problem (same class as ``self``).
+        """
         kw = self._init_kwargs()
         if {"n", "counts", "labels"} & changes.keys():
             for key in ("n", "counts", "labels"):
@@ -414,6 +425,15 @@ class AnchoredUFM(UFMProblem):
     beta/(2Kn)||H-H_0||^2``; with ``loss="mse"`` it equals this objective with
     ``lam_W -> lam_W/K``, ``lam_H -> lam_H/(Kn)``, ``beta -> beta/(Kn)``.
 
+    Parameters
+    ----------
+    K, n, counts, d, loss, bias, lam_W, lam_H, lam_b, labels
+        As in :class:`UFMProblem`.
+    H_anchor : array (d, N)
+        The anchor features ``H_0``.
+    beta : float
+        Strength of the pull toward ``H_anchor`` (``beta >= 0``).
+
     References
     ----------
     THEORY.md §8.1 (M1); Tirer, Huang, Niles-Weed 2023, arXiv 2210.16658.
@@ -537,6 +557,26 @@ class InputCoupledUFM:
 
         ``d`` defaults to ``N`` (enough for any optimum: rank <= min(K, N)).
         ``strengths`` weights the attribute blocks (see ``Setting.encoding``).
+
+        Parameters
+        ----------
+        setting : Setting
+            A synthetic setting (:mod:`ufm.settings`).
+        sigma : float
+            Per-item capacity.
+        d : int, optional
+            Feature dimension.
+        loss : {"ce", "mse"}
+            The loss.
+        lam_W, lam_A : float
+            Weight decays (halved).
+        strengths : float or sequence of float, optional
+            Weights of the attribute blocks.
+
+        Returns
+        -------
+        InputCoupledUFM
+            The model, with ``attributes`` and ``sigma`` of the setting.
         """
         Phi = setting.encoding(sigma, strengths=strengths)
         return cls(Phi=Phi, d=setting.N if d is None else d, loss=loss, lam_W=lam_W, lam_A=lam_A,

@@ -400,6 +400,7 @@ class Setting:
         Returns
         -------
         ndarray, shape (sum(block_sizes), N)
+            The stacked blocks, one column per item.
         """
         s = self._strengths(strengths)
         out = np.zeros((sum(self._code_levels), self.N))
@@ -415,6 +416,16 @@ class Setting:
         Entry ``(i, j)`` is ``sum_b eta_b^2 [code_b(i) == code_b(j)]``. With unit
         strengths it equals :attr:`share` for attribute settings; for token
         settings it counts the positions holding the same token.
+
+        Parameters
+        ----------
+        strengths : float or sequence of float, optional
+            A weight per block, as in :meth:`attribute_encoding` (default 1).
+
+        Returns
+        -------
+        ndarray, N x N
+            The attribute kernel.
         """
         s = self._strengths(strengths)
         _check_memory(8 * self.N**2, "the N x N kernel")
@@ -458,7 +469,20 @@ class Setting:
         return np.vstack([top, sigma * np.eye(self.N)])
 
     def input_kernel(self, sigma, strengths=None) -> np.ndarray:
-        """The input kernel ``K_x = Phi^T Phi = Phi_attr^T Phi_attr + sigma^2 I_N`` (N x N; THEORY §8.2)."""
+        """The input kernel ``K_x = Phi^T Phi = Phi_attr^T Phi_attr + sigma^2 I_N`` (N x N; THEORY §8.2).
+
+        Parameters
+        ----------
+        sigma : float
+            Per-item capacity.
+        strengths : float or sequence of float, optional
+            A weight per attribute block, as in :meth:`attribute_encoding` (default 1).
+
+        Returns
+        -------
+        ndarray, N x N
+            ``K_x``.
+        """
         sigma = check_nonneg("sigma", sigma, "the per-item capacity")
         Kx = self.attribute_kernel(strengths)
         Kx[np.diag_indices(self.N)] += sigma * sigma
@@ -470,6 +494,20 @@ class Setting:
 
         ``lams`` are passed on (``lam_W``, ``lam_H``, ``bias``, ``lam_b``; halved
         convention of THEORY §0.1). Column ``i`` of ``H`` is item ``i``.
+
+        Parameters
+        ----------
+        d : int
+            Feature dimension.
+        loss : {"ce", "mse"}
+            The loss.
+        **lams
+            ``lam_W``, ``lam_H``, ``bias``, ``lam_b`` (halved convention).
+
+        Returns
+        -------
+        UFMProblem
+            One class per item, ``K = N``.
         """
         return UFMProblem(K=self.N, n=1, d=d, loss=loss, **lams)
 

@@ -115,6 +115,16 @@ def mse_scalar_objective(bias: str = "none"):
     (THEORY §2.2), valid for ``alpha, beta >= 0``. ``bias`` is ``"none"`` (c = 0,
     restricted to beta = alpha, i.e. Z = alpha Y, where the minimum over beta lies anyway;
     ``derivations/mse_balanced.py`` shows it), ``"free"`` (lam_b = 0) or ``"regularized"``.
+
+    Parameters
+    ----------
+    bias : {"none", "free", "regularized"}
+        How the bias enters.
+
+    Returns
+    -------
+    sympy.Expr
+        The objective in ``alpha``, ``beta``, ``c`` and the problem's symbols.
     """
     loss = ((alpha - 1) ** 2 * (K - 1) + (beta + c * K - 1) ** 2) / (2 * K)
     reg = gamma * (alpha * (K - 1) + beta)
@@ -133,6 +143,18 @@ def mse_optimum(bias: str = "none", regime: str = "low"):
     ``bias``: ``"none"``, ``"free"`` or ``"regularized"``. For a regularized bias
     ``regime`` selects ``"low"`` (lam_b <= lam_b*, ETF, beta = 0) or ``"high"``
     (lam_b > lam_b*, beta > 0, drifting to an orthogonal frame). THEORY §2.2 table.
+
+    Parameters
+    ----------
+    bias : {"none", "free", "regularized"}
+        How the bias enters.
+    regime : {"low", "high"}
+        For a regularized bias: below or above ``lam_b*``.
+
+    Returns
+    -------
+    dict of sympy.Expr
+        ``alpha``, ``beta``, ``c`` and ``f``.
     """
     a = 1 - K * gamma
     if bias == "none":
@@ -290,6 +312,18 @@ def numeric(expr, **values) -> float:
 
     Every free symbol of ``expr`` must be given (extra names are ignored, so
     one parameter dict serves several expressions).
+
+    Parameters
+    ----------
+    expr : sympy.Expr
+        An expression of this module.
+    **values
+        Numbers for its symbols, by name (``K=4, gamma=0.01, ...``).
+
+    Returns
+    -------
+    float
+        The value.
     """
     free = sorted(sym.name for sym in expr.free_symbols)
     missing = set(free) - set(values)
