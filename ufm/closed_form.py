@@ -63,38 +63,38 @@ def balanced_split(Z: np.ndarray, d: int, lam_W: float, lam_H: float, *, rank_to
                    floor: float = 1.0, name: str = "Z*"):
     """Factor ``Z = W H`` with the balanced split of THEORY §4.
 
-        ``W W^T = sqrt(lam_H/lam_W) (Z Z^T)^{1/2}`` and ``H^T H = sqrt(lam_W/lam_H) (Z^T Z)^{1/2}``,
-        so ``lam_W/2 ||W||^2 + lam_H/2 ||H||^2 = sqrt(lam_W lam_H) ||Z||_*``. With
-        ``lam_W = lam_H = 0`` the ratio is 1 (the minimum of ``(||W||^2 + ||H||^2)/2``).
-        The same split of ``M = W A`` gives the input-coupled factors (THEORY §8.2 (b)).
+    ``W W^T = sqrt(lam_H/lam_W) (Z Z^T)^{1/2}`` and ``H^T H = sqrt(lam_W/lam_H) (Z^T Z)^{1/2}``,
+    so ``lam_W/2 ||W||^2 + lam_H/2 ||H||^2 = sqrt(lam_W lam_H) ||Z||_*``. With
+    ``lam_W = lam_H = 0`` the ratio is 1 (the minimum of ``(||W||^2 + ||H||^2)/2``).
+    The same split of ``M = W A`` gives the input-coupled factors (THEORY §8.2 (b)).
 
-        Parameters
-        ----------
-        Z : ndarray (K, N)
-            The matrix to factor (optimal logits, or ``M`` of the input-coupled model).
-        d : int
-            Inner dimension (feature dimension).
-        lam_W, lam_H : float
-            Weight decays (halved); they set the ratio of the two factors.
-        rank_tol : float
-            Singular values at most ``rank_tol * max(s_1, floor)`` count as zero.
-        floor : float
-            Lower bound of the scale in that test.
-        name : str
-            Names the matrix in the error message.
+    Parameters
+    ----------
+    Z : ndarray (K, N)
+        The matrix to factor (optimal logits, or ``M`` of the input-coupled model).
+    d : int
+        Inner dimension (feature dimension).
+    lam_W, lam_H : float
+        Weight decays (halved); they set the ratio of the two factors.
+    rank_tol : float
+        Singular values at most ``rank_tol * max(s_1, floor)`` count as zero.
+    floor : float
+        Lower bound of the scale in that test.
+    name : str
+        Names the matrix in the error message.
 
-        Returns
-        -------
-        W : ndarray (K, d)
-            Left factor.
-        H : ndarray (d, N)
-            Right factor.
+    Returns
+    -------
+    W : ndarray (K, d)
+        Left factor.
+    H : ndarray (d, N)
+        Right factor.
 
-        Raises
-        ------
-        NotApplicable
-            If ``d < rank(Z)``: the split does not exist and the convex value is
-            only a lower bound (THEORY §4).
+    Raises
+    ------
+    NotApplicable
+        If ``d < rank(Z)``: the split does not exist and the convex value is
+        only a lower bound (THEORY §4).
     """
     U, S, Vt = np.linalg.svd(Z, full_matrices=False)
     r = int(np.sum(S > rank_tol * max(S[0] if S.size else 0.0, floor)))
@@ -156,27 +156,27 @@ def _require_ufm(problem):
 def ce_balanced(problem: UFMProblem) -> Solution:
     """Balanced CE UFM with weight decay (THEORY §1.2; Zhu et al. 2021, arXiv 2105.02375).
 
-        Applies to hard, balanced labels, ``loss="ce"``, ``lam_W, lam_H > 0``, no
-        bias or a bias (with ``lam_b > 0`` the optimal bias is 0; with ``lam_b = 0``
-        any ``b 1_K`` is optimal and 0 is returned). Halved regularizers.
+    Applies to hard, balanced labels, ``loss="ce"``, ``lam_W, lam_H > 0``, no
+    bias or a bias (with ``lam_b > 0`` the optimal bias is 0; with ``lam_b = 0``
+    any ``b 1_K`` is optimal and 0 is returned). Halved regularizers.
 
-        * Zero regime, ``K gamma >= 1``: ``W = H = 0``, objective ``log K``.
-        * Collapse regime, ``K gamma < 1``: simplex ETF with margin
-          ``s* = log(1/gamma - (K-1))``, logits ``Z* = s* P_K Y``, ``||w_k||^2 =
-          t* sqrt(n lam_H/lam_W)``, ``h_{k,i} = sqrt(lam_W/(n lam_H)) w_k``,
-          objective ``-log(1-(K-1)gamma) + (K-1) gamma s*``. Needs ``d >= K-1``.
+    * Zero regime, ``K gamma >= 1``: ``W = H = 0``, objective ``log K``.
+    * Collapse regime, ``K gamma < 1``: simplex ETF with margin
+      ``s* = log(1/gamma - (K-1))``, logits ``Z* = s* P_K Y``, ``||w_k||^2 =
+      t* sqrt(n lam_H/lam_W)``, ``h_{k,i} = sqrt(lam_W/(n lam_H)) w_k``,
+      objective ``-log(1-(K-1)gamma) + (K-1) gamma s*``. Needs ``d >= K-1``.
 
-        Parameters
-        ----------
-        problem : UFMProblem
-            Balanced hard labels, CE, positive weight decays.
+    Parameters
+    ----------
+    problem : UFMProblem
+        Balanced hard labels, CE, positive weight decays.
 
-        Returns
-        -------
-        Solution
-            ``status`` ``"zero"`` or ``"etf"``; ``meta`` holds gamma, K*gamma and every
-            closed-form quantity of :func:`ufm.symbolic.ce_optimum` (``s``, ``t``, ``w_sq``,
-            ``h_sq``, ...).
+    Returns
+    -------
+    Solution
+        ``status`` ``"zero"`` or ``"etf"``; ``meta`` holds gamma, K*gamma and every
+        closed-form quantity of :func:`ufm.symbolic.ce_optimum` (``s``, ``t``, ``w_sq``,
+        ``h_sq``, ...).
     """
     _require_ufm(problem)
     _require(problem.loss == "ce", "loss is not 'ce'")
@@ -214,23 +214,23 @@ def ce_balanced(problem: UFMProblem) -> Solution:
 def seli(problem: UFMProblem) -> Solution:
     """Max-margin limit of the unregularized CE UFM: SELI (THEORY §3.2, (3.1)-(3.2)).
 
-        Applies to ``loss="ce"``, hard labels with any class counts,
-        ``lam_W = lam_H = 0``, no bias. The CE objective then has no minimizer;
-        gradient descent diverges in the direction of the UFM-SVM solution (3.1),
-        whose logits are the simplex-encoded label matrix ``Z = P_K Y``
-        (Thrampoulidis et al. 2022, arXiv 2208.05512). Balanced classes give the
-        simplex ETF with ``W W^T = sqrt(n) P_K``. Needs ``d >= K-1``.
+    Applies to ``loss="ce"``, hard labels with any class counts,
+    ``lam_W = lam_H = 0``, no bias. The CE objective then has no minimizer;
+    gradient descent diverges in the direction of the UFM-SVM solution (3.1),
+    whose logits are the simplex-encoded label matrix ``Z = P_K Y``
+    (Thrampoulidis et al. 2022, arXiv 2208.05512). Balanced classes give the
+    simplex ETF with ``W W^T = sqrt(n) P_K``. Needs ``d >= K-1``.
 
-        Parameters
-        ----------
-        problem : UFMProblem
-            CE, hard labels, no weight decay, no bias.
+    Parameters
+    ----------
+    problem : UFMProblem
+        CE, hard labels, no weight decay, no bias.
 
-        Returns
-        -------
-        Solution
-            ``W, H`` with ``W H = P_K Y``, ``W W^T = (Z Z^T)^{1/2}``, ``H^T H = (Z^T Z)^{1/2}``;
-            ``loss`` is the max-margin value ``(||W||^2 + ||H||^2)/2 = ||P_K Y||_*``.
+    Returns
+    -------
+    Solution
+        ``W, H`` with ``W H = P_K Y``, ``W W^T = (Z Z^T)^{1/2}``, ``H^T H = (Z^T Z)^{1/2}``;
+        ``loss`` is the max-margin value ``(||W||^2 + ||H||^2)/2 = ||P_K Y||_*``.
     """
     _require_ufm(problem)
     _require(problem.loss == "ce", "loss is not 'ce'")
@@ -252,29 +252,29 @@ def seli(problem: UFMProblem) -> Solution:
 def mse(problem: UFMProblem) -> Solution:
     """MSE UFM, ``1/(2N)||W H + b 1^T - Y||^2`` + halved weight decays (THEORY §2.1-2.2).
 
-        * No bias, any labels (balanced, imbalanced or soft):
-          ``Z* = SVT(Y, N mu)``, singular-value soft-thresholding with ``mu = sqrt(lam_W lam_H)``.
-          Balanced: ``Z* = (1 - K gamma)_+ Y``, an orthogonal frame (Tirer & Bruna 2022).
-        * Free bias (``lam_b = 0``), any labels: ``Z* = SVT(Y P_N, N mu)`` with
-          ``P_N`` the centring of columns, ``b* = (Y - Z*) 1 / N``. Balanced: simplex
-          ETF ``Z* = (1 - K gamma)_+ P_K Y`` and ``b* = 1_K / K``.
-        * Regularized bias (``lam_b > 0``), balanced only: ``Z* = [alpha P_K + beta J_K/K] (x) 1_n^T``,
-          ``b* = c 1_K`` with ``alpha = (1 - K gamma)_+``; an ETF (``beta = 0``,
-          ``c = 1/(K(1+lam_b))``) for ``lam_b <= lam_b* = K gamma/(1 - K gamma)``, and
-          ``beta = 1 - K gamma (1 + 1/lam_b)``, ``c = gamma/lam_b`` above it.
+    * No bias, any labels (balanced, imbalanced or soft):
+      ``Z* = SVT(Y, N mu)``, singular-value soft-thresholding with ``mu = sqrt(lam_W lam_H)``.
+      Balanced: ``Z* = (1 - K gamma)_+ Y``, an orthogonal frame (Tirer & Bruna 2022).
+    * Free bias (``lam_b = 0``), any labels: ``Z* = SVT(Y P_N, N mu)`` with
+      ``P_N`` the centring of columns, ``b* = (Y - Z*) 1 / N``. Balanced: simplex
+      ETF ``Z* = (1 - K gamma)_+ P_K Y`` and ``b* = 1_K / K``.
+    * Regularized bias (``lam_b > 0``), balanced only: ``Z* = [alpha P_K + beta J_K/K] (x) 1_n^T``,
+      ``b* = c 1_K`` with ``alpha = (1 - K gamma)_+``; an ETF (``beta = 0``,
+      ``c = 1/(K(1+lam_b))``) for ``lam_b <= lam_b* = K gamma/(1 - K gamma)``, and
+      ``beta = 1 - K gamma (1 + 1/lam_b)``, ``c = gamma/lam_b`` above it.
 
-        Needs ``lam_W, lam_H`` both positive or both 0 (one alone is an infimum
-        that is not attained), and ``d >= rank(Z*)`` (K without a bias, K-1 with a free one).
+    Needs ``lam_W, lam_H`` both positive or both 0 (one alone is an infimum
+    that is not attained), and ``d >= rank(Z*)`` (K without a bias, K-1 with a free one).
 
-        Parameters
-        ----------
-        problem : UFMProblem
-            MSE loss.
+    Parameters
+    ----------
+    problem : UFMProblem
+        MSE loss.
 
-        Returns
-        -------
-        Solution
-            ``status`` names the regime; ``meta`` holds the closed-form quantities.
+    Returns
+    -------
+    Solution
+        ``status`` names the regime; ``meta`` holds the closed-form quantities.
     """
     _require_ufm(problem)
     _require(problem.loss == "mse", "loss is not 'mse'")
@@ -345,20 +345,20 @@ def _mse_regularized_bias(problem: UFMProblem, citation: str) -> Solution:
 def layer_peeled(problem: LayerPeeledProblem) -> Solution:
     """Balanced layer-peeled model with energy constraints (THEORY §1.3; Fang et al. 2021, arXiv 2101.12699).
 
-        The minimizer is a simplex ETF with ``||w_k||^2 = E_W``, ``h_{k,i} =
-        sqrt(E_H/E_W) w_k``, margin ``s = K sqrt(E_H E_W)/(K-1)`` and loss
-        ``log(1 + (K-1) exp(-s))``. Needs balanced classes and ``d >= K-1``.
-        Imbalanced classes lead to minority collapse (THEORY §3.1), which has no closed form.
+    The minimizer is a simplex ETF with ``||w_k||^2 = E_W``, ``h_{k,i} =
+    sqrt(E_H/E_W) w_k``, margin ``s = K sqrt(E_H E_W)/(K-1)`` and loss
+    ``log(1 + (K-1) exp(-s))``. Needs balanced classes and ``d >= K-1``.
+    Imbalanced classes lead to minority collapse (THEORY §3.1), which has no closed form.
 
-        Parameters
-        ----------
-        problem : LayerPeeledProblem
-            Balanced classes.
+    Parameters
+    ----------
+    problem : LayerPeeledProblem
+        Balanced classes.
 
-        Returns
-        -------
-        Solution
-            ``status`` names the regime; ``meta`` holds the closed-form quantities.
+    Returns
+    -------
+    Solution
+        ``status`` names the regime; ``meta`` holds the closed-form quantities.
     """
     _require(isinstance(problem, LayerPeeledProblem), "needs a LayerPeeledProblem")
     _require(problem.balanced, "imbalanced classes have no closed form (minority collapse, "
@@ -437,20 +437,20 @@ CASES = {"ce_balanced": ce_balanced, "seli": seli, "mse": mse, "layer_peeled": l
 def solve(problem) -> Solution:
     """The closed-form optimum of ``problem``, from the first case in :data:`CASES` that applies.
 
-        Parameters
-        ----------
-        problem : UFMProblem or LayerPeeledProblem
-            The problem.
+    Parameters
+    ----------
+    problem : UFMProblem or LayerPeeledProblem
+        The problem.
 
-        Returns
-        -------
-        Solution
-            ``status`` names the regime; ``meta`` holds the closed-form quantities.
+    Returns
+    -------
+    Solution
+        ``status`` names the regime; ``meta`` holds the closed-form quantities.
 
-        Raises
-        ------
-        NotApplicable
-            With every case's reason, when none applies.
+    Raises
+    ------
+    NotApplicable
+        With every case's reason, when none applies.
     """
     reasons = []
     for name, case in CASES.items():
@@ -464,15 +464,15 @@ def solve(problem) -> Solution:
 def applies(problem) -> tuple[bool, str]:
     """Whether a closed form covers ``problem``.
 
-        Parameters
-        ----------
-        problem : object
-            Any model of :mod:`ufm.problems`.
+    Parameters
+    ----------
+    problem : object
+        Any model of :mod:`ufm.problems`.
 
-        Returns
-        -------
-        tuple of (bool, str)
-            ``(True, case)`` if a closed form covers ``problem``, else ``(False, reasons)``.
+    Returns
+    -------
+    tuple of (bool, str)
+        ``(True, case)`` if a closed form covers ``problem``, else ``(False, reasons)``.
     """
     try:
         sol = solve(problem)

@@ -56,33 +56,33 @@ _CITE = "THEORY §4 (DER; TV1, TV3, TV8, TV11); Srebro et al. (variational ident
 class Form:
     """A regularized UFM as ``min_X sum_j omega_j l(fwd(X)_j + b, T_j) + mu ||X||_* (+ bias term)``.
 
-        Built by :func:`form_of`; the solvers (:func:`convex`, :func:`prox`, :func:`svm`) and
-        :func:`certificate` work on it.
+    Built by :func:`form_of`; the solvers (:func:`convex`, :func:`prox`, :func:`svm`) and
+    :func:`certificate` work on it.
 
-        Parameters
-        ----------
-        problem : UFMProblem or InputCoupledUFM
-            The problem this form was built from.
-        kind : {"collapsed", "full", "input_coupled"}
-            ``"collapsed"``: hard labels reduced to one column per class (THEORY §4,
-            size reduction); ``"full"``: one column per example; ``"input_coupled"``:
-            ``X = M`` with logits ``M Phi`` (THEORY §8.2 (b)).
-        T : ndarray (K, m)
-            Targets, one per distinct column.
-        omega : ndarray (m,)
-            Column weights of the data term (they sum to 1).
-        mu : float
-            Nuclear-norm weight ``sqrt(lam_W lam_H)`` (or ``sqrt(lam_W lam_A)``).
-        loss : {"ce", "mse"}
-            The loss ``l``.
-        bias : {"none", "free", "regularized"}
-            How the bias enters.
-        lam_b : float
-            Bias decay (halved) when ``bias="regularized"``.
-        scale : ndarray (m,) or None
-            Collapsed form: ``1/sqrt(n_k)`` per column (``fwd`` rescales by it).
-        Phi : ndarray (p, N) or None
-            Input encodings of the input-coupled form.
+    Parameters
+    ----------
+    problem : UFMProblem or InputCoupledUFM
+        The problem this form was built from.
+    kind : {"collapsed", "full", "input_coupled"}
+        ``"collapsed"``: hard labels reduced to one column per class (THEORY §4,
+        size reduction); ``"full"``: one column per example; ``"input_coupled"``:
+        ``X = M`` with logits ``M Phi`` (THEORY §8.2 (b)).
+    T : ndarray (K, m)
+        Targets, one per distinct column.
+    omega : ndarray (m,)
+        Column weights of the data term (they sum to 1).
+    mu : float
+        Nuclear-norm weight ``sqrt(lam_W lam_H)`` (or ``sqrt(lam_W lam_A)``).
+    loss : {"ce", "mse"}
+        The loss ``l``.
+    bias : {"none", "free", "regularized"}
+        How the bias enters.
+    lam_b : float
+        Bias decay (halved) when ``bias="regularized"``.
+    scale : ndarray (m,) or None
+        Collapsed form: ``1/sqrt(n_k)`` per column (``fwd`` rescales by it).
+    Phi : ndarray (p, N) or None
+        Input encodings of the input-coupled form.
     """
 
     problem: object
@@ -147,25 +147,25 @@ def _opnorm(X):
 def form_of(problem, reduce: str | bool = "auto") -> Form:
     """The convex form of ``problem`` (see the module docstring).
 
-        Parameters
-        ----------
-        problem : UFMProblem or InputCoupledUFM
-            A regularized problem.
-        reduce : "auto", True or False
-            ``"auto"`` class-collapses hard labels; ``True`` insists on it, ``False``
-            keeps one column per example.
+    Parameters
+    ----------
+    problem : UFMProblem or InputCoupledUFM
+        A regularized problem.
+    reduce : "auto", True or False
+        ``"auto"`` class-collapses hard labels; ``True`` insists on it, ``False``
+        keeps one column per example.
 
-        Returns
-        -------
-        Form
-            The data, weights and nuclear-norm weight of (4.1) or (8.2b).
+    Returns
+    -------
+    Form
+        The data, weights and nuclear-norm weight of (4.1) or (8.2b).
 
-        Raises
-        ------
-        NotApplicable
-            For models without a convex form (the anchored UFM), or when the
-            regularization is such that no minimizer exists (CE without weight decay:
-            use :func:`svm`).
+    Raises
+    ------
+    NotApplicable
+        For models without a convex form (the anchored UFM), or when the
+        regularization is such that no minimizer exists (CE without weight decay:
+        use :func:`svm`).
     """
     if isinstance(problem, AnchoredUFM):
         raise NotApplicable("the anchored UFM has no nuclear-norm form (the pull toward H_anchor is not a "
@@ -242,29 +242,29 @@ def _polish_bias(form: Form, X, b, iters: int = 60):
 def certificate(form: Form, X, b=None, *, nuclear: float | None = None) -> dict:
     """Primal value, a dual lower bound and their gap at ``(X, b)``.
 
-        The dual of ``min g(fwd(X) + b 1^T) + mu ||X||_* + r(b)`` is
-        ``max_V -g*(V) - r*(V 1)`` over ``||adj(V)||_op <= mu`` (Fenchel duality;
-        with a free bias ``V 1 = 0``). The candidate is ``V = s grad g`` at the
-        (bias-polished) iterate, scaled by the largest ``s <= 1`` that keeps it
-        feasible; ``s = 1`` at the optimum, where the gap is 0. CE:
-        ``-g*(V) = sum_j omega_j Entropy(T_j + V_j/omega_j)``; MSE:
-        ``-g*(V) = -sum_j [||V_j||^2/(2 omega_j) + V_j^T T_j]``.
+    The dual of ``min g(fwd(X) + b 1^T) + mu ||X||_* + r(b)`` is
+    ``max_V -g*(V) - r*(V 1)`` over ``||adj(V)||_op <= mu`` (Fenchel duality;
+    with a free bias ``V 1 = 0``). The candidate is ``V = s grad g`` at the
+    (bias-polished) iterate, scaled by the largest ``s <= 1`` that keeps it
+    feasible; ``s = 1`` at the optimum, where the gap is 0. CE:
+    ``-g*(V) = sum_j omega_j Entropy(T_j + V_j/omega_j)``; MSE:
+    ``-g*(V) = -sum_j [||V_j||^2/(2 omega_j) + V_j^T T_j]``.
 
-        Parameters
-        ----------
-        form : Form
-            The convex form (:func:`form_of`).
-        X : ndarray
-            The point, of shape ``form.shape``.
-        b : ndarray (K,), optional
-            The bias, for forms with one.
-        nuclear : float, optional
-            ``||X||_*`` when it is already known (saves an SVD).
+    Parameters
+    ----------
+    form : Form
+        The convex form (:func:`form_of`).
+    X : ndarray
+        The point, of shape ``form.shape``.
+    b : ndarray (K,), optional
+        The bias, for forms with one.
+    nuclear : float, optional
+        ``||X||_*`` when it is already known (saves an SVD).
 
-        Returns
-        -------
-        dict
-            ``{"primal", "dual", "gap", "rel_gap" = gap / primal, "b"}`` (``b`` polished).
+    Returns
+    -------
+    dict
+        ``{"primal", "dual", "gap", "rel_gap" = gap / primal, "b"}`` (``b`` polished).
     """
     b = _polish_bias(form, X, b)
     L = form.logits(X, b)
@@ -506,38 +506,38 @@ def prox(problem, *, tol: float = 1e-6, max_iter: int = 20_000, reduce="auto", c
          progress: bool = False) -> Solution:
     """Global optimum by accelerated proximal gradient (FISTA with restarts) on (4.1).
 
-        Each iteration takes a gradient step on the smooth part (data term and bias
-        decay, step from a backtracking estimate of the Lipschitz constant) and the
-        proximal step of ``mu ||X||_*`` (singular-value soft-thresholding,
-        ``U diag((s - tau)_+) V^T``). Momentum restarts when a step turns against the
-        previous one (gradient restart, O'Donoghue & Candes 2015). It stops when the certified relative duality gap
-        of :func:`certificate` is at most ``tol`` (checked every ``check_every`` iterations).
+    Each iteration takes a gradient step on the smooth part (data term and bias
+    decay, step from a backtracking estimate of the Lipschitz constant) and the
+    proximal step of ``mu ||X||_*`` (singular-value soft-thresholding,
+    ``U diag((s - tau)_+) V^T``). Momentum restarts when a step turns against the
+    previous one (gradient restart, O'Donoghue & Candes 2015). It stops when the certified relative duality gap
+    of :func:`certificate` is at most ``tol`` (checked every ``check_every`` iterations).
 
-        The certificate bounds the objective; the iterate itself (and the Grams of
-        ``W, H``) is then accurate to about ``sqrt(tol)`` relative, so ask for a tight
-        ``tol`` (1e-10 costs a few times the iterations of 1e-6) when comparing geometry.
+    The certificate bounds the objective; the iterate itself (and the Grams of
+    ``W, H``) is then accurate to about ``sqrt(tol)`` relative, so ask for a tight
+    ``tol`` (1e-10 costs a few times the iterations of 1e-6) when comparing geometry.
 
-        Parameters
-        ----------
-        problem : UFMProblem or InputCoupledUFM
-            Regularized (``mu > 0``); any labels, counts and bias.
-        tol : float
-            Target relative duality gap.
-        max_iter : int
-            Iteration limit.
-        reduce : "auto", True or False
-            Class-collapsed form for hard labels (see :func:`form_of`).
-        check_every : int
-            Iterations between two certificates.
-        progress : bool
-            Show a progress bar.
+    Parameters
+    ----------
+    problem : UFMProblem or InputCoupledUFM
+        Regularized (``mu > 0``); any labels, counts and bias.
+    tol : float
+        Target relative duality gap.
+    max_iter : int
+        Iteration limit.
+    reduce : "auto", True or False
+        Class-collapsed form for hard labels (see :func:`form_of`).
+    check_every : int
+        Iterations between two certificates.
+    progress : bool
+        Show a progress bar.
 
-        Returns
-        -------
-        Solution
-            ``method="prox"``; ``success`` is False (with the gap reached) when
-            ``max_iter`` runs out. ``meta`` holds the duality gap and the
-            stationarity residuals.
+    Returns
+    -------
+    Solution
+        ``method="prox"``; ``success`` is False (with the gap reached) when
+        ``max_iter`` runs out. ``meta`` holds the duality gap and the
+        stationarity residuals.
     """
     form = form_of(problem, reduce)
     zero = _zero_solution(form, "prox")
@@ -559,27 +559,27 @@ def prox(problem, *, tol: float = 1e-6, max_iter: int = 20_000, reduce="auto", c
 def svm(problem, *, solver: str = "CLARABEL") -> Solution:
     """The max-margin limit of an unregularized CE problem (the direction gradient descent converges to).
 
-        * Standard UFM, hard labels, any counts: the nuclear-norm SVM (3.2),
-          ``min ||Z||_* s.t. Z_{y_i,i} - Z_{c,i} >= 1``, solved in class-collapsed form;
-          its solution is SELI, ``P_K Y`` (THEORY §3.2).
-        * Soft labels (NTP, THEORY §5.2): the in-support logits ``L_in`` (explicit), the
-          NTP-SVM (5.2) ``L_mm`` (depends only on the supports), and the centred
-          support-matrix proxy ``S~ = P_V S``; ``Z`` is ``L_mm``.
-        * Input-coupled UFM: ``min ||M||_* s.t. margins(M Phi) >= 1`` (THEORY §8.2).
+    * Standard UFM, hard labels, any counts: the nuclear-norm SVM (3.2),
+      ``min ||Z||_* s.t. Z_{y_i,i} - Z_{c,i} >= 1``, solved in class-collapsed form;
+      its solution is SELI, ``P_K Y`` (THEORY §3.2).
+    * Soft labels (NTP, THEORY §5.2): the in-support logits ``L_in`` (explicit), the
+      NTP-SVM (5.2) ``L_mm`` (depends only on the supports), and the centred
+      support-matrix proxy ``S~ = P_V S``; ``Z`` is ``L_mm``.
+    * Input-coupled UFM: ``min ||M||_* s.t. margins(M Phi) >= 1`` (THEORY §8.2).
 
-        Parameters
-        ----------
-        problem : UFMProblem or InputCoupledUFM
-            CE loss, no weight decay, no bias.
-        solver : {"CLARABEL", "SCS"}
-            The cvxpy solver.
+    Parameters
+    ----------
+    problem : UFMProblem or InputCoupledUFM
+        CE loss, no weight decay, no bias.
+    solver : {"CLARABEL", "SCS"}
+        The cvxpy solver.
 
-        Returns
-        -------
-        Solution
-            ``W, H`` are the balanced split with ratio 1 (``A`` too for the input-coupled
-            model); ``loss`` is the max-margin value ``||.||_*``. For soft labels ``meta``
-            holds ``L_in``, ``support_proxy`` (``S~``), ``cos_to_proxy`` and ``nuclear_proxy``.
+    Returns
+    -------
+    Solution
+        ``W, H`` are the balanced split with ratio 1 (``A`` too for the input-coupled
+        model); ``loss`` is the max-margin value ``||.||_*``. For soft labels ``meta``
+        holds ``L_in``, ``support_proxy`` (``S~``), ``cos_to_proxy`` and ``nuclear_proxy``.
     """
     import cvxpy as cp
 
@@ -689,15 +689,15 @@ def _ntp_svm(p, solver, meta):
 def applies_convex(problem) -> tuple[bool, str]:
     """Whether :func:`convex` (and :func:`prox`) can solve ``problem``, and why.
 
-        Parameters
-        ----------
-        problem : object
-            Any model of :mod:`ufm.problems`.
+    Parameters
+    ----------
+    problem : object
+        Any model of :mod:`ufm.problems`.
 
-        Returns
-        -------
-        tuple of (bool, str)
-            ``(applies, reason)``.
+    Returns
+    -------
+    tuple of (bool, str)
+        ``(applies, reason)``.
     """
     try:
         form_of(problem)
@@ -712,15 +712,15 @@ applies_prox = applies_convex
 def applies_svm(problem) -> tuple[bool, str]:
     """Whether :func:`svm` covers ``problem`` (CE without weight decay or bias), and why.
 
-        Parameters
-        ----------
-        problem : object
-            Any model of :mod:`ufm.problems`.
+    Parameters
+    ----------
+    problem : object
+        Any model of :mod:`ufm.problems`.
 
-        Returns
-        -------
-        tuple of (bool, str)
-            ``(applies, reason)``.
+    Returns
+    -------
+    tuple of (bool, str)
+        ``(applies, reason)``.
     """
     if isinstance(problem, AnchoredUFM):
         return False, "the anchored UFM has no max-margin program here"

@@ -48,19 +48,19 @@ __all__ = ["LOSSES", "Loss", "ce", "ce_grad", "mse", "mse_grad", "logits",
 def ce(Z: np.ndarray, Y: np.ndarray) -> float:
     """Mean cross-entropy ``(1/N) sum_j [logsumexp(z_j) - y_j^T z_j]`` (THEORY (0.1), §5.2).
 
-        Stable for any logit scale (log-sum-exp with the column maximum removed).
+    Stable for any logit scale (log-sum-exp with the column maximum removed).
 
-        Parameters
-        ----------
-        Z : ndarray (K, N)
-            Logits, one column per example.
-        Y : ndarray (K, N)
-            Labels: one-hot or column-stochastic (soft labels).
+    Parameters
+    ----------
+    Z : ndarray (K, N)
+        Logits, one column per example.
+    Y : ndarray (K, N)
+        Labels: one-hot or column-stochastic (soft labels).
 
-        Returns
-        -------
-        float
-            The mean over the N columns.
+    Returns
+    -------
+    float
+        The mean over the N columns.
     """
     N = Z.shape[1]
     return float((logsumexp(Z, axis=0).sum() - np.sum(Y * Z)) / N)
@@ -69,17 +69,17 @@ def ce(Z: np.ndarray, Y: np.ndarray) -> float:
 def ce_grad(Z: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """Gradient of :func:`ce` in the logits: ``(softmax(Z) - Y) / N`` (column softmax).
 
-        Parameters
-        ----------
-        Z : ndarray (K, N)
-            Logits, one column per example.
-        Y : ndarray (K, N)
-            Labels: one-hot or column-stochastic (soft labels).
+    Parameters
+    ----------
+    Z : ndarray (K, N)
+        Logits, one column per example.
+    Y : ndarray (K, N)
+        Labels: one-hot or column-stochastic (soft labels).
 
-        Returns
-        -------
-        ndarray (K, N)
-            ``d ce / d Z``.
+    Returns
+    -------
+    ndarray (K, N)
+        ``d ce / d Z``.
     """
     return (softmax(Z, axis=0) - Y) / Z.shape[1]
 
@@ -87,17 +87,17 @@ def ce_grad(Z: np.ndarray, Y: np.ndarray) -> np.ndarray:
 def mse(Z: np.ndarray, Y: np.ndarray) -> float:
     """Mean squared error ``1/(2N) ||Z - Y||_F^2`` (THEORY §2.2).
 
-        Parameters
-        ----------
-        Z : ndarray (K, N)
-            Logits, one column per example.
-        Y : ndarray (K, N)
-            Labels: one-hot or column-stochastic (soft labels).
+    Parameters
+    ----------
+    Z : ndarray (K, N)
+        Logits, one column per example.
+    Y : ndarray (K, N)
+        Labels: one-hot or column-stochastic (soft labels).
 
-        Returns
-        -------
-        float
-            The loss value.
+    Returns
+    -------
+    float
+        The loss value.
     """
     R = Z - Y
     return float(np.sum(R * R) / (2 * Z.shape[1]))
@@ -106,17 +106,17 @@ def mse(Z: np.ndarray, Y: np.ndarray) -> float:
 def mse_grad(Z: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """Gradient of :func:`mse` in the logits: ``(Z - Y) / N``.
 
-        Parameters
-        ----------
-        Z : ndarray (K, N)
-            Logits, one column per example.
-        Y : ndarray (K, N)
-            Labels: one-hot or column-stochastic (soft labels).
+    Parameters
+    ----------
+    Z : ndarray (K, N)
+        Logits, one column per example.
+    Y : ndarray (K, N)
+        Labels: one-hot or column-stochastic (soft labels).
 
-        Returns
-        -------
-        ndarray (K, N)
-            ``d mse / d Z``.
+    Returns
+    -------
+    ndarray (K, N)
+        ``d mse / d Z``.
     """
     return (Z - Y) / Z.shape[1]
 
@@ -124,12 +124,12 @@ def mse_grad(Z: np.ndarray, Y: np.ndarray) -> np.ndarray:
 class Loss(NamedTuple):
     """A loss as a pair of functions of the logits and the labels (see :data:`LOSSES`).
 
-        Parameters
-        ----------
-        value : callable
-            ``value(Z, Y) -> float``: the mean loss over the N examples.
-        grad : callable
-            ``grad(Z, Y) -> ndarray``: its gradient in ``Z`` (K x N).
+    Parameters
+    ----------
+    value : callable
+        ``value(Z, Y) -> float``: the mean loss over the N examples.
+    grad : callable
+        ``grad(Z, Y) -> ndarray``: its gradient in ``Z`` (K x N).
     """
     value: Callable[[np.ndarray, np.ndarray], float]
     grad: Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -149,19 +149,19 @@ def _loss(problem) -> Loss:
 def logits(W: np.ndarray, H: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """``Z = W H + b 1^T`` (K x N); ``b=None`` means no bias.
 
-        Parameters
-        ----------
-        W : ndarray (K, d)
-            Classifier.
-        H : ndarray (d, N)
-            Features, one column per example.
-        b : ndarray (K,), optional
-            Bias.
+    Parameters
+    ----------
+    W : ndarray (K, d)
+        Classifier.
+    H : ndarray (d, N)
+        Features, one column per example.
+    b : ndarray (K,), optional
+        Bias.
 
-        Returns
-        -------
-        ndarray (K, N)
-            The logits.
+    Returns
+    -------
+    ndarray (K, N)
+        The logits.
     """
     Z = W @ H
     return Z if b is None else Z + np.asarray(b)[:, None]
@@ -180,17 +180,17 @@ def _check_shapes(problem, W, H, b):
 def data_loss(problem, Z: np.ndarray) -> float:
     """The data term ``g(Z)`` of ``problem`` at logits ``Z`` (bias already added).
 
-        Parameters
-        ----------
-        problem : UFMProblem, AnchoredUFM or InputCoupledUFM
-            Gives the loss and the labels ``problem.Y``.
-        Z : ndarray (K, N)
-            Logits.
+    Parameters
+    ----------
+    problem : UFMProblem, AnchoredUFM or InputCoupledUFM
+        Gives the loss and the labels ``problem.Y``.
+    Z : ndarray (K, N)
+        Logits.
 
-        Returns
-        -------
-        float
-            ``g(Z)``, a mean over the N examples.
+    Returns
+    -------
+    float
+        ``g(Z)``, a mean over the N examples.
     """
     return _loss(problem).value(Z, problem.Y)
 
@@ -198,17 +198,17 @@ def data_loss(problem, Z: np.ndarray) -> float:
 def data_grad(problem, Z: np.ndarray) -> np.ndarray:
     """``G = grad_Z g(Z)`` for ``problem`` (K x N).
 
-        Parameters
-        ----------
-        problem : UFMProblem, AnchoredUFM or InputCoupledUFM
-            Gives the loss and the labels ``problem.Y``.
-        Z : ndarray (K, N)
-            Logits.
+    Parameters
+    ----------
+    problem : UFMProblem, AnchoredUFM or InputCoupledUFM
+        Gives the loss and the labels ``problem.Y``.
+    Z : ndarray (K, N)
+        Logits.
 
-        Returns
-        -------
-        ndarray (K, N)
-            The gradient of the data term.
+    Returns
+    -------
+    ndarray (K, N)
+        The gradient of the data term.
     """
     return _loss(problem).grad(Z, problem.Y)
 
@@ -216,23 +216,23 @@ def data_grad(problem, Z: np.ndarray) -> np.ndarray:
 def objective(problem, W, H, b=None) -> float:
     """The full regularized objective of ``problem`` (halved weight decays, THEORY (0.1)).
 
-        Includes ``beta/2 ||H - H_anchor||^2`` for the anchored UFM (THEORY §8.1).
+    Includes ``beta/2 ||H - H_anchor||^2`` for the anchored UFM (THEORY §8.1).
 
-        Parameters
-        ----------
-        problem : UFMProblem or AnchoredUFM
-            The model and its weight decays.
-        W : array (K, d)
-            Classifier.
-        H : array (d, N)
-            Features, one column per example.
-        b : array (K,), optional
-            Bias; ignored (and may be ``None``) when the problem has no bias.
+    Parameters
+    ----------
+    problem : UFMProblem or AnchoredUFM
+        The model and its weight decays.
+    W : array (K, d)
+        Classifier.
+    H : array (d, N)
+        Features, one column per example.
+    b : array (K,), optional
+        Bias; ignored (and may be ``None``) when the problem has no bias.
 
-        Returns
-        -------
-        float
-            ``g(W H + b 1^T) + lam_W/2 ||W||^2 + lam_H/2 ||H||^2 + lam_b/2 ||b||^2``.
+    Returns
+    -------
+    float
+        ``g(W H + b 1^T) + lam_W/2 ||W||^2 + lam_H/2 ||H||^2 + lam_b/2 ||b||^2``.
     """
     W, H = np.asarray(W, float), np.asarray(H, float)
     b = np.asarray(b, float) if (problem.bias and b is not None) else None
@@ -251,24 +251,24 @@ def objective(problem, W, H, b=None) -> float:
 def gradients(problem, W, H, b=None):
     """Gradients ``(dW, dH, db)`` of :func:`objective` (``db`` is ``None`` without a bias).
 
-        ``dW = G H^T + lam_W W``, ``dH = W^T G + lam_H H (+ beta (H - H_anchor))``,
-        ``db = G 1 + lam_b b`` with ``G = grad_Z g(Z)`` (THEORY §4, §8.1).
+    ``dW = G H^T + lam_W W``, ``dH = W^T G + lam_H H (+ beta (H - H_anchor))``,
+    ``db = G 1 + lam_b b`` with ``G = grad_Z g(Z)`` (THEORY §4, §8.1).
 
-        Parameters
-        ----------
-        problem : UFMProblem or AnchoredUFM
-            The model and its weight decays.
-        W : array (K, d)
-            Classifier.
-        H : array (d, N)
-            Features, one column per example.
-        b : array (K,), optional
-            Bias; ignored (and may be ``None``) when the problem has no bias.
+    Parameters
+    ----------
+    problem : UFMProblem or AnchoredUFM
+        The model and its weight decays.
+    W : array (K, d)
+        Classifier.
+    H : array (d, N)
+        Features, one column per example.
+    b : array (K,), optional
+        Bias; ignored (and may be ``None``) when the problem has no bias.
 
-        Returns
-        -------
-        tuple of ndarray
-            ``(dW, dH, db)``; ``db`` is ``None`` when the problem has no bias.
+    Returns
+    -------
+    tuple of ndarray
+        ``(dW, dH, db)``; ``db`` is ``None`` when the problem has no bias.
     """
     W, H = np.asarray(W, float), np.asarray(H, float)
     b = np.asarray(b, float) if (problem.bias and b is not None) else None
@@ -286,24 +286,24 @@ def gradients(problem, W, H, b=None):
 def stationarity_residuals(problem, W, H, b=None) -> dict:
     """Relative residuals of the first-order conditions of THEORY §4.
 
-        Parameters
-        ----------
-        problem : UFMProblem or AnchoredUFM
-            The model and its weight decays.
-        W : array (K, d)
-            Classifier.
-        H : array (d, N)
-            Features, one column per example.
-        b : array (K,), optional
-            Bias; ignored (and may be ``None``) when the problem has no bias.
+    Parameters
+    ----------
+    problem : UFMProblem or AnchoredUFM
+        The model and its weight decays.
+    W : array (K, d)
+        Classifier.
+    H : array (d, N)
+        Features, one column per example.
+    b : array (K,), optional
+        Bias; ignored (and may be ``None``) when the problem has no bias.
 
-        Returns
-        -------
-        dict
-            ``{"W": ||lam_W W + G H^T|| / scale_W, "H": ..., "b": ...}`` with
-            ``G = grad_Z g(Z)`` and each scale the larger of the regularizer term and a
-            bound on the data term (``||G|| ||H||``, ``||W|| ||G||``, ``||G|| sqrt(N)``),
-            so each entry is a relative error, 0 at a critical point.
+    Returns
+    -------
+    dict
+        ``{"W": ||lam_W W + G H^T|| / scale_W, "H": ..., "b": ...}`` with
+        ``G = grad_Z g(Z)`` and each scale the larger of the regularizer term and a
+        bound on the data term (``||G|| ||H||``, ``||W|| ||G||``, ``||G|| sqrt(N)``),
+        so each entry is a relative error, 0 at a critical point.
     """
     W, H = np.asarray(W, float), np.asarray(H, float)
     b = np.asarray(b, float) if (problem.bias and b is not None) else None
@@ -333,19 +333,19 @@ def _check_icm(problem, W, A):
 def input_coupled_objective(problem, W, A) -> float:
     """``g(W A Phi) + lam_W/2 ||W||^2 + lam_A/2 ||A||^2`` (THEORY (8.2), halved decays).
 
-        Parameters
-        ----------
-        problem : InputCoupledUFM
-            The model (``Phi``, ``lam_W``, ``lam_A``).
-        W : array (K, d)
-            Classifier.
-        A : array (d, p)
-            Input map; the features are ``H = A Phi``.
+    Parameters
+    ----------
+    problem : InputCoupledUFM
+        The model (``Phi``, ``lam_W``, ``lam_A``).
+    W : array (K, d)
+        Classifier.
+    A : array (d, p)
+        Input map; the features are ``H = A Phi``.
 
-        Returns
-        -------
-        float
-            The objective value.
+    Returns
+    -------
+    float
+        The objective value.
     """
     W, A = np.asarray(W, float), np.asarray(A, float)
     _check_icm(problem, W, A)
@@ -356,22 +356,22 @@ def input_coupled_objective(problem, W, A) -> float:
 def input_coupled_gradients(problem, W, A):
     """``(dW, dA) = (G H^T + lam_W W, W^T G Phi^T + lam_A A)`` with ``H = A Phi``, ``G = grad_Z g``.
 
-        The induced feature flow is ``dH/dt = -W^T G K_x - lam_A H`` with ``K_x = Phi^T Phi``
-        (THEORY §8.2 (c)).
+    The induced feature flow is ``dH/dt = -W^T G K_x - lam_A H`` with ``K_x = Phi^T Phi``
+    (THEORY §8.2 (c)).
 
-        Parameters
-        ----------
-        problem : InputCoupledUFM
-            The model (``Phi``, ``lam_W``, ``lam_A``).
-        W : array (K, d)
-            Classifier.
-        A : array (d, p)
-            Input map; the features are ``H = A Phi``.
+    Parameters
+    ----------
+    problem : InputCoupledUFM
+        The model (``Phi``, ``lam_W``, ``lam_A``).
+    W : array (K, d)
+        Classifier.
+    A : array (d, p)
+        Input map; the features are ``H = A Phi``.
 
-        Returns
-        -------
-        tuple of ndarray
-            ``(dW, dA)``.
+    Returns
+    -------
+    tuple of ndarray
+        ``(dW, dA)``.
     """
     W, A = np.asarray(W, float), np.asarray(A, float)
     _check_icm(problem, W, A)
@@ -388,16 +388,16 @@ def _is_input_coupled(problem) -> bool:
 def blocks(problem) -> dict:
     """Names and shapes of a model's trainable blocks, in a fixed order.
 
-        Parameters
-        ----------
-        problem : UFMProblem, AnchoredUFM or InputCoupledUFM
-            The model.
+    Parameters
+    ----------
+    problem : UFMProblem, AnchoredUFM or InputCoupledUFM
+        The model.
 
-        Returns
-        -------
-        dict
-            ``{"W": (K, d), "H": (d, N)}`` (+ ``"b": (K,)`` with a bias), or
-            ``{"W": (K, d), "A": (d, p)}`` for the input-coupled UFM.
+    Returns
+    -------
+    dict
+        ``{"W": (K, d), "H": (d, N)}`` (+ ``"b": (K,)`` with a bias), or
+        ``{"W": (K, d), "A": (d, p)}`` for the input-coupled UFM.
     """
     if _is_input_coupled(problem):
         return {"W": (problem.K, problem.d), "A": (problem.d, problem.p)}
@@ -410,17 +410,17 @@ def blocks(problem) -> dict:
 def features(problem, state: dict) -> np.ndarray:
     """The features ``H`` (d x N) of a state: ``state["H"]`` or ``A Phi``.
 
-        Parameters
-        ----------
-        problem : UFMProblem, LayerPeeledProblem, AnchoredUFM or InputCoupledUFM
-            The model (any of :mod:`ufm.problems`).
-        state : dict of ndarray
-            The trainable blocks named by :func:`blocks`.
+    Parameters
+    ----------
+    problem : UFMProblem, LayerPeeledProblem, AnchoredUFM or InputCoupledUFM
+        The model (any of :mod:`ufm.problems`).
+    state : dict of ndarray
+        The trainable blocks named by :func:`blocks`.
 
-        Returns
-        -------
-        ndarray (d, N)
-            The features.
+    Returns
+    -------
+    ndarray (d, N)
+        The features.
     """
     return state["A"] @ problem.Phi if _is_input_coupled(problem) else state["H"]
 
@@ -428,17 +428,17 @@ def features(problem, state: dict) -> np.ndarray:
 def state_logits(problem, state: dict) -> np.ndarray:
     """Logits ``Z`` (K x N) of a state (bias included).
 
-        Parameters
-        ----------
-        problem : UFMProblem, LayerPeeledProblem, AnchoredUFM or InputCoupledUFM
-            The model (any of :mod:`ufm.problems`).
-        state : dict of ndarray
-            The trainable blocks named by :func:`blocks`.
+    Parameters
+    ----------
+    problem : UFMProblem, LayerPeeledProblem, AnchoredUFM or InputCoupledUFM
+        The model (any of :mod:`ufm.problems`).
+    state : dict of ndarray
+        The trainable blocks named by :func:`blocks`.
 
-        Returns
-        -------
-        ndarray (K, N)
-            The logits.
+    Returns
+    -------
+    ndarray (K, N)
+        The logits.
     """
     return logits(state["W"], features(problem, state), state.get("b"))
 
@@ -446,17 +446,17 @@ def state_logits(problem, state: dict) -> np.ndarray:
 def state_objective(problem, state: dict) -> float:
     """The objective of any model at ``state`` (see :func:`blocks`).
 
-        Parameters
-        ----------
-        problem : UFMProblem, LayerPeeledProblem, AnchoredUFM or InputCoupledUFM
-            The model (any of :mod:`ufm.problems`).
-        state : dict of ndarray
-            The trainable blocks named by :func:`blocks`.
+    Parameters
+    ----------
+    problem : UFMProblem, LayerPeeledProblem, AnchoredUFM or InputCoupledUFM
+        The model (any of :mod:`ufm.problems`).
+    state : dict of ndarray
+        The trainable blocks named by :func:`blocks`.
 
-        Returns
-        -------
-        float
-            :func:`objective` or :func:`input_coupled_objective`.
+    Returns
+    -------
+    float
+        :func:`objective` or :func:`input_coupled_objective`.
     """
     if _is_input_coupled(problem):
         return input_coupled_objective(problem, state["W"], state["A"])
@@ -466,17 +466,17 @@ def state_objective(problem, state: dict) -> float:
 def state_gradients(problem, state: dict) -> dict:
     """Gradients of :func:`state_objective`, one entry per block.
 
-        Parameters
-        ----------
-        problem : UFMProblem, LayerPeeledProblem, AnchoredUFM or InputCoupledUFM
-            The model (any of :mod:`ufm.problems`).
-        state : dict of ndarray
-            The trainable blocks named by :func:`blocks`.
+    Parameters
+    ----------
+    problem : UFMProblem, LayerPeeledProblem, AnchoredUFM or InputCoupledUFM
+        The model (any of :mod:`ufm.problems`).
+    state : dict of ndarray
+        The trainable blocks named by :func:`blocks`.
 
-        Returns
-        -------
-        dict of ndarray
-            Same keys as ``state``.
+    Returns
+    -------
+    dict of ndarray
+        Same keys as ``state``.
     """
     if _is_input_coupled(problem):
         dW, dA = input_coupled_gradients(problem, state["W"], state["A"])
@@ -491,25 +491,25 @@ def state_gradients(problem, state: dict) -> dict:
 def gd_reference(problem, state: dict, lr: float, steps: int, record=()) -> tuple[dict, dict]:
     """Plain-numpy gradient descent ``x <- x - lr grad f(x)`` for ``steps`` steps.
 
-        The reference twin of the compiled kernels of :func:`ufm.simulate`.
+    The reference twin of the compiled kernels of :func:`ufm.simulate`.
 
-        Parameters
-        ----------
-        problem : UFMProblem, LayerPeeledProblem, AnchoredUFM or InputCoupledUFM
-            The model (any of :mod:`ufm.problems`).
-        state : dict of ndarray
-            The trainable blocks named by :func:`blocks`.
-        lr : float
-            Step size.
-        steps : int
-            Number of steps.
-        record : sequence of int
-            Steps (0..steps) at which to keep a copy of the state.
+    Parameters
+    ----------
+    problem : UFMProblem, LayerPeeledProblem, AnchoredUFM or InputCoupledUFM
+        The model (any of :mod:`ufm.problems`).
+    state : dict of ndarray
+        The trainable blocks named by :func:`blocks`.
+    lr : float
+        Step size.
+    steps : int
+        Number of steps.
+    record : sequence of int
+        Steps (0..steps) at which to keep a copy of the state.
 
-        Returns
-        -------
-        tuple
-            ``(final_state, {step: state})``.
+    Returns
+    -------
+    tuple
+        ``(final_state, {step: state})``.
     """
     state = {k: np.array(v, dtype=float) for k, v in state.items()}
     kept = {}
