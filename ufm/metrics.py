@@ -651,6 +651,11 @@ def cdnv_from_gram(G, labels, *, K=None, check_psd: bool = True) -> np.ndarray:
     check_psd : bool
         Check that ``G`` is PSD (``O(N^3)``).
 
+    Returns
+    -------
+    ndarray, K x K
+        The CDNV matrix, as :func:`cdnv` from the features (diagonal 0).
+
     References
     ----------
     Galanti, Gyorgy, Hutter, arXiv 2112.15121; THEORY.md §7.1.
@@ -861,6 +866,11 @@ def nc2_classifier(W, *, center: bool = False) -> float:
     center : bool
         Centre the rows' Gram with ``P_K`` first (default False).
 
+    Returns
+    -------
+    float
+        In ``[0, 2]``; 0 when ``W W^T`` is proportional to ``P_K``.
+
     References
     ----------
     Zhu et al., arXiv 2105.02375; THEORY.md §7.2, TV6.
@@ -1070,6 +1080,11 @@ def nc3(W, H, labels, variant: str = "zhu", *, K=None) -> float:
     K : int, optional
         If given, must equal ``W.shape[0]``.
 
+    Returns
+    -------
+    float
+        In ``[0, 2]`` (``"zhu"``) or ``[0, 4]`` (``"papyan"``); 0 at self-dual collapse.
+
     References
     ----------
     Zhu et al., arXiv 2105.02375; Papyan et al., arXiv 2008.08186;
@@ -1104,6 +1119,11 @@ def unc3(W, H, labels, *, K=None) -> float:
     labels : array of int, length N
     K : int, optional
         If given, must equal ``W.shape[0]``.
+
+    Returns
+    -------
+    float
+        The coefficient of variation; 0 when every class has the same angle.
 
     References
     ----------
@@ -1306,6 +1326,11 @@ def semantic_gap(gram, attributes, *, center: bool = True) -> float:
         Factor levels, one row per class.
     center : bool
         Centre with ``P_K`` first (default True).
+
+    Returns
+    -------
+    float
+        The gap ``Delta``; 0 at any ETF, positive when items sharing attributes are closer.
 
     References
     ----------
@@ -1578,6 +1603,11 @@ def effective_rank(X=None, gram=None) -> float:
     gram : array, optional
         Symmetric PSD Gram. Pass exactly one of ``X``, ``gram``.
 
+    Returns
+    -------
+    float
+        ``exp`` of the entropy of the normalized singular values; ``K - 1`` for a K-class ETF.
+
     References
     ----------
     Roy & Vetterli, "The effective rank", EUSIPCO 2007; THEORY.md §7.5, TV6.
@@ -1602,6 +1632,11 @@ def participation_ratio(gram=None, X=None) -> float:
         Symmetric PSD Gram.
     X : array, optional
         Feature matrix. Pass exactly one of ``gram``, ``X``.
+
+    Returns
+    -------
+    float
+        ``(sum lambda)^2 / sum lambda^2``; ``K - 1`` for a K-class ETF.
 
     References
     ----------

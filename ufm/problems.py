@@ -385,6 +385,13 @@ class LayerPeeledProblem:
         return Y
 
     def as_dict(self) -> dict:
+        """Scalar parameters as a JSON-friendly dict.
+
+        Returns
+        -------
+        dict
+            ``K``, ``d``, ``E_W``, ``E_H`` and ``n`` or ``counts``.
+        """
         out = dict(K=self.K, d=self.d, E_W=self.E_W, E_H=self.E_H)
         if self.balanced:
             out["n"] = self.n
@@ -455,6 +462,13 @@ class AnchoredUFM(UFMProblem):
             raise ValueError(f"H_anchor must be d x N = {self.d} x {self.N}, got {H0.shape}.")
 
     def as_dict(self) -> dict:
+        """Scalar parameters as a JSON-friendly dict (the anchor is not included).
+
+        Returns
+        -------
+        dict
+            The parameters of :meth:`UFMProblem.as_dict` plus ``beta`` and ``model="anchored"``.
+        """
         return {**super().as_dict(), "beta": self.beta, "model": "anchored"}
 
     def _init_kwargs(self) -> dict:
@@ -607,6 +621,13 @@ class InputCoupledUFM:
         return math.sqrt(self.lam_W * self.lam_A)
 
     def as_dict(self) -> dict:
+        """Scalar parameters as a JSON-friendly dict (``Phi`` and the labels are not included).
+
+        Returns
+        -------
+        dict
+            ``model``, ``K``, ``N``, ``p``, ``d``, ``loss``, ``lam_W``, ``lam_A``, ``sigma``.
+        """
         return dict(model="input_coupled", K=self.K, N=self.N, p=self.p, d=self.d, loss=self.loss,
                     lam_W=self.lam_W, lam_A=self.lam_A, sigma=self.sigma)
 
