@@ -65,11 +65,14 @@ family, and with weight decay it converges to the minimizer of
 form THEORY §8.2 (b) restricted to the family). For the factorial and
 hierarchy settings both coincide with the global end state of ``ufm.solve``.
 
-*Initial mode strength* ``z0`` (the peak time depends on ``log(1/z0)``):
+*The start a curve assumes* (``meta["start"]``, ``meta["start_label"]``; the
+peak time depends on ``log(1/z0)``, the transition time also on how the start
+is spread over the modes):
 
-* ``z0=`` (scalar or one value per mode): an aligned, balanced initialization
-  (``a = b = sqrt(z0/d)``, as in THEORY TV5b/TV7a).
-* ``W0=, A0=``: the initialization of one run. In the linear phase each mode
+* ``z0=`` (scalar or one value per mode), ``"aligned"``: an aligned, balanced
+  start (``a = b = sqrt(z0/d)``, as in THEORY TV5b/TV7a), no overlap between
+  modes.
+* ``W0=, A0=``, ``"run"``: the start of one run. In the linear phase each mode
   is a 2-D linear system, ``dw/dt = s v, dv/dt = s w`` with ``w = W^T q_a``,
   ``v = A p_a`` (vectors in R^d) and ``s = d_a/N``; so
   ``w + v = e^{st}(w0 + v0)`` grows and ``w - v`` decays. The growing part
@@ -80,32 +83,63 @@ hierarchy settings both coincide with the global end state of ``ufm.solve``.
   2-D system gets ``-lam_W w`` and ``-lam_A v`` and is solved the same way
   (growth rate ``2 (m + omega)``, ``m = -(lam_W + lam_A)/2``,
   ``omega = sqrt(s^2 + (lam_W - lam_A)^2/4)``; see ``_LinearPhase``), and
-  ``z0`` is the product of the growing components.
-* ``init_scale=`` (default ``1e-3``, the default of :func:`ufm.simulate`): the
-  expectation of the above over Gaussian blocks of that standard deviation,
-  ``z0_a = d_a d init_scale^2 / 2`` (``d`` = feature dimension). Per run,
-  ``|w0 + v0|^2`` is ``2 init_scale^2`` times a chi-square with ``d`` degrees
-  of freedom, so a run's peak time scatters by about
-  ``sqrt(2/d) / log(1/z0)`` relative to the prediction (a few percent); using
-  ``log E z0`` instead of ``E log z0`` biases it by ``O(1/(d log(1/z0)))``.
+  ``z0`` is the product of the growing components. The growing parts of the
+  modes are vectors ``g_a`` in R^d that overlap (``g_a . g_b != 0``): after
+  the linear phase the run is followed by the *core model*
+  (``_CoreModel``): the full flow restricted to ``W = Q Wc R^T``,
+  ``A = R Ac P^T`` with ``R`` an orthonormal basis of the ``g_a``, started at
+  the growing part (``Wc``, ``Ac`` of size ``min(d, r) x r``, plus for CE the
+  class-bias direction ``Phi 1_N`` of ``A``), with the decaying parts of the
+  linear phase added to the Gram. It is exact for the factorial and
+  hierarchy settings up to the decaying parts, whose nonlinear evolution is
+  dropped: measured against ``ufm.simulate`` from the same start
+  (factorial(3, 3, 3), CE, sigma 3 and 5, lam 1e-3, d 27 and 64, 8 seeds each)
+  the gap curves agree to 3e-7 and, read off the same time grid with
+  :func:`transient_times`, the transition times to 1e-4 (hierarchy and
+  ntp_contexts, MSE and CE, d 4 and 32: gap within 1.2e-5). Keeping only the per-mode strengths
+  ``|g_a|^2`` (the diagonal model) is not enough: transition errors up to 75%.
+* ``init_scale=`` (default ``1e-3``, the default of :func:`ufm.simulate`),
+  ``"gaussian_wide_limit"``: a Gaussian start of that standard deviation in
+  the wide limit ``d -> infinity``, where ``G^T G / d`` concentrates at
+  ``init_scale^2 I``: the modes start aligned with
+  ``z0_a = d_a d init_scale^2 / 2`` (``d`` = feature dimension). This is
+  exactly the isotropic start ``W0 W0^T = d init_scale^2 I``,
+  ``A0^T A0 = d init_scale^2 I``, ``W0 A0 = 0``
+  (``ufm.bridge.fitting.isotropic_init(problem, init_scale * sqrt(d))``, whose
+  simulated transition it matches to 3e-4). For the Gaussian start of a finite
+  width ``d`` the ``g_a`` have iid ``N(0, init_scale^2)`` entries, so
+  ``G^T G`` is Wishart: inside a block of ``r_b`` modes with one singular
+  value the strengths spread like the Marchenko-Pastur law of ratio
+  ``r_b/d``, and the directions do not follow the symmetry of the setting.
+  The peak and the rise hardly move (a few percent: they are set by the gaps
+  between singular values), but CE saturates the weakest directions late and
+  they catch up only on the slow time scale of the decay, so the transition
+  of a run differs from the wide-limit curve by tens of percent
+  (factorial(3, 3, 3), CE, lam 1e-3, 8 seeds: sigma 3, d 27: -5% to +50% of
+  the run's time; d 64: -4% to +23%; sigma 5, d 27: -58% to -38%; d 64: -37%
+  to -2%; positive: the curve is late). ``semantic_curve(..., spread=n)``
+  reports that spread: it follows ``n`` sampled Gaussian starts of width ``d``
+  (the starts of ``ufm.simulate(..., seeds=n)``) through the core model and
+  returns their peak, rise and transition times and 10/50/90% quantiles.
 
-With a random initialization the Gram also carries the parts of the linear
-phase that do not grow: without decay ``+ d_a z_decay e^{-2 d_a t/N}`` per mode
-and, for a given run, the conserved imbalance ``d_a^2 (|v0|^2 - |w0|^2)/2``, so that the curve
-starts at the initial Gram (in expectation ``d init_scale^2 K_x``). The
-cross-mode overlaps ``w_a . v_b`` of a random start average to zero and are
-neglected: the prediction is that of the mean run. After the linear phase the
-growing part is continued by the aligned model above, started at ``z_grow``.
-Measured on the three settings at ``sigma = 3, 4`` with ``d = 32``: predicted
-peak times within 3% of the mean simulated one, for MSE and CE; with ``d = N``
-the per-run scatter of the random overlaps is larger (a run's peak moves by up
-to ~20%).
+With a random start the Gram also carries the parts of the linear phase that
+do not grow: without decay ``+ d_a z_decay e^{-2 d_a t/N}`` per mode and, for a
+given run, the conserved imbalance ``d_a^2 (|v0|^2 - |w0|^2)/2``, so that the
+curve starts at the initial Gram (in expectation ``d init_scale^2 K_x``).
 
-*Peak and transition.* The semantic gap (THEORY §7.4) of the predicted Gram is
-maximized over time (dense log grid, then a bounded scalar refinement in
-``log t``). The transition time is the first time after the peak at which the
-centred, unit-norm Gram is closer (Frobenius) to the end state than to the Gram
-at the peak (root refined by Brent's method).
+*Peak, rise and transition* (:func:`semantic_curve`; :func:`transient_times`
+reads the same quantities off a recorded curve). The semantic gap (THEORY
+§7.4) of the predicted Gram is maximized over time (dense log grid, then a
+bounded scalar refinement in ``log t``): ``peak_time``. On a plateau (the gap
+within 0.1% of its maximum for decades, e.g. factorial(3, 3, 3) at
+``sigma = 1.5``) that time is arbitrary; the rise times ``t50`` and ``t90``
+(first time the gap reaches ``gap(0) + f (peak - gap(0))``, ``f = 0.5, 0.9``)
+are not. The transition time is the first time after the peak at which the
+centred, unit-norm Gram is closer (Frobenius) to the end state than to the
+Gram at the peak (root refined by Brent's method). It is sensitive to which
+Gram is the peak reference: reading it off a simulation's samples (peak
+sample instead of the refined peak) moved it by up to 6% at 500 samples over
+4.6 decades; compare a simulation with ``transient_times`` applied to both.
 
 Standard UFM, THEORY §6.4-6.5
 -----------------------------
@@ -133,8 +167,8 @@ from .metrics import double_centre
 from .results import TheoryCurve
 from .settings import _check_memory
 
-__all__ = ["mode_curves", "semantic_curve", "symmetric_flow", "input_modes", "block_kernel", "kernel_flow",
-           "DEFAULT_INIT_SCALE"]
+__all__ = ["mode_curves", "semantic_curve", "transient_times", "symmetric_flow", "input_modes", "block_kernel",
+           "kernel_flow", "DEFAULT_INIT_SCALE", "RISE_FRACTIONS", "SPREAD_QUANTILES"]
 
 #: The default ``init_scale`` of :func:`ufm.simulate`, used when no initialization is named.
 DEFAULT_INIT_SCALE = 1e-3
@@ -187,6 +221,13 @@ def input_modes(problem, *, tol: float = 1e-10):
     not, and this choice follows the item permutations that preserve ``K_x``
     (for a factorial setting it separates e.g. pairwise from triple
     interactions). Each ``q_a`` has a positive largest-magnitude entry.
+
+    Parameters
+    ----------
+    problem : InputCoupledUFM
+        Distinct one-hot labels.
+    tol : float
+        Relative cutoff of the singular values.
 
     Returns
     -------
@@ -323,6 +364,8 @@ class _ModeModel:
         self.r = self.d.size
         self.lam_W, self.lam_A = float(problem.lam_W), float(problem.lam_A)
         self.init, ww, vv, wv = _initial_modes(problem, self.P, self.d, self.Q, z0, init_scale, W0, A0)
+        self.init_scale = None if self.init != "random" else float(DEFAULT_INIT_SCALE if init_scale is None
+                                                                    else init_scale)
         self.linear = _LinearPhase(self.d, self.N, self.lam_W, self.lam_A, ww, vv, wv)
         self.rate = self.linear.rate                            # growth rate of z in the linear phase
         self.z0 = np.asarray(z0, dtype=np.float64) * np.ones(self.r) if self.init == "aligned" else self.linear.z_grow
@@ -362,10 +405,11 @@ class _ModeModel:
 
     # -- ODE in (log a, log b) -----------------------------------------------------------
     def _rhs(self, _t, y):
+        # ratios and products in log space: a mode that dies out (end-state weight 0, e.g. the interactions at
+        # small sigma with weight decay) takes log a, log b to -inf, where exp(lb)/exp(la) would be 0/0
         la, lb = y[:self.r], y[self.r:]
-        a, b = np.exp(la), np.exp(lb)
-        c = self.drive(a * b)
-        return np.concatenate([(b / a) * c - self.lam_W, (a / b) * c - self.lam_A])
+        c = self.drive(np.exp(la + lb))
+        return np.concatenate([np.exp(lb - la) * c - self.lam_W, np.exp(la - lb) * c - self.lam_A])
 
     def _integrate(self, t_end):
         from scipy.integrate import solve_ivp
@@ -497,14 +541,147 @@ class _ModeModel:
         return res.x * self.d**2
 
 
+class _CoreModel(_ModeModel):
+    """One run's start with the overlaps of its growing vectors kept: the random-start correction.
+
+    After the exact linear phase (:class:`_LinearPhase`) the growing part of
+    mode ``a`` is ``(w, v) = (e_w g_a, e_v g_a)`` with one vector ``g_a`` in
+    R^d and ``(e_w, e_v)`` the growing eigenvector of the mode's 2 x 2 system.
+    The diagonal model keeps only ``|g_a|^2``; here ``G = [g_a] = R T``
+    (``R`` d x k orthonormal, ``k = min(d, r)``) is kept whole, so
+    ``W = Q Wc R^T``, ``A = R Ac P^T`` with ``Wc = diag(e_w) T^T`` (r x k),
+    ``Ac = T diag(e_v)`` (k x r), and the full flow restricted to this family is
+
+        dWc/dt = Gc Ac^T - lam_W Wc,   dAc/dt = Wc^T Gc - lam_A Ac,   Gc = Q^T (-grad_Z g) Phi^T P,
+
+    with logits ``Z = Q Wc Ac P^T Phi``; for CE ``P`` gets one more column,
+    the mean input ``Phi 1_N`` (orthogonalized), whose coefficient in ``A`` is a
+    class bias driven by the row sums of ``Y - softmax(Z)`` (zero on the
+    symmetric states of the diagonal model, not on a random core). The family
+    is invariant when the modes span the whole centred item space
+    (``r = N - 1`` for CE, ``r = N`` for MSE) and ``1_N`` is an eigenvector of
+    ``K_x`` (factorial and hierarchy settings); otherwise the parts of the
+    gradient that leave it are dropped, as in the diagonal model. The decaying parts of the linear phase are kept
+    in the Gram with their linear-phase law. Integrated by an explicit
+    Runge-Kutta method (the flow is not stiff), segment by segment as far as
+    a search asks.
+    """
+
+    def __init__(self, problem, W0, A0, rtol=1e-9):
+        super().__init__(problem, W0=W0, A0=A0, rtol=rtol)
+        self.kind = "core"
+        L = self.linear
+        ew = L.s / np.sqrt(2.0 * L.omega * (L.omega + L.delta))          # growing eigenvector (e_w, e_v) of
+        ev = np.sqrt((L.omega + L.delta) / (2.0 * L.omega))                # [[-delta, s], [s, delta]] / omega
+        w = np.asarray(W0, dtype=np.float64).T @ self.Q                    # d x r: w_a = W0^T q_a
+        v = np.asarray(A0, dtype=np.float64) @ self.P                      # d x r: v_a = A0 p_a
+        G = ew * w + ev * v
+        R, T = np.linalg.qr(G)                                             # R: d x k, T: k x r
+        self.k = T.shape[0]
+        # CE: the mean input Phi 1 lies outside the centred modes; A's component along it is a class bias
+        # (logits W A Phi 1 1^T/N), driven once the softmax is not symmetric (row sums of Y - softmax(Z))
+        P = self.P
+        if self.loss == "ce":
+            u = problem.Phi.sum(axis=1)
+            u = u - P @ (P.T @ u)
+            if np.linalg.norm(u) > 1e-10 * max(1.0, np.linalg.norm(problem.Phi)):
+                P = np.column_stack([P, u / np.linalg.norm(u)])
+        self.rt = P.shape[1]
+        Ac0 = np.column_stack([T * ev, R.T @ (np.asarray(A0, dtype=np.float64) @ P[:, self.r:])])
+        self.y0 = np.concatenate([(T.T * ew[:, None]).ravel(), Ac0.ravel()])
+        Vm = v - ev * G                                                    # decaying part of v_a
+        self.RtVm, self.VmVm = R.T @ Vm, Vm.T @ Vm
+        self.rate_minus = L.m - L.omega                                    # v_- decays like e^{(m - omega) t}
+        self.PhiTP = problem.Phi.T @ P
+        self._segments = []                                                # (t_start, t_end, dense solution)
+
+    def _split(self, y):
+        r, k = self.r, self.k
+        return y[..., :r * k].reshape(y.shape[:-1] + (r, k)), y[..., r * k:].reshape(y.shape[:-1] + (k, self.rt))
+
+    def _core_rhs(self, _t, y):
+        Wc, Ac = self._split(y)
+        C = Wc @ Ac
+        Z = (self.Q @ C) @ self.PhiTP.T
+        if self.loss == "mse":
+            D = np.eye(self.N) - Z
+        else:
+            Z = Z - Z.max(axis=0, keepdims=True)
+            S = np.exp(Z)
+            S /= S.sum(axis=0, keepdims=True)
+            D = -S
+            D[np.diag_indices(self.N)] += 1.0
+        Gc = self.Q.T @ (D / self.N) @ self.PhiTP
+        return np.concatenate([(Gc @ Ac.T - self.lam_W * Wc).ravel(), (Wc.T @ Gc - self.lam_A * Ac).ravel()])
+
+    def _integrate(self, t_end):
+        from scipy.integrate import solve_ivp
+
+        t0 = self._segments[-1][1] if self._segments else 0.0
+        if self._segments and t_end <= t0:
+            return
+        y0 = self._segments[-1][2](t0) if self._segments else self.y0
+        t1 = max(float(t_end), 2.0 * t0, self.saturation_time())
+        sol = solve_ivp(self._core_rhs, (t0, t1), y0, method="RK45", dense_output=True, rtol=self.rtol,
+                        atol=1e-12 * max(1.0, float(np.abs(y0).max())))
+        if not sol.success:
+            raise RuntimeError(f"the core ODE of the run's start failed: {sol.message}")
+        self._segments.append((t0, t1, sol.sol))
+
+    def state(self, t):
+        """(Wc, Ac) at times t: (T, r, k) and (T, k, rt) (``rt = r``, or ``r + 1`` with the CE class bias)."""
+        t = np.atleast_1d(np.asarray(t, dtype=np.float64))
+        self._integrate(float(t.max()))
+        ends = np.array([seg[1] for seg in self._segments])
+        which = np.minimum(np.searchsorted(ends, t), len(self._segments) - 1)
+        y = np.empty((t.size, self.y0.size))
+        for i in np.unique(which):
+            sel = which == i
+            y[sel] = self._segments[i][2](t[sel]).T
+        return self._split(y)
+
+    def z(self, t):
+        Wc, Ac = self.state(t)
+        return np.einsum("tak,tka->ta", Wc, Ac[..., :self.r]) * self.d
+
+    def factors(self, t):
+        """Diagonal stand-ins ``a = b = sqrt(|C_aa|)`` (only a starting point for the end-state search)."""
+        u = np.sqrt(np.abs(self.z(t)) / self.d)
+        return u, u
+
+    def gram(self, t):
+        """Centred item Grams ``Q diag(d) (A P)^T (A P) diag(d) Q^T`` (then centred), shape (T, N, N)."""
+        t = np.atleast_1d(np.asarray(t, dtype=np.float64))
+        Ac = self.state(t)[1][..., :self.r]
+        e = np.exp(self.rate_minus[None, :] * t[:, None])                  # (T, r)
+        X = np.einsum("tka,tkb->tab", Ac, Ac)
+        cross = np.einsum("tka,kb->tab", Ac, self.RtVm) * e[:, None, :]
+        X = X + cross + np.swapaxes(cross, 1, 2) + self.VmVm * e[:, :, None] * e[:, None, :]
+        Qd = self.Q * self.d
+        return double_centre(np.einsum("ia,tab,jb->tij", Qd, X, Qd, optimize=True))
+
+    def end_weights(self):
+        """The end state does not depend on the start (a unique optimum for the factorial/hierarchy settings)."""
+        return _ModeModel(self.problem, z0=self.z0, rtol=self.rtol).end_weights()
+
+
+def _make_model(problem, z0=None, init_scale=None, W0=None, A0=None, rtol=1e-9):
+    """The diagonal mode model, or for one run's start (``W0``, ``A0``) the core model with its overlaps."""
+    if W0 is not None and A0 is not None and z0 is None and init_scale is None:
+        return _CoreModel(problem, W0, A0, rtol)
+    return _ModeModel(problem, z0, init_scale, W0, A0, rtol)
+
+
 def _unit(G):
     return G / np.linalg.norm(G, axis=(-2, -1), keepdims=True)
 
 
 def _model_meta(model, problem):
+    start, label, description = _start_of(model)
     return {"problem": problem.as_dict(), "loss": model.loss, "init": model.init, "solution": model.kind,
             "n_modes": int(model.r), "time": "gradient-flow time t = steps * lr of ufm.simulate (mean losses)",
-            "mode_basis": "SVD of Phi" if model.loss == "mse" else "SVD of Phi P_N (centred inputs)"}
+            "mode_basis": "SVD of Phi" if model.loss == "mse" else "SVD of Phi P_N (centred inputs)",
+            "start": start, "start_label": label, "start_description": description}
 
 
 # =====================================================================================
@@ -524,11 +701,16 @@ def mode_curves(problem, times, *, z0=None, init_scale=None, W0=None, A0=None, r
         Initial mode outputs of an aligned, balanced initialization.
     init_scale : float, optional
         Standard deviation of a Gaussian initialization (as in
-        :func:`ufm.simulate`); ``z0`` is its expectation
-        ``d_a * d * init_scale**2 / 2``. Default ``1e-3`` when nothing is given.
+        :func:`ufm.simulate`) in the wide limit: ``z0`` is its expectation
+        ``d_a * d * init_scale**2 / 2`` and the modes start aligned (the
+        isotropic start of scale ``init_scale sqrt(d)``). Default ``1e-3`` when
+        nothing is given.
     W0, A0 : array, optional
-        One run's initialization: ``z0`` is its exact growing component
-        ``d_a |W0^T q_a + A0 p_a|^2 / 4``.
+        One run's initialization: exact linear phase (``z0`` is its growing
+        component ``d_a |W0^T q_a + A0 p_a|^2 / 4``), then the core model that
+        keeps the overlaps between the modes' growing vectors (module
+        docstring); ``"z"`` is then the diagonal ``(Q^T Z Q)_aa`` (MSE) or
+        ``(Wc Ac)_aa d_a`` (CE).
     rtol : float
         Tolerance of the mode ODE (CE, or MSE with unequal decays).
 
@@ -549,7 +731,7 @@ def mode_curves(problem, times, *, z0=None, init_scale=None, W0=None, A0=None, r
     and how ``z0`` follows from the initialization.
     """
     t = _check_times(times)
-    model = _ModeModel(problem, z0, init_scale, W0, A0, rtol)
+    model = _make_model(problem, z0, init_scale, W0, A0, rtol)
     records = {"z": model.z(t), "z_linear": model.z_linear(t)}
     constants = {"d": model.d, "Q": model.Q, "P": model.P, "rate": model.rate, "z0": model.z0}
     return TheoryCurve(times=t, records=records, kind="modes", constants=constants,
@@ -565,10 +747,199 @@ def _gap_fn(attributes):
     return lambda G: semantic_gap(G, attributes, center=True)
 
 
+#: Fractions of the rise (peak - start) at which the rise times are taken: ``t50`` and ``t90``.
+RISE_FRACTIONS = (0.5, 0.9)
+#: Quantiles reported for the spread over sampled random starts (``meta["spread"]``).
+SPREAD_QUANTILES = (0.1, 0.5, 0.9)
+
+
+def _start_of(model):
+    """``(id, legend label, description)`` of the start a curve assumes."""
+    s0 = model.init_scale
+    if model.init == "aligned":
+        return ("aligned", "aligned start z0",
+                "aligned, balanced start W = Q diag(a) R^T, A = R diag(a) P^T with a^2 d = z0 (no overlaps between "
+                "modes)")
+    if model.init == "given":
+        return ("run", "this run's start (W0, A0)",
+                "the given start W0, A0: exact linear phase, then the flow of its growing part with the overlaps "
+                "between modes kept (core model)")
+    return ("gaussian_wide_limit", f"Gaussian start {s0:g}, wide limit (isotropic)",
+            f"Gaussian start of std {s0:g} in the wide limit d -> inf: the isotropic start W0 W0^T = d s^2 I_K, "
+            f"A0^T A0 = d s^2 I_p, W0 A0 = 0 (s = {s0:g}; ufm.bridge.fitting.isotropic_init(problem, s sqrt(d)) "
+            "follows it exactly). A run of finite width d differs: see meta['spread'] (spread=n).")
+
+
+def _level_time(fn, lo, hi, level):
+    """The root of fn(t) = level in [lo, hi] (Brent, in log t when lo > 0)."""
+    from scipy.optimize import brentq
+
+    if lo > 0:
+        return float(math.exp(brentq(lambda s: fn(math.exp(s)) - level, math.log(lo), math.log(hi), xtol=1e-10)))
+    return float(brentq(lambda s: fn(s) - level, lo, hi, xtol=1e-12 * hi))
+
+
+def _transient_search(model, gap, E, t_extra, horizon, far):
+    """Peak, rise times and transition of one model's gap curve (see :func:`semantic_curve`, Notes)."""
+    from scipy.optimize import minimize_scalar
+
+    t_lo = min(1e-3 / float(model.rate.max()), horizon * 1e-6)
+    grid = np.unique(np.concatenate([[0.0], np.geomspace(t_lo, horizon, 600), t_extra[(t_extra > 0)
+                                                                                      & (t_extra <= horizon)]]))
+
+    def gap_at(tt):
+        return float(gap(model.gram([tt])[0]))
+
+    gg = model.map_grams(grid, gap)
+    j = int(np.argmax(gg))
+    peak_t, peak_v = float(grid[j]), float(gg[j])
+    if 0 < j < grid.size - 1:
+        lo, hi = math.log(max(grid[j - 1], t_lo)), math.log(grid[j + 1])
+        res = minimize_scalar(lambda s: -gap_at(math.exp(s)), bounds=(lo, hi), method="bounded",
+                              options={"xatol": 1e-7})
+        if -res.fun >= peak_v:
+            peak_t, peak_v = float(math.exp(res.x)), float(-res.fun)
+    out = {"gap_at_0": float(gg[0]), "peak_time": peak_t, "peak_value": peak_v,
+           "peak": "interior maximum" if 0 < j < grid.size - 1 else
+           ("at t = 0: the gap never rises above its initial value" if j == 0 else
+            "at the horizon: the gap is still rising; raise horizon")}
+    # rise times: first crossing of start + f (peak - start), on the grid up to the peak, refined by Brent
+    for f in RISE_FRACTIONS:
+        key = f"t{round(100 * f)}"
+        out[key] = math.nan
+        if j > 0 and peak_v > gg[0]:
+            level = gg[0] + f * (peak_v - gg[0])
+            hits = np.flatnonzero(gg >= level)          # non-empty below the refined peak unless f is ~1
+            if hits.size:
+                k = int(hits[0])
+                out[key] = float(grid[k]) if k == 0 else _level_time(gap_at, float(grid[k - 1]), float(grid[k]),
+                                                                    level)
+    out["peak_gram"] = peak_gram = _unit(model.gram([peak_t])[0])
+    out["transition_time"] = None
+    if E is None:
+        return out
+
+    def D(tt):
+        def one(G):
+            Gh = _unit(G)
+            return np.linalg.norm(Gh - E) - np.linalg.norm(Gh - peak_gram)
+        return model.map_grams(tt, one)
+
+    after = np.geomspace(max(peak_t, t_lo), far, 2000) if far > peak_t else np.array([])
+    last = None
+    for chunk in np.array_split(after, 20) if after.size else []:   # in chunks: stop integrating once found
+        neg = np.flatnonzero(D(chunk) < 0)
+        if neg.size:
+            k = int(neg[0])
+            lo = chunk[k - 1] if k > 0 else last
+            out["transition_time"] = float(chunk[k]) if lo is None else _level_time(
+                lambda tt: float(D([tt])[0]), float(lo), float(chunk[k]), 0.0)
+            out["transition"] = "first time after the peak when the Gram is closer to the end state"
+            return out
+        last = chunk[-1]
+    out["transition"] = (f"not reached by t = {far:g}: the Gram stays closer to its peak than to the end state")
+    return out
+
+
+def transient_times(times, gap, grams=None, end_gram=None) -> dict:
+    """Peak, rise times (t50, t90) and transition time of a recorded gap curve, as :func:`semantic_curve` defines them.
+
+    The helper to compare a simulation with a theory curve like with like
+    (e.g. ``transient_times(tr.times, tr.semantic_gap, tr.gram_H, curve.end_gram)``).
+
+    Definitions (the same as :func:`semantic_curve`, which refines them on its
+    own dense grid; here they are read off the samples):
+
+    * ``peak_time``, ``peak_value``: the largest sample of ``gap``, its time
+      refined by a parabola in ``log t`` through the three samples around it.
+    * ``t50``, ``t90`` (rise times, :data:`RISE_FRACTIONS`): the first time at
+      which the gap reaches ``gap[0] + f (peak_value - gap[0])``, ``f = 0.5,
+      0.9``, interpolated linearly in ``log t`` between the bracketing samples.
+      They are well defined when the gap rises to a plateau, where the peak
+      time is not (THEORY §8.2: at small sigma the gap stays near its maximum
+      for decades).
+    * ``transition_time`` (needs ``grams`` and ``end_gram``): the first time
+      after the peak sample at which the centred, unit-Frobenius-norm Gram is
+      closer to the end state than to the Gram at the peak sample
+      (``||G^ - E^|| < ||G^ - G^_peak||``, centring with ``P_N``, THEORY §7.4),
+      interpolated linearly in ``log t``.
+
+    Parameters
+    ----------
+    times : (T,) array
+        Non-decreasing times, ``times[0]`` the start (e.g. ``trajectory.times``).
+    gap : (T,) or (S, T) array
+        The semantic gap (one row per seed).
+    grams : (T, N, N) or (S, T, N, N) array, optional
+        The Grams at the same times (not necessarily centred).
+    end_gram : (N, N) array, optional
+        The end state (e.g. ``curve.end_gram``).
+
+    Returns
+    -------
+    dict
+        ``"peak_time"``, ``"peak_value"``, ``"t50"``, ``"t90"``,
+        ``"transition_time"``: floats, or ``(S,)`` arrays for an ``(S, T)``
+        gap; NaN where undefined (no rise; transition not reached within
+        ``times`` or not asked for).
+    """
+    t = _check_times(times)
+    g = np.asarray(gap, dtype=np.float64)
+    if g.shape[-1] != t.size or g.ndim not in (1, 2):
+        raise ValueError(f"gap must have shape (T,) or (seeds, T) with T = len(times) = {t.size}, got {g.shape}.")
+    if (grams is None) != (end_gram is None):
+        raise ValueError("give both grams and end_gram for the transition time, or neither.")
+    if grams is not None:
+        grams = np.asarray(grams, dtype=np.float64)
+        if grams.shape[:-2] != g.shape or grams.shape[-1] != grams.shape[-2]:
+            raise ValueError(f"grams must have shape gap.shape + (N, N) = {g.shape} + (N, N), got {grams.shape}.")
+        E = _unit(double_centre(np.asarray(end_gram, dtype=np.float64)))
+        if E.shape != grams.shape[-2:]:
+            raise ValueError(f"end_gram must be N x N = {grams.shape[-2:]}, got {E.shape}.")
+    if g.ndim == 2:
+        rows = [transient_times(t, g[i], None if grams is None else grams[i], end_gram) for i in range(g.shape[0])]
+        return {key: np.array([r[key] for r in rows]) for key in rows[0]}
+    if not np.all(np.isfinite(g)):
+        raise ValueError("gap contains NaN or inf.")
+    ls = np.log(np.where(t > 0, t, np.nan))
+
+    def cross(k, y0, y1, level):     # time where the samples k-1 -> k cross level (linear in log t)
+        x = (level - y0) / (y1 - y0) if y1 != y0 else 1.0
+        if t[k - 1] > 0:
+            return float(math.exp(ls[k - 1] + x * (ls[k] - ls[k - 1])))
+        return float(t[k - 1] + x * (t[k] - t[k - 1]))
+
+    j = int(np.argmax(g))
+    peak_t, peak_v = float(t[j]), float(g[j])
+    if 0 < j < t.size - 1 and t[j - 1] > 0:
+        y0, y1, y2 = g[j - 1:j + 2]
+        x0, x1, x2 = ls[j - 1:j + 2]
+        den = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
+        if den != 0:
+            peak_t = float(math.exp(x1 - 0.5 * ((x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)) / den))
+    out = {"peak_time": peak_t, "peak_value": peak_v}
+    for f in RISE_FRACTIONS:
+        key = f"t{round(100 * f)}"
+        out[key] = math.nan
+        if j > 0 and peak_v > g[0]:
+            level = g[0] + f * (peak_v - g[0])
+            k = int(np.flatnonzero(g[:j + 1] >= level)[0])
+            out[key] = float(t[k]) if k == 0 else cross(k, g[k - 1], g[k], level)
+    out["transition_time"] = math.nan
+    if grams is not None:
+        Gh = _unit(double_centre(grams))
+        D = np.linalg.norm(Gh - E, axis=(1, 2)) - np.linalg.norm(Gh - Gh[j], axis=(1, 2))
+        neg = np.flatnonzero(D[j:] < 0)
+        if neg.size:
+            k = j + int(neg[0])
+            out["transition_time"] = cross(k, D[k - 1], D[k], 0.0)
+    return out
+
+
 def semantic_curve(problem, times, attributes=None, *, z0=None, init_scale=None, W0=None, A0=None,
                    end_gram="auto", horizon: float | None = None, keep_gram: bool = True,
-                   rtol: float = 1e-9) -> TheoryCurve:
-    """Predicted semantic transient of the input-coupled UFM: Gram, semantic gap, ETF distance, peak, transition.
+                   spread: int = 0, spread_seed: int = 0, rtol: float = 1e-9) -> TheoryCurve:
+    """Predicted semantic transient of the input-coupled UFM: Gram, gap, ETF distance, peak, rise and transition.
 
     Parameters
     ----------
@@ -580,8 +951,11 @@ def semantic_curve(problem, times, attributes=None, *, z0=None, init_scale=None,
         Item attributes for the semantic gap (THEORY §7.4); default
         ``problem.attributes``.
     z0, init_scale, W0, A0 :
-        The initialization, as in :func:`mode_curves` (default: a Gaussian
-        init of scale ``1e-3``, in expectation).
+        The start the curve assumes (``meta["start"]``), as in
+        :func:`mode_curves`. Default: a Gaussian start of std ``1e-3`` in the
+        wide limit (the isotropic start, ``"gaussian_wide_limit"``). ``W0, A0``:
+        one run's start, followed by the core model that keeps the overlaps
+        of its growing vectors (``"run"``): the prediction for that run.
     end_gram : "auto", "solve", array or None
         The end state for the transition time. ``"auto"``: the model's own
         limit -- the closed form for MSE (``z_a -> max(1 - lam N/d_a, 0)``),
@@ -590,17 +964,29 @@ def semantic_curve(problem, times, attributes=None, *, z0=None, init_scale=None,
         ``"solve"``: the exact global end state ``ufm.solve(problem)`` (convex
         program or max-margin SVM, THEORY §8.2). An N x N Gram: used as given.
         ``None``: no transition time.
+    horizon : float, optional
+        How far in time to look for the peak and the rise. Default: the larger
+        of ``times[-1]`` and a time by which every mode has left its linear
+        phase. For CE the transition is searched up to ``1e6`` times that:
+        without weight decay the approach to the max-margin direction is
+        logarithmically slow, and with a small decay the end state is reached
+        on the slow time scale of the decay (for one run's start with weight
+        decay, up to ``1e3/(lam_W + lam_A)``, by when the decay has long
+        reached its end state).
     keep_gram : bool
         Record the Gram at every time (``T x N x N`` floats; refused with a
         ValueError when that exceeds the free memory). ``False`` keeps the
         scalar records only.
-    horizon : float, optional
-        How far in time to look for the peak and the transition. Default: the
-        larger of ``times[-1]`` and a time by which every mode has left its
-        linear phase. For CE the transition is searched up to ``1e6`` times
-        that: without weight decay the approach to the max-margin direction is
-        logarithmically slow, and with a small decay the end state is reached
-        on the slow time scale of the decay.
+    spread : int
+        Gaussian start only: also follow ``spread`` sampled starts of width
+        ``problem.d`` through the core model and report the scatter of their
+        peak, rise and transition times (constants ``"spread_*"``,
+        ``meta["spread"]``). The samples are the starts that
+        ``ufm.simulate(problem, init_scale=..., seeds=spread, seed=spread_seed)``
+        draws, so sample ``i`` predicts run ``i``. Costs about one simulation
+        per sample (0.5-1 s at N = 27); ``0`` (default) skips it.
+    spread_seed : int
+        Seed of the sampled starts.
     rtol : float
         Tolerance of the mode ODE.
 
@@ -611,27 +997,55 @@ def semantic_curve(problem, times, attributes=None, *, z0=None, init_scale=None,
         Gram ``H^T H`` centred with ``P_N``, N x N), ``"semantic_gap"``,
         ``"etf_distance"`` (of the centred item Gram, THEORY §7.2). Fields
         ``peak_time``, ``peak_value`` (maximum of the gap), ``transition_time``
-        (``None`` if the end state is not approached within the horizon or
-        ``end_gram=None``). Constants: ``"d"``, ``"Q"``, ``"z0"``,
-        ``"peak_gram"``, ``"end_gram"`` (both centred, unit Frobenius norm).
-        ``meta`` says how the end state was obtained and the gap at ``t = 0``.
+        (``None`` if the end state is not approached within the search or
+        ``end_gram=None``). Constants: ``"d"``, ``"Q"``, ``"z0"``, ``"t50"``,
+        ``"t90"`` (rise times, 0-d, NaN when the gap does not rise),
+        ``"peak_gram"``, ``"end_gram"`` (both centred, unit Frobenius norm);
+        with ``spread=n``: ``"spread_peak_time"``, ``"spread_t50"``,
+        ``"spread_t90"``, ``"spread_transition_time"`` (n values each, NaN
+        where undefined). ``meta``: ``"start"`` (``"aligned"``, ``"run"`` or
+        ``"gaussian_wide_limit"``), ``"start_label"`` (for legends),
+        ``"start_description"``, how the end state was obtained, the gap at
+        ``t = 0``, and with ``spread=n`` ``meta["spread"]``: the
+        :data:`SPREAD_QUANTILES` (10%, 50%, 90%, linear interpolation) of each
+        time over the samples that reach it, and how many do.
 
     Notes
     -----
-    The peak is the maximum over a dense log-spaced grid, refined by a bounded
-    scalar search in ``log t``; the transition is the first sign change after
-    the peak of ``||G^ - E^|| - ||G^ - G^_peak||`` (``^``: centred, unit
-    Frobenius norm), refined by Brent's method.
-    """
-    from scipy.optimize import brentq, minimize_scalar
+    *Peak*: the maximum over a dense log-spaced grid, refined by a bounded
+    scalar search in ``log t``; on a plateau (e.g. factorial(3, 3, 3) at
+    ``sigma = 1.5``, where the gap stays within 0.1% of its maximum for two
+    decades) its time is not meaningful: read the rise times. *Rise times*
+    ``t50``, ``t90``: the first time at which the gap reaches
+    ``gap(0) + f (peak_value - gap(0))``, ``f = 0.5, 0.9``, refined by Brent's
+    method. *Transition*: the first sign change after the peak of
+    ``||G^ - E^|| - ||G^ - G^_peak||`` (``^``: centred, unit Frobenius norm),
+    refined by Brent's method. :func:`transient_times` reads the same
+    quantities off a recorded curve.
 
+    *Which start* (THEORY §6.3; module docstring). The default curve is the
+    wide limit of a Gaussian start (the isotropic start of scale
+    ``init_scale sqrt(d)``). A Gaussian start of finite width ``d`` spreads
+    the modes' initial strengths (Wishart, not ``d init_scale^2 I``): peak and
+    rise times move by a few percent, the transition by tens of percent
+    (factorial(3, 3, 3), CE, ``lam = 1e-3``, 8 seeds: the wide-limit curve is
+    -58% to +50% off a run's transition at ``d = 27``, -37% to +23% at
+    ``d = 64``). ``W0, A0`` predict one run (the core model; same-grid
+    transition times agree to 1e-4), ``spread=n`` the distribution over runs.
+    """
     t = _check_times(times)
-    model = _ModeModel(problem, z0, init_scale, W0, A0, rtol)
+    model = _make_model(problem, z0, init_scale, W0, A0, rtol)
     if attributes is None:
         attributes = problem.attributes
     if attributes is None:
         raise ValueError("semantic_curve needs attributes=(N x F table) or a problem built with attributes "
                          "(InputCoupledUFM.from_setting).")
+    n_spread = int(spread)
+    if n_spread != spread or n_spread < 0:
+        raise ValueError(f"spread must be an integer >= 0 (number of sampled starts), got {spread!r}.")
+    if n_spread and model.init != "random":
+        raise ValueError("spread samples Gaussian starts; it needs the default start (init_scale=...), not z0 or "
+                         "W0/A0. For one run's start the curve itself is that run's prediction.")
     attributes = np.asarray(attributes)
     gap = _gap_fn(attributes)
     from .metrics import etf_distance
@@ -653,62 +1067,57 @@ def semantic_curve(problem, times, attributes=None, *, z0=None, init_scale=None,
         if not (math.isfinite(horizon) and horizon > 0):
             raise ValueError(f"horizon must be a finite time > 0, got {horizon}.")
         far = horizon
-    t_lo = min(1e-3 / float(model.rate.max()), horizon * 1e-6)
-    grid = np.unique(np.concatenate([[0.0], np.geomspace(t_lo, horizon, 600), t[(t > 0) & (t <= horizon)]]))
 
-    def gap_at(tt):
-        return gap(model.gram([tt])[0])
+    def core_far(m):
+        lam = m.lam_W + m.lam_A
+        return min(far, max(horizon, 1e3 / lam)) if isinstance(m, _CoreModel) and lam > 0 else far
 
-    gg = model.map_grams(grid, gap)
-    j = int(np.argmax(gg))
-    peak_t, peak_v = float(grid[j]), float(gg[j])
-    if 0 < j < grid.size - 1:
-        lo, hi = math.log(max(grid[j - 1], t_lo)), math.log(grid[j + 1])
-        res = minimize_scalar(lambda s: -gap_at(math.exp(s)), bounds=(lo, hi), method="bounded",
-                              options={"xatol": 1e-7})
-        if -res.fun >= peak_v:
-            peak_t, peak_v = float(math.exp(res.x)), float(-res.fun)
+    E = None
     meta = _model_meta(model, problem)
-    meta.update({"gap_at_0": float(gg[0]), "horizon": horizon,
-                 "peak": "interior maximum" if 0 < j < grid.size - 1 else
-                 ("at t = 0: the gap never rises above its initial value" if j == 0 else
-                  "at the horizon: the gap is still rising; raise horizon")})
-    peak_gram = _unit(model.gram([peak_t])[0])
-
-    # -- the end state and the transition ---------------------------------------------------
-    transition = None
-    constants = {"d": model.d, "Q": model.Q, "z0": model.z0, "peak_gram": peak_gram}
+    s0 = model.init_scale
+    constants = {"d": model.d, "Q": model.Q, "z0": model.z0}
     if end_gram is not None:
         E, how = _end_state(model, problem, end_gram)
         constants["end_gram"] = E
         meta["end_state"] = how
         meta["end_state_semantic_gap"] = float(gap(E))
         meta["end_state_etf_distance"] = float(etf_distance(E, center=True))
+    found = _transient_search(model, gap, E, t, horizon, core_far(model))
+    constants["peak_gram"] = found["peak_gram"]
+    for f in RISE_FRACTIONS:
+        constants[f"t{round(100 * f)}"] = np.float64(found[f"t{round(100 * f)}"])
+    meta.update({"gap_at_0": found["gap_at_0"], "horizon": horizon, "peak": found["peak"],
+                 "rise": "t50, t90: first time the gap reaches gap(0) + f (peak - gap(0)), f = 0.5, 0.9"})
+    if "transition" in found:
+        meta["transition"] = found["transition"]
 
-        def D(tt):
-            def one(G):
-                Gh = _unit(G)
-                return np.linalg.norm(Gh - E) - np.linalg.norm(Gh - peak_gram)
-            return model.map_grams(tt, one)
+    if n_spread:
+        from ._simulate import _initial_states
 
-        after = np.geomspace(max(peak_t, t_lo), far, 2000) if far > peak_t else np.array([])
-        if after.size:
-            Dv = D(after)
-            neg = np.flatnonzero(Dv < 0)
-            if neg.size:
-                k = int(neg[0])
-                if k == 0:
-                    transition = float(after[0])
-                else:
-                    transition = float(math.exp(brentq(lambda s: D(math.exp(s))[0], math.log(after[k - 1]),
-                                                       math.log(after[k]), xtol=1e-10)))
-                meta["transition"] = "first time after the peak when the Gram is closer to the end state"
-            else:
-                meta["transition"] = (f"not reached by t = {far:g}: the Gram stays closer to its peak than to the "
-                                      "end state")
+        starts = _initial_states(problem, n_spread, int(spread_seed), s0, {}, np.float64)
+        names = ("peak_time", "t50", "t90", "transition_time")
+        samples = {name: np.full(n_spread, np.nan) for name in names}
+        for i in range(n_spread):
+            mi = _CoreModel(problem, starts["W"][i], starts["A"][i], rtol)
+            fi = _transient_search(mi, gap, E, np.array([]), max(horizon, 2.0 * mi.saturation_time()), core_far(mi))
+            for name in names:
+                if fi.get(name) is not None:
+                    samples[name][i] = fi[name]
+        summary = {"n": n_spread, "seed": int(spread_seed), "quantiles": list(SPREAD_QUANTILES),
+                   "starts": f"the Gaussian starts (std {s0:g}, width d = {problem.d}) of ufm.simulate(problem, "
+                             f"init_scale={s0:g}, seeds={n_spread}, seed={int(spread_seed)}), each followed by the "
+                             "core model (exact linear phase, then the flow of its growing part with the overlaps "
+                             "between modes kept)"}
+        for name in names:
+            constants[f"spread_{name}"] = samples[name]
+            ok = np.isfinite(samples[name])
+            summary[name] = np.quantile(samples[name][ok], SPREAD_QUANTILES).tolist() if ok.any() else None
+            summary[f"{name}_reached"] = int(ok.sum())
+        meta["spread"] = summary
+    transition = found["transition_time"]
     return TheoryCurve(times=t, records=records, kind="semantic", constants=constants, meta=meta,
-                       citation=_CITATION_MODES + "; THEORY §7.2, §7.4 (metrics)", peak_time=peak_t,
-                       peak_value=peak_v, transition_time=transition)
+                       citation=_CITATION_MODES + "; THEORY §7.2, §7.4 (metrics)", peak_time=found["peak_time"],
+                       peak_value=found["peak_value"], transition_time=transition)
 
 
 def _end_state(model, problem, end_gram):
@@ -772,6 +1181,8 @@ def symmetric_flow(problem, times, p0: float | None = None, *, a0: float | None 
     p0 : float, optional
         Initial margin on the balanced manifold: ``a0 = (sqrt(n) p0)^{1/2}``,
         ``beta0 = p0/a0``. Or give ``a0`` and ``beta0``.
+    a0, beta0 : float, optional
+        Initial ``a`` and ``beta`` (instead of ``p0``; any start on the ansatz).
     b0 : float
         Initial bias level ``c`` (bias problems only).
     rtol : float
@@ -850,7 +1261,9 @@ def symmetric_flow(problem, times, p0: float | None = None, *, a0: float | None 
     if problem.bias:
         records["b"] = c[:, None] * np.ones(K)
     meta = {"problem": problem.as_dict(), "a0": a0, "beta0": beta0, "b0": c0, "solution": how,
-            "time": "gradient-flow time t = steps * lr of ufm.simulate (mean losses)"}
+            "time": "gradient-flow time t = steps * lr of ufm.simulate (mean losses)", "start": "symmetric",
+            "start_label": f"symmetric start a0={a0:.3g}, beta0={beta0:.3g}",
+            "start_description": "W = a0 U, H = beta0 (U^T kron 1_n^T) with U U^T = P_K (THEORY §6.4-6.5)"}
     return TheoryCurve(times=t, records=records, kind="symmetric_flow", meta=meta, citation=_CITATION_SYMMETRIC)
 
 
@@ -877,8 +1290,25 @@ def block_kernel(setting_or_attributes, same: float = 1.0, shared: float = 0.5, 
     where ``s_ij`` is the number of shared attributes (so items sharing every
     attribute get ``shared``; for ``F = 1`` both coincide).
 
-    Raises ``ValueError`` if the result is not positive semidefinite (e.g.
-    ``shared`` too large against ``same``), since a tangent kernel must be.
+    Parameters
+    ----------
+    setting_or_attributes : Setting or (N, F) int array
+        The items and their attributes.
+    same, shared, none : float
+        Kernel values for the same item, for items sharing attributes, and for none.
+    graded : bool
+        Grade the shared level by the number of shared attributes (see above).
+
+    Returns
+    -------
+    ndarray (N, N)
+        The kernel ``Theta``.
+
+    Raises
+    ------
+    ValueError
+        If the result is not positive semidefinite (e.g. ``shared`` too large
+        against ``same``), since a tangent kernel must be.
     """
     att = _attributes_of(setting_or_attributes)
     N, F = att.shape
@@ -929,6 +1359,12 @@ def kernel_flow(setting_or_attributes, theta, times, *, loss: str = "ce", Z0=Non
     Z0 : (N, N) array, optional
         Initial logits; default ``init_scale`` times a standard Gaussian draw
         (``init_scale = 0``: start at ``Z = 0``).
+    init_scale : float
+        Scale of the Gaussian start when ``Z0`` is not given.
+    seed : int
+        Seed of that draw.
+    rtol, atol : float
+        Integrator tolerances.
 
     Returns
     -------
@@ -959,6 +1395,9 @@ def kernel_flow(setting_or_attributes, theta, times, *, loss: str = "ce", Z0=Non
     if Z0 is None:
         s0 = check_nonneg("init_scale", init_scale, "the init std of the logits")
         Z0 = s0 * np.random.default_rng(seed).standard_normal((N, N))
+        start_label = f"Gaussian logits Z0, std {s0:g}, seed {seed}" if s0 > 0 else "Z0 = 0"
+    else:
+        start_label = "given logits Z0"
     Z0 = np.asarray(Z0, dtype=np.float64)
     if Z0.shape != (N, N) or not np.all(np.isfinite(Z0)):
         raise ValueError(f"Z0 must be a finite N x N = {N} x {N} logit matrix, got shape {Z0.shape}.")
@@ -999,6 +1438,7 @@ def kernel_flow(setting_or_attributes, theta, times, *, loss: str = "ce", Z0=Non
                "loss": np.array([objective(Z) for Z in Zt])}
     meta = {"model": "M3 kernel flow", "loss": loss, "N": N, "solution": how,
             "gram": "logit Gram Z^T Z (no features in function space), centred with P_N",
+            "start": "logits", "start_label": start_label,
             "peak": "maximum over the given times" + (" (at the first time: the gap never rises)" if j == 0 else "")}
     return TheoryCurve(times=t, records=records, kind="kernel_flow", constants={"theta": T, "Z0": Z0},
                        peak_time=float(t[j]), peak_value=float(gaps[j]), meta=meta, citation=_CITATION_KERNEL)
