@@ -331,7 +331,8 @@ def _sbc_figures(out, st, m, tr, pred, E, end_gap, end_etf, j_peak, j_late, phas
     for ax in (a1, a2):
         ax.set_xlim(t[1], t[-1])
     fig.suptitle(f"{st.name}, sigma={sigma:g}, CE, lam_W=lam_A={lam:g}: gradient flow (ufm.simulate) vs theory "
-                 "(ufm.dynamics.semantic_curve, random init in expectation)", fontsize=10)
+                 f"(ufm.dynamics.semantic_curve)\ntheory start: {pred.meta.get('start_label', 'not recorded')}; "
+                 f"the simulation starts from Gaussian blocks of width d = {m.d}", fontsize=10)
     fig.tight_layout()
     paths["trajectory"] = os.path.join(out, "sbc_trajectory.png")
     fig.savefig(paths["trajectory"], dpi=110)
