@@ -480,12 +480,34 @@ class IntegrateResult(NamedTuple):
         return self.status == 0
 
 
+_ENTRIES: dict = {}
+
+
+def _layout(x):
+    """A hashable summary of what numba's ``typeof`` depends on (type, dtype, ndim, layout, writeability)."""
+    if isinstance(x, np.ndarray):
+        return (np.ndarray, x.dtype.str, x.ndim, x.flags.c_contiguous, x.flags.f_contiguous, x.flags.writeable)
+    if isinstance(x, tuple):
+        return (tuple,) + tuple(_layout(v) for v in x)
+    return (type(x),)
+
+
 def _kernel_entry(rhs, y0, data, t_eval, log_time, max_steps, h0):
     """Entry point of ``dopri5`` compiled with ``rhs`` as a first-class function type.
 
     See the module docstring ("Caching finding"): the structural signature makes the
-    compiled kernel reusable across processes through numba's on-disk cache.
+    compiled kernel reusable across processes through numba's on-disk cache. Entry points are
+    memoized per ``rhs`` and argument layout, so repeated calls (a fit runs thousands) skip
+    numba's type inference.
     """
+    key = (rhs, _layout(y0), _layout(data), _layout(t_eval))
+    entry = _ENTRIES.get(key)
+    if entry is None:
+        entry = _ENTRIES[key] = _compile_entry(rhs, y0, data, t_eval)
+    return entry
+
+
+def _compile_entry(rhs, y0, data, t_eval):
     arr = numba.typeof(y0)  # array(float64, 1d, C)
     dty = numba.typeof(data)
     rhs_args = (arr, dty, arr)

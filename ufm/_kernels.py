@@ -686,3 +686,95 @@ def icm_flow_rhs(y, data, out):
     icm_grad(W, A, Phi, Y, lam_W, lam_A, loss_id, H, Z, G, T, dW, dA)
     for i in range(out.shape[0]):
         out[i] = -out[i]
+
+
+# -- input-coupled UFM, Gram-level flows for fitting (ufm.bridge.m2) -----------------------
+@njit(cache=True)
+def m2_kernel_flow_rhs(y, data, out):
+    """Velocity of the kernel flow of M2 with distinct labels for a flat state ``y = [W (K x d), H (d x K)]``.
+
+    ``dW/dt = -G H^T - lam_W W``, ``dH/dt = -W^T G K_x - lam_A H`` with
+    ``G = grad_Z g(W H)``, ``Y = I_K``: the flow of ``(W, A)`` seen through
+    ``H = A Phi`` (``K_x = Phi^T Phi``); only ``K_x`` enters (THEORY §8.2).
+    Twin: :func:`ufm.bridge.m2.kernel_flow_rhs_numpy`.
+    """
+    K, d, Kx, lam_W, lam_A, loss_id = data
+    W = y[:K * d].reshape((K, d))
+    H = y[K * d:].reshape((d, K))
+    Z = np.dot(W, H)
+    G = np.empty((K, K))
+    inv = 1.0 / K
+    if loss_id == 0:
+        for j in range(K):
+            m = Z[0, j]
+            for i in range(1, K):
+                if Z[i, j] > m:
+                    m = Z[i, j]
+            s = 0.0
+            for i in range(K):
+                e = math.exp(Z[i, j] - m)
+                G[i, j] = e
+                s += e
+            f = inv / s
+            for i in range(K):
+                G[i, j] *= f
+            G[j, j] -= inv
+    else:
+        for i in range(K):
+            for j in range(K):
+                G[i, j] = Z[i, j] * inv
+            G[i, i] -= inv
+    dW = out[:K * d].reshape((K, d))
+    dH = out[K * d:].reshape((d, K))
+    GH = np.dot(G, H.T)
+    WG = np.dot(np.dot(W.T, G), Kx)
+    for i in range(K):
+        for j in range(d):
+            dW[i, j] = -GH[i, j] - lam_W * W[i, j]
+    for i in range(d):
+        for j in range(K):
+            dH[i, j] = -WG[i, j] - lam_A * H[i, j]
+
+
+@njit(cache=True)
+def m2_pattern_flow_rhs(y, data, out):
+    """Velocity of M2's kernel flow inside the pattern algebra, ``y = [z, p, s]`` (eigenvalues, R each).
+
+    ``z, p, s`` are the eigenvalues of ``Z = W H``, ``P = W W^T`` and
+    ``S = H^T H`` on the algebra's idempotents (``ufm.bridge.patterns``); with
+    ``k`` those of ``K_x`` and ``gamma`` those of ``G = grad_Z g(Z)``:
+    ``dz = -gamma s - p gamma k - (lam_W + lam_A) z``,
+    ``dp = -2 gamma z - 2 lam_W p``, ``ds = -2 k gamma z - 2 lam_A s``.
+    The softmax is taken on pattern values ``zeta = P^-1 z`` (every column of
+    ``Z`` holds the same values, with multiplicities ``valency``).
+    Twin: :func:`ufm.bridge.m2.pattern_flow_rhs_numpy`.
+    """
+    P, Pinv, valency, k, lam_W, lam_A, loss_id, K = data
+    R = valency.shape[0]
+    z = y[:R]
+    p = y[R:2 * R]
+    s = y[2 * R:]
+    zeta = np.dot(Pinv, z)
+    g = np.empty(R)
+    inv = 1.0 / K
+    if loss_id == 0:
+        m = zeta[0]
+        for r in range(1, R):
+            if zeta[r] > m:
+                m = zeta[r]
+        tot = 0.0
+        for r in range(R):
+            g[r] = math.exp(zeta[r] - m)
+            tot += valency[r] * g[r]
+        for r in range(R):
+            g[r] = g[r] / tot * inv
+    else:
+        for r in range(R):
+            g[r] = zeta[r] * inv
+    g[0] -= inv
+    gam = np.dot(P, g)
+    lam = lam_W + lam_A
+    for j in range(R):
+        out[j] = -gam[j] * (s[j] + p[j] * k[j]) - lam * z[j]
+        out[R + j] = -2.0 * gam[j] * z[j] - 2.0 * lam_W * p[j]
+        out[2 * R + j] = -2.0 * k[j] * gam[j] * z[j] - 2.0 * lam_A * s[j]

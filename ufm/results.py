@@ -117,7 +117,18 @@ class _Result:
         return dataclasses.replace(self, **changes)
 
     def save(self, path: str | os.PathLike) -> str:
-        """Write this result to ``path`` (``.npz``, no pickles). Returns the path written."""
+        """Write this result to ``path`` (``.npz``, no pickles).
+
+        Parameters
+        ----------
+        path : str or path-like
+            The file; ``.npz`` is appended when missing.
+
+        Returns
+        -------
+        str
+            The path written.
+        """
         arrays = self._all_arrays()
         header = {"schema": _SCHEMA, "type": type(self).__name__,
                   "scalars": _jsonable(self._scalars()), "meta": self.meta}
@@ -469,7 +480,18 @@ class SweepResult(_Result):
         return h.hexdigest()
 
     def save(self, path: str | os.PathLike) -> str:
-        """Write the sweep to ``path`` (``.npz``, no pickles). Returns the path written."""
+        """Write the sweep to ``path`` (``.npz``, no pickles).
+
+        Parameters
+        ----------
+        path : str or path-like
+            The file; ``.npz`` is appended when missing.
+
+        Returns
+        -------
+        str
+            The path written.
+        """
         rows, arrays = pack_records(self.records)
         header = {"schema": _SCHEMA, "type": type(self).__name__, "scalars": self._scalars(),
                   "records": rows, "meta": self.meta}
@@ -502,7 +524,18 @@ class SweepResult(_Result):
     def column(self, name: str, *, ok_only: bool = False) -> np.ndarray:
         """Values of one key across records (``NaN`` where a record lacks it, e.g. failed runs).
 
-        Numbers give a float array, anything else an object array.
+        Parameters
+        ----------
+        name : str
+            The record key (a grid parameter or a task output).
+        ok_only : bool
+            Keep only the runs that finished without error.
+
+        Returns
+        -------
+        ndarray
+            One entry per record, in grid order: a float array for numbers, an object
+            array otherwise.
         """
         rows = [r for r in self.records if r["ok"] or not ok_only]
         if not any(name in r for r in rows):
@@ -737,28 +770,48 @@ class FitResult(_Result):
     ----------
     params : dict
         Fitted values (JSON-friendly, read-only): ``"sigma"``, ``"strengths"``,
-        ``"lam"``, ``"time_exponent"``, ``"time_offset"`` (input-coupled M2 and
-        its time map ``log tau ~ offset + exponent log step``),
-        ``"transition_model_time"``, ``"beta_start"``, ``"beta_end"``
-        (anchored M1), ``"a_end"``, ``"b_end"`` and their ``*_ci`` intervals,
-        ``"ratio_end"`` (static decomposition at the last record).
+        ``"lam"``, ``"init_scale"``, ``"time_exponent"``, ``"time_offset"``
+        (input-coupled M2 and its time map ``log tau ~ offset + exponent log
+        step``; ``"m2_engine"``, ``"m2_start"``, ``"m2_kernel"``,
+        ``"m2_simulations"`` say how it was simulated),
+        ``"transition_model_time"``, ``"beta_start"``, ``"beta_end"`` (anchored
+        M1), ``"a_end"``, ``"b_end"`` and their ``*_ci`` intervals,
+        ``"ratio_end"`` (static decomposition at the last record),
+        ``"observed_transition"`` (a step, or ``None`` without a clear
+        transient), ``"outside_patterns"`` and ``"outside_patterns_change"``
+        (share of the unit Grams, and of their change over training, that no
+        attribute model can produce).
     gof : dict
-        Model name -> ``{"gap_r2", "gram_r2", "gram_distance", "n_params"}``.
+        Model name -> ``{"gap_r2", "gap_rmse", "etf_r2", "etf_rmse", "gram_r2"
+        (matched representation), "gram_r2_patterns", "gram_r2_full",
+        "gram_distance", "n_params", "n_data", "explains", "accepted"}``
+        (``"saturated"`` for the static model). See :mod:`ufm.bridge.fitting`.
     steps : float array (T,)
         The observed clock (training steps, or flow times for a Trajectory).
     curves : dict of name -> array
         Observed and fitted curves over the records (``"observed_gap"``,
-        ``"input_coupled_gap"``, ``"anchored_gap"``, ``"static_gap"``, the ETF
-        distances, ``"time_map"``, ``"beta_path"``, static coefficients and
-        intervals, the model's own ``"model_times"`` / ``"model_gap"``).
+        ``"observed_etf_distance"``, ``"outside_patterns"``,
+        ``"observed_nc1_trace_ratio"`` and ``"observed_cdnv"`` when the run
+        kept within-class traces, ``"<model>_gap"``,
+        ``"<model>_etf_distance"``, ``"time_map"``, ``"beta_path"``, static
+        coefficients and intervals, the model's own ``"model_times"`` /
+        ``"model_gap"`` / ``"model_etf_distance"``).
     grams : dict of name -> array (T, K, K)
-        Centred, unit-norm Grams: ``"observed"`` and each fitted model's at the
-        aligned times.
-    best_model : str
-        The dynamical model with the highest Gram R^2.
+        Centred, unit-norm Grams: ``"observed"``, ``"observed_patterns"`` and
+        each fitted model's at the aligned times.
+    best_model : str or None
+        The accepted dynamical model with the highest Gram R^2; ``None`` when
+        no model meets the minimum quality (``ufm.bridge.fitting.ACCEPT``).
     predicted_transition : float or None
         Observed step at which the fitted M2 model's Gram becomes closer to its
-        end state than to its semantic peak.
+        end state than to its semantic peak, when that lies inside the
+        observed steps; ``None`` otherwise (``transitions["predicted"]`` says why).
+    transitions : dict
+        ``"observed"`` and ``"predicted"``: step, reason, and for the
+        prediction the model time, whether it lies inside the observed range
+        and the extrapolated step when it does not.
+    verdict : str
+        One line: what the models explain and what nothing here explains.
     message : str
         The fit table in words.
     meta : dict
@@ -770,8 +823,10 @@ class FitResult(_Result):
     steps: np.ndarray
     curves: dict
     grams: dict
-    best_model: str
+    best_model: str | None
     predicted_transition: float | None = None
+    transitions: dict = field(default_factory=dict)
+    verdict: str = ""
     message: str = ""
     meta: dict = field(default_factory=dict)
     citation: str = "THEORY.md §8.6 (Gram-matrix bridge), §8.1 (M1), §8.2 (M2)"
@@ -784,6 +839,8 @@ class FitResult(_Result):
         object.__setattr__(self, "params", _FrozenDict(_jsonable(dict(self.params))))
         object.__setattr__(self, "gof", _FrozenDict({k: _FrozenDict(_jsonable(dict(v)))
                                                      for k, v in dict(self.gof).items()}))
+        object.__setattr__(self, "transitions", _FrozenDict({k: _FrozenDict(_jsonable(dict(v)))
+                                                             for k, v in dict(self.transitions).items()}))
         super().__post_init__()
 
     def __str__(self) -> str:
@@ -799,7 +856,18 @@ _TYPES = {"Solution": Solution, "Trajectory": Trajectory, "TheoryCurve": TheoryC
 
 
 def load(path: str | os.PathLike):
-    """Load a result written by ``save``; checks the schema and the content hash."""
+    """Load a result written by ``save``; checks the schema and the content hash.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.npz`` file written by a result's ``save``.
+
+    Returns
+    -------
+    Solution, Trajectory, TheoryCurve, SweepResult, Run or FitResult
+        The result, of the type that was saved.
+    """
     import zipfile
 
     try:

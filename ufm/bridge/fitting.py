@@ -1,4 +1,4 @@
-"""Fit UFM models to observed Gram trajectories (THEORY §8.6): which model explains a network best?
+"""Fit UFM models to observed Gram trajectories (THEORY §8.6), and say honestly what they explain.
 
 :func:`fit` takes class-mean Grams recorded over training (a bridge :class:`~ufm.results.Run`
 file, arrays, or a :class:`~ufm.results.Trajectory` of :func:`ufm.simulate`) and fits, side by side:
@@ -7,29 +7,45 @@ file, arrays, or a :class:`~ufm.results.Trajectory` of :func:`ufm.simulate`) and
     At each record, the least-squares decomposition of the centred, unit-norm
     Gram into the ETF part and one attribute kernel per factor,
     ``G_c ~ a P_K + sum_f b_f P_K S_f P_K`` (THEORY §8.6 step 2), with
-    confidence intervals. Descriptive: it has ``1 + F`` free numbers per record.
-``"input_coupled"`` (M2, THEORY §8.2)
-    ``H = A Phi`` with ``Phi = [Phi_attr(strengths); sigma I]``, gradient flow
-    of ``ufm.simulate`` from a small random start. Fitted: the capacity
-    ``sigma``, the attribute strengths (one per block, geometric mean fixed to
-    1, since the overall scale of ``Phi`` trades against time), optionally the
-    weight decay, and a monotone time map from observed steps to model time.
+    confidence intervals. Descriptive: ``1 + F`` free numbers per record, so
+    it is never a candidate explanation, and it is flagged *saturated* when it
+    has as many numbers per record as the representation it is matched on.
+``"input_coupled"`` (M2, THEORY §8.2; :mod:`ufm.bridge.m2`)
+    ``H = A Phi`` under gradient flow, with ufm's encoding
+    ``Phi = [Phi_attr(strengths); sigma I]`` (``sigma`` and the strengths
+    fitted) or the user's own inputs / kernel (used as given); the weight
+    decay, the start scale and a monotone time map from observed steps to
+    model time are fitted. Started isotropically or from the run's own first
+    record.
 ``"anchored"`` (M1, THEORY §8.1)
     The minimizer of the anchored MSE UFM (8.1) on a grid of ``beta``, anchor
     ``H_0`` = the attribute one-hots; fitted: a non-increasing path
     ``beta(step)`` (``1/beta`` reads as capacity x training time). Its semantic
     gap can only fall along such a path, so it cannot produce the early rise.
 
-Conventions (THEORY §8.6 step 5): Grams are compared only after centring with
-``P_K`` and scaling to unit Frobenius norm (overall scale, rotations and the
-bias along ``1`` are not identifiable). Distances are Frobenius norms between
-such unit Grams (in ``[0, 2]``). The semantic gap and ETF distance are those
-of :mod:`ufm.metrics` (centred Gram, THEORY §7.2, §7.4).
+Representations (THEORY §8.6 step 5). Grams are compared after centring with
+``P_K`` and scaling to unit Frobenius norm. *Full*: the whole unit-centred
+Gram. *Patterns*: its average over pairs of classes that share the same set of
+attributes (:mod:`ufm.bridge.patterns`), renormalized: everything an attribute
+model can express, without the item-specific part of a finite network's Gram.
+The fit is *matched* on one of them (``match``) and judged on both.
 
-Goodness of fit, per model (``FitResult.gof``): ``gap_r2`` (R^2 of the
-semantic-gap curve over records), ``gram_r2`` (``1 - sum_t ||G_obs - G_model||^2
-/ sum_t ||G_obs - mean_t G_obs||^2``), ``gram_distance`` (mean Frobenius
-distance) and ``n_params``.
+Goodness of fit (``FitResult.gof[model]``): ``gap_r2`` and ``etf_r2`` (R^2 of
+the semantic-gap and ETF-distance curves over the records, model against the
+full observed Grams, with their RMSE), ``gram_r2`` (matched representation),
+``gram_r2_patterns``, ``gram_r2_full`` (``1 - sum_t ||G_obs - G_model||^2 /
+sum_t ||G_obs - mean_t G_obs||^2``), ``gram_distance``, ``n_params`` (the time
+map and per-record coefficients count, one per record) and ``n_data``
+(independent numbers in the matched representation: ``T (R - 2)`` for ``R``
+patterns, ``T (K(K-1)/2 - 1)`` for full Grams). The data's own
+``outside_patterns`` (share of the Gram variance, and of its change over
+training, that no attribute model can produce) is in ``FitResult.params``.
+
+A dynamical model is *accepted* as an explanation only if it explains the
+gap curve, the ETF-distance curve and the matched Grams and does better than
+the time-averaged Gram on the full Grams (thresholds: :data:`ACCEPT`);
+``best_model`` is the accepted model with the highest matched Gram R^2, or
+``None``. ``FitResult.verdict`` says in one line what is and is not explained.
 
 References
 ----------
@@ -48,19 +64,44 @@ import time
 import numpy as np
 
 from .. import metrics
-from .._checks import check_int, check_nonneg
+from .._checks import check_int, check_nonneg, check_positive
 from ..results import FitResult, Run, Trajectory
 from .io import _as_numpy, load_run
+from .m1 import anchored_path, anchored_path_patterns
+from .m2 import ENGINES, STARTS, M2Model, _Reporter, align_monotone, align_refined, at_fraction, fit_m2
+from .patterns import PatternAlgebra, outside_fraction, pattern_ids, project_patterns
 
-__all__ = ["fit", "static_decomposition", "align_monotone", "anchored_path", "isotropic_init", "pattern_ids",
-           "project_patterns", "unit_centred"]
+__all__ = ["ACCEPT", "MODELS", "align_monotone", "anchored_path", "fit", "isotropic_init", "observed_transition",
+           "pattern_ids", "project_patterns", "static_decomposition", "unit_centred", "within_class"]
 
 MODELS = ("static", "input_coupled", "anchored")
+NAMES = {"static": "static", "input_coupled": "M2 (input-coupled)", "anchored": "M1 (anchored)"}
+
+#: Minimum quality for a dynamical model to count as an explanation (``fit(accept=...)`` overrides).
+#: A curve is explained when its R^2 reaches ``*_r2`` *or* its RMSE is below ``*_rmse`` (a curve that
+#: hardly moves has no meaningful R^2, but a model that sits on it still explains it).
+ACCEPT = {"gap_r2": 0.8, "gap_rmse": 0.01, "etf_r2": 0.5, "etf_rmse": 0.02, "gram_r2": 0.5,
+          "full_gram_r2": 0.0}
+
+#: The observed transition needs a clear transient: a rise of at least ``rise`` above the first record,
+#: then a fall of at least ``max(rise, fall * (peak - start))`` below the peak by the last record.
+TRANSIENT = {"rise": 0.02, "fall": 0.25}
 
 
 # -- observed data -------------------------------------------------------------------
 def unit_centred(grams) -> np.ndarray:
-    """``P_K G P_K / ||P_K G P_K||_F`` for one Gram (K x K) or a stack (T x K x K) (THEORY §8.6 steps 1, 5)."""
+    """``P_K G P_K / ||P_K G P_K||_F`` for one Gram (K x K) or a stack (T x K x K) (THEORY §8.6 steps 1, 5).
+
+    Parameters
+    ----------
+    grams : array (K, K) or (T, K, K)
+        Grams, nonzero after centring.
+
+    Returns
+    -------
+    ndarray
+        Centred, unit-norm Grams, same shape.
+    """
     Gc = metrics.double_centre(np.asarray(grams, dtype=np.float64))
     norm = np.linalg.norm(Gc, axis=(-2, -1), keepdims=True)
     if np.any(norm <= 1e-300):
@@ -69,49 +110,38 @@ def unit_centred(grams) -> np.ndarray:
     return Gc / norm
 
 
-def pattern_ids(attributes) -> np.ndarray:
-    """K x K integer map: pairs ``(k, l)`` get the same id iff they share the same set of factors.
+class _Obs:
+    """What :func:`fit` reads from its source."""
 
-    The diagonal has its own id. Averaging a Gram over each id is the
-    orthogonal projection onto the matrices that depend on a pair only through
-    which attributes it shares (every kernel built from the attribute table,
-    THEORY §7.4, lies there).
-    """
-    A = np.asarray(attributes)
-    K, F = A.shape
-    eq = A[:, None, :] == A[None, :, :]                       # (K, K, F)
-    code = (eq * (1 << np.arange(F, dtype=np.int64))).sum(axis=-1) + 1
-    code[np.diag_indices(K)] = 0
-    _, ids = np.unique(code, return_inverse=True)
-    return ids.reshape(K, K)
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
 
 
-def project_patterns(grams, ids) -> np.ndarray:
-    """Average each Gram of a stack (T x K x K) over the pairs of equal ``ids``; rescaled to unit Frobenius norm."""
-    G = np.asarray(grams, dtype=np.float64)
-    flat = ids.ravel()
-    n = np.bincount(flat)
-    sums = np.stack([np.bincount(flat, weights=g.ravel(), minlength=len(n)) for g in G.reshape(len(G), -1)])
-    out = (sums / n)[:, flat].reshape(G.shape)
-    return out / np.linalg.norm(out, axis=(-2, -1), keepdims=True)
-
-
-def _observed(source, setting, attributes, steps):
-    """(steps (T,), grams (T,K,K), attributes (K,F), setting or None, description)."""
+def _observed(source, setting, attributes, steps) -> _Obs:
+    """Steps, Grams, attributes, setting, description, and when present the first record's state and the
+    within-class traces."""
     from ..settings import Setting
 
     desc = type(source).__name__
-    run_attrs = None
+    run_attrs, run = None, None
+    W0 = M0 = within = counts = None
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         source = _load_source(path)
         desc = f"{type(source).__name__} {os.path.basename(path)}"
+    recorded = None
     if isinstance(source, Run):
+        run = source
         obs_steps, grams, run_attrs = np.asarray(source.steps, float), np.asarray(source.grams), source.attributes
         if source.name:
             desc = f"Run {source.name!r}"
-        if setting is None and "setting" in source.meta:
-            setting = _setting_from_meta(source.meta["setting"])
+        if "setting" in source.meta:
+            recorded = _setting_from_meta(source.meta["setting"])
+        if source.means is not None:
+            M0 = np.asarray(source.means[0], dtype=np.float64)
+            W0 = None if source.W is None else np.asarray(source.W[0], dtype=np.float64)
+        within = None if source.within is None else np.asarray(source.within, dtype=np.float64)
+        counts = np.asarray(source.counts)
     elif isinstance(source, Trajectory):
         rec = source.records
         name = "gram_means" if "gram_means" in rec else "gram_H" if "gram_H" in rec else None
@@ -123,6 +153,9 @@ def _observed(source, setting, attributes, steps):
         desc = f"Trajectory ({name}, {source.n_seeds} seed(s) averaged)"
         prob_attrs = source.meta.get("attributes")
         run_attrs = None if prob_attrs is None else np.asarray(prob_attrs)
+        if source.n_seeds == 1 and "H" in rec and name == "gram_H":
+            M0 = np.asarray(rec["H"][0, 0], dtype=np.float64)
+            W0 = np.asarray(rec["W"][0, 0], dtype=np.float64) if "W" in rec else None
     else:
         grams = _as_numpy(source, "source")
         if grams.ndim == 2:
@@ -147,6 +180,12 @@ def _observed(source, setting, attributes, steps):
     if setting is not None and setting.N != K:
         raise ValueError(f"setting has N = {setting.N} items but the Grams have K = {K} classes; pass the "
                          f"setting the network was trained on.")
+    if setting is not None and run_attrs is not None and not np.array_equal(setting.attributes, run_attrs):
+        raise ValueError(f"setting {setting.name!r} has another attribute table than the one the run records; the "
+                         f"run's own table is what the network was trained on. Drop setting= (the run's setting "
+                         f"is used), or fix the run.")
+    if setting is None:
+        setting = recorded
     if attributes is None:
         attributes = setting.attributes if setting is not None else run_attrs
     if attributes is None:
@@ -155,9 +194,12 @@ def _observed(source, setting, attributes, steps):
     attributes = np.asarray(attributes)
     if attributes.ndim != 2 or attributes.shape[0] != K:
         raise ValueError(f"attributes must be (K = {K}, F), got shape {attributes.shape}.")
+    if setting is not None and not np.array_equal(setting.attributes, attributes):
+        raise ValueError("attributes= and the setting's attribute table differ; pass one of them.")
     if setting is None:
         setting = Setting(attributes=attributes, name="from attributes")
-    return obs_steps, grams, attributes, setting, desc
+    return _Obs(steps=obs_steps, grams=grams, attributes=attributes, setting=setting, desc=desc, run=run,
+                W0=W0, M0=M0, within=within, counts=counts, K=K, T=len(grams))
 
 
 def _load_source(path: str):
@@ -225,11 +267,21 @@ def static_decomposition(grams, attributes, *, level: float = 0.95) -> dict:
     entries as independent with equal variance: residuals of real Grams are
     correlated, so read them as a lower bound on the uncertainty.
 
+    Parameters
+    ----------
+    grams : array (K, K) or (T, K, K)
+        Observed Grams (centred and normalized here).
+    attributes : array of int (K, F)
+        Factor levels, one row per class.
+    level : float
+        Confidence level of the intervals.
+
     Returns
     -------
-    dict with ``a`` (T,), ``b`` (T, F_kept), ``a_ci`` (T, 2), ``b_ci`` (T, F_kept, 2),
-    ``r2`` (T,), ``fitted`` (T, K, K, unit-centred model Grams), ``factors``
-    (kept factor indices), ``dropped``, ``df``.
+    dict
+        ``a`` (T,), ``b`` (T, F_kept), ``a_ci`` (T, 2), ``b_ci`` (T, F_kept, 2),
+        ``r2`` (T,), ``fitted`` (T, K, K, unit-centred model Grams), ``factors``
+        (kept factor indices), ``dropped``, ``df``.
     """
     from scipy import stats
 
@@ -260,36 +312,7 @@ def static_decomposition(grams, attributes, *, level: float = 0.95) -> dict:
             "level": level}
 
 
-# -- monotone alignment -----------------------------------------------------------------
-def align_monotone(D) -> tuple[np.ndarray, float]:
-    """Indices ``j_0 <= j_1 <= ... <= j_{T-1}`` minimizing ``sum_i D[i, j_i]`` (dynamic programming).
-
-    ``D`` is a ``T x J`` cost matrix (observed records x model times). Returns
-    the indices and the minimal mean cost. O(T J).
-    """
-    D = np.asarray(D, dtype=np.float64)
-    T, J = D.shape
-    cost = np.empty_like(D)
-    cost[0] = D[0]
-    for i in range(1, T):
-        cost[i] = D[i] + np.minimum.accumulate(cost[i - 1])
-    path = np.empty(T, dtype=np.int64)
-    j = int(np.argmin(cost[-1]))
-    path[-1] = j
-    for i in range(T - 2, -1, -1):
-        j = int(np.argmin(cost[i, : j + 1]))
-        path[i] = j
-    return path, float(cost[-1, path[-1]] / T)
-
-
-def _dist2(obs, model):
-    """Squared Frobenius distances between unit Grams: (T, J)."""
-    o = obs.reshape(len(obs), -1)
-    m = model.reshape(len(model), -1)
-    return np.maximum(2.0 - 2.0 * o @ m.T, 0.0)
-
-
-# -- M2: input-coupled UFM -------------------------------------------------------------
+# -- M2's wide-layer start, for simulating with ufm.simulate ----------------------------
 def isotropic_init(problem, init_scale: float) -> dict:
     """The deterministic wide-network start of the input-coupled UFM: ``{"W0": ..., "A0": ...}``.
 
@@ -297,6 +320,18 @@ def isotropic_init(problem, init_scale: float) -> dict:
     ``A0^T A0 = init_scale^2 I_p``, ``W0 W0^T = init_scale^2 I_K`` and ``W0 A0 = 0``: the limit of a
     Gaussian start in a wide layer (``A0^T A0 ~ s^2 d I``, ``W0 A0 / (s^2 d) -> 0``), without its
     seed-to-seed noise. Every rotation of the feature space gives the same Gram trajectory.
+
+    Parameters
+    ----------
+    problem : InputCoupledUFM
+        The model (``d >= p + K``).
+    init_scale : float
+        The scale ``s`` above.
+
+    Returns
+    -------
+    dict
+        ``{"W0": (K, d) array, "A0": (d, p) array}``.
     """
     K, p, d = problem.K, problem.p, problem.d
     if d < p + K:
@@ -308,206 +343,51 @@ def isotropic_init(problem, init_scale: float) -> dict:
     return {"W0": W0, "A0": A0}
 
 
-class _M2:
-    """Simulated unit-centred Gram trajectories of the input-coupled UFM for a parameter vector."""
+# -- within-class metrics from a run's traces --------------------------------------------
+def within_class(grams, within, counts) -> dict:
+    """NC1 (trace ratio) and mean CDNV per record, from class-mean Grams and within-class traces.
 
-    def __init__(self, setting, loss, d, init_scale, seed, horizon, n_model, lam, project=None):
-        self.project = project if project is not None else (lambda G: G)
-        self.setting, self.loss, self.d = setting, loss, d
-        self.init_scale, self.seed, self.horizon, self.n_model = init_scale, seed, horizon, n_model
-        self.lam = lam                      # float, or None = fitted
-        self.B = len(setting.blocks)
-        self.cache = {}
-
-    def unpack(self, x):
-        x = np.asarray(x, dtype=np.float64)
-        sigma = math.exp(x[0])
-        u = np.concatenate([x[1:self.B], [-np.sum(x[1:self.B])]]) if self.B > 1 else np.zeros(self.B)
-        strengths = np.exp(u)
-        lam = self.lam if self.lam is not None else 10.0 ** x[-1]
-        return sigma, strengths, lam
-
-    def problem(self, x):
-        from ..problems import InputCoupledUFM
-
-        sigma, strengths, lam = self.unpack(x)
-        d = self.d if self.d is not None else self.setting.N + self.setting.encoding(0.0).shape[0]
-        return InputCoupledUFM.from_setting(self.setting, sigma, d=d, loss=self.loss, lam_W=lam, lam_A=lam,
-                                            strengths=strengths)
-
-    def trajectory(self, x):
-        from .._simulate import simulate
-
-        key = tuple(np.round(np.asarray(x, float), 12))
-        if key in self.cache:
-            return self.cache[key]
-        prob = self.problem(x)
-        _, _, lam = self.unpack(x)
-        horizon = self.horizon if lam == 0 else min(self.horizon, 50.0 / lam)
-        steps = 10**6
-        init = {} if self.d is not None else isotropic_init(prob, self.init_scale)
-        tr = simulate(prob, steps=steps, lr=horizon / steps, mode="flow", record=("gram_H",),
-                      n_records=self.n_model, init_scale=self.init_scale, seed=self.seed, rtol=1e-6, atol=1e-9,
-                      **init)   # Grams to ~1e-6, far below what distinguishes a fit; 3x faster than the default
-        times = np.asarray(tr.times)
-        G = self.project(unit_centred(np.asarray(tr.records["gram_H"])[0]))
-        out = (times, G, tr)
-        if len(self.cache) > 256:
-            self.cache.clear()
-        self.cache[key] = out
-        return out
-
-    def score(self, x, obs):
-        try:
-            times, G, _ = self.trajectory(x)
-        except (ValueError, FloatingPointError):
-            return np.inf
-        _, cost = align_monotone(_dist2(obs, G))
-        return cost
-
-
-def _fit_m2(obs, setting, *, loss, lam, d, init_scale, seed, horizon, n_model, fit_strengths, sigma_grid,
-            maxiter, log, project):
-    from scipy.optimize import minimize
-
-    model = _M2(setting, loss, d, init_scale, seed, horizon, n_model, None if lam == "fit" else lam, project)
-    B = model.B
-    n_u = (B - 1) if fit_strengths else 0
-    lam_grid = [None] if model.lam is not None else [-4.0, -3.0, -2.0]
-    best = None
-    for s in sigma_grid:
-        for lg in lam_grid:
-            x = [math.log(s)] + [0.0] * (B - 1) + ([] if lg is None else [lg])
-            c = model.score(x, obs)
-            if best is None or c < best[0]:
-                best = (c, np.array(x, dtype=float))
-    log(f"input_coupled: grid start sigma={math.exp(best[1][0]):.3g}, cost {best[0]:.4g}")
-    free = [0] + list(range(1, 1 + n_u)) + ([len(best[1]) - 1] if model.lam is None else [])
-    x_full = best[1].copy()
-
-    best_seen = {"cost": best[0], "z": x_full[free].copy(), "nfev": 0}
-
-    def f(z):
-        x = x_full.copy()
-        x[free] = z
-        c = model.score(x, obs)
-        best_seen["nfev"] += 1
-        if c < best_seen["cost"]:
-            best_seen["cost"], best_seen["z"] = c, np.array(z, dtype=float)
-        return c
-
-    interrupted = False
-    try:
-        minimize(f, x_full[free], method="Nelder-Mead",
-                 options={"xatol": 2e-3, "fatol": 1e-7, "maxiter": maxiter,
-                          "initial_simplex": _simplex(x_full[free], 0.15)})
-    except KeyboardInterrupt:      # Ctrl-C: keep the best point found so far
-        interrupted = True
-        log("input_coupled: interrupted; keeping the best parameters found so far")
-    x_full[free] = best_seen["z"]
-    times, G, tr = model.trajectory(x_full)
-    path, cost = align_monotone(_dist2(obs, G))
-    sigma, strengths, lam_v = model.unpack(x_full)
-    log(f"input_coupled: sigma={sigma:.4g}, strengths={np.round(strengths, 4).tolist()}, lam={lam_v:.3g}, "
-        f"cost {cost:.4g} ({best_seen['nfev']} simulations)")
-    return {"interrupted": interrupted, "sigma": sigma, "strengths": strengths, "lam": lam_v, "times": times, "model_grams": G,
-            "path": path, "cost": cost, "nfev": best_seen["nfev"], "n_free": len(free), "problem": model.problem(x_full)}
-
-
-def _simplex(x0, step):
-    x0 = np.asarray(x0, dtype=float)
-    pts = [x0]
-    for i in range(len(x0)):
-        p = x0.copy()
-        p[i] += step
-        pts.append(p)
-    return np.array(pts)
-
-
-def _time_map_powerlaw(obs_steps, model_times):
-    """Least squares ``log tau = offset + exponent log step`` over records with step > 0 and tau > 0."""
-    m = (obs_steps > 0) & (model_times > 0)
-    if m.sum() < 2 or np.ptp(np.log(obs_steps[m])) == 0:
-        return None, None
-    exponent, offset = np.polyfit(np.log(obs_steps[m]), np.log(model_times[m]), 1)
-    return float(exponent), float(offset)
-
-
-def _transition_index(G, gaps=None):
-    peak = int(np.argmax(gaps)) if gaps is not None else 0
-    end = G[-1]
-    for j in range(peak, len(G)):
-        if np.linalg.norm(G[j] - end) < np.linalg.norm(G[j] - G[peak]):
-            return j
-    return None
-
-
-# -- M1: anchored UFM -------------------------------------------------------------------
-def anchored_path(H0, betas, *, labels=None, lam_W: float = 1e-2, lam_H: float = 1e-2, tol: float = 1e-12,
-                  max_iter: int = 20000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Minimizers of the anchored MSE UFM (8.1) along a ``beta`` grid (THEORY §8.1, TV9).
-
-    Objective (Tirer, Huang, Niles-Weed, arXiv 2210.16658, Eq. 2; ``n`` examples per class)::
-
-        1/(2Kn) ||W H - Y||^2 + lam_W/(2K) ||W||^2 + lam_H/(2Kn) ||H||^2 + beta/(2Kn) ||H - H0||^2
-
-    minimized by exact block-coordinate steps ``W = Y H^T (H H^T + n lam_W I)^{-1}``,
-    ``H = (W^T W + (lam_H + beta) I)^{-1} (W^T Y + beta H0)`` until the relative
-    change of ``H`` is below ``tol``, warm-started along the grid from the
-    largest ``beta`` down (the first start is ``H0`` plus a ``1e-3`` Gaussian
-    perturbation, which breaks the symmetry of zero rows of ``H0``). Each
-    point is a stationary point; for large ``beta`` the objective is strongly
-    convex in ``H`` near ``H0`` and it is the minimizer.
+    A bridge :class:`~ufm.results.Run` keeps, per record, the class-mean Gram
+    ``M^T M`` and each class's within-class trace
+    ``(1/n_k) sum_{y_i = k} ||h_i - mu_k||^2``. Those determine
+    ``NC1~ = tr Sigma_W / tr Sigma_B`` (the ``"trace_ratio"`` variant of
+    :func:`ufm.metrics.nc1`: ``Sigma_W`` pooled over examples, ``Sigma_B``
+    over classes around the *sample* global mean) and the CDNV of
+    :func:`ufm.metrics.cdnv_mean` (THEORY §7.1). NC1's ``"pinv"`` / ``"svd"``
+    variants need the whole within-class covariance, which a run does not
+    keep. With one example per class (``within = 0``) both are 0.
 
     Parameters
     ----------
-    H0 : array (d, N)
-        Anchor features, one column per example.
-    betas : array of float > 0
-        The grid (any order).
-    labels : int array (N,), optional
-        Class of each example, balanced (``n = N / K``); default: distinct labels (``K = N``, ``n = 1``).
-    lam_W, lam_H : float
-        Weight decays in the normalization above.
+    grams : array (T, K, K)
+        Class-mean Grams ``M^T M``.
+    within : array (T, K)
+        Within-class traces per class.
+    counts : array (K,)
+        Examples per class.
 
     Returns
     -------
-    (W, H) : arrays (len(betas), K, d) and (len(betas), d, N), in the order of ``betas``.
+    dict
+        ``nc1_trace_ratio`` (T,) and ``cdnv_mean`` (T,).
     """
-    H0 = np.asarray(H0, dtype=np.float64)
-    d, N = H0.shape
-    y = np.arange(N) if labels is None else np.asarray(labels)
-    K = int(y.max()) + 1
-    counts = np.bincount(y, minlength=K)
-    if np.any(counts != counts[0]):
-        raise ValueError(f"labels must be balanced (the same number of examples per class), got counts {counts.tolist()}.")
-    n = int(counts[0])
-    Y = np.zeros((K, N))
-    Y[y, np.arange(N)] = 1.0
-    betas = np.asarray(betas, dtype=np.float64)
-    rng = np.random.default_rng(np.random.SeedSequence(seed))
-    H = H0 + 1e-3 * rng.standard_normal(H0.shape)
-    Ws, Hs = np.empty((len(betas), K, d)), np.empty((len(betas), d, N))
-    I_d = np.eye(d)
-    for i in np.argsort(-betas):
-        for _ in range(max_iter):
-            W = np.linalg.solve(H @ H.T + n * lam_W * I_d, H @ Y.T).T
-            H_new = np.linalg.solve(W.T @ W + (lam_H + betas[i]) * I_d, W.T @ Y + betas[i] * H0)
-            change = np.linalg.norm(H_new - H) / max(np.linalg.norm(H), 1e-300)
-            H = H_new
-            if change < tol:
-                break
-        Ws[i], Hs[i] = W, H
-    return Ws, Hs
-
-
-def _fit_m1(obs, H0, *, lam_W, lam_H, betas, seed, project):
-    _, H = anchored_path(H0, betas, lam_W=lam_W, lam_H=lam_H, seed=seed)
-    grams = project(unit_centred(np.einsum("bdk,bdl->bkl", H, H)))
-    # non-increasing beta over training: align against the grid sorted by decreasing beta
-    order = np.argsort(-betas)
-    path, cost = align_monotone(_dist2(obs, grams[order]))
-    return {"betas": betas[order][path], "model_grams": grams[order][path], "cost": cost}
+    G = np.asarray(grams, dtype=np.float64)
+    w = np.asarray(within, dtype=np.float64)
+    n = np.asarray(counts, dtype=np.float64)
+    N, K = n.sum(), len(n)
+    nc1, cd = [], []
+    off = ~np.eye(K, dtype=bool)
+    for g, wt in zip(G, w):
+        dg = np.diag(g)
+        gn = g @ n / N
+        between = dg - 2 * gn + (n @ gn) / N                  # ||mu_k - mu_G||^2, mu_G the sample mean
+        tb = between.sum() / K
+        nc1.append(np.nan if tb <= 0 else float((n @ wt / N) / tb))
+        dist2 = dg[:, None] + dg[None, :] - 2 * g
+        with np.errstate(divide="ignore", invalid="ignore"):
+            V = 0.5 * (wt[:, None] + wt[None, :]) / dist2
+        cd.append(float(np.mean(V[off])) if np.all(dist2[off] > 0) else np.inf)
+    return {"nc1_trace_ratio": np.array(nc1), "cdnv_mean": np.array(cd)}
 
 
 # -- goodness of fit --------------------------------------------------------------------
@@ -524,20 +404,290 @@ def _r2(y, yhat):
     return float(1.0 - np.sum((y - yhat) ** 2) / ss) if ss > 0 else float("nan")
 
 
-def _gof(obs, model, gap_obs, attributes, n_params):
-    gap = _gaps(model, attributes)
-    d = np.linalg.norm((obs - model).reshape(len(obs), -1), axis=1)
+def _gram_r2(obs, model):
     spread = float(np.sum((obs - obs.mean(axis=0)) ** 2))
-    return gap, {"gap_r2": _r2(gap_obs, gap), "gram_r2": float(1 - np.sum(d ** 2) / spread) if spread > 0 else None,
-                 "gram_distance": float(d.mean()), "n_params": int(n_params)}
+    res = float(np.sum((obs - model) ** 2))
+    return float(1.0 - res / spread) if spread > 0 else float("nan")
+
+
+def _unit(G):
+    n = np.linalg.norm(G, axis=(-2, -1), keepdims=True)
+    return G / np.where(n > 0, n, 1.0)
+
+
+def _gof(rep, model_full, n_params):
+    """Goodness of fit of one model's unit-centred Grams (T, K, K) against the observed representations."""
+    gap = _gaps(model_full, rep.attributes)
+    etf = _etf(model_full)
+    model_pat = project_patterns(model_full, rep.ids)
+    model_matched = model_pat if rep.match == "patterns" else model_full
+    d = np.linalg.norm((rep.matched - model_matched).reshape(rep.T, -1), axis=1)
+    g = {"gap_r2": _r2(rep.gap, gap), "gap_rmse": float(np.sqrt(np.mean((rep.gap - gap) ** 2))),
+         "etf_r2": _r2(rep.etf, etf), "etf_rmse": float(np.sqrt(np.mean((rep.etf - etf) ** 2))),
+         "gram_r2": _gram_r2(rep.matched, model_matched),
+         "gram_r2_patterns": _gram_r2(rep.patterns, model_pat), "gram_r2_full": _gram_r2(rep.full, model_full),
+         "gram_distance": float(d.mean()), "n_params": int(n_params), "n_data": int(rep.n_data)}
+    return gap, etf, g
+
+
+def _explains(g, accept) -> dict:
+    """Which of the curves and Grams a model explains, by the thresholds of ``accept``."""
+    def ok(r2, r2_min, rmse=None, rmse_max=None):
+        return bool((np.isfinite(r2) and r2 >= r2_min) or (rmse is not None and rmse <= rmse_max))
+
+    return {"gap": ok(g["gap_r2"], accept["gap_r2"], g["gap_rmse"], accept["gap_rmse"]),
+            "etf": ok(g["etf_r2"], accept["etf_r2"], g["etf_rmse"], accept["etf_rmse"]),
+            "gram": ok(g["gram_r2"], accept["gram_r2"]),
+            "full_gram": ok(g["gram_r2_full"], accept["full_gram_r2"])}
+
+
+# -- transitions --------------------------------------------------------------------------
+def observed_transition(steps, gaps, grams, *, rise: float = TRANSIENT["rise"],
+                        fall: float = TRANSIENT["fall"]) -> dict:
+    """The observed transition of a run: defined only after a clear rise and a clear fall of the gap.
+
+    Definition (documented in ``docs/bridge/fits.md``): with ``p`` the record
+    of the largest semantic gap, the run has a transient when ``p`` is neither
+    the first nor the last record, ``gap[p] - gap[0] >= rise`` and
+    ``gap[p] - gap[-1] >= max(rise, fall * (gap[p] - gap[0]))``. The transition
+    is then the first record after ``p`` whose Gram (the representation the
+    fit is matched on) is closer to the last record's Gram than to the peak's.
+    A monotone gap curve (peak at the first or last record) has no transition.
+
+    Parameters
+    ----------
+    steps : array (T,)
+        The record steps.
+    gaps : array (T,)
+        The semantic gap of each record.
+    grams : array (T, K, K)
+        The Grams the fit is matched on.
+    rise, fall : float
+        The thresholds of the definition above.
+
+    Returns
+    -------
+    dict
+        ``step`` (float or None), ``index``, ``peak_step`` and ``reason`` (why there is
+        none, or how it was found).
+    """
+    gaps = np.asarray(gaps, dtype=np.float64)
+    T = len(gaps)
+    if T < 3 or not np.all(np.isfinite(gaps)):
+        return {"step": None, "index": None, "peak_step": None,
+                "reason": "fewer than 3 records, or an undefined gap at some record"}
+    p = int(np.argmax(gaps))
+    peak_step = float(steps[p])
+    up, down = gaps[p] - gaps[0], gaps[p] - gaps[-1]
+    if p == 0:
+        return {"step": None, "index": None, "peak_step": peak_step,
+                "reason": "no rise: the semantic gap is largest at the first record"}
+    if p == T - 1:
+        return {"step": None, "index": None, "peak_step": peak_step,
+                "reason": "no fall: the semantic gap is largest at the last record (still rising)"}
+    if up < rise:
+        return {"step": None, "index": None, "peak_step": peak_step,
+                "reason": f"no clear rise: the gap rises by {up:.3g} < {rise:g} above the first record"}
+    if down < max(rise, fall * up):
+        return {"step": None, "index": None, "peak_step": peak_step,
+                "reason": f"no clear fall: the gap falls by {down:.3g} after its peak, less than "
+                          f"{max(rise, fall * up):.3g} (max({rise:g}, {fall:g} x the rise))"}
+    end = grams[-1]
+    for j in range(p + 1, T):
+        if np.linalg.norm(grams[j] - end) < np.linalg.norm(grams[j] - grams[p]):
+            return {"step": float(steps[j]), "index": j, "peak_step": peak_step,
+                    "reason": "first record after the gap peak whose Gram is closer to the last record's than "
+                              "to the peak's"}
+    return {"step": None, "index": None, "peak_step": peak_step, "reason": "the Grams never get closer to the "
+            "last record's than to the peak's"}
+
+
+def _time_map_powerlaw(obs_steps, model_times):
+    """Least squares ``log tau = offset + exponent log step`` over records with step > 0 and tau > 0."""
+    m = (obs_steps > 0) & (model_times > 0)
+    if m.sum() < 2 or np.ptp(np.log(obs_steps[m])) == 0 or np.ptp(np.log(model_times[m])) == 0:
+        return None, None
+    exponent, offset = np.polyfit(np.log(obs_steps[m]), np.log(model_times[m]), 1)
+    return float(exponent), float(offset)
+
+
+def _predicted_transition(tau_tr, obs_steps, tau_obs, exponent, offset) -> dict:
+    """Map the model's transition time to observed steps, only inside the aligned range."""
+    m = (obs_steps > 0) & (tau_obs > 0)
+    out = {"model_time": tau_tr, "step": None, "extrapolated_step": None, "inside": False}
+    if m.sum() >= 2 and exponent is not None and exponent > 0:
+        out["extrapolated_step"] = float(math.exp((math.log(tau_tr) - offset) / exponent))
+    if m.sum() < 2:
+        out["reason"] = "fewer than two records aligned with positive model times; no time map"
+        return out
+    lt, ls = np.log(tau_obs[m]), np.log(obs_steps[m])
+    if tau_tr > tau_obs[m][-1]:
+        out["reason"] = (f"M2 reaches its transition at model time {tau_tr:.3g}, after the model time aligned with "
+                         f"the last record ({tau_obs[m][-1]:.3g}): the run ends before the predicted transition"
+                         + ("" if out["extrapolated_step"] is None else
+                            f"; the power-law time map would put it at step {out['extrapolated_step']:.3g}, "
+                            f"outside the observed steps (not reported as a prediction)"))
+        return out
+    if tau_tr < tau_obs[m][0]:
+        out["reason"] = (f"M2's transition (model time {tau_tr:.3g}) comes before the model time aligned with the "
+                         f"first positive step ({tau_obs[m][0]:.3g})")
+        return out
+    keep = np.concatenate([[True], np.diff(lt) > 0])
+    if keep.sum() < 2:
+        out["reason"] = "the aligned model times do not advance; no time map"
+        return out
+    out.update(step=float(np.exp(np.interp(math.log(tau_tr), lt[keep], ls[keep]))), inside=True,
+               reason="inside the observed steps (log-log interpolation of the aligned time map)")
+    return out
+
+
+# -- the verdict ------------------------------------------------------------------------------
+def _verdict(gof, explains, accepted, best, outside_change, static_saturated) -> str:
+    """One plain-language line: what the dynamical models explain and what nothing here explains."""
+    dyn = [m for m in gof if m != "static"]
+    if not dyn:
+        msg = "no dynamical model was fitted; the static decomposition describes each record separately"
+        if static_saturated:
+            msg += " (saturated here: as many numbers per record as the data, so its R^2 = 1 says nothing)"
+        return msg + "."
+    parts, missing = [], []
+    for key, label, r2 in (("gap", "the semantic-gap curve", "gap_r2"), ("etf", "the ETF distance", "etf_r2"),
+                           ("full_gram", "the full Grams", "gram_r2_full")):
+        who = [m for m in dyn if explains[m][key]]
+        if who:
+            m = max(who, key=lambda m: gof[m][r2] if np.isfinite(gof[m][r2]) else -np.inf)
+            parts.append((m, label, gof[m][r2]))
+        else:
+            m = max(dyn, key=lambda m: gof[m][r2] if np.isfinite(gof[m][r2]) else -np.inf)
+            missing.append(f"{label} (best R^2 {gof[m][r2]:.2f}, {NAMES[m]})")
+    by_model = {}
+    for m, label, r2 in parts:
+        by_model.setdefault(m, []).append(f"{label} (R^2 {r2:.2f})")
+    said = [f"{NAMES[m]} explains " + _join(items) for m, items in by_model.items()]
+    if missing:
+        said.append("nothing here explains " + _join(missing))
+    if outside_change > 0.2:
+        said.append(f"{100 * outside_change:.0f}% of the Grams' change over training lies outside the attribute "
+                    f"patterns, which no attribute model produces")
+    end = (f"best model: {NAMES[best]}" if best is not None else
+           "no dynamical model is accepted as an explanation (best_model = None)")
+    return "; ".join(said) + f". {end[0].upper()}{end[1:]}."
+
+
+def _join(items):
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 # -- entry point ------------------------------------------------------------------------
+class _Rep:
+    """The observed Grams in every representation the fit uses or reports."""
+
+    def __init__(self, obs, match, algebra):
+        self.attributes, self.T, self.K = obs.attributes, obs.T, obs.K
+        self.ids = algebra.ids if algebra is not None else pattern_ids(obs.attributes)
+        self.algebra, self.match = algebra, match
+        self.full = unit_centred(obs.grams)
+        self.patterns = project_patterns(self.full, self.ids)
+        self.matched = self.patterns if match == "patterns" else self.full
+        self.gap, self.etf = _gaps(self.full, obs.attributes), _etf(self.full)
+        self.R = int(self.ids.max()) + 1
+        dims = (self.R - 2 if algebra is not None else _pattern_dims(self.ids) - 1) if match == "patterns" \
+            else self.K * (self.K - 1) // 2 - 1
+        self.dims = max(int(dims), 0)
+        self.n_data = self.T * self.dims
+        self.outside = outside_fraction(self.full, self.ids)          # per record
+        change = self.full - self.full.mean(axis=0)
+        total = float(np.sum(change ** 2))
+        out = float(np.sum((change - project_patterns(change, self.ids, normalize=False)) ** 2))
+        self.outside_change = out / total if total > 0 else 0.0
+
+    def m2_cost(self, model):
+        """``(cost, inner, adjacent)``: ``cost(model, x)`` is the mean squared distance of the refined monotone
+        alignment (:func:`~ufm.bridge.m2.align_refined`) in the matched representation; ``inner(G)`` the
+        observation-model inner products and ``adjacent(G)`` those of consecutive model points."""
+        if model.engine == "patterns":
+            a = model.algebra
+            eig = a.eigen(a.values(self.full))                       # projections of the unit Grams
+            if self.match == "patterns":
+                eig = eig / np.sqrt(np.sum(a.mult * eig ** 2, axis=1, keepdims=True))
+
+            def inner(G):
+                return a.inner(eig, G)
+
+            def adjacent(G):
+                return np.sum(a.mult * G[:-1] * G[1:], axis=1)
+        else:
+            flat = self.matched.reshape(self.T, -1)
+
+            def rep(G):
+                return (project_patterns(G, self.ids) if self.match == "patterns" else G).reshape(len(G), -1)
+
+            def inner(G):
+                return flat @ rep(G).T
+
+            def adjacent(G):
+                R = rep(G)
+                return np.sum(R[:-1] * R[1:], axis=1)
+
+        def cost(m, x):
+            try:
+                out = m.trajectory(x)
+            except (ValueError, FloatingPointError, np.linalg.LinAlgError):
+                return np.inf
+            if out is None:
+                return np.inf
+            return align_refined(inner(out[1]), adjacent(out[1]))[1]
+
+        return cost, inner, adjacent
+
+
+def _pattern_dims(ids):
+    K = ids.shape[0]
+    if K > 400:
+        return int(ids.max()) + 1 - 1
+    P = np.eye(K) - 1.0 / K
+    basis = np.stack([(P @ (ids == r).astype(float) @ P).ravel() for r in range(int(ids.max()) + 1)])
+    return int(np.linalg.matrix_rank(basis, tol=1e-9))
+
+
+def _check_models(models):
+    if isinstance(models, str) or not all(isinstance(m, str) for m in np.atleast_1d(np.asarray(models, object))):
+        raise ValueError(f"models must be a sequence of model names from {MODELS}, e.g. ('static', "
+                         f"'input_coupled'), got {models!r}.")
+    models = tuple(models)
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        raise ValueError(f"models must be a non-empty subset of {MODELS}, got {list(models)}.")
+    return models
+
+
+def _check_grid(sigma_grid):
+    if isinstance(sigma_grid, (str, bytes)) or np.ndim(sigma_grid) != 1 or len(sigma_grid) == 0:
+        raise ValueError(f"sigma_grid must be a non-empty sequence of capacities > 0, e.g. (1.0, 2.0, 4.0), got "
+                         f"{sigma_grid!r}.")
+    return tuple(check_positive("sigma_grid", s, "a starting capacity") for s in sigma_grid)
+
+
+def _check_accept(accept):
+    out = dict(ACCEPT)
+    if accept is None:
+        return out
+    if not isinstance(accept, dict) or set(accept) - set(ACCEPT):
+        raise ValueError(f"accept must be a dict with keys among {sorted(ACCEPT)}, got {accept!r}.")
+    for k, v in accept.items():
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"accept[{k!r}] must be a number, got {v!r}.") from None
+    return out
+
+
 def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, loss: str = "ce", lam="fit",
-        fit_strengths: bool = True, d: int | None = None, init_scale: float = 1e-2, seed: int = 0,
-        horizon: float = 1e6, n_model: int = 160, sigma_grid=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), maxiter: int = 300,
-        anchor=None, lam_W_anchor: float = 1e-2, lam_H_anchor: float = 1e-2, betas=None, level: float = 0.95,
-        match: str = "patterns", progress: bool = False) -> FitResult:
+        fit_strengths: bool = True, inputs=None, kernel=None, start: str = "isotropic", init_scale="fit",
+        match: str = "auto", engine: str = "auto", horizon: float = 1e6, n_model: int = 160,
+        sigma_grid=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), maxiter: int = 300, anchor=None, lam_W_anchor: float = 1e-2,
+        lam_H_anchor: float = 1e-2, betas=None, level: float = 0.95, accept=None, seed: int = 0,
+        progress: bool = False) -> FitResult:
     """Fit the static decomposition, the input-coupled UFM (M2) and the anchored UFM (M1) to observed Grams.
 
     Parameters
@@ -549,9 +699,10 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         observed clock is ``traj.times``), or class-mean Grams ``(T, K, K)`` /
         ``(K, K)``. Grams are uncentred ``M^T M`` of class means (symmetric PSD).
     setting : Setting, optional
-        The synthetic setting the classes come from (its attribute table and,
-        for M2/M1, its input encoding). Default: the run's recorded setting, or
-        a setting built from ``attributes``.
+        The synthetic setting the classes come from (its attribute table and
+        ufm's encoding for M2 / M1). Default: the run's recorded setting, or a
+        setting built from ``attributes``. A setting whose attribute table
+        differs from the one the run records is an error.
     attributes : int array (K, F), optional
         Attribute table, when there is no setting.
     steps : array (T,), optional
@@ -559,178 +710,422 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
     models : sequence of str
         Any of ``"static"``, ``"input_coupled"``, ``"anchored"``.
     loss : {"ce", "mse"}
-        Loss of the simulated M2 model (the network's loss; default CE).
+        Loss of M2 (the network's loss; default CE, mean over classes).
     lam : "fit" or float
         Weight decay ``lam_W = lam_A`` of M2 (halved convention, THEORY §0.1).
         ``"fit"`` (default) fits ``log10 lam`` from the starts -4, -3, -2: a
-        finite-time stand-in for whatever ends a network's transient (weight
-        decay, the optimizer, finite training). A number holds it fixed
-        (``0`` = plain CE, whose transient fades only logarithmically).
+        finite-time stand-in for whatever ends a network's transient.
     fit_strengths : bool
-        Fit one strength per attribute block (geometric mean 1), or hold them at 1.
-    d, init_scale, seed, horizon, n_model
-        M2 simulation: feature dimension (default N), Gaussian init scale,
-        seed, last model time (with weight decay at most ``50 / lam``), model
-        records (log-spaced times).
+        With ufm's encoding: fit one strength per attribute block (geometric
+        mean 1), or hold them at 1.
+    inputs : array (p, K), optional
+        The network's own inputs, one column per class (e.g. class-mean input
+        vectors): M2 uses ``K_x = inputs^T inputs`` as given, and ``sigma`` and
+        the strengths are not fitted.
+    kernel : array (K, K), optional
+        The input kernel itself (symmetric PSD), instead of ``inputs``.
+    start : {"isotropic", "observed"}
+        M2's start (:mod:`ufm.bridge.m2`): the wide-layer isotropic start, or
+        the run's first record (class means and classifier rows when recorded,
+        else the first Gram), which carries the run's random initialization.
+    init_scale : "fit" or float
+        Start scale ``s`` (``||W0||^2 + ||H0||^2 = s^2 (K + tr K_x)``); fitted
+        by default from the starts 1e-3, 1e-2, 1e-1.
+    match : {"auto", "patterns", "full"}
+        The representation the dynamical models are fitted on (module
+        docstring). ``"auto"``: ``"full"`` with ``start="observed"`` (the model
+        then carries the run's own item-specific start), else ``"patterns"``.
+        Goodness of fit is reported in both.
+    engine : {"auto", "patterns", "dense"}
+        M2's integrator (:class:`~ufm.bridge.m2.M2Model`). ``"auto"``: the exact
+        pattern reduction when the attribute table is an association scheme,
+        the kernel constant on its patterns and the start isotropic (factorial
+        and hierarchy settings: milliseconds per simulation at any K); else
+        dense (``O(K^3)`` per step). With ``start="observed"`` and a scheme,
+        the isotropic pattern fit runs first and starts the dense search.
+    horizon, n_model
+        M2: last model time (with weight decay at most ``50 / lam``) and
+        model records (0 and a log-spaced grid).
     sigma_grid : sequence of float
-        Starting values of ``sigma`` (the best one starts Nelder-Mead).
+        Starting values of ``sigma`` (ufm's encoding).
     maxiter : int
-        Nelder-Mead iterations.
+        Nelder-Mead iterations (0: the best grid point, no search).
     anchor : array (d0, K), optional
         M1 anchor ``H_0``. Default: the attribute one-hots (THEORY §8.6 step 3),
         weighted by M2's fitted strengths when M2 is fitted, stacked on a zero
-        K x K block that leaves room for the ETF (as in
-        :func:`ufm.phase.transient_models`).
+        K x K block that leaves room for the ETF.
     lam_W_anchor, lam_H_anchor : float
         M1 weight decays (Tirer normalization of (8.1)).
     betas : array, optional
         M1 grid (default ``logspace(3, -5, 81)``).
     level : float
         Confidence level of the static intervals.
-    match : {"patterns", "full"}
-        What the dynamical models are matched on. ``"patterns"`` (default):
-        the unit-centred Grams averaged over pairs that share the same set of
-        attributes (:func:`project_patterns`), which keeps every
-        attribute-driven structure and removes the item-specific random part
-        of a finite network's Gram that no model with these inputs produces
-        (its diagonal excess remains, and reads as capacity ``sigma``).
-        ``"full"``: the whole unit-centred Grams. Gram R^2 and distances in
-        ``gof`` are computed in this representation; the semantic gaps always
-        on the full observed Grams.
+    accept : dict, optional
+        Overrides of :data:`ACCEPT`, the minimum quality of an explanation.
+    seed : int
+        Seed of M1's symmetry-breaking perturbation.
     progress : bool
-        Print what is being fitted.
+        Progress lines on stderr (at most every 2 s).
 
     Returns
     -------
     FitResult
-        ``params`` (``"sigma"``, ``"strengths"``, ``"lam"``, ``"time_exponent"``,
-        ``"time_offset"``, ``"beta_end"``, ``"a_end"``, ``"b_end"``,
-        ``"observed_transition"`` (the first record after the gap peak whose
-        Gram is closer to the last record's than to the peak's, ``None`` if
-        only the last one is), ...),
-        ``gof`` per model, ``curves`` (observed and fitted semantic gap and ETF
-        distance, time map, beta path, static coefficients with intervals),
-        ``grams`` (unit-centred observed and fitted Grams), ``best_model`` and
-        ``predicted_transition`` (in observed steps).
+        ``params``: M2's ``sigma``, ``strengths``, ``lam``, ``init_scale``,
+        ``time_exponent``, ``time_offset``; M1's ``beta_start``, ``beta_end``;
+        the static coefficients at the last record; ``observed_transition``
+        (see :func:`observed_transition`); ``outside_patterns`` (mean share of
+        the unit Grams outside the patterns) and ``outside_patterns_change``.
+        ``gof`` per model (module docstring) with ``explains`` and
+        ``accepted``; ``curves``; ``grams``; ``best_model`` (``None`` when no
+        model is accepted); ``predicted_transition`` (a step inside the
+        observed range, else ``None``); ``transitions`` (both, with the reason
+        when undefined or extrapolated); ``verdict``.
+
+    Raises
+    ------
+    ValueError
+        A bad argument or source, named with the fix, before any simulation;
+        a dynamical model with fewer than 3 records.
     """
     t_start = time.perf_counter()
-    log = (lambda msg: print(f"[ufm.fit] {msg}", flush=True)) if progress else (lambda msg: None)
-    unknown = [m for m in models if m not in MODELS]
-    if unknown or not models:
-        raise ValueError(f"models must be a non-empty subset of {MODELS}, got {list(models)}.")
+    report = _Reporter(progress)
+    models = _check_models(models)
     if loss not in ("ce", "mse"):
         raise ValueError(f"loss must be 'ce' or 'mse', got {loss!r}.")
-    if lam != "fit":
+    if not (isinstance(lam, str) and lam == "fit"):
         lam = check_nonneg("lam", lam)
-    init_scale = check_nonneg("init_scale", init_scale, "the initialization scale")
+    if not (isinstance(init_scale, str) and init_scale == "fit"):
+        init_scale = check_positive("init_scale", init_scale, "the start scale, or 'fit'")
+    if start not in STARTS:
+        raise ValueError(f"start must be one of {STARTS}, got {start!r}.")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}.")
+    if match not in ("auto", "patterns", "full"):
+        raise ValueError(f"match must be 'auto', 'patterns' or 'full', got {match!r}.")
+    horizon = check_positive("horizon", horizon, "the last model time")
+    n_model = check_int("n_model", n_model, 3)
     maxiter = check_int("maxiter", maxiter, 0)
+    sigma_grid = _check_grid(sigma_grid)
+    accept = _check_accept(accept)
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), e.g. 0.95, got {level!r}.")
-    obs_steps, grams, attributes, setting, desc = _observed(source, setting, attributes, steps)
-    if match not in ("patterns", "full"):
-        raise ValueError(f"match must be 'patterns' or 'full', got {match!r}.")
-    obs_full = unit_centred(grams)
-    T, K, _ = obs_full.shape
-    ids = pattern_ids(attributes)
-    project = (lambda G: project_patterns(G, ids)) if match == "patterns" else (lambda G: G)
-    obs = project(obs_full)
-    gap_obs, etf_obs = _gaps(obs_full, attributes), _etf(obs_full)
-    curves = {"observed_gap": gap_obs, "observed_etf_distance": etf_obs}
-    fitted = {"observed": obs_full, "observed_matched": obs}
-    gof, params = {}, {}
+    if inputs is not None and kernel is not None:
+        raise ValueError("pass inputs= or kernel=, not both.")
+    obs = _observed(source, setting, attributes, steps)
+    K, T = obs.K, obs.T
+    user = None
+    if inputs is not None:
+        user = _as_numpy(inputs, "inputs")
+        if user.ndim != 2 or user.shape[1] != K:
+            raise ValueError(f"inputs must be (p, K = {K}), one column per class in the run's order, got shape "
+                             f"{user.shape}.")
+    if kernel is not None:
+        user = _as_numpy(kernel, "kernel")
+        if user.shape != (K, K) or not np.allclose(user, user.T, atol=1e-10 * max(1.0, np.abs(user).max())):
+            raise ValueError(f"kernel must be a symmetric (K = {K}, K) input kernel, got shape {user.shape}.")
+        if np.linalg.eigvalsh(0.5 * (user + user.T))[0] < -1e-10 * max(1.0, np.abs(user).max()):
+            raise ValueError("kernel must be positive semidefinite (an input Gram X^T X).")
+    dynamical = [m for m in models if m != "static"]
+    if dynamical and T < 3:
+        raise ValueError(f"the source has {T} record(s); fitting a trajectory ({', '.join(dynamical)}) needs at "
+                         f"least 3 (more make it identifiable). Use models=('static',) for single Grams.")
+    if match == "auto":
+        match = "full" if start == "observed" else "patterns"
     notes = []
+    try:
+        algebra = PatternAlgebra.from_attributes(obs.attributes)
+    except ValueError as err:
+        algebra = None
+        notes.append(f"patterns: {err} (M2 runs on the dense engine)")
+    rep = _Rep(obs, match, algebra)
+
+    curves = {"observed_gap": rep.gap, "observed_etf_distance": rep.etf, "outside_patterns": rep.outside}
+    if obs.within is not None and np.any(obs.counts > 1):
+        wc = within_class(obs.grams, obs.within, obs.counts)
+        curves.update(observed_nc1_trace_ratio=wc["nc1_trace_ratio"], observed_cdnv=wc["cdnv_mean"])
+    fitted = {"observed": rep.full, "observed_patterns": rep.patterns}
+    gof, params, transitions = {}, {}, {}
+    params.update(outside_patterns=float(rep.outside.mean()), outside_patterns_change=rep.outside_change)
+    static_saturated = False
 
     if "static" in models:
-        st = static_decomposition(grams, attributes, level=level)
+        st = static_decomposition(obs.grams, obs.attributes, level=level)
         fitted["static"] = st["fitted"]
-        gap, gof["static"] = _gof(obs, project(st["fitted"]), gap_obs, attributes, T * (1 + len(st["factors"])))
-        curves.update(static_gap=gap, static_a=st["a"], static_b=st["b"], static_a_ci=st["a_ci"],
-                      static_b_ci=st["b_ci"], static_r2=st["r2"])
-        params.update(a_end=float(st["a"][-1]), b_end=st["b"][-1].tolist(),
-                      a_end_ci=st["a_ci"][-1].tolist(), b_end_ci=st["b_ci"][-1].tolist(),
-                      ratio_end=(st["b"][-1] / st["a"][-1]).tolist(), static_factors=st["factors"],
-                      static_df=st["df"])
+        per = 1 + len(st["factors"])
+        gap, etf, gof["static"] = _gof(rep, st["fitted"], T * per)
+        static_saturated = per >= rep.dims
+        gof["static"]["saturated"] = static_saturated
+        curves.update(static_gap=gap, static_etf_distance=etf, static_a=st["a"], static_b=st["b"],
+                      static_a_ci=st["a_ci"], static_b_ci=st["b_ci"], static_r2=st["r2"])
+        params.update(a_end=float(st["a"][-1]), b_end=st["b"][-1].tolist(), a_end_ci=st["a_ci"][-1].tolist(),
+                      b_end_ci=st["b_ci"][-1].tolist(), ratio_end=(st["b"][-1] / st["a"][-1]).tolist(),
+                      static_factors=st["factors"], static_df=st["df"])
         if st["dropped"]:
             notes.append(f"static: factors {st['dropped']} dropped (they do not split the classes or repeat others)")
+        if static_saturated:
+            notes.append(f"static: {per} numbers per record for {rep.dims} in the {match} representation: "
+                         f"saturated, its Gram R^2 says nothing")
 
-    j_obs = _transition_index(obs, gap_obs)      # the same test on the run itself, its last record as the end
-    params["observed_transition"] = None if j_obs is None or j_obs == T - 1 else float(obs_steps[j_obs])
-    transition = None
+    ot = observed_transition(obs.steps, rep.gap, rep.matched)
+    transitions["observed"] = ot
+    params["observed_transition"] = ot["step"]
+
     m2 = None
     if "input_coupled" in models:
-        log(f"input_coupled: fitting {K} classes, {T} records")
-        m2 = _fit_m2(obs, setting, loss=loss, lam=lam, d=d, init_scale=init_scale, seed=seed, horizon=horizon,
-                     n_model=n_model, fit_strengths=fit_strengths, sigma_grid=sigma_grid, maxiter=maxiter, log=log,
-                     project=project)
-        if m2["interrupted"]:
-            notes.append("input_coupled: interrupted (Ctrl-C); the parameters are the best found before it")
-        model_G = m2["model_grams"][m2["path"]]
+        report(f"input_coupled: fitting {K} classes, {T} records", force=True)
+        m2 = _fit_input_coupled(rep, obs, user=user, inputs_given=inputs is not None, loss=loss, lam=lam,
+                                init_scale=init_scale, fit_strengths=fit_strengths, start=start, engine=engine,
+                                horizon=horizon, n_model=n_model, sigma_grid=sigma_grid, maxiter=maxiter,
+                                report=report)
+        notes += m2["notes"]
+        model_G = m2["aligned"]
         fitted["input_coupled"] = model_G
-        tau = m2["times"][m2["path"]]
-        gap, gof["input_coupled"] = _gof(obs, model_G, gap_obs, attributes, m2["n_free"] + T)
-        curves.update(input_coupled_gap=gap, input_coupled_etf_distance=_etf(model_G), time_map=tau,
-                      model_times=m2["times"], model_gap=_gaps(m2["model_grams"], attributes))
-        exponent, offset = _time_map_powerlaw(obs_steps, tau)
-        params.update(sigma=m2["sigma"], strengths=m2["strengths"].tolist(), lam=m2["lam"],
-                      time_exponent=exponent, time_offset=offset)
-        j_tr = _transition_index(m2["model_grams"], curves["model_gap"])
-        if j_tr is not None:
-            tau_tr = float(m2["times"][j_tr])
-            params["transition_model_time"] = tau_tr
-            transition = _model_to_steps(tau_tr, obs_steps, tau, exponent, offset)
+        tau = m2["tau"]
+        n_free = len(m2["x"])
+        gap, etf, gof["input_coupled"] = _gof(rep, model_G, n_free + T)
+        curves.update(input_coupled_gap=gap, input_coupled_etf_distance=etf, time_map=tau,
+                      model_times=m2["times"], model_gap=m2["model_gap"], model_etf_distance=m2["model_etf"])
+        exponent, offset = _time_map_powerlaw(obs.steps, tau)
+        q = m2["params"]
+        params.update({k: v for k, v in (("sigma", q.get("sigma")), ("strengths", q.get("strengths"))) if v is not None})
+        params.update(lam=q["lam"], init_scale=q["scale"], time_exponent=exponent, time_offset=offset,
+                      m2_engine=m2["engine"], m2_start=start, m2_kernel=m2["kernel_kind"],
+                      m2_simulations=m2["n_sim"])
+        if m2["transition_time"] is None:
+            transitions["predicted"] = {"step": None, "model_time": None, "inside": False,
+                                        "reason": m2["transition_reason"]}
         else:
-            notes.append("input_coupled: the model Gram never gets closer to its end state than to its peak "
-                         "within the horizon; no transition time")
+            transitions["predicted"] = _predicted_transition(m2["transition_time"], obs.steps, tau, exponent, offset)
+            params["transition_model_time"] = m2["transition_time"]
 
     if "anchored" in models:
         H0 = anchor
         if H0 is None:     # attribute one-hots (M2's fitted strengths if any), with room for an ETF
-            strengths = None if m2 is None else m2["strengths"]
-            H0 = np.vstack([setting.attribute_encoding(strengths), np.zeros((K, K))])
-        H0 = np.asarray(H0, dtype=np.float64)
+            strengths = None if m2 is None or "strengths" not in m2["params"] else m2["params"]["strengths"]
+            H0 = np.vstack([obs.setting.attribute_encoding(strengths), np.zeros((K, K))])
+        H0 = _as_numpy(H0, "anchor")
         if H0.ndim != 2 or H0.shape[1] != K:
             raise ValueError(f"anchor must be (d0, K = {K}), got shape {H0.shape}.")
         grid = np.logspace(3, -5, 81) if betas is None else np.asarray(betas, dtype=np.float64)
         if grid.ndim != 1 or len(grid) < 2 or np.any(grid <= 0):
             raise ValueError("betas must be a 1-D grid of at least 2 values > 0.")
-        log(f"anchored: beta path over {len(grid)} values")
-        m1 = _fit_m1(obs, H0, lam_W=lam_W_anchor, lam_H=lam_H_anchor, betas=grid, seed=seed,
-                     project=project)
+        report(f"anchored: beta path over {len(grid)} values", force=True)
+        m1 = _fit_m1(rep, H0, lam_W=lam_W_anchor, lam_H=lam_H_anchor, betas=grid, seed=seed)
         fitted["anchored"] = m1["model_grams"]
-        gap, gof["anchored"] = _gof(obs, m1["model_grams"], gap_obs, attributes, T)
-        curves.update(anchored_gap=gap, anchored_etf_distance=_etf(m1["model_grams"]), beta_path=m1["betas"])
-        params.update(beta_end=float(m1["betas"][-1]), beta_start=float(m1["betas"][0]))
+        gap, etf, gof["anchored"] = _gof(rep, m1["model_grams"], T)
+        curves.update(anchored_gap=gap, anchored_etf_distance=etf, beta_path=m1["betas"])
+        params.update(beta_end=float(m1["betas"][-1]), beta_start=float(m1["betas"][0]), m1_solver=m1["solver"])
 
-    # the best explanation: highest Gram R^2 among the dynamical models (static is descriptive)
-    dyn = {m: g for m, g in gof.items() if m != "static"}
-    best = max(dyn, key=lambda m: dyn[m]["gram_r2"]) if dyn else "static"
-    table = _table(gof)
-    message = (f"fit of {desc}: {K} classes, {T} records; best dynamical model: {best}.\n{table}"
-               + ("".join(f"\nnote: {n}" for n in notes)))
-    meta = {"source": desc, "models": list(models), "match": match, "loss": loss, "lam": lam, "fit_strengths": fit_strengths,
-            "init_scale": init_scale, "seed": seed, "horizon": horizon, "n_model": n_model,
-            "setting": getattr(setting, "name", None), "attributes": np.asarray(attributes).tolist(),
-            "seconds": time.perf_counter() - t_start, "notes": notes}
-    return FitResult(params=params, gof=gof, steps=obs_steps, curves=curves, grams=fitted, best_model=best,
-                     predicted_transition=transition, message=message, meta=meta)
-
-
-def _model_to_steps(tau, obs_steps, tau_obs, exponent, offset):
-    """Observed step at model time ``tau``: inside the aligned range by log-log interpolation, else the power law."""
-    m = (obs_steps > 0) & (tau_obs > 0)
-    if m.sum() >= 2 and tau_obs[m][0] <= tau <= tau_obs[m][-1]:
-        lt, ls = np.log(tau_obs[m]), np.log(obs_steps[m])
-        keep = np.concatenate([[True], np.diff(lt) > 0])
-        if keep.sum() >= 2:
-            return float(np.exp(np.interp(math.log(tau), lt[keep], ls[keep])))
-    if exponent is None or exponent <= 0:
-        return None
-    return float(math.exp((math.log(tau) - offset) / exponent))
-
-
-def _table(gof) -> str:
-    rows = [f"{'model':<15}{'gap R^2':>10}{'Gram R^2':>10}{'dist':>8}{'params':>8}"]
+    explains, accepted = {}, {}
     for m, g in gof.items():
-        gr = "n/a" if g["gram_r2"] is None else f"{g['gram_r2']:.3f}"
-        rows.append(f"{m:<15}{g['gap_r2']:>10.3f}{gr:>10}{g['gram_distance']:>8.3f}{g['n_params']:>8d}")
+        if m == "static":
+            g["explains"], g["accepted"] = {}, False
+            continue
+        e = _explains(g, accept)
+        explains[m] = e
+        g["explains"] = e
+        g["accepted"] = accepted[m] = all(e.values())
+    best = max((m for m in accepted if accepted[m]), key=lambda m: gof[m]["gram_r2"], default=None)
+    verdict = _verdict(gof, explains, accepted, best, rep.outside_change, static_saturated)
+    pred = transitions.get("predicted")
+    predicted = pred["step"] if pred is not None and pred.get("inside") else None
+    interrupted = bool(m2 is not None and m2["interrupted"])
+    table = _table(gof, rep)
+    message = (f"fit of {obs.desc}: {K} classes, {T} records, matched on {match} Grams.\n{table}\nverdict: {verdict}"
+               + _transition_lines(transitions) + _within_lines(curves)
+               + "".join(f"\nnote: {n}" for n in notes))
+    meta = {"source": obs.desc, "models": list(models), "match": match, "loss": loss, "lam": lam,
+            "fit_strengths": fit_strengths, "start": start, "init_scale": init_scale, "engine": engine,
+            "horizon": horizon, "n_model": n_model, "maxiter": maxiter, "accept": accept, "seed": seed,
+            "setting": getattr(obs.setting, "name", None), "attributes": np.asarray(obs.attributes).tolist(),
+            "seconds": time.perf_counter() - t_start, "notes": notes, "interrupted": interrupted}
+    return FitResult(params=params, gof=gof, steps=obs.steps, curves=curves, grams=fitted, best_model=best,
+                     predicted_transition=predicted, transitions=transitions, verdict=verdict, message=message,
+                     meta=meta)
+
+
+def _fit_input_coupled(rep, obs, *, user, inputs_given, loss, lam, init_scale, fit_strengths, start, engine,
+                       horizon, n_model, sigma_grid, maxiter, report):
+    """Fit M2 (grid, then Nelder-Mead) and describe its best trajectory."""
+    K = rep.K
+    notes = []
+    lam_v = None if isinstance(lam, str) else lam
+    scale_v = None if isinstance(init_scale, str) else init_scale
+    common = dict(loss=loss, lam=lam_v, scale=scale_v, fit_strengths=fit_strengths, horizon=horizon,
+                  n_model=n_model, algebra=rep.algebra)
+    if user is None:
+        common["setting"] = obs.setting
+        kind = "encoding"
+    elif inputs_given:
+        common["inputs"] = user
+        kind = "inputs"
+    else:
+        common["kernel"] = user
+        kind = "kernel"
+    observed_start = None
+    if start == "observed":
+        observed_start = _start_state(obs)
+        if obs.M0 is None:
+            notes.append("input_coupled: start='observed' from the first Gram only (the run has no class means); "
+                          "the classifier starts isotropic and orthogonal to the features")
+        elif obs.W0 is None:
+            notes.append("input_coupled: start='observed' from the first class means; the run has no classifier "
+                          "rows, so the classifier starts isotropic and orthogonal to the features")
+    model = M2Model(K, start=start, observed_start=observed_start, engine=engine, **common)
+
+    def grid(m):
+        sig = sigma_grid if m.kind == "encoding" else [None]
+        lams = [None] if m.lam is not None else [1e-4, 1e-3, 1e-2]
+        scales = [None] if m.scale is not None else ([1e-3, 1e-2, 1e-1] if m.engine == "patterns" or
+                                                      m.start == "observed" else [1e-2])
+        return [m.pack(sigma=s, strengths=np.ones(m.B), lam=lv, scale=sv)
+                for s in sig for lv in lams for sv in scales]
+
+    starts = grid(model)
+    interrupted = False
+    if model.engine == "dense" and start == "observed" and rep.algebra is not None and kind == "encoding":
+        # the isotropic pattern fit is cheap: its strengths and weight decay seed the observed-start grid
+        pre = M2Model(K, start="isotropic", engine="patterns", **common)
+        r1 = fit_m2(pre, rep.m2_cost(pre)[0], starts=grid(pre), maxiter=maxiter, report=report)
+        interrupted = r1["interrupted"]
+        q1 = pre.unpack(r1["x"])
+        starts = [r1["x"]] + [model.pack(sigma=s, strengths=q1["strengths"], lam=q1["lam"], scale=sv)
+                              for s in sigma_grid for sv in ([None] if model.scale is not None else [1e-3, 1e-2, 1e-1])]
+        notes.append(f"input_coupled: the isotropic pattern fit ({pre.n_sim} simulations) seeded the observed-start "
+                     f"search")
+    cost, inner, adjacent = rep.m2_cost(model)
+    x = starts[0]
+    if not interrupted:
+        r = fit_m2(model, cost, starts=starts, maxiter=maxiter, report=report)
+        interrupted, x = r["interrupted"], r["x"]
+    if interrupted:
+        notes.append("input_coupled: interrupted (Ctrl-C); the parameters are the best found before it")
+    if maxiter == 0:
+        notes.append("input_coupled: maxiter=0, so Nelder-Mead did not run: the parameters are the best grid point")
+    out = model.trajectory(x)
+    if out is None:
+        raise RuntimeError("the best M2 parameters no longer integrate; this is a bug, please report it.")
+    times, G = out
+    frac, c = align_refined(inner(G), adjacent(G))
+    aligned = _unit(model.dense(at_fraction(G, frac)))
+    if model.engine == "patterns":
+        aligned = unit_centred(aligned)
+    if model.engine == "patterns":
+        a = rep.algebra
+        model_gap, model_etf = a.semantic_gap(G, rep.attributes), a.etf_distance(G)
+
+        def dist(i, j):
+            return math.sqrt(max(float(np.sum(a.mult * (G[i] - G[j]) ** 2)), 0.0))
+    else:
+        model_gap, model_etf = _gaps(G, rep.attributes), _etf(G)
+
+        def dist(i, j):
+            return float(np.linalg.norm(G[i] - G[j]))
+    j_tr, p = _model_transition_idx(model_gap, dist)
+    if j_tr is None:
+        tt, reason = None, ("M2's semantic gap has no interior peak within the horizon" if p in (0, len(times) - 1)
+                            else "M2's Gram never gets closer to its end state than to its peak within the horizon")
+    else:
+        tt, reason = float(times[j_tr]), ""
+    q = model.unpack(x)
+    report(f"input_coupled ({model.engine}): done, {model.n_sim} simulations, cost {c:.4g}", force=True)
+    return {"x": x, "params": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in q.items()},
+            "times": times, "tau": at_fraction(times, frac, log=True), "frac": frac, "cost": c, "aligned": aligned,
+            "model_gap": model_gap,
+            "model_etf": model_etf, "transition_time": tt, "transition_reason": reason, "engine": model.engine,
+            "kernel_kind": kind, "n_sim": model.n_sim, "interrupted": interrupted, "notes": notes}
+
+
+def _model_transition_idx(gaps, dist):
+    gaps = np.asarray(gaps, dtype=np.float64)
+    if not np.any(np.isfinite(gaps)):
+        return None, 0
+    p = int(np.nanargmax(gaps))
+    J = len(gaps)
+    if p == 0 or p == J - 1:
+        return None, p
+    for j in range(p + 1, J):
+        if dist(j, J - 1) < dist(j, p):
+            return j, p
+    return None, p
+
+
+def _start_state(obs):
+    """``(W0 or None, H0)`` of the first record in a basis of ``span [W0^T, M0]`` (or ``sqrtm(G0)``)."""
+    from .m2 import _psd_root
+
+    if obs.M0 is None:
+        return None, _psd_root(np.asarray(obs.grams[0], dtype=np.float64))
+    M0 = obs.M0
+    if obs.W0 is None:
+        U, s, _ = np.linalg.svd(M0, full_matrices=False)
+        keep = s > 1e-12 * max(s.max(), 1e-300)
+        return None, U[:, keep].T @ M0
+    B = np.hstack([obs.W0.T, M0])
+    U, s, _ = np.linalg.svd(B, full_matrices=False)
+    keep = s > 1e-12 * max(s.max(), 1e-300)
+    Q = U[:, keep]
+    return obs.W0 @ Q, Q.T @ M0
+
+
+def _fit_m1(rep, H0, *, lam_W, lam_H, betas, seed):
+    """The M1 path: minimizers on the ``beta`` grid (pattern closed form when the anchor allows), then a
+    non-increasing ``beta(step)`` by monotone alignment in the matched representation."""
+    a = rep.algebra
+    S0 = H0.T @ H0
+    if a is not None and a.contains(S0, rtol=1e-9):
+        full = unit_centred(a.dense(anchored_path_patterns(a.eigen(a.values(S0)), betas, lam_W=lam_W,
+                                                           lam_H=lam_H)))
+        how = "patterns"
+    else:
+        _, H = anchored_path(H0, betas, lam_W=lam_W, lam_H=lam_H, seed=seed)
+        full = unit_centred(np.einsum("bdk,bdl->bkl", H, H))
+        how = "block-coordinate descent"
+    grams = project_patterns(full, rep.ids) if rep.match == "patterns" else full
+    order = np.argsort(-betas)               # non-increasing beta over training
+    D = np.maximum(2.0 - 2.0 * rep.matched.reshape(rep.T, -1) @ grams[order].reshape(len(order), -1).T, 0.0)
+    path, cost = align_monotone(D)
+    return {"betas": betas[order][path], "model_grams": full[order][path], "cost": cost, "solver": how}
+
+
+def _table(gof, rep) -> str:
+    head = (f"{'model':<15}{'gap R^2':>9}{'ETF R^2':>9}{'Gram R^2':>10}{'patt R^2':>10}{'full R^2':>10}"
+            f"{'params':>8}{'data':>7}  accepted")
+    rows = [head]
+
+    def f(v):
+        return "n/a" if v is None or not np.isfinite(v) else f"{v:.3f}"
+    for m, g in gof.items():
+        if m == "static" and g.get("saturated"):
+            tail = "saturated (descriptive)"
+        elif m == "static":
+            tail = "descriptive"
+        else:
+            tail = "yes" if g["accepted"] else "no (" + ", ".join(k for k, v in g["explains"].items() if not v) + ")"
+        rows.append(f"{m:<15}{f(g['gap_r2']):>9}{f(g['etf_r2']):>9}{f(g['gram_r2']):>10}"
+                    f"{f(g['gram_r2_patterns']):>10}{f(g['gram_r2_full']):>10}{g['n_params']:>8d}{g['n_data']:>7d}"
+                    f"  {tail}")
+    rows.append(f"data: {100 * rep.outside.mean():.0f}% of the unit Grams (mean over records) and "
+                f"{100 * rep.outside_change:.0f}% of their change over training lie outside the attribute patterns")
     return "\n".join(rows)
+
+
+def _transition_lines(transitions) -> str:
+    out = ""
+    o = transitions.get("observed")
+    if o is not None:
+        out += ("\nobserved transition: " + (f"step {o['step']:.4g}" if o["step"] is not None else "none")
+                + f" ({o['reason']})")
+    p = transitions.get("predicted")
+    if p is not None:
+        out += ("\npredicted transition (M2): " + (f"step {p['step']:.4g}" if p.get("inside") else "none")
+                + f" ({p['reason']})")
+    return out
+
+
+def _within_lines(curves) -> str:
+    if "observed_nc1_trace_ratio" not in curves:
+        return ""
+    nc1, cd = curves["observed_nc1_trace_ratio"], curves["observed_cdnv"]
+    return (f"\nwithin-class (observed, from the recorded traces; no model here has within-class spread): "
+            f"NC1 trace ratio {nc1[0]:.3g} -> {nc1[-1]:.3g}, mean CDNV {cd[0]:.3g} -> {cd[-1]:.3g}")

@@ -66,6 +66,18 @@ def log_steps(total: int, n_records: int = 60) -> np.ndarray:
     """Record steps for a run of ``total`` steps: 0, the last step, and ``n_records`` log-spaced steps.
 
     The same grid as :func:`ufm.simulate`'s ``grid="log"`` (rounded, duplicates removed).
+
+    Parameters
+    ----------
+    total : int
+        Steps of the run.
+    n_records : int
+        Log-spaced steps between 1 and ``total``.
+
+    Returns
+    -------
+    ndarray of int
+        The steps, increasing.
     """
     from .._simulate import record_grid
 
@@ -946,5 +958,18 @@ class Exporter:
                    loss=np.array([r["loss"] for r in recs]) if has_loss else None, name=self.name, meta=self.meta)
 
     def save(self, path: str | os.PathLike, *, group: str | None = None) -> str:
-        """Write the run recorded so far (see :func:`save_run`); returns the path written."""
+        """Write the run recorded so far (see :func:`save_run`).
+
+        Parameters
+        ----------
+        path : str or path-like
+            The file; its extension picks the container (``.npz``, ``.safetensors``, ``.h5``).
+        group : str, optional
+            HDF5 only: the group to write into.
+
+        Returns
+        -------
+        str
+            The path written.
+        """
         return save_run(self.run(), path, group=group)
