@@ -56,6 +56,7 @@ $(MATHJAX):
 	rm -rf docs/_build/npm
 
 docs: install-docs $(MATHJAX)
+	rm -rf docs/api/generated    # regenerated each build: no stub outlives a removed function
 	NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MPLBACKEND=Agg \
 	  $(PY) -m sphinx -b html $(SPHINXOPTS) docs docs/_build/html
 	@echo "docs: open docs/_build/html/index.html"

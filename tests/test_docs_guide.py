@@ -69,9 +69,16 @@ def _check_sweeps(ns):
     assert ns["res"].column("peak_gap") == pytest.approx([0.43, 0.24], abs=0.01)
 
 
+def _check_bridge(ns):
+    f = ns["f"]
+    assert f.best_model == "input_coupled" and f.gof["input_coupled"]["accepted"]
+    assert f.gof["input_coupled"]["gap_r2"] > 0.95 and f.gof["anchored"]["gap_r2"] < 0.5
+    assert Path("run.npz").exists() and "input_coupled" in f.message
+
+
 CHECKS = {"index": _check_index, "guide/standard_ufm": _check_standard_ufm, "guide/simulating": _check_simulating,
           "guide/theory_curves": _check_theory_curves, "guide/semantic_models": _check_semantic_models,
-          "guide/sweeps": _check_sweeps}
+          "guide/sweeps": _check_sweeps, "guide/bridge": _check_bridge}
 
 
 def _name(page: Path) -> str:
