@@ -8,7 +8,8 @@ import pytest
 
 import ufm
 from conftest import tv9_data
-from ufm.bridge.fitting import align_monotone, anchored_path, fit, isotropic_init, static_decomposition, unit_centred
+from ufm.bridge.fitting import (ACCEPT, align_monotone, anchored_path, fit, isotropic_init, observed_transition, pattern_ids,
+                                static_decomposition, unit_centred)
 from ufm.metrics import etf_distance, semantic_gap
 from ufm.results import FitResult, Run
 
@@ -290,3 +291,143 @@ def test_ufm_load_names_the_file_when_it_is_truncated_or_missing(tmp_path):
         ufm.load(tmp_path / "cut.npz")
     with pytest.raises(ValueError, match="does not exist"):
         ufm.load(tmp_path / "missing.npz")
+
+
+# -- honest reporting ---------------------------------------------------------------------------
+def _m2_grams(setting, sigma, n_records=40, lam=0.0):
+    prob = ufm.InputCoupledUFM.from_setting(setting, sigma, d=setting.N + setting.encoding(0).shape[0], loss="ce",
+                                            lam_W=lam, lam_A=lam)
+    horizon = 1e6 if lam == 0 else 50.0 / lam
+    tr = ufm.simulate(prob, steps=10**6, lr=horizon / 10**6, mode="flow", record=("gram_H",), n_records=n_records,
+                      **isotropic_init(prob, 1e-2))
+    return np.asarray(tr.times), np.asarray(tr.records["gram_H"][0])
+
+
+def test_a_run_that_leaves_the_etf_while_its_pattern_gap_rises_and_falls_is_not_explained():
+    """The residual-MLP failure: attribute-pattern Grams rise and fall like M2 while the full Grams go low-rank."""
+    s = ufm.factorial((2, 2, 2, 2))
+    t, G = _m2_grams(s, 4.0, lam=3e-3)
+    U = unit_centred(G)
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((16, 2))
+    L = unit_centred(v @ v.T)                                           # a rank-2 direction with no attribute meaning
+    gap = [semantic_gap(g, s.attributes) for g in U]
+    alpha = 3.0 * t ** 2 / (t ** 2 + (3 * t[int(np.argmax(gap))]) ** 2)  # grows after the gap's peak
+    grams = U + alpha[:, None, None] * L + 1e-9 * np.eye(16)
+    obs_pat_gap = [semantic_gap(g, s.attributes) for g in ufm.bridge.patterns.project_patterns(grams, pattern_ids(
+        s.attributes))]
+    etf = [etf_distance(g) for g in grams]
+    assert max(obs_pat_gap) > obs_pat_gap[0] + 0.1 and obs_pat_gap[-1] < 0.8 * max(obs_pat_gap)   # rises and falls
+    assert etf[-1] > etf[len(etf) // 3] + 0.3                           # while the network leaves the ETF
+    r = fit(grams, setting=s, steps=t, models=("static", "input_coupled", "anchored"))
+    assert r.best_model is None
+    for m in ("input_coupled", "anchored"):
+        assert not r.gof[m]["explains"]["etf"] and not r.gof[m]["accepted"]
+        assert r.gof[m]["etf_r2"] < ACCEPT["etf_r2"]
+    assert "nothing here explains" in r.verdict and "ETF distance" in r.verdict
+    assert r.params["outside_patterns_change"] > 0.5
+    assert "best_model = None" in r.message
+
+
+def test_observed_transition_needs_a_clear_rise_and_fall():
+    steps = np.arange(8.0)
+    G = np.stack([np.eye(3)] * 8)
+    falling = np.linspace(0.5, 0.1, 8)
+    r = observed_transition(steps, falling, G)
+    assert r["step"] is None and "no rise" in r["reason"]
+    rising = np.linspace(0.1, 0.5, 8)
+    assert observed_transition(steps, rising, G)["step"] is None
+    flat_after = np.array([0.1, 0.3, 0.5, 0.5, 0.49, 0.49, 0.49, 0.49])
+    r = observed_transition(steps, flat_after, G)
+    assert r["step"] is None and "no clear fall" in r["reason"]
+    # a clear transient: the first record after the peak closer to the end state
+    A, B = np.diag([1.0, 0, 0]), np.diag([0, 0, 1.0])
+    grams = np.stack([A] * 3 + [A, 0.6 * A + 0.4 * B, 0.3 * A + 0.7 * B, B, B])
+    gap = np.array([0.1, 0.3, 0.4, 0.5, 0.4, 0.3, 0.2, 0.15])
+    r = observed_transition(steps, gap, grams)
+    assert r["step"] == 5.0 and r["peak_step"] == 3.0
+
+
+def test_a_prediction_past_the_last_record_is_flagged_not_reported():
+    """A run that stops before M2's transition: no predicted step, the reason and the extrapolation are given."""
+    s = SETTING
+    t, G = _m2_grams(s, 2.0, n_records=60)
+    gap = np.array([semantic_gap(g, s.attributes) for g in G])
+    stop = int(np.argmax(gap)) + 2                                      # just after the peak
+    r = fit(G[:stop + 1], setting=s, steps=t[:stop + 1], models=("input_coupled",), lam=0.0, maxiter=60)
+    p = r.transitions["predicted"]
+    assert r.predicted_transition is None and p["inside"] is False
+    assert "ends before" in p["reason"] or "no interior peak" in p["reason"] or "never gets closer" in p["reason"]
+    assert "predicted transition (M2): none" in r.message
+
+
+def test_static_is_flagged_saturated_when_it_has_as_many_numbers_as_the_patterns():
+    s = ufm.hierarchy(2, depth=3)                                       # 4 patterns: 2 free numbers per record
+    t, G = _m2_grams(s, 1.5, n_records=12)
+    r = fit(G, setting=s, steps=t, models=("static",))
+    assert r.gof["static"]["saturated"] and "saturated" in r.message
+    assert r.best_model is None and "saturated" in r.verdict and "R^2 = 1 says nothing" in r.verdict
+
+
+def test_within_class_metrics_from_a_run_match_ufm_metrics():
+    from ufm.bridge.fitting import within_class
+    from ufm.bridge.io import Exporter
+
+    rng = np.random.default_rng(4)
+    y = np.repeat(np.arange(4), [3, 5, 4, 6])
+    ex = Exporter(labels=np.arange(4))
+    feats = []
+    for step in range(3):
+        X = rng.standard_normal((18, 5)) * 0.3 + rng.standard_normal((4, 5))[y] * (step + 1)
+        feats.append(X)
+        ex.record(step, X, y)
+    run = ex.run()
+    wc = within_class(run.grams, run.within, run.counts)
+    for t, X in enumerate(feats):
+        assert abs(wc["nc1_trace_ratio"][t] - ufm.metrics.nc1(X.T, y, variant="trace_ratio")) < 1e-10
+        assert abs(wc["cdnv_mean"][t] - ufm.metrics.cdnv_mean(X.T, y)) < 1e-10
+    r = fit(run, attributes=np.array([[0, 0], [0, 1], [1, 0], [1, 1]]), models=("static",))
+    np.testing.assert_allclose(r.curves["observed_nc1_trace_ratio"], wc["nc1_trace_ratio"])
+    assert "NC1 trace ratio" in r.message
+
+
+def test_a_kernel_given_by_the_user_is_used_as_given():
+    """M2 with the true input kernel: sigma and strengths are not fitted; the trajectory is explained."""
+    s = SETTING
+    t, G = _m2_grams(s, 2.0, n_records=30)
+    r = fit(G, setting=s, steps=t, models=("input_coupled",), kernel=s.input_kernel(2.0), lam=0.0)
+    assert "sigma" not in r.params and r.params["m2_kernel"] == "kernel"
+    assert r.params["m2_engine"] == "patterns"                            # the kernel is constant on patterns
+    assert r.gof["input_coupled"]["gram_r2_full"] > 0.999 and r.best_model == "input_coupled"
+    assert abs(r.params["init_scale"] - 1e-2) < 1e-3
+
+
+@pytest.mark.parametrize("d, seed", [(16, 0), (32, 1), (64, 2), (24, 3)])
+def test_random_start_round_trip_recovers_sigma_within_two_percent(d, seed):
+    """An M2 run from an ordinary Gaussian start in a narrow layer, fitted from its own first record."""
+    true_strengths = np.exp([0.2, 0.0, -0.2])
+    prob = ufm.InputCoupledUFM.from_setting(SETTING, 2.0, d=d, loss="ce", strengths=true_strengths)
+    tr = ufm.simulate(prob, steps=10**6, lr=1.0, mode="flow", record=("gram_H", "H", "W"), n_records=40,
+                      init_scale=1e-2 / math.sqrt(d), seed=seed)
+    r = fit(tr, setting=SETTING, models=("input_coupled",), lam=0.0, start="observed")
+    assert abs(r.params["sigma"] / 2.0 - 1) < 0.02
+    _close(r.params["strengths"], true_strengths, 0.02)
+    assert r.gof["input_coupled"]["gram_r2_full"] > 0.99
+
+
+def test_fit_arguments_are_checked_before_any_simulation():
+    G = np.stack([SETTING.input_kernel(s) for s in (1.0, 2.0, 3.0)])
+    for kw, match in [(dict(models="static"), "sequence of model names"), (dict(sigma_grid=()), "sigma_grid"),
+                      (dict(horizon=-1), "horizon"), (dict(init_scale=0), "init_scale"),
+                      (dict(start="random"), "start"), (dict(engine="gpu"), "engine"),
+                      (dict(accept={"gap": 1}), "accept"), (dict(inputs=np.ones((3, 5))), r"inputs must be \(p, K"),
+                      (dict(kernel=np.ones((8, 7))), "kernel must be"),
+                      (dict(inputs=np.ones((3, 8)), kernel=np.eye(8)), "not both")]:
+        with pytest.raises(ValueError, match=match):
+            fit(G, setting=SETTING, **kw)
+    with pytest.raises(ValueError, match="needs at least 3"):
+        fit(G[:2], setting=SETTING, models=("input_coupled",))
+    run = Run(steps=[0, 1, 2], grams=G, labels=np.arange(8), counts=np.ones(8, int), attributes=SETTING.attributes)
+    other = ufm.factorial((2, 4))
+    with pytest.raises(ValueError, match="another attribute table"):
+        fit(run, setting=other, models=("static",))

@@ -164,7 +164,7 @@ def test_exporter_statistics_match_numpy():
     y = rng.permutation(np.repeat([0, 1, 2], [3, 5, 4]))
     X1, X2 = rng.normal(size=(12, 6)), rng.normal(size=(12, 6)) + 1.0
     W1, W2 = rng.normal(size=(3, 6)), rng.normal(size=(3, 6))
-    ex = Exporter(labels)
+    ex = Exporter(labels, classifier_rows="labels")                    # W's rows are the label ids
     ex.record(0, X1, y, W=W1, loss=1.5)
     ex.record(7, X2.astype(np.float32), y, W=W2, loss=0.5)
     run = ex.run()
@@ -192,6 +192,37 @@ def test_exporter_W_row_selection():
     np.testing.assert_array_equal(ex.run().W[0], W[:2])
     with pytest.raises(ValueError, match="W has 5 rows: too few"):
         ex.record(1, X, [10, 20, 10, 20], W=W[:5])
+
+
+def test_exporter_refuses_class_indices_with_a_full_vocabulary_classifier():
+    """Labels 0..K-1 with a vocabulary-sized head could mean rows 0..K-1 or the classes' own rows: say which."""
+    rng = np.random.default_rng(8)
+    X, W = rng.normal(size=(4, 3)), rng.normal(size=(10, 3))
+    ex = Exporter([0, 1])
+    with pytest.raises(ValueError, match="ambiguous.*classifier_rows='labels'.*classifier_rows='classes'"):
+        ex.record(0, X, [0, 1, 0, 1], W=W)
+    assert len(ex) == 0                                                   # nothing stored
+    ex = Exporter([1, 0])                                                 # a permutation with K rows: ambiguous too
+    with pytest.raises(ValueError, match="ambiguous"):
+        ex.record(0, X, [1, 0, 1, 0], W=W[:2])
+    # said explicitly, both readings work
+    ex = Exporter([0, 1], classifier_rows="labels")
+    ex.record(0, X, [0, 1, 0, 1], W=W)
+    np.testing.assert_array_equal(ex.run().W[0], W[[0, 1]])
+    ex = Exporter([0, 1], classifier_rows="classes")
+    ex.record(0, X, [0, 1, 0, 1], W=W[[7, 4]])                            # the classes' rows, in class order
+    np.testing.assert_array_equal(ex.run().W[0], W[[7, 4]])
+    with pytest.raises(ValueError, match="classifier_rows='classes' needs one row per class"):
+        ex.record(1, X, [0, 1, 0, 1], W=W)
+    ex = Exporter([1, 0], classifier_rows="classes")
+    ex.record(0, X, [1, 0, 1, 0], W=W[:2])
+    np.testing.assert_array_equal(ex.run().W[0], W[:2])
+    with pytest.raises(ValueError, match="classifier_rows must be"):
+        Exporter([0, 1], classifier_rows="rows")
+    # unambiguous: labels 0..K-1 with exactly K rows
+    ex = Exporter([0, 1])
+    ex.record(0, X, [0, 1, 0, 1], W=W[:2])
+    np.testing.assert_array_equal(ex.run().W[0], W[:2])
 
 
 def test_exporter_checks_and_failed_records_change_nothing(tmp_path):

@@ -568,7 +568,7 @@ def _verdict(gof, explains, accepted, best, outside_change, static_saturated) ->
         said.append("nothing here explains " + _join(missing))
     if outside_change > 0.2:
         said.append(f"{100 * outside_change:.0f}% of the Grams' change over training lies outside the attribute "
-                    f"patterns, which no attribute model produces")
+                    f"patterns, which no attribute model started isotropically produces")
     end = (f"best model: {NAMES[best]}" if best is not None else
            "no dynamical model is accepted as an explanation (best_model = None)")
     return "; ".join(said) + f". {end[0].upper()}{end[1:]}."
@@ -996,7 +996,9 @@ def _fit_input_coupled(rep, obs, *, user, inputs_given, loss, lam, init_scale, f
     cost, inner, adjacent = rep.m2_cost(model)
     x = starts[0]
     if not interrupted:
-        r = fit_m2(model, cost, starts=starts, maxiter=maxiter, report=report)
+        seeded = model.engine == "dense" and len(starts) and start == "observed" and rep.algebra is not None
+        r = fit_m2(model, cost, starts=starts, maxiter=min(maxiter, 150) if seeded else maxiter, report=report,
+                   n_searches=2)
         interrupted, x = r["interrupted"], r["x"]
     if interrupted:
         notes.append("input_coupled: interrupted (Ctrl-C); the parameters are the best found before it")

@@ -659,6 +659,15 @@ class Exporter:
         Rewrite this file (``.npz``, ``.safetensors`` or ``.h5``, atomically)
         after every record, so a crash loses at most the record in progress.
         Costs one save of the whole run per record.
+    classifier_rows : {"auto", "labels", "classes"}
+        Which rows of a recorded classifier ``W`` (K_out x d) belong to the
+        classes. ``"labels"``: the label ids are row ids (``W[labels]``, e.g.
+        vocabulary ids of a language model's head). ``"classes"``: ``W`` has
+        exactly one row per class, in the order of ``labels``. ``"auto"``
+        (default): whichever is unambiguous; label ids ``0..K-1`` (or a
+        permutation of them) with a classifier of more rows, or a permutation
+        with exactly K rows, could mean either and are refused with a message
+        asking for one of the two.
 
     References
     ----------
@@ -691,7 +700,7 @@ class Exporter:
     """
 
     def __init__(self, labels, *, attributes=None, keep_means: bool = True, name: str = "", meta: dict | None = None,
-                 autosave: str | os.PathLike | None = None):
+                 autosave: str | os.PathLike | None = None, classifier_rows: str = "auto"):
         labels = np.asarray(_to_host(labels))
         if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"labels must be a 1-D sequence of integer label ids (one per class), got "
@@ -706,6 +715,9 @@ class Exporter:
         if self.attributes is not None and (self.attributes.ndim != 2 or self.attributes.shape[0] != len(labels)):
             raise ValueError(f"attributes must be a (K = {len(labels)}, F) table, one row per label, got shape "
                              f"{self.attributes.shape}.")
+        if classifier_rows not in ("auto", "labels", "classes"):
+            raise ValueError(f"classifier_rows must be 'auto', 'labels' or 'classes', got {classifier_rows!r}.")
+        self.classifier_rows = classifier_rows
         self.keep_means = bool(keep_means)
         self.name = str(name)
         self.meta = _jsonable(dict(meta or {}))
@@ -760,11 +772,9 @@ class Exporter:
             Label id of each row; every class of the exporter must appear, and
             with the same counts at every record.
         W : array (K_out, d), optional
-            Classifier weights, rows = output labels (e.g. ``linear.weight``).
-            When every label id is below ``K_out`` the rows ``W[labels]`` are
-            kept (row ``i`` is label id ``i``: a full classifier or a
-            vocabulary); otherwise ``W`` must have exactly ``K`` rows, taken to
-            be in the order of ``labels``. Record it at every step or never.
+            Classifier weights (e.g. ``linear.weight``); the rows of the
+            classes are chosen by the exporter's ``classifier_rows``. Record it
+            at every step or never.
         loss : float, optional
             Training loss at this step. Record it at every step or never.
         position : int, optional
@@ -819,15 +829,35 @@ class Exporter:
             save_run(self.run(), self.autosave)
 
     def _select_W(self, Wn: np.ndarray, d: int) -> np.ndarray:
+        """The classifier rows of the exporter's classes, in its order (see ``classifier_rows``)."""
         if Wn.ndim != 2 or Wn.shape[1] != d:
             raise ValueError(f"W must be (K_out, d = {d}) (rows = output labels), got shape {Wn.shape}.")
-        if Wn.shape[0] > int(self.labels.max()):
+        K_out, top = Wn.shape[0], int(self.labels.max())
+        identity = bool(np.array_equal(self.labels, np.arange(self.K)))
+        mode = self.classifier_rows
+        if mode == "auto":
+            if K_out == self.K and (identity or top >= self.K):
+                mode = "classes"
+            elif K_out > self.K and not identity and top < K_out:
+                mode = "labels"
+            elif K_out >= self.K and top < K_out:
+                raise ValueError(
+                    f"W has {K_out} rows and the labels are {'0..K-1' if identity else 'a permutation of 0..K-1'}: "
+                    f"ambiguous. Say which rows are the classes: Exporter(..., classifier_rows='labels') when the "
+                    f"label ids are the classifier's row ids (e.g. vocabulary ids), or classifier_rows='classes' "
+                    f"with W holding exactly one row per class in the order of labels (e.g. W[class_token_ids]).")
+            else:
+                raise ValueError(f"W has {K_out} rows: too few to select the label ids (largest {top}) and not "
+                                 f"one row per class (K = {self.K}); pass the full classifier.")
+        if mode == "labels":
+            if top >= K_out:
+                raise ValueError(f"classifier_rows='labels' but W has {K_out} rows and the largest label id is "
+                                 f"{top}; pass the full classifier.")
             return Wn[self.labels]
-        if Wn.shape[0] == self.K:
-            return Wn
-        raise ValueError(f"W has {Wn.shape[0]} rows: too few to select the label ids (largest "
-                         f"{int(self.labels.max())}) and not one row per class (K = {self.K}); pass the full "
-                         f"classifier.")
+        if K_out != self.K:
+            raise ValueError(f"classifier_rows='classes' needs one row per class (K = {self.K}), W has {K_out}; "
+                             f"pass W[class_rows] or classifier_rows='labels'.")
+        return Wn
 
     # -- the forward-hook path ----------------------------------------------------------------
     def attach(self, module, *, position: int | None = None, weight: bool = False) -> _Handle:

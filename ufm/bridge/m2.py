@@ -184,10 +184,9 @@ def at_fraction(values, frac, *, log=False):
     th = (frac - j).reshape((-1,) + (1,) * (values.ndim - 1))
     a, b = values[j], values[j + 1]
     if log:
-        with np.errstate(divide="ignore"):
-            la, lb = np.log(a), np.log(b)
-        out = np.where(a > 0, np.exp(la + th * (lb - la)), a + th * (b - a))
-        return out
+        pos = (a > 0) & (b > 0)
+        la, lb = np.log(np.where(pos, a, 1.0)), np.log(np.where(pos, b, 1.0))
+        return np.where(pos, np.exp(la + th * (lb - la)), a + th * (b - a))
     return a + th * (b - a)
 
 
