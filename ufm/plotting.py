@@ -35,10 +35,15 @@ def plot_gram(gram, ax=None, *, title=None, normalize="cosine", labels=None, cma
         (zero rows stay zero); ``"max"`` divides by ``max |G|``; ``None`` shows raw values.
     labels : sequence of str, optional
         Tick labels (one per row).
+    cmap : str
+        Matplotlib colormap.
+    colorbar : bool
+        Draw a colorbar.
 
     Returns
     -------
     Axes
+        The axes drawn on.
     """
     G = np.asarray(gram, dtype=float)
     if G.ndim != 2 or G.shape[0] != G.shape[1]:
@@ -97,8 +102,14 @@ def plot_phase_diagram(result, x, y, value, ax=None, *, where=None, cmap="viridi
         Keep only records with these parameter values, e.g. ``{"lam_A": 1e-3}``.
         Required when a parameter other than ``x`` and ``y`` takes several
         values (nothing is averaged over silently).
+    cmap : str
+        Matplotlib colormap.
+    colorbar : bool
+        Draw a colorbar.
     annotate : bool
         Write the value in each cell.
+    title : str, optional
+        Axes title (default: the value and the number of runs per cell).
 
     Returns
     -------
@@ -197,22 +208,39 @@ def plot_trajectory(trajectory, metric: str = "semantic_gap", ax=None, *, theory
         (``seeds=True``). ``None``: draw the theory curve only.
     metric : str
         Record name, e.g. ``"semantic_gap"`` or ``"etf_distance"``.
+    ax : matplotlib Axes, optional
+        Where to draw; a new figure when omitted.
     theory : TheoryCurve, optional
-        Drawn dashed (record ``theory_metric``, default ``metric``); its
-        ``peak_time`` and ``transition_time`` are marked by dotted vertical
-        lines when ``marks=True``.
+        Drawn dashed (record ``theory_metric``, default ``metric``); the
+        legend names the start it assumes (``theory.meta["start_label"]``,
+        e.g. "theory start: Gaussian start 0.001, wide limit (isotropic)"); its ``peak_time`` and
+        ``transition_time`` are marked by dotted vertical lines when
+        ``marks=True``, and when it carries the spread over sampled random
+        starts (``semantic_curve(..., spread=n)``) the 10%-90% range of their
+        transition times is shaded.
+    theory_metric : str, optional
+        The theory curve's record to draw (default ``metric``).
     end_value : float, optional
         The end state's value (e.g. from ``ufm.solve``), a dash-dotted horizontal line.
     label, color : optional
         Label of the simulated curve (default ``"simulation (mean of n seeds)"``) and its color.
+    seeds : bool
+        Draw each seed faintly besides the mean.
+    marks : bool
+        Mark the theory's peak and transition times.
     logx : bool
         Log time axis; ``t = 0`` cannot be shown on it and is left out.
+    title : str, optional
+        Axes title.
+    legend : bool
+        Draw the legend.
 
     Returns
     -------
     Axes
-        Lines carry labels ``"simulation ..."``, ``"theory ..."``, ``"end state ..."``,
-        ``"peak (theory)"``, ``"transition (theory)"``.
+        Lines carry labels ``"simulation ..."``, ``"theory (<kind>)"``, ``"theory start: <start>"`` (no data),
+        ``"end state ..."``, ``"peak (theory)"``, ``"transition (theory)"``; the shaded spread
+        ``"transition, n random starts (10-90%)"``.
     """
     if trajectory is None and theory is None:
         raise ValueError("give a trajectory, a theory curve or both.")
@@ -242,11 +270,19 @@ def plot_trajectory(trajectory, metric: str = "semantic_gap", ax=None, *, theory
         keep = tt > 0 if logx else np.ones(tt.shape, bool)
         ax.plot(tt[keep], np.asarray(theory.records[name])[keep], color="k", ls="--", lw=1.4,
                 label=f"theory ({theory.kind})")
+        start = theory.meta.get("start_label")
+        if start:       # a legend line of its own: which start the theory assumes
+            ax.plot([], [], ls="none", label=f"theory start: {start}")
         if marks:
             if theory.peak_time is not None:
                 ax.axvline(theory.peak_time, color="C3", ls=":", lw=1.2, label="peak (theory)")
             if theory.transition_time is not None:
                 ax.axvline(theory.transition_time, color="C2", ls=":", lw=1.2, label="transition (theory)")
+            spread = theory.meta.get("spread") or {}
+            if spread.get("transition_time"):
+                lo, hi = spread["transition_time"][0], spread["transition_time"][-1]
+                ax.axvspan(lo, hi, color="C2", alpha=0.12,
+                           label=f"transition, {spread['n']} random starts (10-90%)")
     if end_value is not None:
         ax.axhline(float(end_value), color="gray", ls="-.", lw=1.2, label="end state (exact)")
     if logx:
@@ -277,12 +313,20 @@ def plot_phase_lines(result, x: str = "sigma", values=("peak_gap", "end_gap", "e
         The grid parameter on the horizontal axis (numbers).
     values : sequence of str
         Record entries to draw (solid, dashed, dotted, ... in this order).
+    ax : matplotlib Axes, optional
+        Where to draw; a new figure when omitted.
     hue : str or None
         A grid parameter drawn in different colors (``None``: one color).
     where : dict, optional
         Keep only records with these parameter values; every other parameter
         must then take a single value (nothing is averaged over silently),
         except seeds, which are averaged.
+    logx, logy : bool
+        Logarithmic axes.
+    title : str, optional
+        Axes title.
+    legend : bool
+        Draw the legend.
 
     Returns
     -------
@@ -342,68 +386,108 @@ _FIT_STYLE = {"static": ("static", ":", "tab:gray"), "input_coupled": ("M2 input
 def plot_fit(result, metric: str = "gap", ax=None):
     """Observed curve (dots) with each fitted model's curve over log-steps, from a :class:`~ufm.results.FitResult`.
 
+    Every model's legend entry carries the R^2 of *this* curve and whether the
+    fit accepted the model as an explanation (``ufm.bridge.fitting.ACCEPT``);
+    a saturated static decomposition (as many numbers per record as the data)
+    is not drawn. Vertical lines: the observed transition and M2's predicted
+    one, each only when it is defined inside the observed steps.
+
     Parameters
     ----------
     result : FitResult
         What :func:`ufm.fit` returned.
-    metric : {"gap", "etf_distance"}
+    metric : {"gap", "etf_distance", "outside_patterns"}
         The semantic gap (THEORY §7.4) or the ETF distance (§7.2) of the
-        centred, unit-norm Grams.
+        centred, unit-norm Grams, or the observed share of each unit Gram
+        outside the attribute patterns (no model curve).
     ax : matplotlib Axes, optional
+        Where to draw; a new figure when omitted.
 
     Returns
     -------
     Axes
+        The axes drawn on.
     """
-    if metric not in ("gap", "etf_distance"):
-        raise ValueError(f"metric must be 'gap' or 'etf_distance', got {metric!r}.")
+    if metric not in ("gap", "etf_distance", "outside_patterns"):
+        raise ValueError(f"metric must be 'gap', 'etf_distance' or 'outside_patterns', got {metric!r}.")
     ax = _axes(ax)
     steps = np.asarray(result.steps, dtype=float)
     x = np.where(steps > 0, steps, np.nan)
     if np.isnan(x[0]) and len(x) > 1:            # show step 0 half a decade before the first positive step
         first = np.nanmin(x)
         x[0] = first / 3.0
-    ax.plot(x, result.curves[f"observed_{metric}"], "o", ms=3.5, color="k", label="observed")
+    observed = "outside_patterns" if metric == "outside_patterns" else f"observed_{metric}"
+    if observed not in result.curves:
+        raise ValueError(f"the fit has no {observed!r} curve; it was made by an older ufm. Refit it.")
+    ax.plot(x, result.curves[observed], "o", ms=3.5, color="k", label="observed")
+    r2_key = {"gap": "gap_r2", "etf_distance": "etf_r2"}.get(metric)
     for model, gof in result.gof.items():
         key = f"{model}_{metric}"
-        if key not in result.curves:
+        if r2_key is None or key not in result.curves or gof.get("saturated"):
             continue
         name, ls, color = _FIT_STYLE.get(model, (model, "-", None))
-        ax.plot(x, result.curves[key], ls, color=color, lw=1.6, label=f"{name} (gap R²={gof['gap_r2']:.2f})")
-    tr = result.predicted_transition
-    if tr is not None and metric == "gap" and tr <= 100 * np.nanmax(x):   # farther out it would squash the data
-        ax.axvline(tr, color="tab:blue", lw=0.8, alpha=0.6, label="predicted transition")
+        status = "descriptive" if model == "static" else ("accepted" if gof.get("accepted") else "not accepted")
+        ax.plot(x, result.curves[key], ls, color=color, lw=1.6,
+                label=f"{name}: R²={gof[r2_key]:.2f} ({status})")
+    trans = getattr(result, "transitions", {}) or {}
+    obs_tr = (trans.get("observed") or {}).get("step")
+    if obs_tr is not None:
+        ax.axvline(obs_tr if obs_tr > 0 else x[0], color="k", ls=":", lw=0.9, label="observed transition")
+    if result.predicted_transition is not None:
+        ax.axvline(result.predicted_transition, color="tab:blue", lw=0.8, alpha=0.6, label="M2 predicted transition")
     ax.set_xscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("semantic gap" if metric == "gap" else "ETF distance")
+    ax.set_ylabel({"gap": "semantic gap", "etf_distance": "ETF distance",
+                   "outside_patterns": "share outside patterns"}[metric])
     ax.legend(fontsize=7)
     return ax
 
 
 def plot_fit_figure(result, *, snapshots: int = 3, models=("input_coupled",)):
-    """The overlay figure of ``ufm fit``: gap and ETF distance curves, then observed vs fitted Gram snapshots.
+    """The overlay figure of ``ufm fit``: the fit's verdict, its curves with their R^2, Gram snapshots.
 
-    Top row: :func:`plot_fit` for both metrics. Next rows: the observed
+    Title: the fit's verdict line (what is and is not explained). Top row:
+    :func:`plot_fit` for the semantic gap, the ETF distance and the share of
+    the observed Grams outside the attribute patterns. Next rows: the observed
     centred Gram (cosines) at the first record, the semantic-gap peak and the
-    last record, beside each model of ``models`` at the aligned time.
+    last record, beside each model of ``models`` at the aligned time, titled
+    with that model's full-Gram R^2.
+
+    Parameters
+    ----------
+    result : FitResult
+        What :func:`ufm.fit` returned.
+    snapshots : int
+        Number of Gram snapshots.
+    models : sequence of str
+        The fitted models to show beside the observed Grams.
 
     Returns
     -------
     matplotlib Figure
+        The figure.
     """
+    import textwrap
+
     import matplotlib.pyplot as plt
 
     models = [m for m in models if m in result.grams]
     gap = np.asarray(result.curves["observed_gap"])
     picks = sorted({0, int(np.argmax(gap)), len(gap) - 1})[:snapshots]
+    cols = max(len(picks), 3)
     rows = 1 + 1 + len(models)
-    fig = plt.figure(figsize=(3.0 * max(len(picks), 2), 2.8 * rows), constrained_layout=True)
-    grid = fig.add_gridspec(rows, 2 * len(picks))
-    plot_fit(result, "gap", fig.add_subplot(grid[0, :len(picks)]))
-    plot_fit(result, "etf_distance", fig.add_subplot(grid[0, len(picks):]))
+    fig = plt.figure(figsize=(3.4 * cols, 2.9 * rows + 0.6), constrained_layout=True)
+    grid = fig.add_gridspec(rows, cols)
+    for c, metric in enumerate(("gap", "etf_distance", "outside_patterns")):
+        plot_fit(result, metric, fig.add_subplot(grid[0, c]))
     for r, name in enumerate(["observed"] + models, start=1):
         for c, t in enumerate(picks):
-            ax = fig.add_subplot(grid[r, 2 * c:2 * c + 2])
+            ax = fig.add_subplot(grid[r, c])
             label = _FIT_STYLE.get(name, (name,))[0]
-            plot_gram(result.grams[name][t], ax, title=f"{label}, step {result.steps[t]:.4g}", colorbar=False)
+            extra = "" if name == "observed" else f" (full R²={result.gof[name]['gram_r2_full']:.2f})"
+            plot_gram(result.grams[name][t], ax, title=f"{label}, step {result.steps[t]:.4g}{extra}",
+                      colorbar=False)
+    verdict = getattr(result, "verdict", "") or ""
+    if verdict:
+        fig.suptitle("\n".join(textwrap.wrap(verdict, 40 * cols)), fontsize=8)
     return fig
