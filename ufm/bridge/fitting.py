@@ -430,13 +430,20 @@ def _gof(rep, model_full, n_params):
     return gap, etf, g
 
 
-def _explains(g, accept) -> dict:
-    """Which of the curves and Grams a model explains, by the thresholds of ``accept``."""
-    def ok(r2, r2_min, rmse=None, rmse_max=None):
-        return bool((np.isfinite(r2) and r2 >= r2_min) or (rmse is not None and rmse <= rmse_max))
+def _explains(g, accept, rep) -> dict:
+    """Which of the curves and Grams a model explains, by the thresholds of ``accept``.
 
-    return {"gap": ok(g["gap_r2"], accept["gap_r2"], g["gap_rmse"], accept["gap_rmse"]),
-            "etf": ok(g["etf_r2"], accept["etf_r2"], g["etf_rmse"], accept["etf_rmse"]),
+    A curve is explained when its R^2 reaches the threshold, or, for a *flat* curve (the observed values
+    span less than 3 times the RMSE tolerance, where R^2 measures noise), when the model stays within
+    the RMSE tolerance of it.
+    """
+    def ok(r2, r2_min, rmse=None, rmse_max=None, span=None):
+        if np.isfinite(r2) and r2 >= r2_min:
+            return True
+        return bool(rmse is not None and span <= 3 * rmse_max and rmse <= rmse_max)
+
+    return {"gap": ok(g["gap_r2"], accept["gap_r2"], g["gap_rmse"], accept["gap_rmse"], float(np.ptp(rep.gap))),
+            "etf": ok(g["etf_r2"], accept["etf_r2"], g["etf_rmse"], accept["etf_rmse"], float(np.ptp(rep.etf))),
             "gram": ok(g["gram_r2"], accept["gram_r2"]),
             "full_gram": ok(g["gram_r2_full"], accept["full_gram_r2"])}
 
@@ -542,7 +549,7 @@ def _predicted_transition(tau_tr, obs_steps, tau_obs, exponent, offset) -> dict:
 
 
 # -- the verdict ------------------------------------------------------------------------------
-def _verdict(gof, explains, accepted, best, outside_change, static_saturated) -> str:
+def _verdict(gof, explains, best, outside_change, static_saturated, accept) -> str:
     """One plain-language line: what the dynamical models explain and what nothing here explains."""
     dyn = [m for m in gof if m != "static"]
     if not dyn:
@@ -551,18 +558,23 @@ def _verdict(gof, explains, accepted, best, outside_change, static_saturated) ->
             msg += " (saturated here: as many numbers per record as the data, so its R^2 = 1 says nothing)"
         return msg + "."
     parts, missing = [], []
-    for key, label, r2 in (("gap", "the semantic-gap curve", "gap_r2"), ("etf", "the ETF distance", "etf_r2"),
-                           ("full_gram", "the full Grams", "gram_r2_full")):
+    for key, label, r2, rmse in (("gap", "the semantic-gap curve", "gap_r2", "gap_rmse"),
+                                 ("etf", "the ETF distance", "etf_r2", "etf_rmse"),
+                                 ("full_gram", "the full Grams", "gram_r2_full", "full_gram_r2")):
+        def score(m):
+            return gof[m][r2] if np.isfinite(gof[m][r2]) else -np.inf
         who = [m for m in dyn if explains[m][key]]
         if who:
-            m = max(who, key=lambda m: gof[m][r2] if np.isfinite(gof[m][r2]) else -np.inf)
-            parts.append((m, label, gof[m][r2]))
+            m = max(who, key=score)
+            how = (f"R^2 {gof[m][r2]:.2f}" if score(m) >= accept[r2 if key != "full_gram" else rmse] else
+                   f"a flat curve, RMSE {gof[m][rmse]:.3f}")
+            parts.append((m, label, how))
         else:
-            m = max(dyn, key=lambda m: gof[m][r2] if np.isfinite(gof[m][r2]) else -np.inf)
+            m = max(dyn, key=score)
             missing.append(f"{label} (best R^2 {gof[m][r2]:.2f}, {NAMES[m]})")
     by_model = {}
-    for m, label, r2 in parts:
-        by_model.setdefault(m, []).append(f"{label} (R^2 {r2:.2f})")
+    for m, label, how in parts:
+        by_model.setdefault(m, []).append(f"{label} ({how})")
     said = [f"{NAMES[m]} explains " + _join(items) for m, items in by_model.items()]
     if missing:
         said.append("nothing here explains " + _join(missing))
@@ -921,12 +933,12 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         if m == "static":
             g["explains"], g["accepted"] = {}, False
             continue
-        e = _explains(g, accept)
+        e = _explains(g, accept, rep)
         explains[m] = e
         g["explains"] = e
         g["accepted"] = accepted[m] = all(e.values())
     best = max((m for m in accepted if accepted[m]), key=lambda m: gof[m]["gram_r2"], default=None)
-    verdict = _verdict(gof, explains, accepted, best, rep.outside_change, static_saturated)
+    verdict = _verdict(gof, explains, best, rep.outside_change, static_saturated, accept)
     pred = transitions.get("predicted")
     predicted = pred["step"] if pred is not None and pred.get("inside") else None
     interrupted = bool(m2 is not None and m2["interrupted"])
