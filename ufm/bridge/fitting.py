@@ -56,610 +56,29 @@ Collapse", arXiv 2606.26749.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 
 import numpy as np
 
-from .. import metrics
 from .._checks import check_int, check_nonneg, check_positive
-from ..results import FitResult, Run, Trajectory
-from .io import _as_numpy, load_run
+from ..results import FitResult
+from .io import as_numpy
 from .m1 import anchored_path, anchored_path_patterns
-from .m2 import ENGINES, STARTS, M2Model, _Reporter, align_monotone, align_refined, at_fraction, fit_m2
-from .patterns import PatternAlgebra, outside_fraction, pattern_ids, project_patterns
+from .m2 import (ENGINES, STARTS, M2Model, Reporter, align_monotone, align_refined, alignment_cost, at_fraction,
+                 fit_m2, isotropic_init)
+from .observed import Representations, first_state, read_observed, unit_centred
+from .patterns import PatternAlgebra, pattern_ids, project_patterns
+from .report import (ACCEPT, TRANSIENT, etf_of, explains, gaps_of, goodness_of_fit, model_transition_index,
+                     observed_transition, predicted_transition, table, time_map_powerlaw, transition_lines, unit,
+                     verdict_line, within_class, within_lines)
+from .static import static_decomposition
 
-__all__ = ["ACCEPT", "MODELS", "align_monotone", "anchored_path", "fit", "isotropic_init", "observed_transition",
-           "pattern_ids", "project_patterns", "static_decomposition", "unit_centred", "within_class"]
+__all__ = ["ACCEPT", "MODELS", "TRANSIENT", "align_monotone", "anchored_path", "fit", "isotropic_init",
+           "observed_transition", "pattern_ids", "project_patterns", "static_decomposition", "unit_centred",
+           "within_class"]
 
 MODELS = ("static", "input_coupled", "anchored")
-NAMES = {"static": "static", "input_coupled": "M2 (input-coupled)", "anchored": "M1 (anchored)"}
-
-#: Minimum quality for a dynamical model to count as an explanation (``fit(accept=...)`` overrides).
-#: A curve is explained when its R^2 reaches ``*_r2`` *or* its RMSE is below ``*_rmse`` (a curve that
-#: hardly moves has no meaningful R^2, but a model that sits on it still explains it).
-ACCEPT = {"gap_r2": 0.8, "gap_rmse": 0.01, "etf_r2": 0.5, "etf_rmse": 0.02, "gram_r2": 0.5,
-          "full_gram_r2": 0.0}
-
-#: The observed transition needs a clear transient: a rise of at least ``rise`` above the first record,
-#: then a fall of at least ``max(rise, fall * (peak - start))`` below the peak by the last record.
-TRANSIENT = {"rise": 0.02, "fall": 0.25}
-
-
-# -- observed data -------------------------------------------------------------------
-def unit_centred(grams) -> np.ndarray:
-    """``P_K G P_K / ||P_K G P_K||_F`` for one Gram (K x K) or a stack (T x K x K) (THEORY §8.6 steps 1, 5).
-
-    Parameters
-    ----------
-    grams : array (K, K) or (T, K, K)
-        Grams, nonzero after centring.
-
-    Returns
-    -------
-    ndarray
-        Centred, unit-norm Grams, same shape.
-    """
-    Gc = metrics.double_centre(np.asarray(grams, dtype=np.float64))
-    norm = np.linalg.norm(Gc, axis=(-2, -1), keepdims=True)
-    if np.any(norm <= 1e-300):
-        raise ValueError("a Gram is zero after centring (all class means equal); it has no geometry to fit. "
-                         "Drop that record (often step 0 of a zero-initialized model).")
-    return Gc / norm
-
-
-class _Obs:
-    """What :func:`fit` reads from its source."""
-
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-
-def _observed(source, setting, attributes, steps) -> _Obs:
-    """Steps, Grams, attributes, setting, description, and when present the first record's state and the
-    within-class traces."""
-    from ..settings import Setting
-
-    desc = type(source).__name__
-    run_attrs, run = None, None
-    W0 = M0 = within = counts = None
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        source = _load_source(path)
-        desc = f"{type(source).__name__} {os.path.basename(path)}"
-    recorded = None
-    if isinstance(source, Run):
-        run = source
-        obs_steps, grams, run_attrs = np.asarray(source.steps, float), np.asarray(source.grams), source.attributes
-        if source.name:
-            desc = f"Run {source.name!r}"
-        if "setting" in source.meta:
-            recorded = _setting_from_meta(source.meta["setting"])
-        if source.means is not None:
-            M0 = np.asarray(source.means[0], dtype=np.float64)
-            W0 = None if source.W is None else np.asarray(source.W[0], dtype=np.float64)
-        within = None if source.within is None else np.asarray(source.within, dtype=np.float64)
-        counts = np.asarray(source.counts)
-    elif isinstance(source, Trajectory):
-        rec = source.records
-        name = "gram_means" if "gram_means" in rec else "gram_H" if "gram_H" in rec else None
-        if name is None:
-            raise ValueError(f"source: the Trajectory recorded {sorted(rec)}, none of 'gram_means', 'gram_H'; "
-                             f"simulate with record=('gram_means',) to fit it.")
-        grams = np.asarray(rec[name]).mean(axis=0)          # mean over seeds
-        obs_steps = np.asarray(source.times, float)
-        desc = f"Trajectory ({name}, {source.n_seeds} seed(s) averaged)"
-        prob_attrs = source.meta.get("attributes")
-        run_attrs = None if prob_attrs is None else np.asarray(prob_attrs)
-        if source.n_seeds == 1 and "H" in rec and name == "gram_H":
-            M0 = np.asarray(rec["H"][0, 0], dtype=np.float64)
-            W0 = np.asarray(rec["W"][0, 0], dtype=np.float64) if "W" in rec else None
-    else:
-        grams = _as_numpy(source, "source")
-        if grams.ndim == 2:
-            grams = grams[None]
-        if grams.ndim != 3 or grams.shape[1] != grams.shape[2]:
-            raise ValueError(f"source: arrays must be one Gram (K, K) or a stack (T, K, K), got shape {grams.shape}.")
-        obs_steps = np.arange(len(grams), dtype=float)
-        desc = f"array of {len(grams)} Gram(s)"
-    if steps is not None:
-        obs_steps = np.asarray(steps, dtype=np.float64)
-        if obs_steps.shape != (len(grams),):
-            raise ValueError(f"steps must have one entry per Gram ({len(grams)}), got shape {obs_steps.shape}.")
-    if np.any(np.diff(obs_steps) <= 0) or np.any(obs_steps < 0):
-        raise ValueError("steps must be >= 0 and strictly increasing (one per Gram, in training order).")
-    # validate the Grams through the bridge format (symmetric PSD, finite)
-    K = grams.shape[1]
-    Run(steps=np.arange(len(grams)), grams=grams, labels=np.arange(K), counts=np.ones(K, dtype=np.int64))
-
-    if setting is not None and not isinstance(setting, Setting):
-        raise ValueError(f"setting must be a ufm.settings.Setting (e.g. ufm.factorial((2, 2, 2))), "
-                         f"got {type(setting).__name__}.")
-    if setting is not None and setting.N != K:
-        raise ValueError(f"setting has N = {setting.N} items but the Grams have K = {K} classes; pass the "
-                         f"setting the network was trained on.")
-    if setting is not None and run_attrs is not None and not np.array_equal(setting.attributes, run_attrs):
-        raise ValueError(f"setting {setting.name!r} has another attribute table than the one the run records; the "
-                         f"run's own table is what the network was trained on. Drop setting= (the run's setting "
-                         f"is used), or fix the run.")
-    if setting is None:
-        setting = recorded
-    if attributes is None:
-        attributes = setting.attributes if setting is not None else run_attrs
-    if attributes is None:
-        raise ValueError("no attribute table: pass setting=... (e.g. ufm.factorial((2, 2, 2))) or attributes=... "
-                         "(K x F levels), or record the attributes in the run.")
-    attributes = np.asarray(attributes)
-    if attributes.ndim != 2 or attributes.shape[0] != K:
-        raise ValueError(f"attributes must be (K = {K}, F), got shape {attributes.shape}.")
-    if setting is not None and not np.array_equal(setting.attributes, attributes):
-        raise ValueError("attributes= and the setting's attribute table differ; pass one of them.")
-    if setting is None:
-        setting = Setting(attributes=attributes, name="from attributes")
-    return _Obs(steps=obs_steps, grams=grams, attributes=attributes, setting=setting, desc=desc, run=run,
-                W0=W0, M0=M0, within=within, counts=counts, K=K, T=len(grams))
-
-
-def _load_source(path: str):
-    """A bridge run (any format :func:`~ufm.bridge.io.load_run` reads) or a saved Trajectory."""
-    from ..results import load
-
-    if path.endswith(".npz") and os.path.exists(path):
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                kind = json.loads(str(data["__header__"])).get("type") if "__header__" in data.files else None
-        except Exception:      # unreadable: load_run says what is wrong with the file
-            kind = None
-        if kind == "Trajectory":
-            return load(path)
-    return load_run(path)
-
-
-def _setting_from_meta(meta):
-    """Rebuild a setting from the run's ``meta["setting"]`` (``{"name": "factorial(...)", "params": {...}}``, as
-    :func:`ufm.bridge.train_network` records it; ``"generator"`` may name the function); ``None`` if it cannot."""
-    from .. import settings
-
-    if not isinstance(meta, dict):
-        return None
-    gen = meta.get("generator") or str(meta.get("name", "")).split("(")[0]
-    params = meta.get("params")
-    if gen in ("factorial", "hierarchy", "ntp_contexts") and isinstance(params, dict):
-        try:
-            return getattr(settings, gen)(**params)
-        except (TypeError, ValueError):
-            return None
-    return None
-
-
-# -- static decomposition (THEORY §8.6 step 2) ----------------------------------------
-def _regressors(attributes):
-    """Basis ``[P_K, P_K S_f P_K ...]`` over the factors that split the classes; names of the kept factors."""
-    A = np.asarray(attributes)
-    K = A.shape[0]
-    P = np.eye(K) - 1.0 / K
-    basis, kept = [P], []
-    for f in range(A.shape[1]):
-        S = (A[:, None, f] == A[None, :, f]).astype(float)
-        B = P @ S @ P
-        X = np.stack([b.ravel() for b in basis + [B]], axis=1)
-        sv = np.linalg.svd(X, compute_uv=False)
-        if sv[-1] > 1e-10 * sv[0]:
-            basis.append(B)
-            kept.append(f)
-    return basis, kept
-
-
-def static_decomposition(grams, attributes, *, level: float = 0.95) -> dict:
-    """Least squares ``G_c = a P_K + sum_f b_f P_K S_f P_K + E`` per Gram, with confidence intervals.
-
-    ``G_c`` is the centred, unit-norm Gram (THEORY §8.6 steps 1-2). Factors
-    that do not split the classes or repeat earlier ones (their ``P S_f P`` is
-    linearly dependent on the basis) are dropped and listed in ``"dropped"``.
-
-    The regression runs over the ``K(K+1)/2`` distinct entries (off-diagonal
-    entries weighted by sqrt 2, so the fit is the Frobenius projection); the
-    centred symmetric matrices span ``K(K-1)/2`` dimensions, which gives
-    ``df = K(K-1)/2 - (1 + F_kept)`` residual degrees of freedom. Intervals are
-    the t-intervals of ordinary least squares, which treat the residual
-    entries as independent with equal variance: residuals of real Grams are
-    correlated, so read them as a lower bound on the uncertainty.
-
-    Parameters
-    ----------
-    grams : array (K, K) or (T, K, K)
-        Observed Grams (centred and normalized here).
-    attributes : array of int (K, F)
-        Factor levels, one row per class.
-    level : float
-        Confidence level of the intervals.
-
-    Returns
-    -------
-    dict
-        ``a`` (T,), ``b`` (T, F_kept), ``a_ci`` (T, 2), ``b_ci`` (T, F_kept, 2),
-        ``r2`` (T,), ``fitted`` (T, K, K, unit-centred model Grams), ``factors``
-        (kept factor indices), ``dropped``, ``df``.
-    """
-    from scipy import stats
-
-    G = unit_centred(grams)
-    single = G.ndim == 2
-    G = G[None] if single else G
-    T, K, _ = G.shape
-    basis, kept = _regressors(attributes)
-    iu = np.triu_indices(K)
-    w = np.where(iu[0] == iu[1], 1.0, math.sqrt(2.0))
-    X = np.stack([b[iu] * w for b in basis], axis=1)
-    y = G[:, iu[0], iu[1]] * w
-    XtX_inv = np.linalg.inv(X.T @ X)
-    coef = y @ X @ XtX_inv.T                                  # (T, p)
-    resid = y - coef @ X.T
-    rss = np.sum(resid ** 2, axis=1)
-    df = K * (K - 1) // 2 - X.shape[1]
-    if df > 0:
-        se = np.sqrt(np.outer(rss / df, np.diag(XtX_inv)))
-        q = stats.t.ppf(0.5 + level / 2, df)
-        ci = np.stack([coef - q * se, coef + q * se], axis=-1)
-    else:
-        ci = np.full(coef.shape + (2,), np.nan)
-    fitted = np.einsum("tp,pkl->tkl", coef, np.stack(basis))
-    return {"a": coef[:, 0], "b": coef[:, 1:], "a_ci": ci[:, 0], "b_ci": ci[:, 1:], "r2": 1.0 - rss,
-            "fitted": fitted, "factors": kept,
-            "dropped": [f for f in range(np.asarray(attributes).shape[1]) if f not in kept], "df": df,
-            "level": level}
-
-
-# -- M2's wide-layer start, for simulating with ufm.simulate ----------------------------
-def isotropic_init(problem, init_scale: float) -> dict:
-    """The deterministic wide-network start of the input-coupled UFM: ``{"W0": ..., "A0": ...}``.
-
-    With ``d >= p + K``: ``A0 = init_scale [I_p; 0]`` and ``W0 = init_scale [0, I_K]``, so
-    ``A0^T A0 = init_scale^2 I_p``, ``W0 W0^T = init_scale^2 I_K`` and ``W0 A0 = 0``: the limit of a
-    Gaussian start in a wide layer (``A0^T A0 ~ s^2 d I``, ``W0 A0 / (s^2 d) -> 0``), without its
-    seed-to-seed noise. Every rotation of the feature space gives the same Gram trajectory.
-
-    Parameters
-    ----------
-    problem : InputCoupledUFM
-        The model (``d >= p + K``).
-    init_scale : float
-        The scale ``s`` above.
-
-    Returns
-    -------
-    dict
-        ``{"W0": (K, d) array, "A0": (d, p) array}``.
-    """
-    K, p, d = problem.K, problem.p, problem.d
-    if d < p + K:
-        raise ValueError(f"the isotropic start needs d >= p + K = {p + K}, got d = {d}; pass d=None.")
-    A0 = np.zeros((d, p))
-    A0[:p] = init_scale * np.eye(p)
-    W0 = np.zeros((K, d))
-    W0[:, p:p + K] = init_scale * np.eye(K)
-    return {"W0": W0, "A0": A0}
-
-
-# -- within-class metrics from a run's traces --------------------------------------------
-def within_class(grams, within, counts) -> dict:
-    """NC1 (trace ratio) and mean CDNV per record, from class-mean Grams and within-class traces.
-
-    A bridge :class:`~ufm.results.Run` keeps, per record, the class-mean Gram
-    ``M^T M`` and each class's within-class trace
-    ``(1/n_k) sum_{y_i = k} ||h_i - mu_k||^2``. Those determine
-    ``NC1~ = tr Sigma_W / tr Sigma_B`` (the ``"trace_ratio"`` variant of
-    :func:`ufm.metrics.nc1`: ``Sigma_W`` pooled over examples, ``Sigma_B``
-    over classes around the *sample* global mean) and the CDNV of
-    :func:`ufm.metrics.cdnv_mean` (THEORY §7.1). NC1's ``"pinv"`` / ``"svd"``
-    variants need the whole within-class covariance, which a run does not
-    keep. With one example per class (``within = 0``) both are 0.
-
-    Parameters
-    ----------
-    grams : array (T, K, K)
-        Class-mean Grams ``M^T M``.
-    within : array (T, K)
-        Within-class traces per class.
-    counts : array (K,)
-        Examples per class.
-
-    Returns
-    -------
-    dict
-        ``nc1_trace_ratio`` (T,) and ``cdnv_mean`` (T,).
-    """
-    G = np.asarray(grams, dtype=np.float64)
-    w = np.asarray(within, dtype=np.float64)
-    n = np.asarray(counts, dtype=np.float64)
-    N, K = n.sum(), len(n)
-    nc1, cd = [], []
-    off = ~np.eye(K, dtype=bool)
-    for g, wt in zip(G, w):
-        dg = np.diag(g)
-        gn = g @ n / N
-        between = dg - 2 * gn + (n @ gn) / N                  # ||mu_k - mu_G||^2, mu_G the sample mean
-        tb = between.sum() / K
-        nc1.append(np.nan if tb <= 0 else float((n @ wt / N) / tb))
-        dist2 = dg[:, None] + dg[None, :] - 2 * g
-        with np.errstate(divide="ignore", invalid="ignore"):
-            V = 0.5 * (wt[:, None] + wt[None, :]) / dist2
-        cd.append(float(np.mean(V[off])) if np.all(dist2[off] > 0) else np.inf)
-    return {"nc1_trace_ratio": np.array(nc1), "cdnv_mean": np.array(cd)}
-
-
-# -- goodness of fit --------------------------------------------------------------------
-def _gaps(G, attributes):
-    return np.array([metrics.semantic_gap(g, attributes, center=False) for g in G])
-
-
-def _etf(G):
-    return np.array([metrics.etf_distance(g, center=False) for g in G])
-
-
-def _r2(y, yhat):
-    ss = float(np.sum((y - y.mean()) ** 2))
-    return float(1.0 - np.sum((y - yhat) ** 2) / ss) if ss > 0 else float("nan")
-
-
-def _gram_r2(obs, model):
-    spread = float(np.sum((obs - obs.mean(axis=0)) ** 2))
-    res = float(np.sum((obs - model) ** 2))
-    return float(1.0 - res / spread) if spread > 0 else float("nan")
-
-
-def _unit(G):
-    n = np.linalg.norm(G, axis=(-2, -1), keepdims=True)
-    return G / np.where(n > 0, n, 1.0)
-
-
-def _gof(rep, model_full, n_params):
-    """Goodness of fit of one model's unit-centred Grams (T, K, K) against the observed representations."""
-    gap = _gaps(model_full, rep.attributes)
-    etf = _etf(model_full)
-    model_pat = project_patterns(model_full, rep.ids)
-    model_matched = model_pat if rep.match == "patterns" else model_full
-    d = np.linalg.norm((rep.matched - model_matched).reshape(rep.T, -1), axis=1)
-    g = {"gap_r2": _r2(rep.gap, gap), "gap_rmse": float(np.sqrt(np.mean((rep.gap - gap) ** 2))),
-         "etf_r2": _r2(rep.etf, etf), "etf_rmse": float(np.sqrt(np.mean((rep.etf - etf) ** 2))),
-         "gram_r2": _gram_r2(rep.matched, model_matched),
-         "gram_r2_patterns": _gram_r2(rep.patterns, model_pat), "gram_r2_full": _gram_r2(rep.full, model_full),
-         "gram_distance": float(d.mean()), "n_params": int(n_params), "n_data": int(rep.n_data)}
-    return gap, etf, g
-
-
-def _explains(g, accept, rep) -> dict:
-    """Which of the curves and Grams a model explains, by the thresholds of ``accept``.
-
-    A curve is explained when its R^2 reaches the threshold, or, for a *flat* curve (the observed values
-    span less than 3 times the RMSE tolerance, where R^2 measures noise), when the model stays within
-    the RMSE tolerance of it.
-    """
-    def ok(r2, r2_min, rmse=None, rmse_max=None, span=None):
-        if np.isfinite(r2) and r2 >= r2_min:
-            return True
-        return bool(rmse is not None and span <= 3 * rmse_max and rmse <= rmse_max)
-
-    return {"gap": ok(g["gap_r2"], accept["gap_r2"], g["gap_rmse"], accept["gap_rmse"], float(np.ptp(rep.gap))),
-            "etf": ok(g["etf_r2"], accept["etf_r2"], g["etf_rmse"], accept["etf_rmse"], float(np.ptp(rep.etf))),
-            "gram": ok(g["gram_r2"], accept["gram_r2"]),
-            "full_gram": ok(g["gram_r2_full"], accept["full_gram_r2"])}
-
-
-# -- transitions --------------------------------------------------------------------------
-def observed_transition(steps, gaps, grams, *, rise: float = TRANSIENT["rise"],
-                        fall: float = TRANSIENT["fall"]) -> dict:
-    """The observed transition of a run: defined only after a clear rise and a clear fall of the gap.
-
-    Definition (documented in ``docs/bridge/fits.md``): with ``p`` the record
-    of the largest semantic gap, the run has a transient when ``p`` is neither
-    the first nor the last record, ``gap[p] - gap[0] >= rise`` and
-    ``gap[p] - gap[-1] >= max(rise, fall * (gap[p] - gap[0]))``. The transition
-    is then the first record after ``p`` whose Gram (the representation the
-    fit is matched on) is closer to the last record's Gram than to the peak's.
-    A monotone gap curve (peak at the first or last record) has no transition.
-
-    Parameters
-    ----------
-    steps : array (T,)
-        The record steps.
-    gaps : array (T,)
-        The semantic gap of each record.
-    grams : array (T, K, K)
-        The Grams the fit is matched on.
-    rise, fall : float
-        The thresholds of the definition above.
-
-    Returns
-    -------
-    dict
-        ``step`` (float or None), ``index``, ``peak_step`` and ``reason`` (why there is
-        none, or how it was found).
-    """
-    gaps = np.asarray(gaps, dtype=np.float64)
-    T = len(gaps)
-    if T < 3 or not np.all(np.isfinite(gaps)):
-        return {"step": None, "index": None, "peak_step": None,
-                "reason": "fewer than 3 records, or an undefined gap at some record"}
-    p = int(np.argmax(gaps))
-    peak_step = float(steps[p])
-    up, down = gaps[p] - gaps[0], gaps[p] - gaps[-1]
-    if p == 0:
-        return {"step": None, "index": None, "peak_step": peak_step,
-                "reason": "no rise: the semantic gap is largest at the first record"}
-    if p == T - 1:
-        return {"step": None, "index": None, "peak_step": peak_step,
-                "reason": "no fall: the semantic gap is largest at the last record (still rising)"}
-    if up < rise:
-        return {"step": None, "index": None, "peak_step": peak_step,
-                "reason": f"no clear rise: the gap rises by {up:.3g} < {rise:g} above the first record"}
-    if down < max(rise, fall * up):
-        return {"step": None, "index": None, "peak_step": peak_step,
-                "reason": f"no clear fall: the gap falls by {down:.3g} after its peak, less than "
-                          f"{max(rise, fall * up):.3g} (max({rise:g}, {fall:g} x the rise))"}
-    end = grams[-1]
-    for j in range(p + 1, T):
-        if np.linalg.norm(grams[j] - end) < np.linalg.norm(grams[j] - grams[p]):
-            return {"step": float(steps[j]), "index": j, "peak_step": peak_step,
-                    "reason": "first record after the gap peak whose Gram is closer to the last record's than "
-                              "to the peak's"}
-    return {"step": None, "index": None, "peak_step": peak_step, "reason": "the Grams never get closer to the "
-            "last record's than to the peak's"}
-
-
-def _time_map_powerlaw(obs_steps, model_times):
-    """Least squares ``log tau = offset + exponent log step`` over records with step > 0 and tau > 0."""
-    m = (obs_steps > 0) & (model_times > 0)
-    if m.sum() < 2 or np.ptp(np.log(obs_steps[m])) == 0 or np.ptp(np.log(model_times[m])) == 0:
-        return None, None
-    exponent, offset = np.polyfit(np.log(obs_steps[m]), np.log(model_times[m]), 1)
-    return float(exponent), float(offset)
-
-
-def _predicted_transition(tau_tr, obs_steps, tau_obs, exponent, offset) -> dict:
-    """Map the model's transition time to observed steps, only inside the aligned range."""
-    m = (obs_steps > 0) & (tau_obs > 0)
-    out = {"model_time": tau_tr, "step": None, "extrapolated_step": None, "inside": False}
-    if m.sum() >= 2 and exponent is not None and exponent > 0:
-        out["extrapolated_step"] = float(math.exp((math.log(tau_tr) - offset) / exponent))
-    if m.sum() < 2:
-        out["reason"] = "fewer than two records aligned with positive model times; no time map"
-        return out
-    lt, ls = np.log(tau_obs[m]), np.log(obs_steps[m])
-    if tau_tr > tau_obs[m][-1]:
-        out["reason"] = (f"M2 reaches its transition at model time {tau_tr:.3g}, after the model time aligned with "
-                         f"the last record ({tau_obs[m][-1]:.3g}): the run ends before the predicted transition"
-                         + ("" if out["extrapolated_step"] is None else
-                            f"; the power-law time map would put it at step {out['extrapolated_step']:.3g}, "
-                            f"outside the observed steps (not reported as a prediction)"))
-        return out
-    if tau_tr < tau_obs[m][0]:
-        out["reason"] = (f"M2's transition (model time {tau_tr:.3g}) comes before the model time aligned with the "
-                         f"first positive step ({tau_obs[m][0]:.3g})")
-        return out
-    keep = np.concatenate([[True], np.diff(lt) > 0])
-    if keep.sum() < 2:
-        out["reason"] = "the aligned model times do not advance; no time map"
-        return out
-    out.update(step=float(np.exp(np.interp(math.log(tau_tr), lt[keep], ls[keep]))), inside=True,
-               reason="inside the observed steps (log-log interpolation of the aligned time map)")
-    return out
-
-
-# -- the verdict ------------------------------------------------------------------------------
-def _verdict(gof, explains, best, outside_change, static_saturated, accept) -> str:
-    """One plain-language line: what the dynamical models explain and what nothing here explains."""
-    dyn = [m for m in gof if m != "static"]
-    if not dyn:
-        msg = "no dynamical model was fitted; the static decomposition describes each record separately"
-        if static_saturated:
-            msg += " (saturated here: as many numbers per record as the data, so its R^2 = 1 says nothing)"
-        return msg + "."
-    parts, missing = [], []
-    for key, label, r2, rmse in (("gap", "the semantic-gap curve", "gap_r2", "gap_rmse"),
-                                 ("etf", "the ETF distance", "etf_r2", "etf_rmse"),
-                                 ("full_gram", "the full Grams", "gram_r2_full", "full_gram_r2")):
-        def score(m):
-            return gof[m][r2] if np.isfinite(gof[m][r2]) else -np.inf
-        who = [m for m in dyn if explains[m][key]]
-        if who:
-            m = max(who, key=score)
-            how = (f"R^2 {gof[m][r2]:.2f}" if score(m) >= accept[r2 if key != "full_gram" else rmse] else
-                   f"a flat curve, RMSE {gof[m][rmse]:.3f}")
-            parts.append((m, label, how))
-        else:
-            m = max(dyn, key=score)
-            missing.append(f"{label} (best R^2 {gof[m][r2]:.2f}, {NAMES[m]})")
-    by_model = {}
-    for m, label, how in parts:
-        by_model.setdefault(m, []).append(f"{label} ({how})")
-    said = [f"{NAMES[m]} explains " + _join(items) for m, items in by_model.items()]
-    if missing:
-        said.append("nothing here explains " + _join(missing))
-    if outside_change > 0.2:
-        said.append(f"{100 * outside_change:.0f}% of the Grams' change over training lies outside the attribute "
-                    f"patterns, which no attribute model started isotropically produces")
-    end = (f"best model: {NAMES[best]}" if best is not None else
-           "no dynamical model is accepted as an explanation (best_model = None)")
-    return "; ".join(said) + f". {end[0].upper()}{end[1:]}."
-
-
-def _join(items):
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-# -- entry point ------------------------------------------------------------------------
-class _Rep:
-    """The observed Grams in every representation the fit uses or reports."""
-
-    def __init__(self, obs, match, algebra):
-        self.attributes, self.T, self.K = obs.attributes, obs.T, obs.K
-        self.ids = algebra.ids if algebra is not None else pattern_ids(obs.attributes)
-        self.algebra, self.match = algebra, match
-        self.full = unit_centred(obs.grams)
-        self.patterns = project_patterns(self.full, self.ids)
-        self.matched = self.patterns if match == "patterns" else self.full
-        self.gap, self.etf = _gaps(self.full, obs.attributes), _etf(self.full)
-        self.R = int(self.ids.max()) + 1
-        dims = (self.R - 2 if algebra is not None else _pattern_dims(self.ids) - 1) if match == "patterns" \
-            else self.K * (self.K - 1) // 2 - 1
-        self.dims = max(int(dims), 0)
-        self.n_data = self.T * self.dims
-        self.outside = outside_fraction(self.full, self.ids)          # per record
-        change = self.full - self.full.mean(axis=0)
-        total = float(np.sum(change ** 2))
-        out = float(np.sum((change - project_patterns(change, self.ids, normalize=False)) ** 2))
-        self.outside_change = out / total if total > 0 else 0.0
-
-    def m2_cost(self, model):
-        """``(cost, inner, adjacent)``: ``cost(model, x)`` is the mean squared distance of the refined monotone
-        alignment (:func:`~ufm.bridge.m2.align_refined`) in the matched representation; ``inner(G)`` the
-        observation-model inner products and ``adjacent(G)`` those of consecutive model points."""
-        if model.engine == "patterns":
-            a = model.algebra
-            eig = a.eigen(a.values(self.full))                       # projections of the unit Grams
-            if self.match == "patterns":
-                eig = eig / np.sqrt(np.sum(a.mult * eig ** 2, axis=1, keepdims=True))
-
-            def inner(G):
-                return a.inner(eig, G)
-
-            def adjacent(G):
-                return np.sum(a.mult * G[:-1] * G[1:], axis=1)
-        else:
-            flat = self.matched.reshape(self.T, -1)
-
-            def rep(G):
-                return (project_patterns(G, self.ids) if self.match == "patterns" else G).reshape(len(G), -1)
-
-            def inner(G):
-                return flat @ rep(G).T
-
-            def adjacent(G):
-                R = rep(G)
-                return np.sum(R[:-1] * R[1:], axis=1)
-
-        def cost(m, x):
-            try:
-                out = m.trajectory(x)
-            except (ValueError, FloatingPointError, np.linalg.LinAlgError):
-                return np.inf
-            if out is None:
-                return np.inf
-            return align_refined(inner(out[1]), adjacent(out[1]))[1]
-
-        return cost, inner, adjacent
-
-
-def _pattern_dims(ids):
-    K = ids.shape[0]
-    if K > 400:
-        return int(ids.max()) + 1 - 1
-    P = np.eye(K) - 1.0 / K
-    basis = np.stack([(P @ (ids == r).astype(float) @ P).ravel() for r in range(int(ids.max()) + 1)])
-    return int(np.linalg.matrix_rank(basis, tol=1e-9))
 
 
 def _check_models(models):
@@ -800,7 +219,7 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         a dynamical model with fewer than 3 records.
     """
     t_start = time.perf_counter()
-    report = _Reporter(progress)
+    report = Reporter(progress)
     models = _check_models(models)
     if loss not in ("ce", "mse"):
         raise ValueError(f"loss must be 'ce' or 'mse', got {loss!r}.")
@@ -823,16 +242,16 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         raise ValueError(f"level must be in (0, 1), e.g. 0.95, got {level!r}.")
     if inputs is not None and kernel is not None:
         raise ValueError("pass inputs= or kernel=, not both.")
-    obs = _observed(source, setting, attributes, steps)
+    obs = read_observed(source, setting, attributes, steps)
     K, T = obs.K, obs.T
     user = None
     if inputs is not None:
-        user = _as_numpy(inputs, "inputs")
+        user = as_numpy(inputs, "inputs")
         if user.ndim != 2 or user.shape[1] != K:
             raise ValueError(f"inputs must be (p, K = {K}), one column per class in the run's order, got shape "
                              f"{user.shape}.")
     if kernel is not None:
-        user = _as_numpy(kernel, "kernel")
+        user = as_numpy(kernel, "kernel")
         if user.shape != (K, K) or not np.allclose(user, user.T, atol=1e-10 * max(1.0, np.abs(user).max())):
             raise ValueError(f"kernel must be a symmetric (K = {K}, K) input kernel, got shape {user.shape}.")
         if np.linalg.eigvalsh(0.5 * (user + user.T))[0] < -1e-10 * max(1.0, np.abs(user).max()):
@@ -849,7 +268,7 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
     except ValueError as err:
         algebra = None
         notes.append(f"patterns: {err} (M2 runs on the dense engine)")
-    rep = _Rep(obs, match, algebra)
+    rep = Representations(obs, match, algebra)
 
     curves = {"observed_gap": rep.gap, "observed_etf_distance": rep.etf, "outside_patterns": rep.outside}
     if obs.within is not None and np.any(obs.counts > 1):
@@ -864,7 +283,7 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         st = static_decomposition(obs.grams, obs.attributes, level=level)
         fitted["static"] = st["fitted"]
         per = 1 + len(st["factors"])
-        gap, etf, gof["static"] = _gof(rep, st["fitted"], T * per)
+        gap, etf, gof["static"] = goodness_of_fit(rep, st["fitted"], T * per)
         static_saturated = per >= rep.dims
         gof["static"]["saturated"] = static_saturated
         curves.update(static_gap=gap, static_etf_distance=etf, static_a=st["a"], static_b=st["b"],
@@ -894,10 +313,10 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         fitted["input_coupled"] = model_G
         tau = m2["tau"]
         n_free = len(m2["x"])
-        gap, etf, gof["input_coupled"] = _gof(rep, model_G, n_free + T)
+        gap, etf, gof["input_coupled"] = goodness_of_fit(rep, model_G, n_free + T)
         curves.update(input_coupled_gap=gap, input_coupled_etf_distance=etf, time_map=tau,
                       model_times=m2["times"], model_gap=m2["model_gap"], model_etf_distance=m2["model_etf"])
-        exponent, offset = _time_map_powerlaw(obs.steps, tau)
+        exponent, offset = time_map_powerlaw(obs.steps, tau)
         q = m2["params"]
         params.update({k: v for k, v in (("sigma", q.get("sigma")), ("strengths", q.get("strengths"))) if v is not None})
         params.update(lam=q["lam"], init_scale=q["scale"], time_exponent=exponent, time_offset=offset,
@@ -907,7 +326,7 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
             transitions["predicted"] = {"step": None, "model_time": None, "inside": False,
                                         "reason": m2["transition_reason"]}
         else:
-            transitions["predicted"] = _predicted_transition(m2["transition_time"], obs.steps, tau, exponent, offset)
+            transitions["predicted"] = predicted_transition(m2["transition_time"], obs.steps, tau, exponent, offset)
             params["transition_model_time"] = m2["transition_time"]
 
     if "anchored" in models:
@@ -915,7 +334,7 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         if H0 is None:     # attribute one-hots (M2's fitted strengths if any), with room for an ETF
             strengths = None if m2 is None or "strengths" not in m2["params"] else m2["params"]["strengths"]
             H0 = np.vstack([obs.setting.attribute_encoding(strengths), np.zeros((K, K))])
-        H0 = _as_numpy(H0, "anchor")
+        H0 = as_numpy(H0, "anchor")
         if H0.ndim != 2 or H0.shape[1] != K:
             raise ValueError(f"anchor must be (d0, K = {K}), got shape {H0.shape}.")
         grid = np.logspace(3, -5, 81) if betas is None else np.asarray(betas, dtype=np.float64)
@@ -924,27 +343,27 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         report(f"anchored: beta path over {len(grid)} values", force=True)
         m1 = _fit_m1(rep, H0, lam_W=lam_W_anchor, lam_H=lam_H_anchor, betas=grid, seed=seed)
         fitted["anchored"] = m1["model_grams"]
-        gap, etf, gof["anchored"] = _gof(rep, m1["model_grams"], T)
+        gap, etf, gof["anchored"] = goodness_of_fit(rep, m1["model_grams"], T)
         curves.update(anchored_gap=gap, anchored_etf_distance=etf, beta_path=m1["betas"])
         params.update(beta_end=float(m1["betas"][-1]), beta_start=float(m1["betas"][0]), m1_solver=m1["solver"])
 
-    explains, accepted = {}, {}
+    explained, accepted = {}, {}
     for m, g in gof.items():
         if m == "static":
             g["explains"], g["accepted"] = {}, False
             continue
-        e = _explains(g, accept, rep)
-        explains[m] = e
+        e = explains(g, accept, rep)
+        explained[m] = e
         g["explains"] = e
         g["accepted"] = accepted[m] = all(e.values())
     best = max((m for m in accepted if accepted[m]), key=lambda m: gof[m]["gram_r2"], default=None)
-    verdict = _verdict(gof, explains, best, rep.outside_change, static_saturated, accept)
+    verdict = verdict_line(gof, explained, best, rep.outside_change, static_saturated, accept)
     pred = transitions.get("predicted")
     predicted = pred["step"] if pred is not None and pred.get("inside") else None
     interrupted = bool(m2 is not None and m2["interrupted"])
-    table = _table(gof, rep)
-    message = (f"fit of {obs.desc}: {K} classes, {T} records, matched on {match} Grams.\n{table}\nverdict: {verdict}"
-               + _transition_lines(transitions) + _within_lines(curves)
+    text = table(gof, rep)
+    message = (f"fit of {obs.desc}: {K} classes, {T} records, matched on {match} Grams.\n{text}\nverdict: {verdict}"
+               + transition_lines(transitions) + within_lines(curves)
                + "".join(f"\nnote: {n}" for n in notes))
     meta = {"source": obs.desc, "models": list(models), "match": match, "loss": loss, "lam": lam,
             "fit_strengths": fit_strengths, "start": start, "init_scale": init_scale, "engine": engine,
@@ -976,7 +395,7 @@ def _fit_input_coupled(rep, obs, *, user, inputs_given, loss, lam, init_scale, f
         kind = "kernel"
     observed_start = None
     if start == "observed":
-        observed_start = _start_state(obs)
+        observed_start = first_state(obs)
         if obs.M0 is None:
             notes.append("input_coupled: start='observed' from the first Gram only (the run has no class means); "
                           "the classifier starts isotropic and orthogonal to the features")
@@ -998,14 +417,14 @@ def _fit_input_coupled(rep, obs, *, user, inputs_given, loss, lam, init_scale, f
     if model.engine == "dense" and start == "observed" and rep.algebra is not None and kind == "encoding":
         # the isotropic pattern fit is cheap: its strengths and weight decay seed the observed-start grid
         pre = M2Model(K, start="isotropic", engine="patterns", **common)
-        r1 = fit_m2(pre, rep.m2_cost(pre)[0], starts=grid(pre), maxiter=maxiter, report=report)
+        r1 = fit_m2(pre, alignment_cost(rep, pre)[0], starts=grid(pre), maxiter=maxiter, report=report)
         interrupted = r1["interrupted"]
         q1 = pre.unpack(r1["x"])
         starts = [r1["x"]] + [model.pack(sigma=s, strengths=q1["strengths"], lam=q1["lam"], scale=sv)
                               for s in sigma_grid for sv in ([None] if model.scale is not None else [1e-3, 1e-2, 1e-1])]
         notes.append(f"input_coupled: the isotropic pattern fit ({pre.n_sim} simulations) seeded the observed-start "
                      f"search")
-    cost, inner, adjacent = rep.m2_cost(model)
+    cost, inner, adjacent = alignment_cost(rep, model)
     x = starts[0]
     if not interrupted:
         seeded = model.engine == "dense" and len(starts) and start == "observed" and rep.algebra is not None
@@ -1021,7 +440,7 @@ def _fit_input_coupled(rep, obs, *, user, inputs_given, loss, lam, init_scale, f
         raise RuntimeError("the best M2 parameters no longer integrate; this is a bug, please report it.")
     times, G = out
     frac, c = align_refined(inner(G), adjacent(G))
-    aligned = _unit(model.dense(at_fraction(G, frac)))
+    aligned = unit(model.dense(at_fraction(G, frac)))
     if model.engine == "patterns":
         aligned = unit_centred(aligned)
     if model.engine == "patterns":
@@ -1031,11 +450,11 @@ def _fit_input_coupled(rep, obs, *, user, inputs_given, loss, lam, init_scale, f
         def dist(i, j):
             return math.sqrt(max(float(np.sum(a.mult * (G[i] - G[j]) ** 2)), 0.0))
     else:
-        model_gap, model_etf = _gaps(G, rep.attributes), _etf(G)
+        model_gap, model_etf = gaps_of(G, rep.attributes), etf_of(G)
 
         def dist(i, j):
             return float(np.linalg.norm(G[i] - G[j]))
-    j_tr, p = _model_transition_idx(model_gap, dist)
+    j_tr, p = model_transition_index(model_gap, dist)
     if j_tr is None:
         tt, reason = None, ("M2's semantic gap has no interior peak within the horizon" if p in (0, len(times) - 1)
                             else "M2's Gram never gets closer to its end state than to its peak within the horizon")
@@ -1048,38 +467,6 @@ def _fit_input_coupled(rep, obs, *, user, inputs_given, loss, lam, init_scale, f
             "model_gap": model_gap,
             "model_etf": model_etf, "transition_time": tt, "transition_reason": reason, "engine": model.engine,
             "kernel_kind": kind, "n_sim": model.n_sim, "interrupted": interrupted, "notes": notes}
-
-
-def _model_transition_idx(gaps, dist):
-    gaps = np.asarray(gaps, dtype=np.float64)
-    if not np.any(np.isfinite(gaps)):
-        return None, 0
-    p = int(np.nanargmax(gaps))
-    J = len(gaps)
-    if p == 0 or p == J - 1:
-        return None, p
-    for j in range(p + 1, J):
-        if dist(j, J - 1) < dist(j, p):
-            return j, p
-    return None, p
-
-
-def _start_state(obs):
-    """``(W0 or None, H0)`` of the first record in a basis of ``span [W0^T, M0]`` (or ``sqrtm(G0)``)."""
-    from .m2 import _psd_root
-
-    if obs.M0 is None:
-        return None, _psd_root(np.asarray(obs.grams[0], dtype=np.float64))
-    M0 = obs.M0
-    if obs.W0 is None:
-        U, s, _ = np.linalg.svd(M0, full_matrices=False)
-        keep = s > 1e-12 * max(s.max(), 1e-300)
-        return None, U[:, keep].T @ M0
-    B = np.hstack([obs.W0.T, M0])
-    U, s, _ = np.linalg.svd(B, full_matrices=False)
-    keep = s > 1e-12 * max(s.max(), 1e-300)
-    Q = U[:, keep]
-    return obs.W0 @ Q, Q.T @ M0
 
 
 def _fit_m1(rep, H0, *, lam_W, lam_H, betas, seed):
@@ -1100,46 +487,3 @@ def _fit_m1(rep, H0, *, lam_W, lam_H, betas, seed):
     D = np.maximum(2.0 - 2.0 * rep.matched.reshape(rep.T, -1) @ grams[order].reshape(len(order), -1).T, 0.0)
     path, cost = align_monotone(D)
     return {"betas": betas[order][path], "model_grams": full[order][path], "cost": cost, "solver": how}
-
-
-def _table(gof, rep) -> str:
-    head = (f"{'model':<15}{'gap R^2':>9}{'ETF R^2':>9}{'Gram R^2':>10}{'patt R^2':>10}{'full R^2':>10}"
-            f"{'params':>8}{'data':>7}  accepted")
-    rows = [head]
-
-    def f(v):
-        return "n/a" if v is None or not np.isfinite(v) else f"{v:.3f}"
-    for m, g in gof.items():
-        if m == "static" and g.get("saturated"):
-            tail = "saturated (descriptive)"
-        elif m == "static":
-            tail = "descriptive"
-        else:
-            tail = "yes" if g["accepted"] else "no (" + ", ".join(k for k, v in g["explains"].items() if not v) + ")"
-        rows.append(f"{m:<15}{f(g['gap_r2']):>9}{f(g['etf_r2']):>9}{f(g['gram_r2']):>10}"
-                    f"{f(g['gram_r2_patterns']):>10}{f(g['gram_r2_full']):>10}{g['n_params']:>8d}{g['n_data']:>7d}"
-                    f"  {tail}")
-    rows.append(f"data: {100 * rep.outside.mean():.0f}% of the unit Grams (mean over records) and "
-                f"{100 * rep.outside_change:.0f}% of their change over training lie outside the attribute patterns")
-    return "\n".join(rows)
-
-
-def _transition_lines(transitions) -> str:
-    out = ""
-    o = transitions.get("observed")
-    if o is not None:
-        out += ("\nobserved transition: " + (f"step {o['step']:.4g}" if o["step"] is not None else "none")
-                + f" ({o['reason']})")
-    p = transitions.get("predicted")
-    if p is not None:
-        out += ("\npredicted transition (M2): " + (f"step {p['step']:.4g}" if p.get("inside") else "none")
-                + f" ({p['reason']})")
-    return out
-
-
-def _within_lines(curves) -> str:
-    if "observed_nc1_trace_ratio" not in curves:
-        return ""
-    nc1, cd = curves["observed_nc1_trace_ratio"], curves["observed_cdnv"]
-    return (f"\nwithin-class (observed, from the recorded traces; no model here has within-class spread): "
-            f"NC1 trace ratio {nc1[0]:.3g} -> {nc1[-1]:.3g}, mean CDNV {cd[0]:.3g} -> {cd[-1]:.3g}")

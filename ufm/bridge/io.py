@@ -85,7 +85,7 @@ def log_steps(total: int, n_records: int = 60) -> np.ndarray:
 
 
 # -- small helpers ------------------------------------------------------------------------------
-def _as_numpy(x, name: str) -> np.ndarray:
+def as_numpy(x, name: str) -> np.ndarray:
     """A float64 copy of an array-like, torch tensors included (via ``.detach().cpu()``), without importing torch."""
     x = _to_host(x)
     try:
@@ -787,7 +787,7 @@ class Exporter:
             H = np.asarray(H)
         if len(H.shape) == 3 or position is not None:
             H = _select_position(H, _check_position(position), "features")   # a view: select before copying
-        X = _as_numpy(H, "features")
+        X = as_numpy(H, "features")
         if X.ndim != 2:
             raise ValueError(f"features must be (n_examples, d) (one row per example), got shape {X.shape}.")
         y = _as_label_ids(labels, "labels")
@@ -813,7 +813,7 @@ class Exporter:
                 if (value is None) != (first[name] is None):
                     raise ValueError(f"{name} was {'not ' if first[name] is None else ''}recorded at the first "
                                      f"record; record it at every step or never.")
-        Wn = None if W is None else self._select_W(_as_numpy(W, "W"), X.shape[1])
+        Wn = None if W is None else self._select_W(as_numpy(W, "W"), X.shape[1])
         if loss is not None:
             loss = float(loss)
             if not np.isfinite(loss):
@@ -917,7 +917,7 @@ class Exporter:
         if len(getattr(x, "shape", ())) != 2:
             raise ValueError(f"inputs of {type(module).__name__} must be (batch, d) or (batch, seq, d) with "
                              f"position=, got shape {tuple(getattr(x, 'shape', ()))}.")
-        cap._batches.append(_as_numpy(x, "features"))
+        cap._batches.append(as_numpy(x, "features"))
 
     @contextlib.contextmanager
     def capture(self, step: int, labels, *, W=None, loss=None):

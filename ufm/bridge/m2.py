@@ -64,9 +64,11 @@ import numpy as np
 
 from .. import _kernels as kern
 from .._integrate import integrate
-from .patterns import PatternAlgebra
+from ..metrics import double_centre
+from .patterns import project_patterns, psd_root
 
-__all__ = ["M2Model", "align_monotone", "align_refined", "at_fraction", "fit_m2", "kernel_flow_rhs_numpy", "pattern_flow_rhs_numpy"]
+__all__ = ["ENGINES", "STARTS", "M2Model", "Reporter", "align_monotone", "align_refined", "alignment_cost", "at_fraction",
+           "fit_m2", "isotropic_init", "kernel_flow_rhs_numpy", "pattern_flow_rhs_numpy"]
 
 STARTS = ("isotropic", "observed")
 ENGINES = ("auto", "patterns", "dense")
@@ -246,7 +248,7 @@ class M2Model:
             X = None if inputs is None else np.asarray(inputs, dtype=np.float64)
             Kx = X.T @ X if X is not None else np.asarray(kernel, dtype=np.float64)
             self._user_kernel = 0.5 * (Kx + Kx.T)
-            self._user_root = X if X is not None else _psd_root(self._user_kernel)
+            self._user_root = X if X is not None else psd_root(self._user_kernel)
         # what the "patterns" engine needs: the kernel's pattern values as a function of the parameters
         exact = algebra is not None and start == "isotropic"
         if exact and self.kind == "encoding":
@@ -360,8 +362,6 @@ class M2Model:
         return t, a.unit_centred(S)
 
     def _simulate_dense(self, q):
-        from .fitting import unit_centred
-
         K = self.K
         Kx = self.kernel(q)
         if self.start == "isotropic":
@@ -390,22 +390,16 @@ class M2Model:
         if not res.success:
             return None
         H = res.y[:, K * d:].reshape(len(t), d, K)
-        try:
-            return t, unit_centred(np.einsum("tdk,tdl->tkl", H, H))
-        except ValueError:
+        G = double_centre(np.einsum("tdk,tdl->tkl", H, H))
+        norm = np.linalg.norm(G, axis=(-2, -1), keepdims=True)
+        if np.any(norm <= 1e-300):                  # the features died (weight decay beats growth)
             return None
+        return t, G / norm
 
     # -- representations -------------------------------------------------------------------------
     def dense(self, grams) -> np.ndarray:
         """Model Grams as dense K x K matrices (unit-centred)."""
         return self.algebra.dense(grams) if self.engine == "patterns" else np.asarray(grams)
-
-
-def _psd_root(K):
-    w, V = np.linalg.eigh(K)
-    w = np.clip(w, 0.0, None)
-    keep = w > 1e-12 * max(w.max(), 1e-300)
-    return (V[:, keep] * np.sqrt(w[keep])).T
 
 
 def _attribute_blocks(setting):
@@ -415,8 +409,81 @@ def _attribute_blocks(setting):
     return [Phi[a:b] for a, b in zip(edges[:-1], edges[1:])]
 
 
+# -- the start for ufm.simulate, and the alignment cost --------------------------------------------
+def isotropic_init(problem, init_scale: float) -> dict:
+    """The deterministic wide-network start of the input-coupled UFM: ``{"W0": ..., "A0": ...}``.
+
+    With ``d >= p + K``: ``A0 = init_scale [I_p; 0]`` and ``W0 = init_scale [0, I_K]``, so
+    ``A0^T A0 = init_scale^2 I_p``, ``W0 W0^T = init_scale^2 I_K`` and ``W0 A0 = 0``: the limit of a
+    Gaussian start in a wide layer (``A0^T A0 ~ s^2 d I``, ``W0 A0 / (s^2 d) -> 0``), without its
+    seed-to-seed noise. Every rotation of the feature space gives the same Gram trajectory.
+
+    Parameters
+    ----------
+    problem : InputCoupledUFM
+        The model (``d >= p + K``).
+    init_scale : float
+        The scale ``s`` above.
+
+    Returns
+    -------
+    dict
+        ``{"W0": (K, d) array, "A0": (d, p) array}``.
+    """
+    K, p, d = problem.K, problem.p, problem.d
+    if d < p + K:
+        raise ValueError(f"the isotropic start needs d >= p + K = {p + K}, got d = {d}; pass d=None.")
+    A0 = np.zeros((d, p))
+    A0[:p] = init_scale * np.eye(p)
+    W0 = np.zeros((K, d))
+    W0[:, p:p + K] = init_scale * np.eye(K)
+    return {"W0": W0, "A0": A0}
+
+
+
+def alignment_cost(rep, model):
+    """``(cost, inner, adjacent)``: ``cost(model, x)`` is the mean squared distance of the refined monotone
+    alignment (:func:`~ufm.bridge.m2.align_refined`) in the matched representation; ``inner(G)`` the
+    observation-model inner products and ``adjacent(G)`` those of consecutive model points."""
+    if model.engine == "patterns":
+        a = model.algebra
+        eig = a.eigen(a.values(rep.full))                       # projections of the unit Grams
+        if rep.match == "patterns":
+            eig = eig / np.sqrt(np.sum(a.mult * eig ** 2, axis=1, keepdims=True))
+
+        def inner(G):
+            return a.inner(eig, G)
+
+        def adjacent(G):
+            return np.sum(a.mult * G[:-1] * G[1:], axis=1)
+    else:
+        flat = rep.matched.reshape(rep.T, -1)
+
+        def matched(G):
+            return (project_patterns(G, rep.ids) if rep.match == "patterns" else G).reshape(len(G), -1)
+
+        def inner(G):
+            return flat @ matched(G).T
+
+        def adjacent(G):
+            R = matched(G)
+            return np.sum(R[:-1] * R[1:], axis=1)
+
+    def cost(m, x):
+        try:
+            out = m.trajectory(x)
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError):
+            return np.inf
+        if out is None:
+            return np.inf
+        return align_refined(inner(out[1]), adjacent(out[1]))[1]
+
+    return cost, inner, adjacent
+
+
+
 # -- the fit -----------------------------------------------------------------------------------
-class _Reporter:
+class Reporter:
     """Progress lines on stderr at most every ``every`` seconds (and the first one at once)."""
 
     def __init__(self, enabled, every=2.0):

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PatternAlgebra", "outside_fraction", "pattern_ids", "pattern_values", "project_patterns"]
+__all__ = ["PatternAlgebra", "outside_fraction", "pattern_ids", "pattern_values", "project_patterns", "psd_root"]
 
 
 def pattern_ids(attributes) -> np.ndarray:
@@ -128,6 +128,14 @@ def outside_fraction(grams, ids) -> np.ndarray:
     num = np.sum((G - P) ** 2, axis=(-2, -1))
     den = np.sum(G ** 2, axis=(-2, -1))
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+
+
+def psd_root(K):
+    """``R`` (r x K) with ``R^T R = K`` for a symmetric PSD ``K``, over its eigenvalues above 1e-12 of the largest."""
+    w, V = np.linalg.eigh(K)
+    w = np.clip(w, 0.0, None)
+    keep = w > 1e-12 * max(w.max(), 1e-300)
+    return (V[:, keep] * np.sqrt(w[keep])).T
 
 
 class PatternAlgebra:

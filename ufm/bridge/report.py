@@ -1,0 +1,347 @@
+"""How a fit reports: goodness of fit, acceptance, transitions, the verdict line and the table.
+
+Everything :func:`ufm.fit` says about how well a model explains a run lives
+here, so one file defines what each number means (the definitions are also in
+the docstring of :mod:`ufm.bridge.fitting` and in ``docs/bridge/fits.md``).
+
+References
+----------
+THEORY.md §7.1 (NC1, CDNV), §7.2 (ETF distance), §7.4 (semantic gap), §8.6.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import metrics
+from .patterns import project_patterns
+
+__all__ = ["ACCEPT", "NAMES", "TRANSIENT", "explains", "goodness_of_fit", "observed_transition", "predicted_transition",
+           "table", "verdict_line", "within_class"]
+
+NAMES = {"static": "static", "input_coupled": "M2 (input-coupled)", "anchored": "M1 (anchored)"}
+
+#: Minimum quality for a dynamical model to count as an explanation (``fit(accept=...)`` overrides).
+#: A curve is explained when its R^2 reaches ``*_r2`` *or* its RMSE is below ``*_rmse`` (a curve that
+#: hardly moves has no meaningful R^2, but a model that sits on it still explains it).
+ACCEPT = {"gap_r2": 0.8, "gap_rmse": 0.01, "etf_r2": 0.5, "etf_rmse": 0.02, "gram_r2": 0.5,
+          "full_gram_r2": 0.0}
+
+#: The observed transition needs a clear transient: a rise of at least ``rise`` above the first record,
+#: then a fall of at least ``max(rise, fall * (peak - start))`` below the peak by the last record.
+TRANSIENT = {"rise": 0.02, "fall": 0.25}
+
+
+# -- within-class metrics from a run's traces --------------------------------------------
+def within_class(grams, within, counts) -> dict:
+    """NC1 (trace ratio) and mean CDNV per record, from class-mean Grams and within-class traces.
+
+    A bridge :class:`~ufm.results.Run` keeps, per record, the class-mean Gram
+    ``M^T M`` and each class's within-class trace
+    ``(1/n_k) sum_{y_i = k} ||h_i - mu_k||^2``. Those determine
+    ``NC1~ = tr Sigma_W / tr Sigma_B`` (the ``"trace_ratio"`` variant of
+    :func:`ufm.metrics.nc1`: ``Sigma_W`` pooled over examples, ``Sigma_B``
+    over classes around the *sample* global mean) and the CDNV of
+    :func:`ufm.metrics.cdnv_mean` (THEORY §7.1). NC1's ``"pinv"`` / ``"svd"``
+    variants need the whole within-class covariance, which a run does not
+    keep. With one example per class (``within = 0``) both are 0.
+
+    Parameters
+    ----------
+    grams : array (T, K, K)
+        Class-mean Grams ``M^T M``.
+    within : array (T, K)
+        Within-class traces per class.
+    counts : array (K,)
+        Examples per class.
+
+    Returns
+    -------
+    dict
+        ``nc1_trace_ratio`` (T,) and ``cdnv_mean`` (T,).
+    """
+    G = np.asarray(grams, dtype=np.float64)
+    w = np.asarray(within, dtype=np.float64)
+    n = np.asarray(counts, dtype=np.float64)
+    N, K = n.sum(), len(n)
+    nc1, cd = [], []
+    off = ~np.eye(K, dtype=bool)
+    for g, wt in zip(G, w):
+        dg = np.diag(g)
+        gn = g @ n / N
+        between = dg - 2 * gn + (n @ gn) / N                  # ||mu_k - mu_G||^2, mu_G the sample mean
+        tb = between.sum() / K
+        nc1.append(np.nan if tb <= 0 else float((n @ wt / N) / tb))
+        dist2 = dg[:, None] + dg[None, :] - 2 * g
+        with np.errstate(divide="ignore", invalid="ignore"):
+            V = 0.5 * (wt[:, None] + wt[None, :]) / dist2
+        cd.append(float(np.mean(V[off])) if np.all(dist2[off] > 0) else np.inf)
+    return {"nc1_trace_ratio": np.array(nc1), "cdnv_mean": np.array(cd)}
+
+
+# -- goodness of fit --------------------------------------------------------------------
+def gaps_of(G, attributes):
+    return np.array([metrics.semantic_gap(g, attributes, center=False) for g in G])
+
+
+def etf_of(G):
+    return np.array([metrics.etf_distance(g, center=False) for g in G])
+
+
+def r2(y, yhat):
+    ss = float(np.sum((y - y.mean()) ** 2))
+    return float(1.0 - np.sum((y - yhat) ** 2) / ss) if ss > 0 else float("nan")
+
+
+def _gramr2(obs, model):
+    spread = float(np.sum((obs - obs.mean(axis=0)) ** 2))
+    res = float(np.sum((obs - model) ** 2))
+    return float(1.0 - res / spread) if spread > 0 else float("nan")
+
+
+def unit(G):
+    n = np.linalg.norm(G, axis=(-2, -1), keepdims=True)
+    return G / np.where(n > 0, n, 1.0)
+
+
+def curves_of(rep, G):
+    """Semantic gap and ETF distance of unit-centred Grams (T, K, K): O(R) each when they lie in the algebra."""
+    a = rep.algebra
+    if a is not None and a.contains(G[0], rtol=1e-9) and a.contains(G[-1], rtol=1e-9):
+        xi = a.eigen(a.values(G))
+        return a.semantic_gap(xi, rep.attributes), a.etf_distance(xi)
+    return gaps_of(G, rep.attributes), etf_of(G)
+
+
+def goodness_of_fit(rep, model_full, n_params):
+    """Goodness of fit of one model's unit-centred Grams (T, K, K) against the observed representations."""
+    gap, etf = curves_of(rep, model_full)
+    model_pat = project_patterns(model_full, rep.ids)
+    model_matched = model_pat if rep.match == "patterns" else model_full
+    d = np.linalg.norm((rep.matched - model_matched).reshape(rep.T, -1), axis=1)
+    g = {"gap_r2": r2(rep.gap, gap), "gap_rmse": float(np.sqrt(np.mean((rep.gap - gap) ** 2))),
+         "etf_r2": r2(rep.etf, etf), "etf_rmse": float(np.sqrt(np.mean((rep.etf - etf) ** 2))),
+         "gram_r2": _gramr2(rep.matched, model_matched),
+         "gram_r2_patterns": _gramr2(rep.patterns, model_pat), "gram_r2_full": _gramr2(rep.full, model_full),
+         "gram_distance": float(d.mean()), "n_params": int(n_params), "n_data": int(rep.n_data)}
+    return gap, etf, g
+
+
+def explains(g, accept, rep) -> dict:
+    """Which of the curves and Grams a model explains, by the thresholds of ``accept``.
+
+    A curve is explained when its R^2 reaches the threshold, or, for a *flat* curve (the observed values
+    span less than 3 times the RMSE tolerance, where R^2 measures noise), when the model stays within
+    the RMSE tolerance of it.
+    """
+    def ok(r2, r2_min, rmse=None, rmse_max=None, span=None):
+        if np.isfinite(r2) and r2 >= r2_min:
+            return True
+        return bool(rmse is not None and span <= 3 * rmse_max and rmse <= rmse_max)
+
+    return {"gap": ok(g["gap_r2"], accept["gap_r2"], g["gap_rmse"], accept["gap_rmse"], float(np.ptp(rep.gap))),
+            "etf": ok(g["etf_r2"], accept["etf_r2"], g["etf_rmse"], accept["etf_rmse"], float(np.ptp(rep.etf))),
+            "gram": ok(g["gram_r2"], accept["gram_r2"]),
+            "full_gram": ok(g["gram_r2_full"], accept["full_gram_r2"])}
+
+
+# -- transitions --------------------------------------------------------------------------
+def observed_transition(steps, gaps, grams, *, rise: float = TRANSIENT["rise"],
+                        fall: float = TRANSIENT["fall"]) -> dict:
+    """The observed transition of a run: defined only after a clear rise and a clear fall of the gap.
+
+    Definition (documented in ``docs/bridge/fits.md``): with ``p`` the record
+    of the largest semantic gap, the run has a transient when ``p`` is neither
+    the first nor the last record, ``gap[p] - gap[0] >= rise`` and
+    ``gap[p] - gap[-1] >= max(rise, fall * (gap[p] - gap[0]))``. The transition
+    is then the first record after ``p`` whose Gram (the representation the
+    fit is matched on) is closer to the last record's Gram than to the peak's.
+    A monotone gap curve (peak at the first or last record) has no transition.
+
+    Parameters
+    ----------
+    steps : array (T,)
+        The record steps.
+    gaps : array (T,)
+        The semantic gap of each record.
+    grams : array (T, K, K)
+        The Grams the fit is matched on.
+    rise, fall : float
+        The thresholds of the definition above.
+
+    Returns
+    -------
+    dict
+        ``step`` (float or None), ``index``, ``peak_step`` and ``reason`` (why there is
+        none, or how it was found).
+    """
+    gaps = np.asarray(gaps, dtype=np.float64)
+    T = len(gaps)
+    if T < 3 or not np.all(np.isfinite(gaps)):
+        return {"step": None, "index": None, "peak_step": None,
+                "reason": "fewer than 3 records, or an undefined gap at some record"}
+    p = int(np.argmax(gaps))
+    peak_step = float(steps[p])
+    up, down = gaps[p] - gaps[0], gaps[p] - gaps[-1]
+    if p == 0:
+        return {"step": None, "index": None, "peak_step": peak_step,
+                "reason": "no rise: the semantic gap is largest at the first record"}
+    if p == T - 1:
+        return {"step": None, "index": None, "peak_step": peak_step,
+                "reason": "no fall: the semantic gap is largest at the last record (still rising)"}
+    if up < rise:
+        return {"step": None, "index": None, "peak_step": peak_step,
+                "reason": f"no clear rise: the gap rises by {up:.3g} < {rise:g} above the first record"}
+    if down < max(rise, fall * up):
+        return {"step": None, "index": None, "peak_step": peak_step,
+                "reason": f"no clear fall: the gap falls by {down:.3g} after its peak, less than "
+                          f"{max(rise, fall * up):.3g} (max({rise:g}, {fall:g} x the rise))"}
+    end = grams[-1]
+    for j in range(p + 1, T):
+        if np.linalg.norm(grams[j] - end) < np.linalg.norm(grams[j] - grams[p]):
+            return {"step": float(steps[j]), "index": j, "peak_step": peak_step,
+                    "reason": "first record after the gap peak whose Gram is closer to the last record's than "
+                              "to the peak's"}
+    return {"step": None, "index": None, "peak_step": peak_step, "reason": "the Grams never get closer to the "
+            "last record's than to the peak's"}
+
+
+def time_map_powerlaw(obs_steps, model_times):
+    """Least squares ``log tau = offset + exponent log step`` over records with step > 0 and tau > 0."""
+    m = (obs_steps > 0) & (model_times > 0)
+    if m.sum() < 2 or np.ptp(np.log(obs_steps[m])) == 0 or np.ptp(np.log(model_times[m])) == 0:
+        return None, None
+    exponent, offset = np.polyfit(np.log(obs_steps[m]), np.log(model_times[m]), 1)
+    return float(exponent), float(offset)
+
+
+def predicted_transition(tau_tr, obs_steps, tau_obs, exponent, offset) -> dict:
+    """Map the model's transition time to observed steps, only inside the aligned range."""
+    m = (obs_steps > 0) & (tau_obs > 0)
+    out = {"model_time": tau_tr, "step": None, "extrapolated_step": None, "inside": False}
+    if m.sum() >= 2 and exponent is not None and exponent > 0:
+        out["extrapolated_step"] = float(math.exp((math.log(tau_tr) - offset) / exponent))
+    if m.sum() < 2:
+        out["reason"] = "fewer than two records aligned with positive model times; no time map"
+        return out
+    lt, ls = np.log(tau_obs[m]), np.log(obs_steps[m])
+    if tau_tr > tau_obs[m][-1]:
+        out["reason"] = (f"M2 reaches its transition at model time {tau_tr:.3g}, after the model time aligned with "
+                         f"the last record ({tau_obs[m][-1]:.3g}): the run ends before the predicted transition"
+                         + ("" if out["extrapolated_step"] is None else
+                            f"; the power-law time map would put it at step {out['extrapolated_step']:.3g}, "
+                            f"outside the observed steps (not reported as a prediction)"))
+        return out
+    if tau_tr < tau_obs[m][0]:
+        out["reason"] = (f"M2's transition (model time {tau_tr:.3g}) comes before the model time aligned with the "
+                         f"first positive step ({tau_obs[m][0]:.3g})")
+        return out
+    keep = np.concatenate([[True], np.diff(lt) > 0])
+    if keep.sum() < 2:
+        out["reason"] = "the aligned model times do not advance; no time map"
+        return out
+    out.update(step=float(np.exp(np.interp(math.log(tau_tr), lt[keep], ls[keep]))), inside=True,
+               reason="inside the observed steps (log-log interpolation of the aligned time map)")
+    return out
+
+
+# -- the verdict ------------------------------------------------------------------------------
+def verdict_line(gof, explains, best, outside_change, static_saturated, accept) -> str:
+    """One plain-language line: what the dynamical models explain and what nothing here explains."""
+    dyn = [m for m in gof if m != "static"]
+    if not dyn:
+        msg = "no dynamical model was fitted; the static decomposition describes each record separately"
+        if static_saturated:
+            msg += " (saturated here: as many numbers per record as the data, so its R^2 = 1 says nothing)"
+        return msg + "."
+    parts, missing = [], []
+    for key, label, r2, rmse in (("gap", "the semantic-gap curve", "gap_r2", "gap_rmse"),
+                                 ("etf", "the ETF distance", "etf_r2", "etf_rmse"),
+                                 ("full_gram", "the full Grams", "gram_r2_full", "full_gram_r2")):
+        def score(m):
+            return gof[m][r2] if np.isfinite(gof[m][r2]) else -np.inf
+        who = [m for m in dyn if explains[m][key]]
+        if who:
+            m = max(who, key=score)
+            how = (f"R^2 {gof[m][r2]:.2f}" if score(m) >= accept[r2 if key != "full_gram" else rmse] else
+                   f"a flat curve, RMSE {gof[m][rmse]:.3f}")
+            parts.append((m, label, how))
+        else:
+            m = max(dyn, key=score)
+            missing.append(f"{label} (best R^2 {gof[m][r2]:.2f}, {NAMES[m]})")
+    by_model = {}
+    for m, label, how in parts:
+        by_model.setdefault(m, []).append(f"{label} ({how})")
+    said = [f"{NAMES[m]} explains " + join_words(items) for m, items in by_model.items()]
+    if missing:
+        said.append("nothing here explains " + join_words(missing))
+    if outside_change > 0.2:
+        said.append(f"{100 * outside_change:.0f}% of the Grams' change over training lies outside the attribute "
+                    f"patterns, which no attribute model started isotropically produces")
+    end = (f"best model: {NAMES[best]}" if best is not None else
+           "no dynamical model is accepted as an explanation (best_model = None)")
+    return "; ".join(said) + f". {end[0].upper()}{end[1:]}."
+
+
+def join_words(items):
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def model_transition_index(gaps, dist):
+    gaps = np.asarray(gaps, dtype=np.float64)
+    if not np.any(np.isfinite(gaps)):
+        return None, 0
+    p = int(np.nanargmax(gaps))
+    J = len(gaps)
+    if p == 0 or p == J - 1:
+        return None, p
+    for j in range(p + 1, J):
+        if dist(j, J - 1) < dist(j, p):
+            return j, p
+    return None, p
+
+
+
+def table(gof, rep) -> str:
+    head = (f"{'model':<15}{'gap R^2':>9}{'ETF R^2':>9}{'Gram R^2':>10}{'patt R^2':>10}{'full R^2':>10}"
+            f"{'params':>8}{'data':>7}  accepted")
+    rows = [head]
+
+    def f(v):
+        return "n/a" if v is None or not np.isfinite(v) else f"{v:.3f}"
+    for m, g in gof.items():
+        if m == "static" and g.get("saturated"):
+            tail = "saturated (descriptive)"
+        elif m == "static":
+            tail = "descriptive"
+        else:
+            tail = "yes" if g["accepted"] else "no (" + ", ".join(k for k, v in g["explains"].items() if not v) + ")"
+        rows.append(f"{m:<15}{f(g['gap_r2']):>9}{f(g['etf_r2']):>9}{f(g['gram_r2']):>10}"
+                    f"{f(g['gram_r2_patterns']):>10}{f(g['gram_r2_full']):>10}{g['n_params']:>8d}{g['n_data']:>7d}"
+                    f"  {tail}")
+    rows.append(f"data: {100 * rep.outside.mean():.0f}% of the unit Grams (mean over records) and "
+                f"{100 * rep.outside_change:.0f}% of their change over training lie outside the attribute patterns")
+    return "\n".join(rows)
+
+
+def transition_lines(transitions) -> str:
+    out = ""
+    o = transitions.get("observed")
+    if o is not None:
+        out += ("\nobserved transition: " + (f"step {o['step']:.4g}" if o["step"] is not None else "none")
+                + f" ({o['reason']})")
+    p = transitions.get("predicted")
+    if p is not None:
+        out += ("\npredicted transition (M2): " + (f"step {p['step']:.4g}" if p.get("inside") else "none")
+                + f" ({p['reason']})")
+    return out
+
+
+def within_lines(curves) -> str:
+    if "observed_nc1_trace_ratio" not in curves:
+        return ""
+    nc1, cd = curves["observed_nc1_trace_ratio"], curves["observed_cdnv"]
+    return (f"\nwithin-class (observed, from the recorded traces; no model here has within-class spread): "
+            f"NC1 trace ratio {nc1[0]:.3g} -> {nc1[-1]:.3g}, mean CDNV {cd[0]:.3g} -> {cd[-1]:.3g}")
