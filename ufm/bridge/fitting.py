@@ -70,7 +70,8 @@ from .m2 import (ENGINES, STARTS, M2Model, Reporter, align_monotone, align_refin
 from .observed import Representations, first_state, read_observed, unit_centred
 from .patterns import PatternAlgebra, pattern_ids, project_patterns
 from .report import (ACCEPT, TRANSIENT, etf_of, explains, gaps_of, goodness_of_fit, model_transition_index,
-                     observed_transition, predicted_transition, table, time_map_powerlaw, transition_lines, unit,
+                     m2_lines, observed_transition, predicted_transition, table, time_map_powerlaw, transition_lines,
+                     unit,
                      verdict_line, within_class, within_lines)
 from .static import static_decomposition
 
@@ -116,7 +117,7 @@ def _check_accept(accept):
 def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, loss: str = "ce", lam="fit",
         fit_strengths: bool = True, inputs=None, kernel=None, start: str = "isotropic", init_scale="fit",
         match: str = "auto", engine: str = "auto", horizon: float = 1e6, n_model: int = 160,
-        sigma_grid=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), maxiter: int = 300, anchor=None, lam_W_anchor: float = 1e-2,
+        sigma_grid=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), maxiter: int = 150, anchor=None, lam_W_anchor: float = 1e-2,
         lam_H_anchor: float = 1e-2, betas=None, level: float = 0.95, accept=None, seed: int = 0,
         progress: bool = False) -> FitResult:
     """Fit the static decomposition, the input-coupled UFM (M2) and the anchored UFM (M1) to observed Grams.
@@ -180,7 +181,9 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
     sigma_grid : sequence of float
         Starting values of ``sigma`` (ufm's encoding).
     maxiter : int
-        Nelder-Mead iterations (0: the best grid point, no search).
+        Nelder-Mead iterations of each search (two searches from the best
+        starting points, then a restart from the best point; 0: the best grid
+        point, no search).
     anchor : array (d0, K), optional
         M1 anchor ``H_0``. Default: the attribute one-hots (THEORY §8.6 step 3),
         weighted by M2's fitted strengths when M2 is fitted, stacked on a zero
@@ -319,6 +322,7 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         exponent, offset = time_map_powerlaw(obs.steps, tau)
         q = m2["params"]
         params.update({k: v for k, v in (("sigma", q.get("sigma")), ("strengths", q.get("strengths"))) if v is not None})
+        params["near_best"] = {("init_scale" if k == "scale" else k): v for k, v in m2["near_best"].items()}
         params.update(lam=q["lam"], init_scale=q["scale"], time_exponent=exponent, time_offset=offset,
                       m2_engine=m2["engine"], m2_start=start, m2_kernel=m2["kernel_kind"],
                       m2_simulations=m2["n_sim"])
@@ -363,7 +367,7 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
     interrupted = bool(m2 is not None and m2["interrupted"])
     text = table(gof, rep)
     message = (f"fit of {obs.desc}: {K} classes, {T} records, matched on {match} Grams.\n{text}\nverdict: {verdict}"
-               + transition_lines(transitions) + within_lines(curves)
+               + transition_lines(transitions) + m2_lines(params) + within_lines(curves)
                + "".join(f"\nnote: {n}" for n in notes))
     meta = {"source": obs.desc, "models": list(models), "match": match, "loss": loss, "lam": lam,
             "fit_strengths": fit_strengths, "start": start, "init_scale": init_scale, "engine": engine,
@@ -430,7 +434,9 @@ def _fit_input_coupled(rep, obs, *, user, inputs_given, loss, lam, init_scale, f
         seeded = model.engine == "dense" and len(starts) and start == "observed" and rep.algebra is not None
         r = fit_m2(model, cost, starts=starts, maxiter=min(maxiter, 150) if seeded else maxiter, report=report,
                    n_searches=2)
-        interrupted, x = r["interrupted"], r["x"]
+        interrupted, x, seen = r["interrupted"], r["x"], r["seen"]
+    else:
+        seen = []
     if interrupted:
         notes.append("input_coupled: interrupted (Ctrl-C); the parameters are the best found before it")
     if maxiter == 0:
@@ -461,12 +467,36 @@ def _fit_input_coupled(rep, obs, *, user, inputs_given, loss, lam, init_scale, f
     else:
         tt, reason = float(times[j_tr]), ""
     q = model.unpack(x)
+    near = _near_best(model, seen, NEAR_BEST)
     report(f"input_coupled ({model.engine}): done, {model.n_sim} simulations, cost {c:.4g}", force=True)
     return {"x": x, "params": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in q.items()},
             "times": times, "tau": at_fraction(times, frac, log=True), "frac": frac, "cost": c, "aligned": aligned,
             "model_gap": model_gap,
             "model_etf": model_etf, "transition_time": tt, "transition_reason": reason, "engine": model.engine,
-            "kernel_kind": kind, "n_sim": model.n_sim, "interrupted": interrupted, "notes": notes}
+            "kernel_kind": kind, "n_sim": model.n_sim, "interrupted": interrupted, "notes": notes, "near_best": near}
+
+
+#: M2 parameters are reported with the range they take over every simulated point whose alignment cost is
+#: within this factor of the best: how flat the cost is around the optimum (not a confidence interval).
+NEAR_BEST = 1.05   # report.m2_lines says 5%
+
+
+def _near_best(model, seen, factor):
+    """``{"sigma": [lo, hi], ...}`` over the evaluated points with cost <= factor * best."""
+    finite = [(c, x) for c, x in seen if np.isfinite(c)]
+    if not finite:
+        return {}
+    best = min(c for c, _ in finite)
+    keep = [model.unpack(x) for c, x in finite if c <= factor * best + 1e-15]
+    out = {}
+    for name in ("sigma", "lam", "scale"):
+        if name in keep[0]:
+            v = [q[name] for q in keep]
+            out[name] = [float(min(v)), float(max(v))]
+    if "strengths" in keep[0]:
+        S = np.array([q["strengths"] for q in keep])
+        out["strengths"] = [S.min(axis=0).tolist(), S.max(axis=0).tolist()]
+    return out
 
 
 def _fit_m1(rep, H0, *, lam_W, lam_H, betas, seed):

@@ -504,15 +504,18 @@ def fit_m2(model: M2Model, cost, *, starts, maxiter: int, report=None, n_searche
     """Evaluate ``starts``, run Nelder-Mead from the ``n_searches`` best of them, then once more from the best
     point found (a restart: Nelder-Mead's simplex can collapse early); Ctrl-C keeps the best point.
 
-    Returns ``{"x", "cost", "nfev", "interrupted"}``.
+    Returns ``{"x", "cost", "nfev", "interrupted", "seen"}`` (``seen``: every ``(cost, x)`` evaluated).
     """
     from scipy.optimize import minimize
 
     report = report or (lambda *a, **k: None)
     best = {"cost": math.inf, "x": None, "nfev": 0, "phase": "grid"}
 
+    seen = []
+
     def f(x):
         c = cost(model, x)
+        seen.append((float(c), np.array(x, dtype=float)))
         best["nfev"] += 1
         if c < best["cost"]:
             best["cost"], best["x"] = c, np.array(x, dtype=float)
@@ -549,4 +552,4 @@ def fit_m2(model: M2Model, cost, *, starts, maxiter: int, report=None, n_searche
         interrupted = True
         if best["x"] is None:
             raise
-    return {"x": best["x"], "cost": best["cost"], "nfev": best["nfev"], "interrupted": interrupted}
+    return {"x": best["x"], "cost": best["cost"], "nfev": best["nfev"], "interrupted": interrupted, "seen": seen}

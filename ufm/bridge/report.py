@@ -18,8 +18,8 @@ import numpy as np
 from .. import metrics
 from .patterns import project_patterns
 
-__all__ = ["ACCEPT", "NAMES", "TRANSIENT", "explains", "goodness_of_fit", "observed_transition", "predicted_transition",
-           "table", "verdict_line", "within_class"]
+__all__ = ["ACCEPT", "NAMES", "TRANSIENT", "explains", "goodness_of_fit", "m2_lines", "observed_transition",
+           "predicted_transition", "table", "verdict_line", "within_class"]
 
 NAMES = {"static": "static", "input_coupled": "M2 (input-coupled)", "anchored": "M1 (anchored)"}
 
@@ -345,3 +345,22 @@ def within_lines(curves) -> str:
     nc1, cd = curves["observed_nc1_trace_ratio"], curves["observed_cdnv"]
     return (f"\nwithin-class (observed, from the recorded traces; no model here has within-class spread): "
             f"NC1 trace ratio {nc1[0]:.3g} -> {nc1[-1]:.3g}, mean CDNV {cd[0]:.3g} -> {cd[-1]:.3g}")
+
+
+def m2_lines(params) -> str:
+    """M2's fitted parameters with their near-best ranges (how flat the alignment cost is around the optimum)."""
+    if "lam" not in params or "init_scale" not in params:
+        return ""
+    near = params.get("near_best", {})
+
+    def show(name, label, fmt="{:.3g}"):
+        v = params.get(name)
+        if v is None:
+            return None
+        r = near.get(name)
+        rng = "" if r is None else f" [{fmt.format(r[0])}, {fmt.format(r[1])}]"
+        return f"{label} {fmt.format(v)}{rng}"
+
+    items = [x for x in (show("sigma", "sigma"), show("lam", "lam"), show("init_scale", "start scale")) if x]
+    return ("\nM2 parameters, with the range over simulated points within 5% of the best alignment cost (how flat "
+            "the fit is there, not a confidence interval): " + ", ".join(items))
