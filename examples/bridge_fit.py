@@ -46,32 +46,52 @@ def main(argv=None):
         run = train_network(setting, **train_kw)
         t_train = time.perf_counter() - t0
         gap = np.array([ufm.metrics.semantic_gap(G, run.attributes) for G in run.grams])
+        etf = np.array([ufm.metrics.etf_distance(G) for G in run.grams])
         t0 = time.perf_counter()
         res = ufm.fit(run, setting=setting)
         t_fit = time.perf_counter() - t0
         fig = plot_fit_figure(res)
-        fig.suptitle(f"{run.name}: observed vs fitted", fontsize=10)
         fig.savefig(os.path.join(args.out, f"fit_{name}.png"), dpi=72)
-        p, g = res.params, res.gof
-        rows.append((setting.name, run.meta.get("network", {}).get("arch", "?"), gap[0], gap.max(),
-                     int(run.steps[int(np.argmax(gap))]), gap[-1], g["input_coupled"]["gap_r2"],
-                     g["input_coupled"]["gram_r2"], g["anchored"]["gap_r2"], g["static"]["gap_r2"], p["sigma"],
-                     p["lam"], p["time_exponent"], res.predicted_transition, p["observed_transition"], t_train, t_fit))
+        rows.append({"setting": setting.name, "net": run.meta.get("network", {}).get("arch", "?"), "gap": gap,
+                     "etf": etf, "peak_step": int(run.steps[int(np.argmax(gap))]), "fit": res, "train_s": t_train,
+                     "fit_s": t_fit})
         print(res.message, flush=True)
-    head = ("| setting | net | gap start | gap peak (step) | gap end | M2 gap R^2 | M2 Gram R^2 | M1 gap R^2 | "
-            "static gap R^2 | sigma | lam | time exponent | predicted transition (step) | observed transition (step) | "
-            "train s | fit s |")
-    lines = [head, "|" + "---|" * 16]
-    for r in rows:
-        tr, ob = ("none" if v is None else f"{v:.3g}" for v in (r[13], r[14]))
-        lines.append(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.3f} ({r[4]}) | {r[5]:.3f} | {r[6]:.3f} | {r[7]:.3f} | "
-                     f"{r[8]:.3f} | {r[9]:.3f} | {r[10]:.3g} | {r[11]:.2g} | {r[12]:.3g} | {tr} | {ob} | {r[15]:.1f} | "
-                     f"{r[16]:.1f} |")
-    table = "\n".join(lines)
+    table = _table(rows)
     print(table)
     with open(os.path.join(args.out, "fits_table.md"), "w") as fh:
         fh.write(table + "\n")
     return rows
+
+
+def _table(rows) -> str:
+    def f(v, fmt="{:.2f}"):
+        return "n/a" if v is None or not np.isfinite(v) else fmt.format(v)
+
+    head = ("| setting | net | gap start / peak (step) / end | ETF dist. start / end | outside patterns (change) | "
+            "model | gap R^2 | ETF R^2 | pattern Gram R^2 | full Gram R^2 | accepted | best model | sigma [near-best] | "
+            "transition observed / predicted | train s | fit s |")
+    lines = [head, "|" + "---|" * 16]
+    for r in rows:
+        res, p = r["fit"], r["fit"].params
+        near = p.get("near_best", {}).get("sigma")
+        sig = "n/a" if "sigma" not in p else f"{p['sigma']:.3g}" + ("" if near is None else
+                                                                    f" [{near[0]:.3g}, {near[1]:.3g}]")
+        obs = res.transitions["observed"]["step"]
+        pred = res.predicted_transition
+        for i, m in enumerate(("input_coupled", "anchored")):
+            g = res.gof[m]
+            first = i == 0
+            lines.append(
+                f"| {r['setting'] if first else ''} | {r['net'] if first else ''} | "
+                + (f"{r['gap'][0]:.3f} / {r['gap'].max():.3f} ({r['peak_step']}) / {r['gap'][-1]:.3f} | "
+                   f"{r['etf'][0]:.2f} / {r['etf'][-1]:.2f} | {100 * p['outside_patterns']:.0f}% "
+                   f"({100 * p['outside_patterns_change']:.0f}%) | " if first else "| | | ")
+                + f"{'M2' if m == 'input_coupled' else 'M1'} | {f(g['gap_r2'])} | {f(g['etf_r2'])} | "
+                f"{f(g['gram_r2_patterns'])} | {f(g['gram_r2_full'])} | {'yes' if g['accepted'] else 'no'} | "
+                + (f"{res.best_model or 'none'} | {sig} | {f(obs, '{:.3g}') if obs else 'none'} / "
+                   f"{f(pred, '{:.3g}') if pred else 'none'} | {r['train_s']:.1f} | {r['fit_s']:.1f} |" if first else
+                   "| | | | |"))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

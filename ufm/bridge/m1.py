@@ -122,7 +122,8 @@ def anchored_path_patterns(s0, betas, *, lam_W: float = 1e-2, lam_H: float = 1e-
 
     Returns
     -------
-    array (B, R)
+    ndarray (B, R)
+        One row per ``beta``: the eigenvalues ``sigma_j`` of ``H^T H``.
     """
     r0 = np.sqrt(np.clip(np.asarray(s0, dtype=np.float64), 0.0, None))
     u = np.concatenate([[0.0], np.geomspace(1e-6, 1e3, 1500) * max(1.0, float(r0.max()))])

@@ -67,8 +67,8 @@ from .._integrate import integrate
 from ..metrics import double_centre
 from .patterns import project_patterns, psd_root
 
-__all__ = ["ENGINES", "STARTS", "M2Model", "Reporter", "align_monotone", "align_refined", "alignment_cost", "at_fraction",
-           "fit_m2", "isotropic_init", "kernel_flow_rhs_numpy", "pattern_flow_rhs_numpy"]
+__all__ = ["ENGINES", "STARTS", "M2Model", "align_monotone", "align_refined", "at_fraction", "isotropic_init",
+           "kernel_flow_rhs_numpy", "pattern_flow_rhs_numpy"]
 
 STARTS = ("isotropic", "observed")
 ENGINES = ("auto", "patterns", "dense")
@@ -87,7 +87,17 @@ def _grad_logits(Z, loss_id):
 
 
 def kernel_flow_rhs_numpy(y, data, out):
-    """Plain-numpy twin of :func:`ufm._kernels.m2_kernel_flow_rhs`."""
+    """Plain-numpy twin of :func:`ufm._kernels.m2_kernel_flow_rhs` (the kernel flow of the module docstring).
+
+    Parameters
+    ----------
+    y : array (K d + d K,)
+        The state ``[W, H]``, flattened.
+    data : tuple
+        ``(K, d, K_x, lam_W, lam_A, loss_id)``; ``loss_id`` 0 is CE, 1 MSE (halved weight decays).
+    out : array like ``y``
+        Receives ``dy/dt``.
+    """
     K, d, Kx, lam_W, lam_A, loss_id = data
     W = y[:K * d].reshape(K, d)
     H = y[K * d:].reshape(d, K)
@@ -97,7 +107,18 @@ def kernel_flow_rhs_numpy(y, data, out):
 
 
 def pattern_flow_rhs_numpy(y, data, out):
-    """Plain-numpy twin of :func:`ufm._kernels.m2_pattern_flow_rhs`."""
+    """Plain-numpy twin of :func:`ufm._kernels.m2_pattern_flow_rhs` (the flow inside the pattern algebra).
+
+    Parameters
+    ----------
+    y : array (3 R,)
+        Eigenvalues ``[z, p, s]`` of ``W H``, ``W W^T`` and ``H^T H``.
+    data : tuple
+        ``(P, P_inv, valency, k, lam_W, lam_A, loss_id, K)``: the algebra's tables, the kernel's
+        eigenvalues, the halved weight decays, the loss (0 CE, 1 MSE) and the number of classes.
+    out : array like ``y``
+        Receives ``dy/dt``.
+    """
     P, Pinv, valency, k, lam_W, lam_A, loss_id, K = data
     R = valency.size
     z, p, s = y[:R], y[R:2 * R], y[2 * R:]
@@ -156,8 +177,21 @@ def align_refined(inner, adjacent) -> tuple[np.ndarray, float]:
     picks a model point per record; each record then moves to the nearest
     point of the two segments ``[m_{j-1}, m_j]``, ``[m_j, m_{j+1}]``
     (straight chords of the model curve), which removes the discretization of
-    the model's time grid from the cost. Returns fractional indices ``j + theta``
-    (T,) and the mean squared distance.
+    the model's time grid from the cost.
+
+    Parameters
+    ----------
+    inner : array (T, J)
+        Inner products of the unit observations with the unit model points.
+    adjacent : array (J - 1,)
+        Inner products of consecutive model points.
+
+    Returns
+    -------
+    frac : ndarray (T,)
+        Fractional model indices ``j + theta`` of the records.
+    cost : float
+        Mean squared distance of the records to their points on the model curve.
     """
     inner = np.asarray(inner, dtype=np.float64)
     T, J = inner.shape
@@ -180,7 +214,22 @@ def align_refined(inner, adjacent) -> tuple[np.ndarray, float]:
 
 
 def at_fraction(values, frac, *, log=False):
-    """Linear interpolation of ``values`` (J, ...) at fractional indices (in ``log`` for positive times)."""
+    """Linear interpolation of ``values`` at fractional indices.
+
+    Parameters
+    ----------
+    values : array (J, ...)
+        Values at the integer indices.
+    frac : array (T,)
+        Fractional indices in ``[0, J - 1]``.
+    log : bool
+        Interpolate ``log values`` where both neighbours are positive (times on a log grid).
+
+    Returns
+    -------
+    ndarray (T, ...)
+        The interpolated values.
+    """
     values = np.asarray(values, dtype=np.float64)
     j = np.clip(np.floor(frac).astype(np.int64), 0, len(values) - 2)
     th = (frac - j).reshape((-1,) + (1,) * (values.ndim - 1))
@@ -206,6 +255,7 @@ class M2Model:
     K : int
         Classes (= items).
     loss : {"ce", "mse"}
+        Mean cross-entropy or ``1/(2K) ||Z - I||^2``.
     setting : Setting, optional
         Gives ``Phi(sigma, strengths)``; then ``sigma`` (and with
         ``fit_strengths`` the strengths) are fitted.
@@ -213,9 +263,12 @@ class M2Model:
         The user's input encoding (one column per class); ``K_x = X^T X``.
     kernel : array (K, K), optional
         The user's input kernel.
+    fit_strengths : bool
+        Fit one strength per attribute block of the setting (else all 1).
     lam, scale : float or None
         Weight decay ``lam_W = lam_A`` and start scale; ``None`` = fitted.
     start : {"isotropic", "observed"}
+        The start (module docstring).
     observed_start : (W0 or None, H0), optional
         For ``start="observed"``: classifier rows (K x d) and class means
         (d x K) of the first record, or ``(None, sqrtm(G0))``.
@@ -271,6 +324,18 @@ class M2Model:
 
     # -- parameters ----------------------------------------------------------------------------
     def unpack(self, x) -> dict:
+        """The parameters of a vector: ``{"sigma", "strengths"}`` (ufm's encoding), ``"lam"``, ``"scale"``.
+
+        Parameters
+        ----------
+        x : array
+            Parameter vector (class docstring).
+
+        Returns
+        -------
+        dict
+            Known parameters included.
+        """
         x = list(np.asarray(x, dtype=np.float64))
         out = {}
         if self.kind == "encoding":
@@ -285,6 +350,24 @@ class M2Model:
         return out
 
     def pack(self, sigma=None, strengths=None, lam=None, scale=None) -> np.ndarray:
+        """The parameter vector of some parameter values (the fitted ones only; the inverse of :meth:`unpack`).
+
+        Parameters
+        ----------
+        sigma : float, optional
+            Capacity (ufm's encoding).
+        strengths : array, optional
+            Block strengths (rescaled to geometric mean 1).
+        lam : float, optional
+            Weight decay, when fitted.
+        scale : float, optional
+            Start scale, when fitted.
+
+        Returns
+        -------
+        ndarray
+            The vector.
+        """
         x = []
         if self.kind == "encoding":
             x.append(math.log(sigma))
@@ -298,7 +381,18 @@ class M2Model:
         return np.array(x, dtype=np.float64)
 
     def kernel(self, params) -> np.ndarray:
-        """``K_x`` (K x K) of a parameter dict."""
+        """The input kernel ``K_x = Phi^T Phi`` of some parameters.
+
+        Parameters
+        ----------
+        params : dict
+            As :meth:`unpack` returns.
+
+        Returns
+        -------
+        ndarray (K, K)
+            The kernel.
+        """
         if self.kind == "encoding":
             Phi = self.setting.encoding(params["sigma"], strengths=params["strengths"])
             return Phi.T @ Phi
@@ -311,7 +405,18 @@ class M2Model:
         return self._user_root
 
     def problem(self, x):
-        """The :class:`~ufm.problems.InputCoupledUFM` of ``x`` (encoding kind only; ``None`` otherwise)."""
+        """The :class:`~ufm.problems.InputCoupledUFM` of a parameter vector, to simulate with :func:`ufm.simulate`.
+
+        Parameters
+        ----------
+        x : array
+            Parameter vector (class docstring).
+
+        Returns
+        -------
+        InputCoupledUFM or None
+            With ``d = K + p``, enough for :func:`isotropic_init`; ``None`` for the user's inputs or kernel.
+        """
         from ..problems import InputCoupledUFM
 
         if self.kind != "encoding":
@@ -322,14 +427,40 @@ class M2Model:
 
     # -- simulation ----------------------------------------------------------------------------
     def times(self, params, Kx_top):
+        """Model times: 0 and a log grid from ``1e-2`` of the fastest mode's time to the horizon.
+
+        Parameters
+        ----------
+        params : dict
+            As :meth:`unpack` returns.
+        Kx_top : float
+            Largest eigenvalue of the kernel.
+
+        Returns
+        -------
+        ndarray (n_model,)
+            The times.
+        """
         rate = 2.0 * max(Kx_top, 1e-12) / self.K
         horizon = self.horizon if params["lam"] == 0 else min(self.horizon, 50.0 / params["lam"])
         t_lo = min(1e-2 / rate, horizon * 1e-6)
         return np.concatenate([[0.0], np.geomspace(t_lo, horizon, self.n_model - 1)])
 
     def trajectory(self, x):
-        """``(times, grams)``: model times and the unit-centred model Grams (eigenvalues (J, R) for the
-        patterns engine, dense (J, K, K) otherwise); ``None`` when the flow is not finite."""
+        """Simulate the model Gram trajectory of a parameter vector (cached).
+
+        Parameters
+        ----------
+        x : array
+            Parameter vector (class docstring).
+
+        Returns
+        -------
+        tuple or None
+            ``(times, grams)``: model times (J,) and the unit-centred model Grams,
+            as eigenvalues (J, R) on the patterns engine or dense (J, K, K);
+            ``None`` when the flow is not finite or the features die out.
+        """
         key = tuple(np.round(np.asarray(x, float), 10))
         if key in self.cache:
             return self.cache[key]
@@ -398,7 +529,18 @@ class M2Model:
 
     # -- representations -------------------------------------------------------------------------
     def dense(self, grams) -> np.ndarray:
-        """Model Grams as dense K x K matrices (unit-centred)."""
+        """Model Grams as dense matrices, whatever the engine.
+
+        Parameters
+        ----------
+        grams : array
+            As :meth:`trajectory` returns them.
+
+        Returns
+        -------
+        ndarray (..., K, K)
+            The Grams.
+        """
         return self.algebra.dense(grams) if self.engine == "patterns" else np.asarray(grams)
 
 

@@ -23,7 +23,8 @@ from .io import as_numpy, load_run
 from .patterns import outside_fraction, pattern_ids, project_patterns, psd_root
 from .report import etf_of, gaps_of
 
-__all__ = ["Observed", "Representations", "first_state", "read_observed", "unit_centred"]
+# Observed, Representations, read_observed and first_state are the fit's own plumbing
+__all__ = ["unit_centred"]
 
 
 def unit_centred(grams) -> np.ndarray:

@@ -76,7 +76,20 @@ def pattern_ids(attributes) -> np.ndarray:
 
 
 def pattern_values(grams, ids) -> np.ndarray:
-    """Mean of each Gram of a stack (T x K x K, or one K x K) over each pattern: (T, R) (or (R,))."""
+    """Mean of each Gram of a stack over each pattern.
+
+    Parameters
+    ----------
+    grams : array (T, K, K) or (K, K)
+        Gram matrices.
+    ids : int array (K, K)
+        Pattern of each pair (:func:`pattern_ids`).
+
+    Returns
+    -------
+    ndarray (T, R) or (R,)
+        The pattern values (pattern means).
+    """
     G = np.asarray(grams, dtype=np.float64)
     single = G.ndim == 2
     G = G[None] if single else G
@@ -88,10 +101,6 @@ def pattern_values(grams, ids) -> np.ndarray:
 
 def project_patterns(grams, ids, *, normalize: bool = True) -> np.ndarray:
     """Average each Gram of a stack (T x K x K) over the pairs of equal ``ids``.
-
-    ``normalize=True`` rescales each result to unit Frobenius norm (the
-    representation the fits compare); ``False`` keeps the plain orthogonal
-    projection.
 
     Parameters
     ----------
@@ -122,6 +131,18 @@ def outside_fraction(grams, ids) -> np.ndarray:
     the Gram depends on a pair only through its shared attributes; the part an
     attribute model cannot produce otherwise. Apply it to centred Grams to leave
     out the common offset.
+
+    Parameters
+    ----------
+    grams : array (T, K, K) or (K, K)
+        Grams.
+    ids : int array (K, K)
+        Pattern of each pair (:func:`pattern_ids`).
+
+    Returns
+    -------
+    ndarray (T,) or float
+        The fractions (0 for a zero Gram).
     """
     G = np.asarray(grams, dtype=np.float64)
     P = project_patterns(G, ids, normalize=False)
@@ -131,7 +152,18 @@ def outside_fraction(grams, ids) -> np.ndarray:
 
 
 def psd_root(K):
-    """``R`` (r x K) with ``R^T R = K`` for a symmetric PSD ``K``, over its eigenvalues above 1e-12 of the largest."""
+    """A square root ``R`` (r x n) with ``R^T R = K`` of a symmetric PSD matrix.
+
+    Parameters
+    ----------
+    K : array (n, n)
+        Symmetric positive semidefinite.
+
+    Returns
+    -------
+    ndarray (r, n)
+        ``sqrt(w_i) v_i^T`` over the eigenpairs with ``w_i`` above ``1e-12`` of the largest.
+    """
     w, V = np.linalg.eigh(K)
     w = np.clip(w, 0.0, None)
     keep = w > 1e-12 * max(w.max(), 1e-300)
@@ -177,12 +209,32 @@ class PatternAlgebra:
 
     @classmethod
     def from_attributes(cls, attributes, *, check_pairs: int = 4000, seed: int = 0) -> "PatternAlgebra":
-        """The algebra of ``pattern_ids(attributes)``; ``ValueError`` if the patterns are not an association scheme.
+        """The algebra of ``pattern_ids(attributes)``.
 
         Up to 128 patterns the eigenvalue table comes from the intersection
         numbers (``O(K R + R^4)``, no K x K eigen-decomposition: thousands of
         classes with few patterns are cheap); beyond, from one symmetric K x K
         eigen-decomposition (``K <= 4096``).
+
+        Parameters
+        ----------
+        attributes : int array (K, F)
+            The attribute table.
+        check_pairs : int
+            Pairs of classes on which the intersection numbers are checked
+            (every pair when ``K^2`` is at most this).
+        seed : int
+            Seed of the pair sample and of the random element used to separate the eigenspaces.
+
+        Returns
+        -------
+        PatternAlgebra
+            The algebra.
+
+        Raises
+        ------
+        ValueError
+            The patterns are not a commutative association scheme (the message says which axiom fails).
         """
         ids = pattern_ids(attributes)
         K = ids.shape[0]
@@ -261,45 +313,135 @@ class PatternAlgebra:
 
     # -- conversions ------------------------------------------------------------------------
     def values(self, grams) -> np.ndarray:
-        """Pattern values (pattern means) of a Gram or a stack: (..., R)."""
+        """Pattern values (pattern means) of a Gram or a stack.
+
+        Parameters
+        ----------
+        grams : array (..., K, K)
+            Matrices (need not lie in the algebra: this is the projection).
+
+        Returns
+        -------
+        ndarray (..., R)
+            One value per pattern.
+        """
         return pattern_values(grams, self.ids)
 
     def eigen(self, x) -> np.ndarray:
-        """Eigenvalues ``xi = P x`` from pattern values (last axis)."""
+        """Eigenvalues ``xi = P x`` of the matrices with pattern values ``x``.
+
+        Parameters
+        ----------
+        x : array (..., R)
+            Pattern values.
+
+        Returns
+        -------
+        ndarray (..., R)
+            Eigenvalues, one per idempotent.
+        """
         return np.asarray(x, dtype=np.float64) @ self.P.T
 
     def pattern(self, xi) -> np.ndarray:
-        """Pattern values ``x = P^-1 xi`` from eigenvalues (last axis)."""
+        """Pattern values ``x = P^-1 xi`` of the matrices with eigenvalues ``xi``.
+
+        Parameters
+        ----------
+        xi : array (..., R)
+            Eigenvalues.
+
+        Returns
+        -------
+        ndarray (..., R)
+            Pattern values.
+        """
         return np.asarray(xi, dtype=np.float64) @ self.P_inv.T
 
     def dense(self, xi) -> np.ndarray:
-        """The K x K matrices (..., K, K) of eigenvalue vectors (..., R)."""
+        """The K x K matrices with eigenvalues ``xi``.
+
+        Parameters
+        ----------
+        xi : array (..., R)
+            Eigenvalues.
+
+        Returns
+        -------
+        ndarray (..., K, K)
+            The matrices.
+        """
         return self.pattern(xi)[..., self.ids]
 
     def unit_centred(self, xi) -> np.ndarray:
-        """Eigenvalues of ``P_K X P_K / ||P_K X P_K||_F`` (drops idempotent 0, rescales; last axis)."""
+        """Eigenvalues of ``P_K X P_K / ||P_K X P_K||_F``: idempotent 0 dropped, unit Frobenius norm.
+
+        Parameters
+        ----------
+        xi : array (..., R)
+            Eigenvalues of ``X``.
+
+        Returns
+        -------
+        ndarray (..., R)
+            Eigenvalues of the centred, unit-norm matrices (zero stays zero).
+        """
         xi = np.array(xi, dtype=np.float64)
         xi[..., 0] = 0.0
         norm = np.sqrt(np.sum(self.mult * xi ** 2, axis=-1, keepdims=True))
         return xi / np.where(norm > 0, norm, 1.0)
 
     def inner(self, xi, eta) -> np.ndarray:
-        """Frobenius inner products ``<X_a, Y_b>`` of two stacks of eigenvalue vectors: (A, B)."""
+        """Frobenius inner products ``<X_a, Y_b> = sum_j m_j xi_aj eta_bj`` of two stacks.
+
+        Parameters
+        ----------
+        xi : array (A, R) or (R,)
+            Eigenvalues of the ``X_a``.
+        eta : array (B, R) or (R,)
+            Eigenvalues of the ``Y_b``.
+
+        Returns
+        -------
+        ndarray (A, B)
+            The inner products.
+        """
         return (np.atleast_2d(xi) * self.mult) @ np.atleast_2d(eta).T
 
     def agree(self, attributes) -> np.ndarray:
-        """Boolean (R, F): whether the pairs of pattern ``r`` agree on factor ``f`` (pattern 0: every factor)."""
+        """Whether the pairs of each pattern agree on each factor.
+
+        Parameters
+        ----------
+        attributes : int array (K, F)
+            The attribute table the algebra was built from.
+
+        Returns
+        -------
+        bool ndarray (R, F)
+            ``[r, f]``: the pairs of pattern ``r`` share factor ``f`` (pattern 0, the diagonal: every factor).
+        """
         A = np.asarray(attributes)
         _, where = np.unique(self.ids.ravel(), return_index=True)
         i, j = np.divmod(where, self.K)
         return A[i] == A[j]
 
     def semantic_gap(self, xi, attributes) -> np.ndarray:
-        """:func:`ufm.metrics.semantic_gap` (centred) of matrices given by eigenvalues (..., R), in O(R F).
+        """:func:`ufm.metrics.semantic_gap` (centred) of matrices given by their eigenvalues, in O(R F).
 
         Exact for matrices in the algebra: their diagonal is constant, so the
-        cosines are the pattern values over the diagonal value. NaN where the
-        centred diagonal is zero.
+        cosines are the pattern values over the diagonal value.
+
+        Parameters
+        ----------
+        xi : array (..., R)
+            Eigenvalues.
+        attributes : int array (K, F)
+            The attribute table the algebra was built from.
+
+        Returns
+        -------
+        ndarray (...)
+            The semantic gaps; NaN where the centred diagonal is zero.
         """
         x = self.pattern(self.unit_centred(xi))
         agree = self.agree(attributes)
@@ -321,13 +463,37 @@ class PatternAlgebra:
             return np.where(diag > 0, np.mean(gaps, axis=0) / np.where(diag > 0, diag, 1.0), np.nan)
 
     def etf_distance(self, xi) -> np.ndarray:
-        """:func:`ufm.metrics.etf_distance` (centred) of matrices given by eigenvalues (..., R)."""
+        """:func:`ufm.metrics.etf_distance` (centred) of matrices given by their eigenvalues.
+
+        Parameters
+        ----------
+        xi : array (..., R)
+            Eigenvalues.
+
+        Returns
+        -------
+        ndarray (...)
+            Distances in ``[0, 2]``.
+        """
         u = self.unit_centred(xi)
         cross = np.sum(self.mult[1:] * u[..., 1:], axis=-1) / np.sqrt(self.K - 1)
         return np.sqrt(np.maximum(2.0 - 2.0 * cross, 0.0))
 
     def contains(self, X, *, rtol: float = 1e-9) -> bool:
-        """Whether the K x K matrix ``X`` is constant on every pattern (lies in the algebra)."""
+        """Whether a K x K matrix is constant on every pattern (lies in the algebra).
+
+        Parameters
+        ----------
+        X : array (K, K)
+            The matrix.
+        rtol : float
+            Tolerance on ``||X - Pi X||_F / ||X||_F``.
+
+        Returns
+        -------
+        bool
+            True when the projection changes ``X`` by at most ``rtol``.
+        """
         X = np.asarray(X, dtype=np.float64)
         return bool(np.linalg.norm(X - project_patterns(X, self.ids, normalize=False))
                     <= rtol * max(np.linalg.norm(X), 1e-300))
