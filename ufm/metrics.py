@@ -731,7 +731,7 @@ def _etf_error(Z: np.ndarray, name: str) -> float:
     return float(np.linalg.norm(Z / nz - _P(K) / np.sqrt(K - 1)))
 
 
-def etf_distance(gram, *, center: bool = True) -> float:
+def etf_distance(gram, *, center: bool = True, check_psd: bool = True) -> float:
     """Distance of a K x K Gram to the simplex-ETF Gram (Zhu et al. 2021; THEORY §7.2).
 
     ``d_ETF(G) = || G/||G||_F - P_K/sqrt(K-1) ||_F``. It is 0 iff ``G`` is a
@@ -753,6 +753,9 @@ def etf_distance(gram, *, center: bool = True) -> float:
         Symmetric PSD Gram with ``K >= 2``.
     center : bool
         Apply ``P_K G P_K`` first (default True, see above).
+    check_psd : bool
+        Check that ``gram`` is PSD (an ``O(K^3)`` eigen-decomposition); pass
+        False for Grams already checked (e.g. a validated bridge run).
 
     Returns
     -------
@@ -772,11 +775,10 @@ def etf_distance(gram, *, center: bool = True) -> float:
     Zhu et al., arXiv 2105.02375; rhubarbwu/neural-collapse ``simplex_etf_error``;
     THEORY.md §0.1 (E_K), §7.2, TV6.
     """
-    G = _check_gram(gram, "gram", min_size=2)
+    G = _check_gram(gram, "gram", psd=check_psd, min_size=2)
     norm0 = np.linalg.norm(G)
     if center:
-        P = _P(G.shape[0])
-        G = P @ G @ P
+        G = double_centre(G)
     if not np.linalg.norm(G) > ZERO_RTOL * norm0:
         raise ValueError(
             "gram is zero" + (" after centring (all rows equal up to a common offset)" if center else "")
@@ -1295,15 +1297,15 @@ def attribute_kernel(attributes) -> np.ndarray:
     return np.sum(A[:, None, :] == A[None, :, :], axis=-1).astype(np.float64)
 
 
-def _semantic_cosines(gram, attributes, center: bool):
-    G = _check_gram(gram, "gram", min_size=2)
+def _semantic_cosines(gram, attributes, center: bool, check_psd: bool = True):
+    G = _check_gram(gram, "gram", psd=check_psd, min_size=2)
     K = G.shape[0]
     A = _check_attributes(attributes, K)
     Gc = center_gram(G) if center else G
     return _cosines(Gc, "gram (centred)" if center else "gram"), A, K
 
 
-def semantic_gap(gram, attributes, *, center: bool = True) -> float:
+def semantic_gap(gram, attributes, *, center: bool = True, check_psd: bool = True) -> float:
     """Semantic gap: within-level minus across-level mean cosine, averaged over factors (THEORY §7.4 item 1).
 
     ``Delta = mean_f [ mean_{k != l, A_kf = A_lf} C_kl - mean_{A_kf != A_lf} C_kl ]``
@@ -1326,6 +1328,9 @@ def semantic_gap(gram, attributes, *, center: bool = True) -> float:
         Factor levels, one row per class.
     center : bool
         Centre with ``P_K`` first (default True).
+    check_psd : bool
+        Check that ``gram`` is PSD (an ``O(K^3)`` eigen-decomposition); pass
+        False for Grams already checked (e.g. a validated bridge run).
 
     Returns
     -------
@@ -1337,7 +1342,7 @@ def semantic_gap(gram, attributes, *, center: bool = True) -> float:
     THEORY.md §7.4 item 1 (derived; no external source), TV6; motivating
     paper: Zhao, Papadimitriou, Thrampoulidis, arXiv 2606.26749.
     """
-    C, A, K = _semantic_cosines(gram, attributes, center)
+    C, A, K = _semantic_cosines(gram, attributes, center, check_psd)
     off = _offdiag(K)
     gaps = []
     for f in range(A.shape[1]):

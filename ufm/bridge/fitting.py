@@ -245,6 +245,7 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         raise ValueError(f"level must be in (0, 1), e.g. 0.95, got {level!r}.")
     if inputs is not None and kernel is not None:
         raise ValueError("pass inputs= or kernel=, not both.")
+    report("reading and checking the Grams", force=True)
     obs = read_observed(source, setting, attributes, steps)
     K, T = obs.K, obs.T
     user = None
@@ -271,6 +272,7 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
     except ValueError as err:
         algebra = None
         notes.append(f"patterns: {err} (M2 runs on the dense engine)")
+    report(f"{K} classes, {T} records: centring, pattern projections, observed curves", force=True)
     rep = Representations(obs, match, algebra)
 
     curves = {"observed_gap": rep.gap, "observed_etf_distance": rep.etf, "outside_patterns": rep.outside}
@@ -283,6 +285,7 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
     static_saturated = False
 
     if "static" in models:
+        report("static decomposition", force=True)
         st = static_decomposition(obs.grams, obs.attributes, level=level)
         fitted["static"] = st["fitted"]
         per = 1 + len(st["factors"])
@@ -351,6 +354,7 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         curves.update(anchored_gap=gap, anchored_etf_distance=etf, beta_path=m1["betas"])
         params.update(beta_end=float(m1["betas"][-1]), beta_start=float(m1["betas"][0]), m1_solver=m1["solver"])
 
+    report("goodness of fit", force=True)
     explained, accepted = {}, {}
     for m, g in gof.items():
         if m == "static":
@@ -504,16 +508,19 @@ def _fit_m1(rep, H0, *, lam_W, lam_H, betas, seed):
     non-increasing ``beta(step)`` by monotone alignment in the matched representation."""
     a = rep.algebra
     S0 = H0.T @ H0
-    if a is not None and a.contains(S0, rtol=1e-9):
-        full = unit_centred(a.dense(anchored_path_patterns(a.eigen(a.values(S0)), betas, lam_W=lam_W,
-                                                           lam_H=lam_H)))
-        how = "patterns"
-    else:
-        _, H = anchored_path(H0, betas, lam_W=lam_W, lam_H=lam_H, seed=seed)
-        full = unit_centred(np.einsum("bdk,bdl->bkl", H, H))
-        how = "block-coordinate descent"
-    grams = project_patterns(full, rep.ids) if rep.match == "patterns" else full
     order = np.argsort(-betas)               # non-increasing beta over training
-    D = np.maximum(2.0 - 2.0 * rep.matched.reshape(rep.T, -1) @ grams[order].reshape(len(order), -1).T, 0.0)
+    if a is not None and a.contains(S0, rtol=1e-9):
+        sig = anchored_path_patterns(a.eigen(a.values(S0)), betas[order], lam_W=lam_W, lam_H=lam_H)
+        xi = a.unit_centred(sig)             # in the algebra: its pattern projection is itself
+        obs = a.eigen(a.values(rep.full))
+        if rep.match == "patterns":
+            obs = obs / np.sqrt(np.sum(a.mult * obs ** 2, axis=1, keepdims=True))
+        path, cost = align_monotone(np.maximum(2.0 - 2.0 * a.inner(obs, xi), 0.0))
+        return {"betas": betas[order][path], "model_grams": a.dense(xi[path]), "cost": cost, "solver": "patterns"}
+    _, H = anchored_path(H0, betas[order], lam_W=lam_W, lam_H=lam_H, seed=seed)
+    full = unit_centred(np.einsum("bdk,bdl->bkl", H, H))
+    grams = project_patterns(full, rep.ids) if rep.match == "patterns" else full
+    D = np.maximum(2.0 - 2.0 * rep.matched.reshape(rep.T, -1) @ grams.reshape(len(order), -1).T, 0.0)
     path, cost = align_monotone(D)
-    return {"betas": betas[order][path], "model_grams": full[order][path], "cost": cost, "solver": how}
+    return {"betas": betas[order][path], "model_grams": full[path], "cost": cost,
+            "solver": "block-coordinate descent"}

@@ -83,11 +83,11 @@ def within_class(grams, within, counts) -> dict:
 
 # -- goodness of fit --------------------------------------------------------------------
 def gaps_of(G, attributes):
-    return np.array([metrics.semantic_gap(g, attributes, center=False) for g in G])
+    return np.array([metrics.semantic_gap(g, attributes, center=False, check_psd=False) for g in G])
 
 
 def etf_of(G):
-    return np.array([metrics.etf_distance(g, center=False) for g in G])
+    return np.array([metrics.etf_distance(g, center=False, check_psd=False) for g in G])
 
 
 def r2(y, yhat):
