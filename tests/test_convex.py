@@ -190,3 +190,65 @@ def test_infeasible_margins_are_explained():
     m = InputCoupledUFM.from_setting(s, sigma=0.0, d=4)
     with pytest.raises(RuntimeError, match="margins cannot be met"):
         ufm.solve(m, method="svm")
+
+
+# -- how prox thresholds: exchangeable classes, leading triplets, full SVDs ------------------------
+def _topic_labels(V, N, T, seed):
+    """Soft labels mixing T topic distributions: a logit optimum of low rank with a spectral gap."""
+    rng = np.random.default_rng(seed)
+    return rng.dirichlet(0.1 * np.ones(V), size=T).T @ rng.dirichlet(np.ones(T), size=N).T
+
+
+def test_class_algebra_thresholds_like_a_full_svd():
+    cl = convex._Classes([2, 5, 2, 1, 5, 5, 2, 7])              # groups of 3, 3, 1, 1 classes
+    rng = np.random.default_rng(3)
+    a, Q = rng.standard_normal(cl.G) * cl.multi, rng.standard_normal((cl.G, cl.G))
+    X = cl.join(a, Q)
+    a2, Q2 = cl.split(X)
+    np.testing.assert_allclose(a2, a, atol=1e-14)
+    np.testing.assert_allclose(Q2, Q, atol=1e-14)
+    for tau in (0.1, 0.7, 3.0):
+        Xs, nuc = cl.svt(X, tau)
+        U, S, Vt = np.linalg.svd(X)
+        np.testing.assert_allclose(Xs, (U * np.maximum(S - tau, 0)) @ Vt, atol=1e-12)
+        assert nuc == pytest.approx(np.maximum(S - tau, 0).sum(), abs=1e-12)
+    A = rng.standard_normal((8, 8))                          # not invariant: the bound still holds
+    assert cl.opnorm_bound(A) >= np.linalg.norm(A, 2) * (1 - 1e-15)
+    assert cl.opnorm_bound(X) == pytest.approx(np.linalg.norm(X, 2), rel=1e-12)
+
+
+def test_exchangeable_classes_give_the_full_svd_solution():
+    p = UFMProblem(K=24, counts=[4] * 12 + [1] * 12, d=24, loss="ce", lam_W=5e-3, lam_H=5e-3, bias=True)
+    sols = {m: ufm.solve(p, method="prox", tol=1e-9, svd=m) for m in ("auto", "full")}
+    assert sols["auto"].meta["svd"]["mode"] == "classes" and sols["auto"].meta["svd"]["full"] == 0
+    assert sols["full"].meta["svd"]["classes"] == 0
+    assert all(s.success and s.meta["rel_duality_gap"] <= 1e-9 for s in sols.values())
+    assert rel(sols["auto"].loss, sols["full"].loss) < 1e-9
+    np.testing.assert_allclose(sols["auto"].Z, sols["full"].Z, atol=1e-5 * np.abs(sols["full"].Z).max())
+    assert max(sols["auto"].meta["stationarity"].values()) < 1e-3
+
+
+def test_partial_svd_gives_the_full_svd_solution_and_certificate():
+    p = UFMProblem(labels=_topic_labels(80, 160, 3, 0), d=80, loss="ce", lam_W=3e-3, lam_H=3e-3)
+    part = ufm.solve(p, method="prox", tol=1e-9, svd="partial")
+    full = ufm.solve(p, method="prox", tol=1e-9, svd="full")
+    st = part.meta["svd"]
+    assert st["partial"] > 0.8 * part.nit and 0 < st["max_rank"] <= 20      # the leading triplets did the work
+    assert full.meta["svd"]["partial"] == 0
+    assert part.success and full.success and part.nit == full.nit
+    assert part.meta["rel_duality_gap"] == pytest.approx(full.meta["rel_duality_gap"], rel=1e-3, abs=1e-13)
+    assert rel(part.loss, full.loss) < 1e-12
+    np.testing.assert_allclose(part.Z, full.Z, atol=1e-8)
+
+
+def test_partial_svd_falls_back_to_full_svds_when_the_rank_is_large():
+    # balanced CE: every iterate has rank K - 1, far above a quarter of K
+    p = UFMProblem(K=64, n=1, d=64, loss="ce", lam_W=1e-3, lam_H=1e-3)
+    part = ufm.solve(p, method="prox", tol=1e-8, svd="partial")
+    st = part.meta["svd"]
+    assert st["mode"] == "partial" and st["partial"] == 0 and st["full"] >= part.nit and st["max_rank"] == 63
+    ref = ufm.solve(p, method="prox", tol=1e-8)                      # the class algebra
+    assert ref.meta["svd"]["mode"] == "classes"
+    assert part.success and rel(part.loss, ref.loss) < 1e-8
+    with pytest.raises(ValueError, match="svd must be one of"):
+        ufm.solve(p, method="prox", svd="lanczos")

@@ -266,13 +266,22 @@ def certificate(form: Form, X, b=None, *, nuclear: float | None = None) -> dict:
     dict
         ``{"primal", "dual", "gap", "rel_gap" = gap / primal, "b"}`` (``b`` polished).
     """
+    return _certify(form, X, b, nuclear, _opnorm)
+
+
+def _certify(form: Form, X, b, nuclear, opnorm) -> dict:
+    """:func:`certificate` with the operator norm ``opnorm`` (exact, an upper bound, or an estimate).
+
+    With an exact norm or an upper bound the dual point is feasible and the gap is certified;
+    :func:`_fista` checks with the exact norm before it stops on an estimate.
+    """
     b = _polish_bias(form, X, b)
     L = form.logits(X, b)
     primal = form.data(L) + form.mu * (_nuclear(X) if nuclear is None else nuclear) + form.bias_reg(b)
     G = form.data_grad(L)
     if form.bias == "free":
         G = G - np.outer(G.sum(axis=1), form.omega) / form.omega.sum()
-    op = _opnorm(form.adj(G))
+    op = opnorm(form.adj(G))
     s = 1.0 if op <= form.mu else form.mu / op
     if form.loss == "ce":
         U = G / form.omega[None, :]                      # per-example gradient p - t (shifted)
@@ -295,9 +304,9 @@ def certificate(form: Form, X, b=None, *, nuclear: float | None = None) -> dict:
 
 
 # -- recovery ---------------------------------------------------------------------------
-def _recover(form: Form, X, b, method, status, message, nit, meta, success) -> Solution:
+def _recover(form: Form, X, b, method, status, message, nit, meta, success, cert=None) -> Solution:
     p = form.problem
-    cert = certificate(form, X, b)
+    cert = certificate(form, X, b) if cert is None else cert
     b = cert["b"]
     if form.kind == "input_coupled":
         W, A = balanced_split(X, p.d, p.lam_W, p.lam_A, rank_tol=1e-10, floor=1e-300, name="M*")
@@ -305,10 +314,16 @@ def _recover(form: Form, X, b, method, status, message, nit, meta, success) -> S
         Z = W @ H
         g = losses.state_gradients(p, {"W": W, "A": A})
         stat = {"W": _rel(g["W"], p.lam_W * W), "A": _rel(g["A"], p.lam_A * A)}
+    elif form.kind == "collapsed":
+        # Z = X Q with Q = diag(scale) E (E the K x N one-hot rows): Q's rows are orthonormal, so
+        # the balanced split of the K x K matrix X carried through Q is that of Z (one K x K SVD)
+        W, Hx = balanced_split(X, p.d, p.lam_W, p.lam_H)
+        H = Hx[:, p.y] * form.scale[p.y]
+        A = None
+        stat = losses.stationarity_residuals(p, W, H, b)
+        Z = losses.logits(W, H, b)
     else:
-        Zbar = form.fwd(X)
-        Z = Zbar[:, p.y] if form.kind == "collapsed" else Zbar
-        W, H = balanced_split(Z, p.d, p.lam_W, p.lam_H)
+        W, H = balanced_split(form.fwd(X), p.d, p.lam_W, p.lam_H)
         A = None
         stat = losses.stationarity_residuals(p, W, H, b)
         Z = losses.logits(W, H, b)
@@ -325,12 +340,20 @@ def _rel(grad, reg):
     return float(np.linalg.norm(grad) / scale)
 
 
-def _zero_solution(form: Form, method: str) -> Solution | None:
-    """The exact zero test of THEORY §4: ``X = 0`` is optimal iff ``||adj(grad g(b0))||_op <= mu``."""
+def _zero_solution(form: Form, method: str, spec=None) -> Solution | None:
+    """The exact zero test of THEORY §4: ``X = 0`` is optimal iff ``||adj(grad g(b0))||_op <= mu``.
+
+    With ``spec`` (a :class:`_Spectral`) the norm is first estimated cheaply; the exact norm is
+    taken only when the estimate cannot decide (an upper bound above ``mu``, or an estimate near it).
+    """
     b0 = _polish_bias(form, np.zeros(form.shape), None if form.bias == "none" else np.zeros(form.T.shape[0]))
     L = form.logits(np.zeros(form.shape), b0)
-    G = form.data_grad(L)
-    if _opnorm(form.adj(G)) <= form.mu:
+    G = form.adj(form.data_grad(L))
+    if spec is not None:
+        est = spec.opnorm(G)
+        if (est > form.mu) if spec.rigorous else (est > form.mu * (1 + 1e-6)):
+            return None
+    if _opnorm(G) <= form.mu:
         return _recover(form, np.zeros(form.shape), b0, method, "zero",
                         "Zero optimum: ||grad g(0)||_op <= sqrt(lam_W lam_H) (THEORY §4 exact test).", 0,
                         {"zero_test": True}, True)
@@ -436,17 +459,234 @@ def convex(problem, *, solver: str = "CLARABEL", reduce="auto", eps: float = 1e-
                     message=sol.message + " Not certified optimal: tighten eps or use method='prox'.")
 
 
+# -- singular-value thresholding and operator norms ------------------------------------------
+#: ``prox(svd=...)`` choices (see :class:`_Spectral`).
+SVD_MODES = ("auto", "classes", "partial", "full")
+
+_PARTIAL_MIN = 64          # below this min(m, n) a full SVD is as cheap as anything else
+_PARTIAL_FRACTION = 0.25   # the partial path gives up (full SVD) beyond this share of min(m, n)
+_LANCZOS_MIN = 400         # below this min(m, n) the exact operator norm is cheaper than Lanczos
+_PARTIAL_RES = 1e-11       # Ritz residuals (relative to s_1) accepted as converged singular triplets
+
+
+class _Classes:
+    """Exchangeable classes of a collapsed form: the algebra its optimum lies in (THEORY §4).
+
+    In the collapsed form the data term depends on a class only through its count, so
+    permuting classes of equal count (rows and columns of ``X`` together) maps the problem
+    to itself. Averaging a minimizer over these permutations gives one that is invariant
+    (convexity), and the prox of ``mu ||.||_*`` commutes with them; so FISTA can run on the
+    invariant matrices. With groups ``g`` of ``m_g`` classes, an invariant ``X`` is
+    ``sum_g a_g (I_g - J_g/m_g) + E Q E^T`` with ``E`` the normalised group indicators
+    (``e_g = 1_g / sqrt(m_g)``, K x G) and ``Q`` a G x G matrix: its singular values are
+    ``|a_g|`` (multiplicity ``m_g - 1``, on the vectors of group ``g`` that sum to 0) and
+    those of ``Q``. A thresholding then costs a G x G SVD plus O(K^2) reading and writing.
+    """
+
+    def __init__(self, counts):
+        _, self.grp, self.m = np.unique(np.asarray(counts), return_inverse=True, return_counts=True)
+        self.G = len(self.m)
+        self.order = np.argsort(self.grp, kind="stable")
+        self.starts = np.concatenate([[0], np.cumsum(self.m)[:-1]])
+        self.sq = np.sqrt(self.m.astype(float))
+        self.multi = self.m > 1
+
+    def split(self, A):
+        """``(a, Q)`` of the invariant part of the K x K matrix ``A`` (its orthogonal projection)."""
+        S = np.add.reduceat(np.add.reduceat(A[self.order], self.starts, axis=0)[:, self.order], self.starts,
+                            axis=1)                                 # block sums
+        tr = np.bincount(self.grp, weights=np.diagonal(A), minlength=self.G)
+        m = self.m.astype(float)
+        off = np.where(self.multi, (np.diagonal(S) - tr) / np.maximum(m * (m - 1), 1.0), 0.0)
+        a = np.where(self.multi, tr / m - off, 0.0)
+        return a, S / np.outer(self.sq, self.sq)
+
+    def join(self, a, Q):
+        """The K x K matrix with parts ``(a, Q)``."""
+        M = Q / np.outer(self.sq, self.sq) - np.diag(a / self.m)
+        out = M[self.grp][:, self.grp]
+        out[np.diag_indices_from(out)] += a[self.grp]
+        return out
+
+    def opnorm_bound(self, A):
+        """An upper bound of ``||A||_2``: that of the invariant part plus the Frobenius norm of the rest."""
+        a, Q = self.split(A)
+        inv = max(float(np.abs(a[self.multi]).max(initial=0.0)), _opnorm(Q))
+        return inv + float(np.linalg.norm(A - self.join(a, Q)))
+
+    def svt(self, X, tau):
+        """Thresholding of the invariant part of ``X`` and its nuclear norm."""
+        a, Q = self.split(X)
+        a = np.sign(a) * np.maximum(np.abs(a) - tau, 0.0)
+        U, S, Vt = np.linalg.svd(Q)
+        S = np.maximum(S - tau, 0.0)
+        nuc = float(((self.m - 1) * np.abs(a)).sum() + S.sum())
+        return self.join(a, (U * S) @ Vt), nuc
+
+
+class _Spectral:
+    """How :func:`prox` thresholds singular values and bounds operator norms on one form.
+
+    ``mode``:
+
+    * ``"classes"``: the invariant algebra of exchangeable classes (:class:`_Classes`;
+      collapsed forms where some classes share a count);
+    * ``"partial"``: the leading singular triplets only, by subspace iteration warm-started
+      from the previous call's right singular vectors, with a rank that adapts: the basis
+      holds the singular values above the threshold plus a buffer; when the buffer fills
+      up the rank doubles, and beyond ``_PARTIAL_FRACTION`` of ``min(m, n)`` (or when the
+      triplets do not converge) it falls back to a full SVD. Triplets count as converged
+      when ``||X v_i - s_i u_i|| <= _PARTIAL_RES s_1``; the result is then the exact
+      thresholding to that accuracy, and whatever it is, the certificate is evaluated at
+      the iterate actually produced (its nuclear norm is exact by construction);
+    * ``"full"``: LAPACK's SVD at every call (the reference).
+
+    ``stats`` counts the calls per path (``"full"`` counts fallbacks too) and the largest
+    rank kept.
+    """
+
+    def __init__(self, form, svd="auto"):
+        if svd not in SVD_MODES:
+            raise ValueError(f"svd must be one of {SVD_MODES}, got {svd!r}.")
+        self.classes = None
+        if form.kind == "collapsed" and svd in ("auto", "classes"):
+            cl = _Classes(1.0 / form.scale ** 2)
+            if cl.G < len(cl.grp) or svd == "classes":
+                self.classes = cl
+        if svd == "classes" and self.classes is None:
+            raise ValueError("svd='classes' needs a class-collapsed form (hard labels); use 'auto'.")
+        self.mode = "classes" if self.classes is not None else ("full" if svd == "full" else "partial")
+        self.small = min(form.shape) < _PARTIAL_MIN
+        self.rank = None          # singular values above the threshold at the last call
+        self.V = None             # right singular vectors kept for the next warm start
+        self.rng = np.random.default_rng(0)
+        self.wait, self.backoff = 0, 1   # full SVDs to do before the next partial attempt
+        self.stats = {"classes": 0, "partial": 0, "full": 0, "grown": 0, "max_rank": 0}
+
+    # the operator norm used inside the loop, and whether it is an upper bound
+    @property
+    def rigorous(self):
+        return self.mode == "full" or self.small or self.mode == "classes"
+
+    def opnorm(self, A):
+        """``||A||_2`` (an upper bound in ``"classes"`` mode, a Lanczos estimate in ``"partial"``)."""
+        if self.mode == "classes":
+            return self.classes.opnorm_bound(A)
+        if self.rigorous or min(A.shape) < _LANCZOS_MIN:
+            return _opnorm(A)
+        from scipy.sparse.linalg import ArpackNoConvergence, svds
+
+        v0 = np.ones(min(A.shape)) / math.sqrt(min(A.shape))
+        try:   # svds hands tol**2 to the eigensolver of A^T A (1e-10); near the optimum s_1 sits in a
+            # cluster (the dual certificate's singular values gather at mu), where any Ritz value is close
+            return float(svds(A, k=1, tol=1e-5, v0=v0, maxiter=200, return_singular_vectors=False)[0])
+        except ArpackNoConvergence:
+            return _opnorm(A)
+
+    def nuclear(self, X):
+        """``||X||_*`` (from the invariant parts in ``"classes"`` mode, where iterates are invariant)."""
+        if not np.any(X):
+            return 0.0
+        if self.mode == "classes":
+            a, Q = self.classes.split(X)
+            return float(((self.classes.m - 1) * np.abs(a)).sum() + np.linalg.svd(Q, compute_uv=False).sum())
+        return _nuclear(X)
+
+    def project(self, X, b):
+        """The start of the iteration moved into the invariant algebra (``"classes"`` mode).
+
+        The average of ``(X, b)`` over the class permutations; its objective is no larger.
+        """
+        if self.classes is None:
+            return X, b
+        X = self.classes.join(*self.classes.split(X))
+        if b is not None:
+            cl = self.classes
+            b = (np.bincount(cl.grp, weights=b, minlength=cl.G) / cl.m)[cl.grp]
+        return X, b
+
+    def svt(self, X, tau):
+        """The prox of ``tau ||.||_*`` at ``X`` and the nuclear norm of the result."""
+        if self.mode == "classes":
+            self.stats["classes"] += 1
+            return self.classes.svt(X, tau)
+        lim = int(_PARTIAL_FRACTION * min(X.shape))
+        if self.mode == "partial" and not self.small and self.rank is not None and self.wait == 0:
+            k = self.rank + max(8, self.rank // 4)
+            while k <= lim:
+                out = self._partial(X, tau, k)
+                if out is not None:
+                    self.stats["partial"] += 1
+                    self.backoff = 1
+                    return out
+                if out is None and self.V is None:     # did not converge: a larger basis will not help
+                    break
+                self.stats["grown"] += 1
+                k *= 2
+            # failed: full SVDs for the next calls, twice as many after every failure in a row
+            self.wait, self.backoff = self.backoff, min(2 * self.backoff, 64)
+        elif self.wait:
+            self.wait -= 1
+        return self._full(X, tau)
+
+    def _full(self, X, tau):
+        self.stats["full"] += 1
+        U, S, Vt = np.linalg.svd(X, full_matrices=False)
+        S = np.maximum(S - tau, 0.0)
+        r = int(np.count_nonzero(S))
+        self._keep(r, Vt[:r + 8])
+        return (U[:, :r] * S[:r]) @ Vt[:r], float(S.sum())
+
+    def _keep(self, r, Vt):
+        self.rank = r
+        self.V = Vt.T
+        self.stats["max_rank"] = max(self.stats["max_rank"], r)
+
+    def _partial(self, X, tau, k):
+        """Thresholding from a ``k``-dimensional leading subspace, or None when ``k`` is too small.
+
+        If the basis ``Q`` contains the left singular vectors of every singular value above
+        ``tau``, then ``Q^T X`` is their block plus a compressed tail whose singular values stay
+        at or below ``tau``, orthogonal to it on both sides, and ``Q svt(Q^T X)`` is exactly
+        ``svt(X)``: only the kept triplets must converge, not the tail of the basis.
+        """
+        n = X.shape[1]
+        Om = np.empty((n, k))
+        w = 0 if self.V is None else min(k, self.V.shape[1])
+        Om[:, :w] = self.V[:, :w]
+        Om[:, w:] = self.rng.standard_normal((n, k - w))
+        Q = np.linalg.qr(X @ Om)[0]
+        for it in range(8):
+            if it:  # one more power step on the basis
+                Q = np.linalg.qr(X @ np.linalg.qr(X.T @ Q)[0])[0]
+            Ub, S, Vt = np.linalg.svd(Q.T @ X, full_matrices=False)
+            r = int(np.count_nonzero(S > tau))
+            if r > k - max(4, k // 5):
+                self.V = Vt.T           # no room left below the threshold: ask for a larger basis
+                return None
+            U = Q @ Ub[:, :r]
+            res = np.linalg.norm(X @ Vt[:r].T - U * S[:r], axis=0).max(initial=0.0) / max(S[0], 1e-300)
+            if res <= _PARTIAL_RES:
+                self._keep(r, Vt)
+                Sr = S[:r] - tau
+                return (U * Sr) @ Vt[:r], float(Sr.sum())
+            if it >= 2 and res > 1e-4:
+                break                   # singular values crowd at the threshold: subspace iteration stalls
+        self.V = None
+        return None
+
+
 # -- accelerated proximal gradient -----------------------------------------------------------
-def _svt(X, tau):
-    """Singular-value soft-thresholding (the prox of tau ||.||_*); returns the result and its nuclear norm."""
-    U, S, Vt = np.linalg.svd(X, full_matrices=False)
-    S = np.maximum(S - tau, 0.0)
-    r = int(np.count_nonzero(S))
-    return (U[:, :r] * S[:r]) @ Vt[:r], float(S.sum())
 
+def _fista(form: Form, X, b, tol: float, max_iter: int, check_every: int, progress: bool, spec=None):
+    """FISTA with backtracking and adaptive restart from (X, b); returns (X, b, iterations, certificate).
 
-def _fista(form: Form, X, b, tol: float, max_iter: int, check_every: int, progress: bool):
-    """FISTA with backtracking and adaptive restart from (X, b); returns (X, b, iterations, certificate)."""
+    ``spec`` (a :class:`_Spectral`, full SVDs by default) does the thresholding and the operator
+    norms of the certificates; when its norm is only an estimate, a gap at or below ``tol`` is
+    confirmed with the exact norm before the iteration stops.
+    """
+    spec = _Spectral(form, "full") if spec is None else spec
+    X, b = spec.project(X, b)
     lam_b = form.lam_b if form.bias == "regularized" else 0.0
     # initial Lipschitz guess: the data Hessian is <= omega_j * (1/2 for CE, 1 for MSE) per column
     curv = 0.5 if form.loss == "ce" else 1.0
@@ -463,15 +703,21 @@ def _fista(form: Form, X, b, tol: float, max_iter: int, check_every: int, progre
         G = form.data_grad(form.logits(Xv, bv))
         return form.adj(G), (None if bv is None else G.sum(axis=1) + lam_b * bv)
 
+    def check(X, b, nuc):
+        c = _certify(form, X, b, nuc, spec.opnorm)
+        if c["rel_gap"] <= tol and not spec.rigorous:
+            c = _certify(form, X, b, nuc, _opnorm)
+        return c
+
     Yx, Yb = X.copy(), None if b is None else b.copy()
     t = 1.0
-    cert = certificate(form, X, b)
+    cert = check(X, b, spec.nuclear(X))
     nuc, it = None, 0
     while cert["rel_gap"] > tol and it < max_iter:
         it += 1
         gX, gb = grad(Yx, Yb)
         while True:                       # backtracking on the Lipschitz estimate
-            Xn, nuc_n = _svt(Yx - gX / Lip, form.mu / Lip)
+            Xn, nuc_n = spec.svt(Yx - gX / Lip, form.mu / Lip)
             bn = None if Yb is None else Yb - gb / Lip
             # accept when the gradient changed by at most Lip * step (the Lipschitz condition itself:
             # unlike the function-value test it does not drown in rounding near the optimum)
@@ -496,14 +742,14 @@ def _fista(form: Form, X, b, tol: float, max_iter: int, check_every: int, progre
         X, b, t, nuc = Xn, bn, t_next, nuc_n
         Lip *= 0.95                      # let the step grow again
         if it % check_every == 0 or it == max_iter:
-            cert = certificate(form, X, b, nuclear=nuc)
+            cert = check(X, b, nuc)
             if progress:
                 print(f"ufm prox: iteration {it}, relative gap {cert['rel_gap']:.2e}", flush=True)
     return X, cert["b"], it, cert
 
 
 def prox(problem, *, tol: float = 1e-6, max_iter: int = 20_000, reduce="auto", check_every: int = 10,
-         progress: bool = False) -> Solution:
+         progress: bool = False, svd: str = "auto") -> Solution:
     """Global optimum by accelerated proximal gradient (FISTA with restarts) on (4.1).
 
     Each iteration takes a gradient step on the smooth part (data term and bias
@@ -512,6 +758,19 @@ def prox(problem, *, tol: float = 1e-6, max_iter: int = 20_000, reduce="auto", c
     ``U diag((s - tau)_+) V^T``). Momentum restarts when a step turns against the
     previous one (gradient restart, O'Donoghue & Candes 2015). It stops when the certified relative duality gap
     of :func:`certificate` is at most ``tol`` (checked every ``check_every`` iterations).
+
+    The thresholding needs only the singular values above ``tau``. With hard
+    labels, classes of equal count are exchangeable: an optimum is invariant under
+    permuting them, and so is every iterate, whose singular values then take one
+    value per group of equal counts on the vectors that sum to zero within the group
+    plus those of a G x G matrix (G distinct counts); a thresholding costs a G x G
+    SVD and O(K^2) work. Otherwise the leading singular triplets are computed by
+    subspace iteration with a rank that grows until the basis holds every singular
+    value above the threshold, and a full SVD is used when that rank exceeds a
+    quarter of the matrix's smaller side. The certificate is evaluated at the
+    iterate produced, so the certified gap does not depend on this choice; where
+    its operator norm is estimated (Lanczos), the final gap is checked with the
+    exact norm.
 
     The certificate bounds the objective; the iterate itself (and the Grams of
     ``W, H``) is then accurate to about ``sqrt(tol)`` relative, so ask for a tight
@@ -531,28 +790,37 @@ def prox(problem, *, tol: float = 1e-6, max_iter: int = 20_000, reduce="auto", c
         Iterations between two certificates.
     progress : bool
         Show a progress bar.
+    svd : {"auto", "classes", "partial", "full"}
+        How singular values are thresholded: ``"auto"`` uses ``"classes"`` for
+        hard labels with repeated counts and ``"partial"`` otherwise;
+        ``"classes"``: the exchangeable-class algebra (hard labels only);
+        ``"partial"``: leading triplets with a growing rank and a full-SVD
+        fallback; ``"full"``: LAPACK's SVD at every step (the reference).
 
     Returns
     -------
     Solution
         ``method="prox"``; ``success`` is False (with the gap reached) when
-        ``max_iter`` runs out. ``meta`` holds the duality gap and the
-        stationarity residuals.
+        ``max_iter`` runs out. ``meta`` holds the duality gap, the
+        stationarity residuals and ``meta["svd"]``: the mode used and how many
+        thresholdings took each path (``"full"`` includes the fallbacks).
     """
     form = form_of(problem, reduce)
-    zero = _zero_solution(form, "prox")
+    spec = _Spectral(form, svd)
+    zero = _zero_solution(form, "prox", spec)
     if zero is not None:
         return zero
     t0 = time.perf_counter()
     b0 = None if form.bias == "none" else np.zeros(form.T.shape[0])
-    X, b, it, cert = _fista(form, np.zeros(form.shape), b0, tol, max_iter, check_every, progress)
+    X, b, it, cert = _fista(form, np.zeros(form.shape), b0, tol, max_iter, check_every, progress, spec)
     elapsed = time.perf_counter() - t0
     ok = cert["rel_gap"] <= tol
     msg = (f"FISTA converged in {it} iterations ({elapsed:.3g} s)." if ok else
            f"FISTA stopped at max_iter={max_iter} with relative gap {cert['rel_gap']:.2e} > tol={tol:g}; "
            f"raise max_iter or loosen tol.")
     return _recover(form, X, b, "prox", "optimal" if ok else "max_iter", msg, it,
-                    {"tol": tol, "solve_time": elapsed}, ok)
+                    {"tol": tol, "solve_time": elapsed, "svd": {"mode": spec.mode, **spec.stats}}, ok,
+                    cert if spec.rigorous or ok else None)
 
 
 # -- max-margin limits ---------------------------------------------------------------------
