@@ -1,4 +1,4 @@
-"""Reference networks (ufm.bridge.networks): valid deterministic runs, the semantic transient, the CLI."""
+"""Reference networks (ufm.bridge.networks): valid deterministic runs, the rise and the collapse, the CLI."""
 
 import subprocess
 import sys
@@ -8,16 +8,20 @@ import pytest
 import torch
 
 from ufm.bridge.io import log_steps
-from ufm.bridge.networks import DEFAULTS, gap_summary, train_network
+from ufm.bridge.networks import DEFAULTS, LEGACY, gap_summary, train_network
 from ufm.cli import main
 from ufm.results import Run, load
 from ufm.settings import factorial, hierarchy, ntp_contexts
 
 torch.set_num_threads(1)
 
-# small and fast: factorial(2x2x2x2), 16 items, width 128, 3000 steps, item_scale 2 (~2-5 s each on one thread)
+# small and fast: factorial(2x2x2x2), 16 items, width 128 (~1-5 s each on one thread)
 SMALL = factorial((2, 2, 2, 2))
-SMALL_KW = dict(width=128, steps=3000, n_records=40, item_scale=2.0)
+# the earlier conditions (post-ReLU features, no feature / classifier penalty): the gap rises and falls, no ETF
+SMALL_KW = dict(width=128, steps=3000, n_records=40, item_scale=2.0, feature_layer="relu", feature_decay=0.0,
+                classifier_decay=0.0)
+# the defaults' conditions (linear feature layer, item_scale 1, penalties 1e-3), shorter: rise, then the ETF
+WHOLE_KW = dict(width=128, steps=1500, n_records=30)
 
 
 def _grams_equal(a: Run, b: Run):
@@ -43,13 +47,16 @@ def test_mlp_run_is_valid_deterministic_and_on_the_grid(tmp_path):
     np.testing.assert_array_equal(a.attributes, s.attributes)
     assert a.means.shape == (a.T, 32, 8) and a.W.shape == (a.T, 8, 32)
     np.testing.assert_allclose(a.grams, np.einsum("tdk,tdl->tkl", a.means, a.means), atol=1e-9)
-    assert np.all(a.means >= 0)                                         # post-ReLU features
+    assert a.means.min() < 0                                            # linear feature layer (default)
     assert a.loss[0] == pytest.approx(np.log(8), rel=0.1) and a.loss[-1] < 0.1 * a.loss[0]
     m = a.meta
     assert m["status"] == "completed" and m["steps_run"] == 200
     assert m["network"]["arch"] == "mlp" and m["network"]["depth"] == DEFAULTS["mlp"]["depth"]
     assert m["network"]["input_dim"] == 6 + 8                           # 3 binary factors + item one-hot
     assert m["optimizer"] == "adam" and m["lr"] == 1e-3 and m["weight_decay"] == 0.0
+    assert m["feature_decay"] == DEFAULTS["mlp"]["feature_decay"] > 0
+    assert m["classifier_decay"] == DEFAULTS["mlp"]["classifier_decay"] > 0
+    assert m["network"]["feature_layer"] == "linear" and "objective" in m
     assert m["item_scale"] == DEFAULTS["mlp"]["item_scale"] and m["seed"] == 3 and m["torch"] == torch.__version__
     assert m["setting"]["generator"] == "factorial" and m["setting"]["params"]["levels"] == [2, 2, 2]
     saved = load(out)
@@ -58,6 +65,9 @@ def test_mlp_run_is_valid_deterministic_and_on_the_grid(tmp_path):
     # another seed is another initialization
     c = train_network(s, **{**kw, "seed": 4})
     assert not np.allclose(c.grams[0], a.grams[0])
+    # post-ReLU features on request
+    r = train_network(s, feature_layer="relu", **kw)
+    assert np.all(r.means >= 0) and r.meta["network"]["feature_layer"] == "relu"
 
 
 def test_transformer_run_labels_are_next_tokens_and_W_rows_follow():
@@ -71,7 +81,8 @@ def test_transformer_run_labels_are_next_tokens_and_W_rows_follow():
     assert a.W.shape == (a.T, s.N, 32) and a.means.shape == (a.T, 32, s.N)
     m = a.meta
     assert m["network"]["arch"] == "transformer" and m["network"]["outputs"] == len(s.vocab)
-    assert m["optimizer"] == "sgd" and m["lr"] == DEFAULTS["transformer"]["lr"]["sgd"] and m["item_scale"] is None
+    assert m["optimizer"] == DEFAULTS["transformer"]["optimizer"] == "adam" and m["item_scale"] is None
+    assert m["lr"] == DEFAULTS["transformer"]["lr"]["adam"]
     assert a.loss[-1] < 0.5 * a.loss[0]
     # final LayerNorm: every feature has mean 0 and variance ~1 over its coordinates (LN gain/bias start at 1/0)
     np.testing.assert_allclose(a.means[0].mean(axis=0), 0.0, atol=1e-5)
@@ -101,15 +112,55 @@ def test_minibatch_is_deterministic_and_differs_from_full_batch():
     assert a.meta["batch_size"] == 3
 
 
-# -- the transient and its absence ---------------------------------------------------------------
+# -- the whole phenomenon: the gap rises, then the features reach the simplex ETF -------------------
+def test_mlp_gap_rises_then_features_reach_the_etf_at_the_ufm_optimum():
+    """Default conditions: the gap rises during the loss drop, then falls to 0 while the Gram reaches the ETF.
+
+    Margins measured on seeds 0-4 at these sizes: rise +0.10 to +0.13 (peak at step 50), end gap <= 0.002,
+    end ETF distance 0.023-0.040 from 0.77-0.81 at the start, end loss 0.3-0.6 % above the closed form.
+    """
+    run = train_network(SMALL, **WHOLE_KW)
+    s = gap_summary(run)
+    assert s["peak"] > s["start"] + 0.07, s
+    assert 10 <= s["peak_step"] <= 300, s                               # early, during the loss drop
+    assert abs(s["end"]) < 0.05 * s["peak"], s                          # the attribute structure is gone
+    assert s["etf_end"] < 0.08 and s["etf_end"] < 0.1 * s["etf_start"], s
+    assert s["etf_min_step"] > s["peak_step"] and s["collapsed"] and s["transient"]
+    # the end state is the regularized UFM optimum (THEORY 1.2): CE = -log(1 - (K-1) sqrt(lambda_W lambda_H))
+    K, gamma = SMALL.N, np.sqrt(DEFAULTS["mlp"]["feature_decay"] * DEFAULTS["mlp"]["classifier_decay"])
+    assert run.loss[-1] == pytest.approx(-np.log(1 - (K - 1) * gamma), rel=0.02)
+
+
+def test_without_the_feature_penalty_the_mlp_does_not_reach_the_etf():
+    """Same run with feature_decay=0 (classifier penalty kept): the gap stays high, the ETF distance near 0.9
+    (measured 0.887-0.898, seeds 0-2)."""
+    s = gap_summary(train_network(SMALL, **{**WHOLE_KW, "feature_decay": 0.0}))
+    assert s["peak"] > s["start"] + 0.07, s
+    assert s["etf_end"] > 0.5 and not s["collapsed"], s
+
+
+def test_transformer_gap_rises_then_features_reach_the_etf():
+    """Transformer defaults on ntp_contexts(4, 8, 2, 32) (measured on seeds 0-2: rise +0.08 to +0.58 within
+    4 steps, end ETF distance 0.008-0.017)."""
+    s = gap_summary(train_network(ntp_contexts(4, 8, 2, 32)))
+    assert s["peak"] > s["start"] + 0.05, s
+    assert s["peak_step"] <= 20, s
+    assert abs(s["end"]) < 0.05 * s["peak"], s
+    assert s["etf_end"] < 0.05 < s["etf_start"] - 0.5, s
+    assert s["collapsed"] and s["transient"]
+
+
+# -- the earlier conditions: a transient without the ETF, or no transient ----------------------
 def test_mlp_shows_structure_before_collapse():
-    """Gap rises while the loss drops, then falls (AdamW, decoupled decay: fast at this size)."""
+    """Gap rises while the loss drops, then falls (AdamW, decoupled decay: fast at this size); without the
+    feature penalty the features do not reach the ETF (end distance 0.88-0.90 on seeds 0-2)."""
     run = train_network(SMALL, **{**SMALL_KW, "optimizer": "adamw", "weight_decay": 1.0})
     s = gap_summary(run)
     assert s["peak"] > s["start"] + 0.06, s
     assert s["end"] < 0.5 * s["peak"], s
     assert 10 <= s["peak_step"] <= 500, s                               # early, around the loss drop
     assert s["transient"]
+    assert s["etf_end"] > 0.5 and not s["collapsed"], s
 
 
 @pytest.mark.parametrize("config", [
@@ -123,11 +174,31 @@ def test_no_collapse_without_capacity_or_with_sgd(config):
     assert not s["transient"]
 
 
-def test_transformer_shows_structure_before_collapse():
-    s = gap_summary(train_network(ntp_contexts(4, 8, 2, 32)))           # the transformer defaults
+def test_legacy_transformer_shows_the_transient_but_not_the_etf():
+    """The earlier transformer defaults (SGD, no penalties): gap rises and falls, ETF distance ends near 0.78."""
+    s = gap_summary(train_network(ntp_contexts(4, 8, 2, 32), **LEGACY["transformer"]))
     assert s["peak"] > s["start"] + 0.1, s
     assert s["end"] < 0.5 * s["peak"], s
-    assert s["etf_end"] < s["etf_start"], s
+    assert s["etf_start"] > s["etf_end"] > 0.5 and not s["collapsed"], s
+
+
+def test_gap_summary_reports_the_etf_minimum_and_the_collapse_threshold():
+    """A synthetic run: structured Gram P + beta P S P with beta 0 -> 1 -> 0 (THEORY TV6 family)."""
+    s = factorial((2, 2))
+    P = np.eye(4) - 1 / 4
+    betas = np.array([0.3, 1.0, 0.5, 0.05, 0.0])
+    grams = np.stack([P + b * P @ s.share @ P for b in betas]) + 0.1          # a global mean, removed by centring
+    run = Run(steps=np.array([0, 1, 10, 100, 1000]), grams=grams, labels=np.arange(4), counts=np.ones(4, int),
+              attributes=s.attributes)
+    out = gap_summary(run)
+    assert out["peak_step"] == 1 and out["etf_min_step"] == 1000 and out["etf_end"] < 1e-12
+    assert out["collapsed"] and out["transient"]
+    assert np.all(np.diff(out["etf"][1:]) < 0) and out["etf_start"] < out["etf"][1]
+    strict = gap_summary(Run(steps=run.steps[:4], grams=grams[:4], labels=run.labels, counts=run.counts,
+                             attributes=s.attributes), collapse=0.01)
+    assert 0.01 < strict["etf_end"] and not strict["collapsed"]
+    with pytest.raises(ValueError, match="collapse"):
+        gap_summary(run, collapse=-0.1)
 
 
 # -- interruption and divergence ---------------------------------------------------------------
@@ -186,6 +257,10 @@ def test_divergence_keeps_the_records_before_it():
     (dict(width=0), "width"),
     (dict(depth=0), "depth"),
     (dict(item_scale=-1.0), "item_scale"),
+    (dict(feature_layer="tanh"), "feature_layer"),
+    (dict(feature_decay=-1e-3), "feature_decay"),
+    (dict(classifier_decay=float("nan")), "classifier_decay"),
+    (dict(classifier_decay="big"), "classifier_decay"),
     (dict(batch_size=9), "batch_size"),
     (dict(batch_size=0), "batch_size"),
     (dict(n_records=1), "n_records"),
@@ -205,6 +280,8 @@ def test_bad_arguments_for_the_transformer_and_the_setting():
         train_network(ntp_contexts(), item_scale=1.0)
     with pytest.raises(ValueError, match="width must be a multiple"):
         train_network(ntp_contexts(), width=30)
+    with pytest.raises(ValueError, match="feature_layer.*arch='mlp'"):
+        train_network(ntp_contexts(), feature_layer="relu")
     with pytest.raises(ValueError, match="setting must be a ufm.settings.Setting"):
         train_network(np.zeros((4, 2)))
 
@@ -239,8 +316,13 @@ def test_cli_transformer_and_hierarchy(tmp_path, capsys):
                  "--width", "16", "--quiet", "--out", str(tmp_path / "t.npz")]) == 0
     assert load(tmp_path / "t.npz").meta["network"]["arch"] == "transformer"
     assert main(["train-network", "--setting", "hierarchy", "--levels", "2,2", "--steps", "10", "--width", "8",
-                 "--optimizer", "sgd", "--weight-decay", "1e-3", "--quiet", "--out", str(tmp_path / "h")]) == 0
-    assert load(tmp_path / "h.npz").meta["optimizer"] == "sgd"
+                 "--optimizer", "sgd", "--weight-decay", "1e-3", "--feature-layer", "relu", "--feature-decay", "0",
+                 "--classifier-decay", "2e-3", "--quiet", "--out", str(tmp_path / "h")]) == 0
+    text = capsys.readouterr().out
+    assert "collapsed" in text and "feature_decay=0 classifier_decay=0.002" in text
+    m = load(tmp_path / "h.npz").meta
+    assert m["optimizer"] == "sgd" and m["network"]["feature_layer"] == "relu"
+    assert m["feature_decay"] == 0.0 and m["classifier_decay"] == 2e-3
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -250,6 +332,8 @@ def test_cli_transformer_and_hierarchy(tmp_path, capsys):
     (["--setting", "ntp_contexts", "--item-scale", "2"], "item_scale"),
     (["--setting", "factorial", "--steps", "0"], "steps"),
     (["--setting", "factorial", "--lr", "-1"], "lr"),
+    (["--setting", "factorial", "--feature-decay", "-1"], "feature_decay"),
+    (["--setting", "ntp_contexts", "--feature-layer", "relu"], "feature_layer"),
 ])
 def test_cli_bad_input_exits_2(tmp_path, capsys, argv, needle):
     rc = main(["train-network", *argv, "--quiet", "--out", str(tmp_path / "x.npz")])

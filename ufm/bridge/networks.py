@@ -8,8 +8,9 @@
   the M2 encoding ``Phi = [Phi_attr; item_scale * I_N]`` (THEORY §8.2,
   :meth:`~ufm.settings.Setting.encoding`): the attribute one-hots plus an
   item-id one-hot scaled by ``item_scale``, the per-item *input capacity*
-  (``sigma`` of M2); then ``depth`` ReLU layers of ``width`` units and a linear
-  classifier to ``N`` outputs (with bias); item ``i`` has label ``i``;
+  (``sigma`` of M2); then ``depth`` linear layers of ``width`` units, each
+  followed by a ReLU except the last when ``feature_layer="linear"``, and a
+  linear classifier to ``N`` outputs (with bias); item ``i`` has label ``i``;
 * a small **causal transformer** (token settings,
   :func:`~ufm.settings.ntp_contexts`): token + position embeddings (small,
   std 0.02), ``depth`` pre-LayerNorm blocks (causal multi-head self-attention,
@@ -18,23 +19,33 @@
   final hidden state and the target of context ``i`` is its next token
   ``setting.next_tokens[i]``,
 
-with full-batch (default) or mini-batch cross-entropy, and records with
-:class:`~ufm.bridge.io.Exporter` the penultimate features of every item (the
-class means; one example per class), the classifier rows and the loss on the
-log-spaced grid :func:`~ufm.bridge.io.log_steps`. The result is a
-:class:`ufm.results.Run` (the bridge format), ready for the semantic metrics
+with full-batch (default) or mini-batch cross-entropy, optionally regularized
+as in the UFM (THEORY §0.1, eq. 0.1, with ``lambda_b = 0``): the objective is
+
+    mean_i CE(W h_i + b, y_i) + (feature_decay/2) sum_i ||h_i||^2 + (classifier_decay/2) ||W||_F^2,
+
+with ``h_i`` the penultimate feature of item ``i`` and ``W`` the classifier
+weight (all its rows). ``weight_decay`` is separate: the optimizer's decay on
+every parameter. :class:`~ufm.bridge.io.Exporter` records the penultimate
+features of every item (the class means; one example per class), the
+classifier rows and the cross-entropy on the log-spaced grid
+:func:`~ufm.bridge.io.log_steps`. The result is a :class:`ufm.results.Run`
+(the bridge format), ready for the semantic metrics
 (``ufm.metrics.semantic_gap(run.grams[t], run.attributes)``) and for fitting.
 
 What the networks show (measured, ``docs/bridge/networks.md``): with the
 defaults the semantic gap of the feature Gram rises while the loss drops
-(shared attributes are learned first) and then falls (the items spread apart):
-structure before collapse in a real network. The fall needs per-item capacity:
-``item_scale > 0`` for the MLP (attributes alone keep the structure), a
-subject token of its own for every context for the transformer
-(``ntp_contexts(..., n_subjects=N)``; shared subjects keep it). For the MLP it
-also needs an optimizer that keeps moving once the data are fitted (Adam
-without weight decay, or AdamW with decoupled decay); SGD, and Adam with
-coupled L2 decay, keep the structure. The transformer shows it with SGD.
+(shared attributes are learned first), then falls to 0 while the features
+reach the simplex ETF (centred ETF distance below 0.02 in 3/3 seeds on
+factorial((2,)*5), hierarchy(2, depth=5) and ntp_contexts(4, 8, 2, 32)):
+the whole of structure before collapse. The end state is the regularized
+UFM optimum: the objective depends on the network only through ``(H, W, b)``,
+its minimizers over free features are the ETF (THEORY §1.1), and the MLP can
+realize any features (``item_scale > 0``, ``width >= N``); the input kernel
+only shapes the path (THEORY §8.2), not the end. Without these penalties (the earlier
+defaults, ``feature_layer="relu", feature_decay=0, classifier_decay=0``) the
+gap rises and falls but the features do not reach the ETF: the MLP's go
+low-rank (ETF distance 0.8-1.1), the transformer's spread only part way.
 
 torch is optional: ``pip install 'ufm[torch]'`` (``torch==2.13.0``). It is
 imported inside the functions, so ``import ufm.bridge`` works without it.
@@ -42,8 +53,11 @@ imported inside the functions, so ``import ufm.bridge`` works without it.
 References
 ----------
 Zhao, Papadimitriou, Thrampoulidis, "Structure Before Collapse", arXiv 2606.26749;
-THEORY.md §6.3 (order of learned modes), §7.4 (semantic gap), §8.2 (M2 encodings
-and capacity), §8.6 (Gram-matrix bridge).
+Zhu et al., "A geometric analysis of neural collapse with unconstrained features",
+arXiv 2105.02375 (the regularized UFM and its ETF minimizers);
+THEORY.md §0.1 (the objective), §1.1 (its minimizers), §6.3 (order of learned
+modes), §7.2 (ETF distance), §7.4 (semantic gap), §8.2 (M2 encodings and
+capacity), §8.6 (Gram-matrix bridge).
 """
 
 from __future__ import annotations
@@ -56,19 +70,31 @@ import numpy as np
 from .._checks import available_bytes, check_int, check_nonneg, check_positive
 from .io import Exporter, _format_of, log_steps, save_run
 
-__all__ = ["DEFAULTS", "gap_summary", "train_network"]
+__all__ = ["DEFAULTS", "LEGACY", "gap_summary", "train_network"]
 
 #: Defaults of :func:`train_network` per architecture (``None`` arguments take these).
-#: Measured to show the transient on factorial((2,)*5), hierarchy(2, depth=5) (MLP, ~10-25 s on one
-#: CPU thread) and ntp_contexts(4, 8, 2, 32) (transformer, ~5 s); see docs/bridge/networks.md.
+#: Measured to show the rise of the semantic gap and then the simplex ETF (ETF distance < 0.02, 3/3 seeds)
+#: on factorial((2,)*5), hierarchy(2, depth=5) (MLP, ~5 s on one CPU thread) and ntp_contexts(4, 8, 2, 32)
+#: (transformer, ~10 s); see docs/bridge/networks.md. The earlier defaults (end ETF distance 0.8-1.1) are
+#: ``LEGACY``.
 DEFAULTS = {
-    "mlp": {"steps": 8000, "optimizer": "adam", "lr": {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.05}, "width": 256,
-            "depth": 2, "item_scale": 2.5},
-    "transformer": {"steps": 1000, "optimizer": "sgd", "lr": {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.05},
-                    "width": 64, "depth": 2, "heads": 4},
+    "mlp": {"steps": 3000, "optimizer": "adam", "lr": {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.05}, "width": 256,
+            "depth": 2, "item_scale": 1.0, "feature_layer": "linear", "feature_decay": 1e-3,
+            "classifier_decay": 1e-3},
+    "transformer": {"steps": 2000, "optimizer": "adam", "lr": {"adam": 1e-2, "adamw": 1e-2, "sgd": 0.05},
+                    "width": 64, "depth": 2, "heads": 4, "feature_decay": 1e-3, "classifier_decay": 1e-3},
+}
+
+#: The defaults before the feature and classifier penalties (gap rises and falls, features stay far from
+#: the ETF): pass ``**LEGACY[arch]`` to :func:`train_network` to reproduce those runs.
+LEGACY = {
+    "mlp": {"steps": 8000, "item_scale": 2.5, "feature_layer": "relu", "feature_decay": 0.0,
+            "classifier_decay": 0.0},
+    "transformer": {"steps": 1000, "optimizer": "sgd", "lr": 0.05, "feature_decay": 0.0, "classifier_decay": 0.0},
 }
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
+_FEATURE_LAYERS = ("linear", "relu")
 _SGD_MOMENTUM = 0.9
 _EMB_STD = 0.02   # transformer: std of the token and position embeddings at initialization
 
@@ -97,17 +123,20 @@ def _generator(setting) -> str | None:
 
 
 # -- the networks (built after torch is imported) --------------------------------------------
-def _build_mlp(torch, p: int, width: int, depth: int, n_out: int):
+def _build_mlp(torch, p: int, width: int, depth: int, n_out: int, feature_layer: str):
     nn = torch.nn
 
     class MLP(nn.Module):
-        """ReLU MLP; ``features`` is the output of the last hidden ReLU (the penultimate layer)."""
+        """``depth`` linear layers of ``width``; a ReLU after each, except after the last when
+        ``feature_layer == "linear"``; ``features`` is the output of the last hidden layer."""
 
         def __init__(self):
             super().__init__()
             layers, fan_in = [], p
-            for _ in range(depth):
-                layers += [nn.Linear(fan_in, width), nn.ReLU()]
+            for i in range(depth):
+                layers.append(nn.Linear(fan_in, width))
+                if i < depth - 1 or feature_layer == "relu":
+                    layers.append(nn.ReLU())
                 fan_in = width
             self.body = nn.Sequential(*layers)
             self.head = nn.Linear(width, n_out)
@@ -170,8 +199,10 @@ def _optimizer(torch, name: str, params, lr: float, weight_decay: float):
 # -- the entry point -----------------------------------------------------------------------------
 def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: float | None = None,
                   optimizer: str | None = None, weight_decay: float = 0.0, width: int | None = None,
-                  depth: int | None = None, item_scale: float | None = None, batch_size: int | None = None,
-                  n_records: int = 60, seed: int = 0, progress: bool = False, out=None, callback=None):
+                  depth: int | None = None, item_scale: float | None = None, feature_layer: str | None = None,
+                  feature_decay: float | None = None, classifier_decay: float | None = None,
+                  batch_size: int | None = None, n_records: int = 60, seed: int = 0, progress: bool = False,
+                  out=None, callback=None):
     """Train a reference network on a synthetic setting and record its feature Grams (the bridge format).
 
     Parameters
@@ -184,16 +215,18 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
         (``setting.tokens``), else the MLP. The MLP also runs on a token
         setting (its attribute block is then the bag-of-positions one-hot).
     steps : int, optional
-        Optimizer steps (default: ``DEFAULTS[arch]["steps"]``: 8000 MLP, 1000 transformer).
+        Optimizer steps (default: ``DEFAULTS[arch]["steps"]``: 3000 MLP, 2000 transformer).
     lr : float, optional
-        Learning rate (default 1e-3 for Adam/AdamW, 0.05 for SGD).
+        Learning rate (default: MLP 1e-3 for Adam/AdamW; transformer 1e-2 for
+        Adam/AdamW; 0.05 for SGD).
     optimizer : {"adam", "adamw", "sgd"}, optional
         ``torch.optim.Adam`` (``weight_decay`` is an L2 term added to the
         gradient), ``torch.optim.AdamW`` (decoupled decay) or SGD with momentum 0.9
-        (L2 added to the gradient). Default: ``"adam"`` for the MLP, ``"sgd"``
-        for the transformer (the choices under which each shows the transient).
+        (L2 added to the gradient). Default ``"adam"`` for both architectures.
     weight_decay : float
-        Weight decay (``>= 0``), applied to every parameter.
+        The optimizer's weight decay (``>= 0``), applied to every parameter
+        (default 0). Not the UFM's regularization: see ``feature_decay`` and
+        ``classifier_decay``.
     width : int, optional
         MLP hidden width (default 256) / transformer model width (default 64,
         a multiple of the 4 heads).
@@ -202,8 +235,27 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
     item_scale : float, optional
         MLP only: the weight ``sigma`` of the item-id one-hot in the input
         ``Phi = [Phi_attr; sigma I_N]`` (THEORY §8.2), the per-item input capacity
-        (default 2.5; 0 gives the attributes alone). Not defined for the
+        (default 1.0; 0 gives the attributes alone). Not defined for the
         transformer, whose inputs are the tokens alone.
+    feature_layer : {"linear", "relu"}, optional
+        MLP only: ``"linear"`` (default) leaves out the ReLU after the last
+        hidden layer, so the features are that layer's affine output (any sign);
+        ``"relu"`` keeps it (non-negative features, the earlier default). Not
+        defined for the transformer (its features are the final LayerNorm output).
+    feature_decay : float, optional
+        ``lambda_H >= 0``: adds ``(lambda_H/2) * sum_i ||h_i||^2`` over the
+        ``N`` items' penultimate features to the loss (THEORY §0.1, "Zhu
+        normalization": mean cross-entropy, summed feature norms; a mini-batch
+        of ``B`` items adds ``(lambda_H/2) (N/B) sum_batch ||h_i||^2``, the same
+        in expectation). Default 1e-3 (both architectures); 0 turns it off.
+    classifier_decay : float, optional
+        ``lambda_W >= 0``: adds ``(lambda_W/2) ||W||_F^2`` of the classifier
+        weight (all its rows: ``N`` for the MLP, the whole vocabulary for the
+        transformer; the MLP's classifier bias is not penalized, ``lambda_b = 0``).
+        Default 1e-3; 0 turns it off. With both penalties and ``K = N`` classes
+        the UFM minimizer is the simplex ETF with cross-entropy
+        ``-log(1 - (K-1) sqrt(lambda_W lambda_H))`` when ``K sqrt(lambda_W
+        lambda_H) < 1`` (THEORY §1.2); above that bound it is ``W = H = 0``.
     batch_size : int, optional
         Items per step, drawn without replacement each step; ``None`` (default)
         is full-batch training. Records always use every item.
@@ -230,10 +282,11 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
         ``steps`` (the record grid), ``grams`` (T x K x K Grams of the
         penultimate features, uncentred), ``means`` (T x d x K), ``W`` (T x K x d:
         the classifier rows of the labels), ``loss`` (full-batch mean
-        cross-entropy), ``attributes = setting.attributes``, ``counts`` (all 1).
+        cross-entropy, without the penalties), ``attributes = setting.attributes``, ``counts`` (all 1).
         ``labels``: ``arange(N)`` (item ids) for the MLP, ``setting.next_tokens``
         (vocabulary ids) for the transformer; class ``k`` is item ``k`` either way.
-        ``meta`` records the setting, the network, the optimizer, the seeds, the
+        ``meta`` records the setting, the network, the optimizer, the penalties
+        (``feature_decay``, ``classifier_decay``, ``objective``), the seeds, the
         torch version, ``status`` (``"completed"``, ``"interrupted"`` after
         Ctrl-C with the records made so far, or ``"nonfinite"`` when the loss
         diverged), ``message`` and ``steps_run``; no wall time, so equal runs
@@ -253,6 +306,11 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
     (long runs without weight decay reach losses of 1e-8 and below, where a
     float32 softmax saturates and Adam's normalized updates turn into noise).
     ``torch.set_num_threads(1)`` during training (restored afterwards).
+
+    The penalties are added to the loss, not given to the optimizer, so their
+    stationary points are those of the objective above for every optimizer
+    (coupled, unlike AdamW's decoupled ``weight_decay``). For the earlier
+    defaults pass ``**LEGACY[arch]``.
 
     Examples
     --------
@@ -290,9 +348,20 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
         if item_scale is not None:
             raise ValueError("item_scale is the MLP's per-item input weight; the transformer sees the tokens only. "
                              "Drop item_scale, or pass arch='mlp' to train an MLP on the setting's encoding.")
+        if feature_layer is not None:
+            raise ValueError("feature_layer chooses the MLP's last hidden layer; the transformer's features are its "
+                             "final LayerNorm output. Drop feature_layer, or pass arch='mlp'.")
     else:
         item_scale = check_nonneg("item_scale", defaults["item_scale"] if item_scale is None else item_scale,
                                   "the weight of the item-id one-hot in the input")
+        feature_layer = defaults["feature_layer"] if feature_layer is None else feature_layer
+        if feature_layer not in _FEATURE_LAYERS:
+            raise ValueError(f"feature_layer must be 'linear' (no ReLU after the last hidden layer) or 'relu' "
+                             f"(post-ReLU features), got {feature_layer!r}.")
+    feature_decay = check_nonneg("feature_decay", defaults["feature_decay"] if feature_decay is None
+                                 else feature_decay, "lambda_H, the weight of (lambda_H/2) ||H||_F^2")
+    classifier_decay = check_nonneg("classifier_decay", defaults["classifier_decay"] if classifier_decay is None
+                                    else classifier_decay, "lambda_W, the weight of (lambda_W/2) ||W||_F^2")
     N = setting.N
     if batch_size is not None:
         batch_size = check_int("batch_size", batch_size, 1)
@@ -329,7 +398,9 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
         network = {"arch": "mlp", "depth": depth, "width": width, "activation": "relu",
                    "input": "Phi = [attribute one-hots; item_scale * I_N] (THEORY 8.2)", "input_dim": x_all.shape[1],
                    "classifier": f"linear {width} -> {N} outputs with bias", "outputs": N,
-                   "features": "output of the last hidden ReLU layer"}
+                   "feature_layer": feature_layer,
+                   "features": ("output of the last hidden ReLU layer" if feature_layer == "relu" else
+                                "output of the last hidden linear layer (no ReLU after it)")}
     else:
         x_all = np.asarray(setting.tokens, dtype=np.int64)
         labels = np.asarray(setting.next_tokens, dtype=np.int64)
@@ -346,7 +417,12 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
     torch_seed = _torch_seed(seed)
     meta = {"source": "ufm.bridge.train_network", "setting": setting_meta, "network": network,
             "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
-            "momentum": _SGD_MOMENTUM if optimizer == "sgd" else None, "steps_requested": steps,
+            "momentum": _SGD_MOMENTUM if optimizer == "sgd" else None, "feature_decay": feature_decay,
+            "classifier_decay": classifier_decay,
+            "objective": ("mean cross-entropy + (feature_decay/2) * sum over items of ||h_i||^2 + "
+                          "(classifier_decay/2) * ||classifier weight||_F^2 (THEORY 0.1, lambda_b = 0); "
+                          "weight_decay through the optimizer"),
+            "steps_requested": steps,
             "batch_size": batch_size, "seed": seed, "torch_seed": torch_seed,
             "item_scale": item_scale if kind == "mlp" else None,
             "labels": "item index arange(N)" if kind == "mlp" else "next-token vocabulary ids (setting.next_tokens)",
@@ -363,7 +439,7 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(torch_seed)
             if kind == "mlp":
-                model = _build_mlp(torch, x_all.shape[1], width, depth, N)
+                model = _build_mlp(torch, x_all.shape[1], width, depth, N, feature_layer)
                 X = torch.tensor(x_all, dtype=torch.float32)
             else:
                 model = _build_transformer(torch, V, L, width, depth, heads)
@@ -391,7 +467,12 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
                     else:
                         idx = torch.randperm(N, generator=gen)[:batch_size]
                         xb, yb = X[idx], y[idx]
-                    loss = ce(model.head(model.features(xb)).double(), yb)
+                    h = model.features(xb)
+                    loss = ce(model.head(h).double(), yb)
+                    if feature_decay:     # (lambda_H/2) ||H||_F^2 over all N items; a batch estimates it
+                        loss = loss + (0.5 * feature_decay * N / len(yb)) * h.double().pow(2).sum()
+                    if classifier_decay:  # (lambda_W/2) ||W||_F^2
+                        loss = loss + 0.5 * classifier_decay * model.head.weight.double().pow(2).sum()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -418,12 +499,14 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
     return run
 
 
-def gap_summary(run, attributes=None, *, rise: float = 0.05, fall: float = 0.6) -> dict:
-    """Semantic gap of a run at its start, peak and end, and whether it shows the transient.
+def gap_summary(run, attributes=None, *, rise: float = 0.05, fall: float = 0.6, collapse: float = 0.1) -> dict:
+    """Semantic gap and ETF distance of a run: start, peak / minimum, end; whether it rises, falls and collapses.
 
-    The gap is :func:`ufm.metrics.semantic_gap` of each recorded Gram (centred,
-    THEORY §7.4); a record where it is undefined (an item's centred feature is
-    zero, e.g. dead ReLU features) counts as NaN and is skipped.
+    The gap is :func:`ufm.metrics.semantic_gap` and the ETF distance
+    :func:`ufm.metrics.etf_distance` of each recorded Gram (both centred with
+    ``P_K``, THEORY §7.2, §7.4); a record where one is undefined (an item's
+    centred feature is zero, e.g. dead ReLU features, or all features equal)
+    counts as NaN and is skipped.
 
     Parameters
     ----------
@@ -434,19 +517,25 @@ def gap_summary(run, attributes=None, *, rise: float = 0.05, fall: float = 0.6) 
     rise, fall : float
         The transient criterion: ``peak >= start + rise`` and ``end <= fall * peak``
         (defaults 0.05 and 0.6).
+    collapse : float
+        The collapse criterion: ETF distance at the last record ``<= collapse``
+        (default 0.1; the distance is in ``[0, 2]``, 0 at the simplex ETF).
 
     Returns
     -------
     dict
-        ``gaps`` (T,), ``etf`` (T,: :func:`ufm.metrics.etf_distance`, centred),
-        ``start``, ``peak``, ``peak_step``, ``end``, ``etf_start``, ``etf_end``,
-        ``loss_start``, ``loss_end`` (``None`` without losses) and ``transient`` (bool).
+        ``gaps`` (T,), ``etf`` (T,), ``start``, ``peak``, ``peak_step``, ``end``
+        (the gap), ``etf_start``, ``etf_min``, ``etf_min_step``, ``etf_end``,
+        ``loss_start``, ``loss_end`` (``None`` without losses), ``transient``
+        (bool, the gap criterion) and ``collapsed`` (bool, the ETF criterion).
+        A run shows the whole of structure before collapse when both hold.
     """
     from ..metrics import etf_distance, semantic_gap
 
     A = run.attributes if attributes is None else np.asarray(attributes)
     if A is None:
         raise ValueError("attributes: the run records no attribute table; pass attributes=(K x F levels).")
+    collapse = check_nonneg("collapse", collapse, "an ETF-distance threshold")
 
     def safe(fn, *args):
         try:
@@ -462,8 +551,11 @@ def gap_summary(run, attributes=None, *, rise: float = 0.05, fall: float = 0.6) 
     k = int(np.nanargmax(gaps))
     start, peak, end = float(gaps[0]), float(gaps[k]), float(gaps[-1])
     transient = bool(peak >= start + rise and end <= fall * peak)
+    j = None if np.all(np.isnan(etf)) else int(np.nanargmin(etf))
     loss = run.loss
     return {"gaps": gaps, "etf": etf, "start": start, "peak": peak, "peak_step": int(run.steps[k]), "end": end,
-            "etf_start": float(etf[0]), "etf_end": float(etf[-1]),
+            "etf_start": float(etf[0]), "etf_min": float("nan") if j is None else float(etf[j]),
+            "etf_min_step": None if j is None else int(run.steps[j]), "etf_end": float(etf[-1]),
             "loss_start": None if loss is None else float(loss[0]),
-            "loss_end": None if loss is None else float(loss[-1]), "transient": transient}
+            "loss_end": None if loss is None else float(loss[-1]), "transient": transient,
+            "collapsed": bool(etf[-1] <= collapse)}
