@@ -38,7 +38,7 @@ import numpy as np
 from scipy.special import softmax
 
 from . import losses
-from .closed_form import NotApplicable, balanced_split
+from .closed_form import _RANK_TOL, NotApplicable, balanced_split
 from .problems import AnchoredUFM, InputCoupledUFM, UFMProblem
 from .results import Solution
 
@@ -122,8 +122,14 @@ class Form:
 
     def data_grad(self, L):
         if self.loss == "ce":
-            return (softmax(L, axis=0) - self.T) * self.omega[None, :]
-        return (L - self.T) * self.omega[None, :]
+            P = L - L.max(axis=0)                 # column softmax in place: one K x m buffer
+            np.exp(P, out=P)
+            P *= 1.0 / P.sum(axis=0)
+            P -= self.T
+        else:
+            P = L - self.T
+        P *= self.omega[None, :]
+        return P
 
     def logits(self, X, b):
         L = self.fwd(X)
@@ -304,7 +310,24 @@ def _certify(form: Form, X, b, nuclear, opnorm) -> dict:
 
 
 # -- recovery ---------------------------------------------------------------------------
-def _recover(form: Form, X, b, method, status, message, nit, meta, success, cert=None) -> Solution:
+def _split(U, S, Vt, d, lam_W, lam_H):
+    """The balanced split of :func:`ufm.closed_form.balanced_split` from an SVD already at hand
+    (same rank test, same factors, same error when ``d`` is below the rank)."""
+    r = int(np.sum(S > _RANK_TOL * max(S[0] if S.size else 0.0, 1.0)))
+    if r > d:
+        raise NotApplicable(
+            f"d={d} is below rank(Z*)={r}: the optimum needs d >= {r}. "
+            f"Increase d, or use a rank-constrained solver (the convex value is then only a lower bound).")
+    q = (lam_H / lam_W) ** 0.25 if (lam_W > 0 and lam_H > 0) else 1.0
+    root = np.sqrt(S[:r])
+    W = np.zeros((U.shape[0], d))
+    H = np.zeros((d, Vt.shape[1]))
+    W[:, :r] = q * U[:, :r] * root
+    H[:r, :] = (root[:, None] * Vt[:r]) / q
+    return W, H
+
+
+def _recover(form: Form, X, b, method, status, message, nit, meta, success, cert=None, spec=None) -> Solution:
     p = form.problem
     cert = certificate(form, X, b) if cert is None else cert
     b = cert["b"]
@@ -317,7 +340,10 @@ def _recover(form: Form, X, b, method, status, message, nit, meta, success, cert
     elif form.kind == "collapsed":
         # Z = X Q with Q = diag(scale) E (E the K x N one-hot rows): Q's rows are orthonormal, so
         # the balanced split of the K x K matrix X carried through Q is that of Z (one K x K SVD)
-        W, Hx = balanced_split(X, p.d, p.lam_W, p.lam_H)
+        if spec is not None and spec.classes is not None:
+            W, Hx = _split(*spec.classes.svd(X), p.d, p.lam_W, p.lam_H)
+        else:
+            W, Hx = balanced_split(X, p.d, p.lam_W, p.lam_H)
         H = Hx[:, p.y] * form.scale[p.y]
         A = None
         stat = losses.stationarity_residuals(p, W, H, b)
@@ -514,6 +540,35 @@ class _Classes:
         inv = max(float(np.abs(a[self.multi]).max(initial=0.0)), _opnorm(Q))
         return inv + float(np.linalg.norm(A - self.join(a, Q)))
 
+    def svd(self, X):
+        """``U, S, Vt`` (K x K, S decreasing) of the invariant part of ``X``, built in O(K^2).
+
+        On group ``g`` the zero-sum vectors are columns 2..m of the Householder reflection that
+        swaps ``1/sqrt(m)`` and ``e_1`` (orthonormal, orthogonal to ``1``); the group part comes
+        from the G x G SVD of ``Q`` carried by the normalised indicators.
+        """
+        a, Q = self.split(X)
+        K = len(self.grp)
+        U, V = np.zeros((K, K)), np.zeros((K, K))
+        S = np.empty(K)
+        col = 0
+        for g in np.flatnonzero(self.multi):
+            idx = np.flatnonzero(self.grp == g)
+            m = len(idx)
+            w = np.full(m, 1.0 / math.sqrt(m))
+            w[0] -= 1.0
+            basis = (np.eye(m) - 2.0 * np.outer(w, w) / (w @ w))[:, 1:]
+            V[idx, col:col + m - 1] = basis
+            U[idx, col:col + m - 1] = basis * (1.0 if a[g] >= 0 else -1.0)
+            S[col:col + m - 1] = abs(a[g])
+            col += m - 1
+        Uq, Sq, Vqt = np.linalg.svd(Q)
+        U[:, col:] = Uq[self.grp] / self.sq[self.grp, None]
+        V[:, col:] = Vqt.T[self.grp] / self.sq[self.grp, None]
+        S[col:] = Sq
+        order = np.argsort(-S, kind="stable")
+        return U[:, order], S[order], V[:, order].T
+
     def svt(self, X, tau):
         """Thresholding of the invariant part of ``X`` and its nuclear norm."""
         a, Q = self.split(X)
@@ -678,12 +733,14 @@ class _Spectral:
 
 # -- accelerated proximal gradient -----------------------------------------------------------
 
-def _fista(form: Form, X, b, tol: float, max_iter: int, check_every: int, progress: bool, spec=None):
+def _fista(form: Form, X, b, tol: float, max_iter: int, check_every: int, progress: bool, spec=None,
+           start_optimal: bool = True):
     """FISTA with backtracking and adaptive restart from (X, b); returns (X, b, iterations, certificate).
 
     ``spec`` (a :class:`_Spectral`, full SVDs by default) does the thresholding and the operator
     norms of the certificates; when its norm is only an estimate, a gap at or below ``tol`` is
-    confirmed with the exact norm before the iteration stops.
+    confirmed with the exact norm before the iteration stops. ``start_optimal=False`` skips
+    the certificate of the start (known not to be optimal, e.g. by the zero test).
     """
     spec = _Spectral(form, "full") if spec is None else spec
     X, b = spec.project(X, b)
@@ -711,7 +768,7 @@ def _fista(form: Form, X, b, tol: float, max_iter: int, check_every: int, progre
 
     Yx, Yb = X.copy(), None if b is None else b.copy()
     t = 1.0
-    cert = check(X, b, spec.nuclear(X))
+    cert = check(X, b, spec.nuclear(X)) if start_optimal or max_iter < 1 else {"rel_gap": math.inf}
     nuc, it = None, 0
     while cert["rel_gap"] > tol and it < max_iter:
         it += 1
@@ -812,7 +869,7 @@ def prox(problem, *, tol: float = 1e-6, max_iter: int = 20_000, reduce="auto", c
         return zero
     t0 = time.perf_counter()
     b0 = None if form.bias == "none" else np.zeros(form.T.shape[0])
-    X, b, it, cert = _fista(form, np.zeros(form.shape), b0, tol, max_iter, check_every, progress, spec)
+    X, b, it, cert = _fista(form, np.zeros(form.shape), b0, tol, max_iter, check_every, progress, spec, False)
     elapsed = time.perf_counter() - t0
     ok = cert["rel_gap"] <= tol
     msg = (f"FISTA converged in {it} iterations ({elapsed:.3g} s)." if ok else
@@ -820,7 +877,7 @@ def prox(problem, *, tol: float = 1e-6, max_iter: int = 20_000, reduce="auto", c
            f"raise max_iter or loosen tol.")
     return _recover(form, X, b, "prox", "optimal" if ok else "max_iter", msg, it,
                     {"tol": tol, "solve_time": elapsed, "svd": {"mode": spec.mode, **spec.stats}}, ok,
-                    cert if spec.rigorous or ok else None)
+                    cert if spec.rigorous or ok else None, spec)
 
 
 # -- max-margin limits ---------------------------------------------------------------------
