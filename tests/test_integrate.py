@@ -346,3 +346,27 @@ def test_kernel_is_loaded_from_disk_cache_by_a_new_process_and_a_new_rhs():
     hits, misses, status, y1 = out.stdout.split()
     assert (int(hits), int(misses), int(status)) == (1, 0, 0)
     assert abs(float(y1) - 0.5) < 1e-9  # y' = -y^2, y(0) = 1: y(1) = 1/2
+
+
+@pytest.mark.parametrize("log_time", [False, True])
+@pytest.mark.parametrize("budget", [1, 7, 10**6])
+def test_stepper_in_pieces_equals_one_call_to_the_last_bit(log_time, budget):
+    """Stepper (what ufm.simulate's flow uses, so Ctrl-C is seen between pieces) continues exactly where it
+    stopped: same states, same number of evaluations as one integrate() call, whatever the budget per call."""
+    from ufm._integrate import Stepper
+
+    y0 = np.array([2.0, 0.0])
+    t = np.concatenate([[0.0], np.logspace(-1, 1.5, 12)])
+    one = integrate(van_der_pol, y0, (1.5,), t, rtol=1e-8, atol=1e-10, log_time=log_time)
+    st = Stepper(van_der_pol, y0, (1.5,), t[-1], rtol=1e-8, atol=1e-10, log_time=log_time)
+    Y = np.full_like(one.y, np.nan)
+    Y[0] = y0
+    j, calls = 1, 0
+    while j < len(t) and st.status is None:
+        j = st.advance(t, Y, j, budget)
+        calls += 1
+    assert st.status is None and j == len(t) and (calls > 10 if budget == 1 else True)
+    np.testing.assert_array_equal(Y, one.y)
+    assert st.nfev == one.nfev
+    capped = Stepper(van_der_pol, y0, (1.5,), t[-1], max_steps=3)
+    assert capped.advance(t, Y, 1, 100) < len(t) and capped.status == 1 and capped.nsteps == 3

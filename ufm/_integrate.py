@@ -86,7 +86,7 @@ from numba import types as _nbtypes
 
 from ufm._checks import check_int
 
-__all__ = ["STATUS_MESSAGES", "TABLEAU", "IntegrateResult", "dopri5", "dopri5_numpy", "integrate"]
+__all__ = ["STATUS_MESSAGES", "TABLEAU", "IntegrateResult", "Stepper", "dopri5", "dopri5_numpy", "integrate"]
 
 # ---------------------------------------------------------------------------------------------
 # Butcher tableau of RK5(4)7M, Dormand & Prince (1980), exact rationals. ``B`` is the 5th-order
@@ -158,118 +158,87 @@ def _all_finite(a):
 
 
 @numba.njit(cache=True)
-def dopri5(rhs, y0, data, t_eval, rtol, atol, log_time, max_steps, h0):
-    """Integrate ``dy/dt = rhs(y)`` from ``y(0) = y0``; states at ``t_eval``, hit exactly.
+def _dopri5_begin(rhs, y, data, x_end, rtol, atol, log_time, h0, k1):
+    """First derivative (into ``k1``) and first step; returns ``(h, nfev, status)``, status 2 if ``k1`` is not finite.
 
-    Parameters
-    ----------
-    rhs : jitted function ``rhs(y, data, out)``
-        Writes ``dy/dt`` (plain time) into ``out``; autonomous (no ``t`` argument).
-    y0 : float64[::1]
-        State at ``t = 0``.
-    data : tuple
-        Passed to ``rhs`` untouched.
-    t_eval : float64[::1]
-        Strictly increasing output times, ``t_eval[0] >= 0`` (not checked here: see
-        :func:`integrate`).
-    rtol, atol : float
-        Relative and absolute tolerances of the error norm (module docstring).
-    log_time : bool
-        Integrate in ``s = log1p(t)`` with ``dy/ds = exp(s) rhs(y)``.
-    max_steps : int
-        Maximum number of step attempts (accepted + rejected).
-    h0 : float
-        First step in units of the integration variable; ``<= 0`` picks it automatically.
-
-    Returns
-    -------
-    Y : ndarray (len(t_eval), len(y0))
-        States at ``t_eval``; rows not reached are NaN.
-    n_ok : int
-        Number of rows filled (always the leading rows).
-    nfev : int
-        Number of ``rhs`` evaluations.
-    status : int
-        0 success, 1 max_steps reached, 2 non-finite state or derivative, 3 step underflow.
+    Starting step when ``h0 <= 0`` (HNW §II.4): ``h = min(100 h_a, (0.01 / max(d1, d2))^(1/5))``.
     """
-    n = y0.shape[0]
-    m = t_eval.shape[0]
-    Y = np.full((m, n), np.nan)
-    x_eval = np.empty(m)
-    for j in range(m):
-        x_eval[j] = math.log1p(t_eval[j]) if log_time else t_eval[j]
-
-    y = np.empty(n)
+    n = y.shape[0]
+    x = 0.0
+    rhs(y, data, k1)  # exp(0) = 1: no log-time scaling at x = 0
+    nfev = 1
+    if not _all_finite(k1):
+        return 0.0, nfev, 2
+    if h0 > 0.0:
+        return h0, nfev, 0
+    ys = np.empty(n)
+    k2 = np.empty(n)
+    d0 = 0.0
+    d1 = 0.0
     for i in range(n):
-        y[i] = y0[i]
+        sc = atol + rtol * abs(y[i])
+        d0 += (y[i] / sc) ** 2
+        d1 += (k1[i] / sc) ** 2
+    d0 = math.sqrt(d0 / n)
+    d1 = math.sqrt(d1 / n)
+    if d0 < 1e-5 or d1 < 1e-5:
+        ha = 1e-6
+    else:
+        ha = 0.01 * d0 / d1
+    ha = min(ha, x_end - x)
+    for i in range(n):
+        ys[i] = y[i] + ha * k1[i]
+    rhs(ys, data, k2)
+    _scale_log_time(k2, x + ha, log_time)
+    nfev += 1
+    d2 = 0.0
+    for i in range(n):
+        sc = atol + rtol * abs(y[i])
+        d2 += ((k2[i] - k1[i]) / sc) ** 2
+    d2 = math.sqrt(d2 / n) / ha
+    if not math.isfinite(d2):
+        h = ha
+    else:
+        dm = max(d1, d2)
+        if dm <= 1e-15:
+            hb = max(1e-6, ha * 1e-3)
+        else:
+            hb = (0.01 / dm) ** 0.2
+        h = min(100.0 * ha, hb)
+    return h, nfev, 0
+
+
+@numba.njit(cache=True)
+def _dopri5_advance(rhs, y, k1, data, x_eval, Y, j, x, h, rtol, atol, log_time, budget, rejected,
+                    nonfinite):
+    """Steps from ``(x, y, k1, h)`` until ``x_eval`` is done or ``budget`` step attempts are used.
+
+    ``y`` and ``k1`` (the FSAL derivative) are updated in place; reached rows of
+    ``x_eval`` are written into ``Y`` from row ``j`` on. Calling it again with the
+    returned values continues the integration exactly as one longer call would
+    (the step-size controller's flags ``rejected`` and ``nonfinite`` carry over).
+
+    Returns ``(x, h, j, nfev, nsteps, status, rejected, nonfinite)``; ``status`` 0: every
+    row of ``x_eval`` reached, 1: ``budget`` used, 2: non-finite, 3: step underflow.
+    """
+    n = y.shape[0]
+    m = x_eval.shape[0]
+    y_in = y
+    k1_in = k1
+    swapped = False
     yn = np.empty(n)
     ys = np.empty(n)
-    k1 = np.empty(n)
     k2 = np.empty(n)
     k3 = np.empty(n)
     k4 = np.empty(n)
     k5 = np.empty(n)
     k6 = np.empty(n)
     k7 = np.empty(n)
-
-    x = 0.0
     nfev = 0
-    j = 0
-    while j < m and x_eval[j] <= x:
-        for i in range(n):
-            Y[j, i] = y[i]
-        j += 1
-    if j == m:
-        return Y, j, nfev, 0
-
-    rhs(y, data, k1)  # exp(0) = 1: no log-time scaling at x = 0
-    nfev += 1
-    if not _all_finite(k1):
-        return Y, j, nfev, 2
-
-    # Starting step (HNW §II.4): h = min(100 h_a, (0.01 / max(d1, d2))^(1/5)).
-    if h0 > 0.0:
-        h = h0
-    else:
-        d0 = 0.0
-        d1 = 0.0
-        for i in range(n):
-            sc = atol + rtol * abs(y[i])
-            d0 += (y[i] / sc) ** 2
-            d1 += (k1[i] / sc) ** 2
-        d0 = math.sqrt(d0 / n)
-        d1 = math.sqrt(d1 / n)
-        if d0 < 1e-5 or d1 < 1e-5:
-            ha = 1e-6
-        else:
-            ha = 0.01 * d0 / d1
-        ha = min(ha, x_eval[m - 1] - x)
-        for i in range(n):
-            ys[i] = y[i] + ha * k1[i]
-        rhs(ys, data, k2)
-        _scale_log_time(k2, x + ha, log_time)
-        nfev += 1
-        d2 = 0.0
-        for i in range(n):
-            sc = atol + rtol * abs(y[i])
-            d2 += ((k2[i] - k1[i]) / sc) ** 2
-        d2 = math.sqrt(d2 / n) / ha
-        if not math.isfinite(d2):
-            h = ha
-        else:
-            dm = max(d1, d2)
-            if dm <= 1e-15:
-                hb = max(1e-6, ha * 1e-3)
-            else:
-                hb = (0.01 / dm) ** 0.2
-            h = min(100.0 * ha, hb)
-
     status = 0
     nsteps = 0
-    rejected = False
-    nonfinite = False
-    while True:
-        if nsteps >= max_steps:
+    while j < m:
+        if nsteps >= budget:
             status = 1
             break
         target = x_eval[j]
@@ -335,6 +304,7 @@ def dopri5(rhs, y0, data, t_eval, rtol, atol, log_time, max_steps, h0):
             x = x_new
             y, yn = yn, y
             k1, k7 = k7, k1
+            swapped = not swapped
             rejected = False
             nonfinite = False
             if clipped:
@@ -342,8 +312,6 @@ def dopri5(rhs, y0, data, t_eval, rtol, atol, log_time, max_steps, h0):
                     for i in range(n):
                         Y[j, i] = y[i]
                     j += 1
-                if j == m:
-                    break
         else:
             if finite:
                 fac = max(FAC_MIN, SAFETY * err ** ERR_EXP)
@@ -353,7 +321,78 @@ def dopri5(rhs, y0, data, t_eval, rtol, atol, log_time, max_steps, h0):
                 nonfinite = True
             h = hs * fac
             rejected = True
-    return Y, j, nfev, status
+    if swapped:      # the current state lives in the work buffers: hand it back in the caller's arrays
+        for i in range(n):
+            y_in[i] = y[i]
+            k1_in[i] = k1[i]
+    return x, h, j, nfev, nsteps, status, rejected, nonfinite
+
+
+@numba.njit(cache=True)
+def dopri5(rhs, y0, data, t_eval, rtol, atol, log_time, max_steps, h0):
+    """Integrate ``dy/dt = rhs(y)`` from ``y(0) = y0``; states at ``t_eval``, hit exactly.
+
+    Parameters
+    ----------
+    rhs : jitted function ``rhs(y, data, out)``
+        Writes ``dy/dt`` (plain time) into ``out``; autonomous (no ``t`` argument).
+    y0 : float64[::1]
+        State at ``t = 0``.
+    data : tuple
+        Passed to ``rhs`` untouched.
+    t_eval : float64[::1]
+        Strictly increasing output times, ``t_eval[0] >= 0`` (not checked here: see
+        :func:`integrate`).
+    rtol, atol : float
+        Relative and absolute tolerances of the error norm (module docstring).
+    log_time : bool
+        Integrate in ``s = log1p(t)`` with ``dy/ds = exp(s) rhs(y)``.
+    max_steps : int
+        Maximum number of step attempts (accepted + rejected).
+    h0 : float
+        First step in units of the integration variable; ``<= 0`` picks it automatically.
+
+    Returns
+    -------
+    Y : ndarray (len(t_eval), len(y0))
+        States at ``t_eval``; rows not reached are NaN.
+    n_ok : int
+        Number of rows filled (always the leading rows).
+    nfev : int
+        Number of ``rhs`` evaluations.
+    status : int
+        0 success, 1 max_steps reached, 2 non-finite state or derivative, 3 step underflow.
+
+    Notes
+    -----
+    One call of :func:`_dopri5_begin` and one of :func:`_dopri5_advance` with the whole
+    budget; :class:`Stepper` makes the same calls in bounded pieces.
+    """
+    n = y0.shape[0]
+    m = t_eval.shape[0]
+    Y = np.full((m, n), np.nan)
+    x_eval = np.empty(m)
+    for j in range(m):
+        x_eval[j] = math.log1p(t_eval[j]) if log_time else t_eval[j]
+
+    y = np.empty(n)
+    for i in range(n):
+        y[i] = y0[i]
+    k1 = np.empty(n)
+    x = 0.0
+    j = 0
+    while j < m and x_eval[j] <= x:
+        for i in range(n):
+            Y[j, i] = y[i]
+        j += 1
+    if j == m:
+        return Y, j, 0, 0
+    h, nfev, status = _dopri5_begin(rhs, y, data, x_eval[m - 1], rtol, atol, log_time, h0, k1)
+    if status != 0:
+        return Y, j, nfev, status
+    x, h, j, nf, nsteps, status, rejected, nonfinite = _dopri5_advance(
+        rhs, y, k1, data, x_eval, Y, j, x, h, rtol, atol, log_time, max_steps, False, False)
+    return Y, j, nfev + nf, status
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,6 +575,62 @@ def _positive(name, value, minimum=0.0, hint=""):
     return v
 
 
+def _checked(rhs, y0, data, t_eval, rtol, atol, log_time, max_steps, h0, backend):
+    """The arguments of :func:`integrate` checked and converted (shared with :class:`Stepper`)."""
+    if backend not in ("auto", "numba", "numpy"):
+        raise ValueError(f"backend must be 'auto', 'numba' or 'numpy', got {backend!r}.")
+    if backend == "auto":
+        backend = "numpy" if numba.config.DISABLE_JIT else "numba"
+    if not callable(rhs):
+        raise ValueError(f"rhs must be a function rhs(y, data, out), got {type(rhs).__name__}.")
+    if (backend == "numba" and not numba.config.DISABLE_JIT
+            and not isinstance(rhs, numba.core.dispatcher.Dispatcher)):
+        raise ValueError("rhs must be a numba.njit function for backend='numba'; decorate it "
+                         "with @numba.njit or pass backend='numpy'.")
+    if not isinstance(data, tuple):
+        raise ValueError(f"data must be a tuple of arrays/scalars (use () for none), "
+                         f"got {type(data).__name__}.")
+
+    y0a = np.asarray(y0)
+    if y0a.ndim != 1 or y0a.size == 0:
+        raise ValueError(f"y0 must be a non-empty 1-D array, got shape {y0a.shape}; "
+                         "flatten the state (e.g. np.concatenate([W.ravel(), H.ravel()])).")
+    if not np.issubdtype(y0a.dtype, np.number) or np.iscomplexobj(y0a):
+        raise ValueError(f"y0 must be real numbers, got dtype {y0a.dtype}.")
+    y0a = np.array(y0a, dtype=np.float64, order="C")
+    if not np.all(np.isfinite(y0a)):
+        raise ValueError(f"y0 must be finite; entries {np.flatnonzero(~np.isfinite(y0a))[:5]} "
+                         "are NaN or inf.")
+
+    t = np.asarray(t_eval)
+    if t.ndim != 1 or t.size == 0:
+        raise ValueError(f"t_eval must be a non-empty 1-D array of times, got shape {t.shape}.")
+    if not np.issubdtype(t.dtype, np.number) or np.iscomplexobj(t):
+        raise ValueError(f"t_eval must be real numbers, got dtype {t.dtype}.")
+    t = np.array(t, dtype=np.float64, order="C")
+    if not np.all(np.isfinite(t)):
+        raise ValueError("t_eval must be finite; remove NaN/inf times.")
+    if t[0] < 0:
+        raise ValueError(f"t_eval must be >= 0 (the state y0 is at t = 0), got t_eval[0]={t[0]}.")
+    if t.size > 1 and np.any(np.diff(t) <= 0):
+        k = int(np.flatnonzero(np.diff(t) <= 0)[0])
+        raise ValueError(f"t_eval must be strictly increasing; t_eval[{k}]={t[k]} >= "
+                         f"t_eval[{k + 1}]={t[k + 1]}. Sort it and drop duplicates.")
+
+    rtol = _positive("rtol", rtol, minimum=1e-14)
+    atol = _positive("atol", atol)
+    if not isinstance(log_time, (bool, np.bool_)):
+        raise ValueError(f"log_time must be True or False, got {log_time!r}.")
+    log_time = bool(log_time)
+    max_steps = check_int("max_steps", max_steps, 1)
+    if h0 is None:
+        h0v = 0.0
+    else:
+        h0v = _positive("h0", h0, hint=" Pass h0=None to choose the first step automatically.")
+
+    return rhs, y0a, data, t, rtol, atol, log_time, max_steps, h0v, backend
+
+
 def integrate(rhs: Callable, y0, data: tuple, t_eval, rtol: float = 1e-9, atol: float = 1e-12,
               log_time: bool = False, max_steps: int = 10**7, *, h0: float | None = None,
               backend: str = "auto") -> IntegrateResult:
@@ -588,57 +683,8 @@ def integrate(rhs: Callable, y0, data: tuple, t_eval, rtol: float = 1e-9, atol: 
     >>> bool(abs(res.y[1, 0] - np.exp(-2.0)) < 1e-9)
     True
     """
-    if backend not in ("auto", "numba", "numpy"):
-        raise ValueError(f"backend must be 'auto', 'numba' or 'numpy', got {backend!r}.")
-    if backend == "auto":
-        backend = "numpy" if numba.config.DISABLE_JIT else "numba"
-    if not callable(rhs):
-        raise ValueError(f"rhs must be a function rhs(y, data, out), got {type(rhs).__name__}.")
-    if (backend == "numba" and not numba.config.DISABLE_JIT
-            and not isinstance(rhs, numba.core.dispatcher.Dispatcher)):
-        raise ValueError("rhs must be a numba.njit function for backend='numba'; decorate it "
-                         "with @numba.njit or pass backend='numpy'.")
-    if not isinstance(data, tuple):
-        raise ValueError(f"data must be a tuple of arrays/scalars (use () for none), "
-                         f"got {type(data).__name__}.")
-
-    y0a = np.asarray(y0)
-    if y0a.ndim != 1 or y0a.size == 0:
-        raise ValueError(f"y0 must be a non-empty 1-D array, got shape {y0a.shape}; "
-                         "flatten the state (e.g. np.concatenate([W.ravel(), H.ravel()])).")
-    if not np.issubdtype(y0a.dtype, np.number) or np.iscomplexobj(y0a):
-        raise ValueError(f"y0 must be real numbers, got dtype {y0a.dtype}.")
-    y0a = np.array(y0a, dtype=np.float64, order="C")
-    if not np.all(np.isfinite(y0a)):
-        raise ValueError(f"y0 must be finite; entries {np.flatnonzero(~np.isfinite(y0a))[:5]} "
-                         "are NaN or inf.")
-
-    t = np.asarray(t_eval)
-    if t.ndim != 1 or t.size == 0:
-        raise ValueError(f"t_eval must be a non-empty 1-D array of times, got shape {t.shape}.")
-    if not np.issubdtype(t.dtype, np.number) or np.iscomplexobj(t):
-        raise ValueError(f"t_eval must be real numbers, got dtype {t.dtype}.")
-    t = np.array(t, dtype=np.float64, order="C")
-    if not np.all(np.isfinite(t)):
-        raise ValueError("t_eval must be finite; remove NaN/inf times.")
-    if t[0] < 0:
-        raise ValueError(f"t_eval must be >= 0 (the state y0 is at t = 0), got t_eval[0]={t[0]}.")
-    if t.size > 1 and np.any(np.diff(t) <= 0):
-        k = int(np.flatnonzero(np.diff(t) <= 0)[0])
-        raise ValueError(f"t_eval must be strictly increasing; t_eval[{k}]={t[k]} >= "
-                         f"t_eval[{k + 1}]={t[k + 1]}. Sort it and drop duplicates.")
-
-    rtol = _positive("rtol", rtol, minimum=1e-14)
-    atol = _positive("atol", atol)
-    if not isinstance(log_time, (bool, np.bool_)):
-        raise ValueError(f"log_time must be True or False, got {log_time!r}.")
-    log_time = bool(log_time)
-    max_steps = check_int("max_steps", max_steps, 1)
-    if h0 is None:
-        h0v = 0.0
-    else:
-        h0v = _positive("h0", h0, hint=" Pass h0=None to choose the first step automatically.")
-
+    rhs, y0a, data, t, rtol, atol, log_time, max_steps, h0v, backend = _checked(
+        rhs, y0, data, t_eval, rtol, atol, log_time, max_steps, h0, backend)
     if backend == "numpy":
         Y, n_ok, nfev, status = dopri5_numpy(rhs, y0a, data, t, rtol, atol, log_time,
                                              max_steps, h0v)
@@ -656,3 +702,138 @@ def integrate(rhs: Callable, y0, data: tuple, t_eval, rtol: float = 1e-9, atol: 
         message = (f"{message} Reached {n_ok} of {t.size} output times; stopped {where}; "
                    f"rows {n_ok}.. are NaN.")
     return IntegrateResult(Y, n_ok, nfev, status, message)
+
+
+# ---------------------------------------------------------------------------------------------
+# The same integration in pieces of bounded work (Ctrl-C and progress between them).
+
+def _entry(kernel, sig):
+    cres = kernel.overloads.get(sig)
+    if cres is None:
+        kernel.compile(sig)
+        cres = kernel.overloads[sig]
+    return cres.entry_point
+
+
+_STEPPER_ENTRIES: dict = {}
+
+
+def _stepper_entries(rhs, y, data, Y):
+    """Entry points of ``_dopri5_begin`` and ``_dopri5_advance`` with ``rhs`` as a first-class function
+    type (cached on disk like :func:`dopri5`'s; see the module docstring)."""
+    key = (rhs, _layout(y), _layout(data))
+    entries = _STEPPER_ENTRIES.get(key)
+    if entries is None:
+        arr = numba.typeof(y)
+        dty = numba.typeof(data)
+        rhs_args = (arr, dty, arr)
+        rhs.compile(rhs_args)
+        fty = _nbtypes.FunctionType(rhs.overloads[rhs_args].signature.return_type(*rhs_args))
+        f8, b1, i8 = _nbtypes.float64, _nbtypes.boolean, _nbtypes.int64
+        begin = _entry(_dopri5_begin, (fty, arr, dty, f8, f8, f8, b1, f8, arr))
+        advance = _entry(_dopri5_advance, (fty, arr, arr, dty, arr, numba.typeof(Y), i8, f8, f8, f8, f8, b1, i8,
+                                           b1, b1))
+        entries = _STEPPER_ENTRIES[key] = (begin, advance)
+    return entries
+
+
+class Stepper:
+    """:func:`integrate` in pieces: the same steps, in calls of at most ``budget`` step attempts.
+
+    A caller that must react while a long integration runs (Ctrl-C, a progress bar, a
+    memory-bounded recorder) drives the integration from Python: each :meth:`advance`
+    call returns after reaching the requested output times or after ``budget`` step
+    attempts, and the next call continues exactly where it stopped (same state, step
+    size and controller flags), so the states equal those of one :func:`integrate` call
+    over the same output times, to the last bit.
+
+    Parameters
+    ----------
+    rhs, y0, data, rtol, atol, log_time, max_steps, h0, backend :
+        As in :func:`integrate` (``max_steps`` counts the step attempts of all calls).
+    t_end : float
+        The last output time (``> 0``); the automatic first step depends on it, as in
+        :func:`integrate` with ``t_eval[-1] = t_end``.
+
+    Attributes
+    ----------
+    y : ndarray
+        The current state, at time :attr:`t`.
+    status : int or None
+        ``None`` while the integration can go on; else the code of :data:`STATUS_MESSAGES`
+        (1 ``max_steps`` used, 2 non-finite, 3 step underflow; 0 is never set here).
+    nfev, nsteps : int
+        Right-hand-side evaluations and step attempts so far.
+    """
+
+    def __init__(self, rhs, y0, data: tuple, t_end: float, rtol: float = 1e-9, atol: float = 1e-12,
+                 log_time: bool = False, max_steps: int = 10**7, *, h0: float | None = None,
+                 backend: str = "auto"):
+        t_end = _positive("t_end", t_end)
+        (rhs, y, data, _, self.rtol, self.atol, self.log_time, self.max_steps, self._h0,
+         backend) = _checked(rhs, y0, data, [0.0, t_end], rtol, atol, log_time, max_steps, h0, backend)
+        self.rhs, self.data, self.y = rhs, data, y
+        self.k1 = np.empty_like(y)
+        self._x_end = math.log1p(t_end) if self.log_time else t_end
+        self._compiled = backend == "numba" and not numba.config.DISABLE_JIT
+        self.x, self.h, self.nfev, self.nsteps = 0.0, None, 0, 0
+        self.rejected = self.nonfinite = False
+        self.status = None
+
+    @property
+    def t(self) -> float:
+        """The time of the current state."""
+        return math.expm1(self.x) if self.log_time else self.x
+
+    def _kernels(self, Y):
+        if self._compiled:
+            return _stepper_entries(self.rhs, self.y, self.data, Y)
+        jit = not numba.config.DISABLE_JIT
+        return ((_dopri5_begin.py_func if jit else _dopri5_begin),
+                (_dopri5_advance.py_func if jit else _dopri5_advance))
+
+    def advance(self, t_eval, Y, j: int, budget: int) -> int:
+        """Integrate toward the output times ``t_eval``, writing the states reached into ``Y``.
+
+        Parameters
+        ----------
+        t_eval : float64 array (m,)
+            Increasing output times, all later than :attr:`t` from row ``j`` on.
+        Y : float64 array (m, len(y0)), C-contiguous
+            Receives the state at each time reached (rows ``j`` and later).
+        j : int
+            The first row of ``t_eval`` not reached yet.
+        budget : int
+            At most this many step attempts in this call (``>= 1``).
+
+        Returns
+        -------
+        int
+            The first row not reached after this call (``m`` when all are); :attr:`status`
+            says when the integration cannot go on.
+        """
+        if self.status is not None:
+            return j
+        begin, advance = self._kernels(Y)
+        if self.h is None:
+            h, nfev, status = begin(self.rhs, self.y, self.data, self._x_end, self.rtol, self.atol, self.log_time,
+                                    self._h0, self.k1)
+            self.nfev += int(nfev)
+            if status != 0:
+                self.status = int(status)
+                return j
+            self.h = float(h)
+        left = self.max_steps - self.nsteps
+        if left <= 0:
+            self.status = 1
+            return j
+        x_eval = np.array([math.log1p(v) for v in t_eval] if self.log_time else t_eval, dtype=np.float64)
+        x, h, j, nfev, nsteps, status, rej, nonf = advance(
+            self.rhs, self.y, self.k1, self.data, x_eval, Y, j, self.x, self.h, self.rtol, self.atol, self.log_time,
+            min(int(budget), left), self.rejected, self.nonfinite)
+        self.x, self.h, self.rejected, self.nonfinite = float(x), float(h), bool(rej), bool(nonf)
+        self.nfev += int(nfev)
+        self.nsteps += int(nsteps)
+        if status in (2, 3) or (status == 1 and self.nsteps >= self.max_steps):
+            self.status = int(status)
+        return int(j)
