@@ -160,9 +160,14 @@ def test_interrupt_returns_partial_trajectory():
             raise KeyboardInterrupt
         return 0.0
 
-    tr = ufm.simulate(p, steps=1000, lr=0.1, record={"trip": tripwire}, n_records=30)
+    tr = ufm.simulate(p, steps=1000, lr=0.1, record={"trip": tripwire}, n_records=30, on_interrupt="return")
     assert tr.status == "interrupted"
     assert len(tr.steps) == 4 and tr.trip.shape == (1, 4)   # 1 call probes the shape, 4 records kept
+    calls["n"] = 0
+    with pytest.raises(KeyboardInterrupt) as err:              # the default: the interrupt reaches the caller
+        ufm.simulate(p, steps=1000, lr=0.1, record={"trip": tripwire}, n_records=30)
+    assert type(err.value) is KeyboardInterrupt               # exactly: an uncaught one ends a script by SIGINT
+    assert err.value.result.status == "interrupted" and err.value.result.trip.shape == (1, 4)
 
 
 def test_progress_lines_without_tqdm(capsys, monkeypatch):

@@ -30,13 +30,15 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from . import losses
-from ._checks import available_bytes, check_int
+from . import _interrupt, _memory
+from ._checks import check_int
 from .problems import AnchoredUFM, InputCoupledUFM, UFMProblem
 from .results import Trajectory
 
@@ -147,32 +149,52 @@ def _has_weight_decay(problem) -> bool:
 
 
 def _initial_states(problem, seeds, seed, init_scale, given, dtype):
-    """One state per seed: small Gaussian blocks (bias 0), or the user's arrays."""
+    """One state per seed: small Gaussian blocks (bias 0), or the user's arrays.
+
+    Seed ``i`` draws from child ``i`` of ``SeedSequence(seed)`` (``spawn_key=(i,)``, what
+    ``SeedSequence(seed).spawn`` gives), made one at a time. Arrays are written in ``dtype``.
+    """
     shapes = losses.blocks(problem)
-    children = np.random.SeedSequence(seed).spawn(seeds)
+    root = np.random.SeedSequence(seed)
     batch = {}
     for name, shape in shapes.items():
-        arr = np.empty((seeds,) + shape, dtype=np.float64)
+        arr = np.empty((seeds,) + shape, dtype=dtype)
         value = given.get(name)
         if value is not None:
             v = np.asarray(value, dtype=np.float64)
-            if v.shape == shape:
-                arr[:] = v
-            elif v.shape == (seeds,) + shape:
-                arr[:] = v
-            else:
+            if v.shape != shape and v.shape != (seeds,) + shape:
                 raise ValueError(f"{name}0 must have shape {shape} (all seeds) or {(seeds,) + shape} (per seed), "
                                  f"got {v.shape}.")
-            if not np.all(np.isfinite(arr)):
+            if not np.all(np.isfinite(v)):
                 raise ValueError(f"{name}0 contains NaN or inf.")
+            arr[:] = v
         batch[name] = arr
-    for i, child in enumerate(children):
-        rng = np.random.default_rng(child)
-        for name, shape in shapes.items():
-            draw = np.zeros(shape) if name == "b" else init_scale * rng.standard_normal(shape)
-            if given.get(name) is None:
+    drawn = [name for name in shapes if given.get(name) is None]
+    for i in range(seeds if drawn else 0):
+        if i % 4096 == 4095 and _interrupt.requested():
+            raise KeyboardInterrupt
+        rng = np.random.default_rng(np.random.SeedSequence(root.entropy, spawn_key=root.spawn_key + (i,),
+                                                           pool_size=root.pool_size))
+        for name in shapes:
+            draw = np.zeros(shapes[name]) if name == "b" else init_scale * rng.standard_normal(shapes[name])
+            if name in drawn:
                 batch[name][i] = draw
-    return {name: np.ascontiguousarray(arr, dtype=dtype) for name, arr in batch.items()}
+    return batch
+
+
+def _stationary_start(problem, batch, init_scale, given):
+    """Seeds whose start is an exact stationary point of the features (gradient of W and H/A exactly 0)."""
+    if init_scale > 0 and all(given.get(n) is None for n in ("W", "H", "A")):
+        return []        # a Gaussian start is never exactly stationary
+    bad = []
+    seeds = batch["W"].shape[0]
+    for i in range(seeds):
+        g = losses.state_gradients(problem, _seed_state(batch, i))
+        if all(not np.any(g[n]) for n in g if n != "b"):
+            bad.append(i)
+        if i == 63 and len(bad) == 64:       # the same start everywhere: no need to look further
+            return list(range(seeds))
+    return bad
 
 
 def _seed_state(batch, i):
@@ -274,23 +296,50 @@ class _Progress:
 
 # -- memory ------------------------------------------------------------------------
 def _available_bytes() -> int:
-    free = available_bytes()
-    return 1 << 34 if free is None else free   # unknown platform: assume 16 GiB
+    """Free memory (bytes) the guard divides; a function so tests can pretend the machine is small."""
+    return _memory.free_bytes()
 
 
-def _check_memory(recorders, problem, seeds, n_times):
-    sizes = {name: 8 * seeds * n_times * int(np.prod(r.shape(problem))) for name, r in recorders.items()}
-    total = sum(sizes.values())
-    budget = _available_bytes() // 2
-    if total > budget:
-        big = sorted(sizes, key=sizes.get, reverse=True)[:2]
-        raise ValueError(
-            f"recording {sorted(recorders)} for {seeds} seeds at {n_times} steps needs about "
-            f"{total / 2**30:.2f} GiB, more than half the free memory ({budget / 2**30:.2f} GiB). "
-            f"The largest records are {big}; record Grams ('gram_means', K x K) or scalar metrics instead of "
-            f"full matrices, or lower n_records / seeds."
-        )
-    return total
+def memory_estimate(problem, recorders, seeds: int, n_times: int, mode: str = "gd", dtype=np.float64,
+                    threads: int | None = None) -> dict:
+    """Bytes ``ufm.simulate`` holds at its peak, by part (the guard of ``ufm._memory``).
+
+    Parts: ``records`` (one float64 array ``(seeds, T, ...)`` per recorded quantity, filled
+    in place and handed to the Trajectory without a copy), ``state`` (every seed's blocks),
+    ``workspace`` (the kernels' buffers: per running seed for GD, the integrator's stages
+    and the velocity's products for the flow), ``recording`` (the largest temporary of
+    one recorded quantity at one seed: features, Grams) and ``seeding`` (the Gaussian
+    draw of the largest block, made before the records exist: counted only above them).
+    """
+    shapes = losses.blocks(problem)
+    K, N = problem.K, problem.N
+    d = shapes["W"][1]
+    item = np.dtype(dtype).itemsize
+    n_state = sum(int(np.prod(sh)) for sh in shapes.values())
+    parts = {"records": 8 * seeds * n_times * sum(int(np.prod(r.shape(problem))) for r in recorders.values())}
+    parts["state"] = item * seeds * n_state
+    icm = isinstance(problem, InputCoupledUFM)
+    if mode == "gd":
+        if threads is None:
+            import numba
+
+            threads = numba.get_num_threads()
+        running = max(1, min(seeds, int(threads)))
+        per = 2 * K * N + K * d + 3 * N + (2 * d * N + d * shapes["A"][1] if icm else d * N)
+        if not icm and d > N:
+            per += 2 * d * N          # the kernel works on H^T: a transposed copy and its gradient
+        parts["workspace"] = item * running * per
+    else:
+        # per seed, the integrator's state and FSAL derivative (made while the start is still held);
+        # one seed's 8 stage buffers, the velocity's products and one recorded row
+        parts["state"] += 2 * 8 * seeds * n_state
+        parts["workspace"] = 8 * (9 * n_state + 2 * K * N + (2 * d * N if icm else 0))
+    feat = 2 * d * N if icm else 0        # A Phi is computed afresh (twice for gram_H); H is a view
+    parts["recording"] = 8 * max((feat + int(np.prod(r.shape(problem))) for r in recorders.values()), default=0)
+    # the start is drawn before the records exist: its temporaries count only where they exceed the rest
+    rest = parts["records"] + parts["workspace"] + parts["recording"]
+    parts["seeding"] = max(0, 16 * max(int(np.prod(sh)) for sh in shapes.values()) - rest)
+    return parts
 
 
 # -- the entry point -----------------------------------------------------------------
@@ -298,7 +347,7 @@ def simulate(problem, steps: int, lr: float | None = None, *, mode: str = "gd", 
              seed: int = 0, seeds: int = 1, record=("loss",), n_records: int = 100, grid: str = "log",
              record_steps=None, W0=None, H0=None, A0=None, b0=None, attributes=None, dtype=np.float64,
              progress: bool = False, time_variable: str = "auto", rtol: float = 1e-8, atol: float = 1e-10,
-             max_steps: int = 10**6) -> Trajectory:
+             max_steps: int = 10**6, on_interrupt: str = "raise") -> Trajectory:
     """Simulate gradient descent or gradient flow of a UFM model and record it over (log-)time.
 
     Parameters
@@ -316,7 +365,9 @@ def simulate(problem, steps: int, lr: float | None = None, *, mode: str = "gd", 
         adaptive Dormand-Prince 5(4) method to tolerance ``rtol``/``atol``.
     init_scale : float
         Standard deviation of the Gaussian initialization of every block but the
-        bias (initialized at 0).
+        bias (initialized at 0). ``0`` puts the features at an exact stationary point
+        (a saddle of the objective), which GD and the flow never leave: refused unless
+        ``W0``/``H0``/``A0`` give a start that can move.
     seed, seeds : int
         ``seeds`` independent runs; run ``i`` draws its initialization from child
         ``i`` of ``np.random.SeedSequence(seed)``, so a run does not depend on how
@@ -346,37 +397,43 @@ def simulate(problem, steps: int, lr: float | None = None, *, mode: str = "gd", 
         ``"log"`` exactly when the problem has no weight decay and no anchor.
     rtol, atol, max_steps :
         Flow mode: integrator tolerances and budget of step attempts per seed (6 evaluations each).
+    on_interrupt : {"raise", "return"}
+        What Ctrl-C (SIGINT) does. The kernels run in chunks of at most a few tenths of a
+        second, so the run stops within about a second, between chunks, and every record
+        made so far is kept in a Trajectory with status ``"interrupted"``. ``"raise"``
+        (default): ``KeyboardInterrupt`` is raised with that Trajectory in its ``result``
+        attribute, so a script stops where the user pressed Ctrl-C (``except
+        KeyboardInterrupt as err: err.result`` keeps it); ``"return"``: the Trajectory is
+        returned and the caller goes on.
 
     Returns
     -------
     Trajectory
         ``steps``, ``times``, ``records`` (each ``(seeds, T, ...)``), ``status``
         (``"completed"``, ``"interrupted"`` after Ctrl-C, ``"nonfinite"``, ``"max_steps"``),
-        ``message``, ``mode`` and ``meta`` (``meta["time_variable"]`` in flow mode).
-        Whatever was recorded before an interruption or overflow is kept.
+        ``message``, ``mode`` and ``meta`` (``meta["time_variable"]`` in flow mode,
+        ``meta["memory_estimate"]`` the peak bytes by part). Whatever was recorded before
+        an interruption or overflow is kept, for every seed, up to the last step all seeds
+        reached.
+
+    Raises
+    ------
+    ValueError
+        Bad arguments, a stationary start, or a run whose estimated peak memory
+        (:func:`memory_estimate`: records, state, kernel buffers, temporaries) exceeds half
+        the free memory; all checked before anything large is allocated.
+    KeyboardInterrupt
+        After Ctrl-C with ``on_interrupt="raise"``; its ``result`` holds the Trajectory.
 
     References
     ----------
     THEORY.md §4 (gradients), §6 (dynamics), §8.1-8.2 (anchored and input-coupled models).
     """
     model = _model_name(problem)
-    steps = check_int("steps", steps, 1)
-    seeds = check_int("seeds", seeds, 1)
-    if lr is None:
-        raise ValueError("lr is required: the GD step size (in flow mode, the time unit: horizon = steps * lr).")
-    lr = float(lr)
-    if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite number > 0, got {lr}.")
-    if mode not in ("gd", "flow"):
-        raise ValueError(f"mode must be 'gd' or 'flow', got {mode!r}.")
-    init_scale = float(init_scale)
-    if not (math.isfinite(init_scale) and init_scale >= 0):
-        raise ValueError(f"init_scale must be finite and >= 0, got {init_scale}.")
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float64, np.float32):
-        raise ValueError(f"dtype must be float64 or float32, got {dtype}.")
-    if mode == "flow" and dtype != np.float64:
-        raise ValueError("flow mode integrates in float64 only; drop dtype or use mode='gd'.")
+    a = check_arguments(steps=steps, lr=lr, mode=mode, init_scale=init_scale, seeds=seeds, dtype=dtype,
+                        time_variable=time_variable, n_records=n_records, grid=grid, rtol=rtol, atol=atol,
+                        max_steps=max_steps, on_interrupt=on_interrupt)
+    steps, lr, init_scale, seeds, dtype = a["steps"], a["lr"], a["init_scale"], a["seeds"], a["dtype"]
 
     if record_steps is None:
         grid_steps = record_grid(steps, n_records, grid)
@@ -387,50 +444,162 @@ def simulate(problem, steps: int, lr: float | None = None, *, mode: str = "gd", 
         grid_steps = np.unique(np.concatenate([[0], grid_steps, [steps]]))
 
     recorders = _resolve_recorders(problem, record, attributes)
-    _check_memory(recorders, problem, seeds, len(grid_steps))
+    parts = memory_estimate(problem, recorders, seeds, len(grid_steps), mode, dtype)
+    if sum(parts.values()) > _memory.budget(_available_bytes()):
+        big = max(parts, key=parts.get)
+        fix = {"records": f"record Grams ('gram_means', K x K) or scalar metrics instead of full matrices "
+                          f"(largest: {max(recorders, key=lambda n: np.prod(recorders[n].shape(problem)))!r}), "
+                          f"or lower n_records (now {len(grid_steps)} records) or seeds (now {seeds})",
+               "state": f"lower seeds (now {seeds}) or the problem size",
+               "workspace": "use a smaller problem (K, N, d) or fewer numba threads",
+               "recording": "record Grams or scalar metrics instead of N x N or d x N quantities",
+               "seeding": "use a smaller problem"}[big]
+        _memory.check(parts, "ufm.simulate", f"To fit: {fix}.", free=_available_bytes())
 
     given = {"W": W0, "H": H0, "A": A0, "b": b0}
     allowed = set(losses.blocks(problem))
     for name, value in given.items():
         if value is not None and name not in allowed:
             raise ValueError(f"{name}0 was given but a {model} model has no block {name!r} (blocks: {sorted(allowed)}).")
-    batch = _initial_states(problem, seeds, seed, init_scale, given, dtype)
 
     meta = {"problem": problem.as_dict(), "model": model, "lr": lr, "steps_requested": steps, "seed": seed,
             "seeds": seeds, "init_scale": init_scale, "dtype": dtype.name, "grid": grid if record_steps is None
-            else "explicit", "record": sorted(recorders)}
-    rec = {name: [] for name in recorders}
+            else "explicit", "record": sorted(recorders), "memory_estimate": {k: int(v) for k, v in parts.items()}}
     warnings = []
-
-    def keep(states):
-        """Record every quantity at one step; all or nothing, so records stay aligned."""
-        row = {}
-        for name, r in recorders.items():
-            per_seed = []
-            for i in range(next(iter(states.values())).shape[0]):
-                st = _seed_state(states, i)
-                try:
-                    per_seed.append(np.asarray(r.fn(problem, st), dtype=np.float64))
-                except ValueError as err:   # a metric undefined at this state (e.g. coincident class means)
-                    per_seed.append(np.full(r.shape(problem), np.nan))
-                    if len(warnings) < 20:
-                        warnings.append(f"{name} undefined at a recorded step: {err}")
-            row[name] = np.stack(per_seed)
-        for name, value in row.items():
-            rec[name].append(value)
-
-    if mode == "gd":
-        status, message, kept = _run_gd(problem, batch, lr, dtype, grid_steps, keep, progress)
-    else:
-        status, message, kept, info = _run_flow(problem, batch, lr, grid_steps, keep, progress, time_variable,
-                                                rtol, atol, max_steps)
-        meta.update(info)
+    with _interrupt.deferred():
+        try:
+            batch = _initial_states(problem, seeds, seed, init_scale, given, dtype)
+        except KeyboardInterrupt:
+            raise _interrupt.interrupted(None, "interrupted while drawing the initial states; nothing was run.") \
+                from None
+        still = _stationary_start(problem, batch, init_scale, given)
+        if still:
+            raise ValueError(
+                f"the start of seed(s) {still[:8]}{'...' if len(still) > 8 else ''} is an exact stationary point: "
+                f"the gradients of the weights and features are exactly 0 there"
+                f"{' (init_scale=0 starts every block at 0, a saddle of the objective)' if init_scale == 0 else ''}"
+                f", so GD and the gradient flow never leave it and the run would record a state that cannot move. "
+                f"Pass init_scale > 0 (e.g. 1e-3) or initial blocks W0/H0/A0 with a nonzero gradient.")
+        rec = _Records(problem, recorders, seeds, len(grid_steps), warnings)
+        if mode == "gd":
+            status, message, kept = _run_gd(problem, batch, lr, dtype, grid_steps, rec, progress)
+        else:
+            status, message, kept, info = _run_flow(problem, batch, lr, grid_steps, rec, progress, time_variable,
+                                                    rtol, atol, max_steps)
+            meta.update(info)
     if warnings:
         meta["warnings"] = warnings
     done = grid_steps[:kept]
-    records = {name: np.stack(vals, axis=1) if vals else np.zeros((seeds, 0)) for name, vals in rec.items()}
-    return Trajectory(steps=done, times=done * lr, records=records, status=status, message=message, mode=mode,
-                      meta=meta, citation="THEORY §4, §6, §8; ufm.simulate")
+    traj = Trajectory(steps=done, times=done * lr, records=rec.arrays(kept), status=status, message=message,
+                      mode=mode, meta=meta, citation="THEORY §4, §6, §8; ufm.simulate")
+    return _interrupt.finish(traj, status == "interrupted", on_interrupt, message)
+
+
+def check_arguments(**kw) -> dict:
+    """Check the scalar arguments of :func:`simulate` that are given (by keyword); return them converted.
+
+    ``ufm.sweep`` calls it on its fixed arguments and grid values before any run, so a bad
+    ``steps`` or ``lr`` is one error, not one failed run per grid point.
+
+    Parameters
+    ----------
+    **kw
+        Any of ``steps``, ``lr``, ``mode``, ``init_scale``, ``seeds``, ``dtype``,
+        ``time_variable``, ``n_records``, ``grid``, ``rtol``, ``atol``, ``max_steps``,
+        ``on_interrupt``; others are ignored.
+
+    Returns
+    -------
+    dict
+        The checked values (ints, floats, a numpy dtype).
+    """
+    out = dict(kw)
+    if "steps" in kw:
+        out["steps"] = check_int("steps", kw["steps"], 1)
+    if "seeds" in kw:
+        out["seeds"] = check_int("seeds", kw["seeds"], 1)
+    if "n_records" in kw:
+        out["n_records"] = check_int("n_records", kw["n_records"], 2)
+    if "max_steps" in kw:
+        out["max_steps"] = check_int("max_steps", kw["max_steps"], 1)
+    if "on_interrupt" in kw:
+        _interrupt.check_on_interrupt(kw["on_interrupt"])
+    if "lr" in kw:
+        if kw["lr"] is None:
+            raise ValueError("lr is required: the GD step size (in flow mode, the time unit: horizon = steps * lr).")
+        try:
+            lr = float(kw["lr"])
+        except (TypeError, ValueError):
+            raise ValueError(f"lr must be a finite number > 0, got {kw['lr']!r}.") from None
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {lr}.")
+        out["lr"] = lr
+    mode = kw.get("mode", "gd")
+    if mode not in ("gd", "flow"):
+        raise ValueError(f"mode must be 'gd' or 'flow', got {mode!r}.")
+    if "init_scale" in kw:
+        try:
+            scale = float(kw["init_scale"])
+        except (TypeError, ValueError):
+            raise ValueError(f"init_scale must be finite and >= 0, got {kw['init_scale']!r}.") from None
+        if not (math.isfinite(scale) and scale >= 0):
+            raise ValueError(f"init_scale must be finite and >= 0, got {scale}.")
+        out["init_scale"] = scale
+    if "dtype" in kw:
+        try:
+            dtype = np.dtype(kw["dtype"])
+        except TypeError:
+            raise ValueError(f"dtype must be float64 or float32, got {kw['dtype']!r}.") from None
+        if dtype not in (np.float64, np.float32):
+            raise ValueError(f"dtype must be float64 or float32, got {dtype}.")
+        if mode == "flow" and dtype != np.float64:
+            raise ValueError("flow mode integrates in float64 only; drop dtype or use mode='gd'.")
+        out["dtype"] = dtype
+    if mode == "flow" and kw.get("time_variable", "auto") not in ("auto", "t", "log"):
+        raise ValueError(f"time_variable must be 'auto', 't' or 'log', got {kw['time_variable']!r}.")
+    if "grid" in kw and kw["grid"] not in ("log", "linear"):
+        raise ValueError(f"grid must be 'log' or 'linear', got {kw['grid']!r}.")
+    for name in ("rtol", "atol"):
+        if name in kw and mode == "flow":
+            try:
+                v = float(kw[name])
+            except (TypeError, ValueError):
+                v = math.nan
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a finite number > 0 (the integrator's tolerance), got {kw[name]!r}.")
+    return out
+
+
+class _Records:
+    """Preallocated records ``(seeds, T, ...)`` (float64), filled in place one seed and row at a time."""
+
+    def __init__(self, problem, recorders, seeds, n_times, warnings):
+        self.problem, self.recorders, self.warnings = problem, recorders, warnings
+        self.data = {name: np.full((seeds, n_times) + tuple(r.shape(problem)), np.nan)
+                     for name, r in recorders.items()}
+
+    def keep(self, i, j, state):
+        """Record every quantity of seed ``i`` at row ``j`` from its state (float64 blocks)."""
+        for name, r in self.recorders.items():
+            try:
+                self.data[name][i, j] = r.fn(self.problem, state)
+            except ValueError as err:   # a metric undefined at this state (e.g. coincident class means)
+                self.data[name][i, j] = np.nan
+                if len(self.warnings) < 20:
+                    self.warnings.append(f"{name} undefined at a recorded step: {err}")
+
+    def keep_all(self, batch, j):
+        for i in range(next(iter(batch.values())).shape[0]):
+            self.keep(i, j, _seed_state(batch, i))
+
+    def arrays(self, kept):
+        """The first ``kept`` rows, read-only views (the Trajectory takes them without copying)."""
+        out = {}
+        for name, arr in self.data.items():
+            view = arr[:, :kept]
+            view.setflags(write=False)
+            out[name] = view
+        return out
 
 
 def _resolve_recorders(problem, record, attributes):
@@ -471,28 +640,60 @@ def _resolve_recorders(problem, record, attributes):
     return out
 
 
-def _run_gd(problem, batch, lr, dtype, grid_steps, keep, progress):
+class _Chunks:
+    """How much work to hand a kernel per call: grown or shrunk so one call takes about ``target`` seconds."""
+
+    def __init__(self, start, target=0.2, top=1 << 40):
+        self.size, self.target, self.top = int(start), target, top
+        self.t0 = None
+
+    def start(self):
+        self.t0 = time.perf_counter()
+
+    def done(self, used):
+        dt = time.perf_counter() - self.t0
+        if used >= self.size:           # the call used its whole budget: adjust toward the target duration
+            if dt < self.target / 4:
+                self.size = min(self.size * 4, self.top)
+            elif dt < self.target / 2:
+                self.size = min(self.size * 2, self.top)
+            elif dt > self.target * 2:
+                self.size = max(self.size // 2, 1)
+
+
+def _run_gd(problem, batch, lr, dtype, grid_steps, rec, progress):
     gd = _GD(problem, batch, lr, dtype)
     bar = _Progress(progress, int(grid_steps[-1]), "ufm.simulate (gd)")
     kept, current = 0, 0
     status, message = "completed", f"ran {int(grid_steps[-1])} GD steps."
+    chunk = _Chunks(8)
     try:
         _limit_blas()
         for target in grid_steps:
-            if target > current:
-                last = gd.run(int(target - current))
+            bad = None
+            while current < target:
+                if _interrupt.requested():
+                    raise KeyboardInterrupt
+                n = int(min(chunk.size, target - current))
+                chunk.start()
+                last = gd.run(n)
+                chunk.done(n)
                 if not np.all(np.isfinite(last)) or not all(np.all(np.isfinite(a)) for a in gd.batch.values()):
                     bad = np.flatnonzero(~np.isfinite(last)).tolist()
-                    status = "nonfinite"
-                    message = (f"the state became non-finite between steps {current} and {int(target)} "
-                               f"(seeds {bad or 'some'}); lower lr. Records up to step {current} are kept.")
                     break
-                current = int(target)
-            keep(gd.states())
+                current += n
+                bar.update(current)
+            if bad is not None:
+                status = "nonfinite"
+                message = (f"the state became non-finite between steps {current} and {current + n} "
+                           f"(seeds {bad or 'some'}); lower lr. Records up to step "
+                           f"{int(grid_steps[kept - 1]) if kept else 0} are kept.")
+                break
+            rec.keep_all(gd.states(), kept)
             kept += 1
-            bar.update(current)
     except KeyboardInterrupt:
-        status, message = "interrupted", f"interrupted at step {current}; {kept} records kept."
+        status, message = "interrupted", (f"interrupted (Ctrl-C) at step {current}; {kept} records kept "
+                                          f"(up to step {int(grid_steps[kept - 1]) if kept else 0}).")
     finally:
         bar.close()
     return status, message, kept
@@ -507,46 +708,66 @@ def _limit_blas():
     threadpool_limits(1)
 
 
-def _run_flow(problem, batch, lr, grid_steps, keep, progress, time_variable, rtol, atol, max_steps):
-    from ._integrate import integrate
+def _run_flow(problem, batch, lr, grid_steps, rec, progress, time_variable, rtol, atol, max_steps):
+    """Every seed integrated in lockstep, one recorded time after the other, in pieces of bounded work."""
+    from ._integrate import STATUS_MESSAGES, Stepper
 
     if time_variable == "auto":
         time_variable = "t" if _has_weight_decay(problem) else "log"
-    if time_variable not in ("t", "log"):
-        raise ValueError(f"time_variable must be 'auto', 't' or 'log', got {time_variable!r}.")
     rhs, data = _flow_rhs_and_data(problem)
     shapes = losses.blocks(problem)
     names = list(shapes)
     t_eval = grid_steps.astype(np.float64) * lr
     seeds = batch["W"].shape[0]
-    paths, nfev, statuses, messages = [], [], [], []
-    bar = _Progress(progress, seeds, "ufm.simulate (flow, seeds)")
-    interrupted = False
+    steppers = []
+    for i in range(seeds):
+        st = Stepper(rhs, _flatten(_seed_state(batch, i), names), data, t_eval[-1], rtol=rtol, atol=atol,
+                     log_time=(time_variable == "log"), max_steps=max_steps)
+        steppers.append(st)
+    batch.clear()           # the steppers hold the states now
+    bar = _Progress(progress, len(t_eval), "ufm.simulate (flow, records)")
+    row = np.empty((1, steppers[0].y.size))
+    chunk = _Chunks(16, top=10**7)
+    kept, failed = 0, None
+    status = "completed"
     try:
-        for i in range(seeds):
-            y0 = _flatten(_seed_state(batch, i), names)
-            res = integrate(rhs, y0, data, t_eval, rtol=rtol, atol=atol, log_time=(time_variable == "log"),
-                            max_steps=max_steps)
-            paths.append(res)
-            nfev.append(int(res.nfev))
-            statuses.append(int(res.status))
-            messages.append(res.message)
-            bar.update(i + 1)
+        for j, t in enumerate(t_eval):
+            if t > 0:
+                for i, st in enumerate(steppers):
+                    reached = 0
+                    while reached == 0 and st.status is None:
+                        if _interrupt.requested():
+                            raise KeyboardInterrupt
+                        before = st.nsteps
+                        chunk.start()
+                        reached = st.advance(t_eval[j:j + 1], row, 0, chunk.size)
+                        chunk.done(st.nsteps - before)
+                    if st.status is not None:
+                        failed = i
+                        break
+                    rec.keep(i, j, _unflatten(row[0], shapes))
+                if failed is not None:
+                    break
+            else:
+                for i, st in enumerate(steppers):
+                    rec.keep(i, j, _unflatten(st.y, shapes))
+            kept = j + 1
+            bar.update(kept)
     except KeyboardInterrupt:
-        interrupted = True
+        status = "interrupted"
     finally:
         bar.close()
-    n_ok = min((r.n_ok for r in paths), default=0)
-    for j in range(n_ok):      # seeds not integrated (after Ctrl-C) are left out, never half-kept
-        keep({name: np.stack([_unflatten(r.y[j], shapes)[name] for r in paths]) for name in names})
+    nfev = [st.nfev for st in steppers]
     info = {"time_variable": "log(1+t)" if time_variable == "log" else "t", "integrator": "dopri5",
             "rtol": rtol, "atol": atol, "nfev": nfev}
-    if interrupted:
-        return "interrupted", f"interrupted after {len(paths)} of {seeds} seeds; those seeds are kept.", n_ok, info
-    worst = max(statuses) if statuses else 0
-    if worst == 0:
+    reached = f"t = {t_eval[kept - 1]:g}" if kept else "nothing"
+    if status == "interrupted":
+        return "interrupted", (f"interrupted (Ctrl-C) while integrating toward t = {t_eval[min(kept, len(t_eval) - 1)]:g}; "
+                               f"{kept} records kept for all {seeds} seed(s), up to {reached}."), kept, info
+    if failed is None:
         return "completed", f"integrated the gradient flow to t = {t_eval[-1]:g} ({sum(nfev)} evaluations).", \
-            n_ok, info
-    status = {1: "max_steps", 2: "nonfinite", 3: "nonfinite"}.get(worst, "nonfinite")
-    return status, f"flow stopped early: {messages[statuses.index(worst)]} Records up to t = " \
-                   f"{t_eval[n_ok - 1] if n_ok else 0:g} are kept.", n_ok, info
+            kept, info
+    code = steppers[failed].status
+    status = {1: "max_steps", 2: "nonfinite", 3: "nonfinite"}.get(code, "nonfinite")
+    return status, (f"flow stopped early at seed {failed}: {STATUS_MESSAGES[code]} Records up to {reached} are "
+                    f"kept."), kept, info

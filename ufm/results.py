@@ -53,6 +53,67 @@ def _jsonable(x):
     return x
 
 
+def _frozen(value, dtype) -> np.ndarray:
+    """``value`` as a read-only array of ``dtype``.
+
+    An array that already has that dtype and is read-only is taken as it is (no copy: a
+    simulation hands over its records this way); anything else is copied, so the
+    caller's own arrays are never frozen or aliased.
+    """
+    if isinstance(value, np.ndarray) and value.dtype == dtype and not value.flags.writeable:
+        return value
+    arr = np.array(value, dtype=dtype)
+    arr.setflags(write=False)
+    return arr
+
+
+_HASH_BLOCK = 1 << 24      # bytes per piece when a non-contiguous array is hashed
+
+
+def _hash_array(h, arr) -> None:
+    """Feed the C-order float64 bytes of ``arr`` to ``h`` (what ``arr.tobytes()`` gives) without copying it whole."""
+    a = np.asarray(arr)
+    if a.dtype != np.float64:
+        a = a.astype(np.float64)
+    if a.flags.c_contiguous:
+        h.update(memoryview(a.reshape(-1)).cast("B"))
+        return
+    if a.ndim == 0 or a.nbytes <= _HASH_BLOCK:
+        h.update(np.ascontiguousarray(a).tobytes())
+        return
+    for sub in a:             # C order: the leading index varies slowest
+        _hash_array(h, sub)
+
+
+def check_save_path(path) -> str:
+    """The ``.npz`` file ``save`` writes for ``path``; a ValueError (naming the path and the fix) for a folder,
+    a missing parent folder or one that cannot be written, before anything is computed or written.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file; ``.npz`` is appended when missing.
+
+    Returns
+    -------
+    str
+        The path that will be written.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder; pass a file name inside it, e.g. {os.path.join(path, 'result.npz')}.")
+    if not path.endswith(".npz"):
+        path += ".npz"
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder; pass another file name.")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"cannot write {path}: the folder {parent} does not exist; create it first.")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"cannot write {path}: the folder {parent} is not writable; choose another place.")
+    return path
+
+
 class _Result:
     """Save/load, read-only arrays and content hash for result dataclasses."""
 
@@ -76,15 +137,9 @@ class _Result:
         for name in self._ARRAYS:
             value = getattr(self, name)
             if value is not None:
-                arr = np.array(value, dtype=np.int64 if name in self._INT_ARRAYS else np.float64)
-                arr.setflags(write=False)
-                object.__setattr__(self, name, arr)
+                object.__setattr__(self, name, _frozen(value, np.int64 if name in self._INT_ARRAYS else np.float64))
         for name in self._DICTS:
-            frozen = {}
-            for key, value in getattr(self, name).items():
-                arr = np.array(value, dtype=np.float64)
-                arr.setflags(write=False)
-                frozen[str(key)] = arr
+            frozen = {str(key): _frozen(value, np.float64) for key, value in getattr(self, name).items()}
             object.__setattr__(self, name, _FrozenDict(frozen))
         meta = _jsonable(dict(self.meta))
         meta.setdefault("versions", package_versions())
@@ -106,7 +161,7 @@ class _Result:
         h = hashlib.sha256()
         for name, arr in self._all_arrays().items():
             h.update(name.encode())
-            h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
+            _hash_array(h, arr)
         rest = {k: v for k, v in meta.items() if k not in ("content_hash", "versions")}
         h.update(json.dumps(_jsonable(self._scalars()), sort_keys=True).encode())
         h.update(json.dumps(rest, sort_keys=True).encode())
@@ -122,19 +177,18 @@ class _Result:
         Parameters
         ----------
         path : str or path-like
-            The file; ``.npz`` is appended when missing.
+            The file; ``.npz`` is appended when missing. A folder, or a file in a
+            folder that does not exist or cannot be written, is a ValueError.
 
         Returns
         -------
         str
             The path written.
         """
+        path = check_save_path(path)
         arrays = self._all_arrays()
         header = {"schema": _SCHEMA, "type": type(self).__name__,
                   "scalars": _jsonable(self._scalars()), "meta": self.meta}
-        path = os.fspath(path)
-        if not path.endswith(".npz"):
-            path += ".npz"
         np.savez_compressed(path, __header__=np.array(json.dumps(header)), **arrays)
         return path
 
@@ -485,19 +539,17 @@ class SweepResult(_Result):
         Parameters
         ----------
         path : str or path-like
-            The file; ``.npz`` is appended when missing.
+            The file; ``.npz`` is appended when missing (checked as in :func:`check_save_path`).
 
         Returns
         -------
         str
             The path written.
         """
+        path = check_save_path(path)
         rows, arrays = pack_records(self.records)
         header = {"schema": _SCHEMA, "type": type(self).__name__, "scalars": self._scalars(),
                   "records": rows, "meta": self.meta}
-        path = os.fspath(path)
-        if not path.endswith(".npz"):
-            path += ".npz"
         np.savez_compressed(path, __header__=np.array(json.dumps(header)), **arrays)
         return path
 

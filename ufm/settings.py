@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ufm._checks import available_bytes, check_int as _check_int, check_nonneg
+from ufm._checks import check_int as _check_int, check_nonneg
 from ufm.problems import UFMProblem
 
 __all__ = ["Setting", "factorial", "hierarchy", "ntp_contexts", "MAX_ITEMS"]
@@ -61,13 +61,10 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 
 
 def _check_memory(nbytes: int, what: str) -> None:
-    """Refuse an allocation larger than the memory this machine has free."""
-    free = available_bytes()
-    if free is not None and free > 0 and nbytes > free:
-        raise ValueError(
-            f"{what} needs {nbytes / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB of memory is free; "
-            "use a setting with fewer items."
-        )
+    """Refuse an allocation larger than the memory guard allows (``ufm._memory``: half the free memory)."""
+    from ufm import _memory
+
+    _memory.check({what: nbytes}, what, "Use a setting with fewer items.")
 
 
 def _names(arg: str, value, count: int, default) -> tuple[str, ...]:
