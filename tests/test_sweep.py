@@ -253,7 +253,9 @@ def test_interrupt_keeps_finished_runs_and_resume_computes_only_missing(tmp_path
     stop.touch()
     fixed = {"counter": str(counter), "stop_file": str(stop)}
     grid = {"a": [1, 2, 3, 4, 5]}
-    first = ufm.sweep(counted, grid, seeds=2, fixed=fixed, backend="sequential", cache_dir=cache, progress=False)
+    with pytest.raises(KeyboardInterrupt) as err:          # the default: Ctrl-C reaches the caller, with the result
+        ufm.sweep(counted, grid, seeds=2, fixed=fixed, backend="sequential", cache_dir=cache, progress=False)
+    first = err.value.result
     assert first.status == "interrupted" and "compute only the 6 missing" in first.message
     assert [(r["a"], r["seed_index"]) for r in first.records] == [(1, 0), (1, 1), (2, 0), (2, 1)]
     assert len(list(cache.glob("*.npz"))) == 4 and not list(cache.glob("*.tmp"))
@@ -274,7 +276,8 @@ def test_interrupt_keeps_finished_runs_and_resume_computes_only_missing(tmp_path
 
 
 def test_interrupted_simulation_stops_the_sweep():
-    res = ufm.sweep(interrupted_trajectory, {"a": [0, 1, 2]}, backend="sequential", progress=False)
+    res = ufm.sweep(interrupted_trajectory, {"a": [0, 1, 2]}, backend="sequential", progress=False,
+                    on_interrupt="return")
     assert res.status == "interrupted" and [r["a"] for r in res.records] == [0]
 
 
@@ -298,7 +301,8 @@ def test_ctrl_c_during_a_loky_sweep_then_resume(tmp_path):
     try:
         watcher = threading.Thread(target=interrupt_after_three_runs, daemon=True)
         watcher.start()
-        first = ufm.sweep(counted, grid, fixed=fixed, backend="loky", n_jobs=2, cache_dir=cache, progress=False)
+        first = ufm.sweep(counted, grid, fixed=fixed, backend="loky", n_jobs=2, cache_dir=cache, progress=False,
+                          on_interrupt="return")
     finally:
         finished.set()
         watcher.join(5)

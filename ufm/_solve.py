@@ -69,6 +69,7 @@ def solve(problem, method: str = "auto", **options):
         return _auto(problem, options)
     reasons = {}
     run, applies = _method(method)
+    _check_options(repr(method), run, options)
     ok, why = applies(problem)
     if ok:
         return run(problem, **options)
@@ -78,6 +79,21 @@ def solve(problem, method: str = "auto", **options):
             f" No registered method ({sorted(METHODS)}) applies to this problem.")
     detail = "\n".join(f"[{k}] {v}" for k, v in reasons.items())
     raise NoMethodApplies(f"method={method!r} cannot solve {problem!r}.{hint}\n{detail}")
+
+
+def _check_options(method, run, options):
+    """Options the method does not take are refused by name, with the ones it does take."""
+    import inspect
+
+    params = inspect.signature(run).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    known = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)][1:]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"method={method} takes no option {', '.join(map(repr, unknown))}; its options are "
+                         f"{known or 'none'}" + (". The closed form is exact: it has no tolerance or iteration "
+                                                 "limit." if "closed_form" in method else "."))
 
 
 def _auto(problem, options):
@@ -105,6 +121,7 @@ def _auto(problem, options):
                 detail = "\n".join(f"[{k}] {v}" for k, v in reasons.items())
                 raise NoMethodApplies(f"no method solves {problem!r}:\n{detail}")
             choice, reason = "svm", f"no closed form and no minimizer; the max-margin limit applies ({why})"
+    _check_options(f"auto (which chose {choice!r})", _method(choice)[0], options)
     if choice == "prox":
         # auto is for "the answer": a 1e-9 certified objective gap puts the geometry (Grams) at ~3e-5
         options = {"tol": 1e-9, **options}

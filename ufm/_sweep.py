@@ -401,7 +401,27 @@ class _Call:
         out = self.task(*args, **kwargs)
         if isinstance(out, Trajectory) and out.status == "interrupted":
             raise KeyboardInterrupt("the simulation was interrupted")
-        return summarize(out, self.keep)
+        return summarize(out, self.keep), run_failure(out)
+
+
+def run_failure(out) -> str | None:
+    """Why a task's result is a failed run, or ``None``.
+
+    A simulation that did not complete (``status`` ``"nonfinite"``: it diverged;
+    ``"max_steps"``: the integrator gave up), a solution that is not a certified
+    optimum (``success=False``), or a simulation whose final recorded scalars are not
+    finite: such runs are counted as failed (``ok=False``), with their summary kept.
+    """
+    if isinstance(out, Trajectory):
+        if out.status != "completed":
+            return f"{out.status}: {out.message}"
+        loss = out.records.get("loss")
+        if loss is not None and loss.shape[1] and not np.all(np.isfinite(loss[:, -1])):
+            return "nonfinite: the final loss is not finite"
+        return None
+    if isinstance(out, Solution) and not out.success:
+        return f"not solved ({out.status}): {out.message}"
+    return None
 
 
 _BLAS_CAPPED = False
@@ -431,7 +451,7 @@ def _cap_threads(mode):
             pass
 
 
-def _run_job(call, job: _Job, cache_dir=None, marks_dir=None, cap=None):
+def _run_job(call, job: _Job, cache_dir=None, marks_dir=None, cap=None, workers=1):
     """Run one (point, seed); returns ``(index, record, error_traceback, written_to_cache)``.
 
     Exceptions of the task become a record with ``ok=False``; ``KeyboardInterrupt``
@@ -445,9 +465,13 @@ def _run_job(call, job: _Job, cache_dir=None, marks_dir=None, cap=None):
             return job.index, cached, None, True
     if cap:
         _cap_threads(cap)
+    if cap == "process":
+        from . import _memory
+
+        _memory.WORKERS = max(int(workers), 1)    # the memory guard of each run counts the runs beside it
     record = {**job.params, "seed_index": job.seed_index, "seed": job.seed}
     try:
-        outputs = call(job.params, job.seed)
+        outputs, failure = call(job.params, job.seed)
         clean = {}
         for name, value in outputs.items():
             name = str(name)
@@ -455,6 +479,9 @@ def _run_job(call, job: _Job, cache_dir=None, marks_dir=None, cap=None):
     except Exception as err:
         record.update(ok=False, error=f"{type(err).__name__}: {err}")
         return job.index, record, traceback.format_exc(limit=-4), False
+    if failure is not None:       # the task returned, but its run failed (diverged, not solved): not cached
+        record.update(ok=False, error=f"RunFailed: {failure}", **clean)
+        return job.index, record, None, False
     record.update(ok=True, error=None, **clean)
     written = False
     if cache_dir is not None:
@@ -559,6 +586,16 @@ def _run_threads(call, jobs, done, opts):
     joblib = _joblib()
     from threadpoolctl import threadpool_limits
 
+    from . import _memory
+
+    saved, _memory.WORKERS = _memory.WORKERS, opts["n_jobs"]     # the threads share this process's memory
+    try:
+        _run_threads_inner(joblib, threadpool_limits, call, jobs, done, opts)
+    finally:
+        _memory.WORKERS = saved
+
+
+def _run_threads_inner(joblib, threadpool_limits, call, jobs, done, opts):
     with threadpool_limits(1):
         gen = joblib.Parallel(n_jobs=opts["n_jobs"], backend="threading", return_as="generator_unordered")(
             joblib.delayed(_run_job)(call, job, None, None, "thread") for job in jobs)
@@ -588,7 +625,7 @@ def _run_loky(call, jobs, done, opts):
     def parallel(batch, n_jobs):
         return joblib.Parallel(n_jobs=n_jobs, backend="loky", inner_max_num_threads=1,
                                return_as="generator_unordered")(
-            joblib.delayed(_run_job)(call, job, workdir, marks, "process") for job in batch)
+            joblib.delayed(_run_job)(call, job, workdir, marks, "process", n_jobs) for job in batch)
 
     def receive(out):
         finished.add(out[0])
@@ -660,7 +697,7 @@ def _run_dask(call, jobs, done, opts):
     futures = {}
     try:
         for job in jobs:
-            fut = client.submit(_run_job, call, job, opts["cache_dir"], None, "process", pure=False,
+            fut = client.submit(_run_job, call, job, opts["cache_dir"], None, "process", 1, pure=False,
                                 key=f"ufm-sweep-{token}-{job.index}", retries=opts["retries"])
             futures[fut] = job
         # results are fetched in the client's event loop as tasks finish (no round trip per run here)
@@ -684,7 +721,8 @@ _RUNNERS = {"sequential": _run_sequential, "threads": _run_threads, "loky": _run
 # -- the entry point ---------------------------------------------------------------------------
 def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = None, problem=None, keep=(),
           backend: str = "loky", n_jobs: int | None = None, client=None, cache_dir=None, progress: bool = True,
-          retries: int = 2, seed_scope: str = "point", seed_arg: str | None = "auto") -> SweepResult:
+          retries: int = 2, seed_scope: str = "point", seed_arg: str | None = "auto",
+          on_interrupt: str = "raise") -> SweepResult:
     """Run ``task`` at every grid point and seed, in parallel, and collect tidy records.
 
     Each run calls ``task(**point, **fixed, seed=s)`` (with ``problem=``:
@@ -754,6 +792,12 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
         Name of the task's seed argument; ``"auto"``: ``"seed"`` when the task
         has a parameter called ``seed`` (``ufm.solve`` has none: it is
         deterministic), else none. The records list ``seed`` either way.
+    on_interrupt : {"raise", "return"}
+        What Ctrl-C (SIGINT) does: the sweep stops (the runs in flight are abandoned,
+        finished ones are kept and, with ``cache_dir``, already on disk) and the partial
+        SweepResult (``status="interrupted"``) is raised in the ``result`` attribute of a
+        ``KeyboardInterrupt`` (``"raise"``, the default, as :func:`ufm.simulate`) or
+        returned (``"return"``).
 
     Returns
     -------
@@ -762,12 +806,18 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
         ``seed``, ``ok``, ``error`` and the task's summary), ``status``
         (``"completed"`` or ``"interrupted"``), ``message`` (counts and errors),
         ``meta``. ``result.to_pandas()`` gives a DataFrame when pandas is installed.
+        A run is failed (``ok=False``) when the task raised, or returned a simulation
+        that did not complete (diverged: ``"nonfinite"``; ``"max_steps"``) or a solution
+        that is not a certified optimum (:func:`run_failure`); its summary is kept.
 
     Raises
     ------
     ValueError
-        Bad grid, unknown backend, or a keyword that neither the task nor the
-        problem factory accepts (checked before anything runs).
+        Bad grid, unknown backend, a missing backend package, a keyword that neither
+        the task nor the problem factory accepts, or (for ``ufm.simulate``) a bad
+        ``steps``, ``lr``, ... in ``fixed`` or the grid (checked before anything runs).
+    KeyboardInterrupt
+        After Ctrl-C with ``on_interrupt="raise"``; its ``result`` holds the SweepResult.
 
     Examples
     --------
@@ -794,6 +844,18 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
         raise ValueError(f"client is for backend='dask'; got backend={backend!r}. Drop client or set backend='dask'.")
     if seed_scope not in ("point", "sweep"):
         raise ValueError(f"seed_scope must be 'point' or 'sweep', got {seed_scope!r}.")
+    from . import _interrupt
+
+    on_interrupt = _interrupt.check_on_interrupt(on_interrupt)
+    if backend == "dask":
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise ValueError("backend='dask' needs dask.distributed, which is not installed: "
+                             "pip install 'ufm[distributed]' (or choose backend='loky').") from None
+    if isinstance(grid, dict) and not grid:
+        raise ValueError("grid is empty ({}); give at least one parameter and its values, e.g. {'sigma': [1.0, 2.0]} "
+                         "(to repeat one configuration, give its parameters one-value lists and use seeds=).")
     keep = (keep,) if isinstance(keep, str) else tuple(keep)
     fixed = dict(fixed or {})
     points = grid_points(grid)
@@ -828,6 +890,7 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
         elif name not in task_keys and not task_var:
             where = "the problem factory nor the task" if problem is not None else "the task"
             raise ValueError(f"{name!r} is not a keyword of {where} ({task_name}); check its spelling.")
+    _precheck(fn, fixed, points, routed)
     call = _Call(fn, problem, routed, fixed, keep, seed_arg)
     call_id = _dumps({"task": task_name, "problem": _canonical(problem, "problem"),
                       "fixed": _canonical(fixed, "fixed"), "keep": list(keep), "seed_arg": seed_arg})
@@ -840,7 +903,7 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
 
     records: list = [None] * len(jobs)
     if cache_dir is not None:
-        cache_dir = os.path.abspath(os.fspath(cache_dir))      # workers may run in another folder
+        cache_dir = os.path.abspath(check_output_folder(cache_dir, "cache_dir"))   # workers may run elsewhere
         os.makedirs(cache_dir, exist_ok=True)
         for job in jobs:
             records[job.index] = read_cached(cache_dir, job.key)
@@ -895,13 +958,70 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
             "elapsed": time.perf_counter() - t0}
     if isinstance(grid, dict):
         meta["grid"] = {name: [_canonical(v, "grid") for v in grid_axis(points, name)] for name in axes}
-    return SweepResult(records=kept, task=task_name, axes=tuple(axes), seeds=int(seeds), status=status,
-                       message=message, meta=meta, citation="ufm.sweep; joblib / Dask distributed")
+    result = SweepResult(records=kept, task=task_name, axes=tuple(axes), seeds=int(seeds), status=status,
+                         message=message, meta=meta, citation="ufm.sweep; joblib / Dask distributed")
+    return _interrupt.finish(result, status == "interrupted", on_interrupt, message)
+
+
+def _precheck(fn, fixed, points, routed):
+    """Arguments every run would refuse, refused once before any run (ufm.simulate's scalar arguments)."""
+    from ._simulate import check_arguments, simulate
+
+    if fn is not simulate:
+        return
+    seen = set()
+    for point in points or [{}]:
+        args = {k: v for k, v in {**fixed, **point}.items() if k not in routed}
+        key = _dumps(_canonical(args, "fixed"))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_arguments(**args)
+        except ValueError as err:
+            where = "" if not point or not (set(point) & set(args)) else f" (at the grid point {point})"
+            raise ValueError(f"every run would fail: {err}{where}") from None
 
 
 # -- sweeps from a TOML file (``ufm sweep CONFIG.toml``) ----------------------------------------
 _CONFIG_KEYS = {"task", "grid", "seeds", "seed", "backend", "n_jobs", "out", "keep", "problem", "fixed", "plot",
                 "seed_scope", "retries"}
+
+
+_PLOT_KEYS = {"x", "y", "value", "where", "annotate"}
+
+#: Scalar quantities of ``ufm.simulate`` (what a phase diagram of a simulate sweep can show).
+_SCALAR_RECORDS = ("loss", "nc1", "nc1_trace_ratio", "cdnv", "nc2", "nc2_classifier", "nc3", "nc4", "etf_distance",
+                   "semantic_gap", "effective_rank")
+
+
+def check_output_folder(path, name: str) -> str:
+    """``path`` as an output folder that exists or can be created and written; a ValueError naming ``name`` otherwise.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The folder.
+    name : str
+        The argument or option that gave it, for the message (e.g. ``"--out"``).
+
+    Returns
+    -------
+    str
+        The path.
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{name} {path} is a file, not a folder; pass a folder (it is created if missing).")
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(os.path.abspath(probe))
+        if parent == os.path.abspath(probe):
+            break
+        probe = parent
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {path}: {probe} is not a writable folder; choose another output folder.")
+    return path
 
 
 def _pick_value(records, preferred=("etf_distance", "loss", "value")):
@@ -917,7 +1037,7 @@ def _pick_value(records, preferred=("etf_distance", "loss", "value")):
 
 
 def run_config(path, *, out=None, resume: bool = False, backend=None, n_jobs=None, figure: bool = True,
-               progress: bool = True, echo=print) -> dict:
+               progress: bool = True, echo=print, on_interrupt: str = "raise") -> dict:
     """Run the sweep described by a TOML file; write ``result.npz`` and ``phase_diagram.png`` to its ``out``.
 
     The file (see ``examples/sweep.toml``) holds ``task`` (``"simulate"``,
@@ -928,7 +1048,29 @@ def run_config(path, *, out=None, resume: bool = False, backend=None, n_jobs=Non
     ``value``, optional ``[plot.where]``). Finished runs are cached in
     ``out/cache``; ``resume=True`` continues from it, and without it an
     existing cache is an error (so results of another configuration are never
-    mixed in by accident).
+    mixed in by accident). Everything is checked before the first run: unknown keys
+    (at the top level and in ``[plot]``), the ``[plot]`` axes and value, the output
+    folder, and the task's arguments.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The TOML file.
+    out : str, optional
+        Output folder (default: the file's ``out``, else ``ufm-sweep``).
+    resume : bool
+        Continue from ``out/cache``.
+    backend, n_jobs : optional
+        Override the file's.
+    figure : bool
+        Draw ``phase_diagram.png`` (failed runs are marked in it).
+    progress : bool
+        Progress bar.
+    echo : callable
+        Where the summary lines go.
+    on_interrupt : {"raise", "return"}
+        Ctrl-C: the partial result is written to ``result.npz`` first, then raised in
+        ``KeyboardInterrupt`` (in its ``result``) or returned (``ufm sweep`` returns it and exits 130).
 
     Returns
     -------
@@ -937,14 +1079,43 @@ def run_config(path, *, out=None, resume: bool = False, backend=None, n_jobs=Non
     """
     import tomllib
 
+    from . import _interrupt
+
+    on_interrupt = _interrupt.check_on_interrupt(on_interrupt)
     with open(path, "rb") as fh:
         try:
             cfg = tomllib.load(fh)
         except tomllib.TOMLDecodeError as err:
             raise ValueError(f"{path}: not valid TOML ({err}).") from None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not a TOML text file (it is not UTF-8: {err.reason} at byte {err.start}); "
+                             "pass the sweep's .toml configuration.") from None
     unknown = set(cfg) - _CONFIG_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(_CONFIG_KEYS)}.")
+    for table in ("grid", "fixed", "problem", "plot"):
+        if table in cfg and not isinstance(cfg[table], dict):
+            raise ValueError(f"{path}: {table} must be a table ([{table}]), got {cfg[table]!r}.")
+    plot_cfg = dict(cfg.get("plot", {}))
+    bad = set(plot_cfg) - _PLOT_KEYS
+    if bad:
+        raise ValueError(f"{path}: unknown keys in [plot]: {sorted(bad)}; known: {sorted(_PLOT_KEYS)} (a key written "
+                         "after a [table] header belongs to that table: put top-level keys before the first table).")
+    grid_names = set(cfg.get("grid", {})) if isinstance(cfg.get("grid"), dict) else set()
+    for key in ("x", "y"):
+        if key in plot_cfg and plot_cfg[key] not in grid_names:
+            raise ValueError(f"{path}: [plot] {key} = {plot_cfg[key]!r} is not a [grid] parameter "
+                             f"({sorted(grid_names)}).")
+    for key in plot_cfg.get("where", {}) or {}:
+        if key not in grid_names:
+            raise ValueError(f"{path}: [plot.where] {key!r} is not a [grid] parameter ({sorted(grid_names)}).")
+    if "value" in plot_cfg and cfg.get("task") == "simulate":
+        rec = cfg.get("fixed", {}).get("record", ("loss",))
+        names = [rec] if isinstance(rec, str) else list(rec)
+        scalars = [n for n in names if n in _SCALAR_RECORDS]
+        if plot_cfg["value"] not in scalars:
+            raise ValueError(f"{path}: [plot] value = {plot_cfg['value']!r} is not a scalar that [fixed] record = "
+                             f"{names} keeps; use one of {scalars} or add it to record.")
     if "task" not in cfg or "grid" not in cfg:
         raise ValueError(f"{path}: needs task = \"simulate\" (or \"solve\", \"module:function\") and a [grid] table.")
     fixed = dict(cfg.get("fixed", {}))
@@ -963,13 +1134,18 @@ def run_config(path, *, out=None, resume: bool = False, backend=None, n_jobs=Non
     if not resume and os.path.isdir(cache) and any(n.endswith(".npz") for n in os.listdir(cache)):
         raise ValueError(f"{cache} holds runs of an earlier sweep; pass --resume to continue it, or choose "
                          "another --out.")
+    check_output_folder(out, "out")
     os.makedirs(out, exist_ok=True)
     result = sweep(cfg["task"], cfg["grid"], seeds=cfg.get("seeds", 1), seed=cfg.get("seed", 0), fixed=fixed,
                    problem=problem, keep=cfg.get("keep", ()), backend=backend or cfg.get("backend", "loky"),
                    n_jobs=n_jobs or cfg.get("n_jobs"), cache_dir=cache, progress=progress,
-                   retries=cfg.get("retries", 2), seed_scope=cfg.get("seed_scope", "point"))
+                   retries=cfg.get("retries", 2), seed_scope=cfg.get("seed_scope", "point"), on_interrupt="return")
     paths = {"result": result.save(os.path.join(out, "result.npz"))}
     echo(result.summary())
+    if result.status == "interrupted":
+        echo("interrupted (Ctrl-C): wrote the finished runs; rerun with --resume to compute the rest.")
+        echo("wrote: " + ", ".join(paths.values()))
+        return _interrupt.finish({"result": result, "paths": paths}, True, on_interrupt, result.message)
     plot = dict(cfg.get("plot", {}))
     x, y = plot.get("x"), plot.get("y")
     varying = [a for a in result.axes if len(grid_axis(result.records, a)) > 1] or list(result.axes)

@@ -149,7 +149,7 @@ def phase_point(setting: str = "factorial", sigma: float = 3.0, strength: float 
 def phase_diagram(settings=("factorial", "hierarchy", "ntp_contexts"), sigmas=(1.0, 2.0, 3.0, 4.0, 6.0, 8.0),
                   strengths=(1.0,), lams=(1e-3,), *, grid=None, loss: str = "ce", simulate: bool = False,
                   init_scale: float = 1e-3, backend: str = "sequential", n_jobs: int | None = None,
-                  cache_dir=None, progress: bool = False, seed: int = 0):
+                  cache_dir=None, progress: bool = False, seed: int = 0, on_interrupt: str = "raise"):
     """Structure-before-collapse phase diagram over capacity, attribute strength, weight decay and setting.
 
     Runs :func:`phase_point` with :func:`ufm.sweep` at every point of the
@@ -173,6 +173,8 @@ def phase_diagram(settings=("factorial", "hierarchy", "ntp_contexts"), sigmas=(1
         default ``"sequential"`` avoids starting workers for the cheap theory-only points).
     seed : int
         Base seed (used by the simulations).
+    on_interrupt : {"raise", "return"}
+        Ctrl-C: as in :func:`ufm.sweep` (the finished points are kept).
 
     Returns
     -------
@@ -190,19 +192,57 @@ def phase_diagram(settings=("factorial", "hierarchy", "ntp_contexts"), sigmas=(1
     from ._sweep import sweep
 
     if grid is None:
-        for name, vals in (("settings", settings), ("sigmas", sigmas), ("strengths", strengths), ("lams", lams)):
-            if len(vals) == 0:
-                raise ValueError(f"{name} is empty; give at least one value.")
+        settings = _axis("settings", settings, "setting names", "('factorial', 'hierarchy')")
         for s in settings:
             make_setting(s)    # a clear error for an unknown name, before any work
-        for s in sigmas:
-            if not (math.isfinite(float(s)) and float(s) > 0):
-                raise ValueError(f"sigmas must be finite and > 0, got {s}.")
-        grid = {"setting": list(settings), "sigma": [float(s) for s in sigmas],
-                "strength": [float(s) for s in strengths], "lam": [float(v) for v in lams]}
-    fixed = {"loss": loss, "simulate": bool(simulate), "init_scale": float(init_scale)}
+        grid = {"setting": list(settings),
+                "sigma": _numbers("sigmas", sigmas, positive=True, meaning="per-item capacities"),
+                "strength": _numbers("strengths", strengths, positive=False, meaning="attribute weights"),
+                "lam": _numbers("lams", lams, positive=False, meaning="weight decays")}
+    else:
+        if isinstance(grid, dict) or not isinstance(grid, (list, tuple)) or not grid:
+            raise ValueError("grid must be a non-empty list of dicts with keys setting, sigma, strength, lam (one "
+                             "per point); for a product of axes pass settings=, sigmas=, strengths=, lams=.")
+        for i, point in enumerate(grid):
+            if not isinstance(point, dict):
+                raise ValueError(f"grid[{i}] must be a dict of setting, sigma, strength, lam; got {point!r}.")
+            if "setting" in point:
+                make_setting(point["setting"])
+            for key, pos, meaning in (("sigma", True, "a per-item capacity"), ("strength", False, "an attribute "
+                                      "weight"), ("lam", False, "a weight decay")):
+                if key in point:
+                    _numbers(f"grid[{i}][{key!r}]", [point[key]], positive=pos, meaning=meaning)
+    if loss not in ("ce", "mse"):
+        raise ValueError(f"loss must be 'ce' or 'mse', got {loss!r}.")
+    init_scale = _numbers("init_scale", [init_scale], positive=True, meaning="a start scale")[0]
+    fixed = {"loss": loss, "simulate": bool(simulate), "init_scale": init_scale}
     return sweep(phase_point, grid, fixed=fixed, backend=backend, n_jobs=n_jobs, cache_dir=cache_dir,
-                 progress=progress, seed=seed)
+                 progress=progress, seed=seed, on_interrupt=on_interrupt)
+
+
+def _axis(name, vals, what, example):
+    """A non-empty list from a sequence argument; a string or a scalar is refused (not iterated)."""
+    if isinstance(vals, (str, bytes)) or not hasattr(vals, "__iter__") or isinstance(vals, dict):
+        raise ValueError(f"{name} must be a sequence of {what}, e.g. {name}={example}; got {vals!r} "
+                         f"(for one value write {name}=({vals!r},)).")
+    out = list(vals)
+    if not out:
+        raise ValueError(f"{name} is empty; give at least one value.")
+    return out
+
+
+def _numbers(name, vals, *, positive, meaning):
+    """Finite floats (> 0 when ``positive``, else >= 0) from a sequence argument."""
+    out = []
+    for v in _axis(name, vals, f"numbers ({meaning})", "(1.0, 2.0)"):
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must hold numbers ({meaning}), got {v!r}.") from None
+        if isinstance(v, (bool, np.bool_)) or not math.isfinite(f) or (f <= 0 if positive else f < 0):
+            raise ValueError(f"{name} must be finite and {'> 0' if positive else '>= 0'} ({meaning}), got {v!r}.")
+        out.append(f)
+    return out
 
 
 

@@ -117,6 +117,9 @@ def plot_phase_diagram(result, x, y, value, ax=None, *, where=None, cmap="viridi
         Cell ``(row j, column i)`` holds the mean of ``value`` over the
         successful runs at ``y = ys[j]``, ``x = xs[i]`` (``NaN``, drawn blank,
         where none succeeded); the matrix is also in ``ax.images[-1].get_array()``.
+        Cells with failed runs (``ok=False``: an error, or a simulation that
+        diverged or did not finish) carry a red cross and "n failed" (the line
+        with ``gid="failed"``), and the title counts them.
     """
     from ._sweep import grid_axis
 
@@ -152,6 +155,10 @@ def plot_phase_diagram(result, x, y, value, ax=None, *, where=None, cmap="viridi
     xs, ys = ordered(x), ordered(y)
     sums = np.zeros((len(ys), len(xs)))
     counts = np.zeros((len(ys), len(xs)))
+    failed = np.zeros((len(ys), len(xs)), dtype=int)
+    for r in rows:
+        if not r.get("ok", True):
+            failed[ys.index(r[y]), xs.index(r[x])] += 1
     for r in ok:
         v = r.get(value)
         if v is None or isinstance(v, (str, tuple)):
@@ -177,8 +184,15 @@ def plot_phase_diagram(result, x, y, value, ax=None, *, where=None, cmap="viridi
                     light = np.mean(im.cmap(im.norm(M[j, i]))[:3]) > 0.5
                     ax.text(i, j, f"{M[j, i]:.3g}", ha="center", va="center", fontsize=6,
                             color="k" if light else "w")
+    if failed.any():        # failed runs (errors, diverged or unfinished simulations) are marked, never hidden
+        jj, ii = np.nonzero(failed)
+        ax.plot(ii, jj, linestyle="none", marker="x", markersize=9, markeredgewidth=1.5, color="r", gid="failed",
+                label="failed runs")
+        for j, i in zip(jj, ii):
+            ax.text(i, j - 0.3, f"{failed[j, i]} failed", ha="center", va="center", fontsize=6, color="r")
     seeds = int(counts.max()) if counts.size else 0
-    ax.set_title(title if title is not None else f"{value} (mean of {seeds} run{'s' * (seeds != 1)} per cell)",
+    extra = f"; x: {int(failed.sum())} failed" if failed.any() else ""
+    ax.set_title(title if title is not None else f"{value} (mean of {seeds} run{'s' * (seeds != 1)} per cell{extra})",
                  fontsize=9)
     if colorbar:
         ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=value)

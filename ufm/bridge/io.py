@@ -226,6 +226,9 @@ def save_run(run: Run, path: str | os.PathLike, *, group: str | None = None) -> 
     fmt = _format_of(path, default_npz=True)
     if fmt == "npz" and not path.lower().endswith(".npz"):
         path += ".npz"
+    from ..results import check_save_path
+
+    check_save_path(path if fmt == "npz" else path + ".npz")     # a folder or an unwritable place: refused now
     if group is not None and fmt != "hdf5":
         raise ValueError(f"group={group!r} applies to HDF5 files only; drop it or save to a .h5 path.")
     arrays = run._all_arrays()
