@@ -277,10 +277,14 @@ def test_ctrl_c_during_the_m2_search_keeps_the_best_point(monkeypatch):
         return simulate(self, x)
 
     monkeypatch.setattr(M2Model, "trajectory", interrupting)
-    r = fit(_simulated(n_records=25), setting=SETTING, models=("input_coupled",), lam=0.0)
+    r = fit(_simulated(n_records=25), setting=SETTING, models=("input_coupled",), lam=0.0, on_interrupt="return")
     assert calls["n"] > 40
     assert any("interrupted" in n for n in r.meta["notes"]) and r.meta["interrupted"]
     assert r.params["sigma"] > 0 and r.gof["input_coupled"]["gram_r2"] > 0.5
+    calls["n"] = 0
+    with pytest.raises(KeyboardInterrupt) as err:     # the default, as ufm.simulate: the interrupt reaches the caller
+        fit(_simulated(n_records=25), setting=SETTING, models=("input_coupled",), lam=0.0)
+    assert err.value.result.meta["interrupted"] and err.value.result.params["sigma"] == r.params["sigma"]
 
 
 def test_ufm_load_names_the_file_when_it_is_truncated_or_missing(tmp_path):

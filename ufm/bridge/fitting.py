@@ -61,6 +61,7 @@ import time
 
 import numpy as np
 
+from .. import _interrupt, _memory
 from .._checks import check_int, check_nonneg, check_positive
 from ..results import FitResult
 from .io import as_numpy
@@ -119,7 +120,7 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         match: str = "auto", engine: str = "auto", horizon: float = 1e6, n_model: int = 160,
         sigma_grid=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), maxiter: int = 150, anchor=None, lam_W_anchor: float = 1e-2,
         lam_H_anchor: float = 1e-2, betas=None, level: float = 0.95, accept=None, seed: int = 0,
-        progress: bool = False) -> FitResult:
+        progress: bool = False, on_interrupt: str = "raise") -> FitResult:
     """Fit the static decomposition, the input-coupled UFM (M2) and the anchored UFM (M1) to observed Grams.
 
     Parameters
@@ -200,6 +201,12 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         Seed of M1's symmetry-breaking perturbation.
     progress : bool
         Progress lines on stderr (at most every 2 s).
+    on_interrupt : {"raise", "return"}
+        What Ctrl-C (SIGINT) does: the M2 search stops at its next simulation (within
+        milliseconds) and the fit is finished from the best point found so far, with
+        ``meta["interrupted"] = True`` and a note. ``"raise"`` (default, as
+        :func:`ufm.simulate`): ``KeyboardInterrupt`` carrying that FitResult in its
+        ``result``; ``"return"``: the FitResult is returned (``ufm fit`` writes it and exits 130).
 
     Returns
     -------
@@ -220,7 +227,28 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
     ValueError
         A bad argument or source, named with the fix, before any simulation;
         a dynamical model with fewer than 3 records.
+    KeyboardInterrupt
+        After Ctrl-C with ``on_interrupt="raise"``; its ``result`` holds the FitResult.
     """
+    on_interrupt = _interrupt.check_on_interrupt(on_interrupt)
+    with _interrupt.deferred():
+        res = _fit(source, setting, attributes=attributes, steps=steps, models=models, loss=loss, lam=lam,
+                    fit_strengths=fit_strengths, inputs=inputs, kernel=kernel, start=start,
+                    init_scale=init_scale, match=match, engine=engine, horizon=horizon, n_model=n_model,
+                    sigma_grid=sigma_grid, maxiter=maxiter, anchor=anchor, lam_W_anchor=lam_W_anchor,
+                    lam_H_anchor=lam_H_anchor, betas=betas, level=level, accept=accept, seed=seed,
+                    progress=progress)
+    return _interrupt.finish(res, bool(res.meta.get("interrupted")), on_interrupt,
+                             "interrupted (Ctrl-C): the fit was finished from the best point found so far")
+
+
+def _fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, loss: str = "ce", lam="fit",
+         fit_strengths: bool = True, inputs=None, kernel=None, start: str = "isotropic", init_scale="fit",
+         match: str = "auto", engine: str = "auto", horizon: float = 1e6, n_model: int = 160,
+         sigma_grid=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), maxiter: int = 150, anchor=None, lam_W_anchor: float = 1e-2,
+         lam_H_anchor: float = 1e-2, betas=None, level: float = 0.95, accept=None, seed: int = 0,
+         progress: bool = False) -> FitResult:
+    """:func:`fit` without the Ctrl-C policy (it runs inside ``_interrupt.deferred``)."""
     t_start = time.perf_counter()
     report = Reporter(progress)
     models = _check_models(models)
@@ -248,6 +276,9 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
     report("reading and checking the Grams", force=True)
     obs = read_observed(source, setting, attributes, steps)
     K, T = obs.K, obs.T
+    dense = engine == "dense" or start == "observed" or inputs is not None or kernel is not None
+    _memory.check(memory_estimate(K, T, np.asarray(obs.attributes).shape[1], models, n_model=n_model, dense=dense),
+                  "ufm.fit", "Fit fewer records (a subset of the run's steps), fewer models, or a smaller n_model.")
     user = None
     if inputs is not None:
         user = as_numpy(inputs, "inputs")
@@ -368,7 +399,9 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
     verdict = verdict_line(gof, explained, best, rep.outside_change, static_saturated, accept)
     pred = transitions.get("predicted")
     predicted = pred["step"] if pred is not None and pred.get("inside") else None
-    interrupted = bool(m2 is not None and m2["interrupted"])
+    interrupted = bool(m2 is not None and m2["interrupted"]) or _interrupt.requested()
+    if interrupted and not (m2 is not None and m2["interrupted"]):
+        notes.append("interrupted (Ctrl-C) where no search could stop early; every model was fitted to the end")
     text = table(gof, rep)
     message = (f"fit of {obs.desc}: {K} classes, {T} records, matched on {match} Grams.\n{text}\nverdict: {verdict}"
                + transition_lines(transitions) + m2_lines(params) + within_lines(curves)
@@ -381,6 +414,43 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
     return FitResult(params=params, gof=gof, steps=obs.steps, curves=curves, grams=fitted, best_model=best,
                      predicted_transition=predicted, transitions=transitions, verdict=verdict, message=message,
                      meta=meta)
+
+
+def memory_estimate(K: int, T: int, F: int, models=MODELS, *, n_model: int = 160, dense: bool = False) -> dict:
+    """Bytes :func:`fit` holds at its peak, by part (the guard of ``ufm._memory``).
+
+    Parameters
+    ----------
+    K, T, F : int
+        Classes, records and attribute factors of the observed run.
+    models : sequence of str
+        The models fitted.
+    n_model : int
+        M2's model records.
+    dense : bool
+        Whether M2 runs on the dense engine (``n_model x K x K`` per cached simulation).
+
+    Returns
+    -------
+    dict
+        ``"Grams and their copies"``: the observed ``(T, K, K)`` Grams as read, centred,
+        unit-normed and pattern-projected, each fitted model's Grams and the result's
+        copies (7 Gram stacks for one model, 2 more per further model); ``"M2
+        simulation cache"`` (at most ``m2.CACHE_ENTRIES`` trajectories or
+        ``m2.CACHE_BYTES``); ``"pattern algebra"``: what building the pattern algebra
+        needs beyond that, while two Gram stacks are held (``5 R^3`` floats for ``R <= 128``
+        patterns, about ``4 K^2`` above).
+    """
+    from .m2 import CACHE_BYTES, CACHE_ENTRIES
+
+    g = 8 * T * K * K
+    grams = g * (7 + 2 * max(len(models) - 1, 0))
+    R = min(2 ** min(F, 62), K)
+    algebra = 8 * 5 * R ** 3 if R <= 128 else 8 * 4 * K * K
+    per = 8 * n_model * (K * K if dense else R + 1) + 400
+    cache = min(CACHE_ENTRIES * per, CACHE_BYTES + per) if "input_coupled" in models else 0
+    return {"Grams and their copies": grams, "M2 simulation cache": cache,
+            "pattern algebra": max(0, algebra + 2 * g - grams - cache)}
 
 
 def _fit_input_coupled(rep, obs, *, user, inputs_given, loss, lam, init_scale, fit_strengths, start, engine,

@@ -62,6 +62,7 @@ import time
 
 import numpy as np
 
+from .. import _interrupt
 from .. import _kernels as kern
 from .._integrate import integrate
 from ..metrics import double_centre
@@ -319,6 +320,7 @@ class M2Model:
             + [f"u{b}" for b in range(1, self.B)] * self.fit_strengths \
             + (["log10_lam"] if lam is None else []) + (["log10_scale"] if scale is None else [])
         self.cache = {}
+        self.cache_bytes = 0
         self.n_sim = 0
         self.n_rhs = 0
 
@@ -467,9 +469,12 @@ class M2Model:
         q = self.unpack(x)
         out = self._simulate_patterns(q) if self.engine == "patterns" else self._simulate_dense(q)
         self.n_sim += 1
-        if len(self.cache) > 512:
+        size = 0 if out is None else out[0].nbytes + out[1].nbytes
+        if len(self.cache) >= CACHE_ENTRIES or self.cache_bytes + size > CACHE_BYTES:
             self.cache.clear()
+            self.cache_bytes = 0
         self.cache[key] = out
+        self.cache_bytes += size
         return out
 
     def _simulate_patterns(self, q):
@@ -642,6 +647,12 @@ class Reporter:
             print(f"[ufm.fit] {msg} ({now - self.t0:.1f} s)", file=sys.stderr, flush=True)
 
 
+#: The simulation cache of :class:`M2Model` (Nelder-Mead revisits points) holds at most this many
+#: trajectories and this many bytes (a dense trajectory is ``n_model x K x K`` floats); then it is emptied.
+CACHE_ENTRIES = 513
+CACHE_BYTES = 64 * 2**20
+
+
 def fit_m2(model: M2Model, cost, *, starts, maxiter: int, report=None, n_searches: int = 2) -> dict:
     """Evaluate ``starts``, run Nelder-Mead from the ``n_searches`` best of them, then once more from the best
     point found (a restart: Nelder-Mead's simplex can collapse early); Ctrl-C keeps the best point.
@@ -656,6 +667,8 @@ def fit_m2(model: M2Model, cost, *, starts, maxiter: int, report=None, n_searche
     seen = []
 
     def f(x):
+        if _interrupt.requested():      # Ctrl-C inside ufm.fit: stop at this safe point, keep the best point
+            raise KeyboardInterrupt
         c = cost(model, x)
         seen.append((float(c), np.array(x, dtype=float)))
         best["nfev"] += 1
