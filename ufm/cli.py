@@ -13,13 +13,25 @@ def _demo(args) -> int:
 
     from .demo import run, structure_before_collapse
 
+    from ._sweep import check_output_folder
+
     t0 = time.perf_counter()
-    if not args.closed_forms:
-        structure_before_collapse(args.out, sigma=args.sigma, lam=args.lam, seeds=args.seeds, quick=args.quick,
-                                  figures=not args.no_figures)
-    if args.closed_forms or args.all:
-        print("\n== standard UFMs in closed form (THEORY TV1-TV3, layer-peeled)")
-        run(args.out, figures=not args.no_figures)
+    try:
+        check_output_folder(args.out, "--out")
+    except ValueError as err:
+        print(f"ufm demo: {err}", file=sys.stderr)
+        return 2
+    try:
+        if not args.closed_forms:
+            structure_before_collapse(args.out, sigma=args.sigma, lam=args.lam, seeds=args.seeds, quick=args.quick,
+                                      figures=not args.no_figures)
+        if args.closed_forms or args.all:
+            print("\n== standard UFMs in closed form (THEORY TV1-TV3, layer-peeled)")
+            run(args.out, figures=not args.no_figures)
+    except KeyboardInterrupt:
+        print(f"ufm demo: interrupted (Ctrl-C) after {time.perf_counter() - t0:.1f} s; what was finished is in "
+              f"{args.out} (listed above)", file=sys.stderr)
+        return 130
     print(f"ufm demo: done in {time.perf_counter() - t0:.1f} s; output folder: {args.out}")
     return 0
 
@@ -29,19 +41,31 @@ def _sweep(args) -> int:
 
     try:
         res = run_config(args.config, out=args.out, resume=args.resume, backend=args.backend, n_jobs=args.n_jobs,
-                         figure=not args.no_figure, progress=not args.quiet)["result"]
+                         figure=not args.no_figure, progress=not args.quiet, on_interrupt="return")["result"]
     except (ValueError, OSError) as err:
         print(f"ufm sweep: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("ufm sweep: interrupted (Ctrl-C) before any result could be written", file=sys.stderr)
+        return 130
     if res.status == "interrupted":
         return 130
+    if res.n_failed:
+        print(f"ufm sweep: {res.n_failed} of {len(res.records)} runs failed"
+              + (" (none succeeded)" if res.n_failed == len(res.records) else ""), file=sys.stderr)
     return 0 if res.n_failed == 0 else 1
 
 
 def _fit(args) -> int:
     import os
 
+    import numpy as np
+
     from .bridge.fitting import fit
+
+    def fail(msg):
+        print(f"ufm fit: {msg}", file=sys.stderr)
+        return 2
 
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     lam = args.lam if args.lam == "fit" else None
@@ -49,36 +73,56 @@ def _fit(args) -> int:
         try:
             lam = float(args.lam)
         except ValueError:
-            print(f"ufm fit: --lam must be 'fit' or a number >= 0, got {args.lam!r}", file=sys.stderr)
-            return 2
+            return fail(f"--lam must be 'fit' or a number >= 0, got {args.lam!r}")
+    init_scale = args.init_scale if args.init_scale == "fit" else None
+    if init_scale is None:
+        try:
+            init_scale = float(args.init_scale)
+        except ValueError:
+            return fail(f"--init-scale must be 'fit' or a number > 0, got {args.init_scale!r}")
     setting = None
     if args.setting:
         try:
             setting = network_setting(args.setting)
         except ValueError as err:
-            print(f"ufm fit: {err}", file=sys.stderr)
-            return 2
+            return fail(str(err))
+    arrays = {}
+    for name in ("inputs", "kernel"):
+        path = getattr(args, name)
+        if path is not None:
+            try:
+                arrays[name] = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as err:
+                return fail(f"--{name} {path}: not a readable .npy array ({err})")
+    out = args.out or os.path.splitext(args.run)[0] + "_fit"
+    if os.path.exists(out) and not os.path.isdir(out):
+        return fail(f"--out {out} is a file; pass a folder (it is created if missing)")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        return fail(f"--out {out}: its parent folder {parent} does not exist or is not writable")
     try:
-        res = fit(args.run, setting=setting, models=models, loss=args.loss, lam=lam,
-                  fit_strengths=not args.no_strengths, match=args.match, progress=not args.quiet)
+        res = fit(args.run, setting=setting, models=models, loss=args.loss, lam=lam, init_scale=init_scale,
+                  fit_strengths=not args.no_strengths, match=args.match, start=args.start,
+                  progress=not args.quiet, on_interrupt="return", **arrays)
     except (ValueError, OSError) as err:
-        print(f"ufm fit: {err}", file=sys.stderr)
-        return 2
+        return fail(str(err))
+    except KeyboardInterrupt:
+        print("ufm fit: interrupted (Ctrl-C) before any model had a point to keep; nothing written", file=sys.stderr)
+        return 130
     print(res.message)
     p = res.params
-    if "sigma" in p:
-        print(f"input-coupled (M2): sigma = {p['sigma']:.4g}, strengths = "
-              f"{[round(v, 4) for v in p['strengths']]}, lam = {p['lam']:.3g}, "
-              f"time map: log tau = {p['time_offset']:.3g} + {p['time_exponent']:.3g} log step")
+    if "lam" in p:
+        sig = "" if "sigma" not in p else (f"sigma = {p['sigma']:.4g}, strengths = "
+                                           f"{[round(v, 4) for v in p['strengths']]}, ")
+        tmap = ("" if p.get("time_exponent") is None else
+                f", time map: log tau = {p['time_offset']:.3g} + {p['time_exponent']:.3g} log step")
+        print(f"input-coupled (M2, {p['m2_kernel']}, start {p['m2_start']}): {sig}lam = {p['lam']:.3g}, "
+              f"start scale = {p['init_scale']:.3g}{tmap}")
     if "b_end" in p:
         lo_hi = ", ".join(f"{b:.3g} [{lo:.3g}, {hi:.3g}]" for b, (lo, hi) in zip(p["b_end"], p["b_end_ci"]))
         print(f"static at the last record: a = {p['a_end']:.3g}, b_f = {lo_hi}")
     if "beta_end" in p:
         print(f"anchored (M1): beta from {p['beta_start']:.3g} to {p['beta_end']:.3g}")
-    if res.predicted_transition is not None:
-        print(f"predicted transition (M2: closer to its end state than to its semantic peak): "
-              f"step {res.predicted_transition:.4g}")
-    out = args.out or os.path.splitext(args.run)[0] + "_fit"
     os.makedirs(out, exist_ok=True)
     res.save(os.path.join(out, "fit.npz"))
     written = [os.path.join(out, "fit.npz")]
@@ -92,6 +136,9 @@ def _fit(args) -> int:
         fig.savefig(os.path.join(out, "fit_overlay.png"), dpi=110)
         written.append(os.path.join(out, "fit_overlay.png"))
     print("wrote " + ", ".join(written))
+    if res.meta.get("interrupted"):
+        print("ufm fit: interrupted (Ctrl-C); the best parameters found before it were written", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -144,8 +191,10 @@ def _train_network(args) -> int:
         t0 = time.perf_counter()
         run = train_network(setting, arch=args.arch, steps=args.steps, lr=args.lr, optimizer=args.optimizer,
                             weight_decay=args.weight_decay, width=args.width, depth=args.depth,
-                            item_scale=args.item_scale, batch_size=args.batch_size, n_records=args.records,
-                            seed=args.seed, progress=not args.quiet, out=args.out)
+                            item_scale=args.item_scale, feature_layer=args.feature_layer,
+                            feature_decay=args.feature_decay, classifier_decay=args.classifier_decay,
+                            batch_size=args.batch_size, n_records=args.records, seed=args.seed,
+                            progress=not args.quiet, out=args.out)
     except (ValueError, ImportError, OSError) as err:
         print(f"ufm train-network: {err}", file=sys.stderr)
         return 2
@@ -154,6 +203,8 @@ def _train_network(args) -> int:
     print(f"{net['arch']} (depth {net['depth']}, width {net['width']}) on {setting.name}: {m['optimizer']} "
           f"lr={m['lr']:g} weight_decay={m['weight_decay']:g}"
           + (f" item_scale={m['item_scale']:g}" if m["item_scale"] is not None else "")
+          + (f" feature_layer={net['feature_layer']}" if "feature_layer" in net else "")
+          + f" feature_decay={m['feature_decay']:g} classifier_decay={m['classifier_decay']:g}"
           + f" seed={m['seed']}; {m['status']} after {m['steps_run']} steps in {time.perf_counter() - t0:.1f} s")
     try:
         s = gap_summary(run)
@@ -162,8 +213,9 @@ def _train_network(args) -> int:
     else:
         print(f"semantic gap: start {s['start']:.3f}, peak {s['peak']:.3f} (step {s['peak_step']}), end {s['end']:.3f}"
               f" -> transient {'yes' if s['transient'] else 'no'} (peak >= start + 0.05, end <= 0.6 peak)")
-        print(f"ETF distance: start {s['etf_start']:.3f}, end {s['etf_end']:.3f}; loss: start {s['loss_start']:.3g},"
-              f" end {s['loss_end']:.3g}")
+        print(f"ETF distance: start {s['etf_start']:.3f}, min {s['etf_min']:.3f} (step {s['etf_min_step']}), end "
+              f"{s['etf_end']:.3f} -> collapsed {'yes' if s['collapsed'] else 'no'} (end <= 0.1); loss: start "
+              f"{s['loss_start']:.3g}, end {s['loss_end']:.3g}")
     print(f"wrote {os.path.abspath(args.out if os.path.splitext(args.out)[1] else args.out + '.npz')} "
           f"({run.T} records; labels: {m['labels']})")
     if m["status"] == "interrupted":
@@ -213,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     ".safetensors, .h5; THEORY §8.6). Prints the goodness-of-fit table and the "
                                     "fitted parameters; writes OUT/fit.npz and OUT/fit_overlay.png (observed "
                                     "semantic gap and ETF distance with the fitted curves, Gram snapshots side by "
-                                    "side). Exit status 2 on a bad file or argument.")
+                                    "side), and a verdict line saying what is and is not explained. Exit status 2 "
+                                    "on a bad file or argument, 130 after Ctrl-C (the best parameters found are "
+                                    "written).")
     ft.add_argument("run", help="the recorded run (written by ufm train-network or ufm.bridge.Exporter)")
     ft.add_argument("--setting", choices=["factorial", "hierarchy", "ntp_contexts"],
                     help="the setting `ufm train-network --setting NAME` uses by default, when the run does not "
@@ -223,8 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--loss", choices=["ce", "mse"], default="ce", help="loss of the M2 model (default: ce)")
     ft.add_argument("--lam", default="fit", help="M2 weight decay: 'fit' (default) or a number >= 0")
     ft.add_argument("--no-strengths", action="store_true", help="hold the attribute strengths at 1")
-    ft.add_argument("--match", choices=["patterns", "full"], default="patterns",
-                    help="match the models on attribute-pattern averaged Grams (default) or on the full Grams")
+    ft.add_argument("--match", choices=["auto", "patterns", "full"], default="auto",
+                    help="fit the models on attribute-pattern averaged Grams or on the full Grams (auto: full with "
+                         "--start observed, else patterns); goodness of fit is reported on both")
+    ft.add_argument("--start", choices=["isotropic", "observed"], default="isotropic",
+                    help="M2's start: the wide-layer isotropic start (default) or the run's own first record")
+    ft.add_argument("--init-scale", default="fit", help="M2's start scale: 'fit' (default) or a number > 0")
+    ft.add_argument("--inputs", metavar="NPY", help="the network's own inputs for M2, a (p, K) .npy array (one "
+                                                    "column per class); sigma and strengths are then not fitted")
+    ft.add_argument("--kernel", metavar="NPY", help="the input kernel for M2, a (K, K) .npy array")
     ft.add_argument("--out", help="output folder (default: RUN without extension + '_fit')")
     ft.add_argument("--no-figure", action="store_true", help="write fit.npz only")
     ft.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -233,10 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Train a reference network (ufm.bridge.networks.train_network) on a synthetic "
                                     "setting: a ReLU MLP on the attribute one-hots plus an item-id one-hot scaled "
                                     "by --item-scale (factorial, hierarchy), or a small causal transformer on the "
-                                    "token contexts (ntp_contexts). Records the penultimate-feature Grams, the "
+                                    "token contexts (ntp_contexts), with cross-entropy plus the UFM's feature and "
+                                    "classifier penalties. Records the penultimate-feature Grams, the "
                                     "classifier and the loss on a log-spaced step grid, writes the run to --out "
                                     "(bridge format, for `ufm fit`) and prints the semantic gap at start / peak / "
-                                    "end. Unset options take the architecture's measured defaults. Exit status: 0 "
+                                    "end and the ETF distance. Unset options take the architecture's measured "
+                                    "defaults (the gap rises, then the features reach the simplex ETF; "
+                                    "docs/bridge/networks.md). Exit status: 0 "
                                     "completed, 1 diverged, 2 bad argument, 130 interrupted (the partial run is "
                                     "written).")
     tn.add_argument("--setting", required=True, choices=sorted(_NETWORK_SETTINGS), help="the synthetic setting")
@@ -245,15 +309,25 @@ def build_parser() -> argparse.ArgumentParser:
                                      "verbs_per_class,n_subjects (default 4,8,2,32)")
     tn.add_argument("--arch", choices=["auto", "mlp", "transformer"], default="auto",
                     help="network (default auto: transformer for ntp_contexts, else MLP)")
-    tn.add_argument("--steps", type=int, help="optimizer steps (default: 8000 MLP, 1000 transformer)")
-    tn.add_argument("--lr", type=float, help="learning rate (default: 1e-3 adam/adamw; sgd 0.05)")
+    tn.add_argument("--steps", type=int, help="optimizer steps (default: 3000 MLP, 2000 transformer)")
+    tn.add_argument("--lr", type=float, help="learning rate (default: adam/adamw 1e-3 MLP, 1e-2 transformer; "
+                                             "sgd 0.05)")
     tn.add_argument("--optimizer", choices=["adam", "adamw", "sgd"],
-                    help="optimizer (default: adam for the MLP, sgd with momentum 0.9 for the transformer)")
-    tn.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
+                    help="optimizer (default: adam; sgd has momentum 0.9)")
+    tn.add_argument("--weight-decay", type=float, default=0.0,
+                    help="the optimizer's weight decay on every parameter (default 0)")
+    tn.add_argument("--feature-decay", type=float,
+                    help="lambda_H: adds (lambda_H/2) sum_i ||h_i||^2 of the penultimate features to the loss "
+                         "(default 1e-3; 0 = off)")
+    tn.add_argument("--classifier-decay", type=float,
+                    help="lambda_W: adds (lambda_W/2) ||W||_F^2 of the classifier weight to the loss "
+                         "(default 1e-3; 0 = off)")
     tn.add_argument("--width", type=int, help="hidden width / model width (default: 256 MLP, 64 transformer)")
     tn.add_argument("--depth", type=int, help="hidden layers / transformer blocks (default 2)")
     tn.add_argument("--item-scale", type=float,
-                    help="MLP only: weight of the item-id one-hot in the input (default 2.5; 0 = attributes only)")
+                    help="MLP only: weight of the item-id one-hot in the input (default 1; 0 = attributes only)")
+    tn.add_argument("--feature-layer", choices=["linear", "relu"],
+                    help="MLP only: features are the last hidden layer's linear output (default) or its ReLU")
     tn.add_argument("--batch-size", type=int, help="items per step (default: full batch)")
     tn.add_argument("--records", type=int, default=60, help="records on the log-spaced step grid (default 60)")
     tn.add_argument("--seed", type=int, default=0, help="seed (default 0)")

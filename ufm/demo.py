@@ -214,9 +214,17 @@ def structure_before_collapse(out: str | os.PathLike = "ufm-demo", *, sigma: flo
     trans = pred0.transition_time
     horizon = max(10.0 * (trans if trans is not None else 10.0 * pred0.peak_time), 100.0 / lam if lam > 0 else 0.0)
     steps = 10**6
-    tr = simulate(m, steps=steps, lr=horizon / steps, mode="flow", time_variable="t", init_scale=1e-3,
-                  seeds=seeds, seed=0, record=("semantic_gap", "etf_distance", "gram_H"),
-                  n_records=120 if quick else 200)
+    try:
+        tr = simulate(m, steps=steps, lr=horizon / steps, mode="flow", time_variable="t", init_scale=1e-3,
+                      seeds=seeds, seed=0, record=("semantic_gap", "etf_distance", "gram_H"),
+                      n_records=120 if quick else 200)
+    except KeyboardInterrupt as err:      # Ctrl-C: keep the records made so far, then stop
+        if getattr(err, "result", None) is None:
+            raise
+        path = err.result.save(os.path.join(out, "sbc_simulation_interrupted.npz"))
+        echo(f"interrupted: the simulation's {len(err.result.steps)} records so far are in {path} "
+             f"(ufm.load reads it)")
+        raise
     if tr.status != "completed":
         raise RuntimeError(f"the demo simulation did not complete: {tr.message}")
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -267,7 +275,13 @@ def structure_before_collapse(out: str | os.PathLike = "ufm-demo", *, sigma: flo
     echo(times_line)
 
     # -- the phase diagram -------------------------------------------------------------------
-    phase = phase_diagram(grid=_phase_grid(quick), backend="sequential")
+    interrupted = None
+    try:
+        phase = phase_diagram(grid=_phase_grid(quick), backend="sequential")
+    except KeyboardInterrupt as err:      # Ctrl-C: write the phase points finished so far, then stop
+        if getattr(err, "result", None) is None:
+            raise
+        phase, interrupted = err.result, err
     pcols = ["setting", "sigma", "strength", "lam", "gap_init", "peak_gap", "peak_time", "transition_time",
              "end_gap", "end_etf_distance", "rises"]
     prows = [{c: r.get(c) for c in pcols} for r in phase.records if r.get("ok", True)]
@@ -277,6 +291,9 @@ def structure_before_collapse(out: str | os.PathLike = "ufm-demo", *, sigma: flo
         w.writeheader()
         w.writerows(prows)
     paths["phase_csv"] = pp
+    if interrupted is not None:
+        echo(f"interrupted: {len(prows)} phase points finished; wrote: " + ", ".join(paths.values()))
+        raise interrupted
     main = [r for r in prows if r["strength"] == 1.0 and r["lam"] == 1e-3]
     echo("\n== phase diagram (peak/transition: theory curve, mean run; end state: ufm.solve, exact), "
          "strength 1, lam 1e-3")
