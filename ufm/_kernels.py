@@ -7,9 +7,18 @@ signatures), cached on disk, and specialise on the dtype of their arrays
 against to 1e-10.
 
 Layout: a batch of seeds is stacked on axis 0 (``Ws`` is S x K x d, ``Hs`` is
-S x d x N, ...). ``prange`` runs seeds in parallel; each seed's arithmetic is
-sequential and does not depend on the thread count, so results are identical
-whatever ``numba.set_num_threads`` says. Small products use the explicit loops
+S x d x N, ...). :func:`ufm_gd` and :func:`icm_gd` split the seeds into one
+contiguous block per thread (``numba.get_num_threads()`` of them) and run each
+block through one serial kernel that releases the GIL; a seed's arithmetic does
+not depend on the block it is in, so results are identical whatever
+``numba.set_num_threads`` says.
+
+Compile time (a cold cache): there is one GD kernel per model and dtype, no
+``parallel=True`` variant, the rare re-evaluation of a state near overflow is
+compiled only when it happens, read-only inputs are copied so that they do not
+make a second specialization, and the step is inlined into its one caller (LLVM
+then optimizes it once, not once more per call level). A line on stderr says
+when a kernel compiles (:class:`_CompileNotice`). Small products use the explicit loops
 below (no library call overhead, bitwise reproducible); products with more than
 ``SMALL`` multiply-adds go to BLAS through ``np.dot`` (single-threaded BLAS is
 set by :func:`ufm.simulate`).
@@ -44,10 +53,40 @@ Loss ids: 0 = mean cross-entropy (stable log-sum-exp), 1 = ``1/(2N)||Z - Y||^2``
 from __future__ import annotations
 
 import math
+import sys
+import time
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
+from numba.core import event as _event
+
+class _CompileNotice(_event.Listener):
+    """Says on stderr when a kernel of ``ufm`` compiles (a cold numba cache), and how long it took.
+
+    numba fires ``numba:compile`` only when it compiles (not when it loads a cached kernel);
+    kernels compiled inside another's compilation are not announced separately.
+    """
+
+    def __init__(self):
+        self.depth, self.t0 = 0, None
+
+    def on_start(self, event):
+        disp = event.data["dispatcher"]
+        if self.depth == 0 and getattr(disp.py_func, "__module__", "").startswith("ufm"):
+            self.t0 = time.perf_counter()
+            print(f"ufm: compiling {disp.py_func.__name__} (first use of these argument types with this numba "
+                  "cache; later calls and processes load it) ...", end="", file=sys.stderr, flush=True)
+        self.depth += 1
+
+    def on_end(self, event):
+        self.depth -= 1
+        if self.depth == 0 and self.t0 is not None:
+            print(f" done in {time.perf_counter() - self.t0:.1f} s", file=sys.stderr, flush=True)
+            self.t0 = None
+
+
+_event.register("numba:compile", _CompileNotice())
 
 #: Products with at most this many multiply-adds use the explicit loops.
 SMALL = 40_000
@@ -417,7 +456,7 @@ def ufm_grad(W, H, b, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, Z, 
     return f + reg
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _ufm_step(W, F, trans, b, Y, Fanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, lr, want_f,
               Z, G, dW, dF, cmax, csum, cacc):
     """One GD step ``x <- x - lr grad f(x)`` in place, unless the logits are non-finite.
@@ -516,45 +555,40 @@ def _ufm_step(W, F, trans, b, Y, Fanc, lam_W, lam_H, lam_b, beta, loss_id, use_b
     return check, f
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
-def ufm_gd(Ws, Hs, bs, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, lr, n_steps):
-    """``n_steps`` of plain GD for every seed, in place.
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _ufm_seeds(Ws, Hs, bs, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, lr, n_steps, lo, hi, last, redo):
+    """``n_steps`` of GD for seeds ``lo .. hi-1``, one after the other, with one workspace.
 
-    Returns, per seed, the objective at the start of its last step (evaluated inside that
-    step, so it costs no extra matrix product), or a NaN or inf when the run went non-finite:
-    a seed stops at the first step whose data loss is not finite (see :func:`_logit_pass`),
-    and a final state whose objective is not finite returns that objective (checked through
-    ``|z| <= ||W|| ||H|| + ||b||``; only a state near overflow costs an extra evaluation).
-
-    Works on ``H^T`` when ``d > N`` (see :func:`_ufm_step`); the transposes are copies made
-    once per call.
+    Writes ``last[s]`` as :func:`ufm_gd` returns it; a final state near overflow (``|z|``
+    could exceed 1e145) gets ``redo[s] = True`` and is evaluated outside (:func:`ufm_gd`).
     """
-    S = Ws.shape[0]
     K, d = Ws.shape[1], Ws.shape[2]
     N = Hs.shape[2]
     trans = d > N
-    last = np.empty(S, dtype=np.float64)
-    for s in prange(S):
+    Z = np.empty((K, N), dtype=Ws.dtype)
+    G = np.empty((K, N), dtype=Ws.dtype)
+    dW = np.empty((K, d), dtype=Ws.dtype)
+    cmax = np.empty(N, dtype=Ws.dtype)
+    csum = np.empty(N, dtype=Ws.dtype)
+    cacc = np.empty(N, dtype=Ws.dtype)
+    if trans:
+        F = np.empty((N, d), dtype=Ws.dtype)
+        dF = np.empty((N, d), dtype=Ws.dtype)
+        if beta != 0.0:
+            Fanc = np.empty((N, d), dtype=Hanc.dtype)
+            _transpose(Hanc, Fanc)
+        else:
+            Fanc = Hanc
+    else:
+        F = Hs[lo]
+        dF = np.empty((d, N), dtype=Ws.dtype)
+        Fanc = Hanc
+    for s in range(lo, hi):
         W, H, b = Ws[s], Hs[s], bs[s]
-        Z = np.empty((K, N), dtype=Ws.dtype)
-        G = np.empty((K, N), dtype=Ws.dtype)
-        dW = np.empty((K, d), dtype=Ws.dtype)
-        cmax = np.empty(N, dtype=Ws.dtype)
-        csum = np.empty(N, dtype=Ws.dtype)
-        cacc = np.empty(N, dtype=Ws.dtype)
         if trans:
-            F = np.empty((N, d), dtype=Ws.dtype)
             _transpose(H, F)
-            dF = np.empty((N, d), dtype=Ws.dtype)
-            if beta != 0.0:
-                Fanc = np.empty((N, d), dtype=Hanc.dtype)
-                _transpose(Hanc, Fanc)
-            else:
-                Fanc = Hanc
         else:
             F = H
-            dF = np.empty((d, N), dtype=Ws.dtype)
-            Fanc = Hanc
         check, f = 0.0, np.nan
         for it in range(n_steps):
             check, f = _ufm_step(W, F, trans, b, Y, Fanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, lr,
@@ -563,14 +597,77 @@ def ufm_gd(Ws, Hs, bs, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, lr
                 break
         if trans:
             _transpose(F, H)
+        redo[s] = False
         if not np.isfinite(check):
             last[s] = check
         elif _bounded(_sumsq(W), _sumsq(H), _sumsq(b.reshape((1, K))) if use_bias else 0.0):
             last[s] = f
-        else:  # the final state may be past overflow: evaluate its objective (one product more)
-            db = np.zeros(K, dtype=Ws.dtype)
-            dH = np.empty((d, N), dtype=Ws.dtype)
-            last[s] = ufm_grad(W, H, b, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, Z, G, dW, dH, db)
+        else:
+            last[s] = np.nan
+            redo[s] = True
+
+
+def _writable(a):
+    """``a``, or a copy when it is read-only: numba compiles read-only arrays as a separate type
+    (a second specialization of every kernel), and problems hand out read-only arrays."""
+    return a if a.flags.writeable else a.copy()
+
+
+_POOL = None
+
+
+def _in_blocks(kernel, S, *args):
+    """Run ``kernel(*args, lo, hi, last, redo)`` over seeds ``0 .. S-1`` in contiguous blocks.
+
+    One block per thread, ``min(numba.get_num_threads(), S)`` threads: the calling thread runs
+    the first block, a pool of Python threads the others (the kernels release the GIL). Each
+    block is one task with one workspace; there is no parallel (``prange``) variant to compile,
+    and every seed runs the same compiled code whatever the thread count.
+    """
+    global _POOL
+    last = np.empty(S, dtype=np.float64)
+    redo = np.zeros(S, dtype=np.bool_)
+    T = min(numba.get_num_threads(), S) if S > 1 else 1
+    if T <= 1:
+        kernel(*args, 0, S, last, redo)
+        return last, redo
+    if _POOL is None or _POOL._max_workers < T - 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=T - 1, thread_name_prefix="ufm-seeds")
+    jobs = [_POOL.submit(kernel, *args, t * S // T, (t + 1) * S // T, last, redo) for t in range(1, T)]
+    try:
+        kernel(*args, 0, S // T, last, redo)
+    finally:
+        for job in jobs:
+            job.result()
+    return last, redo
+
+
+def ufm_gd(Ws, Hs, bs, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, lr, n_steps):
+    """``n_steps`` of plain GD for every seed, in place.
+
+    Returns, per seed, the objective at the start of its last step (evaluated inside that
+    step, so it costs no extra matrix product), or a NaN or inf when the run went non-finite:
+    a seed stops at the first step whose data loss is not finite (see :func:`_logit_pass`),
+    and a final state whose objective is not finite returns that objective (checked through
+    ``|z| <= ||W|| ||H|| + ||b||``; only a state near overflow costs an extra evaluation,
+    by :func:`ufm_grad`, compiled only if that ever happens).
+
+    Works on ``H^T`` when ``d > N`` (see :func:`_ufm_step`). Seeds run in one contiguous
+    block per thread (:func:`_in_blocks`), all through the one compiled kernel
+    :func:`_ufm_seeds`, so results do not depend on the thread count.
+    """
+    S = Ws.shape[0]
+    Hanc = _writable(Hanc)
+    last, redo = _in_blocks(_ufm_seeds, S, Ws, Hs, bs, _writable(Y), Hanc, lam_W, lam_H, lam_b, beta, loss_id,
+                            use_bias, lr, n_steps)
+    for s in np.flatnonzero(redo):   # the final state may be past overflow: its objective, one product more
+        K, d, N = Ws.shape[1], Ws.shape[2], Hs.shape[2]
+        Z, G = np.empty((K, N), Ws.dtype), np.empty((K, N), Ws.dtype)
+        dW, dH, db = np.empty((K, d), Ws.dtype), np.empty((d, N), Ws.dtype), np.zeros(K, Ws.dtype)
+        last[s] = ufm_grad(Ws[s], Hs[s], bs[s], Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, Z, G, dW,
+                           dH, db)
     return last
 
 
@@ -611,7 +708,7 @@ def icm_grad(W, A, Phi, Y, lam_W, lam_A, loss_id, H, Z, G, T, dW, dA):
     return f + _add_decay(W, dW, lam_W) + _add_decay(A, dA, lam_A)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _icm_step(W, A, Phi, Y, lam_W, lam_A, loss_id, lr, want_f, H, Z, G, T, dW, dA, cmax, csum, cacc):
     """One GD step on (W, A) in place unless the logits are non-finite; returns ``(check, f)``
     as :func:`_ufm_step` does."""
@@ -637,36 +734,51 @@ def _icm_step(W, A, Phi, Y, lam_W, lam_A, loss_id, lr, want_f, H, Z, G, T, dW, d
     return check, f
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
-def icm_gd(Ws, As, Phi, Y, lam_W, lam_A, loss_id, lr, n_steps):
-    """``n_steps`` of plain GD on (W, A) for every seed, in place; returns what :func:`ufm_gd` does."""
-    S = Ws.shape[0]
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _icm_seeds(Ws, As, Phi, Y, lam_W, lam_A, loss_id, lr, n_steps, lo, hi, last, redo):
+    """``n_steps`` of GD on (W, A) for seeds ``lo .. hi-1`` with one workspace (see :func:`_ufm_seeds`)."""
     K, d = Ws.shape[1], Ws.shape[2]
     p, N = Phi.shape
-    last = np.empty(S, dtype=np.float64)
-    for s in prange(S):
+    H = np.empty((d, N), dtype=Ws.dtype)
+    Z = np.empty((K, N), dtype=Ws.dtype)
+    G = np.empty((K, N), dtype=Ws.dtype)
+    T = np.empty((d, N), dtype=Ws.dtype)
+    dW = np.empty((K, d), dtype=Ws.dtype)
+    dA = np.empty((d, p), dtype=Ws.dtype)
+    cmax = np.empty(N, dtype=Ws.dtype)
+    csum = np.empty(N, dtype=Ws.dtype)
+    cacc = np.empty(N, dtype=Ws.dtype)
+    for s in range(lo, hi):
         W, A = Ws[s], As[s]
-        H = np.empty((d, N), dtype=Ws.dtype)
-        Z = np.empty((K, N), dtype=Ws.dtype)
-        G = np.empty((K, N), dtype=Ws.dtype)
-        T = np.empty((d, N), dtype=Ws.dtype)
-        dW = np.empty((K, d), dtype=Ws.dtype)
-        dA = np.empty((d, p), dtype=Ws.dtype)
-        cmax = np.empty(N, dtype=Ws.dtype)
-        csum = np.empty(N, dtype=Ws.dtype)
-        cacc = np.empty(N, dtype=Ws.dtype)
         check, f = 0.0, np.nan
         for it in range(n_steps):
             check, f = _icm_step(W, A, Phi, Y, lam_W, lam_A, loss_id, lr, it == n_steps - 1, H, Z, G, T, dW, dA,
                                  cmax, csum, cacc)
             if not np.isfinite(check):
                 break
+        redo[s] = False
         if not np.isfinite(check):
             last[s] = check
         elif _bounded(_sumsq(W), _sumsq(A) * _sumsq(Phi), 0.0) and _sumsq(A) < _BIG:
             last[s] = f
-        else:  # the final state may be past overflow: evaluate its objective (one product more)
-            last[s] = icm_grad(W, A, Phi, Y, lam_W, lam_A, loss_id, H, Z, G, T, dW, dA)
+        else:
+            last[s] = np.nan
+            redo[s] = True
+
+
+def icm_gd(Ws, As, Phi, Y, lam_W, lam_A, loss_id, lr, n_steps):
+    """``n_steps`` of plain GD on (W, A) for every seed, in place; returns what :func:`ufm_gd` does
+    (serial or parallel kernel by the same rule; :func:`icm_grad` for a state near overflow)."""
+    S = Ws.shape[0]
+    Phi = _writable(Phi)
+    last, redo = _in_blocks(_icm_seeds, S, Ws, As, Phi, _writable(Y), lam_W, lam_A, loss_id, lr, n_steps)
+    for s in np.flatnonzero(redo):
+        K, d = Ws.shape[1], Ws.shape[2]
+        p, N = Phi.shape
+        H, T = np.empty((d, N), Ws.dtype), np.empty((d, N), Ws.dtype)
+        Z, G = np.empty((K, N), Ws.dtype), np.empty((K, N), Ws.dtype)
+        dW, dA = np.empty((K, d), Ws.dtype), np.empty((d, p), Ws.dtype)
+        last[s] = icm_grad(Ws[s], As[s], Phi, Y, lam_W, lam_A, loss_id, H, Z, G, T, dW, dA)
     return last
 
 
