@@ -380,7 +380,7 @@ def _data_loss(Z, Y, loss_id, cmax, csum):
     return total / N
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _logit_grad(Z, Y, loss_id, G):
     """G = grad_Z g(Z) (mean over the N columns); returns g(Z)."""
     N = Z.shape[1]
@@ -423,7 +423,7 @@ def _add_decay(X, dX, lam):
     return reg
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def ufm_grad(W, H, b, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, Z, G, dW, dH, db):
     """Gradients of the (anchored) UFM objective into dW, dH, db; returns the objective.
 
@@ -693,7 +693,7 @@ def ufm_flow_rhs(y, data, out):
 
 
 # -- input-coupled UFM ---------------------------------------------------------------
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def icm_grad(W, A, Phi, Y, lam_W, lam_A, loss_id, H, Z, G, T, dW, dA):
     """Gradients of ``g(W A Phi) + lam_W/2||W||^2 + lam_A/2||A||^2`` into dW, dA; returns the objective.
 
