@@ -72,6 +72,10 @@ __all__ = ["ENGINES", "STARTS", "M2Model", "align_monotone", "align_refined", "a
            "kernel_flow_rhs_numpy", "pattern_flow_rhs_numpy"]
 
 STARTS = ("isotropic", "observed")
+
+#: Step attempts of one model simulation (a few thousand are typical); a flow that needs more is too stiff
+#: for the fit and counts as a failed point of the search.
+MAX_STEPS = 50_000
 ENGINES = ("auto", "patterns", "dense")
 
 
@@ -295,10 +299,13 @@ class M2Model:
         if setting is not None:
             self.kind = "encoding"
             self.B = len(setting.blocks)
-            self.fit_strengths = bool(fit_strengths) and self.B > 1
+            # blocks whose kernel is the identity or a combination of the others cannot be told apart from
+            # sigma or from them (e.g. a token of its own per item): their strength stays 1
+            self.free_blocks = _identifiable_blocks(setting) if fit_strengths else []
+            self.fit_strengths = len(self.free_blocks) > 1
         else:
             self.kind = "inputs" if inputs is not None else "kernel"
-            self.B, self.fit_strengths = 0, False
+            self.B, self.fit_strengths, self.free_blocks = 0, False, []
             X = None if inputs is None else np.asarray(inputs, dtype=np.float64)
             Kx = X.T @ X if X is not None else np.asarray(kernel, dtype=np.float64)
             self._user_kernel = 0.5 * (Kx + Kx.T)
@@ -317,7 +324,7 @@ class M2Model:
         self.engine = engine
         self.observed_start = observed_start
         self.names = (["log_sigma"] if self.kind == "encoding" else []) \
-            + [f"u{b}" for b in range(1, self.B)] * self.fit_strengths \
+            + [f"u{b}" for b in self.free_blocks[1:]] * self.fit_strengths \
             + (["log10_lam"] if lam is None else []) + (["log10_scale"] if scale is None else [])
         self.cache = {}
         self.cache_bytes = 0
@@ -342,11 +349,11 @@ class M2Model:
         out = {}
         if self.kind == "encoding":
             out["sigma"] = math.exp(x.pop(0))
+            strengths = np.ones(self.B)
             if self.fit_strengths:
-                u = [x.pop(0) for _ in range(self.B - 1)]
-                out["strengths"] = np.exp(np.array(u + [-sum(u)]))
-            else:
-                out["strengths"] = np.ones(self.B)
+                u = [x.pop(0) for _ in range(len(self.free_blocks) - 1)]
+                strengths[self.free_blocks] = np.exp(np.array(u + [-sum(u)]))
+            out["strengths"] = strengths
         out["lam"] = 10.0 ** x.pop(0) if self.lam is None else float(self.lam)
         out["scale"] = 10.0 ** x.pop(0) if self.scale is None else float(self.scale)
         return out
@@ -374,7 +381,7 @@ class M2Model:
         if self.kind == "encoding":
             x.append(math.log(sigma))
             if self.fit_strengths:
-                u = np.log(np.asarray(strengths, dtype=np.float64))
+                u = np.log(np.asarray(strengths, dtype=np.float64)[self.free_blocks])
                 x += list((u - u.mean())[:-1])
         if self.lam is None:
             x.append(math.log10(lam))
@@ -427,6 +434,30 @@ class M2Model:
         return InputCoupledUFM.from_setting(self.setting, q["sigma"], d=self.K + self.setting.encoding(0.0).shape[0],
                                             loss=self.loss, lam_W=q["lam"], lam_A=q["lam"], strengths=q["strengths"])
 
+    #: The box the search stays in: outside it the flow is degenerate (the features never grow, or the
+    #: kernel's scales differ by many orders of magnitude and the flow becomes too stiff to integrate).
+    BOUNDS = {"sigma": (1e-3, 1e4), "strengths": (1e-3, 1e3), "lam": (1e-10, 10.0), "scale": (1e-15, 10.0)}
+
+    def in_bounds(self, q) -> bool:
+        """Whether the parameters of :meth:`unpack` lie in :attr:`BOUNDS`.
+
+        Parameters
+        ----------
+        q : dict
+            As :meth:`unpack` returns.
+
+        Returns
+        -------
+        bool
+            False sends the search elsewhere (its cost is infinite).
+        """
+        for name, (lo, hi) in self.BOUNDS.items():
+            if name in q and (name != "lam" or self.lam is None) and (name != "scale" or self.scale is None):
+                v = np.atleast_1d(q[name])
+                if np.any(v < lo) or np.any(v > hi):
+                    return False
+        return True
+
     # -- simulation ----------------------------------------------------------------------------
     def times(self, params, Kx_top):
         """Model times: 0 and a log grid from ``1e-2`` of the fastest mode's time to the horizon.
@@ -467,6 +498,8 @@ class M2Model:
         if key in self.cache:
             return self.cache[key]
         q = self.unpack(x)
+        if not self.in_bounds(q):
+            return None
         out = self._simulate_patterns(q) if self.engine == "patterns" else self._simulate_dense(q)
         self.n_sim += 1
         size = 0 if out is None else out[0].nbytes + out[1].nbytes
@@ -490,7 +523,7 @@ class M2Model:
         t = self.times(q, float(k.max()))
         data = (a.P, a.P_inv, a.valency, k, q["lam"], q["lam"], self.loss_id, float(self.K))
         res = integrate(kern.m2_pattern_flow_rhs, y0, data, t, rtol=self.rtol, atol=self.rtol * s2 * 1e-3,
-                        log_time=q["lam"] == 0, max_steps=10**6)
+                        log_time=q["lam"] == 0, max_steps=MAX_STEPS)
         self.n_rhs += res.nfev
         if not res.success:
             return None
@@ -521,7 +554,7 @@ class M2Model:
         t = self.times(q, float(np.linalg.eigvalsh(Kx)[-1]))
         data = (K, d, np.ascontiguousarray(Kx), q["lam"], q["lam"], self.loss_id)
         res = integrate(kern.m2_kernel_flow_rhs, y0, data, t, rtol=self.rtol, atol=self.rtol * c * 1e-3,
-                        log_time=q["lam"] == 0, max_steps=10**6)
+                        log_time=q["lam"] == 0, max_steps=MAX_STEPS)
         self.n_rhs += res.nfev
         if not res.success:
             return None
@@ -547,6 +580,21 @@ class M2Model:
             The Grams.
         """
         return self.algebra.dense(grams) if self.engine == "patterns" else np.asarray(grams)
+
+
+def _identifiable_blocks(setting) -> list:
+    """Indices of the attribute blocks whose kernels are independent of the identity and of the earlier blocks."""
+    K = setting.N
+    basis = [np.eye(K).ravel()]
+    keep = []
+    for b, block in enumerate(_attribute_blocks(setting)):
+        v = (block.T @ block).ravel()
+        X = np.stack(basis, axis=1)
+        coef, *_ = np.linalg.lstsq(X, v, rcond=None)
+        if np.linalg.norm(X @ coef - v) > 1e-9 * max(np.linalg.norm(v), 1e-300):
+            basis.append(v)
+            keep.append(b)
+    return keep
 
 
 def _attribute_blocks(setting):

@@ -21,7 +21,7 @@ from .. import metrics
 from ..results import Run, Trajectory
 from .io import as_numpy, load_run
 from .patterns import outside_fraction, pattern_ids, project_patterns, psd_root
-from .report import etf_of, gaps_of
+from .report import TRANSIENT, etf_of, gaps_of
 
 # Observed, Representations, read_observed and first_state are the fit's own plumbing
 __all__ = ["unit_centred"]
@@ -183,6 +183,10 @@ class Representations:
         self.patterns = project_patterns(self.full, self.ids)
         self.matched = self.patterns if match == "patterns" else self.full
         self.gap, self.etf = gaps_of(self.full, obs.attributes), etf_of(self.full)
+        # the records of the gap's clear rise (first record to the peak), when the gap rises clearly
+        p = int(np.argmax(self.gap)) if np.all(np.isfinite(self.gap)) else 0
+        self.rise = (slice(0, p + 1) if 2 <= p < self.T - 1 and self.gap[p] - self.gap[0] >= TRANSIENT["rise"]
+                     else None)
         self.R = int(self.ids.max()) + 1
         dims = (self.R - 2 if algebra is not None else pattern_dims(self.ids) - 1) if match == "patterns" \
             else self.K * (self.K - 1) // 2 - 1
