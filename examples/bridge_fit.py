@@ -68,9 +68,9 @@ def _table(rows) -> str:
         return "n/a" if v is None or not np.isfinite(v) else fmt.format(v)
 
     head = ("| setting | net | gap start / peak (step) / end | ETF dist. start / end | outside patterns (change) | "
-            "model | gap R^2 | ETF R^2 | pattern Gram R^2 | full Gram R^2 | accepted | best model | sigma [near-best] | "
-            "transition observed / predicted | train s | fit s |")
-    lines = [head, "|" + "---|" * 16]
+            "model | gap R^2 | rise R^2 | ETF R^2 | pattern Gram R^2 | full Gram R^2 | accepted | best model | "
+            "sigma [near-best] | transition observed / predicted | train s | fit s |")
+    lines = [head, "|" + "---|" * 17]
     for r in rows:
         res, p = r["fit"], r["fit"].params
         near = p.get("near_best", {}).get("sigma")
@@ -86,7 +86,8 @@ def _table(rows) -> str:
                 + (f"{r['gap'][0]:.3f} / {r['gap'].max():.3f} ({r['peak_step']}) / {r['gap'][-1]:.3f} | "
                    f"{r['etf'][0]:.2f} / {r['etf'][-1]:.2f} | {100 * p['outside_patterns']:.0f}% "
                    f"({100 * p['outside_patterns_change']:.0f}%) | " if first else "| | | ")
-                + f"{'M2' if m == 'input_coupled' else 'M1'} | {f(g['gap_r2'])} | {f(g['etf_r2'])} | "
+                + f"{'M2' if m == 'input_coupled' else 'M1'} | {f(g['gap_r2'])} | {f(g.get('rise_r2'))} | "
+                f"{f(g['etf_r2'])} | "
                 f"{f(g['gram_r2_patterns'])} | {f(g['gram_r2_full'])} | {'yes' if g['accepted'] else 'no'} | "
                 + (f"{res.best_model or 'none'} | {sig} | {f(obs, '{:.3g}') if obs else 'none'} / "
                    f"{f(pred, '{:.3g}') if pred else 'none'} | {r['train_s']:.1f} | {r['fit_s']:.1f} |" if first else
