@@ -56,3 +56,6 @@ def test_torch_training_loop_recorded_with_a_hook_and_fitted_with_its_inputs():
     assert "NC1 trace ratio" in fit.message                   # within-class traces of 8 examples per class
     assert fit.curves["observed_nc1_trace_ratio"][-1] < fit.curves["observed_nc1_trace_ratio"][0]
     assert fit.verdict
+    summary = ufm.bridge.gap_summary(run)                       # the run summary carries the within-class metrics
+    np.testing.assert_allclose(summary["nc1"], fit.curves["observed_nc1_trace_ratio"])
+    assert summary["nc1_end"] < summary["nc1_start"] and summary["cdnv"].shape == (run.T,)

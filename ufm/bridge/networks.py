@@ -69,6 +69,7 @@ import numpy as np
 
 from .._checks import available_bytes, check_int, check_nonneg, check_positive
 from .io import Exporter, _format_of, log_steps, save_run
+from .report import within_class
 
 __all__ = ["DEFAULTS", "LEGACY", "gap_summary", "train_network"]
 
@@ -529,6 +530,11 @@ def gap_summary(run, attributes=None, *, rise: float = 0.05, fall: float = 0.6, 
         ``loss_start``, ``loss_end`` (``None`` without losses), ``transient``
         (bool, the gap criterion) and ``collapsed`` (bool, the ETF criterion).
         A run shows the whole of structure before collapse when both hold.
+        When the run kept within-class traces of more than one example per
+        class: ``nc1`` and ``cdnv`` (T,), NC1 in its trace-ratio variant and
+        the mean CDNV per record (:func:`ufm.bridge.fitting.within_class`; the
+        other NC1 variants need the whole within-class covariance), and their
+        ``*_start`` / ``*_end``; otherwise these are ``None``.
     """
     from ..metrics import etf_distance, semantic_gap
 
@@ -553,7 +559,16 @@ def gap_summary(run, attributes=None, *, rise: float = 0.05, fall: float = 0.6, 
     transient = bool(peak >= start + rise and end <= fall * peak)
     j = None if np.all(np.isnan(etf)) else int(np.nanargmin(etf))
     loss = run.loss
-    return {"gaps": gaps, "etf": etf, "start": start, "peak": peak, "peak_step": int(run.steps[k]), "end": end,
+    wc = None
+    if run.within is not None and np.any(np.asarray(run.counts) > 1):
+        wc = within_class(run.grams, run.within, run.counts)
+    within = {"nc1": None, "cdnv": None, "nc1_start": None, "nc1_end": None, "cdnv_start": None, "cdnv_end": None}
+    if wc is not None:
+        nc1, cd = wc["nc1_trace_ratio"], wc["cdnv_mean"]
+        within = {"nc1": nc1, "cdnv": cd, "nc1_start": float(nc1[0]), "nc1_end": float(nc1[-1]),
+                  "cdnv_start": float(cd[0]), "cdnv_end": float(cd[-1])}
+    return {**within, "gaps": gaps, "etf": etf, "start": start, "peak": peak, "peak_step": int(run.steps[k]),
+            "end": end,
             "etf_start": float(etf[0]), "etf_min": float("nan") if j is None else float(etf[j]),
             "etf_min_step": None if j is None else int(run.steps[j]), "etf_end": float(etf[-1]),
             "loss_start": None if loss is None else float(loss[0]),
