@@ -5,6 +5,8 @@ Run from the repository root, in the project's virtual environment::
     python benchmarks/bench_simulate.py            # full run (about 10 minutes on 2 cores)
     python benchmarks/bench_simulate.py --quick    # fewer repeats, shorter timings, no cold compile (< 2 min)
     python benchmarks/bench_simulate.py --out benchmarks/RESULTS.md   # also write the markdown report
+    python benchmarks/bench_simulate.py --before 738d59b   # first calls by kind on a cold cache and
+                                                           # 2-thread scaling, this tree against a revision
 
 Every number comes from this run on this machine: the baselines run in the same process, on the
 same problem, from the same initial state, interleaved with the ``ufm`` kernel (round-robin over
