@@ -30,12 +30,21 @@ ENV = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="POSIX signals")
 
 
+# A child inherits its parent's blocked and ignored signals across exec; a test process that ran other
+# tests may carry them (seen in a full -n 2 run: the children never saw the SIGINT). Start each child
+# the way a terminal starts a program: SIGINT unblocked and at its default action.
+TRAMPOLINE = ("import os, signal, sys; signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+              "signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])")
+
+
 class Child:
     """A child process in its own process group; its stdout and stderr lines arrive on one queue."""
 
     def __init__(self, args, cwd):
-        self.proc = subprocess.Popen(args, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, start_new_session=True)
+        self.parent_sigint = (signal.getsignal(signal.SIGINT), signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        self.proc = subprocess.Popen([sys.executable, "-c", TRAMPOLINE, *map(str, args)], cwd=cwd, env=ENV,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
         self.lines, self.out, self.err = queue.Queue(), [], []
         for stream, keep in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
             threading.Thread(target=self._read, args=(stream, keep), daemon=True).start()
@@ -53,7 +62,8 @@ class Child:
             except queue.Empty:
                 self.proc.kill()
                 pytest.fail(f"no line with {text!r} in {timeout} s; stdout {''.join(self.out)[-2000:]} "
-                            f"stderr {''.join(self.err)[-2000:]}")
+                            f"stderr {''.join(self.err)[-2000:]}; parent SIGINT handler and mask "
+                            f"{self.parent_sigint}")
             if text in line:
                 return line
 
@@ -65,7 +75,7 @@ class Child:
             code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
-            pytest.fail("the child did not stop after Ctrl-C")
+            pytest.fail(f"the child did not stop after Ctrl-C (parent SIGINT handler and mask {self.parent_sigint})")
         return code, "".join(self.out), "".join(self.err)
 
 
