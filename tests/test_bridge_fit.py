@@ -250,7 +250,7 @@ def test_cli_fit_prints_the_table_and_writes_fit_and_figure(tmp_path, capsys):
 
 
 def test_fit_reproduces_the_gap_curve_of_a_real_network():
-    """Issue 7's bar: the fitted M2 reproduces a factorial network's semantic-gap curve with R^2 >= 0.9."""
+    """The fitted M2 reproduces a real factorial network's semantic-gap curve with R^2 >= 0.9."""
     from ufm.bridge.networks import train_network
 
     s = ufm.factorial((2, 2, 2, 2))

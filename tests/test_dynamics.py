@@ -11,11 +11,11 @@ What is pinned here (THEORY section):
 3. The mode-restricted CE flow (§6.5, §8.2) from an aligned start: exact along
    the whole transient for factorial and hierarchy settings, within 1% for
    ntp_contexts.
-4. The semantic transient from a random start (issue 6 "done when"): for the
+4. The semantic transient from a random start: for the
    three settings at sigma = 4 (sigma^2 = 16 well above F <= 3 factors) the
    simulated gap rises to a clear peak and falls; the predicted peak time
    matches the mean simulated one (MSE and CE), and for MSE the transition time.
-4b. Which start the theory assumes (issue 11, part 5): from one run's start
+4b. Which start the theory assumes: from one run's start
    (W0, A0) the core model follows that run (gap to 1e-5, peak/rise/transition
    read off the same grid to 1e-3) where the wide-limit curve is off by tens of
    percent; spread samples are ufm.simulate's starts; the isotropic start is
@@ -229,7 +229,7 @@ def test_semantic_peak_time_matches_simulation(loss, name):
     ratio = pred.peak_time / peaks.mean()
     print(f"{loss} {name}: predicted peak {pred.peak_time:.3f}, simulated {peaks.mean():.3f} +- {peaks.std():.3f}, "
           f"ratio {ratio:.3f}")
-    # issue 6: MSE within 15%, CE target 30%; measured (MEASURED) within 3% for both
+    # required: MSE within 15%, CE within 30%; measured (MEASURED) within 3% for both
     assert abs(ratio - 1) < 0.06, ratio
     assert abs(ratio - MEASURED[loss, name]) < 0.03
     # the predicted gap curve follows the mean simulated one
@@ -252,7 +252,7 @@ def test_semantic_peak_time_matches_simulation(loss, name):
 
 # =====================================================================================
 # 4b. which start the theory assumes: one run's start, the wide limit, the spread over runs;
-#     rise times (issue 11, part 5)
+#     rise times
 # =====================================================================================
 def _log_steps(steps, n):
     return np.unique(np.concatenate([[0], np.round(np.geomspace(1, steps, n)).astype(int)]))

@@ -1,6 +1,6 @@
-"""Issue 12: memory, divergence and wrong-input faults (Ctrl-C is in test_interrupt.py).
+"""Faults that must not lose work or look like success: memory, divergence, wrong input (Ctrl-C is in test_interrupt.py).
 
-Each test reproduces a fault the issue reports (it failed before the fix) and checks the
+Each test reproduces a reported fault (it failed before the fix) and checks the
 class of fault, not just the one call.
 """
 
@@ -21,7 +21,7 @@ EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "sweep.toml"
 
 
 # -- 4. memory: one estimate, refused before allocating ----------------------------------
-def test_the_issues_simulation_is_refused_by_name_before_anything_is_allocated(monkeypatch):
+def test_a_simulation_too_large_for_memory_is_refused_by_name_before_anything_is_allocated(monkeypatch):
     """K=100, n=100, d=1000, H recorded at every one of the 101 distinct steps: 8.1 GB of records. The old guard
     counted them once (the peak was 4x: list, stack, frozen copy, hash bytes) and let it run into the OOM killer
     (23.7 GB); now the estimate is the peak, and with 12 GiB free the run is refused at once, naming the fix."""

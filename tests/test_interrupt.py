@@ -1,4 +1,4 @@
-"""Ctrl-C keeps what was computed (issue 12): a real SIGINT sent to a child process.
+"""Ctrl-C keeps what was computed: a real SIGINT sent to a child process.
 
 Each test starts a child (a script or the ``ufm`` command) in its own process group, waits
 until it says it is inside the long computation, sends SIGINT to the group (what a

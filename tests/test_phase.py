@@ -1,4 +1,4 @@
-"""ufm.phase_diagram (issue 6 part 2) and the plotting helpers for it, drawn under Agg and checked for content.
+"""ufm.phase_diagram and the plotting helpers for it, drawn under Agg and checked for content.
 
 Pinned here:
 1. On a tiny grid the phase diagram has one record per point with the theory peak, the exact end state and
