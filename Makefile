@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 JOBS   ?= 2
 OUT    ?= ufm-demo
 
-.PHONY: demo test install install-test install-docs docs docs-clean browser derivations clean
+.PHONY: demo test test-fast install install-test install-docs docs docs-clean browser derivations clean
 
 $(PY):
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "ufm needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -37,6 +37,11 @@ demo: install
 # errors) and tests/test_docs_site.py opens it in headless Chromium.
 test: install-test docs browser
 	$(PY) -m pytest -n $(JOBS) -q
+
+# The everyday loop: the suite without the tests marked slow (training, fitting, sympy derivations,
+# child processes, the docs site); under a minute with numba's cache warm. CI runs `make test`.
+test-fast: install-test
+	$(PY) -m pytest -n $(JOBS) -q -m "not slow"
 
 # -- documentation ---------------------------------------------------------------------------
 # `make docs` builds docs/_build/html. MathJax comes from the npm registry's `mathjax` package and

@@ -53,3 +53,33 @@ def tv9_data():
         mu0[2 + a2, k] = 1.0
     H0 = np.repeat(mu0, n, axis=1) + 0.1 * rng.normal(size=(d, K * n))
     return K, n, d, attrs, H0
+
+
+def _warm_kernels():
+    """Compile (or load from numba's disk cache) the kernels most tests use, once, before the workers start.
+
+    With ``pytest -n 2`` on a cold cache every worker would otherwise compile the same kernels at once;
+    compiled here first, the workers load them from disk.
+    """
+    import ufm
+    from ufm.bridge.m2 import M2Model
+    from ufm.bridge.patterns import PatternAlgebra
+
+    p = ufm.UFMProblem(K=3, n=2, d=4, lam_W=1e-3, lam_H=1e-3)
+    ufm.simulate(p, steps=5, lr=0.1)
+    ufm.simulate(p, steps=5, lr=0.1, mode="flow")
+    s = ufm.factorial((2, 2))
+    m = ufm.InputCoupledUFM.from_setting(s, sigma=1.0, d=8, lam_W=1e-3, lam_A=1e-3)
+    ufm.simulate(m, steps=5, lr=0.1)
+    ufm.simulate(m, steps=5, lr=0.1, mode="flow")
+    a = PatternAlgebra.from_attributes(s.attributes)
+    for engine in ("patterns", "dense"):
+        model = M2Model(s.N, setting=s, algebra=a, lam=1e-3, scale=1e-2, n_model=5, engine=engine)
+        model.trajectory(model.pack(sigma=1.0, strengths=[1.0, 1.0]))
+
+
+def pytest_configure(config):
+    """In the controller of a parallel run (not in its workers), warm the kernels once (:func:`_warm_kernels`)."""
+    workers = getattr(config.option, "numprocesses", None)
+    if workers and not hasattr(config, "workerinput"):
+        _warm_kernels()

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import ufm
 from ufm.metrics import semantic_gap
@@ -13,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import bridge_byo_numpy  # noqa: E402
 
 
+@pytest.mark.slow
 def test_numpy_network_grams_are_fitted_from_arrays():
     steps, grams, fit = bridge_byo_numpy.main(maxiter=60)
     X, attributes = bridge_byo_numpy.make_inputs((2, 2, 2))
@@ -27,6 +29,7 @@ def test_numpy_network_grams_are_fitted_from_arrays():
     assert enc.gof["input_coupled"]["gap_r2"] > 0.9
 
 
+@pytest.mark.slow
 def test_inputs_given_to_m2_recover_its_weight_decay_and_start():
     """A run of M2 with real-valued inputs (not ufm's encoding) is fitted back exactly when the inputs are given."""
     from ufm.bridge.fitting import isotropic_init
@@ -44,6 +47,7 @@ def test_inputs_given_to_m2_recover_its_weight_decay_and_start():
     assert f.gof["input_coupled"]["gram_r2_full"] > 0.999
 
 
+@pytest.mark.slow
 def test_torch_training_loop_recorded_with_a_hook_and_fitted_with_its_inputs():
     import bridge_byo_torch
 

@@ -41,6 +41,7 @@ def _close(value, truth, rtol):
     assert np.allclose(value, truth, rtol=rtol), (value, truth)
 
 
+@pytest.mark.slow
 def test_round_trip_exact_start_recovers_parameters_and_identity_time_map(exact_fit):
     r = exact_fit
     _close(r.params["sigma"], TRUE["sigma"], 0.01)
@@ -51,6 +52,7 @@ def test_round_trip_exact_start_recovers_parameters_and_identity_time_map(exact_
     assert r.best_model == "input_coupled"
 
 
+@pytest.mark.slow
 def test_round_trip_with_lam_fitted_although_zero():
     """Fitting lam on a lam = 0 run still gives sigma and strengths (lam and the late time map then trade off)."""
     r = fit(_simulated(n_records=30), setting=SETTING, models=("input_coupled",))
@@ -59,6 +61,7 @@ def test_round_trip_with_lam_fitted_although_zero():
     assert r.gof["input_coupled"]["gram_r2"] > 0.99
 
 
+@pytest.mark.slow
 def test_round_trip_gaussian_wide_start_within_five_percent():
     """A Gaussian start in width 512 (another seed, not the fit's start) still gives the parameters to 5%."""
     r = fit(_simulated(d=512), setting=SETTING, models=("input_coupled",), lam=0.0)
@@ -67,6 +70,7 @@ def test_round_trip_gaussian_wide_start_within_five_percent():
     assert r.gof["input_coupled"]["gap_r2"] > 0.95
 
 
+@pytest.mark.slow
 def test_round_trip_with_weight_decay_fits_lam():
     lam = 1e-3
     r = fit(_simulated(lam=lam, n_records=30), setting=SETTING, models=("input_coupled",), lam="fit")
@@ -76,6 +80,7 @@ def test_round_trip_with_weight_decay_fits_lam():
     assert r.gof["input_coupled"]["gram_r2"] > 0.99
 
 
+@pytest.mark.slow
 def test_fit_result_round_trips_through_npz(exact_fit, tmp_path):
     path = exact_fit.save(tmp_path / "fit.npz")
     back = ufm.load(path)
@@ -121,6 +126,7 @@ def test_static_decomposition_is_exact_on_a_model_gram():
     np.testing.assert_allclose(st["b"][0], ref.b, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_static_intervals_cover_at_the_nominal_rate_for_independent_noise():
     attrs = ufm.factorial((2, 2, 2, 2)).attributes
     P, Ss = _basis(attrs)
@@ -154,6 +160,7 @@ def test_static_drops_factors_that_do_not_split_classes():
 
 
 # -- M1 path: THEORY TV9 -------------------------------------------------------------------
+@pytest.mark.slow
 def test_anchored_path_reproduces_tv9():
     K, n, d, attrs, H0 = tv9_data()
     y = np.repeat(np.arange(K), n)
@@ -228,6 +235,7 @@ def test_bad_inputs_are_named():
         fit(traj, setting=SETTING)
 
 
+@pytest.mark.slow
 def test_cli_fit_prints_the_table_and_writes_fit_and_figure(tmp_path, capsys):
     from ufm.cli import main
 
@@ -249,6 +257,7 @@ def test_cli_fit_prints_the_table_and_writes_fit_and_figure(tmp_path, capsys):
     assert main(["fit", str(path), "--lam", "abc", "--quiet"]) == 2
 
 
+@pytest.mark.slow
 def test_fit_reproduces_the_gap_curve_of_a_real_network():
     """The fitted M2 reproduces a real factorial network's semantic-gap curve with R^2 >= 0.9."""
     from ufm.bridge.networks import train_network
@@ -263,6 +272,7 @@ def test_fit_reproduces_the_gap_curve_of_a_real_network():
     assert r.predicted_transition is not None and r.predicted_transition > run.steps[int(np.argmax(gap))]
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_the_m2_search_keeps_the_best_point(monkeypatch):
     """An interrupt inside Nelder-Mead ends the search, not the fit: the best point so far is reported."""
     from ufm.bridge.m2 import M2Model
@@ -307,6 +317,7 @@ def _m2_grams(setting, sigma, n_records=40, lam=0.0):
     return np.asarray(tr.times), np.asarray(tr.records["gram_H"][0])
 
 
+@pytest.mark.slow
 def test_a_run_that_leaves_the_etf_while_its_pattern_gap_rises_and_falls_is_not_explained():
     """The residual-MLP failure: attribute-pattern Grams rise and fall like M2 while the full Grams go low-rank."""
     s = ufm.factorial((2, 2, 2, 2))
@@ -352,6 +363,7 @@ def test_observed_transition_needs_a_clear_rise_and_fall():
     assert r["step"] == 5.0 and r["peak_step"] == 3.0
 
 
+@pytest.mark.slow
 def test_a_prediction_past_the_last_record_is_flagged_not_reported():
     """A run that stops before M2's transition: no predicted step, the reason and the extrapolation are given."""
     s = SETTING
@@ -395,6 +407,7 @@ def test_within_class_metrics_from_a_run_match_ufm_metrics():
     assert "NC1 trace ratio" in r.message
 
 
+@pytest.mark.slow
 def test_a_kernel_given_by_the_user_is_used_as_given():
     """M2 with the true input kernel: sigma and strengths are not fitted; the trajectory is explained."""
     s = SETTING
@@ -406,6 +419,7 @@ def test_a_kernel_given_by_the_user_is_used_as_given():
     assert abs(r.params["init_scale"] - 1e-2) < 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("d, seed", [(16, 0), (32, 1), (64, 2), (24, 3)])
 def test_random_start_round_trip_recovers_sigma_within_two_percent(d, seed):
     """An M2 run from an ordinary Gaussian start in a narrow layer, fitted from its own first record."""

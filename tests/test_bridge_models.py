@@ -73,6 +73,7 @@ def test_projection_and_outside_fraction():
 
 
 # -- M2: numba kernels equal their numpy twins; the two engines agree -----------------------------
+@pytest.mark.slow
 def test_m2_right_hand_sides_equal_their_numpy_twins():
     rng = np.random.default_rng(2)
     K, d = 6, 9
@@ -109,6 +110,7 @@ def test_kernel_flow_is_the_input_coupled_gradient_flow_seen_through_H():
     np.testing.assert_allclose(out[28:].reshape(7, 4), -g["A"] @ prob.Phi, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lam", [0.0, 1e-3])
 def test_pattern_engine_equals_dense_engine_and_ufm_simulate(lam):
     s = ufm.factorial((3, 3))
@@ -157,6 +159,7 @@ def test_refined_alignment_finds_points_between_model_times():
 
 
 # -- M1 in closed form per pattern --------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("s", [ufm.factorial((2, 2, 2)), ufm.hierarchy(2, depth=3)], ids=lambda s: s.name)
 def test_m1_per_pattern_minimizer_is_never_worse_than_block_descent(s):
     K = s.N

@@ -13,6 +13,8 @@ from ufm.cli import main
 from ufm.results import Run, load
 from ufm.settings import factorial, hierarchy, ntp_contexts
 
+pytestmark = pytest.mark.slow          # trains, runs subprocesses or reads the built site: `make test-fast` skips it
+
 torch.set_num_threads(1)
 
 # small and fast: factorial(2x2x2x2), 16 items, width 128 (~1-5 s each on one thread)

@@ -63,6 +63,7 @@ CE_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kw", CE_CASES)
 def test_balanced_ce_matches_nonconvex_solver(kw):
     p = UFMProblem(loss="ce", **kw)
@@ -76,6 +77,7 @@ def test_balanced_ce_matches_nonconvex_solver(kw):
     np.testing.assert_allclose(H.T @ H, sol.gram_H, atol=1e-4 * max(1.0, np.abs(sol.gram_H).max()))
 
 
+@pytest.mark.slow
 def test_balanced_ce_plain_gradient_descent_tv1():
     """Plain GD (step 1, as in THEORY TV1) lands on the closed form."""
     p = UFMProblem(K=4, n=3, d=6, loss="ce", bias=True, lam_W=0.01, lam_H=0.01, lam_b=0.01)
@@ -90,6 +92,7 @@ def test_balanced_ce_plain_gradient_descent_tv1():
     assert np.linalg.norm(b) < 1e-8
 
 
+@pytest.mark.slow
 def test_ce_zero_threshold_is_sharp():
     """Zero iff K gamma >= 1: just below, the nonconvex optimum beats log K; at it, it does not."""
     K, n = 4, 3
@@ -105,6 +108,7 @@ def test_ce_zero_threshold_is_sharp():
 
 
 # -- layer-peeled --------------------------------------------------------------------
+@pytest.mark.slow
 def test_layer_peeled_against_constrained_minimization():
     K, n, d, E_W, E_H = 4, 2, 5, 2.0, 0.7
     p = LayerPeeledProblem(K=K, n=n, d=d, E_W=E_W, E_H=E_H)
@@ -153,6 +157,7 @@ def test_tv3_seli_numbers():
     assert margins.min() == pytest.approx(1.0, abs=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("counts", [[3, 3, 1, 1], [5, 1, 1], [2, 4, 1, 3, 2], [2, 2, 2]])
 def test_seli_solves_the_nuclear_norm_svm(counts):
     """P_K Y solves min ||Z||_* s.t. margins >= 1 (3.2): compare with a cvxpy solution."""

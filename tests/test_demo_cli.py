@@ -17,6 +17,8 @@ import pytest  # noqa: E402
 from ufm import cli, demo  # noqa: E402
 from ufm.plotting import plot_gram  # noqa: E402
 
+pytestmark = pytest.mark.slow          # trains, runs subprocesses or reads the built site: `make test-fast` skips it
+
 
 def test_demo_structure_before_collapse_quick(tmp_path, capsys):
     assert cli.main(["demo", "--quick", "--out", str(tmp_path)]) == 0

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow          # trains, runs subprocesses or reads the built site: `make test-fast` skips it
+
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = [DOCS / "index.md"] + sorted((DOCS / "guide").glob("*.md"))
 

@@ -205,6 +205,7 @@ MEASURED = {("mse", "factorial"): 0.99, ("mse", "hierarchy"): 0.97, ("mse", "ntp
             ("ce", "factorial"): 0.99, ("ce", "hierarchy"): 0.98, ("ce", "ntp_contexts"): 0.99}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["mse", "ce"])
 @pytest.mark.parametrize("name", list(SETTINGS))
 def test_semantic_peak_time_matches_simulation(loss, name):
@@ -258,6 +259,7 @@ def _log_steps(steps, n):
     return np.unique(np.concatenate([[0], np.round(np.geomspace(1, steps, n)).astype(int)]))
 
 
+@pytest.mark.slow
 def test_run_start_predicts_each_runs_transition_and_spread_samples_are_the_runs():
     """A Gaussian start of small width (d = 9, factorial(3, 3), CE, lam 1e-3): the wide-limit curve misses runs'
     transitions by tens of percent; the core model from each run's start follows the run exactly."""
@@ -296,6 +298,7 @@ def test_run_start_predicts_each_runs_transition_and_spread_samples_are_the_runs
     np.testing.assert_allclose(q["transition_time"], np.quantile(wide.spread_transition_time, (0.1, 0.5, 0.9)))
 
 
+@pytest.mark.slow
 def test_isotropic_start_is_the_wide_limit_and_matches_simulation():
     """isotropic_init(s) (A0^T A0 = s^2 I, W0 W0^T = s^2 I, W0 A0 = 0) is the wide limit at init_scale s/sqrt(d)."""
     d, s = 22, 1e-3
@@ -318,6 +321,7 @@ def test_isotropic_start_is_the_wide_limit_and_matches_simulation():
         assert value == pytest.approx(sim[key], rel=2e-3), key       # measured within 6e-4
 
 
+@pytest.mark.slow
 def test_rise_times_on_a_plateau_without_runtime_warnings():
     """sigma = 1.5: the gap rises to a plateau (the peak time is arbitrary); t50/t90 are not. No RuntimeWarning."""
     import warnings
@@ -388,6 +392,7 @@ def test_plot_trajectory_names_the_start_and_shades_the_spread():
 # =====================================================================================
 # 5. end states: the model's own against ufm.solve (TV7b, TV8)
 # =====================================================================================
+@pytest.mark.slow
 @pytest.mark.parametrize("lam, gap_star", [(0.0, 0.0670), (1e-3, 0.1643)], ids=["max-margin-TV7b", "decay-TV8"])
 def test_ce_model_end_state_is_the_global_one(lam, gap_star):
     m = ufm.InputCoupledUFM.from_setting(ufm.factorial((2, 2, 2)), sigma=2.0, d=16, loss="ce", lam_W=lam, lam_A=lam)

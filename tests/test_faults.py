@@ -93,6 +93,7 @@ def test_fit_and_settings_use_the_same_guard(monkeypatch):
 
 
 # -- 5. divergence is a failure -----------------------------------------------------------
+@pytest.mark.slow
 def test_a_sweep_of_diverged_runs_reports_failures_and_marks_them(tmp_path, capsys):
     import matplotlib
 

@@ -325,6 +325,7 @@ def test_one_kernel_per_data_layout_shared_by_every_rhs():
 
 
 @needs_jit
+@pytest.mark.slow
 def test_kernel_is_loaded_from_disk_cache_by_a_new_process_and_a_new_rhs():
     integrate(decay, [1.0], (1.0,), np.array([0.0, 1.0]))  # compiled (and saved) or loaded
     code = (

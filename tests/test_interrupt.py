@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
        "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
 
-pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="POSIX signals")
+pytestmark = pytest.mark.slow          # child processes: `make test-fast` leaves these out
 
 
 # A child inherits its parent's blocked and ignored signals across exec; a test process that ran other

@@ -29,6 +29,7 @@ def phase():
     return ufm.phase_diagram(sigmas=SIGMAS, strengths=(1.0,), lams=(1e-3,))
 
 
+@pytest.mark.slow
 def test_phase_diagram_records(phase):
     assert phase.status == "completed" and phase.n_failed == 0
     assert len(phase.records) == 3 * len(SIGMAS)
@@ -49,6 +50,7 @@ def test_end_state_approaches_etf_as_sigma_grows(phase, setting):
             assert r["rises"] and r["peak_gap"] > 4 * r["end_gap"], r
 
 
+@pytest.mark.slow
 def test_end_state_etf_distance_monotone_fine_grid():
     rows = [phase_point("factorial", s) for s in (1.0, 2.0, 2.5, 3.0, 4.0, 5.0, 8.0)]
     etf = [r["end_etf_distance"] for r in rows]

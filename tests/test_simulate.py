@@ -211,6 +211,7 @@ def test_memory_estimate_refuses_huge_records(monkeypatch):
         ufm.simulate(UFMProblem(K=10, n=10, d=50), steps=1000, lr=0.1, record=("H",), n_records=200)
 
 
+@pytest.mark.slow
 def test_kernels_match_twin_without_jit():
     """A fast subset under NUMBA_DISABLE_JIT=1: the kernel source itself, run as Python, equals the twin."""
     code = r"""
@@ -281,3 +282,102 @@ def test_flow_log_time_reaches_huge_horizons_cheaply():
     assert np.all(np.diff(tr.loss[0, 5:]) < 0) and tr.loss[0, -1] < 1e-7   # CE ~ 1/(t log t)
     with pytest.raises(ValueError, match="float64 only"):
         ufm.simulate(p, steps=10, lr=1.0, mode="flow", dtype=np.float32)
+
+
+def _recomputed(problem, state, name):
+    H = losses.features(problem, state)
+    if name == "loss":
+        return losses.state_objective(problem, state)
+    if name == "gram_W":
+        return state["W"] @ state["W"].T
+    if name == "gram_H":
+        return H.T @ H
+    M = (H @ problem.Y.T) / np.asarray(problem.counts)
+    return M.T @ M
+
+
+@pytest.mark.parametrize("name,problem", [PROBLEMS[i] for i in (0, 1, 6, 8)] +
+                         [("ce-wide", UFMProblem(K=5, n=1, d=9, loss="ce", lam_W=0.01, lam_H=0.01)),
+                          ("ce-blas-gram", UFMProblem(K=30, n=2, d=40, loss="ce", lam_W=0.01, lam_H=0.01))],
+                         ids=["ce", "ce-bias-imbalanced", "anchored-mse", "input-coupled-ce", "ce-wide", "ce-blas-gram"])
+def test_kernel_records_equal_recomputed_values(name, problem):
+    """The loss and Grams the GD kernel records itself equal their recomputation from the recorded state."""
+    blocks = [b for b in losses.blocks(problem) if b != "H" or "A" not in losses.blocks(problem)]
+    names = ("loss", "gram_means", "gram_W", "gram_H")
+    for steps, rs in ((25, None), (7, np.arange(8))):        # a log grid (chunks span records) and every step
+        tr = ufm.simulate(problem, steps=steps, lr=0.2, seeds=3, init_scale=0.3, record=names + tuple(blocks),
+                          n_records=9, record_steps=rs)
+        assert tr.status == "completed"
+        for s in range(3):
+            for j in range(len(tr.steps)):
+                state = {b: tr.records[b][s, j] for b in blocks}
+                for n in names:
+                    want = _recomputed(problem, state, n)
+                    np.testing.assert_allclose(tr.records[n][s, j], want, rtol=1e-11, atol=1e-13, err_msg=n)
+
+
+def test_kernel_records_in_float32_and_custom_loss_recorder():
+    p = UFMProblem(K=4, n=2, d=6, loss="ce", lam_W=0.01, lam_H=0.01)
+    tr = ufm.simulate(p, steps=30, lr=0.3, init_scale=0.3, record=("loss", "gram_H", "H", "W"), dtype=np.float32)
+    for j in range(len(tr.steps)):
+        st = {"W": tr.W[0, j], "H": tr.H[0, j]}
+        assert tr.loss[0, j] == pytest.approx(losses.state_objective(p, st), rel=1e-5)
+        np.testing.assert_allclose(tr.gram_H[0, j], st["H"].T @ st["H"], rtol=1e-5, atol=1e-7)
+    # a user's own function under a built-in name is called as given, not replaced by the kernel's
+    mine = ufm.simulate(p, steps=30, lr=0.3, init_scale=0.3, record={"loss": lambda prob, st: 7.0})
+    assert np.all(mine.loss == 7.0)
+
+
+def test_kernel_records_stop_where_the_run_stops():
+    """Divergence inside a chunk that spans records: every kept row is finite and from before it."""
+    p = UFMProblem(K=3, n=2, d=3, loss="mse")
+    tr = ufm.simulate(p, steps=10**5, lr=50.0, init_scale=1.0, record=("loss", "gram_H"), seeds=2,
+                      record_steps=np.arange(0, 10**5, 3))
+    assert tr.status == "nonfinite" and 1 <= len(tr.steps)
+    assert np.all(np.isfinite(tr.loss)) and np.all(np.isfinite(tr.gram_H))
+
+
+def test_label_matrix_is_built_once_and_not_pickled():
+    import pickle
+
+    p = UFMProblem(K=300, n=2, d=3)
+    Y = p.Y
+    assert Y is p.Y and not Y.flags.writeable and Y.sum() == p.N
+    np.testing.assert_array_equal(Y.argmax(0), p.y)
+    assert "_Y_onehot" not in pickle.loads(pickle.dumps(p)).__dict__
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(p)).Y, Y)
+
+
+def test_simulate_restores_the_callers_blas_threads():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas():
+        return sorted({lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"})
+
+    p = UFMProblem(K=30, n=2, d=40, loss="ce", lam_W=0.01, lam_H=0.01)
+    with threadpool_limits(limits=3, user_api="blas"):
+        assert blas() == [3]
+        ufm.simulate(p, steps=5, lr=0.1, record=("loss", "gram_H"))
+        ufm.simulate(p, steps=5, lr=0.1, mode="flow")
+        assert blas() == [3]
+
+
+def test_interrupt_between_chunks_keeps_the_kernel_records_of_the_last_row(monkeypatch):
+    """Ctrl-C after a grid step whose loss the next chunk would have recorded: that row is completed."""
+    from ufm import _interrupt
+
+    p = UFMProblem(K=3, n=2, d=3, loss="ce", lam_W=0.01, lam_H=0.01)
+    calls = {"n": 0}
+
+    def requested():
+        calls["n"] += 1
+        return calls["n"] > 5
+
+    monkeypatch.setattr(_interrupt, "requested", requested)
+    tr = ufm.simulate(p, steps=1000, lr=0.1, record=("loss", "gram_means", "W", "H"), n_records=30,
+                      on_interrupt="return")
+    assert tr.status == "interrupted" and len(tr.steps) == 6
+    for j in range(6):
+        st = {"W": tr.W[0, j], "H": tr.H[0, j]}
+        assert tr.loss[0, j] == pytest.approx(losses.state_objective(p, st), rel=1e-12)
+        np.testing.assert_allclose(tr.gram_means[0, j], _recomputed(p, st, "gram_means"), rtol=1e-12)

@@ -347,6 +347,7 @@ def test_tv8_gd_reproduces_the_table_from_the_scripts_initialization():
     assert obj[100000] == pytest.approx(0.02631712, abs=1e-8)
 
 
+@pytest.mark.slow
 def test_tv8_gd_semantic_gap_rises_peaks_then_falls_for_any_small_init():
     m = _m2_ce(2.0, 1e-3)
     tr = ufm.simulate(m, steps=100000, lr=0.5, init_scale=1e-3, seeds=4, seed=7, record=("semantic_gap", "loss"),
@@ -428,6 +429,7 @@ TV9 = {  # beta (Tirer normalization): (objective, semantic gap of the centred c
 }
 
 
+@pytest.mark.slow
 def test_tv9_anchored_beta_sweep_gap_decreases_with_beta():
     """Tirer et al. Eq. 2: 1/(2Kn)||WH-Y||^2 + lW/(2K)||W||^2 + lH/(2Kn)||H||^2 + beta/(2Kn)||H-H0||^2.
 

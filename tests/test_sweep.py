@@ -159,6 +159,7 @@ def test_seeds_depend_only_on_point_and_index():
     assert [r["seed"] for r in crn.records] == child * len(points)
 
 
+@pytest.mark.slow
 def test_identical_records_on_every_backend(dask_client):
     kw = dict(seeds=2, seed=3, progress=False, n_jobs=2)
     ref = ufm.sweep(draw, GRID, backend="sequential", **kw)
@@ -240,6 +241,7 @@ def test_save_load_round_trip_and_frozen(tmp_path):
         assert len(df) == 12 and list(df.columns[:4]) == ["a", "b", "seed_index", "seed"]
 
 
+@pytest.mark.slow
 def test_workers_run_numba_and_blas_on_one_thread(dask_client):
     for backend, extra in (("loky", {}), ("dask", {"client": dask_client})):
         res = ufm.sweep(thread_caps, {"a": [0, 1, 2, 3]}, backend=backend, n_jobs=2, progress=False, **extra)
@@ -281,6 +283,7 @@ def test_interrupted_simulation_stops_the_sweep():
     assert res.status == "interrupted" and [r["a"] for r in res.records] == [0]
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_loky_sweep_then_resume(tmp_path):
     counter, cache = tmp_path / "count", tmp_path / "cache"
     grid = {"a": list(range(10, 40))}
@@ -326,6 +329,7 @@ def assert_counted_once_but_for_the_killed(seen, expected):
     assert sum(seen.values()) - len(expected) <= 1
 
 
+@pytest.mark.slow
 def test_killed_loky_worker_loses_nothing(tmp_path):
     counter = tmp_path / "count"
     grid = {"a": list(range(12))}
@@ -344,6 +348,7 @@ def test_killed_loky_worker_loses_nothing(tmp_path):
     assert_counted_once_but_for_the_killed(counts(counter2), [0, 1, 3, 4, 5])
 
 
+@pytest.mark.slow
 def test_dask_worker_killed_mid_sweep(tmp_path, dask_client):
     counter, cache = tmp_path / "count", tmp_path / "cache"
     grid = {"a": list(range(16))}
@@ -371,6 +376,7 @@ def set_allowed_failures(dask_scheduler, n):
     return old
 
 
+@pytest.mark.slow
 def test_dask_run_that_keeps_killing_workers_is_recorded(tmp_path, dask_client):
     # Dask gives up on a task after `allowed-failures` worker deaths (default 3), counting every task the
     # dead worker held; 0 and a single run keep this quick and free of bystanders.
@@ -404,6 +410,7 @@ def test_phase_diagram_averages_over_seeds():
         plot_phase_diagram(res3, "a", "b", "nope")
 
 
+@pytest.mark.slow
 def test_cli_sweep_example_and_resume(tmp_path, capsys):
     out = tmp_path / "out"
     # sequential: one process compiles the simulate kernels (on a cold numba cache that is ~30 s a process)
