@@ -18,7 +18,7 @@ def _batch(S, K=4, d=5, N=4, scale=0.3, seed=0):
 
 
 @pytest.mark.parametrize("S", [1, 3, 8])
-def test_seed_blocks_give_each_seed_its_own_run(S):
+def test_seed_blocks_give_each_seed_its_own_run(S, monkeypatch):
     """Every block size gives the states of seeds run one at a time (bitwise), on 1 or 2 threads."""
     Ws0, Hs0, bs0 = _batch(S)
     Y, Hanc = np.eye(4), np.zeros((1, 1))
@@ -31,6 +31,7 @@ def test_seed_blocks_give_each_seed_its_own_run(S):
     try:
         for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
             numba.set_num_threads(threads)
+            monkeypatch.setenv("NUMBA_NUM_THREADS", str(threads))   # also inside a pytest-xdist worker
             Ws, Hs, bs = Ws0.copy(), Hs0.copy(), bs0.copy()
             f = k.ufm_gd(Ws, Hs, bs, Y, Hanc, 0.01, 0.02, 0.0, 0.0, 0, False, 0.5, 7)
             for s in range(S):

@@ -65,7 +65,7 @@ def test_model_gradients_taylor_slope(name, problem):
     assert np.all(np.abs(slopes - 2) < 0.1), slopes
 
 
-def test_results_do_not_depend_on_thread_count_or_seed_count():
+def test_results_do_not_depend_on_thread_count_or_seed_count(monkeypatch):
     p = UFMProblem(K=5, n=2, d=6, loss="ce", lam_W=0.01, lam_H=0.01)
     kw = dict(steps=500, lr=0.5, init_scale=0.2, record=("W", "H"), n_records=5)
     before = numba.get_num_threads()
@@ -73,6 +73,7 @@ def test_results_do_not_depend_on_thread_count_or_seed_count():
         numba.set_num_threads(1)
         one = ufm.simulate(p, seeds=4, **kw)
         numba.set_num_threads(max(2, before))
+        monkeypatch.setenv("NUMBA_NUM_THREADS", "2")       # two threads even inside a pytest-xdist worker
         two = ufm.simulate(p, seeds=4, **kw)
     finally:
         numba.set_num_threads(before)

@@ -61,6 +61,8 @@ import numpy as np
 from numba import njit
 from numba.core import event as _event
 
+from . import _threads
+
 class _CompileNotice(_event.Listener):
     """Says on stderr when a kernel of ``ufm`` compiles (a cold numba cache), and how long it took.
 
@@ -457,14 +459,15 @@ def ufm_grad(W, H, b, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, Z, 
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def _ufm_step(W, F, trans, b, Y, Fanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, lr, want_f,
+def _ufm_step(W, F, trans, b, Y, Fanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, lr, want_f, update,
               Z, G, dW, dF, cmax, csum, cacc):
     """One GD step ``x <- x - lr grad f(x)`` in place, unless the logits are non-finite.
 
     ``F`` holds the features: ``H`` (d x N), or ``H^T`` (N x d) when ``trans`` (then
     ``Fanc`` is the anchor transposed and ``dF`` the gradient transposed). Returns
     ``(check, f)``: the check of :func:`_logit_pass` (not finite: nothing was changed) and,
-    when ``want_f``, the objective at the state the step started from (else NaN).
+    when ``want_f``, the objective at the state the step started from (else NaN). With
+    ``update`` False it stops there: the objective only (no gradient products, no change).
 
     Arithmetic: that of :func:`ufm_grad` followed by the update. With ``H^T`` and sizes
     below ``SMALL`` the loops are fused: the logits as dot products of rows of W and H^T
@@ -516,6 +519,8 @@ def _ufm_step(W, F, trans, b, Y, Fanc, lam_W, lam_H, lam_b, beta, loss_id, use_b
         if use_bias:
             for c in range(K):
                 f += 0.5 * lam_b * b[c] * b[c]
+    if not update:
+        return check, f
     if loops:
         for i in range(K):
             for q in range(d):
@@ -555,12 +560,83 @@ def _ufm_step(W, F, trans, b, Y, Fanc, lam_W, lam_H, lam_b, beta, loss_id, use_b
     return check, f
 
 
+# -- recording inside the GD kernels ---------------------------------------------------
+#: Bits of ``rec``, what the GD kernels record themselves (see :class:`Recording`).
+REC_LOSS, REC_GRAM_MEANS, REC_GRAM_W, REC_GRAM_H = 1, 2, 4, 8
+
+#: Grams ``X X^T`` with at most this many multiply-adds (``n * n * d``) use explicit loops over
+#: the upper triangle; larger ones one BLAS product (measured on 2 Xeon cores: BLAS ``X X^T`` beat
+#: both the loops and BLAS on blocks of the upper triangle from n = 32, d = 64 up to n = 2048).
+GRAM_SMALL = 20_000
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _gram_rows(X, out):
+    """``out = X X^T`` (float64) from the rows of X.
+
+    Small: one :func:`_dot` per pair of rows of the upper triangle, mirrored. Large: ``np.dot``
+    (one BLAS product). A Gram of n rows of length d costs ``n^2 d`` multiply-adds, a third
+    of a GD step's products when it is the K x K or N x N Gram and K = N.
+    """
+    n, d = X.shape
+    if n * n * d <= GRAM_SMALL:
+        for i in range(n):
+            for j in range(i, n):
+                v = _dot(X[i], X[j])
+                out[i, j] = v
+                out[j, i] = v
+        return
+    t = np.dot(X, X.T)
+    for i in range(n):
+        for j in range(n):
+            out[i, j] = t[i, j]
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _feature_grams(F, rows, rec, s, row, yidx, inv_cnt, Ft, MT, gm_out, gh_out):
+    """The feature Grams ``rec`` asks for, of seed ``s`` into row ``row`` of the records.
+
+    ``F`` holds the features as rows (``H^T``, N x d) when ``rows``, else as ``H`` (d x N; it is
+    transposed into ``Ft`` first). Class means: ``MT[c] = inv_cnt[c] * sum_{j: yidx[j] = c} h_j``;
+    ``gram_means = MT MT^T`` (uncentred, as ``ufm.simulate`` records it); ``gram_H = H^T H``.
+    """
+    if rows:
+        X = F
+    else:
+        _transpose(F, Ft)
+        X = Ft
+    if rec & REC_GRAM_H:
+        _gram_rows(X, gh_out[s, row])
+    if rec & REC_GRAM_MEANS:
+        K, d = MT.shape
+        for c in range(K):
+            for q in range(d):
+                MT[c, q] = 0.0
+        for j in range(X.shape[0]):
+            c = yidx[j]
+            for q in range(d):
+                MT[c, q] += X[j, q]
+        for c in range(K):
+            w = inv_cnt[c]
+            for q in range(d):
+                MT[c, q] *= w
+        _gram_rows(MT, gm_out[s, row])
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _ufm_seeds(Ws, Hs, bs, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, lr, n_steps, lo, hi, last, redo):
+def _ufm_seeds(Ws, Hs, bs, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, lr, n_steps,
+               rec, rec_off, rec_row, yidx, inv_cnt, loss_out, gm_out, gw_out, gh_out, ran, lo, hi, last, redo):
     """``n_steps`` of GD for seeds ``lo .. hi-1``, one after the other, with one workspace.
 
     Writes ``last[s]`` as :func:`ufm_gd` returns it; a final state near overflow (``|z|``
     could exceed 1e145) gets ``redo[s] = True`` and is evaluated outside (:func:`ufm_gd`).
+
+    Records (``rec`` bits, :class:`Recording`): at offset ``rec_off[r]`` (sorted, in
+    ``0 .. n_steps``) the state after that many steps goes to row ``rec_row[r]``. The loss is
+    the objective the step evaluates at its start (no extra work but a log per column); the
+    Grams are taken from the state before the step's update; offset ``n_steps`` (the end) runs
+    the step once more without its update (the logits only). ``ran[s]`` is the first offset
+    whose logits were non-finite (``n_steps + 1`` when none was).
     """
     K, d = Ws.shape[1], Ws.shape[2]
     N = Hs.shape[2]
@@ -571,6 +647,9 @@ def _ufm_seeds(Ws, Hs, bs, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias
     cmax = np.empty(N, dtype=Ws.dtype)
     csum = np.empty(N, dtype=Ws.dtype)
     cacc = np.empty(N, dtype=Ws.dtype)
+    feat = (rec & (REC_GRAM_MEANS | REC_GRAM_H)) != 0
+    Ft = np.empty((N if feat and not trans else 0, d), dtype=Ws.dtype)
+    MT = np.empty((K if rec & REC_GRAM_MEANS else 0, d), dtype=Ws.dtype)
     if trans:
         F = np.empty((N, d), dtype=Ws.dtype)
         dF = np.empty((N, d), dtype=Ws.dtype)
@@ -583,28 +662,85 @@ def _ufm_seeds(Ws, Hs, bs, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias
         F = Hs[lo]
         dF = np.empty((d, N), dtype=Ws.dtype)
         Fanc = Hanc
+    nrec = rec_off.shape[0]
+    total = n_steps + 1 if nrec > 0 and rec_off[nrec - 1] == n_steps else n_steps
     for s in range(lo, hi):
         W, H, b = Ws[s], Hs[s], bs[s]
         if trans:
             _transpose(H, F)
         else:
             F = H
-        check, f = 0.0, np.nan
-        for it in range(n_steps):
-            check, f = _ufm_step(W, F, trans, b, Y, Fanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, lr,
-                                 it == n_steps - 1, Z, G, dW, dF, cmax, csum, cacc)
+        check, f, flast = 0.0, np.nan, np.nan
+        r = 0
+        ran[s] = n_steps + 1
+        for it in range(total):
+            at = r < nrec and rec_off[r] == it
+            if at:
+                if rec & REC_GRAM_W:
+                    _gram_rows(W, gw_out[s, rec_row[r]])
+                if feat:
+                    _feature_grams(F, trans, rec, s, rec_row[r], yidx, inv_cnt, Ft, MT, gm_out, gh_out)
+            if it < n_steps or rec & REC_LOSS:
+                check, f = _ufm_step(W, F, trans, b, Y, Fanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, lr,
+                                     (at and (rec & REC_LOSS) != 0) or it >= n_steps - 1, it < n_steps,
+                                     Z, G, dW, dF, cmax, csum, cacc)
             if not np.isfinite(check):
+                ran[s] = it
                 break
+            if at:
+                if rec & REC_LOSS:
+                    loss_out[s, rec_row[r]] = f
+                r += 1
+            if it == n_steps - 1:
+                flast = f
         if trans:
             _transpose(F, H)
         redo[s] = False
         if not np.isfinite(check):
             last[s] = check
         elif _bounded(_sumsq(W), _sumsq(H), _sumsq(b.reshape((1, K))) if use_bias else 0.0):
-            last[s] = f
+            last[s] = flast
         else:
             last[s] = np.nan
             redo[s] = True
+
+
+class Recording:
+    """What a GD kernel call records itself, and where (the records of ``ufm.simulate``).
+
+    ``rec`` is a bit mask of :data:`REC_LOSS`, :data:`REC_GRAM_MEANS`, :data:`REC_GRAM_W`,
+    :data:`REC_GRAM_H`; ``loss`` (seeds x T), ``gram_means`` / ``gram_W`` (seeds x T x K x K)
+    and ``gram_H`` (seeds x T x N x N) are float64 arrays written in place (``None`` for those
+    not recorded); ``y`` / ``counts`` are the hard labels (for the class means). Each call
+    records the rows :meth:`at` sets: ``offsets`` (steps after the call's start) and ``rows``.
+    After a call ``ran[s]`` is the first offset at which seed ``s`` had non-finite logits
+    (``n_steps + 1`` when none).
+    """
+
+    _NONE2 = np.full((1, 1), np.nan)
+    _NONE4 = np.full((1, 1, 1, 1), np.nan)
+
+    def __init__(self, seeds, rec=0, loss=None, gram_means=None, gram_W=None, gram_H=None, y=None, counts=None):
+        self.rec = int(rec)
+        self.loss = self._NONE2 if loss is None else loss
+        self.gram_means = self._NONE4 if gram_means is None else gram_means
+        self.gram_W = self._NONE4 if gram_W is None else gram_W
+        self.gram_H = self._NONE4 if gram_H is None else gram_H
+        self.y = np.zeros(1, np.int64) if y is None else np.array(y, dtype=np.int64)   # a writable copy: one type
+        self.inv_counts = (np.ones(1) if counts is None
+                           else 1.0 / np.asarray(counts, dtype=np.float64))
+        self.offsets = np.zeros(0, np.int64)
+        self.rows = np.zeros(0, np.int64)
+        self.ran = np.empty(seeds, np.int64)
+
+    def at(self, offsets, rows):
+        """Record the states ``offsets`` steps after the next call's start into ``rows``."""
+        self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        self.rows = np.ascontiguousarray(rows, dtype=np.int64)
+
+    def args(self):
+        return (self.rec if self.offsets.size else 0, self.offsets, self.rows, self.y, self.inv_counts, self.loss,
+                self.gram_means, self.gram_W, self.gram_H, self.ran)
 
 
 def _writable(a):
@@ -619,7 +755,8 @@ _POOL = None
 def _in_blocks(kernel, S, *args):
     """Run ``kernel(*args, lo, hi, last, redo)`` over seeds ``0 .. S-1`` in contiguous blocks.
 
-    One block per thread, ``min(numba.get_num_threads(), S)`` threads: the calling thread runs
+    One block per thread, ``min(ufm._threads.seed_threads(), S)`` threads (``numba.get_num_threads()``
+    capped by the thread variables, the usable CPUs and an enclosing worker pool): the calling thread runs
     the first block, a pool of Python threads the others (the kernels release the GIL). Each
     block is one task with one workspace; there is no parallel (``prange``) variant to compile,
     and every seed runs the same compiled code whatever the thread count.
@@ -627,7 +764,7 @@ def _in_blocks(kernel, S, *args):
     global _POOL
     last = np.empty(S, dtype=np.float64)
     redo = np.zeros(S, dtype=np.bool_)
-    T = min(numba.get_num_threads(), S) if S > 1 else 1
+    T = min(_threads.seed_threads(), S) if S > 1 else 1
     if T <= 1:
         kernel(*args, 0, S, last, redo)
         return last, redo
@@ -644,8 +781,9 @@ def _in_blocks(kernel, S, *args):
     return last, redo
 
 
-def ufm_gd(Ws, Hs, bs, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, lr, n_steps):
-    """``n_steps`` of plain GD for every seed, in place.
+def ufm_gd(Ws, Hs, bs, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, lr, n_steps, recording=None):
+    """``n_steps`` of plain GD for every seed, in place (recording what ``recording`` asks, see
+    :class:`Recording`).
 
     Returns, per seed, the objective at the start of its last step (evaluated inside that
     step, so it costs no extra matrix product), or a NaN or inf when the run went non-finite:
@@ -660,8 +798,10 @@ def ufm_gd(Ws, Hs, bs, Y, Hanc, lam_W, lam_H, lam_b, beta, loss_id, use_bias, lr
     """
     S = Ws.shape[0]
     Hanc = _writable(Hanc)
+    if recording is None:
+        recording = Recording(S)
     last, redo = _in_blocks(_ufm_seeds, S, Ws, Hs, bs, _writable(Y), Hanc, lam_W, lam_H, lam_b, beta, loss_id,
-                            use_bias, lr, n_steps)
+                            use_bias, lr, n_steps, *recording.args())
     for s in np.flatnonzero(redo):   # the final state may be past overflow: its objective, one product more
         K, d, N = Ws.shape[1], Ws.shape[2], Hs.shape[2]
         Z, G = np.empty((K, N), Ws.dtype), np.empty((K, N), Ws.dtype)
@@ -709,9 +849,10 @@ def icm_grad(W, A, Phi, Y, lam_W, lam_A, loss_id, H, Z, G, T, dW, dA):
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def _icm_step(W, A, Phi, Y, lam_W, lam_A, loss_id, lr, want_f, H, Z, G, T, dW, dA, cmax, csum, cacc):
+def _icm_step(W, A, Phi, Y, lam_W, lam_A, loss_id, lr, want_f, update, H, Z, G, T, dW, dA, cmax, csum, cacc):
     """One GD step on (W, A) in place unless the logits are non-finite; returns ``(check, f)``
-    as :func:`_ufm_step` does."""
+    as :func:`_ufm_step` does (``update`` False: the objective only). ``H`` is left holding
+    ``A Phi`` of the state the step started from (the recorders read it)."""
     _mm_nn(A, Phi, H)
     _mm_nn(W, H, Z)
     if loss_id == 0:
@@ -722,6 +863,8 @@ def _icm_step(W, A, Phi, Y, lam_W, lam_A, loss_id, lr, want_f, H, Z, G, T, dW, d
     f = np.nan
     if want_f:
         f = _data_loss(Z, Y, loss_id, cmax, csum) + 0.5 * lam_W * _sumsq(W) + 0.5 * lam_A * _sumsq(A)
+    if not update:
+        return check, f
     _mm_nt(G, H, dW)
     _mm_tn(W, G, T)
     _mm_nt(T, Phi, dA)
@@ -735,8 +878,12 @@ def _icm_step(W, A, Phi, Y, lam_W, lam_A, loss_id, lr, want_f, H, Z, G, T, dW, d
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _icm_seeds(Ws, As, Phi, Y, lam_W, lam_A, loss_id, lr, n_steps, lo, hi, last, redo):
-    """``n_steps`` of GD on (W, A) for seeds ``lo .. hi-1`` with one workspace (see :func:`_ufm_seeds`)."""
+def _icm_seeds(Ws, As, Phi, Y, lam_W, lam_A, loss_id, lr, n_steps, rec, rec_off, rec_row, yidx, inv_cnt, loss_out,
+               gm_out, gw_out, gh_out, ran, lo, hi, last, redo):
+    """``n_steps`` of GD on (W, A) for seeds ``lo .. hi-1`` with one workspace (see :func:`_ufm_seeds`).
+
+    The feature Grams are taken from the step's own ``H = A Phi`` (the state the step started from).
+    """
     K, d = Ws.shape[1], Ws.shape[2]
     p, N = Phi.shape
     H = np.empty((d, N), dtype=Ws.dtype)
@@ -748,30 +895,53 @@ def _icm_seeds(Ws, As, Phi, Y, lam_W, lam_A, loss_id, lr, n_steps, lo, hi, last,
     cmax = np.empty(N, dtype=Ws.dtype)
     csum = np.empty(N, dtype=Ws.dtype)
     cacc = np.empty(N, dtype=Ws.dtype)
+    feat = (rec & (REC_GRAM_MEANS | REC_GRAM_H)) != 0
+    Ft = np.empty((N if feat else 0, d), dtype=Ws.dtype)
+    MT = np.empty((K if rec & REC_GRAM_MEANS else 0, d), dtype=Ws.dtype)
+    nrec = rec_off.shape[0]
+    total = n_steps + 1 if nrec > 0 and rec_off[nrec - 1] == n_steps else n_steps
     for s in range(lo, hi):
         W, A = Ws[s], As[s]
-        check, f = 0.0, np.nan
-        for it in range(n_steps):
-            check, f = _icm_step(W, A, Phi, Y, lam_W, lam_A, loss_id, lr, it == n_steps - 1, H, Z, G, T, dW, dA,
-                                 cmax, csum, cacc)
+        check, f, flast = 0.0, np.nan, np.nan
+        r = 0
+        ran[s] = n_steps + 1
+        for it in range(total):
+            at = r < nrec and rec_off[r] == it
+            if at and rec & REC_GRAM_W:
+                _gram_rows(W, gw_out[s, rec_row[r]])
+            check, f = _icm_step(W, A, Phi, Y, lam_W, lam_A, loss_id, lr,
+                                 (at and (rec & REC_LOSS) != 0) or it >= n_steps - 1, it < n_steps,
+                                 H, Z, G, T, dW, dA, cmax, csum, cacc)
             if not np.isfinite(check):
+                ran[s] = it
                 break
+            if at:
+                if feat:
+                    _feature_grams(H, False, rec, s, rec_row[r], yidx, inv_cnt, Ft, MT, gm_out, gh_out)
+                if rec & REC_LOSS:
+                    loss_out[s, rec_row[r]] = f
+                r += 1
+            if it == n_steps - 1:
+                flast = f
         redo[s] = False
         if not np.isfinite(check):
             last[s] = check
         elif _bounded(_sumsq(W), _sumsq(A) * _sumsq(Phi), 0.0) and _sumsq(A) < _BIG:
-            last[s] = f
+            last[s] = flast
         else:
             last[s] = np.nan
             redo[s] = True
 
 
-def icm_gd(Ws, As, Phi, Y, lam_W, lam_A, loss_id, lr, n_steps):
-    """``n_steps`` of plain GD on (W, A) for every seed, in place; returns what :func:`ufm_gd` does
-    (serial or parallel kernel by the same rule; :func:`icm_grad` for a state near overflow)."""
+def icm_gd(Ws, As, Phi, Y, lam_W, lam_A, loss_id, lr, n_steps, recording=None):
+    """``n_steps`` of plain GD on (W, A) for every seed, in place, recording what ``recording``
+    asks; returns what :func:`ufm_gd` does (:func:`icm_grad` for a state near overflow)."""
     S = Ws.shape[0]
     Phi = _writable(Phi)
-    last, redo = _in_blocks(_icm_seeds, S, Ws, As, Phi, _writable(Y), lam_W, lam_A, loss_id, lr, n_steps)
+    if recording is None:
+        recording = Recording(S)
+    last, redo = _in_blocks(_icm_seeds, S, Ws, As, Phi, _writable(Y), lam_W, lam_A, loss_id, lr, n_steps,
+                            *recording.args())
     for s in np.flatnonzero(redo):
         K, d = Ws.shape[1], Ws.shape[2]
         p, N = Phi.shape

@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 
 from . import losses
-from . import _interrupt, _memory
+from . import _interrupt, _memory, _threads
 from ._checks import check_int
 from .problems import AnchoredUFM, InputCoupledUFM, UFMProblem
 from .results import Trajectory
@@ -222,12 +222,13 @@ class _GD:
             else:
                 self._drop_b = False
 
-    def run(self, n_steps: int) -> np.ndarray:
+    def run(self, n_steps: int, recording=None) -> np.ndarray:
         p, b, k = self.problem, self.batch, self.k
         if isinstance(p, InputCoupledUFM):
-            return k.icm_gd(b["W"], b["A"], self.Phi, self.Y, p.lam_W, p.lam_A, self.loss_id, self.lr, n_steps)
+            return k.icm_gd(b["W"], b["A"], self.Phi, self.Y, p.lam_W, p.lam_A, self.loss_id, self.lr, n_steps,
+                            recording)
         return k.ufm_gd(b["W"], b["H"], b["b"], self.Y, self.Hanc, p.lam_W, p.lam_H, p.lam_b, self.beta,
-                        self.loss_id, p.bias, self.lr, n_steps)
+                        self.loss_id, p.bias, self.lr, n_steps, recording)
 
     def states(self):
         batch = dict(self.batch)
@@ -321,9 +322,9 @@ def memory_estimate(problem, recorders, seeds: int, n_times: int, mode: str = "g
     icm = isinstance(problem, InputCoupledUFM)
     if mode == "gd":
         if threads is None:
-            import numba
+            from ._threads import seed_threads
 
-            threads = numba.get_num_threads()
+            threads = seed_threads()
         running = max(1, min(seeds, int(threads)))
         per = 2 * K * N + K * d + 3 * N + (2 * d * N + d * shapes["A"][1] if icm else d * N)
         if not icm and d > N:
@@ -371,8 +372,12 @@ def simulate(problem, steps: int, lr: float | None = None, *, mode: str = "gd", 
     seed, seeds : int
         ``seeds`` independent runs; run ``i`` draws its initialization from child
         ``i`` of ``np.random.SeedSequence(seed)``, so a run does not depend on how
-        many others there are. GD runs the seeds in parallel (numba ``prange``),
-        with results identical whatever the thread count.
+        many others there are. GD runs the seeds in blocks on up to
+        ``ufm._threads.seed_threads()`` threads (``numba.get_num_threads()``, capped by
+        ``NUMBA_NUM_THREADS``/``OMP_NUM_THREADS``, the usable CPUs and cgroup quota, and
+        one thread inside a pytest-xdist, Dask or process-pool worker), with results
+        identical whatever the thread count. BLAS runs on one thread during the call;
+        the caller's BLAS threads are restored when it returns.
     record : sequence of str or dict
         What to keep at each recorded step (see the module docstring and
         :data:`RECORDERS`); a dict maps extra names to ``fn(problem, state)``.
@@ -575,12 +580,15 @@ class _Records:
 
     def __init__(self, problem, recorders, seeds, n_times, warnings):
         self.problem, self.recorders, self.warnings = problem, recorders, warnings
-        self.data = {name: np.full((seeds, n_times) + tuple(r.shape(problem)), np.nan)
+        # every row below the number kept is written for every seed, so no fill is needed
+        self.data = {name: np.empty((seeds, n_times) + tuple(r.shape(problem)))
                      for name, r in recorders.items()}
 
-    def keep(self, i, j, state):
-        """Record every quantity of seed ``i`` at row ``j`` from its state (float64 blocks)."""
+    def keep(self, i, j, state, names=None):
+        """Record every quantity (or those of ``names``) of seed ``i`` at row ``j`` from its state (float64 blocks)."""
         for name, r in self.recorders.items():
+            if names is not None and name not in names:
+                continue
             try:
                 self.data[name][i, j] = r.fn(self.problem, state)
             except ValueError as err:   # a metric undefined at this state (e.g. coincident class means)
@@ -588,9 +596,11 @@ class _Records:
                 if len(self.warnings) < 20:
                     self.warnings.append(f"{name} undefined at a recorded step: {err}")
 
-    def keep_all(self, batch, j):
+    def keep_all(self, batch, j, names=None):
+        if names is not None and not names:
+            return
         for i in range(next(iter(batch.values())).shape[0]):
-            self.keep(i, j, _seed_state(batch, i))
+            self.keep(i, j, _seed_state(batch, i), names)
 
     def arrays(self, kept):
         """The first ``kept`` rows, read-only views (the Trajectory takes them without copying)."""
@@ -661,51 +671,90 @@ class _Chunks:
                 self.size = max(self.size // 2, 1)
 
 
+#: Recorded quantities the GD kernels compute themselves, from what the step already has
+#: (the loss the step evaluates, the features it holds), with their bit in ``_kernels.Recording``.
+IN_KERNEL = {"loss": 1, "gram_means": 2, "gram_W": 4, "gram_H": 8}
+
+
+def _kernel_recording(rec, seeds):
+    """The kernel's share of the records: the names of :data:`IN_KERNEL` recorded with the built-in recorder."""
+    from ._kernels import Recording
+
+    names = [n for n in rec.recorders if n in IN_KERNEL and rec.recorders[n] is RECORDERS[n]]
+    p = rec.problem
+    hard = not getattr(p, "soft", False)
+    return names, Recording(seeds, sum(IN_KERNEL[n] for n in names),
+                            **{n: rec.data[n] for n in names},
+                            y=p.y if hard and "gram_means" in names else None,
+                            counts=np.bincount(p.y, minlength=p.K) if hard and "gram_means" in names else None)
+
+
 def _run_gd(problem, batch, lr, dtype, grid_steps, rec, progress):
+    """GD in chunks of about 0.2 s between which Ctrl-C and progress are handled.
+
+    The kernels record the loss and the Grams of :data:`IN_KERNEL` themselves, at any step
+    inside a chunk; a grid step at the end of a chunk is recorded at the start of the next
+    one (the final step by one more evaluation without update). Other recorders run in Python
+    between chunks, so with them chunks end at every grid step. BLAS runs on one thread
+    meanwhile, and the caller's setting is restored afterwards.
+    """
     gd = _GD(problem, batch, lr, dtype)
-    bar = _Progress(progress, int(grid_steps[-1]), "ufm.simulate (gd)")
-    kept, current = 0, 0
-    status, message = "completed", f"ran {int(grid_steps[-1])} GD steps."
+    seeds = batch["W"].shape[0]
+    knames, kr = _kernel_recording(rec, seeds)
+    pnames = [n for n in rec.recorders if n not in knames]
+    T = len(grid_steps)
+    final = int(grid_steps[-1])
+    bar = _Progress(progress, final, "ufm.simulate (gd)")
+    kj = 0 if knames else T     # rows whose kernel part is recorded
+    pj = 0 if pnames else T     # rows whose Python part is recorded
+    current = 0
+    status, message = "completed", f"ran {final} GD steps."
     chunk = _Chunks(8)
     try:
-        _limit_blas()
-        for target in grid_steps:
-            bad = None
-            while current < target:
+        with _threads.one_blas_thread():     # the kernels' large products: one BLAS thread per seed thread
+            while True:
+                if pj < T and grid_steps[pj] == current:
+                    rec.keep_all(gd.states(), pj, pnames)
+                    pj += 1
+                if current == final:
+                    break
                 if _interrupt.requested():
                     raise KeyboardInterrupt
-                n = int(min(chunk.size, target - current))
+                stop = int(grid_steps[pj]) if pj < T else final
+                n = int(min(chunk.size, stop - current))
+                end = current + n
+                hi = T if end == final else int(np.searchsorted(grid_steps, end, "left"))  # rows inside the chunk
+                kr.at(grid_steps[kj:hi] - current, np.arange(kj, hi))
                 chunk.start()
-                last = gd.run(n)
+                last = gd.run(n, kr)
                 chunk.done(n)
-                if not np.all(np.isfinite(last)) or not all(np.all(np.isfinite(a)) for a in gd.batch.values()):
-                    bad = np.flatnonzero(~np.isfinite(last)).tolist()
+                bad_at = int(kr.ran.min()) if kr.offsets.size else n + 1     # first offset with non-finite logits
+                if bad_at <= n or not np.all(np.isfinite(last)) or \
+                        not all(np.all(np.isfinite(a)) for a in gd.batch.values()):
+                    worse = ~np.isfinite(last) | ((kr.ran <= n) if kr.offsets.size else False)
+                    bad = np.flatnonzero(worse).tolist()
+                    kj = min(hi, max(kj, int(np.searchsorted(grid_steps, current + min(bad_at, n), "left"))))
+                    status = "nonfinite"
+                    message = (f"the state became non-finite between steps {current} and {end} "
+                               f"(seeds {bad or 'some'}); lower lr.")
                     break
-                current += n
+                kj = max(kj, hi)
+                current = end
                 bar.update(current)
-            if bad is not None:
-                status = "nonfinite"
-                message = (f"the state became non-finite between steps {current} and {current + n} "
-                           f"(seeds {bad or 'some'}); lower lr. Records up to step "
-                           f"{int(grid_steps[kept - 1]) if kept else 0} are kept.")
-                break
-            rec.keep_all(gd.states(), kept)
-            kept += 1
     except KeyboardInterrupt:
-        status, message = "interrupted", (f"interrupted (Ctrl-C) at step {current}; {kept} records kept "
-                                          f"(up to step {int(grid_steps[kept - 1]) if kept else 0}).")
+        status, message = "interrupted", f"interrupted (Ctrl-C) at step {current};"
     finally:
         bar.close()
+    if knames and status != "nonfinite" and kj < T and grid_steps[kj] == current and pj > kj:
+        rec.keep_all(gd.states(), kj, knames)     # stopped on a grid step the next chunk would have recorded
+        kj += 1
+    kept = min(kj, pj)
+    upto = int(grid_steps[kept - 1]) if kept else 0
+    if status == "nonfinite":
+        message += f" Records up to step {upto} are kept."
+    elif status == "interrupted":
+        message += f" {kept} records kept (up to step {upto})."
     return status, message, kept
-
-
-def _limit_blas():
-    """Large products inside the kernels call BLAS; keep it to one thread per numba thread."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a core dependency
-        return
-    threadpool_limits(1)
 
 
 def _run_flow(problem, batch, lr, grid_steps, rec, progress, time_variable, rtol, atol, max_steps):
@@ -731,28 +780,29 @@ def _run_flow(problem, batch, lr, grid_steps, rec, progress, time_variable, rtol
     kept, failed = 0, None
     status = "completed"
     try:
-        for j, t in enumerate(t_eval):
-            if t > 0:
-                for i, st in enumerate(steppers):
-                    reached = 0
-                    while reached == 0 and st.status is None:
-                        if _interrupt.requested():
-                            raise KeyboardInterrupt
-                        before = st.nsteps
-                        chunk.start()
-                        reached = st.advance(t_eval[j:j + 1], row, 0, chunk.size)
-                        chunk.done(st.nsteps - before)
-                    if st.status is not None:
-                        failed = i
+        with _threads.one_blas_thread():     # restored after the run
+            for j, t in enumerate(t_eval):
+                if t > 0:
+                    for i, st in enumerate(steppers):
+                        reached = 0
+                        while reached == 0 and st.status is None:
+                            if _interrupt.requested():
+                                raise KeyboardInterrupt
+                            before = st.nsteps
+                            chunk.start()
+                            reached = st.advance(t_eval[j:j + 1], row, 0, chunk.size)
+                            chunk.done(st.nsteps - before)
+                        if st.status is not None:
+                            failed = i
+                            break
+                        rec.keep(i, j, _unflatten(row[0], shapes))
+                    if failed is not None:
                         break
-                    rec.keep(i, j, _unflatten(row[0], shapes))
-                if failed is not None:
-                    break
-            else:
-                for i, st in enumerate(steppers):
-                    rec.keep(i, j, _unflatten(st.y, shapes))
-            kept = j + 1
-            bar.update(kept)
+                else:
+                    for i, st in enumerate(steppers):
+                        rec.keep(i, j, _unflatten(st.y, shapes))
+                kept = j + 1
+                bar.update(kept)
     except KeyboardInterrupt:
         status = "interrupted"
     finally:

@@ -238,12 +238,22 @@ class UFMProblem:
 
     @property
     def Y(self) -> np.ndarray:
-        """The K x N label matrix: one-hot columns, or the soft labels."""
+        """The K x N label matrix: one-hot columns, or the soft labels (read-only).
+
+        The one-hot matrix is built on first access and kept (not pickled with the problem).
+        """
         if self.labels is not None:
             return self.labels
-        Y = np.zeros((self.K, self.N))
-        Y[self._y, np.arange(self.N)] = 1.0
+        Y = self.__dict__.get("_Y_onehot")
+        if Y is None:
+            Y = _one_hot(self._y, self.K)
+            object.__setattr__(self, "_Y_onehot", Y)
         return Y
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_Y_onehot", None)          # rebuilt on demand: a sweep ships problems to its workers
+        return state
 
     @property
     def mu(self) -> float:
@@ -380,9 +390,16 @@ class LayerPeeledProblem:
 
     @property
     def Y(self) -> np.ndarray:
-        Y = np.zeros((self.K, self.N))
-        Y[self.y, np.arange(self.N)] = 1.0
+        Y = self.__dict__.get("_Y_onehot")
+        if Y is None:
+            Y = _one_hot(self.y, self.K)
+            object.__setattr__(self, "_Y_onehot", Y)
         return Y
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_Y_onehot", None)
+        return state
 
     def as_dict(self) -> dict:
         """Scalar parameters as a JSON-friendly dict.
@@ -399,6 +416,14 @@ class LayerPeeledProblem:
             out["counts"] = list(self.counts)
         return out
 
+
+
+def _one_hot(y, K) -> np.ndarray:
+    """The K x N one-hot matrix of the labels ``y`` (read-only)."""
+    Y = np.zeros((K, len(y)))
+    Y[y, np.arange(len(y))] = 1.0
+    Y.setflags(write=False)
+    return Y
 
 
 def _finite_matrix(name: str, value, ndim: int = 2) -> np.ndarray:

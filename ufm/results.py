@@ -10,6 +10,7 @@ file (``allow_pickle=False``) and ``load`` gives back an equal object.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -25,7 +26,15 @@ _SCHEMA = 1
 
 
 def package_versions() -> dict:
-    """Versions of Python, ufm and the core numerical packages (for ``meta``)."""
+    """Versions of Python, ufm and the core numerical packages (for ``meta``).
+
+    Read once per process (reading package metadata took 13 ms, more than a small simulation).
+    """
+    return dict(_package_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _package_versions() -> dict:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
