@@ -1,0 +1,200 @@
+"""What recording costs in ``ufm.simulate`` (GD): every step recorded against two records, same run.
+
+Run from the repository root, in the project's virtual environment::
+
+    python benchmarks/bench_recording.py                        # tiny, small, medium, large (~3 minutes)
+    python benchmarks/bench_recording.py --sizes tiny small     # a quick look
+    python benchmarks/bench_recording.py --huge                 # also K = N = 8192, d = 512, 3 records
+    python benchmarks/bench_recording.py --before 90960d3       # the same cases on a git revision too
+
+Sizes are those of ``bench_simulate.py`` (CE, lam_W = lam_H = 5e-3, one sample per class so
+K = N, float64, one thread for numba and BLAS). For every size, interleaved round-robin and
+repeated, whole ``ufm.simulate`` calls of ``steps`` GD steps that record:
+
+* ``2 records``: the loss at step 0 and at the last step (the least ``simulate`` records: the
+  baseline, "not recording");
+* ``loss, every step``: the loss at every step (``record_steps = 0..steps``);
+* ``loss + gram_means``: the loss and the K x K Gram of the class means at every step;
+* ``loss + 3 Grams``: the loss, ``gram_means``, ``gram_W`` and ``gram_H`` at every step;
+
+and the bare kernel (``ufm._kernels.ufm_gd``, ``steps`` steps in one call, no recording). The
+report gives the median time per step and each case's ratio to ``2 records`` of the same round
+(median over rounds); the target of issue 14 is ratio < 1.15 for the loss and the Grams.
+
+``--huge`` adds K = N = 8192, d = 512: 2 steps with 3 records (steps 0, 1, 2) of the loss,
+against 2 records of the loss (steps 0 and 2), one round each (a step takes seconds).
+
+``--before REV`` exports the revision with ``git archive`` and runs the same cases on it in a
+subprocess, after this tree's, so the two tables come from one run. The report states the CPU
+model and the load average at the start and at the end of each table.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SIZES = {  # name: (K = N, d, steps per call, rounds)
+    "tiny": (10, 16, 20000, 7),
+    "small": (64, 64, 2000, 7),
+    "medium": (512, 256, 40, 5),
+    "large": (2048, 512, 4, 3),
+}
+CASES = {
+    "2 records": ("loss",),
+    "loss, every step": ("loss",),
+    "loss + gram_means": ("loss", "gram_means"),
+    "loss + 3 Grams": ("loss", "gram_means", "gram_W", "gram_H"),
+}
+LAM, LR = 5e-3, 0.5
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def measure(sizes, huge):
+    """Time every case of every size in this process (the ``ufm`` on ``sys.path``)."""
+    import numba
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    import ufm
+    from ufm import _kernels as k
+
+    threadpool_limits(1)
+    numba.set_num_threads(1)
+    out = {"load_start": load(), "cpu": cpu_model(), "sizes": {}}
+    for name in sizes:
+        K, d, steps, rounds = SIZES[name]
+        p = ufm.UFMProblem(K=K, n=1, d=d, loss="ce", lam_W=LAM, lam_H=LAM)
+        rng = np.random.default_rng(0)
+        W0, H0 = 1e-3 * rng.standard_normal((K, d)), 1e-3 * rng.standard_normal((d, K))
+        every = np.arange(steps + 1)
+
+        def call(case):
+            rs = [0, steps] if case == "2 records" else every
+            return ufm.simulate(p, steps=steps, lr=LR, record=CASES[case], record_steps=rs, W0=W0, H0=H0)
+
+        def kernel():
+            Ws, Hs, bs = W0[None].copy(), H0[None].copy(), np.zeros((1, K))
+            k.ufm_gd(Ws, Hs, bs, np.ascontiguousarray(p.Y), np.zeros((1, 1)), LAM, LAM, 0.0, 0.0, 0, False, LR, steps)
+
+        for case in CASES:                      # compile / load, and check the recorded values once
+            t = call(case)
+            assert t.status == "completed", t.message
+        kernel()
+        times = {c: [] for c in [*CASES, "kernel"]}
+        for _ in range(rounds):
+            for case in [*CASES, "kernel"]:
+                t0 = time.perf_counter()
+                call(case) if case != "kernel" else kernel()
+                times[case].append((time.perf_counter() - t0) / steps)
+        ratios = {c: statistics.median(a / b for a, b in zip(times[c], times["2 records"])) for c in times}
+        out["sizes"][name] = {"K": K, "d": d, "steps": steps, "rounds": rounds,
+                              "per_step": {c: statistics.median(v) for c, v in times.items()},
+                              "spread": {c: [min(v), max(v)] for c, v in times.items()},
+                              "ratio": ratios}
+        print(f"  {name}: " + ", ".join(f"{c} {ratios[c]:.3f}x" for c in times), file=sys.stderr, flush=True)
+    if huge:
+        K, d = 8192, 512
+        p = ufm.UFMProblem(K=K, n=1, d=d, loss="ce", lam_W=LAM, lam_H=LAM)
+        rng = np.random.default_rng(0)
+        W0, H0 = 1e-3 * rng.standard_normal((K, d)), 1e-3 * rng.standard_normal((d, K))
+        res = {}
+        for case, rs in (("2 records", [0, 2]), ("3 records", [0, 1, 2])):
+            t0 = time.perf_counter()
+            ufm.simulate(p, steps=2, lr=LR, record=("loss",), record_steps=rs, W0=W0, H0=H0)
+            res[case] = time.perf_counter() - t0
+        out["huge"] = {"K": K, "d": d, "seconds": res, "ratio": res["3 records"] / res["2 records"]}
+        print(f"  huge: {res}", file=sys.stderr, flush=True)
+    out["load_end"] = load()
+    return out
+
+
+def table(res, title):
+    lines = [f"{title}: CPU {res['cpu']}, load average {res['load_start']} at the start, {res['load_end']} at "
+             "the end; one thread (numba and BLAS); median per step over interleaved rounds, ratio to "
+             "`2 records` within each round (median).", "",
+             "| size (K = N, d, steps) | 2 records | loss, every step | loss + gram_means | loss + 3 Grams | "
+             "bare kernel |", "|---|---|---|---|---|---|"]
+    for name, r in res["sizes"].items():
+        ps, ra = r["per_step"], r["ratio"]
+
+        def cell(c):
+            return f"{fmt(ps[c])} ({ra[c]:.2f}x)"
+        lines.append(f"| {name} ({r['K']}, {r['d']}, {r['steps']}) | {fmt(ps['2 records'])} | "
+                     f"{cell('loss, every step')} | {cell('loss + gram_means')} | {cell('loss + 3 Grams')} | "
+                     f"{cell('kernel')} |")
+    if "huge" in res:
+        h = res["huge"]
+        lines += ["", f"K = N = {h['K']}, d = {h['d']}, 2 GD steps recording the loss: 2 records "
+                  f"{h['seconds']['2 records']:.1f} s, 3 records {h['seconds']['3 records']:.1f} s "
+                  f"({h['ratio']:.2f}x)."]
+    return "\n".join(lines)
+
+
+def fmt(s):
+    return f"{s * 1e6:.2f} µs" if s < 1e-3 else (f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.2f} s")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    ap.add_argument("--huge", action="store_true", help="also K = N = 8192, d = 512 with 3 records")
+    ap.add_argument("--before", metavar="REV", help="also run the cases on this git revision (after this tree's)")
+    ap.add_argument("--json", type=Path, help="write the numbers here")
+    ap.add_argument("--tree", help=argparse.SUPPRESS)          # internal: measure the ufm found in this folder
+    args = ap.parse_args(argv)
+
+    if args.tree:
+        sys.path.insert(0, args.tree)
+        print(json.dumps(measure(args.sizes, args.huge)))
+        return
+    sys.path.insert(0, str(ROOT))
+    print("this tree:", file=sys.stderr)
+    results = {"after": measure(args.sizes, args.huge)}
+    print(table(results["after"], "This tree"))
+    if args.before:
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(f"git -C {ROOT} archive {args.before} ufm | tar -x -C {tmp}", shell=True, check=True)
+            print(f"{args.before}:", file=sys.stderr)
+            cmd = [sys.executable, __file__, "--tree", tmp, "--sizes", *args.sizes] + (["--huge"] if args.huge else [])
+            env = dict(os.environ, NUMBA_CACHE_DIR=str(Path(tmp) / "numba-cache"))
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+            sys.stderr.write(out.stderr)
+            results["before"] = json.loads(out.stdout.strip().splitlines()[-1])
+        print()
+        print(table(results["before"], f"Revision {args.before}"))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
