@@ -17,7 +17,7 @@ TOKEN = re.compile(
     r"(?P<theory>\bTHEORY(?:\.md)?)(?:(?P<eq>\s+\((?P<eqn>\d+\.\d+)\))|\s+(?P<bare>\d+\.\d+)\b)?"
     r"|§\s?(?P<sec>\d+(?:\.\d+)?)(?:(?P<dash>\s*[-–]\s*)(?P<sec2>\d+\.\d+))?"
     r"|\b(?P<tv>TV(?P<tvn>\d+)[a-d]?)\b"
-    r"|\b(?P<app>Appendix\s+(?P<appl>[AB])(?:\.(?P<appn>\d+))?)\b"
+    r"|\b(?P<app>Appendix\s+(?P<appl>[ABC])(?:\.(?P<appn>\d+))?)\b"
 )
 
 _LITERAL = re.compile(r"(``.*?``|`[^`]*`)")

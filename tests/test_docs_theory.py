@@ -65,6 +65,7 @@ def test_every_citation_in_the_code_resolves_to_a_target_of_theory_md():
     ("the objective (THEORY (0.1))", ["theory-eq-0-1"]),
     ("THEORY TV5b/TV7a", ["theory-tv5", "theory-tv7"]),
     ("Appendix A.0", ["theory-a-0"]),
+    ("Appendix C.2", ["theory-c-2"]),
     ("(THEORY 8.2)", ["theory-8-2"]),
     ("Tirer et al. arXiv 2210.16658 §3", []),          # a paper's own section, not THEORY's
 ])
@@ -75,7 +76,7 @@ def test_citation_parser(text, labels):
 def test_every_numbered_heading_has_its_stable_anchor():
     lines = THEORY.read_text().split("\n")
     for i, line in enumerate(lines):
-        m = re.match(r"#{2,3} (?:(\d+)\.(\d+)?|A\.(\d+)|Appendix ([AB])\.)", line)
+        m = re.match(r"#{2,3} (?:(\d+)\.(\d+)?|A\.(\d+)|Appendix ([ABC])\.|C\.(\d+))", line)
         if not m:
             continue
         above = lines[i - 1]
@@ -84,6 +85,8 @@ def test_every_numbered_heading_has_its_stable_anchor():
         elif m.group(3):
             want = f"theory-a-{m.group(3)}"
             above = lines[i - 2] if lines[i - 1].startswith("(theory-tv") else above
+        elif m.group(5):
+            want = f"theory-c-{m.group(5)}"
         else:
             want = f"theory-{m.group(4).lower()}"
         assert above == f"({want})=", f"heading {line!r} lacks the target ({want})= right above it"

@@ -46,8 +46,11 @@ def solve(problem, method: str = "auto", **options):
         The problem (see :mod:`ufm.problems` for the objective and its conventions:
         halved regularizers, means over the N examples).
     method : str
-        ``"auto"`` (the first method in :data:`METHODS` that applies) or a name in
-        :data:`METHODS`, e.g. ``"closed_form"`` (THEORY §1-§3).
+        ``"auto"`` or a name in :data:`METHODS`, e.g. ``"closed_form"`` (THEORY
+        §1-§3). ``"auto"`` takes the closed form when one applies, else the
+        certified proximal solver on the convex form (THEORY §4; tolerance 1e-9
+        unless given), else the max-margin program (``"svm"``); ``cvxpy``
+        (``"convex"``) is never chosen automatically: it is the independent check.
     **options
         Passed to the method.
 

@@ -1,158 +1,32 @@
 """Theory curves: predicted learning dynamics on the time grid of :func:`ufm.simulate`.
 
 Every function returns a frozen :class:`ufm.results.TheoryCurve` evaluated at
-``times`` -- pass ``trajectory.times`` to overlay a simulation. Time is the
+``times``: pass ``trajectory.times`` to overlay a simulation. Time is the
 gradient-flow time of :func:`ufm.simulate` (``t = steps * lr``) for the losses
-of :mod:`ufm.problems`: MEANS over the N examples (mean CE, ``1/(2N)||Z - Y||^2``)
-and halved weight decays (THEORY §0.1).
+of :mod:`ufm.problems`: means over the N examples (mean CE,
+``1/(2N)||Z - Y||^2``) and halved weight decays (THEORY §0.1).
 
-Input-coupled (semantic) UFM, THEORY §6.3, §8.2 (M2)
-----------------------------------------------------
-:func:`mode_curves` and :func:`semantic_curve` take an
-:class:`~ufm.problems.InputCoupledUFM` with distinct one-hot labels
-(``Y = I_N``, as built by ``InputCoupledUFM.from_setting``). Features are
-``H = A Phi`` and logits ``Z = W A Phi``.
+* :func:`mode_curves`, :func:`semantic_curve`: the input-coupled UFM
+  (THEORY §6.3, §8.2) with distinct one-hot labels: its modes, the linear CE
+  phase, the mode-restricted CE flow that models saturation (Appendix C.1);
+  the start each curve assumes (aligned, one run's ``W0, A0``, or the wide
+  limit of a Gaussian start, with the spread over finite-width starts;
+  Appendix C.2); the peak, rise times ``t50``/``t90`` and transition
+  (Appendix C.3).
+* :func:`transient_times`: the same peak, rise and transition read off a
+  recorded curve, to compare like with like.
+* :func:`symmetric_flow`: the symmetric-subspace flows of the standard UFM
+  (THEORY §6.4, §6.5; Appendix C.4).
+* :func:`block_kernel`, :func:`kernel_flow`: the block-kernel flow M3 (THEORY §8.3).
 
-*Modes.* For MSE the modes are the SVD ``Phi = P D Q^T`` (THEORY §6.3): with
-``W = Q diag(a) R^T`` and ``A = R diag(b) P^T`` (``R`` orthonormal) the flow
-keeps this form, and the mode output ``z_a = a_a b_a d_a`` (the logit of each
-item on its own direction, ``Q^T Z Q = diag(z)``) obeys
-``dz/dt = (2 d_a/N) z (1 - z)`` -- the logistic law, closed form
-(``ufm.symbolic.logistic_mode``). With equal weight decays
-``lam_W = lam_A = lam`` it becomes ``dz/dt = (2 d_a/N) z (1 - lam N/d_a - z)``,
-again a logistic (``ufm.symbolic.mse_decay_mode``). For CE the modes are the
-SVD of the centred inputs ``Phi P_N = P' D' Q'^T`` (the direction ``1_N`` of a
-common logit offset is dropped: the softmax ignores it). The item Gram, centred
-with ``P_N`` as every metric here does (THEORY §7.4), is
-
-    P_N H^T H P_N = Q diag(b_a^2 d_a^2) Q^T  ( = Q diag(z_a d_a) Q^T when balanced, a = b ).
-
-*Linearized CE phase* (THEORY §5.3, §6.3). At small logits
-``softmax(z) = 1/K + P_K z/K + O(z^2)``, so ``-grad_Z CE = (1/N)(P_K Y - P_K Z/K)``:
-the CE flow is the Saxe flow with the centred target ``K P_K Y`` and a ``1/K``
-slower saturation. Its early growth is that of MSE: every centred mode grows at
-``dz/dt = (2 d'_a/N) z`` (``ufm.symbolic.ce_linearized_mode``), so modes are
-acquired in the order of the singular values of ``Phi P_N``. Record
-``"z_linear"`` is this linear phase, exact until the logits reach O(1).
-
-*Saturation of CE (the model used).* CE saturation couples the modes through
-the softmax, so there is no per-mode logistic. We use the gradient flow of the
-CE objective *restricted to the mode-aligned family*
-``W = Q' diag(a) R^T, A = R diag(b) P'^T``: a diagonal two-layer network with
-state ``(a, b)`` and
-
-    da/dt = b c(z) - lam_W a,   db/dt = a c(z) - lam_A b,
-    c_a(z) = q'_a^T (1/N)(Y - softmax(Z)) Phi^T p'_a,   Z = Q' diag(a b) P'^T Phi
-
-(``derivations/mode_dynamics.py`` shows ``dL/da = -b c``, ``dL/db = -a c``;
-for MSE the same projection gives back the logistic law exactly). It is exact
-whenever the family is invariant under the full flow: in the linearized phase
-(when ``1_N`` is an eigenvector of ``K_x``, true for
-:func:`~ufm.settings.factorial`, :func:`~ufm.settings.hierarchy` and the
-default :func:`~ufm.settings.ntp_contexts`), on the symmetric states where all
-``z_a`` are equal (it is then the margin ODE of THEORY §6.5), and -- measured,
-``tests/test_dynamics.py`` -- along the whole flow for the factorial and
-hierarchy settings, whose modes are symmetry-adapted (the off-diagonal part of
-``Q^T Z Q`` stays at rounding level). For :func:`~ufm.settings.ntp_contexts`
-the part of the gradient that rotates modes into each other is neglected (it
-stays below 1% of ``max z``). Degenerate singular values are split by the
-Hadamard square ``K_x o K_x`` (see :func:`input_modes`); without that split the
-saturation and the end state depend on an arbitrary basis. Being a gradient
-flow of a 2-homogeneous model, the late phase follows the logarithmically slow
-directional convergence of CE (Lyu & Li 2020) to the max-margin point of the
-family, and with weight decay it converges to the minimizer of
-``CE(Z(u)) + sqrt(lam_W lam_A) sum_a u_a`` over ``u = a b >= 0`` (the convex
-form THEORY §8.2 (b) restricted to the family). For the factorial and
-hierarchy settings both coincide with the global end state of ``ufm.solve``.
-
-*The start a curve assumes* (``meta["start"]``, ``meta["start_label"]``; the
-peak time depends on ``log(1/z0)``, the transition time also on how the start
-is spread over the modes):
-
-* ``z0=`` (scalar or one value per mode), ``"aligned"``: an aligned, balanced
-  start (``a = b = sqrt(z0/d)``, as in THEORY TV5b/TV7a), no overlap between
-  modes.
-* ``W0=, A0=``, ``"run"``: the start of one run. In the linear phase each mode
-  is a 2-D linear system, ``dw/dt = s v, dv/dt = s w`` with ``w = W^T q_a``,
-  ``v = A p_a`` (vectors in R^d) and ``s = d_a/N``; so
-  ``w + v = e^{st}(w0 + v0)`` grows and ``w - v`` decays. The growing part
-  sets ``z0_a = d_a |w0 + v0|^2 / 4`` ("the projection of the initial product
-  on the growing mode"), and the logits follow
-  ``z_a(t) = d_a [sinh(2st)(|w0|^2 + |v0|^2)/2 + cosh(2st) w0.v0]`` exactly
-  in that phase (``ufm.symbolic.random_init_mode``). With weight decays the
-  2-D system gets ``-lam_W w`` and ``-lam_A v`` and is solved the same way
-  (growth rate ``2 (m + omega)``, ``m = -(lam_W + lam_A)/2``,
-  ``omega = sqrt(s^2 + (lam_W - lam_A)^2/4)``; see ``_LinearPhase``), and
-  ``z0`` is the product of the growing components. The growing parts of the
-  modes are vectors ``g_a`` in R^d that overlap (``g_a . g_b != 0``): after
-  the linear phase the run is followed by the *core model*
-  (``_CoreModel``): the full flow restricted to ``W = Q Wc R^T``,
-  ``A = R Ac P^T`` with ``R`` an orthonormal basis of the ``g_a``, started at
-  the growing part (``Wc``, ``Ac`` of size ``min(d, r) x r``, plus for CE the
-  class-bias direction ``Phi 1_N`` of ``A``), with the decaying parts of the
-  linear phase added to the Gram. It is exact for the factorial and
-  hierarchy settings up to the decaying parts, whose nonlinear evolution is
-  dropped: measured against ``ufm.simulate`` from the same start
-  (factorial(3, 3, 3), CE, sigma 3 and 5, lam 1e-3, d 27 and 64, 8 seeds each)
-  the gap curves agree to 3e-7 and, read off the same time grid with
-  :func:`transient_times`, the transition times to 1e-4 (hierarchy and
-  ntp_contexts, MSE and CE, d 4 and 32: gap within 1.2e-5). Keeping only the per-mode strengths
-  ``|g_a|^2`` (the diagonal model) is not enough: transition errors up to 75%.
-* ``init_scale=`` (default ``1e-3``, the default of :func:`ufm.simulate`),
-  ``"gaussian_wide_limit"``: a Gaussian start of that standard deviation in
-  the wide limit ``d -> infinity``, where ``G^T G / d`` concentrates at
-  ``init_scale^2 I``: the modes start aligned with
-  ``z0_a = d_a d init_scale^2 / 2`` (``d`` = feature dimension). This is
-  exactly the isotropic start ``W0 W0^T = d init_scale^2 I``,
-  ``A0^T A0 = d init_scale^2 I``, ``W0 A0 = 0``
-  (``ufm.bridge.fitting.isotropic_init(problem, init_scale * sqrt(d))``, whose
-  simulated transition it matches to 3e-4). For the Gaussian start of a finite
-  width ``d`` the ``g_a`` have iid ``N(0, init_scale^2)`` entries, so
-  ``G^T G`` is Wishart: inside a block of ``r_b`` modes with one singular
-  value the strengths spread like the Marchenko-Pastur law of ratio
-  ``r_b/d``, and the directions do not follow the symmetry of the setting.
-  The peak and the rise hardly move (a few percent: they are set by the gaps
-  between singular values), but CE saturates the weakest directions late and
-  they catch up only on the slow time scale of the decay, so the transition
-  of a run differs from the wide-limit curve by tens of percent
-  (factorial(3, 3, 3), CE, lam 1e-3, 8 seeds: sigma 3, d 27: -5% to +50% of
-  the run's time; d 64: -4% to +23%; sigma 5, d 27: -58% to -38%; d 64: -37%
-  to -2%; positive: the curve is late). ``semantic_curve(..., spread=n)``
-  reports that spread: it follows ``n`` sampled Gaussian starts of width ``d``
-  (the starts of ``ufm.simulate(..., seeds=n)``) through the core model and
-  returns their peak, rise and transition times and 10/50/90% quantiles.
-
-With a random start the Gram also carries the parts of the linear phase that
-do not grow: without decay ``+ d_a z_decay e^{-2 d_a t/N}`` per mode and, for a
-given run, the conserved imbalance ``d_a^2 (|v0|^2 - |w0|^2)/2``, so that the
-curve starts at the initial Gram (in expectation ``d init_scale^2 K_x``).
-
-*Peak, rise and transition* (:func:`semantic_curve`; :func:`transient_times`
-reads the same quantities off a recorded curve). The semantic gap (THEORY
-§7.4) of the predicted Gram is maximized over time (dense log grid, then a
-bounded scalar refinement in ``log t``): ``peak_time``. On a plateau (the gap
-within 0.1% of its maximum for decades, e.g. factorial(3, 3, 3) at
-``sigma = 1.5``) that time is arbitrary; the rise times ``t50`` and ``t90``
-(first time the gap reaches ``gap(0) + f (peak - gap(0))``, ``f = 0.5, 0.9``)
-are not. The transition time is the first time after the peak at which the
-centred, unit-norm Gram is closer (Frobenius) to the end state than to the
-Gram at the peak (root refined by Brent's method). It is sensitive to which
-Gram is the peak reference: reading it off a simulation's samples (peak
-sample instead of the refined peak) moved it by up to 6% at 500 samples over
-4.6 decades; compare a simulation with ``transient_times`` applied to both.
-
-Standard UFM, THEORY §6.4-6.5
------------------------------
-:func:`symmetric_flow` integrates the symmetric-subspace flows
-``W = a U`` (``U U^T = P_K``), ``H = beta (U^T kron 1_n^T)``, with the margin
-``p = a beta``; see its docstring for the time translation of THEORY's
-unnormalized MSE loss.
+Appendix C of the theory page documents each model, what it neglects and how
+far it was checked against :func:`ufm.simulate`.
 
 References
 ----------
-THEORY.md §5.3, §6.1-6.5, §7.4, §8.2; Saxe, McClelland, Ganguli, arXiv 1312.6120
-and 1810.10531; Mixon, Parshall, Pi, arXiv 2011.11619; Lyu & Li, arXiv 1906.05890;
-Zhao, Papadimitriou, Thrampoulidis, "Structure Before Collapse", arXiv 2606.26749.
+THEORY.md §5.3, §6.1-6.5, §7.4, §8.2, Appendix C; Saxe, McClelland, Ganguli,
+arXiv 1312.6120 and 1810.10531; Lyu & Li, arXiv 1906.05890; Zhao,
+Papadimitriou, Thrampoulidis, "Structure Before Collapse", arXiv 2606.26749.
 """
 
 from __future__ import annotations
