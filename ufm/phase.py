@@ -120,8 +120,7 @@ def phase_point(setting: str = "factorial", sigma: float = 3.0, strength: float 
     E = sol.H.T @ sol.H
     end_gap = float(metrics.semantic_gap(E, st.attributes, center=True))
     end_etf = float(metrics.etf_distance(E, center=True))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c = dynamics.semantic_curve(m, [0.0], init_scale=init_scale, end_gram=E, keep_gram=False)
+    c = dynamics.semantic_curve(m, [0.0], init_scale=init_scale, end_gram=E, keep_gram=False)
     trans = c.transition_time
     out = {"gap_init": float(c.meta["gap_at_0"]), "peak_gap": float(c.peak_value), "peak_time": float(c.peak_time),
            "transition_time": float("nan") if trans is None else float(trans),
