@@ -56,6 +56,16 @@ def _sweep(args) -> int:
     return 0 if res.n_failed == 0 else 1
 
 
+def _fit_or_number(value: str, flag: str, requirement: str):
+    """``"fit"`` or the number ``value`` names; ValueError naming ``flag`` otherwise."""
+    if value == "fit":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{flag} must be 'fit' or a number {requirement}, got {value!r}") from None
+
+
 def _fit(args) -> int:
     import os
 
@@ -68,18 +78,11 @@ def _fit(args) -> int:
         return 2
 
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
-    lam = args.lam if args.lam == "fit" else None
-    if lam is None:
-        try:
-            lam = float(args.lam)
-        except ValueError:
-            return fail(f"--lam must be 'fit' or a number >= 0, got {args.lam!r}")
-    init_scale = args.init_scale if args.init_scale == "fit" else None
-    if init_scale is None:
-        try:
-            init_scale = float(args.init_scale)
-        except ValueError:
-            return fail(f"--init-scale must be 'fit' or a number > 0, got {args.init_scale!r}")
+    try:
+        lam = _fit_or_number(args.lam, "--lam", ">= 0")
+        init_scale = _fit_or_number(args.init_scale, "--init-scale", "> 0")
+    except ValueError as err:
+        return fail(str(err))
     setting = None
     if args.setting:
         try:
