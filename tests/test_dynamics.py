@@ -167,6 +167,25 @@ def test_linear_phase_of_one_run_matches_the_flow(loss, lams):
     assert np.all(err[times >= 3.0] < 1e-2), err
 
 
+def test_linear_phase_at_long_times_grows_without_nan():
+    """Far past the linear phase the growing exponential leaves the float range: inf, never inf * 0 = nan."""
+    m = ufm.InputCoupledUFM.from_setting(ufm.factorial((2, 2, 2)), sigma=4.0, d=32, loss="ce", lam_W=0.05,
+                                         lam_A=0.02)
+    times = np.array([0.0, 1.0, 1e3, 1e6])
+    with np.errstate(invalid="raise", divide="raise"):
+        c = dynamics.mode_curves(m, times, init_scale=1e-3)
+    z = c.z_linear
+    assert not np.isnan(z).any()
+    assert np.all(np.isfinite(z[:2])) and np.all(z[-1] == np.inf)
+    # the cosh/sinh form it replaces, where that form is finite
+    lin = dynamics._LinearPhase(m.d, m.N, 0.05, 0.02, *[np.asarray(x) for x in (1.0, 2.0, 0.3)])
+    t = np.array([0.0, 0.5, 3.0])[:, None]
+    ch, sh = np.cosh(lin.omega * t), np.sinh(lin.omega * t) / lin.omega
+    Aw, B, Av = ch - lin.delta * sh, lin.s * sh, ch + lin.delta * sh
+    ref = lin.d * np.exp(2 * lin.m * t) * (Aw * B * 1.0 + B * Av * 2.0 + (Aw * Av + B * B) * 0.3)
+    np.testing.assert_allclose(lin.z(t[:, 0]), ref, rtol=1e-12)
+
+
 # =====================================================================================
 # 3. the mode-restricted CE flow from an aligned start
 # =====================================================================================

@@ -210,12 +210,25 @@ class _LinearPhase:
         self.vminus_sq = (so**2 * ww + (1 - do) ** 2 * vv - 2 * so * (1 - do) * wv) / 4.0
 
     def z(self, t):
-        """d w(t).v(t), (T, r)."""
-        x = self.omega * t[:, None]
-        ch, sh = np.cosh(x), np.sinh(x) / self.omega
-        Aw, B, Av = ch - self.delta * sh, self.s * sh, ch + self.delta * sh
-        return self.d * np.exp(2 * self.m * t[:, None]) * (Aw * B * self.ww + B * Av * self.vv
-                                                           + (Aw * Av + B * B) * self.wv)
+        """d w(t).v(t), (T, r), as three exponentials (rates 2(m + omega), 2m, 2(m - omega)).
+
+        Written in exponentials rather than cosh/sinh so that long times give the growing
+        term alone: it exceeds the float range (inf, the linear phase has no bound) without
+        an inf * 0 = nan from the decaying terms.
+        """
+        tt = t[:, None]
+        so, do = self.s / self.omega, self.delta / self.omega
+        c_grow = self.z_grow / self.d
+        c_flat = do * (so * (self.ww - self.vv) + 2 * do * self.wv) / 2.0
+        c_decay = so * (-(1 + do) * self.ww - (1 - do) * self.vv + 2 * so * self.wv) / 4.0
+        out = np.zeros((tt.shape[0], np.broadcast(c_grow, self.omega).size))
+        with np.errstate(over="ignore", under="ignore"):
+            for c, rate in ((c_grow, 2 * (self.m + self.omega)), (c_flat, 2 * self.m),
+                            (c_decay, 2 * (self.m - self.omega))):
+                c, rate = np.broadcast_to(c, out.shape[1:]), np.broadcast_to(rate, out.shape[1:])
+                nz = c != 0
+                out[:, nz] += c[nz] * np.exp(rate[nz] * tt)
+        return self.d * out
 
     def gram_rest(self, t):
         """d^2 (|v|^2 - |v+|^2): the part of the Gram weight that does not grow (cross and decaying terms)."""
