@@ -23,10 +23,11 @@ For every size and case, interleaved round-robin and repeated:
 
 Reported: median times (CPU seconds of this one-thread process, and the same from wall time)
 and the integrator's overhead per right-hand-side call, ``integrate / rhs loop (direct) - 1``
-(median over rounds of the per-round ratio; the target is below 10%). ``--before REV`` loads ``ufm/_integrate.py`` of a git revision (``git archive``)
-as a second module in the same process and times it in the same rounds, so both integrators
-run on the same right-hand side, states and machine state; the report says whether they took
-the same number of steps and how far apart their results are.
+(median over rounds of the per-round ratio; the target is below 10%). ``--before REV`` loads
+``ufm/_integrate.py`` of a git revision (``git archive``) as a second module in the same
+process and times it in the same rounds, so both integrators run on the same right-hand side,
+states and machine state; the report says whether they took the same number of steps and how
+far apart their results are.
 
 Then the integrators alone: the same state sizes on ``dy/dt = -c y``, whose right-hand side
 costs next to nothing, so the time per step is the integrator's own (stage combinations, error
