@@ -214,8 +214,8 @@ class _GD:
         from . import _kernels as k
 
         self.k, self.problem, self.batch, self.lr = k, problem, batch, float(lr)
-        self.Y = np.ascontiguousarray(problem.Y, dtype=dtype)
-        self.loss_id = k.LOSS_IDS[problem.loss]
+        self.Y = np.ascontiguousarray(problem.loss.targets(problem.Y), dtype=dtype)
+        self.loss_id = _kernel_id(problem)
         if isinstance(problem, InputCoupledUFM):
             self.Phi = np.ascontiguousarray(problem.Phi, dtype=dtype)
         else:
@@ -243,11 +243,25 @@ class _GD:
         return batch
 
 
+def _kernel_id(problem) -> int:
+    """The compiled loss that evaluates ``problem.loss`` on its targets (the loss object says which)."""
+    if problem.loss.kernel_id is None:
+        raise ValueError(f"loss {problem.loss} has no compiled kernel (its kernel_id is None), so ufm.simulate "
+                         "cannot run it; give the loss a kernel_id (see ufm.losses.Loss).")
+    return problem.loss.kernel_id
+
+
+def _kernel_name(problem) -> str:
+    """How the compiled kernel evaluates the loss, for ``meta``: its id and the targets it is given."""
+    same = problem.loss.targets(problem.Y) is problem.Y
+    return f"kernel loss id {problem.loss.kernel_id} on {'the labels' if same else str(problem.loss) + ' targets'}"
+
+
 def _flow_rhs_and_data(problem):
     from . import _kernels as k
 
-    Y = np.ascontiguousarray(problem.Y, dtype=np.float64)
-    loss_id = k.LOSS_IDS[problem.loss]
+    Y = np.ascontiguousarray(problem.loss.targets(problem.Y), dtype=np.float64)
+    loss_id = _kernel_id(problem)
     if isinstance(problem, InputCoupledUFM):
         data = (problem.K, problem.d, problem.p, np.ascontiguousarray(problem.Phi), Y,
                 float(problem.lam_W), float(problem.lam_A), loss_id)
@@ -441,6 +455,7 @@ def simulate(problem, steps: int, lr: float | None = None, *, mode: str = "gd", 
     THEORY.md §4 (gradients), §6 (dynamics), §8.1-8.2 (anchored and input-coupled models).
     """
     model = _model_name(problem)
+    _kernel_id(problem)
     a = check_arguments(steps=steps, lr=lr, mode=mode, init_scale=init_scale, seeds=seeds, dtype=dtype,
                         time_variable=time_variable, n_records=n_records, grid=grid, rtol=rtol, atol=atol,
                         max_steps=max_steps, on_interrupt=on_interrupt)
@@ -473,7 +488,8 @@ def simulate(problem, steps: int, lr: float | None = None, *, mode: str = "gd", 
         if value is not None and name not in allowed:
             raise ValueError(f"{name}0 was given but a {model} model has no block {name!r} (blocks: {sorted(allowed)}).")
 
-    meta = {"problem": problem.as_dict(), "model": model, "lr": lr, "steps_requested": steps, "seed": seed,
+    meta = {"problem": problem.as_dict(), "model": model, "loss_kernel": _kernel_name(problem), "lr": lr,
+            "steps_requested": steps, "seed": seed,
             "seeds": seeds, "init_scale": init_scale, "dtype": dtype.name, "grid": grid if record_steps is None
             else "explicit", "record": sorted(recorders), "memory_estimate": {k: int(v) for k, v in parts.items()}}
     warnings = []

@@ -14,7 +14,8 @@ Conventions (THEORY §0.1)
       f(W, H, b) = g(W H + b 1^T) + lam_W/2 ||W||_F^2 + lam_H/2 ||H||_F^2 + lam_b/2 ||b||^2
 
   where ``g`` is the mean cross-entropy over the N examples (``loss="ce"``)
-  or ``1/(2N) ||Z - Y||_F^2`` (``loss="mse"``, THEORY §2.2). Papers that write
+  or ``1/(2N) ||Z - Y||_F^2`` (``loss="mse"``, THEORY §2.2), or any loss of
+  :data:`ufm.losses.LOSSES` (a problem holds its loss object). Papers that write
   ``lam ||W||^2`` without the 1/2 use twice our ``lam``.
 * Soft labels (THEORY §5, next-token prediction) are a K x N column-stochastic
   matrix; cross-entropy then reads ``logsumexp(z_j) - p_j^T z_j`` per column.
@@ -28,11 +29,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._checks import check_int as _check_int, check_nonneg as _check_nonneg
+from .losses import CrossEntropy, Loss, get_loss
 
-__all__ = ["UFMProblem", "LayerPeeledProblem", "AnchoredUFM", "InputCoupledUFM", "LOSS_NAMES"]
-
-#: Loss names understood by every solver; see :mod:`ufm.losses`.
-LOSS_NAMES = ("ce", "mse")
+__all__ = ["UFMProblem", "LayerPeeledProblem", "AnchoredUFM", "InputCoupledUFM"]
 
 
 def _counts_from(K, n, counts, who: str) -> tuple[int, ...]:
@@ -66,9 +65,12 @@ class UFMProblem:
         Samples per class, one entry per class (imbalanced classes).
     d : int
         Feature dimension (rows of ``H``, columns of ``W``).
-    loss : {"ce", "mse"}
-        Mean cross-entropy over the N examples (THEORY (0.1)) or
-        ``1/(2N) ||Z - Y||_F^2`` (THEORY §2.2).
+    loss : str or Loss
+        A name of :data:`ufm.losses.LOSSES`: ``"ce"`` (mean cross-entropy over the N
+        examples, THEORY (0.1)), ``"mse"`` (``1/(2N) ||Z - Y||_F^2``, THEORY §2.2),
+        ``"ls_ce"`` (label-smoothed cross-entropy, THEORY §1.5); ``"ls_ce(eps=0.05)"``
+        sets a parameter; or a loss object such as ``LabelSmoothedCE(eps=0.05)``.
+        Held as the loss object (``problem.loss``).
     bias : bool
         Whether the logits carry a bias ``b`` (off by default).
     lam_W, lam_H, lam_b : float
@@ -105,7 +107,7 @@ class UFMProblem:
     n: int | None = None
     counts: tuple[int, ...] | None = None
     d: int | None = None
-    loss: str = "ce"
+    loss: str | Loss = "ce"
     bias: bool = False
     lam_W: float = 0.0
     lam_H: float = 0.0
@@ -114,8 +116,7 @@ class UFMProblem:
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        if self.loss not in LOSS_NAMES:
-            raise ValueError(f"loss must be one of {LOSS_NAMES}, got {self.loss!r}.")
+        set_("loss", get_loss(self.loss))
         if not isinstance(self.bias, (bool, np.bool_)):
             raise ValueError(f"bias must be True or False, got {self.bias!r}.")
         set_("bias", bool(self.bias))
@@ -309,7 +310,7 @@ class UFMProblem:
 
     def as_dict(self) -> dict:
         """Scalar parameters as a JSON-friendly dict (soft labels are not included)."""
-        out = dict(K=self.K, d=self.d, loss=self.loss, bias=self.bias,
+        out = dict(K=self.K, d=self.d, loss=str(self.loss), bias=self.bias,
                    lam_W=self.lam_W, lam_H=self.lam_H, lam_b=self.lam_b)
         if self.balanced:
             out["n"] = self.n
@@ -320,7 +321,7 @@ class UFMProblem:
     def __repr__(self) -> str:
         size = f"n={self.n}" if self.balanced else (f"counts={list(self.counts)}" if self.counts else f"soft N={self.N}")
         bias = f", bias=True, lam_b={self.lam_b:g}" if self.bias else ""
-        return (f"UFMProblem(K={self.K}, {size}, d={self.d}, loss={self.loss!r}, "
+        return (f"UFMProblem(K={self.K}, {size}, d={self.d}, loss={str(self.loss)!r}, "
                 f"lam_W={self.lam_W:g}, lam_H={self.lam_H:g}{bias})")
 
 
@@ -355,7 +356,7 @@ class LayerPeeledProblem:
     E_W: float = 1.0
     E_H: float = 1.0
 
-    loss = "ce"
+    loss = CrossEntropy()
     bias = False
 
     def __post_init__(self):
@@ -530,8 +531,8 @@ class InputCoupledUFM:
         Fixed input encodings, one column per example.
     d : int
         Feature dimension (rows of ``A``).
-    loss : {"ce", "mse"}
-        Mean CE over the N examples or ``1/(2N)||Z - Y||^2``.
+    loss : str or Loss
+        As in :class:`UFMProblem` (a name of :data:`ufm.losses.LOSSES` or a loss object).
     lam_W, lam_A : float
         Weight decays (halved).
     labels : array, optional
@@ -549,7 +550,7 @@ class InputCoupledUFM:
 
     Phi: np.ndarray | None = field(default=None, repr=False)
     d: int | None = None
-    loss: str = "ce"
+    loss: str | Loss = "ce"
     lam_W: float = 0.0
     lam_A: float = 0.0
     labels: np.ndarray | None = field(default=None, repr=False)
@@ -576,6 +577,7 @@ class InputCoupledUFM:
         if base.N != N:
             raise ValueError(f"labels describe N={base.N} examples but Phi has {N} columns; one label per column.")
         set_("d", base.d)
+        set_("loss", base.loss)
         set_("_base", base)
         for name in ("lam_W", "lam_A"):
             set_(name, _check_nonneg(name, getattr(self, name)))
@@ -590,7 +592,7 @@ class InputCoupledUFM:
             set_("sigma", _check_nonneg("sigma", self.sigma, "the per-item capacity"))
 
     @classmethod
-    def from_setting(cls, setting, sigma: float, d: int | None = None, loss: str = "ce", *,
+    def from_setting(cls, setting, sigma: float, d: int | None = None, loss: str | Loss = "ce", *,
                      lam_W: float = 0.0, lam_A: float = 0.0, strengths=None) -> "InputCoupledUFM":
         """The M2 model of a synthetic setting: ``Phi = setting.encoding(sigma)``, distinct labels.
 
@@ -605,8 +607,8 @@ class InputCoupledUFM:
             Per-item capacity.
         d : int, optional
             Feature dimension.
-        loss : {"ce", "mse"}
-            The loss.
+        loss : str or Loss
+            The loss (as in :class:`UFMProblem`).
         lam_W, lam_A : float
             Weight decays (halved).
         strengths : float or sequence of float, optional
@@ -653,10 +655,10 @@ class InputCoupledUFM:
         dict
             ``model``, ``K``, ``N``, ``p``, ``d``, ``loss``, ``lam_W``, ``lam_A``, ``sigma``.
         """
-        return dict(model="input_coupled", K=self.K, N=self.N, p=self.p, d=self.d, loss=self.loss,
+        return dict(model="input_coupled", K=self.K, N=self.N, p=self.p, d=self.d, loss=str(self.loss),
                     lam_W=self.lam_W, lam_A=self.lam_A, sigma=self.sigma)
 
     def __repr__(self) -> str:
         sig = "" if self.sigma is None else f", sigma={self.sigma:g}"
-        return (f"InputCoupledUFM(K={self.K}, N={self.N}, p={self.p}, d={self.d}, loss={self.loss!r}, "
+        return (f"InputCoupledUFM(K={self.K}, N={self.N}, p={self.p}, d={self.d}, loss={str(self.loss)!r}, "
                 f"lam_W={self.lam_W:g}, lam_A={self.lam_A:g}{sig})")
