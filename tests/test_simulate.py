@@ -345,7 +345,8 @@ def test_label_matrix_is_built_once_and_not_pickled():
     Y = p.Y
     assert Y is p.Y and not Y.flags.writeable and Y.sum() == p.N
     np.testing.assert_array_equal(Y.argmax(0), p.y)
-    assert "_Y_onehot" not in pickle.loads(pickle.dumps(p)).__dict__
+    back = pickle.loads(pickle.dumps(p))
+    assert "_Y_onehot" not in back.__dict__ and "_Y_onehot" not in back.label_set.__dict__
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(p)).Y, Y)
 
 

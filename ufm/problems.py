@@ -31,7 +31,7 @@ import numpy as np
 from ._checks import check_int as _check_int, check_nonneg as _check_nonneg
 from .losses import CrossEntropy, Loss, get_loss
 
-__all__ = ["UFMProblem", "LayerPeeledProblem", "AnchoredUFM", "InputCoupledUFM"]
+__all__ = ["Labels", "UFMProblem", "LayerPeeledProblem", "AnchoredUFM", "InputCoupledUFM"]
 
 
 def _counts_from(K, n, counts, who: str) -> tuple[int, ...]:
@@ -49,6 +49,168 @@ def _counts_from(K, n, counts, who: str) -> tuple[int, ...]:
     if len(c) != K:
         raise ValueError(f"counts must have one entry per class: K={K} but len(counts)={len(c)}.")
     return tuple(_check_int(f"counts[{i}]", ci, 1) for i, ci in enumerate(c))
+
+
+@dataclass(frozen=True, eq=False)
+class Labels:
+    """The labels of a model, parsed once: hard (a class per example) or soft (K x N probabilities).
+
+    Every model of this module holds one (``problem.label_set``) and reads its class
+    structure from it. Build it with :meth:`build`.
+
+    Parameters
+    ----------
+    K : int
+        Number of classes.
+    y : ndarray of int (N,) or None
+        Class of each example (hard labels; read-only), else ``None``.
+    soft_matrix : ndarray (K, N) or None
+        Column-stochastic soft labels (read-only), else ``None``.
+    counts : tuple of int or None
+        Examples per class (hard labels), else ``None``.
+    """
+
+    K: int
+    y: np.ndarray | None
+    soft_matrix: np.ndarray | None
+    counts: tuple[int, ...] | None
+
+    @classmethod
+    def build(cls, K=None, n=None, counts=None, labels=None, who: str = "UFMProblem") -> "Labels":
+        """Parse the label arguments of a model.
+
+        Parameters
+        ----------
+        K : int, optional
+            Number of classes (read from ``labels`` when omitted).
+        n : int, optional
+            Samples per class, class-major order (without ``labels``).
+        counts : sequence of int, optional
+            One count per class, class-major order (without ``labels``).
+        labels : array, optional
+            A 1-D integer vector (hard labels in any order) or a K x N column-stochastic
+            matrix (soft labels).
+        who : str
+            The model, for messages.
+
+        Returns
+        -------
+        Labels
+            The parsed labels.
+        """
+        if labels is None:
+            if K is None:
+                raise ValueError("K (number of classes) is required unless labels are given.")
+            K = _check_int("K", K, 2)
+            c = _counts_from(K, n, counts, who)
+            return cls._hard(K, c, np.repeat(np.arange(K), c))
+        lab = np.asarray(labels)
+        if lab.ndim == 1:
+            return cls._from_vector(lab, K, n, counts, who)
+        if lab.ndim == 2:
+            return cls._soft(lab, K, n, counts)
+        raise ValueError(
+            f"labels must be a 1-D integer vector (hard labels) or a K x N column-stochastic matrix "
+            f"(soft labels), got an array with shape {lab.shape}."
+        )
+
+    @classmethod
+    def _hard(cls, K, counts, y) -> "Labels":
+        y = np.asarray(y, dtype=np.int64)
+        y.setflags(write=False)
+        return cls(K=K, y=y, soft_matrix=None, counts=tuple(int(c) for c in counts))
+
+    @classmethod
+    def _from_vector(cls, lab, K, n, counts_given, who) -> "Labels":
+        if not np.issubdtype(lab.dtype, np.integer):
+            if np.issubdtype(lab.dtype, np.floating) and np.all(np.isfinite(lab)) and np.all(lab == np.round(lab)):
+                lab = lab.astype(np.int64)
+            else:
+                raise ValueError("labels (1-D) must hold integer class indices 0..K-1.")
+        if lab.size == 0:
+            raise ValueError("labels is empty; give at least one example per class.")
+        if lab.min() < 0:
+            raise ValueError(f"labels must be class indices >= 0, found {lab.min()}.")
+        K = int(lab.max()) + 1 if K is None else _check_int("K", K, 2)
+        if K < 2:
+            raise ValueError("labels name a single class; a UFM needs K >= 2 classes.")
+        if lab.max() >= K:
+            raise ValueError(f"labels contain class {lab.max()} but K={K}; labels must lie in 0..K-1.")
+        counts = np.bincount(lab, minlength=K)
+        if np.any(counts == 0):
+            missing = np.flatnonzero(counts == 0).tolist()
+            raise ValueError(f"classes {missing} have no example in labels; every class needs at least one.")
+        if n is not None or counts_given is not None:
+            given = _counts_from(K, n, counts_given, who)
+            if tuple(given) != tuple(counts):
+                raise ValueError(
+                    f"n/counts {given} disagree with the counts read from labels {tuple(counts.tolist())}; "
+                    "pass labels alone."
+                )
+        return cls._hard(K, tuple(counts.tolist()), lab)
+
+    @classmethod
+    def _soft(cls, lab, K_given, n, counts) -> "Labels":
+        if n is not None or counts is not None:
+            raise ValueError("soft labels (a K x N matrix) fix N themselves; omit n and counts.")
+        lab = np.array(lab, dtype=np.float64)
+        if not np.all(np.isfinite(lab)):
+            raise ValueError("labels contain NaN or inf; soft labels must be finite probabilities.")
+        K, N = lab.shape
+        if K_given is not None and _check_int("K", K_given, 2) != K:
+            raise ValueError(f"K={K_given} but soft labels have {K} rows; one row per class.")
+        if K < 2:
+            raise ValueError("soft labels need K >= 2 rows (classes).")
+        if lab.min() < 0:
+            raise ValueError(f"soft labels must be non-negative, found {lab.min():.3g}.")
+        colsum = lab.sum(0)
+        bad = np.flatnonzero(np.abs(colsum - 1.0) > 1e-9)
+        if bad.size:
+            raise ValueError(
+                f"soft labels must be column-stochastic (each column sums to 1); column {bad[0]} sums to "
+                f"{colsum[bad[0]]:.6g}. Normalize with labels / labels.sum(0)."
+            )
+        lab.setflags(write=False)
+        return cls(K=K, y=None, soft_matrix=lab, counts=None)
+
+    @property
+    def N(self) -> int:
+        """Number of examples."""
+        return int(self.soft_matrix.shape[1]) if self.soft else int(sum(self.counts))
+
+    @property
+    def soft(self) -> bool:
+        """True for soft labels."""
+        return self.soft_matrix is not None
+
+    @property
+    def n(self) -> int | None:
+        """Samples per class when the hard labels are balanced, else ``None``."""
+        return self.counts[0] if self.counts is not None and len(set(self.counts)) == 1 else None
+
+    @property
+    def class_major(self) -> bool:
+        """True for hard labels in class-major order (what ``n``/``counts`` build)."""
+        return not self.soft and np.array_equal(self.y, np.repeat(np.arange(self.K), self.counts))
+
+    @property
+    def Y(self) -> np.ndarray:
+        """The K x N label matrix: one-hot columns or the soft labels (read-only, built once)."""
+        if self.soft:
+            return self.soft_matrix
+        Y = self.__dict__.get("_Y_onehot")
+        if Y is None:
+            Y = _one_hot(self.y, self.K)
+            object.__setattr__(self, "_Y_onehot", Y)
+        return Y
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_Y_onehot", None)          # rebuilt on demand: a sweep ships problems to its workers
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,6 +253,8 @@ class UFMProblem:
         Per-class counts for hard labels; ``None`` for soft labels.
     n : int or None
         Samples per class when balanced, else ``None``.
+    label_set : Labels
+        The parsed labels, the same kind of value every model holds.
 
     Examples
     --------
@@ -128,102 +292,26 @@ class UFMProblem:
         if not self.bias and self.lam_b != 0.0:
             raise ValueError(f"lam_b={self.lam_b} regularizes a bias, but bias=False; pass bias=True or drop lam_b.")
 
-        if self.labels is None:
-            if self.K is None:
-                raise ValueError("K (number of classes) is required unless labels are given.")
-            K = _check_int("K", self.K, 2)
-            counts = _counts_from(K, self.n, self.counts, "UFMProblem")
-            y = np.repeat(np.arange(K), counts)
-            self._set_hard(K, counts, y)
-        else:
-            lab = np.asarray(self.labels)
-            if lab.ndim == 1:
-                self._set_hard_from_vector(lab)
-            elif lab.ndim == 2:
-                self._set_soft(lab)
-            else:
-                raise ValueError(
-                    f"labels must be a 1-D integer vector (hard labels) or a K x N column-stochastic matrix "
-                    f"(soft labels), got an array with shape {lab.shape}."
-                )
+        self._set_labels(Labels.build(self.K, self.n, self.counts, self.labels, "UFMProblem"))
 
-    # -- construction helpers -------------------------------------------------
-    def _set_hard(self, K, counts, y):
+    def _set_labels(self, lab: Labels):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
-        set_("K", K)
-        set_("counts", tuple(int(c) for c in counts))
-        set_("n", counts[0] if len(set(counts)) == 1 else None)
-        y = np.asarray(y, dtype=np.int64)
-        y.setflags(write=False)
-        set_("_y", y)
-        set_("labels", None)
-
-    def _set_hard_from_vector(self, lab):
-        if not np.issubdtype(lab.dtype, np.integer):
-            if np.issubdtype(lab.dtype, np.floating) and np.all(np.isfinite(lab)) and np.all(lab == np.round(lab)):
-                lab = lab.astype(np.int64)
-            else:
-                raise ValueError("labels (1-D) must hold integer class indices 0..K-1.")
-        if lab.size == 0:
-            raise ValueError("labels is empty; give at least one example per class.")
-        if lab.min() < 0:
-            raise ValueError(f"labels must be class indices >= 0, found {lab.min()}.")
-        K = int(lab.max()) + 1 if self.K is None else _check_int("K", self.K, 2)
-        if K < 2:
-            raise ValueError("labels name a single class; a UFM needs K >= 2 classes.")
-        if lab.max() >= K:
-            raise ValueError(f"labels contain class {lab.max()} but K={K}; labels must lie in 0..K-1.")
-        counts = np.bincount(lab, minlength=K)
-        if np.any(counts == 0):
-            missing = np.flatnonzero(counts == 0).tolist()
-            raise ValueError(f"classes {missing} have no example in labels; every class needs at least one.")
-        if self.n is not None or self.counts is not None:
-            given = _counts_from(K, self.n, self.counts, "UFMProblem")
-            if tuple(given) != tuple(counts):
-                raise ValueError(
-                    f"n/counts {given} disagree with the counts read from labels {tuple(counts.tolist())}; "
-                    "pass labels alone."
-                )
-        self._set_hard(K, tuple(counts.tolist()), lab)
-
-    def _set_soft(self, lab):
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
-        if self.n is not None or self.counts is not None:
-            raise ValueError("soft labels (a K x N matrix) fix N themselves; omit n and counts.")
-        lab = np.array(lab, dtype=np.float64)
-        if not np.all(np.isfinite(lab)):
-            raise ValueError("labels contain NaN or inf; soft labels must be finite probabilities.")
-        K, N = lab.shape
-        if self.K is not None and _check_int("K", self.K, 2) != K:
-            raise ValueError(f"K={self.K} but soft labels have {K} rows; one row per class.")
-        if K < 2:
-            raise ValueError("soft labels need K >= 2 rows (classes).")
-        if lab.min() < 0:
-            raise ValueError(f"soft labels must be non-negative, found {lab.min():.3g}.")
-        colsum = lab.sum(0)
-        bad = np.flatnonzero(np.abs(colsum - 1.0) > 1e-9)
-        if bad.size:
-            raise ValueError(
-                f"soft labels must be column-stochastic (each column sums to 1); column {bad[0]} sums to "
-                f"{colsum[bad[0]]:.6g}. Normalize with labels / labels.sum(0)."
-            )
-        lab.setflags(write=False)
-        set_("K", K)
-        set_("labels", lab)
-        set_("counts", None)
-        set_("n", None)
-        set_("_y", None)
+        set_("label_set", lab)
+        set_("K", lab.K)
+        set_("counts", lab.counts)
+        set_("n", lab.n)
+        set_("labels", lab.soft_matrix)
 
     # -- derived quantities ---------------------------------------------------
     @property
     def N(self) -> int:
         """Number of examples (columns of ``H`` and of the logits)."""
-        return int(self.labels.shape[1]) if self.labels is not None else int(sum(self.counts))
+        return self.label_set.N
 
     @property
     def soft(self) -> bool:
         """True when the labels are soft (a K x N probability matrix)."""
-        return self.labels is not None
+        return self.label_set.soft
 
     @property
     def balanced(self) -> bool:
@@ -233,9 +321,9 @@ class UFMProblem:
     @property
     def y(self) -> np.ndarray:
         """Integer class of each example (hard labels only; read-only)."""
-        if self._y is None:
+        if self.label_set.soft:
             raise ValueError("this problem has soft labels; use .Y (the K x N label matrix) instead of .y.")
-        return self._y
+        return self.label_set.y
 
     @property
     def Y(self) -> np.ndarray:
@@ -243,18 +331,7 @@ class UFMProblem:
 
         The one-hot matrix is built on first access and kept (not pickled with the problem).
         """
-        if self.labels is not None:
-            return self.labels
-        Y = self.__dict__.get("_Y_onehot")
-        if Y is None:
-            Y = _one_hot(self._y, self.K)
-            object.__setattr__(self, "_Y_onehot", Y)
-        return Y
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state.pop("_Y_onehot", None)          # rebuilt on demand: a sweep ships problems to its workers
-        return state
+        return self.label_set.Y
 
     @property
     def mu(self) -> float:
@@ -279,8 +356,8 @@ class UFMProblem:
                   lam_W=self.lam_W, lam_H=self.lam_H, lam_b=self.lam_b)
         if self.soft:
             kw["labels"] = self.labels
-        elif not np.array_equal(self._y, np.repeat(np.arange(self.K), self.counts)):
-            kw["labels"] = np.asarray(self._y)
+        elif not self.label_set.class_major:
+            kw["labels"] = np.asarray(self.label_set.y)
         elif self.balanced:
             kw["n"] = self.n
         else:
@@ -367,10 +444,11 @@ class LayerPeeledProblem:
         if self.d is None:
             raise ValueError("d (feature dimension) is required.")
         set_("d", _check_int("d", self.d, 1))
-        counts = _counts_from(K, self.n, self.counts, "LayerPeeledProblem")
-        set_("K", K)
-        set_("counts", counts)
-        set_("n", counts[0] if len(set(counts)) == 1 else None)
+        lab = Labels.build(K, self.n, self.counts, None, "LayerPeeledProblem")
+        set_("label_set", lab)
+        set_("K", lab.K)
+        set_("counts", lab.counts)
+        set_("n", lab.n)
         for name in ("E_W", "E_H"):
             v = _check_nonneg(name, getattr(self, name))
             if v == 0:
@@ -386,21 +464,16 @@ class LayerPeeledProblem:
         return self.n is not None
 
     @property
+    def soft(self) -> bool:
+        return False
+
+    @property
     def y(self) -> np.ndarray:
-        return np.repeat(np.arange(self.K), self.counts)
+        return self.label_set.y
 
     @property
     def Y(self) -> np.ndarray:
-        Y = self.__dict__.get("_Y_onehot")
-        if Y is None:
-            Y = _one_hot(self.y, self.K)
-            object.__setattr__(self, "_Y_onehot", Y)
-        return Y
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state.pop("_Y_onehot", None)
-        return state
+        return self.label_set.Y
 
     def as_dict(self) -> dict:
         """Scalar parameters as a JSON-friendly dict.
@@ -568,17 +641,17 @@ class InputCoupledUFM:
         N = Phi.shape[1]
         if self.d is None:
             raise ValueError("d (feature dimension, rows of A) is required.")
+        set_("d", _check_int("d", self.d, 1))
+        set_("loss", get_loss(self.loss))
         if self.labels is None:
             if N < 2:
                 raise ValueError("Phi has a single column; distinct labels need N >= 2 items.")
-            base = UFMProblem(K=N, n=1, d=self.d, loss=self.loss)
+            lab = Labels.build(K=N, n=1, who="InputCoupledUFM")
         else:
-            base = UFMProblem(labels=self.labels, d=self.d, loss=self.loss)
-        if base.N != N:
-            raise ValueError(f"labels describe N={base.N} examples but Phi has {N} columns; one label per column.")
-        set_("d", base.d)
-        set_("loss", base.loss)
-        set_("_base", base)
+            lab = Labels.build(labels=self.labels, who="InputCoupledUFM")
+        if lab.N != N:
+            raise ValueError(f"labels describe N={lab.N} examples but Phi has {N} columns; one label per column.")
+        set_("label_set", lab)
         for name in ("lam_W", "lam_A"):
             set_(name, _check_nonneg(name, getattr(self, name)))
         if self.attributes is not None:
@@ -623,14 +696,14 @@ class InputCoupledUFM:
         return cls(Phi=Phi, d=setting.N if d is None else d, loss=loss, lam_W=lam_W, lam_A=lam_A,
                    labels=np.asarray(setting.labels), attributes=setting.attributes, sigma=sigma)
 
-    # label structure, shared with UFMProblem
-    K = property(lambda self: self._base.K, doc="Number of classes.")
-    N = property(lambda self: self._base.N, doc="Number of examples (columns of Phi).")
-    Y = property(lambda self: self._base.Y, doc="K x N label matrix.")
-    y = property(lambda self: self._base.y, doc="Integer labels (hard labels only).")
-    soft = property(lambda self: self._base.soft)
-    counts = property(lambda self: self._base.counts)
-    balanced = property(lambda self: self._base.balanced)
+    # label structure: the shared Labels value
+    K = property(lambda self: self.label_set.K, doc="Number of classes.")
+    N = property(lambda self: self.label_set.N, doc="Number of examples (columns of Phi).")
+    Y = property(lambda self: self.label_set.Y, doc="K x N label matrix.")
+    y = property(UFMProblem.y.fget, doc="Integer labels (hard labels only).")
+    soft = property(lambda self: self.label_set.soft)
+    counts = property(lambda self: self.label_set.counts)
+    balanced = property(lambda self: self.label_set.n is not None)
 
     @property
     def p(self) -> int:
