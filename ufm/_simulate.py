@@ -39,7 +39,6 @@ import numpy as np
 from . import losses
 from . import _interrupt, _memory, _threads
 from ._checks import check_int
-from .problems import AnchoredUFM, InputCoupledUFM, UFMProblem
 from .results import Trajectory
 
 __all__ = ["simulate", "RECORDERS", "record_grid"]
@@ -139,19 +138,10 @@ def record_grid(steps: int, n_records: int = 100, grid: str = "log") -> np.ndarr
 
 # -- models: blocks, kernels ----------------------------------------------------------
 def _model_name(problem) -> str:
-    if isinstance(problem, InputCoupledUFM):
-        return "input_coupled"
-    if isinstance(problem, AnchoredUFM):
-        return "anchored"
-    if isinstance(problem, UFMProblem):
-        return "ufm"
-    raise ValueError(f"problem must be a UFMProblem, AnchoredUFM or InputCoupledUFM, got {type(problem).__name__}.")
-
-
-def _has_weight_decay(problem) -> bool:
-    if isinstance(problem, InputCoupledUFM):
-        return problem.lam_W > 0 or problem.lam_A > 0
-    return problem.lam_W > 0 or problem.lam_H > 0 or problem.lam_b > 0 or getattr(problem, "beta", 0.0) > 0
+    """The model's name; input validation: only models with compiled kernels can be simulated."""
+    if not callable(getattr(problem, "kernel_binding", None)):
+        raise ValueError(f"problem must be a UFMProblem, AnchoredUFM or InputCoupledUFM, got {type(problem).__name__}.")
+    return problem.model
 
 
 def _initial_states(problem, seeds, seed, init_scale, given, dtype):
@@ -208,39 +198,19 @@ def _seed_state(batch, i):
 
 
 class _GD:
-    """Runs chunks of plain gradient descent on a batch of seeds with the compiled kernels."""
+    """Runs chunks of plain gradient descent on a batch of seeds with the model's compiled kernels."""
 
     def __init__(self, problem, batch, lr, dtype):
-        from . import _kernels as k
-
-        self.k, self.problem, self.batch, self.lr = k, problem, batch, float(lr)
-        self.Y = np.ascontiguousarray(problem.loss.targets(problem.Y), dtype=dtype)
-        self.loss_id = _kernel_id(problem)
-        if isinstance(problem, InputCoupledUFM):
-            self.Phi = np.ascontiguousarray(problem.Phi, dtype=dtype)
-        else:
-            anchored = isinstance(problem, AnchoredUFM) and problem.beta > 0
-            self.Hanc = np.ascontiguousarray(problem.H_anchor if anchored else np.zeros((1, 1)), dtype=dtype)
-            self.beta = problem.beta if anchored else 0.0
-            if "b" not in batch:
-                batch["b"] = np.zeros((batch["W"].shape[0], problem.K), dtype=dtype)
-                self._drop_b = True
-            else:
-                self._drop_b = False
+        self.batch, self.lr = batch, float(lr)
+        Y = np.ascontiguousarray(problem.loss.targets(problem.Y), dtype=dtype)
+        self.kernels = problem.kernel_binding(Y, _kernel_id(problem), dtype)
+        self.kernels.prepare(batch)
 
     def run(self, n_steps: int, recording=None) -> np.ndarray:
-        p, b, k = self.problem, self.batch, self.k
-        if isinstance(p, InputCoupledUFM):
-            return k.icm_gd(b["W"], b["A"], self.Phi, self.Y, p.lam_W, p.lam_A, self.loss_id, self.lr, n_steps,
-                            recording)
-        return k.ufm_gd(b["W"], b["H"], b["b"], self.Y, self.Hanc, p.lam_W, p.lam_H, p.lam_b, self.beta,
-                        self.loss_id, p.bias, self.lr, n_steps, recording)
+        return self.kernels.gd(self.batch, self.lr, n_steps, recording)
 
     def states(self):
-        batch = dict(self.batch)
-        if not isinstance(self.problem, InputCoupledUFM) and self._drop_b:
-            batch.pop("b")
-        return batch
+        return self.kernels.states(self.batch)
 
 
 def _kernel_id(problem) -> int:
@@ -258,19 +228,8 @@ def _kernel_name(problem) -> str:
 
 
 def _flow_rhs_and_data(problem):
-    from . import _kernels as k
-
     Y = np.ascontiguousarray(problem.loss.targets(problem.Y), dtype=np.float64)
-    loss_id = _kernel_id(problem)
-    if isinstance(problem, InputCoupledUFM):
-        data = (problem.K, problem.d, problem.p, np.ascontiguousarray(problem.Phi), Y,
-                float(problem.lam_W), float(problem.lam_A), loss_id)
-        return k.icm_flow_rhs, data
-    anchored = isinstance(problem, AnchoredUFM) and problem.beta > 0
-    Hanc = np.ascontiguousarray(problem.H_anchor if anchored else np.zeros((1, 1)), dtype=np.float64)
-    data = (problem.K, problem.d, problem.N, Y, Hanc, float(problem.lam_W), float(problem.lam_H),
-            float(problem.lam_b), float(problem.beta if anchored else 0.0), loss_id, bool(problem.bias))
-    return k.ufm_flow_rhs, data
+    return problem.kernel_binding(Y, _kernel_id(problem), np.float64).flow()
 
 
 def _flatten(state, names):
@@ -339,23 +298,21 @@ def memory_estimate(problem, recorders, seeds: int, n_times: int, mode: str = "g
     n_state = sum(int(np.prod(sh)) for sh in shapes.values())
     parts = {"records": 8 * seeds * n_times * sum(int(np.prod(r.shape(problem))) for r in recorders.values())}
     parts["state"] = item * seeds * n_state
-    icm = isinstance(problem, InputCoupledUFM)
+    own = problem.kernel_workspace(mode)      # the model's own buffers (H^T, A Phi, ...)
     if mode == "gd":
         if threads is None:
             from ._threads import seed_threads
 
             threads = seed_threads()
         running = max(1, min(seeds, int(threads)))
-        per = 2 * K * N + K * d + 3 * N + (2 * d * N + d * shapes["A"][1] if icm else d * N)
-        if not icm and d > N:
-            per += 2 * d * N          # the kernel works on H^T: a transposed copy and its gradient
+        per = 2 * K * N + K * d + 3 * N + own["kernel"]
         parts["workspace"] = item * running * per
     else:
         # per seed, the integrator's state and FSAL derivative (made while the start is still held);
         # one seed's 8 stage buffers, the velocity's products and one recorded row
         parts["state"] += 2 * 8 * seeds * n_state
-        parts["workspace"] = 8 * (9 * n_state + 2 * K * N + (2 * d * N if icm else 0))
-    feat = 2 * d * N if icm else 0        # A Phi is computed afresh (twice for gram_H); H is a view
+        parts["workspace"] = 8 * (9 * n_state + 2 * K * N + own["kernel"])
+    feat = own["features"]                    # features computed afresh (A Phi, twice for gram_H); H is a view
     parts["recording"] = 8 * max((feat + int(np.prod(r.shape(problem))) for r in recorders.values()), default=0)
     # the start is drawn before the records exist: its temporaries count only where they exceed the rest
     rest = parts["records"] + parts["workspace"] + parts["recording"]
@@ -784,7 +741,7 @@ def _run_flow(problem, batch, lr, grid_steps, rec, progress, time_variable, rtol
     from ._integrate import STATUS_MESSAGES, Stepper
 
     if time_variable == "auto":
-        time_variable = "t" if _has_weight_decay(problem) else "log"
+        time_variable = "t" if problem.has_weight_decay else "log"
     rhs, data = _flow_rhs_and_data(problem)
     shapes = losses.blocks(problem)
     names = list(shapes)

@@ -147,6 +147,7 @@ def _require(cond: bool, reason: str):
 
 
 def _require_ufm(problem):
+    # input validation: the closed forms are derived for the standard model only (not its subclasses)
     _require(type(problem) is UFMProblem,
              f"closed forms cover the standard UFMProblem, not {type(problem).__name__} "
              "(its optimum needs a numerical solver)")

@@ -38,7 +38,6 @@ import numpy as np
 
 from . import losses
 from .closed_form import _RANK_TOL, NotApplicable, balanced_split
-from .problems import AnchoredUFM, InputCoupledUFM, UFMProblem
 from .results import Solution
 
 __all__ = ["convex", "prox", "svm", "certificate", "Form", "form_of", "applies_convex", "applies_prox",
@@ -161,34 +160,33 @@ def form_of(problem, reduce: str | bool = "auto") -> Form:
         regularization is such that no minimizer exists (CE without weight decay:
         use :func:`svm`).
     """
-    if isinstance(problem, AnchoredUFM):
-        raise NotApplicable("the anchored UFM has no nuclear-norm form (the pull toward H_anchor is not a "
-                            "function of W H); simulate it or solve it by block-coordinate descent")
-    if isinstance(problem, InputCoupledUFM):
-        mu = problem.mu
-        _require_attained(problem.loss, mu, "lam_W and lam_A")
-        return Form(problem, "input_coupled", problem.loss.targets(problem.Y), np.full(problem.N, 1.0 / problem.N), mu, problem.loss,
-                    "none", 0.0, None, problem.Phi)
-    if not isinstance(problem, UFMProblem):
+    if not callable(getattr(problem, "convex_form", None)):          # input validation: not a UFM model
         raise NotApplicable(f"needs a UFMProblem or InputCoupledUFM, got {type(problem).__name__}")
-    mu = problem.mu
-    _require_attained(problem.loss, mu, "lam_W and lam_H")
-    if (problem.lam_W > 0) != (problem.lam_H > 0):
-        raise NotApplicable("lam_W and lam_H must be both positive (with one of them 0 the infimum is not attained)")
-    bias = "none" if not problem.bias else ("free" if problem.lam_b == 0 else "regularized")
-    if reduce not in ("auto", True, False):
-        raise ValueError(f"reduce must be 'auto', True or False, got {reduce!r}.")
-    if reduce is True and problem.soft:
-        raise ValueError("reduce=True needs hard labels; soft labels have no class-collapsed form.")
-    if not problem.soft and reduce in ("auto", True):
-        counts = np.asarray(problem.counts, dtype=float)
-        return Form(problem, "collapsed", problem.loss.targets(np.eye(problem.K)), counts / problem.N, mu, problem.loss, bias,
-                    problem.lam_b, 1.0 / np.sqrt(counts), None)
-    return Form(problem, "full", problem.loss.targets(problem.Y), np.full(problem.N, 1.0 / problem.N), mu, problem.loss, bias,
-                problem.lam_b, None, None)
+    return problem.convex_form(reduce)
 
 
-def _require_attained(loss, mu, names):
+def require_attained(loss, mu: float, names: str) -> None:
+    """Refuse the convex form without weight decay when the loss says it has no (unique) minimizer there.
+
+    Parameters
+    ----------
+    loss : Loss
+        The problem's loss.
+    mu : float
+        The nuclear-norm weight.
+    names : str
+        The weight decays, for the message.
+
+    Returns
+    -------
+    None
+        Returns when the form applies.
+
+    Raises
+    ------
+    NotApplicable
+        With the loss's reason and the method that applies instead.
+    """
     why = loss.why_not_without_decay(names) if mu == 0 else None
     if why:
         raise NotApplicable(why)
@@ -861,22 +859,33 @@ def svm(problem, *, solver: str = "CLARABEL") -> Solution:
     ok, why = applies_svm(problem)
     if not ok:
         raise NotApplicable(why)
-    p = problem
-    meta = {"problem": p.as_dict(), "solver": solver, "objective": "max-margin value (nuclear norm)"}
-    if isinstance(p, InputCoupledUFM):
-        M = cp.Variable((p.K, p.p))
-        Z = M @ p.Phi
-        cons = _margin_constraints(Z, p.y, p.K)
-        prob = cp.Problem(cp.Minimize(cp.normNuc(M)), cons)
-        _solve(prob, solver)
-        Mv = np.asarray(M.value)
-        W, A = balanced_split(Mv, p.d, 0.0, 0.0, rank_tol=1e-8, floor=1e-300, name="M")
-        H = A @ p.Phi
-        meta.update(solver_status=prob.status, nuclear=float(prob.value))
-        return Solution(W=W, H=H, b=None, Z=W @ H, A=A, loss=float(prob.value), success=prob.status == cp.OPTIMAL,
-                        status="max_margin", message="Max-margin end state of the input-coupled UFM (no weight "
-                        "decay): the direction of W A Phi under gradient descent.", method="svm", meta=meta,
-                        citation="THEORY §8.2; Lyu & Li 2020; Ji & Telgarsky 2020")
+    meta = {"problem": problem.as_dict(), "solver": solver, "objective": "max-margin value (nuclear norm)"}
+    return _SVM_PROGRAMS[problem.model](problem, solver, meta)
+
+
+def _svm_input_coupled(p, solver, meta):
+    """``min ||M||_* s.t. margins(M Phi) >= 1`` (THEORY §8.2)."""
+    import cvxpy as cp
+
+    M = cp.Variable((p.K, p.p))
+    Z = M @ p.Phi
+    cons = _margin_constraints(Z, p.y, p.K)
+    prob = cp.Problem(cp.Minimize(cp.normNuc(M)), cons)
+    _solve(prob, solver)
+    Mv = np.asarray(M.value)
+    W, A = balanced_split(Mv, p.d, 0.0, 0.0, rank_tol=1e-8, floor=1e-300, name="M")
+    H = A @ p.Phi
+    meta.update(solver_status=prob.status, nuclear=float(prob.value))
+    return Solution(W=W, H=H, b=None, Z=W @ H, A=A, loss=float(prob.value), success=prob.status == cp.OPTIMAL,
+                    status="max_margin", message="Max-margin end state of the input-coupled UFM (no weight "
+                    "decay): the direction of W A Phi under gradient descent.", method="svm", meta=meta,
+                    citation="THEORY §8.2; Lyu & Li 2020; Ji & Telgarsky 2020")
+
+
+def _svm_ufm(p, solver, meta):
+    """The nuclear-norm SVM (3.2) for hard labels (class-collapsed), the NTP-SVM for soft ones."""
+    import cvxpy as cp
+
     if not p.soft:
         counts = np.asarray(p.counts, dtype=float)
         Zb = cp.Variable((p.K, p.K))
@@ -893,6 +902,10 @@ def svm(problem, *, solver: str = "CLARABEL") -> Solution:
                         f"P_K Y (max deviation {meta['distance_to_seli']:.1e}).", method="svm", meta=meta,
                         citation="THEORY §3.2; Thrampoulidis et al. 2022, arXiv 2208.05512")
     return _ntp_svm(p, solver, meta)
+
+
+#: The max-margin program of each model (by ``problem.model``; :meth:`svm_applies` says whether it holds).
+_SVM_PROGRAMS = {"ufm": _svm_ufm, "input_coupled": _svm_input_coupled}
 
 
 def _solve(prob, solver):
@@ -994,14 +1007,6 @@ def applies_svm(problem) -> tuple[bool, str]:
     tuple of (bool, str)
         ``(applies, reason)``.
     """
-    if isinstance(problem, AnchoredUFM):
-        return False, "the anchored UFM has no max-margin program here"
-    if isinstance(problem, InputCoupledUFM):
-        if "svm" not in problem.loss.closed_forms or problem.mu > 0 or problem.soft:
-            return False, "svm needs an unregularized CE input-coupled problem with hard labels"
-        return True, "input-coupled max margin"
-    if not isinstance(problem, UFMProblem):
+    if not callable(getattr(problem, "svm_applies", None)):          # input validation: not a UFM model
         return False, f"needs a UFMProblem, got {type(problem).__name__}"
-    if "svm" not in problem.loss.closed_forms or problem.lam_W > 0 or problem.lam_H > 0 or problem.bias:
-        return False, "svm is the limit of CE without weight decay and without bias"
-    return True, "nuclear-norm SVM"
+    return problem.svm_applies()

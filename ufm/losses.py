@@ -32,9 +32,10 @@ Models as states
 Simulators hold a model's trainable blocks in a dict (a *state*):
 ``{"W", "H"}`` (+ ``"b"`` with a bias) for :class:`~ufm.problems.UFMProblem` and
 :class:`~ufm.problems.AnchoredUFM`, ``{"W", "A"}`` for
-:class:`~ufm.problems.InputCoupledUFM`. :func:`blocks`, :func:`state_objective`,
-:func:`state_gradients` and :func:`features` work on any model, so a simulator
-or solver is written once. :func:`gd_reference` is the plain-numpy gradient
+:class:`~ufm.problems.InputCoupledUFM`. Each model answers for its own blocks,
+features, objective and gradients (methods of :mod:`ufm.problems`);
+:func:`blocks`, :func:`state_objective`, :func:`state_gradients` and :func:`features`
+ask it, so a simulator or solver is written once. :func:`gd_reference` is the plain-numpy gradient
 descent every compiled kernel is tested against.
 """
 
@@ -802,10 +803,6 @@ def input_coupled_gradients(problem, W, A):
 
 
 # -- models as states ------------------------------------------------------------------
-def _is_input_coupled(problem) -> bool:
-    return hasattr(problem, "Phi")
-
-
 def blocks(problem) -> dict:
     """Names and shapes of a model's trainable blocks, in a fixed order.
 
@@ -820,12 +817,7 @@ def blocks(problem) -> dict:
         ``{"W": (K, d), "H": (d, N)}`` (+ ``"b": (K,)`` with a bias), or
         ``{"W": (K, d), "A": (d, p)}`` for the input-coupled UFM.
     """
-    if _is_input_coupled(problem):
-        return {"W": (problem.K, problem.d), "A": (problem.d, problem.p)}
-    out = {"W": (problem.K, problem.d), "H": (problem.d, problem.N)}
-    if problem.bias:
-        out["b"] = (problem.K,)
-    return out
+    return problem.blocks()
 
 
 def features(problem, state: dict) -> np.ndarray:
@@ -843,7 +835,7 @@ def features(problem, state: dict) -> np.ndarray:
     ndarray (d, N)
         The features.
     """
-    return state["A"] @ problem.Phi if _is_input_coupled(problem) else state["H"]
+    return problem.features(state)
 
 
 def state_logits(problem, state: dict) -> np.ndarray:
@@ -879,9 +871,7 @@ def state_objective(problem, state: dict) -> float:
     float
         :func:`objective` or :func:`input_coupled_objective`.
     """
-    if _is_input_coupled(problem):
-        return input_coupled_objective(problem, state["W"], state["A"])
-    return objective(problem, state["W"], state["H"], state.get("b"))
+    return problem.objective(state)
 
 
 def state_gradients(problem, state: dict) -> dict:
@@ -899,14 +889,7 @@ def state_gradients(problem, state: dict) -> dict:
     dict of ndarray
         Same keys as ``state``.
     """
-    if _is_input_coupled(problem):
-        dW, dA = input_coupled_gradients(problem, state["W"], state["A"])
-        return {"W": dW, "A": dA}
-    dW, dH, db = gradients(problem, state["W"], state["H"], state.get("b"))
-    out = {"W": dW, "H": dH}
-    if db is not None:
-        out["b"] = db
-    return out
+    return problem.gradients(state)
 
 
 def gd_reference(problem, state: dict, lr: float, steps: int, record=()) -> tuple[dict, dict]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._checks import check_int as _check_int, check_nonneg as _check_nonneg
+from . import losses as _losses
 from .losses import CrossEntropy, Loss, get_loss
 
 __all__ = ["Labels", "UFMProblem", "LayerPeeledProblem", "AnchoredUFM", "InputCoupledUFM"]
@@ -364,6 +365,121 @@ class UFMProblem:
             kw["counts"] = self.counts
         return kw
 
+    # -- what solvers and simulators ask the model -----------------------------------
+    model = "ufm"
+
+    def blocks(self) -> dict:
+        """Names and shapes of the trainable blocks: ``{"W": (K, d), "H": (d, N)}`` (+ ``"b": (K,)``).
+
+        Returns
+        -------
+        dict
+            Block name -> shape, in a fixed order.
+        """
+        out = {"W": (self.K, self.d), "H": (self.d, self.N)}
+        if self.bias:
+            out["b"] = (self.K,)
+        return out
+
+    def features(self, state: dict) -> np.ndarray:
+        """The features ``H`` (d x N) of a state (a dict of the blocks of :meth:`blocks`)."""
+        return state["H"]
+
+    def objective(self, state: dict) -> float:
+        """The objective at a state (:func:`ufm.losses.objective`)."""
+        return _losses.objective(self, state["W"], state["H"], state.get("b"))
+
+    def gradients(self, state: dict) -> dict:
+        """Gradients of :meth:`objective`, one entry per block (:func:`ufm.losses.gradients`)."""
+        dW, dH, db = _losses.gradients(self, state["W"], state["H"], state.get("b"))
+        out = {"W": dW, "H": dH}
+        if db is not None:
+            out["b"] = db
+        return out
+
+    @property
+    def has_weight_decay(self) -> bool:
+        """True when some block is regularized (the flow then runs in plain time)."""
+        return self.lam_W > 0 or self.lam_H > 0 or self.lam_b > 0
+
+    def kernel_binding(self, Y: np.ndarray, loss_id: int, dtype) -> "_UFMKernels":
+        """How the compiled kernels (:mod:`ufm._kernels`) run this model, on targets ``Y``.
+
+        Parameters
+        ----------
+        Y : ndarray (K, N)
+            The loss's targets, in ``dtype``.
+        loss_id : int
+            The compiled loss (the loss's ``kernel_id``).
+        dtype : numpy dtype
+            Floating type of the run.
+
+        Returns
+        -------
+        _UFMKernels
+            GD on a batch of seeds and the flow's velocity.
+        """
+        return _UFMKernels(self, Y, loss_id, dtype)
+
+    def kernel_workspace(self, mode: str) -> dict:
+        """Floats of this model's own buffers, for the memory guard of :func:`ufm.simulate`.
+
+        Parameters
+        ----------
+        mode : {"gd", "flow"}
+            GD (per running seed) or the flow (one seed).
+
+        Returns
+        -------
+        dict
+            ``{"kernel": floats the kernel holds beyond the logits, "features": floats of
+            computing the features once}`` (``H`` is a view: 0).
+        """
+        d, N = self.d, self.N
+        # above N, the GD kernel works on H^T: a transposed copy and its gradient
+        kernel = d * N + (2 * d * N if d > N else 0) if mode == "gd" else 0
+        return {"kernel": kernel, "features": 0}
+
+    def convex_form(self, reduce="auto"):
+        """The convex form (4.1) of this problem (:func:`ufm.convex.form_of`).
+
+        Parameters
+        ----------
+        reduce : "auto", True or False
+            Class-collapse hard labels (``"auto"``, ``True``) or keep one column per example.
+
+        Returns
+        -------
+        ufm.convex.Form
+            The form.
+        """
+        from .convex import Form, require_attained
+
+        mu = self.mu
+        require_attained(self.loss, mu, "lam_W and lam_H")
+        if (self.lam_W > 0) != (self.lam_H > 0):
+            from .closed_form import NotApplicable
+
+            raise NotApplicable("lam_W and lam_H must be both positive (with one of them 0 the infimum is not "
+                                "attained)")
+        bias = "none" if not self.bias else ("free" if self.lam_b == 0 else "regularized")
+        if reduce not in ("auto", True, False):
+            raise ValueError(f"reduce must be 'auto', True or False, got {reduce!r}.")
+        if reduce is True and self.soft:
+            raise ValueError("reduce=True needs hard labels; soft labels have no class-collapsed form.")
+        if not self.soft and reduce in ("auto", True):
+            counts = np.asarray(self.counts, dtype=float)
+            return Form(self, "collapsed", self.loss.targets(np.eye(self.K)), counts / self.N, mu, self.loss, bias,
+                        self.lam_b, 1.0 / np.sqrt(counts), None)
+        return Form(self, "full", self.loss.targets(self.Y), np.full(self.N, 1.0 / self.N), mu, self.loss, bias,
+                    self.lam_b, None, None)
+
+    def svm_applies(self) -> tuple[bool, str]:
+        """Whether the max-margin program (:func:`ufm.convex.svm`) is this problem's limit, and why."""
+        if "svm" not in self.loss.closed_forms or self.lam_W > 0 or self.lam_H > 0 or self.bias:
+            return False, "svm is the limit of CE without weight decay and without bias"
+        return True, "nuclear-norm SVM"
+
     def replace(self, **changes):
         """A copy with some fields changed (validated again); keeps the class of ``self``.
 
@@ -435,6 +551,7 @@ class LayerPeeledProblem:
 
     loss = CrossEntropy()
     bias = False
+    model = "layer_peeled"
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -466,6 +583,14 @@ class LayerPeeledProblem:
     @property
     def soft(self) -> bool:
         return False
+
+    def blocks(self) -> dict:
+        """Names and shapes of the blocks: ``{"W": (K, d), "H": (d, N)}``."""
+        return {"W": (self.K, self.d), "H": (self.d, self.N)}
+
+    def features(self, state: dict) -> np.ndarray:
+        """The features ``H`` (d x N) of a state."""
+        return state["H"]
 
     @property
     def y(self) -> np.ndarray:
@@ -572,6 +697,28 @@ class AnchoredUFM(UFMProblem):
 
     def _init_kwargs(self) -> dict:
         return {**super()._init_kwargs(), "H_anchor": self.H_anchor, "beta": self.beta}
+
+    model = "anchored"
+
+    @property
+    def has_weight_decay(self) -> bool:
+        """True when some block is regularized or the anchor pulls (``beta > 0``)."""
+        return super().has_weight_decay or self.beta > 0
+
+    def kernel_binding(self, Y, loss_id, dtype) -> "_UFMKernels":
+        """The standard UFM's kernels with the anchor term (see :meth:`UFMProblem.kernel_binding`)."""
+        return _UFMKernels(self, Y, loss_id, dtype, self.H_anchor if self.beta > 0 else None, self.beta)
+
+    def convex_form(self, reduce="auto"):
+        """None: the pull toward ``H_anchor`` is not a function of ``W H`` (raises ``NotApplicable``)."""
+        from .closed_form import NotApplicable
+
+        raise NotApplicable("the anchored UFM has no nuclear-norm form (the pull toward H_anchor is not a "
+                            "function of W H); simulate it or solve it by block-coordinate descent")
+
+    def svm_applies(self) -> tuple[bool, str]:
+        """``(False, why)``: no max-margin program for the anchored UFM here."""
+        return False, "the anchored UFM has no max-margin program here"
 
     def plain(self) -> UFMProblem:
         """The same problem without the anchor term, as a :class:`UFMProblem`."""
@@ -720,6 +867,60 @@ class InputCoupledUFM:
         """``sqrt(lam_W lam_A)``: the nuclear-norm weight of the convex form (THEORY §8.2 (b))."""
         return math.sqrt(self.lam_W * self.lam_A)
 
+    # -- what solvers and simulators ask the model -----------------------------------
+    model = "input_coupled"
+
+    def blocks(self) -> dict:
+        """Names and shapes of the trainable blocks: ``{"W": (K, d), "A": (d, p)}``.
+
+        Returns
+        -------
+        dict
+            Block name -> shape, in a fixed order.
+        """
+        return {"W": (self.K, self.d), "A": (self.d, self.p)}
+
+    def features(self, state: dict) -> np.ndarray:
+        """The features ``H = A Phi`` (d x N) of a state."""
+        return state["A"] @ self.Phi
+
+    def objective(self, state: dict) -> float:
+        """The objective at a state (:func:`ufm.losses.input_coupled_objective`)."""
+        return _losses.input_coupled_objective(self, state["W"], state["A"])
+
+    def gradients(self, state: dict) -> dict:
+        """Gradients of :meth:`objective` (:func:`ufm.losses.input_coupled_gradients`)."""
+        dW, dA = _losses.input_coupled_gradients(self, state["W"], state["A"])
+        return {"W": dW, "A": dA}
+
+    @property
+    def has_weight_decay(self) -> bool:
+        """True when ``W`` or ``A`` is regularized."""
+        return self.lam_W > 0 or self.lam_A > 0
+
+    def kernel_binding(self, Y, loss_id, dtype) -> "_InputCoupledKernels":
+        """How the compiled kernels run this model (see :meth:`UFMProblem.kernel_binding`)."""
+        return _InputCoupledKernels(self, Y, loss_id, dtype)
+
+    def kernel_workspace(self, mode: str) -> dict:
+        """Floats of this model's own buffers (see :meth:`UFMProblem.kernel_workspace`); ``A Phi`` is computed."""
+        dN = self.d * self.N
+        return {"kernel": 2 * dN + (self.d * self.p if mode == "gd" else 0), "features": 2 * dN}
+
+    def convex_form(self, reduce="auto"):
+        """The convex form (8.2b) ``min_M g(M Phi) + sqrt(lam_W lam_A) ||M||_*`` (:func:`ufm.convex.form_of`)."""
+        from .convex import Form, require_attained
+
+        require_attained(self.loss, self.mu, "lam_W and lam_A")
+        return Form(self, "input_coupled", self.loss.targets(self.Y), np.full(self.N, 1.0 / self.N), self.mu,
+                    self.loss, "none", 0.0, None, self.Phi)
+
+    def svm_applies(self) -> tuple[bool, str]:
+        """Whether the input-coupled max-margin program is this problem's limit, and why."""
+        if "svm" not in self.loss.closed_forms or self.mu > 0 or self.soft:
+            return False, "svm needs an unregularized CE input-coupled problem with hard labels"
+        return True, "input-coupled max margin"
+
     def as_dict(self) -> dict:
         """Scalar parameters as a JSON-friendly dict (``Phi`` and the labels are not included).
 
@@ -735,3 +936,71 @@ class InputCoupledUFM:
         sig = "" if self.sigma is None else f", sigma={self.sigma:g}"
         return (f"InputCoupledUFM(K={self.K}, N={self.N}, p={self.p}, d={self.d}, loss={str(self.loss)!r}, "
                 f"lam_W={self.lam_W:g}, lam_A={self.lam_A:g}{sig})")
+
+
+# -- how the compiled kernels run a model (ufm.simulate asks the model for this) ----------
+class _UFMKernels:
+    """GD and gradient flow of the standard (and anchored) UFM on :mod:`ufm._kernels` (blocks W, H, b)."""
+
+    def __init__(self, problem, Y, loss_id, dtype, H_anchor=None, beta=0.0):
+        self.problem, self.Y, self.loss_id = problem, Y, loss_id
+        self.Hanc = np.ascontiguousarray(H_anchor if H_anchor is not None else np.zeros((1, 1)), dtype=dtype)
+        self.beta = float(beta) if H_anchor is not None else 0.0
+        self._drop_b = False
+
+    def prepare(self, batch: dict) -> None:
+        """The kernels always take a bias block: a zero one is added (and dropped by :meth:`states`)."""
+        if "b" not in batch:
+            batch["b"] = np.zeros((batch["W"].shape[0], self.problem.K), dtype=batch["W"].dtype)
+            self._drop_b = True
+
+    def gd(self, batch: dict, lr: float, n_steps: int, recording=None) -> np.ndarray:
+        from . import _kernels as k
+
+        p = self.problem
+        return k.ufm_gd(batch["W"], batch["H"], batch["b"], self.Y, self.Hanc, p.lam_W, p.lam_H, p.lam_b, self.beta,
+                        self.loss_id, p.bias, lr, n_steps, recording)
+
+    def states(self, batch: dict) -> dict:
+        batch = dict(batch)
+        if self._drop_b:
+            batch.pop("b")
+        return batch
+
+    def flow(self):
+        """``(rhs, data)`` of the flow's velocity for the integrator."""
+        from . import _kernels as k
+
+        p = self.problem
+        data = (p.K, p.d, p.N, self.Y, self.Hanc, float(p.lam_W), float(p.lam_H), float(p.lam_b),
+                float(self.beta), self.loss_id, bool(p.bias))
+        return k.ufm_flow_rhs, data
+
+
+class _InputCoupledKernels:
+    """GD and gradient flow of the input-coupled UFM on :mod:`ufm._kernels` (blocks W, A)."""
+
+    def __init__(self, problem, Y, loss_id, dtype):
+        self.problem, self.Y, self.loss_id = problem, Y, loss_id
+        self.Phi = np.ascontiguousarray(problem.Phi, dtype=dtype)
+
+    def prepare(self, batch: dict) -> None:
+        """Nothing to add: the kernels take exactly the blocks W and A."""
+
+    def gd(self, batch: dict, lr: float, n_steps: int, recording=None) -> np.ndarray:
+        from . import _kernels as k
+
+        p = self.problem
+        return k.icm_gd(batch["W"], batch["A"], self.Phi, self.Y, p.lam_W, p.lam_A, self.loss_id, lr, n_steps,
+                        recording)
+
+    def states(self, batch: dict) -> dict:
+        return dict(batch)
+
+    def flow(self):
+        """``(rhs, data)`` of the flow's velocity for the integrator."""
+        from . import _kernels as k
+
+        p = self.problem
+        data = (p.K, p.d, p.p, np.ascontiguousarray(p.Phi), self.Y, float(p.lam_W), float(p.lam_A), self.loss_id)
+        return k.icm_flow_rhs, data
