@@ -430,10 +430,10 @@ class CrossEntropy(Loss):
 
         return cp.log_sum_exp(L, axis=0) - cp.sum(cp.multiply(T, L), axis=0)
 
-    def best_bias(self, L0, T, omega, lam, free, b, data, iters: int = 60):
+    def best_bias(self, L0, T, omega, lam, free, b, data):
         bias_reg = (lambda v: 0.0) if free else (lambda v: 0.5 * lam * float(v @ v))
         b = np.array(b, dtype=float)
-        for _ in range(iters):
+        for _ in range(60):             # damped Newton converges in a handful of steps
             L = L0 + b[:, None]
             P = softmax(L, axis=0)
             g = (P - T) @ omega + lam * b

@@ -382,15 +382,48 @@ class UFMProblem:
         return out
 
     def features(self, state: dict) -> np.ndarray:
-        """The features ``H`` (d x N) of a state (a dict of the blocks of :meth:`blocks`)."""
+        """The features ``H`` (d x N) of a state (a dict of the blocks of :meth:`blocks`).
+
+        Parameters
+        ----------
+        state : dict of ndarray
+            The blocks of :meth:`blocks`.
+
+        Returns
+        -------
+        ndarray (d, N)
+            ``state["H"]``.
+        """
         return state["H"]
 
     def objective(self, state: dict) -> float:
-        """The objective at a state (:func:`ufm.losses.objective`)."""
+        """The objective at a state (:func:`ufm.losses.objective`).
+
+        Parameters
+        ----------
+        state : dict of ndarray
+            The blocks of :meth:`blocks`.
+
+        Returns
+        -------
+        float
+            The regularized objective.
+        """
         return _losses.objective(self, state["W"], state["H"], state.get("b"))
 
     def gradients(self, state: dict) -> dict:
-        """Gradients of :meth:`objective`, one entry per block (:func:`ufm.losses.gradients`)."""
+        """Gradients of :meth:`objective`, one entry per block (:func:`ufm.losses.gradients`).
+
+        Parameters
+        ----------
+        state : dict of ndarray
+            The blocks of :meth:`blocks`.
+
+        Returns
+        -------
+        dict of ndarray
+            Same keys as ``state``.
+        """
         dW, dH, db = _losses.gradients(self, state["W"], state["H"], state.get("b"))
         out = {"W": dW, "H": dH}
         if db is not None:
@@ -589,7 +622,18 @@ class LayerPeeledProblem:
         return {"W": (self.K, self.d), "H": (self.d, self.N)}
 
     def features(self, state: dict) -> np.ndarray:
-        """The features ``H`` (d x N) of a state."""
+        """The features ``H`` (d x N) of a state.
+
+        Parameters
+        ----------
+        state : dict of ndarray
+            The blocks of :meth:`blocks`.
+
+        Returns
+        -------
+        ndarray (d, N)
+            ``state["H"]``.
+        """
         return state["H"]
 
     @property
@@ -706,11 +750,37 @@ class AnchoredUFM(UFMProblem):
         return super().has_weight_decay or self.beta > 0
 
     def kernel_binding(self, Y, loss_id, dtype) -> "_UFMKernels":
-        """The standard UFM's kernels with the anchor term (see :meth:`UFMProblem.kernel_binding`)."""
+        """The standard UFM's kernels with the anchor term (see :meth:`UFMProblem.kernel_binding`).
+
+        Parameters
+        ----------
+        Y : ndarray (K, N)
+            The loss's targets.
+        loss_id : int
+            The compiled loss.
+        dtype : numpy dtype
+            Floating type of the run.
+
+        Returns
+        -------
+        object
+            GD on a batch of seeds and the flow's velocity.
+        """
         return _UFMKernels(self, Y, loss_id, dtype, self.H_anchor if self.beta > 0 else None, self.beta)
 
     def convex_form(self, reduce="auto"):
-        """None: the pull toward ``H_anchor`` is not a function of ``W H`` (raises ``NotApplicable``)."""
+        """None: the pull toward ``H_anchor`` is not a function of ``W H`` (raises ``NotApplicable``).
+
+        Parameters
+        ----------
+        reduce : "auto", True or False
+            As in :meth:`UFMProblem.convex_form`.
+
+        Returns
+        -------
+        ufm.convex.Form
+            The form.
+        """
         from .closed_form import NotApplicable
 
         raise NotApplicable("the anchored UFM has no nuclear-norm form (the pull toward H_anchor is not a "
@@ -881,15 +951,48 @@ class InputCoupledUFM:
         return {"W": (self.K, self.d), "A": (self.d, self.p)}
 
     def features(self, state: dict) -> np.ndarray:
-        """The features ``H = A Phi`` (d x N) of a state."""
+        """The features ``H = A Phi`` (d x N) of a state.
+
+        Parameters
+        ----------
+        state : dict of ndarray
+            The blocks of :meth:`blocks`.
+
+        Returns
+        -------
+        ndarray (d, N)
+            ``A Phi``.
+        """
         return state["A"] @ self.Phi
 
     def objective(self, state: dict) -> float:
-        """The objective at a state (:func:`ufm.losses.input_coupled_objective`)."""
+        """The objective at a state (:func:`ufm.losses.input_coupled_objective`).
+
+        Parameters
+        ----------
+        state : dict of ndarray
+            The blocks of :meth:`blocks`.
+
+        Returns
+        -------
+        float
+            The regularized objective.
+        """
         return _losses.input_coupled_objective(self, state["W"], state["A"])
 
     def gradients(self, state: dict) -> dict:
-        """Gradients of :meth:`objective` (:func:`ufm.losses.input_coupled_gradients`)."""
+        """Gradients of :meth:`objective` (:func:`ufm.losses.input_coupled_gradients`).
+
+        Parameters
+        ----------
+        state : dict of ndarray
+            The blocks of :meth:`blocks`.
+
+        Returns
+        -------
+        dict of ndarray
+            ``{"W": dW, "A": dA}``.
+        """
         dW, dA = _losses.input_coupled_gradients(self, state["W"], state["A"])
         return {"W": dW, "A": dA}
 
@@ -899,16 +1002,53 @@ class InputCoupledUFM:
         return self.lam_W > 0 or self.lam_A > 0
 
     def kernel_binding(self, Y, loss_id, dtype) -> "_InputCoupledKernels":
-        """How the compiled kernels run this model (see :meth:`UFMProblem.kernel_binding`)."""
+        """How the compiled kernels run this model (see :meth:`UFMProblem.kernel_binding`).
+
+        Parameters
+        ----------
+        Y : ndarray (K, N)
+            The loss's targets.
+        loss_id : int
+            The compiled loss.
+        dtype : numpy dtype
+            Floating type of the run.
+
+        Returns
+        -------
+        object
+            GD on a batch of seeds and the flow's velocity.
+        """
         return _InputCoupledKernels(self, Y, loss_id, dtype)
 
     def kernel_workspace(self, mode: str) -> dict:
-        """Floats of this model's own buffers (see :meth:`UFMProblem.kernel_workspace`); ``A Phi`` is computed."""
+        """Floats of this model's own buffers (see :meth:`UFMProblem.kernel_workspace`); ``A Phi`` is computed.
+
+        Parameters
+        ----------
+        mode : {"gd", "flow"}
+            GD (per running seed) or the flow (one seed).
+
+        Returns
+        -------
+        dict
+            ``{"kernel": floats, "features": floats}``.
+        """
         dN = self.d * self.N
         return {"kernel": 2 * dN + (self.d * self.p if mode == "gd" else 0), "features": 2 * dN}
 
     def convex_form(self, reduce="auto"):
-        """The convex form (8.2b) ``min_M g(M Phi) + sqrt(lam_W lam_A) ||M||_*`` (:func:`ufm.convex.form_of`)."""
+        """The convex form (8.2b) ``min_M g(M Phi) + sqrt(lam_W lam_A) ||M||_*`` (:func:`ufm.convex.form_of`).
+
+        Parameters
+        ----------
+        reduce : "auto", True or False
+            As in :meth:`UFMProblem.convex_form`.
+
+        Returns
+        -------
+        ufm.convex.Form
+            The form.
+        """
         from .convex import Form, require_attained
 
         require_attained(self.loss, self.mu, "lam_W and lam_A")
