@@ -149,3 +149,16 @@ def test_gd_without_weight_decay_stops_at_the_finite_margin():
     # the norms stopped growing: the last tenth of the run moved the weights by almost nothing
     j = np.searchsorted(tr.steps, 18_000)
     assert np.linalg.norm(tr.W[0, -1] - tr.W[0, j]) < 1e-6 * np.linalg.norm(W)
+
+
+def test_compiled_gd_steps_equal_the_numpy_reference():
+    """The kernel runs the CE loss on the smoothed targets: step for step the NumPy gradient of the loss object."""
+    p = UFMProblem(K=3, counts=[2, 3, 1], d=5, loss="ls_ce(eps=0.3)", bias=True, lam_W=0.01, lam_H=0.02)
+    tr = ufm.simulate(p, steps=50, lr=0.5, record=("W", "H", "b"), record_steps=[0, 50], init_scale=0.5)
+    start = {"W": tr.W[0, 0], "H": tr.H[0, 0], "b": tr.b[0, 0]}
+    end, _ = losses.gd_reference(p, start, lr=0.5, steps=50)
+    for name in ("W", "H", "b"):
+        np.testing.assert_allclose(getattr(tr, name)[0, -1], end[name], rtol=1e-11, atol=1e-13)
+    plain = p.replace(loss="ce")             # a different loss really moves differently
+    other, _ = losses.gd_reference(plain, start, lr=0.5, steps=50)
+    assert np.abs(other["W"] - end["W"]).max() > 1e-3
