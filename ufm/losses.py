@@ -172,6 +172,14 @@ class Loss:
     curvature: float = 1.0
     closed_forms: frozenset = frozenset()
 
+    def __init_subclass__(cls, **kwargs):
+        """A method a loss overrides keeps the protocol's documentation unless it writes its own."""
+        super().__init_subclass__(**kwargs)
+        for name, member in vars(cls).items():
+            base = getattr(Loss, name, None)
+            if callable(member) and not name.startswith("_") and not member.__doc__ and base is not None:
+                member.__doc__ = base.__doc__
+
     def __str__(self) -> str:
         """The spec that :func:`get_loss` reads back: the name, then the parameters if any."""
         params = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)) if is_dataclass(self) else ""
