@@ -366,7 +366,7 @@ def layer_peeled(problem: LayerPeeledProblem) -> Solution:
     Solution
         ``status`` names the regime; ``meta`` holds the closed-form quantities.
     """
-    _require(isinstance(problem, LayerPeeledProblem), "needs a LayerPeeledProblem")
+    _require(isinstance(problem, LayerPeeledProblem), "needs a LayerPeeledProblem")     # input validation
     _require(problem.balanced, "imbalanced classes have no closed form (minority collapse, "
                                "THEORY §3.1)")
     K = problem.K

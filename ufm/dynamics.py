@@ -71,7 +71,7 @@ def _check_times(times) -> np.ndarray:
 
 
 def _check_semantic_problem(problem) -> InputCoupledUFM:
-    if not isinstance(problem, InputCoupledUFM):
+    if not isinstance(problem, InputCoupledUFM):          # input validation: the mode theory is M2's
         raise ValueError(f"problem must be an InputCoupledUFM (THEORY §8.2), got {type(problem).__name__}; "
                          "build one with InputCoupledUFM.from_setting(setting, sigma). For the standard UFM "
                          "use symmetric_flow.")
