@@ -13,7 +13,7 @@ import pytest
 from scipy.special import log_softmax
 
 import ufm
-from ufm import closed_form, convex, losses
+from ufm import closed_form, convex, loss_registry, losses
 from ufm.label_smoothing import LabelSmoothedCE
 from ufm.problems import UFMProblem
 
@@ -54,7 +54,7 @@ def test_named_spellings_and_bad_eps():
     assert UFMProblem(K=3, n=2, d=4, loss="ls_ce").loss == LabelSmoothedCE(eps=0.1)
     assert p.as_dict()["loss"] == "ls_ce(eps=0.05)"
     assert UFMProblem(**p.as_dict()).loss == p.loss                  # the spec rebuilds the loss
-    assert losses.LOSSES["ls_ce"] is LabelSmoothedCE
+    assert loss_registry.LOSSES["ls_ce"] is LabelSmoothedCE
     for bad in (0.0, 1.0, -0.1, "x"):
         with pytest.raises(ValueError, match="eps"):
             LabelSmoothedCE(eps=bad)
@@ -162,3 +162,15 @@ def test_compiled_gd_steps_equal_the_numpy_reference():
     plain = p.replace(loss="ce")             # a different loss really moves differently
     other, _ = losses.gd_reference(plain, start, lr=0.5, steps=50)
     assert np.abs(other["W"] - end["W"]).max() > 1e-3
+
+
+@pytest.mark.slow
+def test_the_loss_module_imports_first_in_a_fresh_interpreter():
+    """No import cycle: the loss's own file, the registry and the protocol import in any order."""
+    import subprocess
+    import sys
+
+    for first in ("ufm.label_smoothing", "ufm.loss_registry", "ufm.losses", "ufm.problems"):
+        code = f"import {first}; from ufm.loss_registry import LOSSES; assert sorted(LOSSES) == ['ce', 'ls_ce', 'mse']"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.returncode == 0, (first, out.stderr)

@@ -36,7 +36,7 @@ import math
 import numpy as np
 
 from ._checks import check_nonneg
-from .losses import get_loss
+from .loss_registry import get_loss
 from .problems import InputCoupledUFM, UFMProblem
 from .metrics import double_centre
 from .results import TheoryCurve
@@ -1253,7 +1253,7 @@ def kernel_flow(setting_or_attributes, theta, times, *, loss: str = "ce", Z0=Non
     times : array
         Times (non-decreasing, >= 0).
     loss : str or Loss
-        Any loss of :data:`ufm.losses.LOSSES` (a quadratic loss is integrated exactly).
+        Any loss of :data:`ufm.loss_registry.LOSSES` (a quadratic loss is integrated exactly).
     Z0 : (N, N) array, optional
         Initial logits; default ``init_scale`` times a standard Gaussian draw
         (``init_scale = 0``: start at ``Z = 0``).

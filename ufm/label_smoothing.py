@@ -1,6 +1,6 @@
 """Label-smoothed cross-entropy: the cross-entropy against ``(1 - eps) y + eps/K`` (THEORY §1.5).
 
-The whole loss lives in this file; one line of :data:`ufm.losses.LOSSES` registers it.
+The whole loss lives in this file; one line of :data:`ufm.loss_registry.LOSSES` registers it.
 It is a :class:`~ufm.losses.CrossEntropy` whose targets are smoothed, so everything a
 cross-entropy knows carries over unchanged: the compiled kernels evaluate it as the
 cross-entropy of the smoothed target matrix (kernel id 0 takes any column-stochastic

@@ -6,7 +6,7 @@ of it: its value and gradient in the logits ``Z`` (K x N) against the labels ``Y
 targets it compares with, its per-column form, convex conjugate and cvxpy expression
 (the convex solvers of :mod:`ufm.convex`), the compiled kernel that evaluates it
 (:func:`ufm.simulate`), and which closed forms and theory curves hold for it.
-:data:`LOSSES` registers them by name (the ``loss=`` of a problem):
+:data:`ufm.loss_registry.LOSSES` registers them by name (the ``loss=`` of a problem):
 
 * ``"ce"`` (:class:`CrossEntropy`): ``(1/N) sum_j [logsumexp(z_j) - y_j^T z_j]``, with a
   stable log-sum-exp; for one-hot ``y_j`` the usual cross-entropy, for soft labels the
@@ -16,8 +16,8 @@ targets it compares with, its per-column form, convex conjugate and cvxpy expres
   cross-entropy against ``(1 - eps) y + eps/K`` (THEORY §1.5).
 
 To add a loss, write its class in a file of its own (subclass :class:`Loss`, or a loss
-it generalizes) and add one entry to :data:`LOSSES`; ``docs/guide/adding_a_loss.md``
-walks through it with the label-smoothed cross-entropy.
+it generalizes) and add one entry to :data:`ufm.loss_registry.LOSSES`;
+``docs/guide/adding_a_loss.md`` walks through it with the label-smoothed cross-entropy.
 
 The regularized UFM objective uses halved weight decays (THEORY §0.1)::
 
@@ -42,13 +42,12 @@ descent every compiled kernel is tested against.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, fields, is_dataclass
 
 import numpy as np
 from scipy.special import logsumexp, softmax
 
-__all__ = ["LOSSES", "Loss", "CrossEntropy", "SquaredError", "LabelSmoothedCE", "get_loss", "ce", "ce_grad", "mse", "mse_grad", "logits",
+__all__ = ["Loss", "CrossEntropy", "SquaredError", "ce", "ce_grad", "mse", "mse_grad", "logits",
            "data_loss", "data_grad", "objective", "gradients", "stationarity_residuals",
            "input_coupled_objective", "input_coupled_gradients",
            "blocks", "features", "state_logits", "state_objective", "state_gradients", "gd_reference"]
@@ -143,7 +142,7 @@ class Loss:
     Attributes
     ----------
     name : str
-        Registry name (:data:`LOSSES`).
+        Registry name (:data:`ufm.loss_registry.LOSSES`).
     kernel_id : int or None
         The compiled loss that evaluates this loss on :meth:`targets` in :func:`ufm.simulate`
         (``ufm._kernels.LOSS_IDS``: 0 the mean cross-entropy against any column-stochastic
@@ -181,7 +180,7 @@ class Loss:
                 member.__doc__ = base.__doc__
 
     def __str__(self) -> str:
-        """The spec that :func:`get_loss` reads back: the name, then the parameters if any."""
+        """The spec that :func:`ufm.loss_registry.get_loss` reads back: the name, then the parameters if any."""
         params = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)) if is_dataclass(self) else ""
         return f"{self.name}({params})" if params else self.name
 
@@ -520,55 +519,8 @@ class SquaredError(Loss):
         return "MSE without weight decay interpolates; method='closed_form' gives the minimum-norm solution"
 
 
-from .label_smoothing import LabelSmoothedCE  # noqa: E402  (it builds on CrossEntropy, defined above)
-
-#: Registered losses by name: the ``loss=`` of a problem (a name takes the default parameters).
-LOSSES: dict[str, type] = {"ce": CrossEntropy, "mse": SquaredError, "ls_ce": LabelSmoothedCE}
-
-
-def get_loss(spec) -> Loss:
-    """The loss object of ``spec``: a :class:`Loss`, a name of :data:`LOSSES`, or ``"name(p=v, ...)"``.
-
-    Parameters
-    ----------
-    spec : Loss or str
-        E.g. ``"ce"``, ``"ls_ce"`` (default ``eps``), ``"ls_ce(eps=0.05)"`` (what ``str(loss)``
-        gives, so a problem's ``as_dict()`` rebuilds it) or ``LabelSmoothedCE(eps=0.05)``.
-
-    Returns
-    -------
-    Loss
-        The loss.
-
-    Raises
-    ------
-    ValueError
-        For an unknown name or a malformed parameter list.
-    """
-    if isinstance(spec, Loss):
-        return spec
-    if not isinstance(spec, str):
-        raise ValueError(f"loss must be a name of {sorted(LOSSES)} or a Loss object, got {spec!r}.")
-    m = re.fullmatch(r"\s*(\w+)\s*(?:\((.*)\))?\s*", spec)
-    if m is None or m.group(1) not in LOSSES:
-        raise ValueError(f"loss must be one of {sorted(LOSSES)} (or a Loss object), got {spec!r}.")
-    kwargs = {}
-    for item in filter(None, (s.strip() for s in (m.group(2) or "").split(","))):
-        key, sep, val = item.partition("=")
-        try:
-            kwargs[key.strip()] = float(val)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise ValueError(f"loss {spec!r}: parameters are written name=number, e.g. 'ls_ce(eps=0.1)'.")
-    try:
-        return LOSSES[m.group(1)](**kwargs)
-    except TypeError as err:
-        raise ValueError(f"loss {spec!r}: {err}.") from None
-
-
 def _loss(problem) -> Loss:
-    return get_loss(problem.loss)
+    return problem.loss
 
 
 def logits(W: np.ndarray, H: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:

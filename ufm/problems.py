@@ -15,7 +15,7 @@ Conventions (THEORY §0.1)
 
   where ``g`` is the mean cross-entropy over the N examples (``loss="ce"``)
   or ``1/(2N) ||Z - Y||_F^2`` (``loss="mse"``, THEORY §2.2), or any loss of
-  :data:`ufm.losses.LOSSES` (a problem holds its loss object). Papers that write
+  :data:`ufm.loss_registry.LOSSES` (a problem holds its loss object). Papers that write
   ``lam ||W||^2`` without the 1/2 use twice our ``lam``.
 * Soft labels (THEORY §5, next-token prediction) are a K x N column-stochastic
   matrix; cross-entropy then reads ``logsumexp(z_j) - p_j^T z_j`` per column.
@@ -30,7 +30,8 @@ import numpy as np
 
 from ._checks import check_int as _check_int, check_nonneg as _check_nonneg
 from . import losses as _losses
-from .losses import CrossEntropy, Loss, get_loss
+from .loss_registry import get_loss
+from .losses import CrossEntropy, Loss
 
 __all__ = ["Labels", "UFMProblem", "LayerPeeledProblem", "AnchoredUFM", "InputCoupledUFM"]
 
@@ -229,7 +230,7 @@ class UFMProblem:
     d : int
         Feature dimension (rows of ``H``, columns of ``W``).
     loss : str or Loss
-        A name of :data:`ufm.losses.LOSSES`: ``"ce"`` (mean cross-entropy over the N
+        A name of :data:`ufm.loss_registry.LOSSES`: ``"ce"`` (mean cross-entropy over the N
         examples, THEORY (0.1)), ``"mse"`` (``1/(2N) ||Z - Y||_F^2``, THEORY §2.2),
         ``"ls_ce"`` (label-smoothed cross-entropy, THEORY §1.5); ``"ls_ce(eps=0.05)"``
         sets a parameter; or a loss object such as ``LabelSmoothedCE(eps=0.05)``.
@@ -822,7 +823,7 @@ class InputCoupledUFM:
     d : int
         Feature dimension (rows of ``A``).
     loss : str or Loss
-        As in :class:`UFMProblem` (a name of :data:`ufm.losses.LOSSES` or a loss object).
+        As in :class:`UFMProblem` (a name of :data:`ufm.loss_registry.LOSSES` or a loss object).
     lam_W, lam_A : float
         Weight decays (halved).
     labels : array, optional
