@@ -213,23 +213,56 @@ class _GD:
         return self.kernels.states(self.batch)
 
 
-def _kernel_id(problem) -> int:
-    """The compiled loss that evaluates ``problem.loss`` on its targets (the loss object says which)."""
-    if problem.loss.kernel_id is None:
-        raise ValueError(f"loss {problem.loss} has no compiled kernel (its kernel_id is None), so ufm.simulate "
-                         "cannot run it; give the loss a kernel_id (see ufm.losses.Loss).")
+class _NumpyGD:
+    """GD in NumPy for a loss without a compiled kernel (``loss.kernel_id is None``).
+
+    Each seed in turn takes the model's own gradients (:mod:`ufm.losses`, the kernels' reference);
+    every quantity is recorded in Python. Much slower than the kernels; ``meta["loss_kernel"]``
+    and the progress line say that this path ran.
+    """
+
+    def __init__(self, problem, batch, lr):
+        self.problem, self.batch, self.lr = problem, batch, float(lr)
+
+    def run(self, n_steps: int, recording=None) -> np.ndarray:
+        last = np.empty(self.batch["W"].shape[0])
+        for i in range(last.size):
+            state = _seed_state(self.batch, i)
+            with np.errstate(over="ignore", invalid="ignore"):
+                for _ in range(n_steps):
+                    grads = self.problem.gradients(state)
+                    state = {name: v - self.lr * grads[name] for name, v in state.items()}
+                last[i] = self.problem.objective(state)
+            for name, v in state.items():
+                self.batch[name][i] = v
+        return last
+
+    def states(self):
+        return dict(self.batch)
+
+
+def _kernel_id(problem, mode: str = "gd") -> int | None:
+    """The compiled loss that evaluates ``problem.loss`` on its targets (the loss object says which).
+
+    ``None`` (GD only): no compiled kernel; :class:`_NumpyGD` runs instead.
+    """
+    if problem.loss.kernel_id is None and mode != "gd":
+        raise ValueError(f"loss {problem.loss} has no compiled kernel (its kernel_id is None): the flow needs one; "
+                         "use mode='gd' (a NumPy path) or give the loss a kernel_id (see ufm.losses.Loss).")
     return problem.loss.kernel_id
 
 
 def _kernel_name(problem) -> str:
     """How the compiled kernel evaluates the loss, for ``meta``: its id and the targets it is given."""
+    if problem.loss.kernel_id is None:
+        return f"NumPy fallback (no compiled kernel for {problem.loss})"
     same = problem.loss.targets(problem.Y) is problem.Y
     return f"kernel loss id {problem.loss.kernel_id} on {'the labels' if same else str(problem.loss) + ' targets'}"
 
 
 def _flow_rhs_and_data(problem):
     Y = np.ascontiguousarray(problem.loss.targets(problem.Y), dtype=np.float64)
-    return problem.kernel_binding(Y, _kernel_id(problem), np.float64).flow()
+    return problem.kernel_binding(Y, _kernel_id(problem, "flow"), np.float64).flow()
 
 
 def _flatten(state, names):
@@ -418,7 +451,7 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
     THEORY.md §4 (gradients), §6 (dynamics), §8.1-8.2 (anchored and input-coupled models).
     """
     model = _model_name(problem)
-    _kernel_id(problem)
+    _kernel_id(problem, mode)
     steps, lr = _steps_and_lr(mode, steps, lr, horizon)
     a = check_arguments(steps=steps, lr=lr, mode=mode, init_scale=init_scale, seeds=seeds, dtype=dtype,
                         time_variable=time_variable, n_records=n_records, grid=grid, rtol=rtol, atol=atol,
@@ -696,11 +729,12 @@ class _Chunks:
 IN_KERNEL = {"loss": 1, "gram_means": 2, "gram_W": 4, "gram_H": 8}
 
 
-def _kernel_recording(rec, seeds):
-    """The kernel's share of the records: the names of :data:`IN_KERNEL` recorded with the built-in recorder."""
+def _kernel_recording(rec, seeds, compiled=True):
+    """The kernel's share of the records: the names of :data:`IN_KERNEL` recorded with the built-in recorder
+    (none without a compiled kernel)."""
     from ._kernels import Recording
 
-    names = [n for n in rec.recorders if n in IN_KERNEL and rec.recorders[n] is RECORDERS[n]]
+    names = [n for n in rec.recorders if compiled and n in IN_KERNEL and rec.recorders[n] is RECORDERS[n]]
     p = rec.problem
     hard = not getattr(p, "soft", False)
     return names, Recording(seeds, sum(IN_KERNEL[n] for n in names),
@@ -718,13 +752,14 @@ def _run_gd(problem, batch, lr, dtype, grid_steps, rec, progress):
     between chunks, so with them chunks end at every grid step. BLAS runs on one thread
     meanwhile, and the caller's setting is restored afterwards.
     """
-    gd = _GD(problem, batch, lr, dtype)
+    compiled = problem.loss.kernel_id is not None
+    gd = _GD(problem, batch, lr, dtype) if compiled else _NumpyGD(problem, batch, lr)
     seeds = batch["W"].shape[0]
-    knames, kr = _kernel_recording(rec, seeds)
+    knames, kr = _kernel_recording(rec, seeds, compiled)
     pnames = [n for n in rec.recorders if n not in knames]
     T = len(grid_steps)
     final = int(grid_steps[-1])
-    bar = _Progress(progress, final, "ufm.simulate (gd)")
+    bar = _Progress(progress, final, "ufm.simulate (gd)" if compiled else "ufm.simulate (gd, NumPy fallback)")
     kj = 0 if knames else T     # rows whose kernel part is recorded
     pj = 0 if pnames else T     # rows whose Python part is recorded
     current = 0

@@ -147,7 +147,8 @@ class Loss:
         The compiled loss that evaluates this loss on :meth:`targets` in :func:`ufm.simulate`
         (``ufm._kernels.LOSS_IDS``: 0 the mean cross-entropy against any column-stochastic
         target matrix, 1 the squared error); ``None``: no compiled kernel (``simulate``
-        refuses the loss and says so).
+        runs GD in NumPy from :meth:`grad`, much slower, and says so in ``meta["loss_kernel"]``;
+        the flow needs a kernel).
     shift_invariant : bool
         ``l(z + c 1, t) = l(z, t)`` (cross-entropies): a bias along ``1`` is a no-op and
         the theory centres the inputs.
