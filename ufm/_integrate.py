@@ -249,6 +249,13 @@ def _dopri5_begin(rhs, y, data, x_end, rtol, atol, log_time, h0, k1):
 
 
 @numba.njit(cache=True)
+def _scale(k, g):
+    """``k *= g`` in place (a stage's log-time factor)."""
+    for i in range(k.shape[0]):
+        k[i] *= g
+
+
+@numba.njit(cache=True, error_model="numpy")
 def _dopri5_advance(rhs, y, k1, data, x_eval, Y, j, x, h, rtol, atol, log_time, budget, rejected,
                     nonfinite):
     """Steps from ``(x, y, k1, h)`` until ``x_eval`` is done or ``budget`` step attempts are used.
@@ -261,15 +268,25 @@ def _dopri5_advance(rhs, y, k1, data, x_eval, Y, j, x, h, rtol, atol, log_time, 
     Returns ``(x, h, j, nfev, nsteps, status, rejected, nonfinite)``; ``status`` 0: every
     row of ``x_eval`` reached, 1: ``budget`` used, 2: non-finite, 3: step underflow.
 
-    One pass over the state per stage: each stage's derivative is multiplied by its
-    log-time factor ``g`` (1 in plain time: ``k * 1.0 == k`` exactly) in the loop that
-    forms the next stage's argument; the loop that forms ``yn`` also sums the error
-    weights over stages 1-6 (into ``ys``, free by then: the same sum, in the same order,
-    as one expression over all seven stages), and the error norm, the last stage's
-    factor and the finiteness checks share one loop. Finiteness: a non-finite ``k1, k3 ..
-    k7`` makes the error estimate ``e`` (each has a nonzero weight in it) and so ``err``
-    non-finite; ``k2`` (weight 0 in ``e``) and ``yn`` (which enters only through ``max``)
-    are checked themselves.
+    Each loop over the state writes one array: LLVM vectorizes a loop only when it can
+    rule out overlap between the arrays it writes and the others it touches, by run-time
+    checks whose number it caps (8 pairs); a loop writing two arrays among seven read
+    ones needs more and stays scalar. So the log-time factor ``g`` of a stage is applied
+    by a pass of its own (:func:`_scale`, skipped in plain time, where it is 1), and the
+    new state ``yn`` and the error weights' sum over stages 1-6 (into ``ys``, free by
+    then: the same sum, in the same order, as one expression over all seven stages) are
+    formed in two loops. The error norm and the finiteness checks share one loop.
+    Finiteness: a non-finite ``k1, k3 .. k7`` makes the error estimate ``e`` (each has a
+    nonzero weight in it) and so ``err`` non-finite; ``k2`` (weight 0 in ``e``) and
+    ``yn`` (which enters only through ``max``) are checked themselves.
+
+    Compiled with numba's ``error_model="numpy"``: a division by zero gives inf/NaN instead
+    of raising, so the error norm's divisions carry no zero test and its loop vectorizes
+    (its squared terms go to a buffer, summed in index order afterwards: the same bits as a
+    running sum). The norm's divisor ``atol + rtol * max(|y_i|, |yn_i|)`` is ``>= atol > 0``
+    (:func:`integrate` checks ``atol > 0``); were it 0 (``atol = 0`` passed to the kernel
+    directly), ``0/0`` is NaN, the norm non-finite, and the step rejected like any
+    non-finite step (status 2 if it persists). ``acc / n`` has ``n >= 1``.
     """
     n = y.shape[0]
     m = x_eval.shape[0]
@@ -304,46 +321,53 @@ def _dopri5_advance(rhs, y, k1, data, x_eval, Y, j, x, h, rtol, atol, log_time, 
         if log_time:
             g2, g3, g4 = math.exp(x + C2 * hs), math.exp(x + C3 * hs), math.exp(x + C4 * hs)
             g5, g6, g7 = math.exp(x + C5 * hs), math.exp(x + hs), math.exp(x_new)
-        else:
-            g2 = g3 = g4 = g5 = g6 = g7 = 1.0
 
         for i in range(n):
             ys[i] = y[i] + hs * (A21 * k1[i])
         rhs(ys, data, k2)
+        if log_time:
+            _scale(k2, g2)
         for i in range(n):
-            k2[i] *= g2
             ys[i] = y[i] + hs * (A31 * k1[i] + A32 * k2[i])
         rhs(ys, data, k3)
+        if log_time:
+            _scale(k3, g3)
         for i in range(n):
-            k3[i] *= g3
             ys[i] = y[i] + hs * (A41 * k1[i] + A42 * k2[i] + A43 * k3[i])
         rhs(ys, data, k4)
+        if log_time:
+            _scale(k4, g4)
         for i in range(n):
-            k4[i] *= g4
             ys[i] = y[i] + hs * (A51 * k1[i] + A52 * k2[i] + A53 * k3[i] + A54 * k4[i])
         rhs(ys, data, k5)
+        if log_time:
+            _scale(k5, g5)
         for i in range(n):
-            k5[i] *= g5
             ys[i] = y[i] + hs * (A61 * k1[i] + A62 * k2[i] + A63 * k3[i] + A64 * k4[i]
                                  + A65 * k5[i])
         rhs(ys, data, k6)
+        if log_time:
+            _scale(k6, g6)
         for i in range(n):
-            k6[i] *= g6
             yn[i] = y[i] + hs * (B1 * k1[i] + B3 * k3[i] + B4 * k4[i] + B5 * k5[i]
                                  + B6 * k6[i])
+        for i in range(n):
             ys[i] = E1 * k1[i] + E3 * k3[i] + E4 * k4[i] + E5 * k5[i] + E6 * k6[i]
         rhs(yn, data, k7)
+        if log_time:
+            _scale(k7, g7)
         nfev += 6
         nsteps += 1
 
-        acc = 0.0
         checked = True
         for i in range(n):
-            k7[i] *= g7
             e = hs * (ys[i] + E7 * k7[i])     # ys: the error weights' sum over stages 1-6
             sc = atol + rtol * max(abs(y[i]), abs(yn[i]))
-            acc += (e / sc) ** 2
+            ys[i] = (e / sc) ** 2             # sc >= atol > 0 (NaN if yn is: caught below)
             checked &= math.isfinite(yn[i]) & math.isfinite(k2[i])
+        acc = 0.0
+        for i in range(n):                    # summed in index order: the same bits as one loop
+            acc += ys[i]
         err = math.sqrt(acc / n)
         accepted, h, nonfinite = _control(err, checked and math.isfinite(err), hs, h, clipped, rejected)
         rejected = not accepted
