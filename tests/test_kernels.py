@@ -81,3 +81,20 @@ def test_compile_notice_names_the_kernel_once(capsys):
     note.on_start(other)        # somebody else's numba function: silent
     note.on_end(other)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("n,d", [(5, 4), (60, 40), (1, 30_000), (300, 1), (257, 130)])
+def test_gram_rows_is_the_symmetric_product_on_both_paths(n, d):
+    """``_gram_rows`` equals ``X X^T`` and is exactly symmetric, with the loops (small) and BLAS dsyrk (large),
+    and for a strided float64 view and float32 rows (the np.dot fallback)."""
+    rng = np.random.default_rng(n + d)
+    X = rng.standard_normal((n, d))
+    small = n * n * d <= k.GRAM_SMALL
+    for x in (X, np.asfortranarray(X), X.astype(np.float32)):
+        out = np.full((n, n), np.nan)
+        k._gram_rows(x, out)
+        want = x.astype(np.float64) @ x.astype(np.float64).T
+        tol = 1e-5 if x.dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(out, want, rtol=tol, atol=tol * max(1.0, np.abs(want).max()))
+        if x.dtype == np.float64 and (small or x.flags.c_contiguous):
+            assert np.array_equal(out, out.T)

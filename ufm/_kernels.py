@@ -570,13 +570,101 @@ REC_LOSS, REC_GRAM_MEANS, REC_GRAM_W, REC_GRAM_H = 1, 2, 4, 8
 GRAM_SMALL = 20_000
 
 
+def _syrk_rows(X, out):
+    """``out = X X^T`` by one BLAS product (the plain-Python version, run under ``NUMBA_DISABLE_JIT=1``).
+
+    Compiled, float64 C-contiguous ``X`` and ``out`` go to BLAS ``dsyrk`` (the overload below), which
+    computes one triangle (half the multiply-adds of ``X @ X.T``) that is then mirrored; other dtypes
+    and layouts to ``np.dot``.
+    """
+    out[...] = np.dot(X, X.T)
+
+
+@njit(cache=True)
+def _mirror_lower(out):
+    """Copy the lower triangle of the square ``out`` onto its upper triangle, in 64 x 64 tiles
+    (a plain column walk misses the cache at every element from n ~ 1000)."""
+    n = out.shape[0]
+    for ib in range(0, n, 64):
+        for jb in range(ib, n, 64):
+            for i in range(ib, min(ib + 64, n)):
+                for j in range(max(jb, i + 1), min(jb + 64, n)):
+                    out[i, j] = out[j, i]
+
+
+if not numba.config.DISABLE_JIT:
+    import llvmlite.binding as _llvm
+    from numba.core import cgutils as _cgutils
+    from numba.extending import get_cython_function_address, overload
+
+    # The dsyrk of the BLAS that numba's own np.dot calls (scipy.linalg.cython_blas), under a
+    # name of ours: compiled code refers to it by that name, so cached kernels link to it in
+    # every process (a ctypes pointer would be a constant address, which numba cannot cache).
+    _llvm.add_symbol("ufm_cython_blas_dsyrk", get_cython_function_address("scipy.linalg.cython_blas", "dsyrk"))
+
+    @intrinsic
+    def _dsyrk_lower(typingctx, X, out):
+        """BLAS ``dsyrk``: the lower triangle (row-major) of ``out`` (n x n) = ``X X^T``, X (n x d).
+
+        Both float64 and C-contiguous. In BLAS's column-major terms the rows of X are the columns of
+        the d x n matrix ``A`` and ``out`` is ``C = A^T A`` (``trans = 'T'``), upper triangle
+        (``uplo = 'U'``), which is the lower triangle read in row-major order.
+        """
+        ok = all(isinstance(a, _types.Array) and a.ndim == 2 and a.layout == "C" and a.dtype == _types.float64
+                 for a in (X, out))
+        if not ok:
+            return None
+
+        def codegen(context, builder, sig, args):
+            xa = context.make_array(sig.args[0])(context, builder, args[0])
+            oa = context.make_array(sig.args[1])(context, builder, args[1])
+            i8, i32, f64 = _ir.IntType(8), _ir.IntType(32), _ir.DoubleType()
+            n = builder.trunc(builder.extract_value(xa.shape, 0), i32)
+            d = builder.trunc(builder.extract_value(xa.shape, 1), i32)
+
+            def slot(ty, value):
+                ptr = _cgutils.alloca_once(builder, ty)
+                builder.store(value, ptr)
+                return ptr
+
+            one = i32(1)
+            lda = builder.select(builder.icmp_signed(">", d, one), d, one)
+            ldc = builder.select(builder.icmp_signed(">", n, one), n, one)
+            fnty = _ir.FunctionType(_ir.VoidType(), [i8.as_pointer(), i8.as_pointer(), i32.as_pointer(),
+                                                     i32.as_pointer(), f64.as_pointer(), f64.as_pointer(),
+                                                     i32.as_pointer(), f64.as_pointer(), f64.as_pointer(),
+                                                     i32.as_pointer()])
+            fn = _cgutils.get_or_insert_function(builder.module, fnty, "ufm_cython_blas_dsyrk")
+            builder.call(fn, [slot(i8, i8(ord("U"))), slot(i8, i8(ord("T"))), slot(i32, n), slot(i32, d),
+                              slot(f64, f64(1.0)), xa.data, slot(i32, lda), slot(f64, f64(0.0)), oa.data,
+                              slot(i32, ldc)])
+            return context.get_dummy_value()
+        return _types.none(X, out), codegen
+
+    @overload(_syrk_rows)
+    def _syrk_rows_compiled(X, out):
+        if all(isinstance(a, _types.Array) and a.layout == "C" and a.dtype == _types.float64 for a in (X, out)):
+            def impl(X, out):
+                _dsyrk_lower(X, out)
+                _mirror_lower(out)
+            return impl
+
+        def impl(X, out):
+            t = np.dot(X, X.T)
+            for i in range(X.shape[0]):
+                for j in range(X.shape[0]):
+                    out[i, j] = t[i, j]
+        return impl
+
+
 @njit(cache=True, fastmath=FASTMATH)
 def _gram_rows(X, out):
     """``out = X X^T`` (float64) from the rows of X.
 
-    Small: one :func:`_dot` per pair of rows of the upper triangle, mirrored. Large: ``np.dot``
-    (one BLAS product). A Gram of n rows of length d costs ``n^2 d`` multiply-adds, a third
-    of a GD step's products when it is the K x K or N x N Gram and K = N.
+    Small: one :func:`_dot` per pair of rows of the upper triangle, mirrored. Large: one BLAS
+    ``dsyrk`` (:func:`_syrk_rows`: one triangle, mirrored). A Gram of n rows of length d costs
+    ``n^2 d / 2`` multiply-adds this way, a sixth of a GD step's products when it is the K x K
+    or N x N Gram and K = N (a full product ``X @ X.T`` would cost twice that).
     """
     n, d = X.shape
     if n * n * d <= GRAM_SMALL:
@@ -586,10 +674,7 @@ def _gram_rows(X, out):
                 out[i, j] = v
                 out[j, i] = v
         return
-    t = np.dot(X, X.T)
-    for i in range(n):
-        for j in range(n):
-            out[i, j] = t[i, j]
+    _syrk_rows(X, out)
 
 
 @njit(cache=True, fastmath=FASTMATH)
