@@ -16,6 +16,10 @@ repeated, whole ``ufm.simulate`` calls of ``steps`` GD steps that record:
 * ``loss, every step``: the loss at every step (``record_steps = 0..steps``);
 * ``loss + gram_means``: the loss and the K x K Gram of the class means at every step;
 * ``loss + 3 Grams``: the loss, ``gram_means``, ``gram_W`` and ``gram_H`` at every step;
+* ``loss + 3 Grams, unhashed``: the same with the recorded arrays left out of the result's
+  SHA-256 content hash (``ufm.results._hash_array`` replaced by a no-op for the call, so
+  ``meta["content_hash"]`` is wrong there): the difference to ``loss + 3 Grams`` is what the
+  hashing costs;
 
 and the bare kernel (``ufm._kernels.ufm_gd``, ``steps`` steps in one call, no recording). Calls
 draw their start from ``seed=0`` (a start passed as ``W0``/``H0`` is also checked for
@@ -61,8 +65,13 @@ CASES = {
     "loss, every step": ("loss",),
     "loss + gram_means": ("loss", "gram_means"),
     "loss + 3 Grams": ("loss", "gram_means", "gram_W", "gram_H"),
+    "loss + 3 Grams, unhashed": ("loss", "gram_means", "gram_W", "gram_H"),
 }
 LAM, LR = 5e-3, 0.5
+
+
+def _skip(h, arr):
+    """Stands in for ``ufm.results._hash_array`` in the ``unhashed`` case: hashes nothing."""
 
 
 def cpu_model() -> str:
@@ -90,6 +99,9 @@ def measure(sizes, huge):
 
     import ufm
     from ufm import _kernels as k
+    from ufm import results
+
+    cases = [c for c in CASES if hasattr(results, "_hash_array") or not c.endswith("unhashed")]
 
     threadpool_limits(1)
     numba.set_num_threads(1)
@@ -103,19 +115,26 @@ def measure(sizes, huge):
 
         def call(case):
             rs = [0, steps] if case == "2 records" else every
-            return ufm.simulate(p, steps=steps, lr=LR, record=CASES[case], record_steps=rs, seed=0)
+            if not case.endswith("unhashed"):
+                return ufm.simulate(p, steps=steps, lr=LR, record=CASES[case], record_steps=rs, seed=0)
+            hash_array = results._hash_array      # the arrays' bytes are not fed to SHA-256
+            results._hash_array = _skip
+            try:
+                return ufm.simulate(p, steps=steps, lr=LR, record=CASES[case], record_steps=rs, seed=0)
+            finally:
+                results._hash_array = hash_array
 
         def kernel():
             Ws, Hs, bs = W0[None].copy(), H0[None].copy(), np.zeros((1, K))
             k.ufm_gd(Ws, Hs, bs, np.ascontiguousarray(p.Y), np.zeros((1, 1)), LAM, LAM, 0.0, 0.0, 0, False, LR, steps)
 
-        for case in CASES:                      # compile / load, and check the recorded values once
+        for case in cases:                      # compile / load, and check the recorded values once
             t = call(case)
             assert t.status == "completed", t.message
         kernel()
-        times = {c: [] for c in [*CASES, "kernel"]}
+        times = {c: [] for c in [*cases, "kernel"]}
         for _ in range(rounds):
-            for case in [*CASES, "kernel"]:
+            for case in [*cases, "kernel"]:
                 t0 = time.perf_counter()
                 call(case) if case != "kernel" else kernel()
                 times[case].append((time.perf_counter() - t0) / steps)
@@ -145,15 +164,15 @@ def table(res, title):
              "the end; one thread (numba and BLAS); median per step over interleaved rounds, ratio to "
              "`2 records` within each round (median).", "",
              "| size (K = N, d, steps) | 2 records | loss, every step | loss + gram_means | loss + 3 Grams | "
-             "bare kernel |", "|---|---|---|---|---|---|"]
+             "loss + 3 Grams, unhashed | bare kernel |", "|---|---|---|---|---|---|---|"]
     for name, r in res["sizes"].items():
         ps, ra = r["per_step"], r["ratio"]
 
         def cell(c):
-            return f"{fmt(ps[c])} ({ra[c]:.2f}x)"
+            return f"{fmt(ps[c])} ({ra[c]:.2f}x)" if c in ps else "-"
         lines.append(f"| {name} ({r['K']}, {r['d']}, {r['steps']}) | {fmt(ps['2 records'])} | "
                      f"{cell('loss, every step')} | {cell('loss + gram_means')} | {cell('loss + 3 Grams')} | "
-                     f"{cell('kernel')} |")
+                     f"{cell('loss + 3 Grams, unhashed')} | {cell('kernel')} |")
     if "huge" in res:
         h = res["huge"]
         lines += ["", f"K = N = {h['K']}, d = {h['d']}, 2 GD steps recording the loss: 2 records "
