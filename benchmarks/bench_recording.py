@@ -30,6 +30,10 @@ report gives the median time per step and each case's ratio to ``2 records`` of 
 ``--huge`` adds K = N = 8192, d = 512: 2 steps with 3 records (steps 0, 1, 2) of the loss,
 against 2 records of the loss (steps 0 and 2), one round each (a step takes seconds).
 
+``--grams`` times only one Gram product (the K x K Gram of the sizes above, tiny aside): the full
+product ``np.dot(X, X.T)`` as the kernels took it before, ``_gram_rows`` (BLAS ``dsyrk``), and
+SHA-256 of the result, interleaved in this process.
+
 ``--before REV`` exports the revision with ``git archive`` and runs the same cases on it in a
 subprocess, after this tree's, so the two tables come from one run. The report states the CPU
 model and the load average at the start and at the end of each table.
@@ -159,6 +163,51 @@ def measure(sizes, huge):
     return out
 
 
+def grams():
+    """One K x K Gram ``X X^T`` (X: K x d, the sizes above but tiny) three ways, interleaved in one process: the full
+    product ``np.dot(X, X.T)`` copied into the record (how ``ufm._kernels._gram_rows`` did it before ``dsyrk``), the
+    kernels' ``_gram_rows`` (BLAS ``dsyrk``, one triangle, mirrored), and SHA-256 of the K x K result (what the content
+    hash of ``ufm.results`` spends on each recorded Gram). CPU seconds, median of 7 rounds."""
+    import hashlib
+
+    import numba
+    import numpy as np
+
+    from ufm import _kernels as k
+
+    @numba.njit
+    def full_product(X, out):
+        t = np.dot(X, X.T)
+        for i in range(X.shape[0]):
+            for j in range(X.shape[0]):
+                out[i, j] = t[i, j]
+
+    lines = [f"Gram products: CPU {cpu_model()}, load average {load()} at the start; CPU time per Gram, median of "
+             "7 interleaved rounds.", "",
+             "| K, d | np.dot(X, X.T) | _gram_rows (dsyrk) | np.dot / dsyrk | SHA-256 of the K x K Gram |",
+             "|---|---|---|---|---|"]
+    for name in ("small", "medium", "k1024", "large"):
+        n, d = SIZES[name][:2]
+        X = np.random.default_rng(0).standard_normal((n, d))
+        out = np.empty((n, n))
+        full_product(X, out)
+        k._gram_rows(X, out)
+        reps = max(3, int(2e8 / (n * n * d)))
+        t = {"full": [], "syrk": [], "hash": []}
+        for _ in range(7):
+            for case, f in (("full", lambda: full_product(X, out)), ("syrk", lambda: k._gram_rows(X, out)),
+                            ("hash", lambda: hashlib.sha256(memoryview(out.reshape(-1)).cast("B")).digest())):
+                c0 = time.process_time()
+                for _ in range(reps):
+                    f()
+                t[case].append((time.process_time() - c0) / reps)
+        ratio = statistics.median(a / b for a, b in zip(t["full"], t["syrk"]))
+        lines.append(f"| {n}, {d} | {fmt(statistics.median(t['full']))} | {fmt(statistics.median(t['syrk']))} | "
+                     f"{ratio:.2f}x | {fmt(statistics.median(t['hash']))} |")
+    lines.append(f"\nLoad average {load()} at the end.")
+    return "\n".join(lines)
+
+
 def table(res, title):
     lines = [f"{title}: CPU {res['cpu']}, load average {res['load_start']} at the start, {res['load_end']} at "
              "the end; one thread (numba and BLAS); median per step over interleaved rounds, ratio to "
@@ -191,6 +240,7 @@ def main(argv=None):
     ap.add_argument("--huge", action="store_true", help="also K = N = 8192, d = 512 with 3 records")
     ap.add_argument("--before", metavar="REV", help="also run the cases on this git revision (after this tree's)")
     ap.add_argument("--json", type=Path, help="write the numbers here")
+    ap.add_argument("--grams", action="store_true", help="only time one Gram product: np.dot, dsyrk, SHA-256")
     ap.add_argument("--tree", help=argparse.SUPPRESS)          # internal: measure the ufm found in this folder
     args = ap.parse_args(argv)
 
@@ -199,6 +249,9 @@ def main(argv=None):
         print(json.dumps(measure(args.sizes, args.huge)))
         return
     sys.path.insert(0, str(ROOT))
+    if args.grams:
+        print(grams())
+        return
     print("this tree:", file=sys.stderr)
     results = {"after": measure(args.sizes, args.huge)}
     print(table(results["after"], "This tree"))

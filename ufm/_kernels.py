@@ -565,8 +565,9 @@ def _ufm_step(W, F, trans, b, Y, Fanc, lam_W, lam_H, lam_b, beta, loss_id, use_b
 REC_LOSS, REC_GRAM_MEANS, REC_GRAM_W, REC_GRAM_H = 1, 2, 4, 8
 
 #: Grams ``X X^T`` with at most this many multiply-adds (``n * n * d``) use explicit loops over
-#: the upper triangle; larger ones one BLAS product (measured on 2 Xeon cores: BLAS ``X X^T`` beat
-#: both the loops and BLAS on blocks of the upper triangle from n = 32, d = 64 up to n = 2048).
+#: the upper triangle; larger ones one BLAS call (measured on 2 Xeon cores: BLAS ``X X^T`` beat
+#: both the loops and BLAS on blocks of the upper triangle from n = 32, d = 64 up to n = 2048;
+#: the call is now ``dsyrk``, which computes one triangle, see :func:`_syrk_rows`).
 GRAM_SMALL = 20_000
 
 
