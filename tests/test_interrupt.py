@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm.results import Run
+from ufm.results import Run, Status
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
@@ -129,7 +129,7 @@ def test_ctrl_c_keeps_every_record_of_gd_and_flow_runs_and_reaches_the_script(tm
     flow = ufm.InputCoupledUFM.from_setting(ufm.factorial((2, 2)), sigma=2.0, d=8, lam_W=1e-5, lam_A=1e-5)
     for mode, seeds in (("gd", 1), ("gd", 3), ("flow", 1), ("flow", 3)):
         tr = ufm.load(tmp_path / f"{mode}{seeds}.npz")
-        assert tr.status == "interrupted" and "Ctrl-C" in tr.message
+        assert tr.status is Status.interrupted and "Ctrl-C" in tr.message
         T = len(tr.steps)
         assert T >= 3 and tr.steps[-1] < (10**12 if mode == "gd" else 10**9)
         assert tr.loss.shape == (seeds, T) and np.all(np.isfinite(tr.loss))          # every seed, every row
@@ -206,7 +206,7 @@ def test_ctrl_c_during_ufm_sweep_writes_the_finished_runs_and_exits_130(tmp_path
     code, stdout, err = child.finish()
     assert code == 130, (stdout[-2000:], err[-3000:])
     res = ufm.load(out / "result.npz")
-    assert res.status == "interrupted" and "--resume" in stdout
+    assert res.status is Status.interrupted and "--resume" in stdout
     assert 6 <= len(res.records) < 14 and all(r["ok"] for r in res.records)
     assert {r["steps"] for r in res.records} >= {20, 40, 60}
 

@@ -48,7 +48,7 @@ def _sweep(args) -> int:
     except KeyboardInterrupt:
         print("ufm sweep: interrupted (Ctrl-C) before any result could be written", file=sys.stderr)
         return 130
-    if res.status == "interrupted":
+    if res.status.name == "interrupted":
         return 130
     if res.n_failed:
         print(f"ufm sweep: {res.n_failed} of {len(res.records)} runs failed"
