@@ -1190,8 +1190,9 @@ class FitResult(Result):
     verdict : str
         One line: what the models explain and what nothing here explains.
     success, status : bool, Status
-        A fit that ran is ``completed`` (whether a model explains the run is
-        ``best_model`` and ``gof``, not a failure).
+        A fit that ran to the end is ``completed`` (whether a model explains the
+        run is ``best_model`` and ``gof``, not a failure); ``interrupted`` after
+        Ctrl-C (the parameters are the best found before it).
     message : str
         The fit table in words.
     meta : dict
