@@ -80,7 +80,12 @@ def _check_bridge(ns):
     assert Path("run.npz").exists() and "input_coupled" in f.message
 
 
-CHECKS = {"index": _check_index, "guide/standard_ufm": _check_standard_ufm, "guide/simulating": _check_simulating,
+def _check_results(ns):
+    assert (ns["sol"].success, ns["sol"].status, ns["sol"].regime) == (False, Status.no_method, "")
+    assert "imbalanced" in ns["sol"].message and ns["failed"].status is Status.no_method
+
+
+CHECKS = {"index": _check_index, "guide/results": _check_results, "guide/standard_ufm": _check_standard_ufm, "guide/simulating": _check_simulating,
           "guide/theory_curves": _check_theory_curves, "guide/semantic_models": _check_semantic_models,
           "guide/sweeps": _check_sweeps, "guide/bridge": _check_bridge}
 
