@@ -190,7 +190,7 @@ def test_transient_models_m1_m2_rise_then_fall():
     out = transient_models("factorial", horizon=2e4, n_records=60)
     assert out.success and out.models == ("M1 anchored", "M2 input-coupled", "M3 kernel flow")
     for name in ("M1 anchored", "M2 input-coupled"):
-        t, g, e = out.times[name], out.semantic_gap[name], out.etf_distance[name]
+        t, g = out.times[name], out.semantic_gap[name]
         j = int(np.argmax(g))
         assert g[j] > g[0] + 0.2 and g[j] > g[-1] + 0.2 and 0 < j < t.size - 1, (name, g[0], g[j], g[-1])
     g = out.semantic_gap["M3 kernel flow"]

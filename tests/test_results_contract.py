@@ -47,6 +47,17 @@ def _interrupted_simulation():
                         on_interrupt="return")
 
 
+def _failed_kernel_flow():
+    """The kernel flow with an ODE solver that gives up."""
+    from unittest import mock
+
+    class GaveUp:
+        success, message = False, "Required step size is less than spacing between numbers."
+
+    with mock.patch("scipy.integrate.solve_ivp", lambda *args, **kwargs: GaveUp()):
+        return dynamics.kernel_flow(ufm.factorial((2, 2)), np.eye(4), np.linspace(0, 5, 6), loss="ce")
+
+
 def _sweep_task(a, seed=0):
     if a == 2:
         raise ValueError("a = 2 is refused")
@@ -95,6 +106,8 @@ CASES = {
     "closed_form.solve none applies": (lambda: closed_form.solve(_problem(**IMBALANCED)), S.no_method),
     "solve auto, d below the rank": (lambda: ufm.solve(_problem(K=4, n=3, d=2, lam_W=0.01, lam_H=0.01)),
                                      S.no_method),
+    "convex.prox, d below the rank": (lambda: convex.prox(_problem(K=4, n=3, d=2, lam_W=0.01, lam_H=0.01)),
+                                      S.no_method),
     "solve svm infeasible margins": (lambda: ufm.solve(ufm.InputCoupledUFM.from_setting(
         ufm.hierarchy(2, 2), sigma=0.0, d=4), method="svm"), S.solver_failed),
     # simulations -> Trajectory
@@ -112,6 +125,7 @@ CASES = {
                                                                 np.linspace(0, 5, 6), p0=1e-3), S.completed),
     "dynamics.kernel_flow": (lambda: dynamics.kernel_flow(ufm.factorial((2, 2)), np.eye(4), np.linspace(0, 5, 6),
                                                           loss="mse", Z0=np.zeros((4, 4))), S.completed),
+    "dynamics.kernel_flow, ODE fails": (_failed_kernel_flow, S.solver_failed),
     "phase_point": (lambda: phase_point("factorial", sigma=3.0), S.completed),
     "transient_models": (lambda: transient_models("factorial", horizon=100.0, n_records=8), S.completed),
     # many runs -> SweepResult

@@ -484,8 +484,11 @@ def convex(problem, *, solver: str = "CLARABEL", reduce="auto", eps: float = 1e-
             "solver_rel_gap": certificate(form, Xv, bv)["rel_gap"], "polish_iterations": 0}
     if polish is not None and prob.status == cp.OPTIMAL:
         Xv, bv, info["polish_iterations"], _ = _fista(form, Xv, bv, polish, 2000, 5, False)
-    sol = _recover(form, Xv, bv, "convex", "optimal", f"cvxpy/{solver} status {prob.status}.",
-                   int(prob.solver_stats.num_iters or 0), info)
+    try:
+        sol = _recover(form, Xv, bv, "convex", "optimal", f"cvxpy/{solver} status {prob.status}.",
+                       int(prob.solver_stats.num_iters or 0), info)
+    except NotApplicable as err:        # d below the rank of the optimum: no factorization exists
+        return _finish(Solution.unsolved(problem, "convex", "no_method", str(err)), throw)
     ok = prob.status == cp.OPTIMAL and sol.meta["rel_duality_gap"] < 1e-6
     if ok:
         return sol
@@ -895,9 +898,12 @@ def prox(problem, *, tol: float = 1e-6, max_iter: int = 20_000, reduce="auto", c
     msg = (f"FISTA converged in {it} iterations ({elapsed:.3g} s)." if ok else
            f"FISTA stopped at max_iter={max_iter} with relative gap {cert['rel_gap']:.2e} > tol={tol:g}; "
            f"raise max_iter or loosen tol.")
-    sol = _recover(form, X, b, "prox", "optimal" if ok else "max_iter", msg, it,
-                   {"tol": tol, "solve_time": elapsed, "svd": {"mode": spec.mode, **spec.stats}},
-                   cert if spec.rigorous or ok else None, spec)
+    try:
+        sol = _recover(form, X, b, "prox", "optimal" if ok else "max_iter", msg, it,
+                       {"tol": tol, "solve_time": elapsed, "svd": {"mode": spec.mode, **spec.stats}},
+                       cert if spec.rigorous or ok else None, spec)
+    except NotApplicable as err:        # d below the rank of the optimum: no factorization exists
+        sol = Solution.unsolved(problem, "prox", "no_method", str(err))
     return _finish(sol, throw)
 
 

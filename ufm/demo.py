@@ -209,7 +209,7 @@ def structure_before_collapse(out: str | os.PathLike = "ufm-demo", *, sigma: flo
     att = st.attributes
     end_gap = float(metrics.semantic_gap(E, att, center=True))
     end_etf = float(metrics.etf_distance(E, center=True))
-    pred0 = dynamics.semantic_curve(m, [0.0], init_scale=1e-3, end_gram=E, keep_gram=False)
+    pred0 = dynamics.semantic_curve(m, [0.0], init_scale=1e-3, end_gram=E, keep_gram=False).raise_on_failure()
     trans = pred0.transition_time
     horizon = max(10.0 * (trans if trans is not None else 10.0 * pred0.peak_time), 100.0 / lam if lam > 0 else 0.0)
     steps = 10**6
@@ -226,7 +226,7 @@ def structure_before_collapse(out: str | os.PathLike = "ufm-demo", *, sigma: flo
         raise
     if not tr.success:
         raise RuntimeError(f"the demo simulation did not complete: {tr.message}")
-    pred = dynamics.semantic_curve(m, tr.times, init_scale=1e-3, end_gram=E)
+    pred = dynamics.semantic_curve(m, tr.times, init_scale=1e-3, end_gram=E).raise_on_failure()
     t = tr.times
     gap, etf = tr.records["semantic_gap"], tr.records["etf_distance"]
     gm = gap.mean(0)

@@ -124,6 +124,13 @@ def phase_point(setting: str = "factorial", sigma: float = 3.0, strength: float 
     end_gap = float(metrics.semantic_gap(E, st.attributes, center=True))
     end_etf = float(metrics.etf_distance(E, center=True))
     c = dynamics.semantic_curve(m, [0.0], init_scale=init_scale, end_gram=E, keep_gram=False)
+    meta = {"setting": setting, "sigma": float(sigma), "strength": float(strength), "lam": float(lam), "loss": loss,
+            "problem": m.as_dict(), "init_scale": init_scale, "seed": seed}
+    if not c.success:
+        nan = float("nan")
+        return PhasePoint(gap_init=nan, peak_gap=nan, peak_time=nan, transition_time=nan, end_gap=end_gap,
+                          end_etf_distance=end_etf, end_method=sol.method, rises=False, status=c.status,
+                          message=f"theory curve: {c.message}", meta=meta)
     trans = c.transition_time
     out = {"gap_init": float(c.meta["gap_at_0"]), "peak_gap": float(c.peak_value), "peak_time": float(c.peak_time),
            "transition_time": float("nan") if trans is None else float(trans),
@@ -149,8 +156,6 @@ def phase_point(setting: str = "factorial", sigma: float = 3.0, strength: float 
             status, message = tr.status, f"simulation: {tr.message}"
     if status.success:
         status, message = "completed", f"{setting}, sigma={sigma:g}, strength={strength:g}, lam={lam:g}."
-    meta = {"setting": setting, "sigma": float(sigma), "strength": float(strength), "lam": float(lam), "loss": loss,
-            "problem": m.as_dict(), "init_scale": init_scale, "seed": seed}
     return PhasePoint(**out, status=status, message=message, meta=meta)
 
 
@@ -324,7 +329,8 @@ def transient_models(setting: str = "factorial", *, sigma: float = 3.0, lam: flo
                                                      loss="ce", init_scale=init_scale, seed=seed)
     times, gaps, etfs = {}, {}, {}
     for name, r in results.items():
-        g, e = np.asarray(r.records["semantic_gap"]), np.asarray(r.records["etf_distance"])
+        missing = np.full(len(r.times), np.nan)         # a curve that failed has no records
+        g, e = np.asarray(r.records.get("semantic_gap", missing)), np.asarray(r.records.get("etf_distance", missing))
         times[name], gaps[name], etfs[name] = r.times, g[0] if g.ndim == 2 else g, e[0] if e.ndim == 2 else e
     failed = [(name, r) for name, r in results.items() if not r.success]
     status, message = (failed[0][1].status, f"{failed[0][0]}: {failed[0][1].message}") if failed else \
