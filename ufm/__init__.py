@@ -23,6 +23,8 @@ bridge                           Run (the bridge format), Exporter (record from 
                                  reference networks (torch)
 symbolic                         sympy expressions behind every closed form
 losses                           plain-numpy losses, objectives and gradients
+Status, UFMError                 every result has ``success``, ``status`` (a Status) and ``message``; ``throw=True``
+NoMethodApplies, NotConverged    raises these (UFMError subclasses) instead of returning a failed result
 """
 
 from __future__ import annotations

@@ -474,9 +474,8 @@ class Solution(Result):
             With ``success=False`` and ``loss = nan``.
         """
         K, d, N = problem.K, problem.d, problem.N
-        nan = np.full
-        return cls(W=nan((K, d), np.nan), H=nan((d, N), np.nan), b=None, Z=nan((K, N), np.nan), loss=math.nan,
-                   method=method, status=status, message=message,
+        return cls(W=np.full((K, d), np.nan), H=np.full((d, N), np.nan), b=None, Z=np.full((K, N), np.nan),
+                   loss=math.nan, method=method, status=status, message=message,
                    meta={"problem": problem.as_dict(), **meta})
 
     @property
