@@ -41,6 +41,7 @@ from . import losses
 from .closed_form import _RANK_TOL, NotApplicable, balanced_split
 from .problems import AnchoredUFM, InputCoupledUFM, UFMProblem
 from .results import Solution
+from ._checks import check_int, check_positive
 
 __all__ = ["convex", "prox", "svm", "certificate", "Form", "form_of", "applies_convex", "applies_prox",
            "applies_svm", "SOLVERS"]
@@ -412,7 +413,7 @@ def _cvx_program(form: Form):
     return cp.Problem(cp.Minimize(obj)), X, b
 
 
-def convex(problem, *, solver: str = "CLARABEL", reduce="auto", eps: float = 1e-9, max_iters: int = 100_000,
+def convex(problem, *, solver: str = "CLARABEL", reduce="auto", tol: float = 1e-9, max_iter: int = 100_000,
            polish: float | None = 1e-7, verbose: bool = False, throw: bool = False) -> Solution:
     """Global optimum from the convex program (4.1) (or (8.2b)), solved by cvxpy.
 
@@ -422,15 +423,17 @@ def convex(problem, *, solver: str = "CLARABEL", reduce="auto", eps: float = 1e-
         Regularized (``mu = sqrt(lam_W lam_H) > 0``); any labels, counts and bias.
     solver : {"CLARABEL", "SCS"}
         Interior point (Clarabel, default: accurate for small and medium sizes)
-        or first-order conic (SCS, run with ``eps_abs = eps_rel = eps``).
+        or first-order conic (SCS, run with ``eps_abs = eps_rel = tol``).
     reduce : "auto", True or False
         Use the class-collapsed K x K form for hard labels (THEORY §4).
-    eps : float
-        Solver tolerances (Clarabel's gap and feasibility tolerances, SCS's eps).
-    max_iters : int
-        Iteration limit passed to the solver.
+    tol : float
+        Solver tolerance (Clarabel's gap and feasibility tolerances, SCS's ``eps_abs`` and
+        ``eps_rel``); the stopping tolerance is called ``tol`` in every ``ufm`` solver.
+    max_iter : int
+        Iteration limit passed to the solver (Clarabel's ``max_iter``, at most 500 here: an
+        interior-point method that needs more is not converging; SCS's ``max_iters``).
     polish : float or None
-        Interior-point and conic solutions stop at about ``eps`` in the objective,
+        Interior-point and conic solutions stop at about ``tol`` in the objective,
         which can leave the certified gap near 1e-5 (the certificate is linear in
         the distance to the optimum, the objective quadratic); by default proximal
         iterations from the solver's point bring the certified relative gap below
@@ -464,8 +467,10 @@ def convex(problem, *, solver: str = "CLARABEL", reduce="auto", eps: float = 1e-
     if zero is not None:
         return zero
     prob, X, b = _cvx_program(form)
-    opts = ({"eps_abs": eps, "eps_rel": eps, "max_iters": max_iters} if solver == "SCS" else
-            {"tol_gap_abs": eps, "tol_gap_rel": eps, "tol_feas": eps, "max_iter": 500})
+    tol = check_positive("tol", tol, "the solver tolerance, e.g. 1e-9")
+    max_iter = check_int("max_iter", max_iter, 1)
+    opts = ({"eps_abs": tol, "eps_rel": tol, "max_iters": max_iter} if solver == "SCS" else
+            {"tol_gap_abs": tol, "tol_gap_rel": tol, "tol_feas": tol, "max_iter": min(max_iter, 500)})
     t0 = time.perf_counter()
     try:
         prob.solve(solver=solver, verbose=verbose, **opts)
@@ -476,7 +481,7 @@ def convex(problem, *, solver: str = "CLARABEL", reduce="auto", eps: float = 1e-
     if X.value is None:
         return _finish(Solution.unsolved(problem, "convex", "solver_failed",
                                          f"{solver} returned status {prob.status!r} and no solution; try "
-                                         f"solver='SCS' with a looser eps, or method='prox'.",
+                                         f"solver='SCS' with a looser tol, or method='prox'.",
                                          solver=solver, solver_status=prob.status), throw)
     Xv = np.asarray(X.value)
     bv = None if b is None else np.asarray(b.value)
@@ -492,7 +497,7 @@ def convex(problem, *, solver: str = "CLARABEL", reduce="auto", eps: float = 1e-
     ok = prob.status == cp.OPTIMAL and sol.meta["rel_duality_gap"] < 1e-6
     if ok:
         return sol
-    return _finish(sol.replace(status="inaccurate", message=sol.message + " Not certified optimal: tighten eps or "
+    return _finish(sol.replace(status="inaccurate", message=sol.message + " Not certified optimal: tighten tol or "
                                "use method='prox'."), throw)
 
 
