@@ -64,6 +64,14 @@ def _sweep_task(a, seed=0):
     return {"double": 2.0 * a}
 
 
+def _interrupting_task(a, seed=0):
+    """A run that reports Ctrl-C from the second point on, as an interrupted simulation does."""
+    if a == 0:
+        return {"a": a}
+    return ufm.Trajectory(steps=[0], times=[0.0], records={"loss": [[1.0]]}, status="interrupted",
+                          message="stopped at step 0;", mode="gd")
+
+
 def _fit():
     st = ufm.factorial((2, 2))
     tr = ufm.simulate(ufm.InputCoupledUFM.from_setting(st, sigma=2.0, d=8), steps=2000, lr=0.05,
@@ -132,6 +140,8 @@ CASES = {
     "sweep": (lambda: ufm.sweep(_sweep_task, {"a": [1, 3]}, backend="sequential", progress=False), S.completed),
     "sweep with a failed run": (lambda: ufm.sweep(_sweep_task, {"a": [1, 2, 3]}, backend="sequential",
                                                   progress=False), S.runs_failed),
+    "sweep interrupted (return)": (lambda: ufm.sweep(_interrupting_task, {"a": [0, 1, 2]}, backend="sequential",
+                                                     progress=False, on_interrupt="return"), S.interrupted),
     # the bridge -> FitResult
     "fit": (_fit, S.completed),
     # the ODE integrator -> IntegrateResult
