@@ -40,7 +40,7 @@ from scipy.special import softmax
 from . import losses
 from .closed_form import _RANK_TOL, NotApplicable, balanced_split
 from .problems import AnchoredUFM, InputCoupledUFM, UFMProblem
-from .results import Solution
+from .results import NotConverged, Solution
 from ._checks import check_int, check_positive
 
 __all__ = ["convex", "prox", "svm", "certificate", "Form", "form_of", "applies_convex", "applies_prox",
@@ -953,13 +953,9 @@ def svm(problem, *, solver: str = "CLARABEL", throw: bool = False) -> Solution:
         return _finish(Solution.unsolved(problem, "svm", "no_method", why), throw)
     try:
         sol = _svm(problem, solver)
-    except _SolverFailed as err:
+    except NotConverged as err:         # infeasible margins, or the solver failed
         sol = Solution.unsolved(problem, "svm", "solver_failed", str(err), solver=solver)
     return _finish(sol, throw)
-
-
-class _SolverFailed(Exception):
-    """The max-margin program has no solution (infeasible margins, or the solver failed)."""
 
 
 def _svm(problem, solver):
@@ -1006,10 +1002,10 @@ def _solve(prob, solver):
         prob.solve(solver=solver, **({"eps_abs": 1e-10, "eps_rel": 1e-10, "max_iters": 200_000}
                                     if solver == "SCS" else {}))
     except cp.error.SolverError as err:
-        raise _SolverFailed(f"cvxpy solver {solver} failed: {err}") from err
+        raise NotConverged(f"cvxpy solver {solver} failed: {err}") from err
     if prob.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
-        raise _SolverFailed(f"the max-margin program is {prob.status} with {solver}; the margins cannot be met "
-                            "(check the labels: every class needs an example) or the solver failed.")
+        raise NotConverged(f"the max-margin program is {prob.status} with {solver}; the margins cannot be met "
+                           "(check the labels: every class needs an example) or the solver failed.")
 
 
 def _svm_status(prob) -> str:
