@@ -1,8 +1,10 @@
 """Closed-form global optima of the UFM (THEORY §1-§4).
 
-Every function here takes a problem from :mod:`ufm.problems` and returns a
-frozen :class:`ufm.results.Solution`, or raises :class:`NotApplicable` with the
-reason it does not apply. :func:`solve` tries them in turn; users normally call
+Every case here takes a problem from :mod:`ufm.problems` and returns a
+frozen :class:`ufm.results.Solution`, or raises :class:`NotApplicable` (the
+name the cases give :class:`ufm.results.NoMethodApplies`) with the reason it
+does not apply. :func:`solve` tries them in turn and returns a result either
+way (status ``no_method`` when none applies); users normally call
 ``ufm.solve(problem, method="closed_form")``.
 
 Method, shared by all cases: the optimal logits ``Z*`` (and bias ``b*``) are

@@ -224,8 +224,7 @@ def structure_before_collapse(out: str | os.PathLike = "ufm-demo", *, sigma: flo
         echo(f"interrupted: the simulation's {len(err.result.steps)} records so far are in {path} "
              f"(ufm.load reads it)")
         raise
-    if not tr.success:
-        raise RuntimeError(f"the demo simulation did not complete: {tr.message}")
+    tr.raise_on_failure()           # a demo run that diverged has nothing to show: NotConverged, with the run
     pred = dynamics.semantic_curve(m, tr.times, init_scale=1e-3, end_gram=E).raise_on_failure()
     t = tr.times
     gap, etf = tr.records["semantic_gap"], tr.records["etf_distance"]

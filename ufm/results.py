@@ -44,6 +44,13 @@ class Status(enum.Enum):
     ``inaccurate``, ``solver_failed``, ``no_method``), a run (``completed``, ``interrupted``,
     ``nonfinite``, ``max_steps``, ``step_underflow``) and a sweep (``runs_failed``). Look a
     member up by name with ``Status["max_iter"]``.
+
+    Attributes
+    ----------
+    message : str
+        What the status means (the member's value).
+    success : bool
+        Whether a result with this status succeeded.
     """
 
     def __new__(cls, message: str, success: bool):
@@ -99,7 +106,12 @@ def as_status(value) -> Status:
 class UFMError(Exception):
     """Base of the exceptions ``throw=True`` raises for a result that did not succeed.
 
-    ``err.result`` is that result (``None`` when raised before one existed).
+    Parameters
+    ----------
+    message : str
+        The result's message.
+    result : Result or None
+        The result that did not succeed (``None`` when raised before one existed).
     """
 
     def __init__(self, message: str = "", result=None):
@@ -108,11 +120,27 @@ class UFMError(Exception):
 
 
 class NoMethodApplies(UFMError):
-    """No method (or no closed form) covers the problem; the message says why, per method."""
+    """No method (or no closed form) covers the problem; the message says why, per method.
+
+    Parameters
+    ----------
+    message : str
+        Why, per method.
+    result : Solution or None
+        The result with status ``no_method`` (``None`` when a closed-form case raises it).
+    """
 
 
 class NotConverged(UFMError):
-    """A solver or a run stopped without success: iteration limit, inaccurate certificate, divergence."""
+    """A solver or a run stopped without success: iteration limit, inaccurate certificate, divergence.
+
+    Parameters
+    ----------
+    message : str
+        The result's message.
+    result : Result or None
+        The result that did not succeed.
+    """
 
 
 def package_versions() -> dict:
