@@ -101,8 +101,8 @@ SIMULATE_CHILD = textwrap.dedent(r"""
             print("saved", err.result.save(f"{out}/{mode}{seeds}.npz"), flush=True)
     print("go return", flush=True)
     tr = long("gd", 2, on_interrupt="return")        # or the partial result is returned and the script goes on
-    print("returned", tr.status, flush=True)
-    print("next", ufm.simulate(gd, steps=100, lr=0.1).status, flush=True)
+    print("returned", tr.status.name, flush=True)
+    print("next", ufm.simulate(gd, steps=100, lr=0.1).status.name, flush=True)
     print("go uncaught", flush=True)
     long("flow", 1)                                  # not caught: the script stops here, as after any Ctrl-C
     print("not reached", flush=True)
@@ -122,7 +122,7 @@ def test_ctrl_c_keeps_every_record_of_gd_and_flow_runs_and_reaches_the_script(tm
     code, out, err = child.finish()
     # an uncaught Ctrl-C ends the script the way Python does: killed by SIGINT, with the traceback
     assert code == -signal.SIGINT, (code, err[-3000:])
-    assert "KeyboardInterrupt: interrupted (Ctrl-C)" in err and "not reached" not in out
+    assert "KeyboardInterrupt: Interrupted (Ctrl-C)" in err and "not reached" not in out
     assert "returned interrupted" in out and "next completed" in out      # on_interrupt="return": goes on
 
     gd = ufm.UFMProblem(K=4, n=2, d=8, lam_W=1e-3, lam_H=1e-3)

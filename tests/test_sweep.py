@@ -344,7 +344,7 @@ def test_killed_loky_worker_loses_nothing(tmp_path):
     counter2 = tmp_path / "count2"
     res = ufm.sweep(counted, {"a": list(range(6))}, fixed={"counter": str(counter2), "crash": 2}, backend="loky",
                     n_jobs=2, retries=0, progress=False)
-    assert res.status is Status.completed and res.n_failed == 1
+    assert res.status is Status.runs_failed and res.n_failed == 1
     assert res.failed[0]["a"] == 2 and res.failed[0]["error"].startswith("WorkerDied")
     assert_counted_once_but_for_the_killed(counts(counter2), [0, 1, 3, 4, 5])
 
@@ -387,7 +387,7 @@ def test_dask_run_that_keeps_killing_workers_is_recorded(tmp_path, dask_client):
                         backend="dask", client=dask_client, progress=False)
     finally:
         dask_client.run_on_scheduler(set_allowed_failures, n=old)
-    assert res.status is Status.completed and res.n_failed == 1 and res.records[0]["a"] == 4
+    assert res.status is Status.runs_failed and res.n_failed == 1 and res.records[0]["a"] == 4
     assert res.records[0]["error"].startswith("KilledWorker")
     assert "1 failed" in res.message
     wait_for_workers(dask_client)

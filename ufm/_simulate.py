@@ -518,7 +518,7 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
                       mode=mode, meta=meta, citation="THEORY §4, §6, §8; ufm.simulate")
     if throw and status != "interrupted":
         traj.raise_on_failure()
-    return _interrupt.finish(traj, status == "interrupted", on_interrupt, message)
+    return _interrupt.finish(traj, status == "interrupted", on_interrupt, traj.message)
 
 
 #: Time resolution of a flow given by its horizon alone: ``lr = horizon / FLOW_UNITS``.

@@ -969,7 +969,7 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
         status = "runs_failed"
     result = SweepResult(records=kept, task=task_name, axes=tuple(axes), seeds=int(seeds), status=status,
                          message=message, meta=meta, citation="ufm.sweep; joblib / Dask distributed")
-    return _interrupt.finish(result, status == "interrupted", on_interrupt, message)
+    return _interrupt.finish(result, status == "interrupted", on_interrupt, result.message)
 
 
 def _precheck(fn, fixed, points, routed):
