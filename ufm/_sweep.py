@@ -223,13 +223,18 @@ def point_seed(seed: int, params: dict, index: int, scope: str = "point") -> int
     return int(state[0] >> np.uint64(1))
 
 
+#: version of the summaries a run stores (2: statuses by Status name, a Solution's geometry under "regime"),
+#: part of the cache key so that a cache written with another layout is recomputed, not mixed in
+RECORD_FORMAT = 2
+
+
 def run_key(call_id: str, params: dict, seed: int, index: int) -> str:
     """Cache key of one run: SHA-256 over the call (task, problem, fixed arguments, keep), the point's
-    parameters, the seed and its index, and the ``ufm`` version."""
+    parameters, the seed and its index, the ``ufm`` version and :data:`RECORD_FORMAT`."""
     from . import __version__
 
     payload = _dumps({"call": call_id, "params": _canonical(dict(params), "grid"), "seed": seed,
-                      "seed_index": index, "ufm": __version__})
+                      "seed_index": index, "ufm": __version__, "records": RECORD_FORMAT})
     return hashlib.sha256(payload.encode()).hexdigest()[:40]
 
 
