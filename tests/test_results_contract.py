@@ -188,7 +188,8 @@ def test_iteration_counts_where_they_exist(case):
         if res.method == "prox" and res.success:
             assert res.nit > 0
     elif isinstance(res, ufm.Trajectory):
-        assert res.nit == int(res.steps[-1]) and "nit" in dir(res)
+        assert res.nit == int(res.steps[-1]) and "nit" in dir(res) and "nfev" in dir(res)
+        assert res.nfev == (max(res.meta["nfev"]) if res.mode == "flow" else res.nit)
     elif type(res).__name__ == "IntegrateResult":
         assert isinstance(res.nfev, int) and res.nfev > 0
 

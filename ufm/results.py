@@ -555,8 +555,10 @@ class Trajectory(Result):
         flow integrator hit its step budget).
     message : str
         What happened, in words.
-    nit : int
-        The last step reached (GD steps taken; in flow mode the step of the last record).
+    nit, nfev : int
+        The last step reached (GD steps taken; in flow mode the step of the last
+        record) and the gradient evaluations per seed (``nit`` for GD, the
+        integrator's count in flow mode).
     mode : str
         ``"gd"`` (plain gradient descent) or ``"flow"`` (adaptive integration
         of the gradient flow; ``meta["time_variable"]`` says ``"t"`` or ``"log(1+t)"``).
@@ -584,6 +586,13 @@ class Trajectory(Result):
     def nit(self) -> int:
         """The last step reached (GD steps taken; in flow mode the step of the last record)."""
         return int(self.steps[-1]) if len(self.steps) else 0
+
+    @property
+    def nfev(self) -> int:
+        """Gradient evaluations per seed: one per GD step; in flow mode the integrator's (the most over the seeds)."""
+        if self.mode == "flow" and self.meta.get("nfev"):
+            return int(max(self.meta["nfev"]))
+        return self.nit
 
     @classmethod
     def _upgrade(cls, fields: dict) -> dict:
