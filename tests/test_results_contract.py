@@ -278,6 +278,10 @@ def test_files_of_the_first_format_load_upgraded():
     assert tr.status is S.completed and tr.success and tr.loss.shape == (1, 21)
     sw = ufm.load(SCHEMA1 / "sweep.npz")
     assert sw.status is S.runs_failed and not sw.success and sw.n_failed == 1
+    curve = ufm.load(SCHEMA1 / "curve.npz")
+    assert curve.status is S.completed and curve.kind == "modes" and curve.z.shape[0] == 6 and "z" in dir(curve)
+    fit = ufm.load(SCHEMA1 / "fit.npz")
+    assert fit.status is S.completed and str(fit).startswith("fit of") and "static" in fit.gof
 
 
 def test_a_changed_file_of_the_first_format_is_refused(tmp_path):
