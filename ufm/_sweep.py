@@ -807,7 +807,7 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
     on_interrupt : {"raise", "return"}
         What Ctrl-C (SIGINT) does: the sweep stops (the runs in flight are abandoned,
         finished ones are kept and, with ``cache_dir``, already on disk) and the partial
-        SweepResult (``status="interrupted"``) is raised in the ``result`` attribute of a
+        SweepResult (status ``interrupted``) is raised in the ``result`` attribute of a
         ``KeyboardInterrupt`` (``"raise"``, the default, as :func:`ufm.simulate`) or
         returned (``"return"``).
 
@@ -815,12 +815,13 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
     -------
     SweepResult
         ``records`` (one dict per run, in grid order: parameters, ``seed_index``,
-        ``seed``, ``ok``, ``error`` and the task's summary), ``status``
-        (``"completed"`` or ``"interrupted"``), ``message`` (counts and errors),
-        ``meta``. ``result.to_pandas()`` gives a DataFrame when pandas is installed.
+        ``seed``, ``ok``, ``error`` and the task's summary), ``success``, ``status``
+        (a :class:`~ufm.results.Status`: ``completed``, ``runs_failed`` when some
+        run failed, or ``interrupted``), ``message`` (counts and errors), ``meta``. ``result.to_pandas()`` gives a DataFrame when pandas is installed.
         A run is failed (``ok=False``) when the task raised, or returned a simulation
-        that did not complete (diverged: ``"nonfinite"``; ``"max_steps"``) or a solution
-        that is not a certified optimum (:func:`run_failure`); its summary is kept.
+        that did not complete (diverged: ``nonfinite``; ``max_steps``), a solution
+        that is not a certified optimum or any result with ``success=False``
+        (:func:`run_failure`); its summary is kept.
 
     Raises
     ------
