@@ -417,7 +417,7 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
     on_interrupt : {"raise", "return"}
         What Ctrl-C (SIGINT) does. The kernels run in chunks of at most a few tenths of a
         second, so the run stops within about a second, between chunks, and every record
-        made so far is kept in a Trajectory with status ``"interrupted"``. ``"raise"``
+        made so far is kept in a Trajectory with status ``interrupted``. ``"raise"``
         (default): ``KeyboardInterrupt`` is raised with that Trajectory in its ``result``
         attribute, so a script stops where the user pressed Ctrl-C (``except
         KeyboardInterrupt as err: err.result`` keeps it); ``"return"``: the Trajectory is

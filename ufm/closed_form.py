@@ -175,7 +175,7 @@ def ce_balanced(problem: UFMProblem) -> Solution:
     Returns
     -------
     Solution
-        ``status`` ``"zero"`` or ``"etf"``; ``meta`` holds gamma, K*gamma and every
+        ``regime`` ``"zero"`` or ``"etf"``; ``meta`` holds gamma, K*gamma and every
         closed-form quantity of :func:`ufm.symbolic.ce_optimum` (``s``, ``t``, ``w_sq``,
         ``h_sq``, ...).
     """
@@ -275,7 +275,7 @@ def mse(problem: UFMProblem) -> Solution:
     Returns
     -------
     Solution
-        ``status`` names the regime; ``meta`` holds the closed-form quantities.
+        ``regime`` names the geometry; ``meta`` holds the closed-form quantities.
     """
     _require_ufm(problem)
     _require(problem.loss == "mse", "loss is not 'mse'")
@@ -359,7 +359,7 @@ def layer_peeled(problem: LayerPeeledProblem) -> Solution:
     Returns
     -------
     Solution
-        ``status`` names the regime; ``meta`` holds the closed-form quantities.
+        ``regime`` names the geometry; ``meta`` holds the closed-form quantities.
     """
     _require(isinstance(problem, LayerPeeledProblem), "needs a LayerPeeledProblem")
     _require(problem.balanced, "imbalanced classes have no closed form (minority collapse, "
