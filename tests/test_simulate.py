@@ -432,7 +432,7 @@ def test_a_loss_without_compiled_kernel_runs_gd_in_numpy():
     names = ("loss", "W", "H", "b", "gram_means")
     slow = ufm.simulate(p, steps=300, lr=0.5, seeds=2, record=names)
     fast = ufm.simulate(p.replace(loss="ce"), steps=300, lr=0.5, seeds=2, record=names)
-    assert slow.status == "completed" and "NumPy fallback" in slow.meta["loss_kernel"]
+    assert slow.status is Status.completed and "NumPy fallback" in slow.meta["loss_kernel"]
     assert "kernel loss id 0" in fast.meta["loss_kernel"]
     np.testing.assert_array_equal(slow.steps, fast.steps)
     for name in names:
