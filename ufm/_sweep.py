@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .results import Solution, SweepResult, Trajectory, _Result, pack_records, record_value, unpack_records
+from .results import Result, Solution, Status, SweepResult, Trajectory, _Result, pack_records, record_value, unpack_records
 
 __all__ = ["PROBLEMS", "TASKS", "build_problem", "grid_axis", "grid_points", "point_seed", "run_config", "run_key",
            "summarize", "sweep"]
@@ -223,13 +223,18 @@ def point_seed(seed: int, params: dict, index: int, scope: str = "point") -> int
     return int(state[0] >> np.uint64(1))
 
 
+#: version of the summaries a run stores (2: statuses by Status name, a Solution's geometry under "regime"),
+#: part of the cache key so that a cache written with another layout is recomputed, not mixed in
+RECORD_FORMAT = 2
+
+
 def run_key(call_id: str, params: dict, seed: int, index: int) -> str:
     """Cache key of one run: SHA-256 over the call (task, problem, fixed arguments, keep), the point's
-    parameters, the seed and its index, and the ``ufm`` version."""
+    parameters, the seed and its index, the ``ufm`` version and :data:`RECORD_FORMAT`."""
     from . import __version__
 
     payload = _dumps({"call": call_id, "params": _canonical(dict(params), "grid"), "seed": seed,
-                      "seed_index": index, "ufm": __version__})
+                      "seed_index": index, "ufm": __version__, "records": RECORD_FORMAT})
     return hashlib.sha256(payload.encode()).hexdigest()[:40]
 
 
@@ -306,23 +311,25 @@ def _is_scalar(v) -> bool:
 def summarize(out, keep=()) -> dict:
     """What a task returned, as the outputs of one record.
 
-    * :class:`~ufm.results.Solution`: ``loss``, ``success``, ``status``,
-      ``method``, ``nit`` and the scalar entries of ``meta`` (regime quantities,
+    * :class:`~ufm.results.Solution`: ``loss``, ``success``, ``status`` (the
+      :class:`~ufm.results.Status` name), ``regime``, ``method``, ``nit`` and the scalar entries of ``meta`` (regime quantities,
       duality gaps, ...; timings such as ``solve_time`` are left out so records
       do not depend on the machine); ``keep`` names arrays or properties to add
       (``"W"``, ``"H"``, ``"Z"``, ``"gram_H"``, ...).
-    * :class:`~ufm.results.Trajectory`: ``status``, ``success``, ``mode``, the
+    * :class:`~ufm.results.Trajectory`: ``status`` (name), ``success``, ``mode``, the
       last ``step`` and ``time``, and the final value of every scalar record
       (``loss``, ``nc1``, ...; an array over the simulate seeds when there are
       several); ``keep`` names records to add whole as ``<name>_history``
       (shape ``(seeds, T, ...)``), with ``times``.
-    * other results: their scalar fields; ``keep`` names array fields.
+    * other results (e.g. :class:`~ufm.phase.PhasePoint`): ``success`` and their scalar fields
+      (``status`` by name; fields that are ``None`` are left out); ``keep`` names array fields.
     * a dict: taken as is (nested dicts flattened with ``"."``; lists become arrays).
     * a number, string or array: stored as ``value``.
     """
     keep = (keep,) if isinstance(keep, str) else tuple(keep)
     if isinstance(out, Solution):
-        rec = {"loss": out.loss, "success": out.success, "status": out.status, "method": out.method, "nit": out.nit}
+        rec = {"loss": out.loss, "success": out.success, "status": out.status.name, "regime": out.regime,
+               "method": out.method, "nit": out.nit}
         for k, v in out.meta.items():
             if _is_scalar(v) and k not in _SKIP_META and "time" not in k and k not in rec:
                 rec[k] = v
@@ -334,7 +341,7 @@ def summarize(out, keep=()) -> dict:
             rec[name] = np.asarray(value)
         return rec
     if isinstance(out, Trajectory):
-        rec = {"status": out.status, "success": out.success, "mode": out.mode,
+        rec = {"status": out.status.name, "success": out.success, "mode": out.mode,
                "step": int(out.steps[-1]) if len(out.steps) else 0,
                "time": float(out.times[-1]) if len(out.times) else 0.0}
         for name, arr in out.records.items():
@@ -350,7 +357,9 @@ def summarize(out, keep=()) -> dict:
             rec["times"] = np.array(out.times)
         return rec
     if isinstance(out, _Result):
-        rec = {k: v for k, v in out._scalars().items() if _is_scalar(v)}
+        rec = {k: v.name if isinstance(v, Status) else v for k, v in out._scalars().items()}
+        rec = {"success": getattr(out, "success", True),
+               **{k: v for k, v in rec.items() if _is_scalar(v) and v is not None}}
         for name in keep:
             rec[name] = np.asarray(getattr(out, name))
         return rec
@@ -399,7 +408,7 @@ class _Call:
         if self.seed_arg:
             kwargs[self.seed_arg] = seed
         out = self.task(*args, **kwargs)
-        if isinstance(out, Trajectory) and out.status == "interrupted":
+        if isinstance(out, Trajectory) and out.status is Status.interrupted:
             raise KeyboardInterrupt("the simulation was interrupted")
         return summarize(out, self.keep), run_failure(out)
 
@@ -407,20 +416,23 @@ class _Call:
 def run_failure(out) -> str | None:
     """Why a task's result is a failed run, or ``None``.
 
-    A simulation that did not complete (``status`` ``"nonfinite"``: it diverged;
-    ``"max_steps"``: the integrator gave up), a solution that is not a certified
-    optimum (``success=False``), or a simulation whose final recorded scalars are not
-    finite: such runs are counted as failed (``ok=False``), with their summary kept.
+    A simulation that did not complete (``status`` ``nonfinite``: it diverged;
+    ``max_steps``: the integrator gave up), a solution that is not a certified
+    optimum (``success=False``), any other result with ``success=False``, or a simulation
+    whose final recorded scalars are not finite: such runs are counted as failed
+    (``ok=False``), with their summary kept.
     """
     if isinstance(out, Trajectory):
-        if out.status != "completed":
-            return f"{out.status}: {out.message}"
+        if not out.success:
+            return f"{out.status.name}: {out.message}"
         loss = out.records.get("loss")
         if loss is not None and loss.shape[1] and not np.all(np.isfinite(loss[:, -1])):
             return "nonfinite: the final loss is not finite"
         return None
     if isinstance(out, Solution) and not out.success:
-        return f"not solved ({out.status}): {out.message}"
+        return f"not solved ({out.status.name}): {out.message}"
+    if isinstance(out, Result) and not out.success:
+        return f"{out.status.name}: {out.message}"
     return None
 
 
@@ -795,7 +807,7 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
     on_interrupt : {"raise", "return"}
         What Ctrl-C (SIGINT) does: the sweep stops (the runs in flight are abandoned,
         finished ones are kept and, with ``cache_dir``, already on disk) and the partial
-        SweepResult (``status="interrupted"``) is raised in the ``result`` attribute of a
+        SweepResult (status ``interrupted``) is raised in the ``result`` attribute of a
         ``KeyboardInterrupt`` (``"raise"``, the default, as :func:`ufm.simulate`) or
         returned (``"return"``).
 
@@ -803,12 +815,13 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
     -------
     SweepResult
         ``records`` (one dict per run, in grid order: parameters, ``seed_index``,
-        ``seed``, ``ok``, ``error`` and the task's summary), ``status``
-        (``"completed"`` or ``"interrupted"``), ``message`` (counts and errors),
-        ``meta``. ``result.to_pandas()`` gives a DataFrame when pandas is installed.
+        ``seed``, ``ok``, ``error`` and the task's summary), ``success``, ``status``
+        (a :class:`~ufm.results.Status`: ``completed``, ``runs_failed`` when some
+        run failed, or ``interrupted``), ``message`` (counts and errors), ``meta``. ``result.to_pandas()`` gives a DataFrame when pandas is installed.
         A run is failed (``ok=False``) when the task raised, or returned a simulation
-        that did not complete (diverged: ``"nonfinite"``; ``"max_steps"``) or a solution
-        that is not a certified optimum (:func:`run_failure`); its summary is kept.
+        that did not complete (diverged: ``nonfinite``; ``max_steps``), a solution
+        that is not a certified optimum or any result with ``success=False``
+        (:func:`run_failure`); its summary is kept.
 
     Raises
     ------
@@ -941,7 +954,7 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
     if status == "completed":
         message = f"{runs}: {len(kept) - n_failed} ok, {n_failed} failed"
     else:
-        message = (f"interrupted: {len(kept)} of {runs} finished ({n_failed} failed); rerun with the same cache_dir "
+        message = (f"{len(kept)} of {runs} finished ({n_failed} failed); rerun with the same cache_dir "
                    f"to compute only the {len(jobs) - len(kept)} missing.")
     if status == "completed" and errors:
         top = next(iter(errors))
@@ -958,9 +971,11 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
             "elapsed": time.perf_counter() - t0}
     if isinstance(grid, dict):
         meta["grid"] = {name: [_canonical(v, "grid") for v in grid_axis(points, name)] for name in axes}
+    if status == "completed" and n_failed:
+        status = "runs_failed"
     result = SweepResult(records=kept, task=task_name, axes=tuple(axes), seeds=int(seeds), status=status,
                          message=message, meta=meta, citation="ufm.sweep; joblib / Dask distributed")
-    return _interrupt.finish(result, status == "interrupted", on_interrupt, message)
+    return _interrupt.finish(result, status == "interrupted", on_interrupt, result.message)
 
 
 def _precheck(fn, fixed, points, routed):
@@ -1142,7 +1157,7 @@ def run_config(path, *, out=None, resume: bool = False, backend=None, n_jobs=Non
                    retries=cfg.get("retries", 2), seed_scope=cfg.get("seed_scope", "point"), on_interrupt="return")
     paths = {"result": result.save(os.path.join(out, "result.npz"))}
     echo(result.summary())
-    if result.status == "interrupted":
+    if result.status is Status.interrupted:
         echo("interrupted (Ctrl-C): wrote the finished runs; rerun with --resume to compute the rest.")
         echo("wrote: " + ", ".join(paths.values()))
         return _interrupt.finish({"result": result, "paths": paths}, True, on_interrupt, result.message)

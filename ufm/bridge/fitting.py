@@ -204,7 +204,7 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
     on_interrupt : {"raise", "return"}
         What Ctrl-C (SIGINT) does: the M2 search stops at its next simulation (within
         milliseconds) and the fit is finished from the best point found so far, with
-        ``meta["interrupted"] = True`` and a note. ``"raise"`` (default, as
+        ``status`` ``interrupted``, ``meta["interrupted"] = True`` and a note. ``"raise"`` (default, as
         :func:`ufm.simulate`): ``KeyboardInterrupt`` carrying that FitResult in its
         ``result``; ``"return"``: the FitResult is returned (``ufm fit`` writes it and exits 130).
 
@@ -413,7 +413,7 @@ def _fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, lo
             "seconds": time.perf_counter() - t_start, "notes": notes, "interrupted": interrupted}
     return FitResult(params=params, gof=gof, steps=obs.steps, curves=curves, grams=fitted, best_model=best,
                      predicted_transition=predicted, transitions=transitions, verdict=verdict, message=message,
-                     meta=meta)
+                     status="interrupted" if interrupted else "completed", meta=meta)
 
 
 def memory_estimate(K: int, T: int, F: int, models=MODELS, *, n_model: int = 160, dense: bool = False) -> dict:

@@ -518,8 +518,8 @@ def _parse_header(path: str, text: str) -> dict:
                               "read it with ufm.results.load, or pass a file written by Exporter.save / save_run")
         raise _file_error(path, "type", f"is the unknown result type {kind!r} (expected 'Run')",
                           "pass a file written by Exporter.save / save_run")
-    if header.get("schema") != _FILE_SCHEMA:
-        raise _file_error(path, "schema", f"is {header.get('schema')!r}, this ufm reads file schema {_FILE_SCHEMA}",
+    if header.get("schema") not in (1, _FILE_SCHEMA):     # 1: before Status; a Run reads the same in both
+        raise _file_error(path, "schema", f"is {header.get('schema')!r}, this ufm reads file schemas 1 and {_FILE_SCHEMA}",
                           "convert the file with the ufm version that wrote it")
     return header
 
