@@ -209,7 +209,7 @@ def test_sweep_arguments_are_one_error_before_any_run(tmp_path, monkeypatch):
     (lambda t: t.replace("steps = 3000", "steps = -1"), "every run would fail: steps must be an integer >= 1"),
 ])
 def test_sweep_toml_mistakes_are_one_error_before_any_run(tmp_path, edit, match):
-    from ufm._sweep import run_config
+    from ufm._cli_sweep import run_config
 
     cfg = tmp_path / "s.toml"
     cfg.write_text(edit(open(EXAMPLE).read()))
@@ -219,7 +219,7 @@ def test_sweep_toml_mistakes_are_one_error_before_any_run(tmp_path, edit, match)
 
 
 def test_a_binary_toml_file_is_named_in_the_error(tmp_path):
-    from ufm._sweep import run_config
+    from ufm._cli_sweep import run_config
 
     path = tmp_path / "binary.toml"
     path.write_bytes(bytes(range(256)))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._cli_sweep import run_config
+from ._util import check_output_folder
+
 __all__ = ["main"]
 
 
@@ -12,8 +15,6 @@ def _demo(args) -> int:
     import time
 
     from .demo import run, structure_before_collapse
-
-    from ._sweep import check_output_folder
 
     t0 = time.perf_counter()
     try:
@@ -37,8 +38,6 @@ def _demo(args) -> int:
 
 
 def _sweep(args) -> int:
-    from ._sweep import run_config
-
     try:
         res = run_config(args.config, out=args.out, resume=args.resume, backend=args.backend, n_jobs=args.n_jobs,
                          figure=not args.no_figure, progress=not args.quiet, on_interrupt="return")["result"]

@@ -20,7 +20,10 @@ from typing import ClassVar
 
 import numpy as np
 
-__all__ = ["FitResult", "Run", "Solution", "SweepResult", "TheoryCurve", "Trajectory", "load", "package_versions"]
+from ._util import canonical_json
+
+__all__ = ["FitResult", "Run", "Solution", "SweepResult", "TheoryCurve", "Trajectory", "distinct_values", "load",
+           "package_versions"]
 
 _SCHEMA = 1
 
@@ -477,6 +480,29 @@ class _FrozenList(list):
         return (_FrozenList, (list(self),))
 
 
+def distinct_values(records, name: str) -> list:
+    """The distinct values of ``name`` over ``records`` (sweep records or grid points), in first-seen order.
+
+    Parameters
+    ----------
+    records : iterable of dict
+        Records (or grid points); those without ``name`` are skipped.
+    name : str
+        A grid parameter.
+
+    Returns
+    -------
+    list
+        Each value once (values are compared by their canonical form, so ``1`` and ``1.0`` differ, arrays
+        compare by content).
+    """
+    seen = {}
+    for record in records:
+        if name in record:
+            seen.setdefault(canonical_json(record[name], name), record[name])
+    return list(seen.values())
+
+
 @dataclass(frozen=True, eq=False)
 class SweepResult(_Result):
     """Tidy results of :func:`ufm.sweep`: one record per (grid point, seed), in grid order.
@@ -529,6 +555,23 @@ class SweepResult(_Result):
         meta["records_hash"] = _hash_records(rows, arrays).hexdigest()
         object.__setattr__(self, "meta", meta)
         super().__post_init__()
+
+    def axis_values(self, name: str) -> list:
+        """The values grid parameter ``name`` takes over the records, in grid order.
+
+        Parameters
+        ----------
+        name : str
+            A grid parameter (one of :attr:`axes`).
+
+        Returns
+        -------
+        list
+            Each value once (see :func:`distinct_values`).
+        """
+        if name not in self.axes:
+            raise ValueError(f"{name!r} is not a grid parameter of this sweep; axes: {list(self.axes)}.")
+        return distinct_values(self.records, name)
 
     def _scalars(self) -> dict:
         return {"task": self.task, "axes": list(self.axes), "seeds": self.seeds, "status": self.status,
