@@ -35,11 +35,11 @@ import math
 
 import numpy as np
 
+from . import _memory
 from ._checks import check_nonneg
 from .problems import InputCoupledUFM, UFMProblem
-from .metrics import double_centre
+from .metrics import centering_matrix, double_centre
 from .results import TheoryCurve
-from .settings import _check_memory
 
 __all__ = ["mode_curves", "semantic_curve", "transient_times", "symmetric_flow", "input_modes", "block_kernel",
            "kernel_flow", "DEFAULT_INIT_SCALE", "RISE_FRACTIONS", "SPREAD_QUANTILES"]
@@ -390,7 +390,8 @@ class _ModeModel:
         from scipy.optimize import linprog
 
         N = self.N
-        _check_memory(3 * 8 * self.r * N * N, "the max-margin linear program (3 r N^2 floats)")
+        what = "the max-margin linear program (3 r N^2 floats)"
+        _memory.check({what: 3 * 8 * self.r * N * N}, what, "Use a setting with fewer items.")
         # Z(u) = sum_a u_a M_a with M_a = q_a (P^T Phi)_a; the margins Z_ii - Z_ji are linear in u
         M = np.einsum("ia,aj->aij", self.Q, self.PtPhi)
         diag = M[:, np.arange(N), np.arange(N)]                       # (r, N): Z_ii per mode
@@ -941,7 +942,8 @@ def semantic_curve(problem, times, attributes=None, *, z0=None, init_scale=None,
                "semantic_gap": model.map_grams(t, gap),
                "etf_distance": model.map_grams(t, lambda g: etf_distance(g, center=True))}
     if keep_gram:
-        _check_memory(8 * t.size * model.N**2, "the recorded Grams (keep_gram=False records the scalars only)")
+        what = "the recorded Grams (keep_gram=False records the scalars only)"
+        _memory.check({what: 8 * t.size * model.N**2}, what, "Use a setting with fewer items.")
         records["gram_H"] = model.gram(t)
 
     # -- the search range -----------------------------------------------------------------
@@ -1143,7 +1145,7 @@ def symmetric_flow(problem, times, p0: float | None = None, *, a0: float | None 
         c = c0 * np.exp(-lb * t) if problem.bias else np.zeros_like(t)
         loss = np.log1p((K - 1) * np.exp(-pp))
     loss = loss + lW / 2 * a**2 * (K - 1) + lH / 2 * bt**2 * n * (K - 1) + lb / 2 * K * c**2
-    PK = np.eye(K) - 1.0 / K
+    PK = centering_matrix(K)
     records = {"p": pp, "a": a, "beta": bt, "gram_W": a[:, None, None] ** 2 * PK, "loss": loss}
     if problem.bias:
         records["b"] = c[:, None] * np.ones(K)

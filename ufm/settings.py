@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ufm import _memory
 from ufm._checks import check_int as _check_int, check_nonneg
 from ufm.problems import UFMProblem
 
@@ -55,16 +56,13 @@ class _ReadOnlyDict(dict):
         return (_ReadOnlyDict, (dict(self),))
 
 
+#: What to do when a table of a setting would not fit in memory.
+_FEWER = "Use a setting with fewer items."
+
+
 def _readonly(a: np.ndarray) -> np.ndarray:
     a.setflags(write=False)
     return a
-
-
-def _check_memory(nbytes: int, what: str) -> None:
-    """Refuse an allocation larger than the memory guard allows (``ufm._memory``: half the free memory)."""
-    from ufm import _memory
-
-    _memory.check({what: nbytes}, what, "Use a setting with fewer items.")
 
 
 def _names(arg: str, value, count: int, default) -> tuple[str, ...]:
@@ -356,7 +354,7 @@ class Setting:
 
         The shared-factor matrix S of THEORY §7.4 (read-only, int64).
         """
-        _check_memory(8 * self.N**2, "share (N x N)")
+        _memory.check({"share (N x N)": 8 * self.N**2}, "share (N x N)", _FEWER)
         S = np.zeros((self.N, self.N), dtype=np.int64)
         for col in self.attributes.T:
             S += col[:, None] == col[None, :]
@@ -425,7 +423,7 @@ class Setting:
             The attribute kernel.
         """
         s = self._strengths(strengths)
-        _check_memory(8 * self.N**2, "the N x N kernel")
+        _memory.check({"the N x N kernel": 8 * self.N**2}, "the N x N kernel", _FEWER)
         Kx = np.zeros((self.N, self.N))
         for b, col in enumerate(self._codes.T):
             Kx += s[b] ** 2 * (col[:, None] == col[None, :])
@@ -462,7 +460,7 @@ class Setting:
         """
         sigma = check_nonneg("sigma", sigma, "the per-item capacity")
         top = self.attribute_encoding(strengths)
-        _check_memory(8 * (top.shape[0] + self.N) * self.N, "the encoding Phi")
+        _memory.check({"the encoding Phi": 8 * (top.shape[0] + self.N) * self.N}, "the encoding Phi", _FEWER)
         return np.vstack([top, sigma * np.eye(self.N)])
 
     def input_kernel(self, sigma, strengths=None) -> np.ndarray:

@@ -67,7 +67,9 @@ import os
 
 import numpy as np
 
-from .._checks import available_bytes, check_int, check_nonneg, check_positive
+from .. import _memory
+from .._checks import check_int, check_nonneg, check_positive
+from .._progress import Progress
 from .io import Exporter, _format_of, log_steps, save_run
 from .report import within_class
 
@@ -382,15 +384,11 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
 
     grid = log_steps(steps, n_records)
     d_feat = width
-    need = 8 * len(grid) * (N * N + 2 * d_feat * N)            # grams, means and W of every record (float64)
-    free = available_bytes()
-    if free is not None and free > 0 and need > free // 2:
-        raise ValueError(f"recording {len(grid)} steps of {N} x {N} Grams and {d_feat} x {N} means needs "
-                         f"{need / 2**30:.1f} GiB, more than half the free memory ({free / 2**31:.1f} GiB); "
-                         f"lower n_records or use a setting with fewer items.")
+    _memory.check({f"{N} x {N} Grams": 8 * len(grid) * N * N,          # every record, float64
+                   f"{d_feat} x {N} class means and classifier": 8 * len(grid) * 2 * d_feat * N},
+                  f"train_network (recording {len(grid)} steps)", "Lower n_records or use a setting with fewer items.")
 
     torch = _import_torch()
-    from .._simulate import _Progress
 
     if kind == "mlp":
         x_all = setting.encoding(item_scale).T          # N x p, row i = Phi[:, i] (THEORY §8.2)
@@ -433,7 +431,7 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
 
     threads = torch.get_num_threads()
     status, message = "completed", f"ran {steps} steps."
-    bar = _Progress(progress, steps, f"train_network ({kind})")
+    bar = Progress(progress, steps, f"train_network ({kind})")
     current = 0
     try:
         torch.set_num_threads(1)
