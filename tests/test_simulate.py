@@ -184,7 +184,7 @@ def test_progress_lines_without_tqdm(capsys, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_tqdm)
     ufm.simulate(UFMProblem(K=3, n=1, d=3), steps=100, lr=0.1, progress=True)
     err = capsys.readouterr().err
-    assert "ufm.simulate (gd): 100/100 (100%)" in err
+    assert "ufm.simulate (gd): 100/100 steps (100%)" in err
 
 
 @pytest.mark.parametrize("kw,fragment", [

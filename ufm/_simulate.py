@@ -29,7 +29,6 @@ function in :data:`RECORDERS` (add a quantity by adding one entry there):
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -39,6 +38,8 @@ import numpy as np
 from . import losses
 from . import _interrupt, _memory, _threads
 from ._checks import check_int
+from ._progress import Progress
+from .metrics import double_centre
 from .problems import AnchoredUFM, InputCoupledUFM, UFMProblem
 from .results import Trajectory
 
@@ -61,9 +62,7 @@ def _class_mean_gram(problem, state):
 
 
 def _centred_mean_gram(problem, state):
-    G = _class_mean_gram(problem, state)
-    P = np.eye(problem.K) - 1.0 / problem.K
-    return P @ G @ P
+    return double_centre(_class_mean_gram(problem, state))
 
 
 def _metric(name):
@@ -270,35 +269,6 @@ def _unflatten(y, shapes):
         out[name] = y[i:i + size].reshape(shape)
         i += size
     return out
-
-
-# -- progress -----------------------------------------------------------------------
-class _Progress:
-    def __init__(self, enabled, total, desc):
-        self.bar = None
-        self.enabled = enabled
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
-            except ImportError:
-                self.total, self.desc, self.last = total, desc, -1
-
-    def update(self, done):
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(done - self.bar.n)
-        else:
-            pct = int(100 * done / max(self.total, 1))
-            if pct >= self.last + 10 or done == self.total:
-                print(f"{self.desc}: {done}/{self.total} ({pct}%)", file=sys.stderr, flush=True)
-                self.last = pct
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
 
 
 # -- memory ------------------------------------------------------------------------
@@ -710,7 +680,7 @@ def _run_gd(problem, batch, lr, dtype, grid_steps, rec, progress):
     pnames = [n for n in rec.recorders if n not in knames]
     T = len(grid_steps)
     final = int(grid_steps[-1])
-    bar = _Progress(progress, final, "ufm.simulate (gd)")
+    bar = Progress(progress, final, "ufm.simulate (gd)")
     kj = 0 if knames else T     # rows whose kernel part is recorded
     pj = 0 if pnames else T     # rows whose Python part is recorded
     current = 0
@@ -780,7 +750,7 @@ def _run_flow(problem, batch, lr, grid_steps, rec, progress, time_variable, rtol
                      log_time=(time_variable == "log"), max_steps=max_steps)
         steppers.append(st)
     batch.clear()           # the steppers hold the states now
-    bar = _Progress(progress, len(t_eval), "ufm.simulate (flow, records)")
+    bar = Progress(progress, len(t_eval), "ufm.simulate (flow, records)", unit="record")
     row = np.empty((1, steppers[0].y.size))
     chunk = _Chunks(16, top=10**7)
     kept, failed = 0, None

@@ -100,3 +100,18 @@ def check_output_folder(path, name: str) -> str:
     if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
         raise ValueError(f"{name} {path}: {probe} is not a writable folder; choose another output folder.")
     return path
+
+
+#: Singular values at most this fraction of the largest one count as zero (a matrix's numerical rank).
+RANK_RTOL = 1e-12
+
+
+def numerical_rank(s, rtol: float = RANK_RTOL, floor: float = 0.0) -> int:
+    """How many of the singular values ``s`` (descending) exceed ``rtol * max(s[0], floor)``.
+
+    ``floor`` keeps a tiny matrix from counting its rounding noise as rank (e.g. ``floor=1``
+    for a matrix whose entries are of order one); an empty ``s`` has rank 0.
+    """
+    s = np.asarray(s, dtype=np.float64)
+    top = max(float(s[0]) if s.size else 0.0, floor)
+    return int(np.sum(s > rtol * top))

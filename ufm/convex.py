@@ -38,7 +38,9 @@ import numpy as np
 from scipy.special import softmax
 
 from . import losses
-from .closed_form import _RANK_TOL, NotApplicable, balanced_split
+from ._util import numerical_rank
+from .closed_form import NotApplicable, balanced_split
+from .metrics import centering_matrix
 from .problems import AnchoredUFM, InputCoupledUFM, UFMProblem
 from .results import Solution
 
@@ -313,7 +315,7 @@ def _certify(form: Form, X, b, nuclear, opnorm) -> dict:
 def _split(U, S, Vt, d, lam_W, lam_H):
     """The balanced split of :func:`ufm.closed_form.balanced_split` from an SVD already at hand
     (same rank test, same factors, same error when ``d`` is below the rank)."""
-    r = int(np.sum(S > _RANK_TOL * max(S[0] if S.size else 0.0, 1.0)))
+    r = numerical_rank(S, floor=1.0)
     if r > d:
         raise NotApplicable(
             f"d={d} is below rank(Z*)={r}: the optimum needs d >= {r}. "
@@ -938,7 +940,7 @@ def svm(problem, *, solver: str = "CLARABEL") -> Solution:
         _solve(prob, solver)
         Z = np.asarray(Zb.value)[:, p.y]
         W, H = balanced_split(Z, p.d, 0.0, 0.0)
-        sel = (np.eye(p.K) - 1.0 / p.K) @ p.Y
+        sel = centering_matrix(p.K) @ p.Y
         meta.update(solver_status=prob.status, nuclear=float(prob.value),
                     distance_to_seli=float(np.abs(Z - sel).max()))
         return Solution(W=W, H=H, b=None, Z=W @ H, loss=float(prob.value), success=prob.status == cp.OPTIMAL,
@@ -999,7 +1001,7 @@ def _ntp_svm(p, solver, meta):
     prob = cp.Problem(cp.Minimize(cp.normNuc(L)), cons)
     _solve(prob, solver)
     Lmm = np.asarray(L.value)
-    St = (np.eye(V) - 1.0 / V) @ S
+    St = centering_matrix(V) @ S
     cos = float(np.sum(Lmm * St) / (np.linalg.norm(Lmm) * np.linalg.norm(St)))
     W, H = balanced_split(Lmm, p.d, 0.0, 0.0)
     meta.update(solver_status=prob.status, nuclear=float(prob.value), L_in=Lin.tolist(),

@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 
+from .metrics import double_centre
 from .problems import LayerPeeledProblem, UFMProblem
 
 __all__ = ["CASES", "run", "structure_before_collapse"]
@@ -147,11 +148,6 @@ def run(out: str | os.PathLike = "ufm-demo", *, figures: bool = True, echo=print
 # =====================================================================================
 # the headline: structure before collapse
 # =====================================================================================
-def _centred(G):
-    G = np.asarray(G, dtype=float)
-    return G - G.mean(0) - G.mean(1)[:, None] + G.mean()
-
-
 def _phase_grid(quick: bool) -> list:
     """Points of the demo's phase diagram: sigma x setting, and sigma x strength / sigma x lam on factorial."""
     sigmas = [1.5, 3.0, 6.0] if quick else [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0]
@@ -325,7 +321,7 @@ def _sbc_figures(out, st, m, tr, pred, E, end_gap, end_etf, j_peak, j_late, phas
              ("late (theory transition)", G[j_late], t[j_late]), ("end state (ufm.solve, exact)", E, None)]
     labels = list(st.items)
     for ax, (name, g, when) in zip(axes, snaps):
-        gc = _centred(g)
+        gc = double_centre(np.asarray(g, dtype=np.float64))
         gap = metrics.semantic_gap(gc, att, center=True)
         d_etf = metrics.etf_distance(gc, center=True)
         tt = "t = inf" if when is None else f"t = {when:.3g}"

@@ -202,7 +202,7 @@ def pattern_dims(ids):
     K = ids.shape[0]
     if K > 400:
         return int(ids.max()) + 1 - 1
-    P = np.eye(K) - 1.0 / K
+    P = metrics.centering_matrix(K)
     basis = np.stack([(P @ (ids == r).astype(float) @ P).ravel() for r in range(int(ids.max()) + 1)])
     return int(np.linalg.matrix_rank(basis, tol=1e-9))
 
