@@ -38,6 +38,7 @@ import numpy as np
 from scipy.special import softmax
 
 from . import losses
+from ._progress import Progress
 from ._util import numerical_rank
 from .closed_form import NotApplicable, balanced_split
 from .metrics import centering_matrix
@@ -772,6 +773,7 @@ def _fista(form: Form, X, b, tol: float, max_iter: int, check_every: int, progre
     t = 1.0
     cert = check(X, b, spec.nuclear(X)) if start_optimal or max_iter < 1 else {"rel_gap": math.inf}
     nuc, it = None, 0
+    bar = Progress(progress, None, "ufm.solve (prox)")
     while cert["rel_gap"] > tol and it < max_iter:
         it += 1
         gX, gb = grad(Yx, Yb)
@@ -802,8 +804,8 @@ def _fista(form: Form, X, b, tol: float, max_iter: int, check_every: int, progre
         Lip *= 0.95                      # let the step grow again
         if it % check_every == 0 or it == max_iter:
             cert = check(X, b, nuc)
-            if progress:
-                print(f"ufm prox: iteration {it}, relative gap {cert['rel_gap']:.2e}", flush=True)
+            bar.note(f"iteration {it}, relative gap {cert['rel_gap']:.2e}")
+    bar.close()
     return X, cert["b"], it, cert
 
 

@@ -63,10 +63,11 @@ import numpy as np
 
 from .. import _interrupt, _memory
 from .._checks import check_int, check_nonneg, check_positive
+from .._progress import Progress
 from ..results import FitResult
 from .io import as_numpy
 from .m1 import anchored_path, anchored_path_patterns
-from .m2 import (ENGINES, STARTS, M2Model, Reporter, align_monotone, align_refined, alignment_cost, at_fraction,
+from .m2 import (ENGINES, STARTS, M2Model, align_monotone, align_refined, alignment_cost, at_fraction,
                  fit_m2, isotropic_init)
 from .observed import Representations, first_state, read_observed, unit_centred
 from .patterns import PatternAlgebra, pattern_ids, project_patterns
@@ -250,7 +251,7 @@ def _fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, lo
          progress: bool = False) -> FitResult:
     """:func:`fit` without the Ctrl-C policy (it runs inside ``_interrupt.deferred``)."""
     t_start = time.perf_counter()
-    report = Reporter(progress)
+    report = Progress(progress, None, "ufm.fit").note     # status lines on stderr
     models = _check_models(models)
     if loss not in ("ce", "mse"):
         raise ValueError(f"loss must be 'ce' or 'mse', got {loss!r}.")

@@ -57,8 +57,6 @@ Thrampoulidis, "Structure Before Collapse", arXiv 2606.26749.
 from __future__ import annotations
 
 import math
-import sys
-import time
 
 import numpy as np
 
@@ -678,23 +676,6 @@ def alignment_cost(rep, model):
 
 
 # -- the fit -----------------------------------------------------------------------------------
-class Reporter:
-    """Progress lines on stderr at most every ``every`` seconds (and the first one at once)."""
-
-    def __init__(self, enabled, every=2.0):
-        self.enabled, self.every = enabled, every
-        self.t0 = time.perf_counter()
-        self.last = -math.inf
-
-    def __call__(self, msg, force=False):
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if force or now - self.last >= self.every:
-            self.last = now
-            print(f"[ufm.fit] {msg} ({now - self.t0:.1f} s)", file=sys.stderr, flush=True)
-
-
 #: The simulation cache of :class:`M2Model` (Nelder-Mead revisits points) holds at most this many
 #: trajectories and this many bytes (a dense trajectory is ``n_model x K x K`` floats); then it is emptied.
 CACHE_ENTRIES = 513
