@@ -303,7 +303,7 @@ def test_import_does_not_load_torch():
 def test_cli_train_network_writes_a_loadable_run(tmp_path, capsys):
     out = tmp_path / "run.npz"
     rc = main(["train-network", "--setting", "factorial", "--levels", "2,2,2", "--steps", "150", "--width", "32",
-               "--records", "12", "--seed", "1", "--quiet", "--out", str(out)])
+               "--n-records", "12", "--seed", "1", "--quiet", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
     assert "semantic gap: start" in text and "peak" in text and "end" in text and str(out) in text

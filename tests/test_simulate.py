@@ -389,3 +389,27 @@ def test_interrupt_between_chunks_keeps_the_kernel_records_of_the_last_row(monke
         st = {"W": tr.W[0, j], "H": tr.H[0, j]}
         assert tr.loss[0, j] == pytest.approx(losses.state_objective(p, st), rel=1e-12)
         np.testing.assert_allclose(tr.gram_means[0, j], _recomputed(p, st, "gram_means"), rtol=1e-12)
+
+
+def test_horizon_names_the_end_time_in_both_modes():
+    """horizon = steps * lr: any two of the three, or horizon alone for a flow."""
+    p = UFMProblem(K=3, n=2, d=4, loss="ce", lam_W=0.01, lam_H=0.01)
+    a = ufm.simulate(p, steps=200, lr=0.05, record=("loss",), n_records=5)
+    b = ufm.simulate(p, horizon=10.0, lr=0.05, record=("loss",), n_records=5)
+    c = ufm.simulate(p, horizon=10.0, steps=200, record=("loss",), n_records=5)
+    for tr in (b, c):
+        np.testing.assert_array_equal(tr.steps, a.steps)
+        np.testing.assert_allclose(tr.times, a.times, rtol=1e-12)
+        np.testing.assert_allclose(tr.loss, a.loss, rtol=1e-12)
+    f = ufm.simulate(p, horizon=10.0, mode="flow", record=("loss",), n_records=5)
+    g = ufm.simulate(p, steps=200, lr=0.05, mode="flow", record=("loss",), n_records=5)
+    assert f.times[-1] == pytest.approx(10.0, rel=1e-12) and f.status == "completed"
+    np.testing.assert_allclose(f.loss[0, -1], g.loss[0, -1], rtol=1e-6)
+    with pytest.raises(ValueError, match="whole number of steps"):
+        ufm.simulate(p, horizon=10.0, lr=0.3)
+    with pytest.raises(ValueError, match="not all three"):
+        ufm.simulate(p, steps=10, lr=0.1, horizon=1.0)
+    with pytest.raises(ValueError, match="pass lr"):
+        ufm.simulate(p, horizon=10.0)
+    with pytest.raises(ValueError, match="steps is required"):
+        ufm.simulate(p, lr=0.1)

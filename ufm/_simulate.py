@@ -320,7 +320,8 @@ def memory_estimate(problem, recorders, seeds: int, n_times: int, mode: str = "g
 
 
 # -- the entry point -----------------------------------------------------------------
-def simulate(problem, steps: int, lr: float | None = None, *, mode: str = "gd", init_scale: float = 1e-3,
+def simulate(problem, steps: int | None = None, lr: float | None = None, *, horizon: float | None = None,
+             mode: str = "gd", init_scale: float = 1e-3,
              seed: int = 0, seeds: int = 1, record=("loss",), n_records: int = 100, grid: str = "log",
              record_steps=None, W0=None, H0=None, A0=None, b0=None, attributes=None, dtype=np.float64,
              progress: bool = False, time_variable: str = "auto", rtol: float = 1e-8, atol: float = 1e-10,
@@ -336,6 +337,11 @@ def simulate(problem, steps: int, lr: float | None = None, *, mode: str = "gd", 
     lr : float
         Step size of GD; in flow mode the time unit, so that ``times = steps * lr``
         in both modes (GD with step ``lr`` approximates the flow at ``t = k lr``).
+    horizon : float, optional
+        The end time ``steps * lr``, the name every ``ufm`` function gives it. Give two
+        of ``steps``, ``lr`` and ``horizon`` (``horizon`` must then be a whole number of
+        steps); in flow mode ``horizon`` alone is enough: the time unit is then
+        ``lr = horizon / 2**20`` (recorded times are multiples of it).
     mode : {"gd", "flow"}
         ``"gd"``: plain GD with constant step, run by compiled kernels (its own
         dynamics, not the flow). ``"flow"``: the gradient-flow ODE integrated by an
@@ -411,6 +417,7 @@ def simulate(problem, steps: int, lr: float | None = None, *, mode: str = "gd", 
     THEORY.md §4 (gradients), §6 (dynamics), §8.1-8.2 (anchored and input-coupled models).
     """
     model = _model_name(problem)
+    steps, lr = _steps_and_lr(mode, steps, lr, horizon)
     a = check_arguments(steps=steps, lr=lr, mode=mode, init_scale=init_scale, seeds=seeds, dtype=dtype,
                         time_variable=time_variable, n_records=n_records, grid=grid, rtol=rtol, atol=atol,
                         max_steps=max_steps, on_interrupt=on_interrupt)
@@ -474,6 +481,40 @@ def simulate(problem, steps: int, lr: float | None = None, *, mode: str = "gd", 
     traj = Trajectory(steps=done, times=done * lr, records=rec.arrays(kept), status=status, message=message,
                       mode=mode, meta=meta, citation="THEORY §4, §6, §8; ufm.simulate")
     return _interrupt.finish(traj, status == "interrupted", on_interrupt, message)
+
+
+#: Time resolution of a flow given by its horizon alone: ``lr = horizon / FLOW_UNITS``.
+FLOW_UNITS = 2**20
+
+
+def _steps_and_lr(mode, steps, lr, horizon):
+    """``steps`` and ``lr`` from any two of ``steps``, ``lr``, ``horizon`` (``horizon`` alone in flow mode)."""
+    if horizon is None:
+        if steps is None:
+            raise ValueError("steps is required (or horizon, the end time steps * lr).")
+        return steps, lr
+    try:
+        horizon = float(horizon)
+    except (TypeError, ValueError):
+        raise ValueError(f"horizon must be a finite time > 0, got {horizon!r}.") from None
+    if not (math.isfinite(horizon) and horizon > 0):
+        raise ValueError(f"horizon must be a finite time > 0, got {horizon}.")
+    if steps is not None and lr is not None:
+        raise ValueError(f"give two of steps, lr and horizon, not all three (horizon = steps * lr; got steps={steps}, "
+                         f"lr={lr}, horizon={horizon}).")
+    if steps is not None:
+        return steps, horizon / check_int("steps", steps, 1)
+    if lr is not None:
+        lr = check_arguments(lr=lr)["lr"]
+        n = round(horizon / lr)
+        if n < 1 or abs(n * lr - horizon) > 1e-9 * horizon:
+            raise ValueError(f"horizon={horizon} is not a whole number of steps of lr={lr} (horizon / lr = "
+                             f"{horizon / lr:.6g}); pass steps instead, or a horizon that is a multiple of lr.")
+        return n, lr
+    if mode != "flow":
+        raise ValueError(f"horizon alone sets a flow's end time; GD also needs its step size: pass lr (steps = "
+                         f"horizon / lr) or steps (lr = horizon / steps), or mode='flow'.")
+    return FLOW_UNITS, horizon / FLOW_UNITS
 
 
 def check_arguments(**kw) -> dict:

@@ -195,7 +195,7 @@ def _train_network(args) -> int:
                             weight_decay=args.weight_decay, width=args.width, depth=args.depth,
                             item_scale=args.item_scale, feature_layer=args.feature_layer,
                             feature_decay=args.feature_decay, classifier_decay=args.classifier_decay,
-                            batch_size=args.batch_size, n_records=args.records, seed=args.seed,
+                            batch_size=args.batch_size, n_records=args.n_records, seed=args.seed,
                             progress=not args.quiet, out=args.out)
     except (ValueError, ImportError, OSError) as err:
         print(f"ufm train-network: {err}", file=sys.stderr)
@@ -331,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--feature-layer", choices=["linear", "relu"],
                     help="MLP only: features are the last hidden layer's linear output (default) or its ReLU")
     tn.add_argument("--batch-size", type=int, help="items per step (default: full batch)")
-    tn.add_argument("--records", type=int, default=60, help="records on the log-spaced step grid (default 60)")
+    tn.add_argument("--n-records", "--records", dest="n_records", type=int, default=60,
+                    help="records on the log-spaced step grid, as n_records of train_network (default 60)")
     tn.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     tn.add_argument("--out", required=True, help="the run file to write (.npz; .safetensors or .h5 by extension)")
     tn.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -44,6 +44,7 @@ from .closed_form import NotApplicable, balanced_split
 from .metrics import centering_matrix
 from .problems import AnchoredUFM, InputCoupledUFM, UFMProblem
 from .results import Solution
+from ._checks import check_int, check_positive
 
 __all__ = ["convex", "prox", "svm", "certificate", "Form", "form_of", "applies_convex", "applies_prox",
            "applies_svm", "SOLVERS"]
@@ -415,7 +416,7 @@ def _cvx_program(form: Form):
     return cp.Problem(cp.Minimize(obj)), X, b
 
 
-def convex(problem, *, solver: str = "CLARABEL", reduce="auto", eps: float = 1e-9, max_iters: int = 100_000,
+def convex(problem, *, solver: str = "CLARABEL", reduce="auto", tol: float = 1e-9, max_iter: int = 100_000,
            polish: float | None = 1e-7, verbose: bool = False) -> Solution:
     """Global optimum from the convex program (4.1) (or (8.2b)), solved by cvxpy.
 
@@ -425,15 +426,17 @@ def convex(problem, *, solver: str = "CLARABEL", reduce="auto", eps: float = 1e-
         Regularized (``mu = sqrt(lam_W lam_H) > 0``); any labels, counts and bias.
     solver : {"CLARABEL", "SCS"}
         Interior point (Clarabel, default: accurate for small and medium sizes)
-        or first-order conic (SCS, run with ``eps_abs = eps_rel = eps``).
+        or first-order conic (SCS, run with ``eps_abs = eps_rel = tol``).
     reduce : "auto", True or False
         Use the class-collapsed K x K form for hard labels (THEORY §4).
-    eps : float
-        Solver tolerances (Clarabel's gap and feasibility tolerances, SCS's eps).
-    max_iters : int
-        Iteration limit passed to the solver.
+    tol : float
+        Solver tolerance (Clarabel's gap and feasibility tolerances, SCS's ``eps_abs`` and
+        ``eps_rel``); the stopping tolerance is called ``tol`` in every ``ufm`` solver.
+    max_iter : int
+        Iteration limit passed to the solver (Clarabel's ``max_iter``, at most 500 here: an
+        interior-point method that needs more is not converging; SCS's ``max_iters``).
     polish : float or None
-        Interior-point and conic solutions stop at about ``eps`` in the objective,
+        Interior-point and conic solutions stop at about ``tol`` in the objective,
         which can leave the certified gap near 1e-5 (the certificate is linear in
         the distance to the optimum, the objective quadratic); by default proximal
         iterations from the solver's point bring the certified relative gap below
@@ -459,8 +462,10 @@ def convex(problem, *, solver: str = "CLARABEL", reduce="auto", eps: float = 1e-
     if zero is not None:
         return zero
     prob, X, b = _cvx_program(form)
-    opts = ({"eps_abs": eps, "eps_rel": eps, "max_iters": max_iters} if solver == "SCS" else
-            {"tol_gap_abs": eps, "tol_gap_rel": eps, "tol_feas": eps, "max_iter": 500})
+    tol = check_positive("tol", tol, "the solver tolerance, e.g. 1e-9")
+    max_iter = check_int("max_iter", max_iter, 1)
+    opts = ({"eps_abs": tol, "eps_rel": tol, "max_iters": max_iter} if solver == "SCS" else
+            {"tol_gap_abs": tol, "tol_gap_rel": tol, "tol_feas": tol, "max_iter": min(max_iter, 500)})
     t0 = time.perf_counter()
     try:
         prob.solve(solver=solver, verbose=verbose, **opts)
@@ -471,7 +476,7 @@ def convex(problem, *, solver: str = "CLARABEL", reduce="auto", eps: float = 1e-
         return Solution(W=np.zeros((problem.K, problem.d)), H=np.zeros((problem.d, problem.N)), b=None,
                         Z=np.zeros((problem.K, problem.N)), loss=math.nan, success=False, status=str(prob.status),
                         message=f"{solver} returned status {prob.status!r} and no solution; try solver='SCS' "
-                                f"with a looser eps, or method='prox'.", method="convex",
+                                f"with a looser tol, or method='prox'.", method="convex",
                         meta={"solver": solver, "solver_status": prob.status}, citation=_CITE)
     Xv = np.asarray(X.value)
     bv = None if b is None else np.asarray(b.value)
@@ -485,7 +490,7 @@ def convex(problem, *, solver: str = "CLARABEL", reduce="auto", eps: float = 1e-
     if ok:
         return sol
     return sol.replace(success=False, status="inaccurate",
-                    message=sol.message + " Not certified optimal: tighten eps or use method='prox'.")
+                    message=sol.message + " Not certified optimal: tighten tol or use method='prox'.")
 
 
 # -- singular-value thresholding and operator norms ------------------------------------------
