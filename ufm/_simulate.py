@@ -153,7 +153,7 @@ def _has_weight_decay(problem) -> bool:
     return problem.lam_W > 0 or problem.lam_H > 0 or problem.lam_b > 0 or getattr(problem, "beta", 0.0) > 0
 
 
-def _initial_states(problem, seeds, seed, init_scale, given, dtype):
+def initial_states(problem, seeds, seed, init_scale, given, dtype):
     """One state per seed: small Gaussian blocks (bias 0), or the user's arrays.
 
     Seed ``i`` draws from child ``i`` of ``SeedSequence(seed)`` (``spawn_key=(i,)``, what
@@ -456,7 +456,7 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
     warnings = []
     with _interrupt.deferred():
         try:
-            batch = _initial_states(problem, seeds, seed, init_scale, given, dtype)
+            batch = initial_states(problem, seeds, seed, init_scale, given, dtype)
         except KeyboardInterrupt:
             raise _interrupt.interrupted(None, "interrupted while drawing the initial states; nothing was run.") \
                 from None

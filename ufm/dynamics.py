@@ -36,6 +36,7 @@ import math
 import numpy as np
 
 from . import _memory
+from ._simulate import initial_states
 from ._checks import check_nonneg
 from .problems import InputCoupledUFM, UFMProblem
 from .metrics import centering_matrix, double_centre
@@ -981,9 +982,7 @@ def semantic_curve(problem, times, attributes=None, *, z0=None, init_scale=None,
         meta["transition"] = found["transition"]
 
     if n_spread:
-        from ._simulate import _initial_states
-
-        starts = _initial_states(problem, n_spread, int(spread_seed), s0, {}, np.float64)
+        starts = initial_states(problem, n_spread, int(spread_seed), s0, {}, np.float64)
         names = ("peak_time", "t50", "t90", "transition_time")
         samples = {name: np.full(n_spread, np.nan) for name in names}
         for i in range(n_spread):

@@ -866,6 +866,95 @@ class Run(_Result):
                 f"with {extra})")
 
 
+# -- a Run as a file: what ufm.bridge.io writes to safetensors and HDF5 as Run.save does to .npz ------
+#: Array fields of :class:`Run`, in order, and those that hold integers.
+RUN_ARRAYS = Run._ARRAYS
+RUN_INT_ARRAYS = Run._INT_ARRAYS
+
+
+def run_file(run: Run) -> tuple[dict, dict]:
+    """The JSON header and the arrays of ``run`` as :meth:`Run.save` writes them.
+
+    Parameters
+    ----------
+    run : Run
+        The run.
+
+    Returns
+    -------
+    header : dict
+        ``schema`` (the file layout version), ``type``, ``scalars``, ``meta``.
+    arrays : dict
+        Field name -> array, for the fields that are not ``None``.
+    """
+    header = {"schema": _SCHEMA, "type": "Run", "scalars": _jsonable(run._scalars()), "meta": run.meta}
+    return header, run._all_arrays()
+
+
+def check_run_file(header: dict) -> str | None:
+    """What is wrong with the header of a Run file (``None``: nothing): ``"'field' problem; fix"``.
+
+    Parameters
+    ----------
+    header : dict
+        The file's JSON header.
+
+    Returns
+    -------
+    str or None
+        The problem, or ``None`` for a Run file of the layout this ufm writes.
+    """
+    kind = header.get("type")
+    if kind != "Run":
+        if kind in _TYPES:
+            return (f"'type' is {kind!r}: the file holds a ufm {kind}, not a bridge Run; read it with "
+                    "ufm.results.load, or pass a file written by Exporter.save / save_run")
+        return (f"'type' is the unknown result type {kind!r} (expected 'Run'); pass a file written by "
+                "Exporter.save / save_run")
+    if header.get("schema") != _SCHEMA:
+        return (f"'schema' is {header.get('schema')!r}, this ufm reads file schema {_SCHEMA}; convert the file with "
+                "the ufm version that wrote it")
+    return None
+
+
+def run_array(name: str, value, *, integer: bool = False, ndim: int | None = None) -> np.ndarray:
+    """``value`` checked as the Run field ``name`` (finite numbers, ``ndim`` axes), as float64 or int64.
+
+    Parameters
+    ----------
+    name : str
+        The field, for the ValueError.
+    value : array-like
+        Its data.
+    integer : bool
+        An integer field (int64).
+    ndim : int, optional
+        The number of axes it must have.
+
+    Returns
+    -------
+    ndarray
+        The checked array.
+    """
+    return _run_array(name, value, integer=integer, ndim=ndim)
+
+
+def jsonable(x):
+    """``x`` with tuples as lists, numpy scalars and arrays as Python numbers and lists (what a JSON header holds).
+
+    Parameters
+    ----------
+    x : object
+        A value of ``meta`` or a scalar field.
+
+    Returns
+    -------
+    object
+        The JSON-friendly value.
+    """
+    return _jsonable(x)
+
+
 @dataclass(frozen=True, eq=False)
 class FitResult(_Result):
     """UFM models fitted to observed Gram trajectories: what :func:`ufm.fit` returns (THEORY §8.6).

@@ -70,7 +70,7 @@ import numpy as np
 from .. import _memory
 from .._checks import check_int, check_nonneg, check_positive
 from .._progress import Progress
-from .io import Exporter, _format_of, log_steps, save_run
+from .io import Exporter, file_format, log_steps, save_run
 from .report import within_class
 
 __all__ = ["DEFAULTS", "LEGACY", "gap_summary", "train_network"]
@@ -380,7 +380,7 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
         folder = os.path.dirname(os.path.abspath(out))
         if not os.path.isdir(folder):
             raise ValueError(f"out={out!r}: the folder {folder!r} does not exist; create it first.")
-        _format_of(out, default_npz=True)     # an unknown extension fails now, not after training
+        file_format(out, default_npz=True)     # an unknown extension fails now, not after training
 
     grid = log_steps(steps, n_records)
     d_feat = width

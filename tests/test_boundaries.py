@@ -1,0 +1,115 @@
+"""Module boundaries: no ufm module reaches into another module's private names.
+
+A name that starts with one underscore is private to the module that defines it.
+Private *modules* (``ufm._memory``, ``ufm._kernels``, ...) may be imported by name;
+what may not be used across modules is a private function, class, constant or
+method: ``from .results import _SCHEMA``, ``_simulate._Progress``,
+``run._all_arrays()``. Shared helpers live in ``ufm._util`` (or are public).
+"""
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent / "ufm"
+
+
+def _module_name(path: pathlib.Path, root: pathlib.Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _source_module(module: str, path: pathlib.Path, node: ast.ImportFrom) -> str:
+    if node.level == 0:
+        return node.module or ""
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    package = package[: len(package) - (node.level - 1)]
+    return ".".join(package + ([node.module] if node.module else []))
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _defined(tree: ast.AST) -> set:
+    """Every name a module binds: functions, classes, assignments, attributes it sets, arguments."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.alias):
+            names.add(node.asname or node.name)
+    return names
+
+
+def _violations(root: pathlib.Path = ROOT) -> list:
+    files = sorted(root.rglob("*.py"))
+    trees = {path: ast.parse(path.read_text(encoding="utf-8"), str(path)) for path in files}
+    modules = {_module_name(path, root) for path in files}
+    defined = {path: _defined(tree) for path, tree in trees.items()}
+    private_anywhere = {name for names in defined.values() for name in names if _private(name)}
+    found = []
+    for path, tree in trees.items():
+        module, here = _module_name(path, root), f"{path.relative_to(root.parent)}"
+        aliases = {}                                  # local name -> ufm module it is bound to
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                source = _source_module(module, path, node)
+                if source.split(".")[0] != "ufm":
+                    continue
+                for alias in node.names:
+                    if f"{source}.{alias.name}" in modules:
+                        aliases[alias.asname or alias.name] = f"{source}.{alias.name}"
+                    elif _private(alias.name) and source != module:
+                        found.append(f"{here}:{node.lineno}: from {source} import {alias.name}")
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] == "ufm":
+                        aliases[alias.asname or alias.name.split(".")[0]] = alias.name
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Attribute) and _private(node.attr)):
+                continue
+            value = node.value
+            if isinstance(value, ast.Name) and value.id in aliases:
+                found.append(f"{here}:{node.lineno}: {value.id}.{node.attr} (a private name of {aliases[value.id]})")
+            elif (not (isinstance(value, ast.Name) and value.id in ("self", "cls"))
+                  and node.attr in private_anywhere and node.attr not in defined[path]):
+                found.append(f"{here}:{node.lineno}: .{node.attr} (private to the module that defines it)")
+    return found
+
+
+def test_no_module_uses_another_modules_private_names():
+    found = _violations()
+    assert not found, "private names used across modules (make them public or move them to ufm._util):\n" + \
+        "\n".join(found)
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("from .results import _SCHEMA\n", "from ufm.results import _SCHEMA"),
+    ("from . import _simulate\nx = _simulate._Progress\n", "_simulate._Progress"),
+])
+def test_the_check_finds_a_private_import(tmp_path, source, expected):
+    pkg = tmp_path / "ufm"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "results.py").write_text("_SCHEMA = 1\n")
+    (pkg / "_simulate.py").write_text("class _Progress:\n    pass\n")
+    (pkg / "user.py").write_text(source)
+    assert any(expected in line for line in _violations(pkg))
+
+
+def test_the_check_finds_a_private_method_of_another_module(tmp_path):
+    pkg = tmp_path / "ufm"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "results.py").write_text("class Run:\n    def _all_arrays(self):\n        return {}\n")
+    (pkg / "io.py").write_text("def save(run):\n    return run._all_arrays()\n")
+    assert [line.split(": ", 1)[1] for line in _violations(pkg)] == [
+        "._all_arrays (private to the module that defines it)"]
