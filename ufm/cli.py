@@ -7,6 +7,7 @@ import sys
 
 from ._cli_sweep import run_config
 from ._util import check_output_folder
+from .settings import NAMED_SETTINGS, named_setting
 
 __all__ = ["main"]
 
@@ -144,33 +145,14 @@ def _fit(args) -> int:
     return 0
 
 
-#: ``ufm train-network`` settings: generator, argument names of ``--levels``, default ``--levels``.
-_NETWORK_SETTINGS = {
-    "factorial": ("levels", None, (2, 2, 2, 2, 2)),
-    "hierarchy": ("branching", None, (2, 2, 2, 2, 2)),
-    "ntp_contexts": (None, ("n_classes", "objects_per_class", "verbs_per_class", "n_subjects"), (4, 8, 2, 32)),
-}
-
-
 def network_setting(name: str, levels=None):
-    """The setting ``ufm train-network --setting NAME [--levels ...]`` trains on (also ``ufm fit --setting``).
-
-    ``levels``: factor levels (factorial), branching per level (hierarchy), or
-    ``n_classes, objects_per_class, verbs_per_class, n_subjects`` (ntp_contexts);
-    default ``_NETWORK_SETTINGS[name][2]``.
-    """
-    from . import settings
-
-    if name not in _NETWORK_SETTINGS:
-        raise ValueError(f"setting must be one of {sorted(_NETWORK_SETTINGS)}, got {name!r}.")
-    _, names, default = _NETWORK_SETTINGS[name]
-    levels = default if levels is None else tuple(levels)
-    if names is None:
-        return getattr(settings, name)(levels)
-    if len(levels) != len(names):
-        raise ValueError(f"--levels for ntp_contexts takes {len(names)} integers ({','.join(names)}), "
-                         f"e.g. 4,8,2,32; got {len(levels)}")
-    return settings.ntp_contexts(**dict(zip(names, levels)))
+    """The setting ``ufm train-network --setting NAME [--levels ...]`` trains on (also ``ufm fit --setting``):
+    :func:`ufm.settings.named_setting` with the ``"network"`` sizes by default."""
+    named = NAMED_SETTINGS.get(name)
+    if named is not None and named.arguments and levels is not None and len(levels) != len(named.arguments):
+        raise ValueError(f"--levels for {name} takes {len(named.arguments)} integers ({','.join(named.arguments)}), "
+                         f"e.g. {','.join(map(str, named.network))}; got {len(levels)}")
+    return named_setting(name, levels, preset="network")
 
 
 def _train_network(args) -> int:
@@ -271,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "on a bad file or argument, 130 after Ctrl-C (the best parameters found are "
                                     "written).")
     ft.add_argument("run", help="the recorded run (written by ufm train-network or ufm.bridge.Exporter)")
-    ft.add_argument("--setting", choices=["factorial", "hierarchy", "ntp_contexts"],
+    ft.add_argument("--setting", choices=sorted(NAMED_SETTINGS),
                     help="the setting `ufm train-network --setting NAME` uses by default, when the run does not "
                          "record its setting")
     ft.add_argument("--models", default="static,input_coupled,anchored",
@@ -305,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "docs/bridge/networks.md). Exit status: 0 "
                                     "completed, 1 diverged, 2 bad argument, 130 interrupted (the partial run is "
                                     "written).")
-    tn.add_argument("--setting", required=True, choices=sorted(_NETWORK_SETTINGS), help="the synthetic setting")
+    tn.add_argument("--setting", required=True, choices=sorted(NAMED_SETTINGS), help="the synthetic setting")
     tn.add_argument("--levels", help="factorial: levels per factor (default 2,2,2,2,2); hierarchy: branching per "
                                      "level (default 2,2,2,2,2); ntp_contexts: n_classes,objects_per_class,"
                                      "verbs_per_class,n_subjects (default 4,8,2,32)")

@@ -194,11 +194,12 @@ def structure_before_collapse(out: str | os.PathLike = "ufm-demo", *, sigma: flo
     from . import dynamics, metrics
     from ._simulate import simulate
     from ._solve import solve
-    from .phase import make_setting, phase_diagram
+    from .phase import phase_diagram
+    from .settings import named_setting
     from .problems import InputCoupledUFM
 
     os.makedirs(out, exist_ok=True)
-    st = make_setting("factorial")
+    st = named_setting("factorial")
     m = InputCoupledUFM.from_setting(st, sigma=sigma, d=16, loss="ce", lam_W=lam, lam_A=lam)
     sol = solve(m)
     E = sol.H.T @ sol.H

@@ -41,36 +41,9 @@ import math
 
 import numpy as np
 
-__all__ = ["SETTINGS", "make_setting", "phase_point", "phase_diagram", "transient_models"]
+from .settings import named_setting
 
-#: The default instance of each setting generator of :mod:`ufm.settings`.
-SETTINGS = {
-    "factorial": ("factorial", ((2, 2, 2),), {}),
-    "hierarchy": ("hierarchy", (2,), {"depth": 3}),
-    "ntp_contexts": ("ntp_contexts", (), {}),
-}
-
-
-def make_setting(name: str):
-    """The default setting called ``name``: ``factorial((2, 2, 2))``, ``hierarchy(2, depth=3)`` or ``ntp_contexts()``.
-
-    Parameters
-    ----------
-    name : {"factorial", "hierarchy", "ntp_contexts"}
-        One of :data:`SETTINGS`.
-
-    Returns
-    -------
-    Setting
-        A new instance.
-    """
-    from . import settings
-
-    if name not in SETTINGS:
-        raise ValueError(f"setting must be one of {sorted(SETTINGS)}, got {name!r}.")
-    gen, args, kw = SETTINGS[name]
-    return getattr(settings, gen)(*args, **kw)
-
+__all__ = ["phase_point", "phase_diagram", "transient_models"]
 
 def phase_point(setting: str = "factorial", sigma: float = 3.0, strength: float = 1.0, lam: float = 1e-3, *,
                 loss: str = "ce", d: int | None = None, init_scale: float = 1e-3, simulate: bool = False,
@@ -80,7 +53,7 @@ def phase_point(setting: str = "factorial", sigma: float = 3.0, strength: float 
     Parameters
     ----------
     setting : {"factorial", "hierarchy", "ntp_contexts"}
-        The default instance (:func:`make_setting`).
+        The default instance (:func:`ufm.settings.named_setting`).
     sigma : float
         Per-item capacity (``Phi = [strength * Phi_attr; sigma I]``, THEORY §8.2).
     strength : float
@@ -113,7 +86,7 @@ def phase_point(setting: str = "factorial", sigma: float = 3.0, strength: float 
     from ._solve import solve
     from .problems import InputCoupledUFM
 
-    st = make_setting(setting)
+    st = named_setting(setting)
     m = InputCoupledUFM.from_setting(st, sigma=float(sigma), d=d, loss=loss, lam_W=float(lam), lam_A=float(lam),
                                      strengths=float(strength))
     sol = solve(m)
@@ -158,7 +131,7 @@ def phase_diagram(settings=("factorial", "hierarchy", "ntp_contexts"), sigmas=(1
     Parameters
     ----------
     settings, sigmas, strengths, lams : sequences
-        The grid axes (setting names of :data:`SETTINGS`; ``lam`` is
+        The grid axes (setting names of :data:`ufm.settings.NAMED_SETTINGS`; ``lam`` is
         ``lam_W = lam_A``).
     grid : list of dict, optional
         Explicit points instead of the product.
@@ -193,7 +166,7 @@ def phase_diagram(settings=("factorial", "hierarchy", "ntp_contexts"), sigmas=(1
     if grid is None:
         settings = _axis("settings", settings, "setting names", "('factorial', 'hierarchy')")
         for s in settings:
-            make_setting(s)    # a clear error for an unknown name, before any work
+            named_setting(s)    # a clear error for an unknown name, before any work
         grid = {"setting": list(settings),
                 "sigma": _numbers("sigmas", sigmas, positive=True, meaning="per-item capacities"),
                 "strength": _numbers("strengths", strengths, positive=False, meaning="attribute weights"),
@@ -206,7 +179,7 @@ def phase_diagram(settings=("factorial", "hierarchy", "ntp_contexts"), sigmas=(1
             if not isinstance(point, dict):
                 raise ValueError(f"grid[{i}] must be a dict of setting, sigma, strength, lam; got {point!r}.")
             if "setting" in point:
-                make_setting(point["setting"])
+                named_setting(point["setting"])
             for key, pos, meaning in (("sigma", True, "a per-item capacity"), ("strength", False, "an attribute "
                                       "weight"), ("lam", False, "a weight decay")):
                 if key in point:
@@ -268,7 +241,7 @@ def transient_models(setting: str = "factorial", *, sigma: float = 3.0, lam: flo
     Parameters
     ----------
     setting : {"factorial", "hierarchy", "ntp_contexts"}
-        The default instance (:func:`make_setting`).
+        The default instance (:func:`ufm.settings.named_setting`).
     sigma : float
         Per-item capacity of M2.
     lam : float
@@ -299,7 +272,7 @@ def transient_models(setting: str = "factorial", *, sigma: float = 3.0, lam: flo
     from ._simulate import simulate
     from .problems import AnchoredUFM, InputCoupledUFM
 
-    st = make_setting(setting)
+    st = named_setting(setting)
     N = st.N
     steps = 10**6
     H0 = np.vstack([anchor_scale * st.attribute_encoding(), np.zeros((N, N))])

@@ -34,9 +34,7 @@ def setting_keys(generator: str) -> set:
 PROBLEMS = {
     "ufm": ("ufm.problems:UFMProblem", None),
     "layer_peeled": ("ufm.problems:LayerPeeledProblem", None),
-    "factorial": ("ufm._sweep.tasks:setting_problem", "factorial"),
-    "hierarchy": ("ufm._sweep.tasks:setting_problem", "hierarchy"),
-    "ntp_contexts": ("ufm._sweep.tasks:setting_problem", "ntp_contexts"),
+    **{name: ("ufm._sweep.tasks:setting_problem", name) for name in settings.NAMED_SETTINGS},
 }
 
 

@@ -70,6 +70,7 @@ import numpy as np
 from .. import _memory
 from .._checks import check_int, check_nonneg, check_positive
 from .._progress import Progress
+from ..settings import Setting, generator_of
 from .io import Exporter, file_format, log_steps, save_run
 from .report import within_class
 
@@ -114,15 +115,6 @@ def _import_torch():
 def _torch_seed(seed: int) -> int:
     """A 63-bit torch seed derived from ``np.random.SeedSequence(seed)``."""
     return int(np.random.SeedSequence(seed).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-def _generator(setting) -> str | None:
-    """The generator of :mod:`ufm.settings` that built ``setting`` (from its params), or ``None``."""
-    keys = set(setting.params)
-    for name, key in (("factorial", "levels"), ("hierarchy", "branching"), ("ntp_contexts", "n_classes")):
-        if key in keys:
-            return name
-    return None
 
 
 # -- the networks (built after torch is imported) --------------------------------------------
@@ -322,8 +314,6 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
     >>> run = train_network(factorial((2,) * 5))                # doctest: +SKIP
     >>> [semantic_gap(G, run.attributes) for G in run.grams]    # doctest: +SKIP
     """
-    from ..settings import Setting
-
     if not isinstance(setting, Setting):
         raise ValueError(f"setting must be a ufm.settings.Setting (e.g. ufm.settings.factorial((2, 2, 2))), "
                          f"got {type(setting).__name__}.")
@@ -411,7 +401,7 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
                    "init": f"embeddings N(0, {_EMB_STD}^2); linear layers torch default (Kaiming-uniform)",
                    "classifier": f"linear {width} -> vocabulary ({V}) without bias", "outputs": V,
                    "features": "final LayerNorm output at the last position"}
-    setting_meta = {"name": setting.name, "generator": _generator(setting), "params": dict(setting.params),
+    setting_meta = {"name": setting.name, "generator": generator_of(setting), "params": dict(setting.params),
                     "factor_names": list(setting.factor_names), "N": N, "F": setting.F}
     torch_seed = _torch_seed(seed)
     meta = {"source": "ufm.bridge.train_network", "setting": setting_meta, "network": network,

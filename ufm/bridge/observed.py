@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from .. import metrics
+from .. import metrics, settings
 from ..results import Run, Trajectory
 from .io import as_numpy, load_run
 from .patterns import outside_fraction, pattern_ids, project_patterns, psd_root
@@ -158,13 +158,11 @@ def _load_source(path: str):
 def _setting_from_meta(meta):
     """Rebuild a setting from the run's ``meta["setting"]`` (``{"name": "factorial(...)", "params": {...}}``, as
     :func:`ufm.bridge.train_network` records it; ``"generator"`` may name the function); ``None`` if it cannot."""
-    from .. import settings
-
     if not isinstance(meta, dict):
         return None
     gen = meta.get("generator") or str(meta.get("name", "")).split("(")[0]
     params = meta.get("params")
-    if gen in ("factorial", "hierarchy", "ntp_contexts") and isinstance(params, dict):
+    if gen in settings.NAMED_SETTINGS and isinstance(params, dict):
         try:
             return getattr(settings, gen)(**params)
         except (TypeError, ValueError):
