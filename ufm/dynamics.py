@@ -670,9 +670,21 @@ def _level_time(fn, lo, hi, level):
 
 def _transient_search(model, gap, E, t_extra, horizon, far):
     """Peak, rise times and transition of one model's gap curve (see :func:`semantic_curve`, Notes)."""
+    t_lo = min(1e-3 / float(model.rate.max()), horizon * 1e-6)
+    out = _peak_search(model, gap, t_extra, horizon, t_lo)
+    out["transition_time"] = None
+    if E is None:
+        return out
+    out["transition_time"], out["transition"] = _transition_search(model, E, out["peak_gram"], out["peak_time"],
+                                                                    t_lo, far)
+    return out
+
+
+def _peak_search(model, gap, t_extra, horizon, t_lo) -> dict:
+    """The gap's maximum (on a log grid up to ``horizon``, refined by a bounded scalar search in log t), its
+    value at 0 and the rise times (first crossings of ``gap(0) + f (peak - gap(0))``, refined by Brent)."""
     from scipy.optimize import minimize_scalar
 
-    t_lo = min(1e-3 / float(model.rate.max()), horizon * 1e-6)
     grid = np.unique(np.concatenate([[0.0], np.geomspace(t_lo, horizon, 600), t_extra[(t_extra > 0)
                                                                                       & (t_extra <= horizon)]]))
 
@@ -692,7 +704,6 @@ def _transient_search(model, gap, E, t_extra, horizon, far):
            "peak": "interior maximum" if 0 < j < grid.size - 1 else
            ("at t = 0: the gap never rises above its initial value" if j == 0 else
             "at the horizon: the gap is still rising; raise horizon")}
-    # rise times: first crossing of start + f (peak - start), on the grid up to the peak, refined by Brent
     for f in RISE_FRACTIONS:
         key = f"t{round(100 * f)}"
         out[key] = math.nan
@@ -703,11 +714,14 @@ def _transient_search(model, gap, E, t_extra, horizon, far):
                 k = int(hits[0])
                 out[key] = float(grid[k]) if k == 0 else _level_time(gap_at, float(grid[k - 1]), float(grid[k]),
                                                                     level)
-    out["peak_gram"] = peak_gram = _unit(model.gram([peak_t])[0])
-    out["transition_time"] = None
-    if E is None:
-        return out
+    out["peak_gram"] = _unit(model.gram([peak_t])[0])
+    return out
 
+
+def _transition_search(model, E, peak_gram, peak_t, t_lo, far) -> tuple:
+    """``(time, description)`` of the first time after the peak, up to ``far``, when the centred unit Gram is
+    closer to the end state ``E`` than to the peak's (a sign change of ``||G^ - E|| - ||G^ - G^_peak||``,
+    refined by Brent); the time is ``None`` when it is not reached."""
     def D(tt):
         def one(G):
             Gh = _unit(G)
@@ -721,13 +735,11 @@ def _transient_search(model, gap, E, t_extra, horizon, far):
         if neg.size:
             k = int(neg[0])
             lo = chunk[k - 1] if k > 0 else last
-            out["transition_time"] = float(chunk[k]) if lo is None else _level_time(
-                lambda tt: float(D([tt])[0]), float(lo), float(chunk[k]), 0.0)
-            out["transition"] = "first time after the peak when the Gram is closer to the end state"
-            return out
+            time = float(chunk[k]) if lo is None else _level_time(lambda tt: float(D([tt])[0]), float(lo),
+                                                                  float(chunk[k]), 0.0)
+            return time, "first time after the peak when the Gram is closer to the end state"
         last = chunk[-1]
-    out["transition"] = (f"not reached by t = {far:g}: the Gram stays closer to its peak than to the end state")
-    return out
+    return None, f"not reached by t = {far:g}: the Gram stays closer to its peak than to the end state"
 
 
 def transient_times(times, gap, grams=None, end_gram=None) -> dict:
@@ -982,30 +994,36 @@ def semantic_curve(problem, times, attributes=None, *, z0=None, init_scale=None,
         meta["transition"] = found["transition"]
 
     if n_spread:
-        starts = initial_states(problem, n_spread, int(spread_seed), s0, {}, np.float64)
-        names = ("peak_time", "t50", "t90", "transition_time")
-        samples = {name: np.full(n_spread, np.nan) for name in names}
-        for i in range(n_spread):
-            mi = _CoreModel(problem, starts["W"][i], starts["A"][i], rtol)
-            fi = _transient_search(mi, gap, E, np.array([]), max(horizon, 2.0 * mi.saturation_time()), core_far(mi))
-            for name in names:
-                if fi.get(name) is not None:
-                    samples[name][i] = fi[name]
-        summary = {"n": n_spread, "seed": int(spread_seed), "quantiles": list(SPREAD_QUANTILES),
-                   "starts": f"the Gaussian starts (std {s0:g}, width d = {problem.d}) of ufm.simulate(problem, "
-                             f"init_scale={s0:g}, seeds={n_spread}, seed={int(spread_seed)}), each followed by the "
-                             "core model (exact linear phase, then the flow of its growing part with the overlaps "
-                             "between modes kept)"}
-        for name in names:
-            constants[f"spread_{name}"] = samples[name]
-            ok = np.isfinite(samples[name])
-            summary[name] = np.quantile(samples[name][ok], SPREAD_QUANTILES).tolist() if ok.any() else None
-            summary[f"{name}_reached"] = int(ok.sum())
-        meta["spread"] = summary
+        meta["spread"] = _spread(problem, n_spread, int(spread_seed), s0, gap, E, horizon, core_far, rtol, constants)
     transition = found["transition_time"]
     return TheoryCurve(times=t, records=records, kind="semantic", constants=constants, meta=meta,
                        citation=_CITATION_MODES + "; THEORY §7.2, §7.4 (metrics)", peak_time=found["peak_time"],
                        peak_value=found["peak_value"], transition_time=transition)
+
+
+def _spread(problem, n_spread, spread_seed, s0, gap, E, horizon, core_far, rtol, constants) -> dict:
+    """Peak, rise and transition times over ``n_spread`` Gaussian starts (the core model from each), their
+    quantiles; the samples go into ``constants`` as ``spread_<name>``."""
+    starts = initial_states(problem, n_spread, spread_seed, s0, {}, np.float64)
+    names = ("peak_time", "t50", "t90", "transition_time")
+    samples = {name: np.full(n_spread, np.nan) for name in names}
+    for i in range(n_spread):
+        mi = _CoreModel(problem, starts["W"][i], starts["A"][i], rtol)
+        fi = _transient_search(mi, gap, E, np.array([]), max(horizon, 2.0 * mi.saturation_time()), core_far(mi))
+        for name in names:
+            if fi.get(name) is not None:
+                samples[name][i] = fi[name]
+    summary = {"n": n_spread, "seed": spread_seed, "quantiles": list(SPREAD_QUANTILES),
+               "starts": f"the Gaussian starts (std {s0:g}, width d = {problem.d}) of ufm.simulate(problem, "
+                         f"init_scale={s0:g}, seeds={n_spread}, seed={spread_seed}), each followed by the "
+                         "core model (exact linear phase, then the flow of its growing part with the overlaps "
+                         "between modes kept)"}
+    for name in names:
+        constants[f"spread_{name}"] = samples[name]
+        ok = np.isfinite(samples[name])
+        summary[name] = np.quantile(samples[name][ok], SPREAD_QUANTILES).tolist() if ok.any() else None
+        summary[f"{name}_reached"] = int(ok.sum())
+    return summary
 
 
 def _end_state(model, problem, end_gram):
