@@ -113,3 +113,29 @@ def test_the_check_finds_a_private_method_of_another_module(tmp_path):
     (pkg / "io.py").write_text("def save(run):\n    return run._all_arrays()\n")
     assert [line.split(": ", 1)[1] for line in _violations(pkg)] == [
         "._all_arrays (private to the module that defines it)"]
+
+
+#: The ufm modules that load a heavy package when imported (numba, sympy): imported where they are used.
+HEAVY = {"ufm._kernels", "ufm._integrate", "ufm.symbolic"}
+
+
+def test_internal_modules_are_imported_at_the_top():
+    files = sorted(ROOT.rglob("*.py"))
+    modules = {_module_name(path, ROOT) for path in files}
+    late = []
+    for path in files:
+        module = _module_name(path, ROOT)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if not isinstance(node, ast.ImportFrom):
+                    continue
+                source = _source_module(module, path, node)
+                if source.split(".")[0] != "ufm":
+                    continue
+                targets = {f"{source}.{a.name}" if f"{source}.{a.name}" in modules else source for a in node.names}
+                if not targets <= HEAVY:
+                    late.append(f"{path.relative_to(ROOT.parent)}:{node.lineno}: {sorted(targets - HEAVY)}")
+    assert not late, "import these at the top of the module (only numba/sympy modules load late):\n" + "\n".join(late)

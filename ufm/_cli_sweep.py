@@ -11,6 +11,7 @@ import os
 from . import _interrupt
 from ._sweep import PROBLEMS, RESERVED, sweep
 from ._util import check_output_folder
+from .plotting import plot_phase_diagram
 
 __all__ = ["run_config"]
 
@@ -161,8 +162,6 @@ def run_config(path, *, out=None, resume: bool = False, backend=None, n_jobs=Non
 
             matplotlib.use("Agg", force=True)
             import matplotlib.pyplot as plt
-
-            from .plotting import plot_phase_diagram
 
             fig, ax = plt.subplots(figsize=(4.2, 3.4))
             plot_phase_diagram(result, x, y, value, ax=ax, where=plot.get("where"), annotate=plot.get("annotate", True))

@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from . import losses
-from . import _interrupt, _memory, _threads
+from . import _interrupt, _memory, _threads, metrics
 from ._checks import check_int
 from ._progress import Progress
 from .metrics import double_centre
@@ -66,8 +66,6 @@ def _centred_mean_gram(problem, state):
 
 
 def _metric(name):
-    from . import metrics
-
     return getattr(metrics, name)
 
 
@@ -298,9 +296,7 @@ def memory_estimate(problem, recorders, seeds: int, n_times: int, mode: str = "g
     icm = isinstance(problem, InputCoupledUFM)
     if mode == "gd":
         if threads is None:
-            from ._threads import seed_threads
-
-            threads = seed_threads()
+            threads = _threads.seed_threads()
         running = max(1, min(seeds, int(threads)))
         per = 2 * K * N + K * d + 3 * N + (2 * d * N + d * shapes["A"][1] if icm else d * N)
         if not icm and d > N:

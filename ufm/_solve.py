@@ -15,6 +15,8 @@ import importlib
 
 import numpy as np
 
+from .convex import form_of
+
 __all__ = ["solve", "METHODS", "NoMethodApplies"]
 
 #: method name -> (module, solve function, applies function)
@@ -102,8 +104,6 @@ def _check_options(method, run, options):
 def _auto(problem, options):
     """Closed form when one applies; else the certified proximal solver on the convex form; else the
     max-margin program. The choice and the reason go to ``meta["auto"]``."""
-    from .convex import form_of
-
     reasons = {}
     ok, why = _method("closed_form")[1](problem)
     if ok:

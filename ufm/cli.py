@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import demo
 from ._cli_sweep import run_config
 from ._util import check_output_folder
+from .bridge.fitting import fit
+from .bridge.networks import gap_summary, train_network
+from .plotting import plot_fit_figure
 from .settings import NAMED_SETTINGS, named_setting
 
 __all__ = ["main"]
@@ -14,8 +18,6 @@ __all__ = ["main"]
 
 def _demo(args) -> int:
     import time
-
-    from .demo import run, structure_before_collapse
 
     t0 = time.perf_counter()
     try:
@@ -25,11 +27,11 @@ def _demo(args) -> int:
         return 2
     try:
         if not args.closed_forms:
-            structure_before_collapse(args.out, sigma=args.sigma, lam=args.lam, seeds=args.seeds, quick=args.quick,
+            demo.structure_before_collapse(args.out, sigma=args.sigma, lam=args.lam, seeds=args.seeds, quick=args.quick,
                                       figures=not args.no_figures)
         if args.closed_forms or args.all:
             print("\n== standard UFMs in closed form (THEORY TV1-TV3, layer-peeled)")
-            run(args.out, figures=not args.no_figures)
+            demo.run(args.out, figures=not args.no_figures)
     except KeyboardInterrupt:
         print(f"ufm demo: interrupted (Ctrl-C) after {time.perf_counter() - t0:.1f} s; what was finished is in "
               f"{args.out} (listed above)", file=sys.stderr)
@@ -70,8 +72,6 @@ def _fit(args) -> int:
     import os
 
     import numpy as np
-
-    from .bridge.fitting import fit
 
     def fail(msg):
         print(f"ufm fit: {msg}", file=sys.stderr)
@@ -133,8 +133,6 @@ def _fit(args) -> int:
         import matplotlib
 
         matplotlib.use("Agg")
-        from .plotting import plot_fit_figure
-
         fig = plot_fit_figure(res)
         fig.savefig(os.path.join(out, "fit_overlay.png"), dpi=110)
         written.append(os.path.join(out, "fit_overlay.png"))
@@ -158,8 +156,6 @@ def network_setting(name: str, levels=None):
 def _train_network(args) -> int:
     import os
     import time
-
-    from .bridge.networks import gap_summary, train_network
 
     if args.levels is None:
         levels = None

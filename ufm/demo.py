@@ -22,8 +22,15 @@ import os
 
 import numpy as np
 
+from . import dynamics, metrics
+from ._simulate import simulate
+from ._solve import solve
+from .closed_form import thresholds
+from .phase import phase_diagram, transient_models
+from .plotting import plot_gram, plot_phase_diagram, plot_phase_lines, plot_trajectory
+from .settings import named_setting
 from .metrics import double_centre
-from .problems import LayerPeeledProblem, UFMProblem
+from .problems import InputCoupledUFM, LayerPeeledProblem, UFMProblem
 
 __all__ = ["CASES", "run", "structure_before_collapse"]
 
@@ -41,8 +48,6 @@ CASES = [
 
 
 def _row(label, sol):
-    from . import metrics
-
     G = sol.gram_W
     K = G.shape[0]
     norms = np.diag(G)
@@ -66,9 +71,6 @@ def _fmt(v):
 
 def _regime_figure(path):
     import matplotlib.pyplot as plt
-
-    from ._solve import solve
-    from .closed_form import thresholds
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
     K, n = 4, 3
@@ -104,8 +106,6 @@ def run(out: str | os.PathLike = "ufm-demo", *, figures: bool = True, echo=print
 
     Returns a dict with the table rows and the paths written.
     """
-    from ._solve import solve
-
     os.makedirs(out, exist_ok=True)
     sols = [(label, solve(p, method="closed_form")) for label, p in CASES]
     rows = [_row(label, sol) for label, sol in sols]
@@ -127,8 +127,6 @@ def run(out: str | os.PathLike = "ufm-demo", *, figures: bool = True, echo=print
 
         matplotlib.use("Agg", force=True)
         import matplotlib.pyplot as plt
-
-        from .plotting import plot_gram
 
         fig, axes = plt.subplots(1, len(sols), figsize=(2.3 * len(sols), 2.6))
         for ax, (label, sol) in zip(axes, sols):
@@ -191,13 +189,6 @@ def structure_before_collapse(out: str | os.PathLike = "ufm-demo", *, sigma: flo
     Tables: ``sbc_summary.csv``/``.md`` (the run) and ``sbc_phase.csv`` (every
     phase point). Returns ``{"summary": rows, "phase": SweepResult, "paths": {...}}``.
     """
-    from . import dynamics, metrics
-    from ._simulate import simulate
-    from ._solve import solve
-    from .phase import phase_diagram
-    from .settings import named_setting
-    from .problems import InputCoupledUFM
-
     os.makedirs(out, exist_ok=True)
     st = named_setting("factorial")
     m = InputCoupledUFM.from_setting(st, sigma=sigma, d=16, loss="ce", lam_W=lam, lam_A=lam)
@@ -309,9 +300,6 @@ def _sbc_figures(out, st, m, tr, pred, E, end_gap, end_etf, j_peak, j_late, phas
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from . import metrics
-    from .plotting import plot_gram, plot_phase_diagram, plot_phase_lines, plot_trajectory
-
     att = st.attributes
     t = tr.times
     G = tr.records["gram_H"][0]
@@ -370,8 +358,6 @@ def _sbc_figures(out, st, m, tr, pred, E, end_gap, end_etf, j_peak, j_late, phas
     fig.savefig(paths["phase"], dpi=110)
     plt.close(fig)
     # 4. which model gives which transient: M1, M2, M3
-    from .phase import transient_models
-
     curves = transient_models("factorial", sigma=sigma, lam=lam)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     for i, name in enumerate(("M1 anchored", "M2 input-coupled", "M3 kernel flow")):

@@ -39,7 +39,8 @@ from . import _memory
 from ._simulate import initial_states
 from ._checks import check_nonneg
 from .problems import InputCoupledUFM, UFMProblem
-from .metrics import centering_matrix, double_centre
+from ._solve import solve
+from .metrics import centering_matrix, double_centre, etf_distance, semantic_gap
 from .results import TheoryCurve
 
 __all__ = ["mode_curves", "semantic_curve", "transient_times", "symmetric_flow", "input_modes", "block_kernel",
@@ -631,8 +632,6 @@ def mode_curves(problem, times, *, z0=None, init_scale=None, W0=None, A0=None, r
 # public: semantic curve, peak and transition
 # =====================================================================================
 def _gap_fn(attributes):
-    from .metrics import semantic_gap
-
     return lambda G: semantic_gap(G, attributes, center=True)
 
 
@@ -949,8 +948,6 @@ def semantic_curve(problem, times, attributes=None, *, z0=None, init_scale=None,
                          "W0/A0. For one run's start the curve itself is that run's prediction.")
     attributes = np.asarray(attributes)
     gap = _gap_fn(attributes)
-    from .metrics import etf_distance
-
     records = {"z": model.z(t),
                "semantic_gap": model.map_grams(t, gap),
                "etf_distance": model.map_grams(t, lambda g: etf_distance(g, center=True))}
@@ -1032,8 +1029,6 @@ def _end_state(model, problem, end_gram):
             w, how = model.end_weights()
             E = double_centre((model.Q * w) @ model.Q.T)
         elif end_gram == "solve":
-            from ._solve import solve
-
             sol = solve(problem)
             E = double_centre(sol.H.T @ sol.H)
             how = f"ufm.solve(problem) (method {sol.method!r}): the exact global end state"
@@ -1283,8 +1278,6 @@ def kernel_flow(setting_or_attributes, theta, times, *, loss: str = "ce", Z0=Non
         (no end state is computed: without decay CE logits diverge).
     """
     from scipy.integrate import solve_ivp
-
-    from .metrics import etf_distance, semantic_gap
 
     att = _attributes_of(setting_or_attributes)
     N = att.shape[0]

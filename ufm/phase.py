@@ -41,6 +41,10 @@ import math
 
 import numpy as np
 
+from . import _simulate, dynamics, metrics
+from ._solve import solve
+from ._sweep import sweep
+from .problems import AnchoredUFM, InputCoupledUFM
 from .settings import named_setting
 
 __all__ = ["phase_point", "phase_diagram", "transient_models"]
@@ -82,10 +86,6 @@ def phase_point(setting: str = "factorial", sigma: float = 3.0, strength: float 
         state), ``end_method``, ``rises`` (``peak_gap > 1.5 gap_init`` and
         ``peak_gap > 1.5 end_gap``), and the ``sim_*`` entries with ``simulate=True``.
     """
-    from . import dynamics, metrics
-    from ._solve import solve
-    from .problems import InputCoupledUFM
-
     st = named_setting(setting)
     m = InputCoupledUFM.from_setting(st, sigma=float(sigma), d=d, loss=loss, lam_W=float(lam), lam_A=float(lam),
                                      strengths=float(strength))
@@ -100,15 +100,13 @@ def phase_point(setting: str = "factorial", sigma: float = 3.0, strength: float 
            "end_gap": end_gap, "end_etf_distance": end_etf, "end_method": sol.method,
            "rises": bool(c.peak_value > 1.5 * c.meta["gap_at_0"] and c.peak_value > 1.5 * end_gap)}
     if simulate:
-        from ._simulate import simulate as run
-
         if horizon is not None:
             T = float(horizon)
         else:   # past the transition, and many decay times 1/lam (the slow approach to the end state)
             T = 10.0 * trans if trans is not None else 100.0 * c.peak_time
             T = max(T, 100.0 / lam) if lam > 0 else T
         steps = 10**6
-        tr = run(m, steps=steps, lr=T / steps, mode="flow", time_variable="t" if lam > 0 else "log",
+        tr = _simulate.simulate(m, steps=steps, lr=T / steps, mode="flow", time_variable="t" if lam > 0 else "log",
                  init_scale=init_scale, seed=seed, record=("semantic_gap", "etf_distance"), n_records=200)
         g = tr.records["semantic_gap"][0]
         j = int(np.nanargmax(g))
@@ -161,8 +159,6 @@ def phase_diagram(settings=("factorial", "hierarchy", "ntp_contexts"), sigmas=(1
     >>> res.column("end_etf_distance")                                     # doctest: +SKIP
     array([0.406, 0.111])
     """
-    from ._sweep import sweep
-
     if grid is None:
         settings = _axis("settings", settings, "setting names", "('factorial', 'hierarchy')")
         for s in settings:
@@ -268,10 +264,6 @@ def transient_models(setting: str = "factorial", *, sigma: float = 3.0, lam: flo
         for M1/M2, logit Gram for M3), plus ``"results"``: name -> the
         Trajectory or TheoryCurve.
     """
-    from . import dynamics
-    from ._simulate import simulate
-    from .problems import AnchoredUFM, InputCoupledUFM
-
     st = named_setting(setting)
     N = st.N
     steps = 10**6
@@ -280,9 +272,9 @@ def transient_models(setting: str = "factorial", *, sigma: float = 3.0, lam: flo
     m2 = InputCoupledUFM.from_setting(st, sigma=sigma, loss="ce", lam_W=lam, lam_A=lam)
     results = {}
     for name, prob in (("M1 anchored", m1), ("M2 input-coupled", m2)):
-        results[name] = simulate(prob, steps=steps, lr=horizon / steps, mode="flow", time_variable="t",
-                                 init_scale=init_scale, seed=seed, record=("semantic_gap", "etf_distance"),
-                                 attributes=st.attributes, n_records=n_records)
+        results[name] = _simulate.simulate(prob, steps=steps, lr=horizon / steps, mode="flow", time_variable="t",
+                                           init_scale=init_scale, seed=seed, record=("semantic_gap", "etf_distance"),
+                                           attributes=st.attributes, n_records=n_records)
     times = results["M2 input-coupled"].times
     results["M3 kernel flow"] = dynamics.kernel_flow(st, dynamics.block_kernel(st, 1.0, shared, 0.0), times,
                                                      loss="ce", init_scale=init_scale, seed=seed)

@@ -68,8 +68,8 @@ from .._progress import Progress
 from ..results import FitResult
 from .io import as_numpy
 from .m1 import anchored_path, anchored_path_patterns
-from .m2 import (ENGINES, STARTS, M2Model, align_monotone, align_refined, alignment_cost, at_fraction,
-                 fit_m2, isotropic_init)
+from .m2 import (CACHE_BYTES, CACHE_ENTRIES, ENGINES, STARTS, M2Model, align_monotone, align_refined,
+                 alignment_cost, at_fraction, fit_m2, isotropic_init)
 from .observed import Representations, first_state, read_observed, unit_centred
 from .patterns import PatternAlgebra, pattern_ids, project_patterns
 from .report import (ACCEPT, TRANSIENT, etf_of, explains, gaps_of, goodness_of_fit, model_transition_index,
@@ -487,8 +487,6 @@ def memory_estimate(K: int, T: int, F: int, models=MODELS, *, n_model: int = 160
         needs beyond that, while two Gram stacks are held (``5 R^3`` floats for ``R <= 128``
         patterns, about ``4 K^2`` above).
     """
-    from .m2 import CACHE_BYTES, CACHE_ENTRIES
-
     g = 8 * T * K * K
     grams = g * (7 + 2 * max(len(models) - 1, 0))
     R = min(2 ** min(F, 62), K)

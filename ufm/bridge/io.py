@@ -47,6 +47,7 @@ import os
 import numpy as np
 
 from .._checks import check_int
+from .._simulate import record_grid
 from ..results import (RUN_ARRAYS, RUN_INT_ARRAYS, RUN_SCHEMA, Run, check_run_file, check_save_path, jsonable,
                        run_array, run_file)
 
@@ -79,8 +80,6 @@ def log_steps(total: int, n_records: int = 60) -> np.ndarray:
     ndarray of int
         The steps, increasing.
     """
-    from .._simulate import record_grid
-
     return record_grid(total, n_records, "log")
 
 

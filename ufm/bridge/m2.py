@@ -64,6 +64,7 @@ from .. import _interrupt
 from .. import _kernels as kern
 from .._integrate import integrate
 from ..metrics import double_centre
+from ..problems import InputCoupledUFM
 from .patterns import project_patterns, psd_root
 
 __all__ = ["ENGINES", "STARTS", "M2Model", "align_monotone", "align_refined", "at_fraction", "isotropic_init",
@@ -424,8 +425,6 @@ class M2Model:
         InputCoupledUFM or None
             With ``d = K + p``, enough for :func:`isotropic_init`; ``None`` for the user's inputs or kernel.
         """
-        from ..problems import InputCoupledUFM
-
         if self.kind != "encoding":
             return None
         q = self.unpack(x)

@@ -70,6 +70,7 @@ import numpy as np
 from .. import _memory
 from .._checks import check_int, check_nonneg, check_positive
 from .._progress import Progress
+from ..metrics import etf_distance, semantic_gap
 from ..settings import Setting, generator_of
 from .io import Exporter, file_format, log_steps, save_run
 from .report import within_class
@@ -557,8 +558,6 @@ def gap_summary(run, attributes=None, *, rise: float = 0.05, fall: float = 0.6, 
         other NC1 variants need the whole within-class covariance), and their
         ``*_start`` / ``*_end``; otherwise these are ``None``.
     """
-    from ..metrics import etf_distance, semantic_gap
-
     A = run.attributes if attributes is None else np.asarray(attributes)
     if A is None:
         raise ValueError("attributes: the run records no attribute table; pass attributes=(K x F levels).")

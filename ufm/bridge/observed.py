@@ -18,7 +18,8 @@ import os
 import numpy as np
 
 from .. import metrics, settings
-from ..results import Run, Trajectory
+from ..results import Run, Trajectory, load
+from ..settings import Setting
 from .io import as_numpy, load_run
 from .patterns import outside_fraction, pattern_ids, project_patterns, psd_root
 from .report import TRANSIENT, etf_of, gaps_of
@@ -58,8 +59,6 @@ class Observed:
 def read_observed(source, setting, attributes, steps) -> Observed:
     """Steps, Grams, attributes, setting, description, and when present the first record's state and the
     within-class traces."""
-    from ..settings import Setting
-
     desc = type(source).__name__
     run_attrs, run = None, None
     W0 = M0 = within = counts = None
@@ -142,8 +141,6 @@ def read_observed(source, setting, attributes, steps) -> Observed:
 
 def _load_source(path: str):
     """A bridge run (any format :func:`~ufm.bridge.io.load_run` reads) or a saved Trajectory."""
-    from ..results import load
-
     if path.endswith(".npz") and os.path.exists(path):
         try:
             with np.load(path, allow_pickle=False) as data:
