@@ -28,7 +28,7 @@ def _demo(args) -> int:
     try:
         if not args.closed_forms:
             demo.structure_before_collapse(args.out, sigma=args.sigma, lam=args.lam, seeds=args.seeds, quick=args.quick,
-                                      figures=not args.no_figures)
+                                           figures=not args.no_figures, progress=not args.quiet)
         if args.closed_forms or args.all:
             print("\n== standard UFMs in closed form (THEORY TV1-TV3, layer-peeled)")
             demo.run(args.out, figures=not args.no_figures)
@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="ufm-demo", help="output folder (created if missing; default: ufm-demo)")
     demo.add_argument("--no-figures", action="store_true", help="write the tables only")
     demo.add_argument("--quick", action="store_true", help="fewer seeds, records and phase points (for tests)")
+    demo.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     demo.add_argument("--sigma", type=float, default=3.0, help="capacity of the headline run (default: 3)")
     demo.add_argument("--lam", type=float, default=1e-3,
                       help="weight decay lam_W = lam_A of the headline run, > 0 (default: 1e-3)")

@@ -167,7 +167,8 @@ def _md_table(rows, cols):
 
 
 def structure_before_collapse(out: str | os.PathLike = "ufm-demo", *, sigma: float = 3.0, lam: float = 1e-3,
-                              seeds: int = 3, quick: bool = False, figures: bool = True, echo=print) -> dict:
+                              seeds: int = 3, quick: bool = False, figures: bool = True, echo=print,
+                              progress: bool = False) -> dict:
     """The headline demo: the semantic transient on ``factorial((2, 2, 2))``, its theory, and the phase diagram.
 
     Steps (all written to ``out``):
@@ -187,7 +188,9 @@ def structure_before_collapse(out: str | os.PathLike = "ufm-demo", *, sigma: flo
     end state), ``sbc_models.png`` (M1, M2, M3 transients compared), ``sbc_trajectory.png`` (semantic gap and ETF distance over log
     time, simulation and theory), ``sbc_phase.png`` (the phase diagram).
     Tables: ``sbc_summary.csv``/``.md`` (the run) and ``sbc_phase.csv`` (every
-    phase point). Returns ``{"summary": rows, "phase": SweepResult, "paths": {...}}``.
+    phase point). Returns ``{"summary": rows, "phase": SweepResult, "paths": {...}}``. The tables go
+    to ``echo``; with ``progress=True`` the simulation and the phase diagram report their progress on
+    stderr (:class:`ufm._progress.Progress`).
     """
     os.makedirs(out, exist_ok=True)
     st = named_setting("factorial")
@@ -204,7 +207,7 @@ def structure_before_collapse(out: str | os.PathLike = "ufm-demo", *, sigma: flo
     try:
         tr = simulate(m, steps=steps, lr=horizon / steps, mode="flow", time_variable="t", init_scale=1e-3,
                       seeds=seeds, seed=0, record=("semantic_gap", "etf_distance", "gram_H"),
-                      n_records=120 if quick else 200)
+                      n_records=120 if quick else 200, progress=progress)
     except KeyboardInterrupt as err:      # Ctrl-C: keep the records made so far, then stop
         if getattr(err, "result", None) is None:
             raise
@@ -263,7 +266,7 @@ def structure_before_collapse(out: str | os.PathLike = "ufm-demo", *, sigma: flo
     # -- the phase diagram -------------------------------------------------------------------
     interrupted = None
     try:
-        phase = phase_diagram(grid=_phase_grid(quick), backend="sequential")
+        phase = phase_diagram(grid=_phase_grid(quick), backend="sequential", progress=progress)
     except KeyboardInterrupt as err:      # Ctrl-C: write the phase points finished so far, then stop
         if getattr(err, "result", None) is None:
             raise
