@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import _interrupt
+from .. import _interrupt, _threads
 from .._progress import Progress
 from .._simulate import check_arguments, simulate
 from .._util import canonical, canonical_json, check_output_folder
@@ -200,7 +200,7 @@ def _check_options(backend, seeds, seed, retries, n_jobs, client, seed_scope, on
     if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
         raise ValueError(f"retries must be an integer >= 0, got {retries!r}.")
     if n_jobs is None:
-        n_jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n_jobs = _threads.usable_cpus()
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs < 1:
         raise ValueError(f"n_jobs must be an integer >= 1 (or None for all usable cores), got {n_jobs!r}.")
     if client is not None and backend != "dask":

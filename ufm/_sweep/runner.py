@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import sys
 import traceback
 from dataclasses import dataclass
 
-from .. import _memory
+from .. import _memory, _threads
 from ..results import Trajectory, record_value
 from .cache import read_cached, write_cached
 from .grid import RESERVED
@@ -50,33 +49,6 @@ class Call:
         return summarize(out, self.keep), run_failure(out)
 
 
-_BLAS_CAPPED = False
-
-
-def _cap_threads(mode):
-    """One thread per worker for BLAS and numba, so parallel workers do not oversubscribe the cores."""
-    global _BLAS_CAPPED
-    if mode == "process" and not _BLAS_CAPPED:     # once per worker process (threadpoolctl takes ~1 ms)
-        _BLAS_CAPPED = True
-        import multiprocessing
-
-        if multiprocessing.parent_process() is not None:   # a worker process, not the user's own
-            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-                os.environ.setdefault(var, "1")     # read when numba or a BLAS loads later in this process
-        try:
-            from threadpoolctl import threadpool_limits
-
-            threadpool_limits(1)
-        except ImportError:  # pragma: no cover - threadpoolctl is a core dependency
-            pass
-    numba = sys.modules.get("numba")
-    if numba is not None:
-        try:
-            numba.set_num_threads(1)     # per thread: each worker thread runs its kernels on one thread
-        except (ValueError, RuntimeError):  # pragma: no cover
-            pass
-
-
 def run_job(call, job: Job, cache_dir=None, marks_dir=None, cap=None, workers=1):
     """Run one (point, seed); returns ``(index, record, error_traceback, written_to_cache)``.
 
@@ -90,7 +62,7 @@ def run_job(call, job: Job, cache_dir=None, marks_dir=None, cap=None, workers=1)
         if cached is not None:
             return job.index, cached, None, True
     if cap:
-        _cap_threads(cap)
+        _threads.one_thread_per_worker(cap)
     if cap == "process":
         _memory.WORKERS = max(int(workers), 1)    # the memory guard of each run counts the runs beside it
     record = {**job.params, "seed_index": job.seed_index, "seed": job.seed}
