@@ -1328,7 +1328,7 @@ def kernel_flow(setting_or_attributes, theta, times, *, loss: str = "ce", Z0=Non
     grams = np.einsum("tki,tkj->tij", Zt, Zt)
     gaps, etfs = [], []
     for G in grams:
-        ok = np.linalg.norm(G) > 1e-300 and np.linalg.norm(G - G.mean(0) - G.mean(1)[:, None] + G.mean()) > 1e-14
+        ok = np.linalg.norm(G) > 1e-300 and np.linalg.norm(double_centre(G)) > 1e-14
         gaps.append(semantic_gap(G, att, center=True) if ok else np.nan)
         etfs.append(etf_distance(G, center=True) if ok else np.nan)
     gaps, etfs = np.array(gaps), np.array(etfs)

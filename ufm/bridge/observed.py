@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from .. import metrics, settings
+from .._util import numerical_rank
 from ..results import Run, Trajectory, load
 from ..settings import Setting
 from .io import as_numpy, load_run
@@ -209,10 +210,8 @@ def first_state(obs):
     M0 = obs.M0
     if obs.W0 is None:
         U, s, _ = np.linalg.svd(M0, full_matrices=False)
-        keep = s > 1e-12 * max(s.max(), 1e-300)
-        return None, U[:, keep].T @ M0
+        return None, U[:, :numerical_rank(s, floor=1e-300)].T @ M0
     B = np.hstack([obs.W0.T, M0])
     U, s, _ = np.linalg.svd(B, full_matrices=False)
-    keep = s > 1e-12 * max(s.max(), 1e-300)
-    Q = U[:, keep]
+    Q = U[:, :numerical_rank(s, floor=1e-300)]
     return obs.W0 @ Q, Q.T @ M0
