@@ -139,3 +139,58 @@ def test_internal_modules_are_imported_at_the_top():
                 if not targets <= HEAVY:
                     late.append(f"{path.relative_to(ROOT.parent)}:{node.lineno}: {sorted(targets - HEAVY)}")
     assert not late, "import these at the top of the module (only numba/sympy modules load late):\n" + "\n".join(late)
+
+
+def _import_graph(root: pathlib.Path = ROOT) -> dict:
+    """Module -> the ufm modules it imports at its top level."""
+    files = sorted(root.rglob("*.py"))
+    modules = {_module_name(path, root): path for path in files}
+    graph = {}
+    for module, path in modules.items():
+        deps = set()
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ImportFrom):
+                source = _source_module(module, path, node)
+                if source.split(".")[0] == "ufm":
+                    deps |= {f"{source}.{a.name}" if f"{source}.{a.name}" in modules else source for a in node.names}
+        graph[module] = deps - {module}
+    return graph
+
+
+def _cycles(graph: dict) -> list:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles():
+    graph = _import_graph()
+    assert not _cycles(graph)
+    assert not any(m.startswith("ufm.plotting") for m in graph["ufm._sweep.core"] | graph["ufm._sweep"])
+    assert not any(m.startswith("ufm._sweep") for m in graph["ufm.plotting"])
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
