@@ -956,21 +956,7 @@ def semantic_curve(problem, times, attributes=None, *, z0=None, init_scale=None,
         _memory.check({what: 8 * t.size * model.N**2}, what, "Use a setting with fewer items.")
         records["gram_H"] = model.gram(t)
 
-    # -- the search range -----------------------------------------------------------------
-    t_sat = model.saturation_time()
-    if horizon is None:
-        horizon = max(float(t[-1]), 2.0 * t_sat)
-        far = max(horizon, 1e6 * t_sat) if model.loss == "ce" else horizon
-    else:
-        horizon = float(horizon)
-        if not (math.isfinite(horizon) and horizon > 0):
-            raise ValueError(f"horizon must be a finite time > 0, got {horizon}.")
-        far = horizon
-
-    def core_far(m):
-        lam = m.lam_W + m.lam_A
-        return min(far, max(horizon, 1e3 / lam)) if isinstance(m, _CoreModel) and lam > 0 else far
-
+    horizon, core_far = _search_range(model, t, horizon)
     E = None
     meta = _model_meta(model, problem)
     s0 = model.init_scale
@@ -996,6 +982,30 @@ def semantic_curve(problem, times, attributes=None, *, z0=None, init_scale=None,
     return TheoryCurve(times=t, records=records, kind="semantic", constants=constants, meta=meta,
                        citation=_CITATION_MODES + "; THEORY §7.2, §7.4 (metrics)", peak_time=found["peak_time"],
                        peak_value=found["peak_value"], transition_time=transition)
+
+
+def _search_range(model, t, horizon):
+    """The horizon of the peak search and ``core_far(model)``, how far to look for the transition.
+
+    Without ``horizon``: past the times asked and twice the saturation time, and for CE the transition
+    is looked for up to ``1e6`` saturation times (the slow logarithmic growth); a given horizon bounds
+    both. A core model with weight decay looks no further than ``max(horizon, 1e3 / lam)``.
+    """
+    t_sat = model.saturation_time()
+    if horizon is None:
+        horizon = max(float(t[-1]), 2.0 * t_sat)
+        far = max(horizon, 1e6 * t_sat) if model.loss == "ce" else horizon
+    else:
+        horizon = float(horizon)
+        if not (math.isfinite(horizon) and horizon > 0):
+            raise ValueError(f"horizon must be a finite time > 0, got {horizon}.")
+        far = horizon
+
+    def core_far(m):
+        lam = m.lam_W + m.lam_A
+        return min(far, max(horizon, 1e3 / lam)) if isinstance(m, _CoreModel) and lam > 0 else far
+
+    return horizon, core_far
 
 
 def _spread(problem, n_spread, spread_seed, s0, gap, E, horizon, core_far, rtol, constants) -> dict:
