@@ -78,7 +78,15 @@ def _check_bridge(ns):
     assert Path("run.npz").exists() and "input_coupled" in f.message
 
 
-CHECKS = {"index": _check_index, "guide/standard_ufm": _check_standard_ufm, "guide/simulating": _check_simulating,
+def _check_adding_a_loss(ns):
+    s0 = np.log(1 + 4 * 0.9 / 0.1)                       # THEORY (1.2)
+    np.testing.assert_allclose(ns["margin"], s0, rtol=1e-6)
+    assert ns["sol"].success and ns["sol"].meta["rel_duality_gap"] < 1e-10
+    assert ns["gd"].loss[0, -1] == pytest.approx(ns["sol"].loss, rel=1e-12)
+    assert max(ns["res"].values()) < 1e-10
+
+
+CHECKS = {"index": _check_index, "guide/adding_a_loss": _check_adding_a_loss, "guide/standard_ufm": _check_standard_ufm, "guide/simulating": _check_simulating,
           "guide/theory_curves": _check_theory_curves, "guide/semantic_models": _check_semantic_models,
           "guide/sweeps": _check_sweeps, "guide/bridge": _check_bridge}
 

@@ -275,7 +275,7 @@ def test_as_problem_has_one_class_per_item():
     s = factorial((2, 2, 2))
     p = s.as_problem(d=10, loss="mse", lam_W=0.01, lam_H=0.02)
     assert isinstance(p, UFMProblem)
-    assert (p.K, p.n, p.N, p.d, p.loss, p.lam_W, p.lam_H) == (8, 1, 8, 10, "mse", 0.01, 0.02)
+    assert (p.K, p.n, p.N, p.d, str(p.loss), p.lam_W, p.lam_H) == (8, 1, 8, 10, "mse", 0.01, 0.02)
     np.testing.assert_array_equal(p.y, s.labels)
     with pytest.raises(ValueError, match="lam_W"):
         s.as_problem(d=4, lam_W=-1)

@@ -345,7 +345,8 @@ def test_label_matrix_is_built_once_and_not_pickled():
     Y = p.Y
     assert Y is p.Y and not Y.flags.writeable and Y.sum() == p.N
     np.testing.assert_array_equal(Y.argmax(0), p.y)
-    assert "_Y_onehot" not in pickle.loads(pickle.dumps(p)).__dict__
+    back = pickle.loads(pickle.dumps(p))
+    assert "_Y_onehot" not in back.__dict__ and "_Y_onehot" not in back.label_set.__dict__
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(p)).Y, Y)
 
 
@@ -413,3 +414,28 @@ def test_horizon_names_the_end_time_in_both_modes():
         ufm.simulate(p, horizon=10.0)
     with pytest.raises(ValueError, match="steps is required"):
         ufm.simulate(p, lr=0.1)
+
+
+def test_a_loss_without_compiled_kernel_runs_gd_in_numpy():
+    """kernel_id = None: GD falls back to the model's NumPy gradients (meta says so); the flow refuses."""
+    from dataclasses import dataclass
+
+    from ufm.losses import CrossEntropy
+
+    @dataclass(frozen=True)
+    class SlowCE(CrossEntropy):
+        name = "slow_ce"
+        kernel_id = None
+
+    p = UFMProblem(K=3, counts=[2, 3, 1], d=4, bias=True, lam_W=0.01, lam_H=0.02, loss=SlowCE())
+    names = ("loss", "W", "H", "b", "gram_means")
+    slow = ufm.simulate(p, steps=300, lr=0.5, seeds=2, record=names)
+    fast = ufm.simulate(p.replace(loss="ce"), steps=300, lr=0.5, seeds=2, record=names)
+    assert slow.status == "completed" and "NumPy fallback" in slow.meta["loss_kernel"]
+    assert "kernel loss id 0" in fast.meta["loss_kernel"]
+    np.testing.assert_array_equal(slow.steps, fast.steps)
+    for name in names:
+        np.testing.assert_allclose(getattr(slow, name), getattr(fast, name), rtol=1e-10, atol=1e-13)
+    assert not np.allclose(slow.W[:, 0], slow.W[:, -1])          # it did move
+    with pytest.raises(ValueError, match="kernel_id"):
+        ufm.simulate(p, steps=10, lr=0.5, mode="flow")

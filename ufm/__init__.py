@@ -22,7 +22,7 @@ fit                              ``fit(run_or_grams, setting=...)`` -> FitResult
 bridge                           Run (the bridge format), Exporter (record from a training loop), load_run,
                                  reference networks (torch)
 symbolic                         sympy expressions behind every closed form
-losses                           plain-numpy losses, objectives and gradients
+losses                           loss objects, objectives and gradients (registry: loss_registry)
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ _ATTRS = {
     "FitResult": ("ufm.results", "FitResult"),
     "Run": ("ufm.results", "Run"),
 }
-_MODULES = ("bridge", "closed_form", "dynamics", "losses", "metrics", "phase", "plotting", "problems", "results", "settings", "symbolic")
+_MODULES = ("bridge", "closed_form", "dynamics", "label_smoothing", "loss_registry", "losses", "metrics", "phase", "plotting", "problems", "results", "settings", "symbolic")
 
 __all__ = sorted(set(_ATTRS) | set(_MODULES))
 

@@ -40,7 +40,6 @@ from . import _interrupt, _memory, _threads, metrics
 from ._checks import check_int
 from ._progress import Progress
 from .metrics import double_centre
-from .problems import AnchoredUFM, InputCoupledUFM, UFMProblem
 from .results import Trajectory
 
 __all__ = ["simulate", "RECORDERS", "record_grid"]
@@ -136,19 +135,10 @@ def record_grid(steps: int, n_records: int = 100, grid: str = "log") -> np.ndarr
 
 # -- models: blocks, kernels ----------------------------------------------------------
 def _model_name(problem) -> str:
-    if isinstance(problem, InputCoupledUFM):
-        return "input_coupled"
-    if isinstance(problem, AnchoredUFM):
-        return "anchored"
-    if isinstance(problem, UFMProblem):
-        return "ufm"
-    raise ValueError(f"problem must be a UFMProblem, AnchoredUFM or InputCoupledUFM, got {type(problem).__name__}.")
-
-
-def _has_weight_decay(problem) -> bool:
-    if isinstance(problem, InputCoupledUFM):
-        return problem.lam_W > 0 or problem.lam_A > 0
-    return problem.lam_W > 0 or problem.lam_H > 0 or problem.lam_b > 0 or getattr(problem, "beta", 0.0) > 0
+    """The model's name; input validation: only models with compiled kernels can be simulated."""
+    if not callable(getattr(problem, "kernel_binding", None)):
+        raise ValueError(f"problem must be a UFMProblem, AnchoredUFM or InputCoupledUFM, got {type(problem).__name__}.")
+    return problem.model
 
 
 def initial_states(problem, seeds, seed, init_scale, given, dtype):
@@ -205,55 +195,71 @@ def _seed_state(batch, i):
 
 
 class _GD:
-    """Runs chunks of plain gradient descent on a batch of seeds with the compiled kernels."""
+    """Runs chunks of plain gradient descent on a batch of seeds with the model's compiled kernels."""
 
     def __init__(self, problem, batch, lr, dtype):
-        from . import _kernels as k
-
-        self.k, self.problem, self.batch, self.lr = k, problem, batch, float(lr)
-        self.Y = np.ascontiguousarray(problem.Y, dtype=dtype)
-        self.loss_id = k.LOSS_IDS[problem.loss]
-        if isinstance(problem, InputCoupledUFM):
-            self.Phi = np.ascontiguousarray(problem.Phi, dtype=dtype)
-        else:
-            anchored = isinstance(problem, AnchoredUFM) and problem.beta > 0
-            self.Hanc = np.ascontiguousarray(problem.H_anchor if anchored else np.zeros((1, 1)), dtype=dtype)
-            self.beta = problem.beta if anchored else 0.0
-            if "b" not in batch:
-                batch["b"] = np.zeros((batch["W"].shape[0], problem.K), dtype=dtype)
-                self._drop_b = True
-            else:
-                self._drop_b = False
+        self.batch, self.lr = batch, float(lr)
+        Y = np.ascontiguousarray(problem.loss.targets(problem.Y), dtype=dtype)
+        self.kernels = problem.kernel_binding(Y, _kernel_id(problem), dtype)
+        self.kernels.prepare(batch)
 
     def run(self, n_steps: int, recording=None) -> np.ndarray:
-        p, b, k = self.problem, self.batch, self.k
-        if isinstance(p, InputCoupledUFM):
-            return k.icm_gd(b["W"], b["A"], self.Phi, self.Y, p.lam_W, p.lam_A, self.loss_id, self.lr, n_steps,
-                            recording)
-        return k.ufm_gd(b["W"], b["H"], b["b"], self.Y, self.Hanc, p.lam_W, p.lam_H, p.lam_b, self.beta,
-                        self.loss_id, p.bias, self.lr, n_steps, recording)
+        return self.kernels.gd(self.batch, self.lr, n_steps, recording)
 
     def states(self):
-        batch = dict(self.batch)
-        if not isinstance(self.problem, InputCoupledUFM) and self._drop_b:
-            batch.pop("b")
-        return batch
+        return self.kernels.states(self.batch)
+
+
+class _NumpyGD:
+    """GD in NumPy for a loss without a compiled kernel (``loss.kernel_id is None``).
+
+    Each seed in turn takes the model's own gradients (:mod:`ufm.losses`, the kernels' reference);
+    every quantity is recorded in Python. Much slower than the kernels; ``meta["loss_kernel"]``
+    and the progress line say that this path ran.
+    """
+
+    def __init__(self, problem, batch, lr):
+        self.problem, self.batch, self.lr = problem, batch, float(lr)
+
+    def run(self, n_steps: int, recording=None) -> np.ndarray:
+        last = np.empty(self.batch["W"].shape[0])
+        for i in range(last.size):
+            state = _seed_state(self.batch, i)
+            with np.errstate(over="ignore", invalid="ignore"):
+                for _ in range(n_steps):
+                    grads = self.problem.gradients(state)
+                    state = {name: v - self.lr * grads[name] for name, v in state.items()}
+                last[i] = self.problem.objective(state)
+            for name, v in state.items():
+                self.batch[name][i] = v
+        return last
+
+    def states(self):
+        return dict(self.batch)
+
+
+def _kernel_id(problem, mode: str = "gd") -> int | None:
+    """The compiled loss that evaluates ``problem.loss`` on its targets (the loss object says which).
+
+    ``None`` (GD only): no compiled kernel; :class:`_NumpyGD` runs instead.
+    """
+    if problem.loss.kernel_id is None and mode != "gd":
+        raise ValueError(f"loss {problem.loss} has no compiled kernel (its kernel_id is None): the flow needs one; "
+                         "use mode='gd' (a NumPy path) or give the loss a kernel_id (see ufm.losses.Loss).")
+    return problem.loss.kernel_id
+
+
+def _kernel_name(problem) -> str:
+    """How the compiled kernel evaluates the loss, for ``meta``: its id and the targets it is given."""
+    if problem.loss.kernel_id is None:
+        return f"NumPy fallback (no compiled kernel for {problem.loss})"
+    same = problem.loss.targets(problem.Y) is problem.Y
+    return f"kernel loss id {problem.loss.kernel_id} on {'the labels' if same else str(problem.loss) + ' targets'}"
 
 
 def _flow_rhs_and_data(problem):
-    from . import _kernels as k
-
-    Y = np.ascontiguousarray(problem.Y, dtype=np.float64)
-    loss_id = k.LOSS_IDS[problem.loss]
-    if isinstance(problem, InputCoupledUFM):
-        data = (problem.K, problem.d, problem.p, np.ascontiguousarray(problem.Phi), Y,
-                float(problem.lam_W), float(problem.lam_A), loss_id)
-        return k.icm_flow_rhs, data
-    anchored = isinstance(problem, AnchoredUFM) and problem.beta > 0
-    Hanc = np.ascontiguousarray(problem.H_anchor if anchored else np.zeros((1, 1)), dtype=np.float64)
-    data = (problem.K, problem.d, problem.N, Y, Hanc, float(problem.lam_W), float(problem.lam_H),
-            float(problem.lam_b), float(problem.beta if anchored else 0.0), loss_id, bool(problem.bias))
-    return k.ufm_flow_rhs, data
+    Y = np.ascontiguousarray(problem.loss.targets(problem.Y), dtype=np.float64)
+    return problem.kernel_binding(Y, _kernel_id(problem, "flow"), np.float64).flow()
 
 
 def _flatten(state, names):
@@ -293,21 +299,19 @@ def memory_estimate(problem, recorders, seeds: int, n_times: int, mode: str = "g
     n_state = sum(int(np.prod(sh)) for sh in shapes.values())
     parts = {"records": 8 * seeds * n_times * sum(int(np.prod(r.shape(problem))) for r in recorders.values())}
     parts["state"] = item * seeds * n_state
-    icm = isinstance(problem, InputCoupledUFM)
+    own = problem.kernel_workspace(mode)      # the model's own buffers (H^T, A Phi, ...)
     if mode == "gd":
         if threads is None:
             threads = _threads.seed_threads()
         running = max(1, min(seeds, int(threads)))
-        per = 2 * K * N + K * d + 3 * N + (2 * d * N + d * shapes["A"][1] if icm else d * N)
-        if not icm and d > N:
-            per += 2 * d * N          # the kernel works on H^T: a transposed copy and its gradient
+        per = 2 * K * N + K * d + 3 * N + own["kernel"]
         parts["workspace"] = item * running * per
     else:
         # per seed, the integrator's state and FSAL derivative (made while the start is still held);
         # one seed's 8 stage buffers, the velocity's products and one recorded row
         parts["state"] += 2 * 8 * seeds * n_state
-        parts["workspace"] = 8 * (9 * n_state + 2 * K * N + (2 * d * N if icm else 0))
-    feat = 2 * d * N if icm else 0        # A Phi is computed afresh (twice for gram_H); H is a view
+        parts["workspace"] = 8 * (9 * n_state + 2 * K * N + own["kernel"])
+    feat = own["features"]                    # features computed afresh (A Phi, twice for gram_H); H is a view
     parts["recording"] = 8 * max((feat + int(np.prod(r.shape(problem))) for r in recorders.values()), default=0)
     # the start is drawn before the records exist: its temporaries count only where they exceed the rest
     rest = parts["records"] + parts["workspace"] + parts["recording"]
@@ -413,6 +417,7 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
     THEORY.md §4 (gradients), §6 (dynamics), §8.1-8.2 (anchored and input-coupled models).
     """
     model = _model_name(problem)
+    _kernel_id(problem, mode)
     steps, lr = _steps_and_lr(mode, steps, lr, horizon)
     a = check_arguments(steps=steps, lr=lr, mode=mode, init_scale=init_scale, seeds=seeds, dtype=dtype,
                         time_variable=time_variable, n_records=n_records, grid=grid, rtol=rtol, atol=atol,
@@ -446,7 +451,8 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
         if value is not None and name not in allowed:
             raise ValueError(f"{name}0 was given but a {model} model has no block {name!r} (blocks: {sorted(allowed)}).")
 
-    meta = {"problem": problem.as_dict(), "model": model, "lr": lr, "steps_requested": steps, "seed": seed,
+    meta = {"problem": problem.as_dict(), "model": model, "loss_kernel": _kernel_name(problem), "lr": lr,
+            "steps_requested": steps, "seed": seed,
             "seeds": seeds, "init_scale": init_scale, "dtype": dtype.name, "grid": grid if record_steps is None
             else "explicit", "record": sorted(recorders), "memory_estimate": {k: int(v) for k, v in parts.items()}}
     warnings = []
@@ -689,11 +695,12 @@ class _Chunks:
 IN_KERNEL = {"loss": 1, "gram_means": 2, "gram_W": 4, "gram_H": 8}
 
 
-def _kernel_recording(rec, seeds):
-    """The kernel's share of the records: the names of :data:`IN_KERNEL` recorded with the built-in recorder."""
+def _kernel_recording(rec, seeds, compiled=True):
+    """The kernel's share of the records: the names of :data:`IN_KERNEL` recorded with the built-in recorder
+    (none without a compiled kernel)."""
     from ._kernels import Recording
 
-    names = [n for n in rec.recorders if n in IN_KERNEL and rec.recorders[n] is RECORDERS[n]]
+    names = [n for n in rec.recorders if compiled and n in IN_KERNEL and rec.recorders[n] is RECORDERS[n]]
     p = rec.problem
     hard = not getattr(p, "soft", False)
     return names, Recording(seeds, sum(IN_KERNEL[n] for n in names),
@@ -711,13 +718,14 @@ def _run_gd(problem, batch, lr, dtype, grid_steps, rec, progress):
     between chunks, so with them chunks end at every grid step. BLAS runs on one thread
     meanwhile, and the caller's setting is restored afterwards.
     """
-    gd = _GD(problem, batch, lr, dtype)
+    compiled = problem.loss.kernel_id is not None
+    gd = _GD(problem, batch, lr, dtype) if compiled else _NumpyGD(problem, batch, lr)
     seeds = batch["W"].shape[0]
-    knames, kr = _kernel_recording(rec, seeds)
+    knames, kr = _kernel_recording(rec, seeds, compiled)
     pnames = [n for n in rec.recorders if n not in knames]
     T = len(grid_steps)
     final = int(grid_steps[-1])
-    bar = Progress(progress, final, "ufm.simulate (gd)")
+    bar = Progress(progress, final, "ufm.simulate (gd)" if compiled else "ufm.simulate (gd, NumPy fallback)")
     kj = 0 if knames else T     # rows whose kernel part is recorded
     pj = 0 if pnames else T     # rows whose Python part is recorded
     current = 0
@@ -775,7 +783,7 @@ def _run_flow(problem, batch, lr, grid_steps, rec, progress, time_variable, rtol
     from ._integrate import STATUS_MESSAGES, Stepper
 
     if time_variable == "auto":
-        time_variable = "t" if _has_weight_decay(problem) else "log"
+        time_variable = "t" if problem.has_weight_decay else "log"
     rhs, data = _flow_rhs_and_data(problem)
     shapes = losses.blocks(problem)
     names = list(shapes)

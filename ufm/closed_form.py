@@ -142,9 +142,15 @@ def _require(cond: bool, reason: str):
 
 
 def _require_ufm(problem):
+    # input validation: the closed forms are derived for the standard model only (not its subclasses)
     _require(type(problem) is UFMProblem,
              f"closed forms cover the standard UFMProblem, not {type(problem).__name__} "
              "(its optimum needs a numerical solver)")
+
+
+def _require_case(problem, case: str):
+    """The loss says which closed forms hold for it (``Loss.closed_forms``)."""
+    _require(case in problem.loss.closed_forms, f"the loss {problem.loss} has no closed form {case!r}")
 
 
 # -- balanced cross-entropy ---------------------------------------------------
@@ -174,7 +180,7 @@ def ce_balanced(problem: UFMProblem) -> Solution:
         ``h_sq``, ...).
     """
     _require_ufm(problem)
-    _require(problem.loss == "ce", "loss is not 'ce'")
+    _require_case(problem, "ce_balanced")
     _require(not problem.soft, "soft labels have no closed form (use a convex solver)")
     _require(problem.balanced, f"classes are imbalanced (counts {list(problem.counts)}); "
                                "no closed form with weight decay (minority collapse, THEORY §3.1)")
@@ -228,7 +234,7 @@ def seli(problem: UFMProblem) -> Solution:
         ``loss`` is the max-margin value ``(||W||^2 + ||H||^2)/2 = ||P_K Y||_*``.
     """
     _require_ufm(problem)
-    _require(problem.loss == "ce", "loss is not 'ce'")
+    _require_case(problem, "seli")
     _require(not problem.soft, "soft labels lead to the NTP-SVM, which has no closed form (THEORY §5.2)")
     _require(problem.lam_W == 0 and problem.lam_H == 0, "applies only without weight decay on W and H")
     _require(not problem.bias, "applies only without a bias")
@@ -272,7 +278,7 @@ def mse(problem: UFMProblem) -> Solution:
         ``status`` names the regime; ``meta`` holds the closed-form quantities.
     """
     _require_ufm(problem)
-    _require(problem.loss == "mse", "loss is not 'mse'")
+    _require_case(problem, "mse")
     _require((problem.lam_W > 0) == (problem.lam_H > 0),
              "lam_W and lam_H must be both positive or both 0 (with one of them 0 the infimum is "
              "approached by rescaling W and H but never attained)")
@@ -355,7 +361,7 @@ def layer_peeled(problem: LayerPeeledProblem) -> Solution:
     Solution
         ``status`` names the regime; ``meta`` holds the closed-form quantities.
     """
-    _require(isinstance(problem, LayerPeeledProblem), "needs a LayerPeeledProblem")
+    _require(isinstance(problem, LayerPeeledProblem), "needs a LayerPeeledProblem")     # input validation
     _require(problem.balanced, "imbalanced classes have no closed form (minority collapse, "
                                "THEORY §3.1)")
     K = problem.K
@@ -400,17 +406,9 @@ def thresholds(problem: UFMProblem) -> dict:
     """
     _require_ufm(problem)
     K, N, Y = problem.K, problem.N, problem.Y
-    pi = Y.mean(axis=1)
+    pi = problem.loss.targets(Y).mean(axis=1)
     out: dict = {"mu": problem.mu}
-    b0 = None
-    if not problem.bias:
-        b0 = np.zeros(K)
-    elif problem.loss == "mse":
-        b0 = pi / (1.0 + problem.lam_b)
-    elif problem.free_bias and np.all(pi > 0):
-        b0 = np.log(pi)
-    elif np.allclose(pi, 1.0 / K):
-        b0 = np.zeros(K)
+    b0 = np.zeros(K) if not problem.bias else problem.loss.bias_at_zero(pi, problem.lam_b, problem.free_bias)
     if b0 is not None:
         G = losses.data_grad(problem, np.repeat(b0[:, None], N, axis=1))
         out["mu_zero"] = float(np.linalg.norm(G, 2))
@@ -418,7 +416,7 @@ def thresholds(problem: UFMProblem) -> dict:
     if problem.balanced:
         out["gamma"] = problem.gamma
         out["K_gamma"] = K * problem.gamma
-        if problem.loss == "mse" and problem.bias:
+        if "mse" in problem.loss.closed_forms and problem.bias:
             kg = K * problem.gamma
             out["lam_b_star"] = kg / (1 - kg) if kg < 1 else math.inf
     return out

@@ -35,14 +35,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import softmax
 
 from . import losses
 from ._progress import Progress
 from ._util import numerical_rank
 from .closed_form import NotApplicable, balanced_split
 from .metrics import centering_matrix
-from .problems import AnchoredUFM, InputCoupledUFM, UFMProblem
 from .results import Solution
 from ._checks import check_int, check_positive
 
@@ -77,8 +75,8 @@ class Form:
         Column weights of the data term (they sum to 1).
     mu : float
         Nuclear-norm weight ``sqrt(lam_W lam_H)`` (or ``sqrt(lam_W lam_A)``).
-    loss : {"ce", "mse"}
-        The loss ``l``.
+    loss : Loss
+        The loss ``l`` (:mod:`ufm.losses`); ``T`` holds its targets (``loss.targets`` of the labels).
     bias : {"none", "free", "regularized"}
         How the bias enters.
     lam_b : float
@@ -94,7 +92,7 @@ class Form:
     T: np.ndarray             # K x m targets (distinct columns)
     omega: np.ndarray         # m weights, sum 1
     mu: float
-    loss: str
+    loss: losses.Loss
     bias: str                 # "none", "free" or "regularized"
     lam_b: float
     scale: np.ndarray | None  # collapsed: 1/sqrt(n_k) per column
@@ -117,21 +115,10 @@ class Form:
 
     # data term, per column
     def data(self, L):
-        if self.loss == "ce":
-            m = L.max(axis=0)                     # stable log-sum-exp
-            lse = m + np.log(np.exp(L - m).sum(axis=0))
-            return float(np.sum(self.omega * (lse - np.sum(self.T * L, axis=0))))
-        R = L - self.T
-        return float(0.5 * np.sum(self.omega * np.sum(R * R, axis=0)))
+        return float(np.sum(self.omega * self.loss.columns(L, self.T)))
 
     def data_grad(self, L):
-        if self.loss == "ce":
-            P = L - L.max(axis=0)                 # column softmax in place: one K x m buffer
-            np.exp(P, out=P)
-            P *= 1.0 / P.sum(axis=0)
-            P -= self.T
-        else:
-            P = L - self.T
+        P = self.loss.column_grads(L, self.T)
         P *= self.omega[None, :]
         return P
 
@@ -177,76 +164,46 @@ def form_of(problem, reduce: str | bool = "auto") -> Form:
         regularization is such that no minimizer exists (CE without weight decay:
         use :func:`svm`).
     """
-    if isinstance(problem, AnchoredUFM):
-        raise NotApplicable("the anchored UFM has no nuclear-norm form (the pull toward H_anchor is not a "
-                            "function of W H); simulate it or solve it by block-coordinate descent")
-    if isinstance(problem, InputCoupledUFM):
-        mu = problem.mu
-        _require_attained(problem.loss, mu, "lam_W and lam_A")
-        return Form(problem, "input_coupled", problem.Y, np.full(problem.N, 1.0 / problem.N), mu, problem.loss,
-                    "none", 0.0, None, problem.Phi)
-    if not isinstance(problem, UFMProblem):
+    if not callable(getattr(problem, "convex_form", None)):          # input validation: not a UFM model
         raise NotApplicable(f"needs a UFMProblem or InputCoupledUFM, got {type(problem).__name__}")
-    mu = problem.mu
-    _require_attained(problem.loss, mu, "lam_W and lam_H")
-    if (problem.lam_W > 0) != (problem.lam_H > 0):
-        raise NotApplicable("lam_W and lam_H must be both positive (with one of them 0 the infimum is not attained)")
-    bias = "none" if not problem.bias else ("free" if problem.lam_b == 0 else "regularized")
-    if reduce not in ("auto", True, False):
-        raise ValueError(f"reduce must be 'auto', True or False, got {reduce!r}.")
-    if reduce is True and problem.soft:
-        raise ValueError("reduce=True needs hard labels; soft labels have no class-collapsed form.")
-    if not problem.soft and reduce in ("auto", True):
-        counts = np.asarray(problem.counts, dtype=float)
-        return Form(problem, "collapsed", np.eye(problem.K), counts / problem.N, mu, problem.loss, bias,
-                    problem.lam_b, 1.0 / np.sqrt(counts), None)
-    return Form(problem, "full", problem.Y, np.full(problem.N, 1.0 / problem.N), mu, problem.loss, bias,
-                problem.lam_b, None, None)
+    return problem.convex_form(reduce)
 
 
-def _require_attained(loss, mu, names):
-    if loss == "ce" and mu == 0:
-        raise NotApplicable(f"CE without weight decay ({names} not both > 0) has no minimizer: the logits grow "
-                            "without bound; method='svm' gives the max-margin direction they converge to")
-    if loss == "mse" and mu == 0:
-        raise NotApplicable("MSE without weight decay interpolates; method='closed_form' gives the minimum-norm "
-                            "solution")
+def require_attained(loss, mu: float, names: str) -> None:
+    """Refuse the convex form without weight decay when the loss says it has no (unique) minimizer there.
+
+    Parameters
+    ----------
+    loss : Loss
+        The problem's loss.
+    mu : float
+        The nuclear-norm weight.
+    names : str
+        The weight decays, for the message.
+
+    Returns
+    -------
+    None
+        Returns when the form applies.
+
+    Raises
+    ------
+    NotApplicable
+        With the loss's reason and the method that applies instead.
+    """
+    why = loss.why_not_without_decay(names) if mu == 0 else None
+    if why:
+        raise NotApplicable(why)
 
 
 # -- certificate ----------------------------------------------------------------------
-def _polish_bias(form: Form, X, b, iters: int = 60):
-    """The optimal bias for fixed X (Newton on a K-dimensional strictly convex problem)."""
+def _polish_bias(form: Form, X, b):
+    """The optimal bias for fixed X (the loss's ``best_bias``: a K-dimensional strictly convex problem)."""
     if b is None:
         return None
     L0 = form.fwd(X)
     lam = form.lam_b if form.bias == "regularized" else 0.0
-    if form.loss == "mse":
-        return (form.T - L0) @ form.omega / (form.omega.sum() + lam)
-    b = np.array(b, dtype=float)
-    for _ in range(iters):
-        L = L0 + b[:, None]
-        P = softmax(L, axis=0)
-        g = (P - form.T) @ form.omega + lam * b
-        if form.bias == "free":       # CE is invariant along 1: solve on its complement
-            g = g - g.mean()
-        if np.abs(g).max() <= 1e-15:
-            break
-        Hm = (P * form.omega[None, :]) @ P.T
-        Hm = np.diag(P @ form.omega) - Hm + lam * np.eye(len(b))
-        if form.bias == "free":
-            Hm = Hm + np.ones_like(Hm) / len(b)
-        step = np.linalg.solve(Hm, g)
-        f0 = form.data(L) + form.bias_reg(b)
-        t = 1.0
-        while t > 1e-6:             # damped Newton; near the optimum the full step is taken
-            bn = b - t * step
-            if form.data(L0 + bn[:, None]) + form.bias_reg(bn) <= f0 - 0.25 * t * float(g @ step) + 1e-15 * abs(f0):
-                break
-            t *= 0.5
-        b = bn
-    if form.bias == "free":
-        b = b - b.mean() if form.loss == "ce" else b
-    return b
+    return form.loss.best_bias(L0, form.T, form.omega, lam, form.bias == "free", b, form.data)
 
 
 def certificate(form: Form, X, b=None, *, nuclear: float | None = None) -> dict:
@@ -256,9 +213,10 @@ def certificate(form: Form, X, b=None, *, nuclear: float | None = None) -> dict:
     ``max_V -g*(V) - r*(V 1)`` over ``||adj(V)||_op <= mu`` (Fenchel duality;
     with a free bias ``V 1 = 0``). The candidate is ``V = s grad g`` at the
     (bias-polished) iterate, scaled by the largest ``s <= 1`` that keeps it
-    feasible; ``s = 1`` at the optimum, where the gap is 0. CE:
-    ``-g*(V) = sum_j omega_j Entropy(T_j + V_j/omega_j)``; MSE:
-    ``-g*(V) = -sum_j [||V_j||^2/(2 omega_j) + V_j^T T_j]``.
+    feasible (the loss's ``dual_step_limit`` keeps it in the conjugate's domain);
+    ``s = 1`` at the optimum, where the gap is 0. ``-g*(V) = sum_j omega_j (-l*)(V_j/omega_j; T_j)``
+    with the loss's ``neg_conjugate``: for CE (and label-smoothed CE) ``Entropy(T_j + v)``,
+    for MSE ``-(||v||^2/2 + v^T T_j)``.
 
     Parameters
     ----------
@@ -293,19 +251,9 @@ def _certify(form: Form, X, b, nuclear, opnorm) -> dict:
         G = G - np.outer(G.sum(axis=1), form.omega) / form.omega.sum()
     op = opnorm(form.adj(G))
     s = 1.0 if op <= form.mu else form.mu / op
-    if form.loss == "ce":
-        U = G / form.omega[None, :]                      # per-example gradient p - t (shifted)
-        neg = U < 0
-        if np.any(neg):
-            with np.errstate(divide="ignore"):
-                s = min(s, float(np.min(np.where(neg, form.T / -np.where(neg, U, -1.0), np.inf))))
-        Q = np.clip(form.T + s * U, 0.0, None)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ent = -np.sum(np.where(Q > 0, Q * np.log(Q), 0.0), axis=0)
-        dual = float(form.omega @ ent)
-    else:
-        V = s * G
-        dual = -float(np.sum(np.sum(V * V, axis=0) / (2 * form.omega)) + np.sum(V * form.T))
+    U = G / form.omega[None, :]                          # per-example gradient (p - t for CE)
+    s = min(s, form.loss.dual_step_limit(U, form.T))     # inside the conjugate's domain
+    dual = float(form.omega @ form.loss.neg_conjugate(s * U, form.T))
     if form.bias == "regularized":
         w = (s * G).sum(axis=1)
         dual -= float(w @ w) / (2 * form.lam_b)
@@ -406,10 +354,7 @@ def _cvx_program(form: Form):
     b = cp.Variable(K) if form.bias != "none" else None
     if b is not None:
         L = L + cp.reshape(b, (K, 1), order="C") @ np.ones((1, m))
-    if form.loss == "ce":
-        data = cp.sum(cp.multiply(form.omega, cp.log_sum_exp(L, axis=0) - cp.sum(cp.multiply(form.T, L), axis=0)))
-    else:
-        data = 0.5 * cp.sum(cp.multiply(form.omega, cp.sum(cp.square(L - form.T), axis=0)))
+    data = cp.sum(cp.multiply(form.omega, form.loss.cvx_columns(L, form.T)))
     obj = data + form.mu * cp.normNuc(X)
     if form.bias == "regularized":
         obj = obj + 0.5 * form.lam_b * cp.sum_squares(b)
@@ -754,7 +699,7 @@ def _fista(form: Form, X, b, tol: float, max_iter: int, check_every: int, progre
     X, b = spec.project(X, b)
     lam_b = form.lam_b if form.bias == "regularized" else 0.0
     # initial Lipschitz guess: the data Hessian is <= omega_j * (1/2 for CE, 1 for MSE) per column
-    curv = 0.5 if form.loss == "ce" else 1.0
+    curv = form.loss.curvature
     if form.kind == "input_coupled":
         Lip = curv * float(np.max(form.omega)) * _opnorm(form.Phi) ** 2
     else:
@@ -923,22 +868,33 @@ def svm(problem, *, solver: str = "CLARABEL") -> Solution:
     ok, why = applies_svm(problem)
     if not ok:
         raise NotApplicable(why)
-    p = problem
-    meta = {"problem": p.as_dict(), "solver": solver, "objective": "max-margin value (nuclear norm)"}
-    if isinstance(p, InputCoupledUFM):
-        M = cp.Variable((p.K, p.p))
-        Z = M @ p.Phi
-        cons = _margin_constraints(Z, p.y, p.K)
-        prob = cp.Problem(cp.Minimize(cp.normNuc(M)), cons)
-        _solve(prob, solver)
-        Mv = np.asarray(M.value)
-        W, A = balanced_split(Mv, p.d, 0.0, 0.0, rank_tol=1e-8, floor=1e-300, name="M")
-        H = A @ p.Phi
-        meta.update(solver_status=prob.status, nuclear=float(prob.value))
-        return Solution(W=W, H=H, b=None, Z=W @ H, A=A, loss=float(prob.value), success=prob.status == cp.OPTIMAL,
-                        status="max_margin", message="Max-margin end state of the input-coupled UFM (no weight "
-                        "decay): the direction of W A Phi under gradient descent.", method="svm", meta=meta,
-                        citation="THEORY §8.2; Lyu & Li 2020; Ji & Telgarsky 2020")
+    meta = {"problem": problem.as_dict(), "solver": solver, "objective": "max-margin value (nuclear norm)"}
+    return _SVM_PROGRAMS[problem.model](problem, solver, meta)
+
+
+def _svm_input_coupled(p, solver, meta):
+    """``min ||M||_* s.t. margins(M Phi) >= 1`` (THEORY §8.2)."""
+    import cvxpy as cp
+
+    M = cp.Variable((p.K, p.p))
+    Z = M @ p.Phi
+    cons = _margin_constraints(Z, p.y, p.K)
+    prob = cp.Problem(cp.Minimize(cp.normNuc(M)), cons)
+    _solve(prob, solver)
+    Mv = np.asarray(M.value)
+    W, A = balanced_split(Mv, p.d, 0.0, 0.0, rank_tol=1e-8, floor=1e-300, name="M")
+    H = A @ p.Phi
+    meta.update(solver_status=prob.status, nuclear=float(prob.value))
+    return Solution(W=W, H=H, b=None, Z=W @ H, A=A, loss=float(prob.value), success=prob.status == cp.OPTIMAL,
+                    status="max_margin", message="Max-margin end state of the input-coupled UFM (no weight "
+                    "decay): the direction of W A Phi under gradient descent.", method="svm", meta=meta,
+                    citation="THEORY §8.2; Lyu & Li 2020; Ji & Telgarsky 2020")
+
+
+def _svm_ufm(p, solver, meta):
+    """The nuclear-norm SVM (3.2) for hard labels (class-collapsed), the NTP-SVM for soft ones."""
+    import cvxpy as cp
+
     if not p.soft:
         counts = np.asarray(p.counts, dtype=float)
         Zb = cp.Variable((p.K, p.K))
@@ -955,6 +911,10 @@ def svm(problem, *, solver: str = "CLARABEL") -> Solution:
                         f"P_K Y (max deviation {meta['distance_to_seli']:.1e}).", method="svm", meta=meta,
                         citation="THEORY §3.2; Thrampoulidis et al. 2022, arXiv 2208.05512")
     return _ntp_svm(p, solver, meta)
+
+
+#: The max-margin program of each model (by ``problem.model``; :meth:`svm_applies` says whether it holds).
+_SVM_PROGRAMS = {"ufm": _svm_ufm, "input_coupled": _svm_input_coupled}
 
 
 def _solve(prob, solver):
@@ -1056,14 +1016,6 @@ def applies_svm(problem) -> tuple[bool, str]:
     tuple of (bool, str)
         ``(applies, reason)``.
     """
-    if isinstance(problem, AnchoredUFM):
-        return False, "the anchored UFM has no max-margin program here"
-    if isinstance(problem, InputCoupledUFM):
-        if problem.loss != "ce" or problem.mu > 0 or problem.soft:
-            return False, "svm needs an unregularized CE input-coupled problem with hard labels"
-        return True, "input-coupled max margin"
-    if not isinstance(problem, UFMProblem):
+    if not callable(getattr(problem, "svm_applies", None)):          # input validation: not a UFM model
         return False, f"needs a UFMProblem, got {type(problem).__name__}"
-    if problem.loss != "ce" or problem.lam_W > 0 or problem.lam_H > 0 or problem.bias:
-        return False, "svm is the limit of CE without weight decay and without bias"
-    return True, "nuclear-norm SVM"
+    return problem.svm_applies()

@@ -38,6 +38,7 @@ import numpy as np
 from . import _memory
 from ._simulate import initial_states
 from ._checks import check_nonneg
+from .loss_registry import get_loss
 from .problems import InputCoupledUFM, UFMProblem
 from ._solve import solve
 from .metrics import centering_matrix, double_centre, etf_distance, semantic_gap
@@ -72,14 +73,22 @@ def _check_times(times) -> np.ndarray:
 
 
 def _check_semantic_problem(problem) -> InputCoupledUFM:
-    if not isinstance(problem, InputCoupledUFM):
+    if not isinstance(problem, InputCoupledUFM):          # input validation: the mode theory is M2's
         raise ValueError(f"problem must be an InputCoupledUFM (THEORY §8.2), got {type(problem).__name__}; "
                          "build one with InputCoupledUFM.from_setting(setting, sigma). For the standard UFM "
                          "use symmetric_flow.")
     if problem.soft or problem.K != problem.N or not np.array_equal(problem.y, np.arange(problem.N)):
         raise ValueError("the mode theory needs distinct one-hot labels (item i has label i, Y = I_N), as built by "
                          "InputCoupledUFM.from_setting; this problem's labels differ.")
+    _require_dynamics_theory(problem.loss)
     return problem
+
+
+def _require_dynamics_theory(loss):
+    """The curves here are derived for the softmax cross-entropy and the squared error (the loss says so)."""
+    if "dynamics" not in loss.closed_forms:
+        raise ValueError(f"the theory curves of ufm.dynamics are derived for loss='ce' and loss='mse', not "
+                         f"{loss}; simulate it with ufm.simulate instead.")
 
 
 # =====================================================================================
@@ -116,7 +125,7 @@ def input_modes(problem, *, tol: float = 1e-10):
     """
     problem = _check_semantic_problem(problem)
     Phi = problem.Phi
-    X = Phi if problem.loss == "mse" else Phi - Phi.mean(axis=1, keepdims=True)
+    X = Phi - Phi.mean(axis=1, keepdims=True) if problem.loss.shift_invariant else Phi
     P, d, Qt = np.linalg.svd(X, full_matrices=False)
     keep = d > tol * d[0] if d.size and d[0] > 0 else np.zeros(d.shape, bool)
     if not keep.any():
@@ -262,7 +271,7 @@ class _ModeModel:
             raise ValueError("the initialization has no component on the growing direction of some mode "
                              "(e.g. W0^T q_a + A0 p_a = 0); perturb the init.")
         self.rtol = rtol
-        if self.loss == "mse" and self.lam_W == self.lam_A:
+        if self.loss.quadratic and self.lam_W == self.lam_A:
             self.kind = "closed_form"
             self.zinf = 1.0 - self.lam_W * self.N / self.d      # carrying capacity (THEORY §6.3 with decay)
         else:
@@ -275,13 +284,13 @@ class _ModeModel:
     # -- logits and the projected gradient --------------------------------------------
     def logits(self, u):
         """Z for mode products u = a b (N x N)."""
-        if self.loss == "mse":
+        if self.loss.quadratic:
             return (self.Q * (u * self.d)) @ self.Q.T
         return (self.Q * u) @ self.PtPhi
 
     def drive(self, u):
         """c_a = q_a^T (1/N)(Y - softmax(Z) or Z) Phi^T p_a (the projected negative gradient)."""
-        if self.loss == "mse":
+        if self.loss.quadratic:
             return self.d * (1.0 - u * self.d) / self.N
         Z = self.logits(u)
         Z = Z - Z.max(axis=0, keepdims=True)
@@ -381,7 +390,7 @@ class _ModeModel:
         if self.kind == "closed_form":
             zinf = np.maximum(self.zinf, 0.0)
             return zinf * self.d, "closed form: z_a -> max(1 - lam N/d_a, 0)"
-        if self.loss == "mse":
+        if self.loss.quadratic:
             return self._restricted_optimum(), "restricted optimum (unequal decays)"
         if self.lam_W == 0 and self.lam_A == 0:
             return self._max_margin(), "max-margin point of the mode-aligned family (linear program)"
@@ -415,7 +424,7 @@ class _ModeModel:
 
         def fun(u):
             Z = self.logits(u)
-            if self.loss == "mse":
+            if self.loss.quadratic:
                 R = Z - Y
                 f = 0.5 * np.sum(R * R) / self.N
             else:
@@ -471,7 +480,7 @@ class _CoreModel(_ModeModel):
         # CE: the mean input Phi 1 lies outside the centred modes; A's component along it is a class bias
         # (logits W A Phi 1 1^T/N), driven once the softmax is not symmetric (row sums of Y - softmax(Z))
         P = self.P
-        if self.loss == "ce":
+        if self.loss.shift_invariant:
             u = problem.Phi.sum(axis=1)
             u = u - P @ (P.T @ u)
             if np.linalg.norm(u) > 1e-10 * max(1.0, np.linalg.norm(problem.Phi)):
@@ -493,7 +502,7 @@ class _CoreModel(_ModeModel):
         Wc, Ac = self._split(y)
         C = Wc @ Ac
         Z = (self.Q @ C) @ self.PhiTP.T
-        if self.loss == "mse":
+        if self.loss.quadratic:
             D = np.eye(self.N) - Z
         else:
             Z = Z - Z.max(axis=0, keepdims=True)
@@ -568,9 +577,9 @@ def _unit(G):
 
 def _model_meta(model, problem):
     start, label, description = _start_of(model)
-    return {"problem": problem.as_dict(), "loss": model.loss, "init": model.init, "solution": model.kind,
+    return {"problem": problem.as_dict(), "loss": str(model.loss), "init": model.init, "solution": model.kind,
             "n_modes": int(model.r), "time": "gradient-flow time t = steps * lr of ufm.simulate (mean losses)",
-            "mode_basis": "SVD of Phi" if model.loss == "mse" else "SVD of Phi P_N (centred inputs)",
+            "mode_basis": "SVD of Phi P_N (centred inputs)" if model.loss.shift_invariant else "SVD of Phi",
             "start": start, "start_label": label, "start_description": description}
 
 
@@ -988,13 +997,13 @@ def _search_range(model, t, horizon):
     """The horizon of the peak search and ``core_far(model)``, how far to look for the transition.
 
     Without ``horizon``: past the times asked and twice the saturation time, and for CE the transition
-    is looked for up to ``1e6`` saturation times (the slow logarithmic growth); a given horizon bounds
+    is looked for up to ``1e6`` saturation times (a non-quadratic loss grows slowly); a given horizon bounds
     both. A core model with weight decay looks no further than ``max(horizon, 1e3 / lam)``.
     """
     t_sat = model.saturation_time()
     if horizon is None:
         horizon = max(float(t[-1]), 2.0 * t_sat)
-        far = max(horizon, 1e6 * t_sat) if model.loss == "ce" else horizon
+        far = horizon if model.loss.quadratic else max(horizon, 1e6 * t_sat)   # CE saturates slowly
     else:
         horizon = float(horizon)
         if not (math.isfinite(horizon) and horizon > 0):
@@ -1133,7 +1142,8 @@ def symmetric_flow(problem, times, p0: float | None = None, *, a0: float | None 
     c0 = float(b0)
     if not problem.bias and c0 != 0.0:
         raise ValueError("b0 given but the problem has no bias; pass bias=True or drop b0.")
-    mse = problem.loss == "mse"
+    _require_dynamics_theory(problem.loss)
+    mse = problem.loss.quadratic
 
     balanced = abs(a0 - math.sqrt(n) * beta0) <= 1e-14 * max(a0, 1.0)
     if mse and lW == 0 and lH == 0 and balanced:
@@ -1266,7 +1276,8 @@ def kernel_flow(setting_or_attributes, theta, times, *, loss: str = "ce", Z0=Non
         The kernel, symmetric PSD (e.g. :func:`block_kernel`).
     times : array
         Times (non-decreasing, >= 0).
-    loss : {"ce", "mse"}
+    loss : str or Loss
+        Any loss of :data:`ufm.loss_registry.LOSSES` (a quadratic loss is integrated exactly).
     Z0 : (N, N) array, optional
         Initial logits; default ``init_scale`` times a standard Gaussian draw
         (``init_scale = 0``: start at ``Z = 0``).
@@ -1298,8 +1309,7 @@ def kernel_flow(setting_or_attributes, theta, times, *, loss: str = "ce", Z0=Non
         raise ValueError("theta must be symmetric (a kernel).")
     if np.linalg.eigvalsh(T).min() < -1e-10 * max(1.0, np.abs(T).max()):
         raise ValueError("theta must be positive semidefinite (a kernel).")
-    if loss not in ("ce", "mse"):
-        raise ValueError(f"loss must be 'ce' or 'mse', got {loss!r}.")
+    loss = get_loss(loss)
     t = _check_times(times)
     if Z0 is None:
         s0 = check_nonneg("init_scale", init_scale, "the init std of the logits")
@@ -1312,24 +1322,13 @@ def kernel_flow(setting_or_attributes, theta, times, *, loss: str = "ce", Z0=Non
         raise ValueError(f"Z0 must be a finite N x N = {N} x {N} logit matrix, got shape {Z0.shape}.")
     Y = np.eye(N)
 
-    def grad(Z):
-        if loss == "mse":
-            return (Z - Y) / N
-        E = np.exp(Z - Z.max(axis=0, keepdims=True))
-        return (E / E.sum(axis=0, keepdims=True) - Y) / N
-
-    def objective(Z):
-        if loss == "mse":
-            return float(np.sum((Z - Y) ** 2) / (2 * N))
-        Zs = Z - Z.max(axis=0, keepdims=True)
-        return float(np.mean(np.log(np.exp(Zs).sum(axis=0)) - np.diag(Zs)))
-
-    if loss == "mse":      # linear: Z(t) = Y + (Z0 - Y) exp(-t Theta / N), exactly
+    if loss.quadratic:      # linear: Z(t) = Y + (Z0 - Y) exp(-t Theta / N), exactly
+        Yt = loss.targets(Y)
         w, V = np.linalg.eigh(T)
-        Zt = np.stack([Y + ((Z0 - Y) @ V) * np.exp(-tt * w / N) @ V.T for tt in t])
+        Zt = np.stack([Yt + ((Z0 - Yt) @ V) * np.exp(-tt * w / N) @ V.T for tt in t])
         how = "closed form (matrix exponential of Theta)"
     else:
-        sol = solve_ivp(lambda _s, z: -(grad(z.reshape(N, N)) @ T).ravel(), (0.0, max(float(t[-1]), 1e-12)),
+        sol = solve_ivp(lambda _s, z: -(loss.grad(z.reshape(N, N), Y) @ T).ravel(), (0.0, max(float(t[-1]), 1e-12)),
                         Z0.ravel(), t_eval=t, method="DOP853", rtol=rtol, atol=atol)
         if not sol.success:
             raise RuntimeError(f"the kernel flow ODE failed: {sol.message}")
@@ -1344,8 +1343,8 @@ def kernel_flow(setting_or_attributes, theta, times, *, loss: str = "ce", Z0=Non
     gaps, etfs = np.array(gaps), np.array(etfs)
     j = int(np.nanargmax(gaps)) if np.any(np.isfinite(gaps)) else 0
     records = {"Z": Zt, "gram_H": grams, "semantic_gap": gaps, "etf_distance": etfs,
-               "loss": np.array([objective(Z) for Z in Zt])}
-    meta = {"model": "M3 kernel flow", "loss": loss, "N": N, "solution": how,
+               "loss": np.array([loss.value(Z, Y) for Z in Zt])}
+    meta = {"model": "M3 kernel flow", "loss": str(loss), "N": N, "solution": how,
             "gram": "logit Gram Z^T Z (no features in function space), centred with P_N",
             "start": "logits", "start_label": start_label,
             "peak": "maximum over the given times" + (" (at the first time: the gap never rises)" if j == 0 else "")}

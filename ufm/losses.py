@@ -1,17 +1,23 @@
 """Plain-numpy losses, objectives and gradients: the reference for every solver.
 
-A loss is a pair of functions of the logits ``Z`` (K x N) and the label matrix
-``Y`` (K x N, one-hot or column-stochastic): ``value(Z, Y) -> float`` and
-``grad(Z, Y) -> dZ``. Both are *means over the N examples* (THEORY (0.1)):
+A loss is an object (:class:`Loss`) that knows everything the rest of ``ufm`` asks
+of it: its value and gradient in the logits ``Z`` (K x N) against the labels ``Y``
+(one-hot or column-stochastic), both *means over the N examples* (THEORY (0.1)), the
+targets it compares with, its per-column form, convex conjugate and cvxpy expression
+(the convex solvers of :mod:`ufm.convex`), the compiled kernel that evaluates it
+(:func:`ufm.simulate`), and which closed forms and theory curves hold for it.
+:data:`ufm.loss_registry.LOSSES` registers them by name (the ``loss=`` of a problem):
 
-* ``"ce"``: ``(1/N) sum_j [logsumexp(z_j) - y_j^T z_j]``, with a stable
-  log-sum-exp; for one-hot ``y_j`` this is the usual cross-entropy, for soft
-  labels the NTP cross-entropy of THEORY §5.2.
-* ``"mse"``: ``1/(2N) ||Z - Y||_F^2`` (THEORY §2.2).
+* ``"ce"`` (:class:`CrossEntropy`): ``(1/N) sum_j [logsumexp(z_j) - y_j^T z_j]``, with a
+  stable log-sum-exp; for one-hot ``y_j`` the usual cross-entropy, for soft labels the
+  NTP cross-entropy of THEORY §5.2.
+* ``"mse"`` (:class:`SquaredError`): ``1/(2N) ||Z - Y||_F^2`` (THEORY §2.2).
+* ``"ls_ce"`` (:class:`~ufm.label_smoothing.LabelSmoothedCE`, parameter ``eps``): the
+  cross-entropy against ``(1 - eps) y + eps/K`` (THEORY §1.5).
 
-To add a loss, write its ``value`` and ``grad`` here and register them in
-:data:`LOSSES`; everything else (objectives, stationarity checks, solvers
-that call these functions) picks it up.
+To add a loss, write its class in a file of its own (subclass :class:`Loss`, or a loss
+it generalizes) and add one entry to :data:`ufm.loss_registry.LOSSES`;
+``docs/guide/adding_a_loss.md`` walks through it with the label-smoothed cross-entropy.
 
 The regularized UFM objective uses halved weight decays (THEORY §0.1)::
 
@@ -26,20 +32,22 @@ Models as states
 Simulators hold a model's trainable blocks in a dict (a *state*):
 ``{"W", "H"}`` (+ ``"b"`` with a bias) for :class:`~ufm.problems.UFMProblem` and
 :class:`~ufm.problems.AnchoredUFM`, ``{"W", "A"}`` for
-:class:`~ufm.problems.InputCoupledUFM`. :func:`blocks`, :func:`state_objective`,
-:func:`state_gradients` and :func:`features` work on any model, so a simulator
-or solver is written once. :func:`gd_reference` is the plain-numpy gradient
+:class:`~ufm.problems.InputCoupledUFM`. Each model answers for its own blocks,
+features, objective and gradients (methods of :mod:`ufm.problems`);
+:func:`blocks`, :func:`state_objective`, :func:`state_gradients` and :func:`features`
+ask it, so a simulator or solver is written once. :func:`gd_reference` is the plain-numpy gradient
 descent every compiled kernel is tested against.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import math
+from dataclasses import dataclass, fields, is_dataclass
 
 import numpy as np
 from scipy.special import logsumexp, softmax
 
-__all__ = ["LOSSES", "Loss", "ce", "ce_grad", "mse", "mse_grad", "logits",
+__all__ = ["Loss", "CrossEntropy", "SquaredError", "ce", "ce_grad", "mse", "mse_grad", "logits",
            "data_loss", "data_grad", "objective", "gradients", "stationarity_residuals",
            "input_coupled_objective", "input_coupled_gradients",
            "blocks", "features", "state_logits", "state_objective", "state_gradients", "gd_reference"]
@@ -121,29 +129,399 @@ def mse_grad(Z: np.ndarray, Y: np.ndarray) -> np.ndarray:
     return (Z - Y) / Z.shape[1]
 
 
-class Loss(NamedTuple):
-    """A loss as a pair of functions of the logits and the labels (see :data:`LOSSES`).
+# -- loss objects ------------------------------------------------------------------------
+class Loss:
+    """A loss of the logits: everything the solvers, simulators and theory ask of it.
 
-    Parameters
+    A loss compares logit columns ``z_j`` with *targets* ``t_j`` (K x m matrices, one
+    column each). :meth:`targets` turns a model's labels ``Y`` into them (the identity for
+    ``"ce"`` and ``"mse"``); every other method works on targets. Subclasses are frozen
+    dataclasses whose fields are the loss's parameters (equal parameters, equal losses)
+    and set the class attributes below.
+
+    Attributes
     ----------
-    value : callable
-        ``value(Z, Y) -> float``: the mean loss over the N examples.
-    grad : callable
-        ``grad(Z, Y) -> ndarray``: its gradient in ``Z`` (K x N).
+    name : str
+        Registry name (:data:`ufm.loss_registry.LOSSES`).
+    kernel_id : int or None
+        The compiled loss that evaluates this loss on :meth:`targets` in :func:`ufm.simulate`
+        (``ufm._kernels.LOSS_IDS``: 0 the mean cross-entropy against any column-stochastic
+        target matrix, 1 the squared error); ``None``: no compiled kernel (``simulate``
+        runs GD in NumPy from :meth:`grad`, much slower, and says so in ``meta["loss_kernel"]``;
+        the flow needs a kernel).
+    shift_invariant : bool
+        ``l(z + c 1, t) = l(z, t)`` (cross-entropies): a bias along ``1`` is a no-op and
+        the theory centres the inputs.
+    quadratic : bool
+        ``l`` is quadratic in ``z`` (the squared error): the flows of :mod:`ufm.dynamics`
+        are linear.
+    curvature : float
+        A bound on the Hessian's operator norm of one column (1/2 for softmax losses,
+        1 for the squared error): the proximal solver's first step size.
+    closed_forms : frozenset of str
+        The exact results that hold for this loss: keys of ``ufm.closed_form.CASES``
+        (``"ce_balanced"``, ``"seli"``, ``"mse"``, ``"layer_peeled"``), ``"svm"`` (the
+        max-margin limit of :func:`ufm.convex.svm`) and ``"dynamics"`` (the theory curves of
+        :mod:`ufm.dynamics`: mode curves, symmetric flows; derived for CE and MSE).
     """
-    value: Callable[[np.ndarray, np.ndarray], float]
-    grad: Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+    name: str = ""
+    kernel_id: int | None = None
+    shift_invariant: bool = False
+    quadratic: bool = False
+    curvature: float = 1.0
+    closed_forms: frozenset = frozenset()
+
+    def __init_subclass__(cls, **kwargs):
+        """A method a loss overrides keeps the protocol's documentation unless it writes its own."""
+        super().__init_subclass__(**kwargs)
+        for name, member in vars(cls).items():
+            base = getattr(Loss, name, None)
+            if callable(member) and not name.startswith("_") and not member.__doc__ and base is not None:
+                member.__doc__ = base.__doc__
+
+    def __str__(self) -> str:
+        """The spec that :func:`ufm.loss_registry.get_loss` reads back: the name, then the parameters if any."""
+        params = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)) if is_dataclass(self) else ""
+        return f"{self.name}({params})" if params else self.name
+
+    # -- the labels a model has, as the targets the loss compares with ----------------------
+    def targets(self, Y: np.ndarray) -> np.ndarray:
+        """The targets (K x m) of the labels ``Y`` (one-hot or column-stochastic): ``Y`` itself here.
+
+        Parameters
+        ----------
+        Y : ndarray (K, m)
+            Label columns.
+
+        Returns
+        -------
+        ndarray (K, m)
+            Target columns.
+        """
+        return Y
+
+    # -- values and gradients on the labels, means over the N examples (THEORY (0.1)) -------
+    def value(self, Z: np.ndarray, Y: np.ndarray) -> float:
+        """The mean loss ``(1/N) sum_j l(z_j, t_j)`` with ``T = targets(Y)``.
+
+        Parameters
+        ----------
+        Z : ndarray (K, N)
+            Logits.
+        Y : ndarray (K, N)
+            Labels (one-hot or column-stochastic).
+
+        Returns
+        -------
+        float
+            The mean over the N columns.
+        """
+        return float(np.mean(self.columns(Z, self.targets(Y))))
+
+    def grad(self, Z: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        """Gradient of :meth:`value` in ``Z`` (K x N).
+
+        Parameters
+        ----------
+        Z : ndarray (K, N)
+            Logits.
+        Y : ndarray (K, N)
+            Labels (one-hot or column-stochastic).
+
+        Returns
+        -------
+        ndarray (K, N)
+            ``d value / d Z``.
+        """
+        return self.column_grads(Z, self.targets(Y)) / Z.shape[1]
+
+    # -- per column, on targets: what the convex form (THEORY (4.1)) is made of --------------
+    def columns(self, L: np.ndarray, T: np.ndarray) -> np.ndarray:
+        """``l(l_j, t_j)`` for every column (length m).
+
+        Parameters
+        ----------
+        L : ndarray (K, m)
+            Logit columns.
+        T : ndarray (K, m)
+            Target columns.
+
+        Returns
+        -------
+        ndarray (m,)
+            One loss per column.
+        """
+        raise NotImplementedError
+
+    def column_grads(self, L: np.ndarray, T: np.ndarray) -> np.ndarray:
+        """``grad l(l_j, t_j)`` for every column (K x m, a new array).
+
+        Parameters
+        ----------
+        L : ndarray (K, m)
+            Logit columns.
+        T : ndarray (K, m)
+            Target columns.
+
+        Returns
+        -------
+        ndarray (K, m)
+            One gradient per column.
+        """
+        raise NotImplementedError
+
+    def neg_conjugate(self, V: np.ndarray, T: np.ndarray) -> np.ndarray:
+        """``-l*(v_j; t_j)`` per column: minus the convex conjugate in the logits (the dual objective).
+
+        ``V`` is a scaled gradient ``s grad l`` inside the conjugate's domain (see
+        :meth:`dual_step_limit`); :func:`ufm.convex.certificate` sums these with the form's weights.
+
+        Parameters
+        ----------
+        V : ndarray (K, m)
+            Dual columns.
+        T : ndarray (K, m)
+            Target columns.
+
+        Returns
+        -------
+        ndarray (m,)
+            ``-l*`` per column.
+        """
+        raise NotImplementedError
+
+    def dual_step_limit(self, U: np.ndarray, T: np.ndarray) -> float:
+        """The largest ``s`` for which ``s U`` stays in the conjugate's domain (``inf``: all of it).
+
+        Parameters
+        ----------
+        U : ndarray (K, m)
+            Column gradients.
+        T : ndarray (K, m)
+            Target columns.
+
+        Returns
+        -------
+        float
+            The bound on the dual scaling.
+        """
+        return math.inf
+
+    def cvx_columns(self, L, T: np.ndarray):
+        """The per-column loss as a cvxpy expression (length m) of the logit expression ``L``.
+
+        Parameters
+        ----------
+        L : cvxpy expression (K, m)
+            Logit columns.
+        T : ndarray (K, m)
+            Target columns.
+
+        Returns
+        -------
+        cvxpy expression (m,)
+            Convex in ``L``.
+        """
+        raise NotImplementedError
+
+    def best_bias(self, L0: np.ndarray, T: np.ndarray, omega: np.ndarray, lam: float, free: bool,
+                  b: np.ndarray, data) -> np.ndarray:
+        """The bias minimizing ``sum_j omega_j l(l0_j + b, t_j) + lam/2 ||b||^2`` from the start ``b``.
+
+        Parameters
+        ----------
+        L0 : ndarray (K, m)
+            Logit columns without the bias.
+        T : ndarray (K, m)
+            Target columns.
+        omega : ndarray (m,)
+            Column weights.
+        lam : float
+            Bias decay (halved); 0 for a free bias.
+        free : bool
+            Whether the bias is unregularized.
+        b : ndarray (K,)
+            Start.
+        data : callable
+            ``data(L) -> float``, the weighted data term (for the line search).
+
+        Returns
+        -------
+        ndarray (K,)
+            The bias.
+        """
+        raise NotImplementedError
+
+    def bias_at_zero(self, pi: np.ndarray, lam_b: float, free: bool) -> np.ndarray | None:
+        """The optimal bias of the zero logits when it is explicit, else ``None``.
+
+        Parameters
+        ----------
+        pi : ndarray (K,)
+            Mean target column.
+        lam_b : float
+            Bias decay (halved).
+        free : bool
+            Whether the bias is unregularized.
+
+        Returns
+        -------
+        ndarray (K,) or None
+            The bias.
+        """
+        return None
+
+    def why_not_without_decay(self, names: str) -> str | None:
+        """Why the convex form without weight decay is not solved for this loss (``None``: it is).
+
+        Parameters
+        ----------
+        names : str
+            The weight decays, for the message (``"lam_W and lam_H"``).
+
+        Returns
+        -------
+        str or None
+            The reason, naming the method that applies instead.
+        """
+        return None
 
 
-#: Registered losses by name (the ``loss=`` of a problem).
-LOSSES: dict[str, Loss] = {"ce": Loss(ce, ce_grad), "mse": Loss(mse, mse_grad)}
+@dataclass(frozen=True)
+class CrossEntropy(Loss):
+    """Mean cross-entropy ``(1/N) sum_j [logsumexp(z_j) - t_j^T z_j]`` (THEORY (0.1), §5.2).
+
+    Hard labels give the usual cross-entropy, soft labels the NTP cross-entropy. Its
+    conjugate is the negative entropy on the simplex: ``-l*(v; t) = Entropy(t + v)`` for
+    ``t + v`` a probability vector (THEORY §4).
+    """
+
+    name = "ce"
+    kernel_id = 0
+    shift_invariant = True
+    curvature = 0.5
+    closed_forms = frozenset({"ce_balanced", "seli", "layer_peeled", "svm", "dynamics"})
+
+    def value(self, Z, Y):
+        return ce(Z, self.targets(Y))
+
+    def grad(self, Z, Y):
+        return ce_grad(Z, self.targets(Y))
+
+    def columns(self, L, T):
+        m = L.max(axis=0)                     # stable log-sum-exp
+        lse = m + np.log(np.exp(L - m).sum(axis=0))
+        return lse - np.sum(T * L, axis=0)
+
+    def column_grads(self, L, T):
+        P = L - L.max(axis=0)                 # column softmax in place: one K x m buffer
+        np.exp(P, out=P)
+        P *= 1.0 / P.sum(axis=0)
+        P -= T
+        return P
+
+    def neg_conjugate(self, V, T):
+        Q = np.clip(T + V, 0.0, None)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return -np.sum(np.where(Q > 0, Q * np.log(Q), 0.0), axis=0)
+
+    def dual_step_limit(self, U, T):
+        neg = U < 0
+        if not np.any(neg):
+            return math.inf
+        with np.errstate(divide="ignore"):
+            return float(np.min(np.where(neg, T / -np.where(neg, U, -1.0), np.inf)))
+
+    def cvx_columns(self, L, T):
+        import cvxpy as cp
+
+        return cp.log_sum_exp(L, axis=0) - cp.sum(cp.multiply(T, L), axis=0)
+
+    def best_bias(self, L0, T, omega, lam, free, b, data):
+        bias_reg = (lambda v: 0.0) if free else (lambda v: 0.5 * lam * float(v @ v))
+        b = np.array(b, dtype=float)
+        for _ in range(60):             # damped Newton converges in a handful of steps
+            L = L0 + b[:, None]
+            P = softmax(L, axis=0)
+            g = (P - T) @ omega + lam * b
+            if free:       # CE is invariant along 1: solve on its complement
+                g = g - g.mean()
+            if np.abs(g).max() <= 1e-15:
+                break
+            Hm = (P * omega[None, :]) @ P.T
+            Hm = np.diag(P @ omega) - Hm + lam * np.eye(len(b))
+            if free:
+                Hm = Hm + np.ones_like(Hm) / len(b)
+            step = np.linalg.solve(Hm, g)
+            f0 = data(L) + bias_reg(b)
+            t = 1.0
+            while t > 1e-6:             # damped Newton; near the optimum the full step is taken
+                bn = b - t * step
+                if data(L0 + bn[:, None]) + bias_reg(bn) <= f0 - 0.25 * t * float(g @ step) + 1e-15 * abs(f0):
+                    break
+                t *= 0.5
+            b = bn
+        return b - b.mean() if free else b
+
+    def bias_at_zero(self, pi, lam_b, free):
+        if free and np.all(pi > 0):
+            return np.log(pi)
+        if np.allclose(pi, 1.0 / len(pi)):
+            return np.zeros(len(pi))
+        return None
+
+    def why_not_without_decay(self, names):
+        return (f"CE without weight decay ({names} not both > 0) has no minimizer: the logits grow "
+                "without bound; method='svm' gives the max-margin direction they converge to")
+
+
+@dataclass(frozen=True)
+class SquaredError(Loss):
+    """Mean squared error ``1/(2N) ||Z - T||_F^2`` (THEORY §2.2).
+
+    ``-l*(v; t) = -(||v||^2/2 + v^T t)``.
+    """
+
+    name = "mse"
+    kernel_id = 1
+    quadratic = True
+    curvature = 1.0
+    closed_forms = frozenset({"mse", "dynamics"})
+
+    def value(self, Z, Y):
+        return mse(Z, self.targets(Y))
+
+    def grad(self, Z, Y):
+        return mse_grad(Z, self.targets(Y))
+
+    def columns(self, L, T):
+        R = L - T
+        return 0.5 * np.sum(R * R, axis=0)
+
+    def column_grads(self, L, T):
+        return L - T
+
+    def neg_conjugate(self, V, T):
+        return -(0.5 * np.sum(V * V, axis=0) + np.sum(V * T, axis=0))
+
+    def cvx_columns(self, L, T):
+        import cvxpy as cp
+
+        return 0.5 * cp.sum(cp.square(L - T), axis=0)
+
+    def best_bias(self, L0, T, omega, lam, free, b, data):
+        return (T - L0) @ omega / (omega.sum() + lam)
+
+    def bias_at_zero(self, pi, lam_b, free):
+        return pi / (1.0 + lam_b)
+
+    def why_not_without_decay(self, names):
+        return "MSE without weight decay interpolates; method='closed_form' gives the minimum-norm solution"
 
 
 def _loss(problem) -> Loss:
-    try:
-        return LOSSES[problem.loss]
-    except KeyError:
-        raise ValueError(f"loss {problem.loss!r} has no implementation; known: {sorted(LOSSES)}.") from None
+    return problem.loss
 
 
 def logits(W: np.ndarray, H: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
@@ -303,22 +681,27 @@ def stationarity_residuals(problem, W, H, b=None) -> dict:
         ``{"W": ||lam_W W + G H^T|| / scale_W, "H": ..., "b": ...}`` with
         ``G = grad_Z g(Z)`` and each scale the larger of the regularizer term and a
         bound on the data term (``||G|| ||H||``, ``||W|| ||G||``, ``||G|| sqrt(N)``),
-        so each entry is a relative error, 0 at a critical point.
+        so each entry is a relative error, 0 at a critical point. A block without weight
+        decay measures ``||G||`` against its size at zero logits as well (the bound uses
+        ``max(||G||, ||grad g(0)||)``): where the loss attains its minimum (label-smoothed CE,
+        MSE) ``G`` itself vanishes at the optimum, and the ratio would be 0/0.
     """
     W, H = np.asarray(W, float), np.asarray(H, float)
     b = np.asarray(b, float) if (problem.bias and b is not None) else None
     _check_shapes(problem, W, H, b)
     G = data_grad(problem, logits(W, H, b))
     g = np.linalg.norm(G)
+    g_free = max(g, np.linalg.norm(data_grad(problem, np.zeros_like(G))))     # for blocks without decay
 
-    def rel(reg, data, bound):
-        scale = max(np.linalg.norm(reg), bound)
+    def rel(lam, X, data, other):
+        reg = lam * X
+        scale = max(np.linalg.norm(reg), (g if lam > 0 else g_free) * other)
         return float(np.linalg.norm(reg + data) / scale) if scale > 0 else 0.0
 
-    out = {"W": rel(problem.lam_W * W, G @ H.T, g * np.linalg.norm(H)),
-           "H": rel(problem.lam_H * H, W.T @ G, g * np.linalg.norm(W))}
+    out = {"W": rel(problem.lam_W, W, G @ H.T, np.linalg.norm(H)),
+           "H": rel(problem.lam_H, H, W.T @ G, np.linalg.norm(W))}
     if b is not None:
-        out["b"] = rel(problem.lam_b * b, G.sum(axis=1), g * np.sqrt(problem.N))
+        out["b"] = rel(problem.lam_b, b, G.sum(axis=1), np.sqrt(problem.N))
     return out
 
 
@@ -381,10 +764,6 @@ def input_coupled_gradients(problem, W, A):
 
 
 # -- models as states ------------------------------------------------------------------
-def _is_input_coupled(problem) -> bool:
-    return hasattr(problem, "Phi")
-
-
 def blocks(problem) -> dict:
     """Names and shapes of a model's trainable blocks, in a fixed order.
 
@@ -399,12 +778,7 @@ def blocks(problem) -> dict:
         ``{"W": (K, d), "H": (d, N)}`` (+ ``"b": (K,)`` with a bias), or
         ``{"W": (K, d), "A": (d, p)}`` for the input-coupled UFM.
     """
-    if _is_input_coupled(problem):
-        return {"W": (problem.K, problem.d), "A": (problem.d, problem.p)}
-    out = {"W": (problem.K, problem.d), "H": (problem.d, problem.N)}
-    if problem.bias:
-        out["b"] = (problem.K,)
-    return out
+    return problem.blocks()
 
 
 def features(problem, state: dict) -> np.ndarray:
@@ -422,7 +796,7 @@ def features(problem, state: dict) -> np.ndarray:
     ndarray (d, N)
         The features.
     """
-    return state["A"] @ problem.Phi if _is_input_coupled(problem) else state["H"]
+    return problem.features(state)
 
 
 def state_logits(problem, state: dict) -> np.ndarray:
@@ -458,9 +832,7 @@ def state_objective(problem, state: dict) -> float:
     float
         :func:`objective` or :func:`input_coupled_objective`.
     """
-    if _is_input_coupled(problem):
-        return input_coupled_objective(problem, state["W"], state["A"])
-    return objective(problem, state["W"], state["H"], state.get("b"))
+    return problem.objective(state)
 
 
 def state_gradients(problem, state: dict) -> dict:
@@ -478,14 +850,7 @@ def state_gradients(problem, state: dict) -> dict:
     dict of ndarray
         Same keys as ``state``.
     """
-    if _is_input_coupled(problem):
-        dW, dA = input_coupled_gradients(problem, state["W"], state["A"])
-        return {"W": dW, "A": dA}
-    dW, dH, db = gradients(problem, state["W"], state["H"], state.get("b"))
-    out = {"W": dW, "H": dH}
-    if db is not None:
-        out["b"] = db
-    return out
+    return problem.gradients(state)
 
 
 def gd_reference(problem, state: dict, lr: float, steps: int, record=()) -> tuple[dict, dict]:

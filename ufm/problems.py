@@ -14,7 +14,8 @@ Conventions (THEORY §0.1)
       f(W, H, b) = g(W H + b 1^T) + lam_W/2 ||W||_F^2 + lam_H/2 ||H||_F^2 + lam_b/2 ||b||^2
 
   where ``g`` is the mean cross-entropy over the N examples (``loss="ce"``)
-  or ``1/(2N) ||Z - Y||_F^2`` (``loss="mse"``, THEORY §2.2). Papers that write
+  or ``1/(2N) ||Z - Y||_F^2`` (``loss="mse"``, THEORY §2.2), or any loss of
+  :data:`ufm.loss_registry.LOSSES` (a problem holds its loss object). Papers that write
   ``lam ||W||^2`` without the 1/2 use twice our ``lam``.
 * Soft labels (THEORY §5, next-token prediction) are a K x N column-stochastic
   matrix; cross-entropy then reads ``logsumexp(z_j) - p_j^T z_j`` per column.
@@ -28,11 +29,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._checks import check_int as _check_int, check_nonneg as _check_nonneg
+from . import losses as _losses
+from .loss_registry import get_loss
+from .losses import CrossEntropy, Loss
 
-__all__ = ["UFMProblem", "LayerPeeledProblem", "AnchoredUFM", "InputCoupledUFM", "LOSS_NAMES"]
-
-#: Loss names understood by every solver; see :mod:`ufm.losses`.
-LOSS_NAMES = ("ce", "mse")
+__all__ = ["Labels", "UFMProblem", "LayerPeeledProblem", "AnchoredUFM", "InputCoupledUFM"]
 
 
 def _counts_from(K, n, counts, who: str) -> tuple[int, ...]:
@@ -53,6 +54,168 @@ def _counts_from(K, n, counts, who: str) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True, eq=False)
+class Labels:
+    """The labels of a model, parsed once: hard (a class per example) or soft (K x N probabilities).
+
+    Every model of this module holds one (``problem.label_set``) and reads its class
+    structure from it. Build it with :meth:`build`.
+
+    Parameters
+    ----------
+    K : int
+        Number of classes.
+    y : ndarray of int (N,) or None
+        Class of each example (hard labels; read-only), else ``None``.
+    soft_matrix : ndarray (K, N) or None
+        Column-stochastic soft labels (read-only), else ``None``.
+    counts : tuple of int or None
+        Examples per class (hard labels), else ``None``.
+    """
+
+    K: int
+    y: np.ndarray | None
+    soft_matrix: np.ndarray | None
+    counts: tuple[int, ...] | None
+
+    @classmethod
+    def build(cls, K=None, n=None, counts=None, labels=None, who: str = "UFMProblem") -> "Labels":
+        """Parse the label arguments of a model.
+
+        Parameters
+        ----------
+        K : int, optional
+            Number of classes (read from ``labels`` when omitted).
+        n : int, optional
+            Samples per class, class-major order (without ``labels``).
+        counts : sequence of int, optional
+            One count per class, class-major order (without ``labels``).
+        labels : array, optional
+            A 1-D integer vector (hard labels in any order) or a K x N column-stochastic
+            matrix (soft labels).
+        who : str
+            The model, for messages.
+
+        Returns
+        -------
+        Labels
+            The parsed labels.
+        """
+        if labels is None:
+            if K is None:
+                raise ValueError("K (number of classes) is required unless labels are given.")
+            K = _check_int("K", K, 2)
+            c = _counts_from(K, n, counts, who)
+            return cls._hard(K, c, np.repeat(np.arange(K), c))
+        lab = np.asarray(labels)
+        if lab.ndim == 1:
+            return cls._from_vector(lab, K, n, counts, who)
+        if lab.ndim == 2:
+            return cls._soft(lab, K, n, counts)
+        raise ValueError(
+            f"labels must be a 1-D integer vector (hard labels) or a K x N column-stochastic matrix "
+            f"(soft labels), got an array with shape {lab.shape}."
+        )
+
+    @classmethod
+    def _hard(cls, K, counts, y) -> "Labels":
+        y = np.asarray(y, dtype=np.int64)
+        y.setflags(write=False)
+        return cls(K=K, y=y, soft_matrix=None, counts=tuple(int(c) for c in counts))
+
+    @classmethod
+    def _from_vector(cls, lab, K, n, counts_given, who) -> "Labels":
+        if not np.issubdtype(lab.dtype, np.integer):
+            if np.issubdtype(lab.dtype, np.floating) and np.all(np.isfinite(lab)) and np.all(lab == np.round(lab)):
+                lab = lab.astype(np.int64)
+            else:
+                raise ValueError("labels (1-D) must hold integer class indices 0..K-1.")
+        if lab.size == 0:
+            raise ValueError("labels is empty; give at least one example per class.")
+        if lab.min() < 0:
+            raise ValueError(f"labels must be class indices >= 0, found {lab.min()}.")
+        K = int(lab.max()) + 1 if K is None else _check_int("K", K, 2)
+        if K < 2:
+            raise ValueError("labels name a single class; a UFM needs K >= 2 classes.")
+        if lab.max() >= K:
+            raise ValueError(f"labels contain class {lab.max()} but K={K}; labels must lie in 0..K-1.")
+        counts = np.bincount(lab, minlength=K)
+        if np.any(counts == 0):
+            missing = np.flatnonzero(counts == 0).tolist()
+            raise ValueError(f"classes {missing} have no example in labels; every class needs at least one.")
+        if n is not None or counts_given is not None:
+            given = _counts_from(K, n, counts_given, who)
+            if tuple(given) != tuple(counts):
+                raise ValueError(
+                    f"n/counts {given} disagree with the counts read from labels {tuple(counts.tolist())}; "
+                    "pass labels alone."
+                )
+        return cls._hard(K, tuple(counts.tolist()), lab)
+
+    @classmethod
+    def _soft(cls, lab, K_given, n, counts) -> "Labels":
+        if n is not None or counts is not None:
+            raise ValueError("soft labels (a K x N matrix) fix N themselves; omit n and counts.")
+        lab = np.array(lab, dtype=np.float64)
+        if not np.all(np.isfinite(lab)):
+            raise ValueError("labels contain NaN or inf; soft labels must be finite probabilities.")
+        K, N = lab.shape
+        if K_given is not None and _check_int("K", K_given, 2) != K:
+            raise ValueError(f"K={K_given} but soft labels have {K} rows; one row per class.")
+        if K < 2:
+            raise ValueError("soft labels need K >= 2 rows (classes).")
+        if lab.min() < 0:
+            raise ValueError(f"soft labels must be non-negative, found {lab.min():.3g}.")
+        colsum = lab.sum(0)
+        bad = np.flatnonzero(np.abs(colsum - 1.0) > 1e-9)
+        if bad.size:
+            raise ValueError(
+                f"soft labels must be column-stochastic (each column sums to 1); column {bad[0]} sums to "
+                f"{colsum[bad[0]]:.6g}. Normalize with labels / labels.sum(0)."
+            )
+        lab.setflags(write=False)
+        return cls(K=K, y=None, soft_matrix=lab, counts=None)
+
+    @property
+    def N(self) -> int:
+        """Number of examples."""
+        return int(self.soft_matrix.shape[1]) if self.soft else int(sum(self.counts))
+
+    @property
+    def soft(self) -> bool:
+        """True for soft labels."""
+        return self.soft_matrix is not None
+
+    @property
+    def n(self) -> int | None:
+        """Samples per class when the hard labels are balanced, else ``None``."""
+        return self.counts[0] if self.counts is not None and len(set(self.counts)) == 1 else None
+
+    @property
+    def class_major(self) -> bool:
+        """True for hard labels in class-major order (what ``n``/``counts`` build)."""
+        return not self.soft and np.array_equal(self.y, np.repeat(np.arange(self.K), self.counts))
+
+    @property
+    def Y(self) -> np.ndarray:
+        """The K x N label matrix: one-hot columns or the soft labels (read-only, built once)."""
+        if self.soft:
+            return self.soft_matrix
+        Y = self.__dict__.get("_Y_onehot")
+        if Y is None:
+            Y = _one_hot(self.y, self.K)
+            object.__setattr__(self, "_Y_onehot", Y)
+        return Y
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_Y_onehot", None)          # rebuilt on demand: a sweep ships problems to its workers
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+
+@dataclass(frozen=True, eq=False)
 class UFMProblem:
     """The standard unconstrained features model (UFM), validated and frozen.
 
@@ -66,9 +229,12 @@ class UFMProblem:
         Samples per class, one entry per class (imbalanced classes).
     d : int
         Feature dimension (rows of ``H``, columns of ``W``).
-    loss : {"ce", "mse"}
-        Mean cross-entropy over the N examples (THEORY (0.1)) or
-        ``1/(2N) ||Z - Y||_F^2`` (THEORY §2.2).
+    loss : str or Loss
+        A name of :data:`ufm.loss_registry.LOSSES`: ``"ce"`` (mean cross-entropy over the N
+        examples, THEORY (0.1)), ``"mse"`` (``1/(2N) ||Z - Y||_F^2``, THEORY §2.2),
+        ``"ls_ce"`` (label-smoothed cross-entropy, THEORY §1.5); ``"ls_ce(eps=0.05)"``
+        sets a parameter; or a loss object such as ``LabelSmoothedCE(eps=0.05)``.
+        Held as the loss object (``problem.loss``).
     bias : bool
         Whether the logits carry a bias ``b`` (off by default).
     lam_W, lam_H, lam_b : float
@@ -89,6 +255,8 @@ class UFMProblem:
         Per-class counts for hard labels; ``None`` for soft labels.
     n : int or None
         Samples per class when balanced, else ``None``.
+    label_set : Labels
+        The parsed labels, the same kind of value every model holds.
 
     Examples
     --------
@@ -105,7 +273,7 @@ class UFMProblem:
     n: int | None = None
     counts: tuple[int, ...] | None = None
     d: int | None = None
-    loss: str = "ce"
+    loss: str | Loss = "ce"
     bias: bool = False
     lam_W: float = 0.0
     lam_H: float = 0.0
@@ -114,8 +282,7 @@ class UFMProblem:
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        if self.loss not in LOSS_NAMES:
-            raise ValueError(f"loss must be one of {LOSS_NAMES}, got {self.loss!r}.")
+        set_("loss", get_loss(self.loss))
         if not isinstance(self.bias, (bool, np.bool_)):
             raise ValueError(f"bias must be True or False, got {self.bias!r}.")
         set_("bias", bool(self.bias))
@@ -127,102 +294,26 @@ class UFMProblem:
         if not self.bias and self.lam_b != 0.0:
             raise ValueError(f"lam_b={self.lam_b} regularizes a bias, but bias=False; pass bias=True or drop lam_b.")
 
-        if self.labels is None:
-            if self.K is None:
-                raise ValueError("K (number of classes) is required unless labels are given.")
-            K = _check_int("K", self.K, 2)
-            counts = _counts_from(K, self.n, self.counts, "UFMProblem")
-            y = np.repeat(np.arange(K), counts)
-            self._set_hard(K, counts, y)
-        else:
-            lab = np.asarray(self.labels)
-            if lab.ndim == 1:
-                self._set_hard_from_vector(lab)
-            elif lab.ndim == 2:
-                self._set_soft(lab)
-            else:
-                raise ValueError(
-                    f"labels must be a 1-D integer vector (hard labels) or a K x N column-stochastic matrix "
-                    f"(soft labels), got an array with shape {lab.shape}."
-                )
+        self._set_labels(Labels.build(self.K, self.n, self.counts, self.labels, "UFMProblem"))
 
-    # -- construction helpers -------------------------------------------------
-    def _set_hard(self, K, counts, y):
+    def _set_labels(self, lab: Labels):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
-        set_("K", K)
-        set_("counts", tuple(int(c) for c in counts))
-        set_("n", counts[0] if len(set(counts)) == 1 else None)
-        y = np.asarray(y, dtype=np.int64)
-        y.setflags(write=False)
-        set_("_y", y)
-        set_("labels", None)
-
-    def _set_hard_from_vector(self, lab):
-        if not np.issubdtype(lab.dtype, np.integer):
-            if np.issubdtype(lab.dtype, np.floating) and np.all(np.isfinite(lab)) and np.all(lab == np.round(lab)):
-                lab = lab.astype(np.int64)
-            else:
-                raise ValueError("labels (1-D) must hold integer class indices 0..K-1.")
-        if lab.size == 0:
-            raise ValueError("labels is empty; give at least one example per class.")
-        if lab.min() < 0:
-            raise ValueError(f"labels must be class indices >= 0, found {lab.min()}.")
-        K = int(lab.max()) + 1 if self.K is None else _check_int("K", self.K, 2)
-        if K < 2:
-            raise ValueError("labels name a single class; a UFM needs K >= 2 classes.")
-        if lab.max() >= K:
-            raise ValueError(f"labels contain class {lab.max()} but K={K}; labels must lie in 0..K-1.")
-        counts = np.bincount(lab, minlength=K)
-        if np.any(counts == 0):
-            missing = np.flatnonzero(counts == 0).tolist()
-            raise ValueError(f"classes {missing} have no example in labels; every class needs at least one.")
-        if self.n is not None or self.counts is not None:
-            given = _counts_from(K, self.n, self.counts, "UFMProblem")
-            if tuple(given) != tuple(counts):
-                raise ValueError(
-                    f"n/counts {given} disagree with the counts read from labels {tuple(counts.tolist())}; "
-                    "pass labels alone."
-                )
-        self._set_hard(K, tuple(counts.tolist()), lab)
-
-    def _set_soft(self, lab):
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
-        if self.n is not None or self.counts is not None:
-            raise ValueError("soft labels (a K x N matrix) fix N themselves; omit n and counts.")
-        lab = np.array(lab, dtype=np.float64)
-        if not np.all(np.isfinite(lab)):
-            raise ValueError("labels contain NaN or inf; soft labels must be finite probabilities.")
-        K, N = lab.shape
-        if self.K is not None and _check_int("K", self.K, 2) != K:
-            raise ValueError(f"K={self.K} but soft labels have {K} rows; one row per class.")
-        if K < 2:
-            raise ValueError("soft labels need K >= 2 rows (classes).")
-        if lab.min() < 0:
-            raise ValueError(f"soft labels must be non-negative, found {lab.min():.3g}.")
-        colsum = lab.sum(0)
-        bad = np.flatnonzero(np.abs(colsum - 1.0) > 1e-9)
-        if bad.size:
-            raise ValueError(
-                f"soft labels must be column-stochastic (each column sums to 1); column {bad[0]} sums to "
-                f"{colsum[bad[0]]:.6g}. Normalize with labels / labels.sum(0)."
-            )
-        lab.setflags(write=False)
-        set_("K", K)
-        set_("labels", lab)
-        set_("counts", None)
-        set_("n", None)
-        set_("_y", None)
+        set_("label_set", lab)
+        set_("K", lab.K)
+        set_("counts", lab.counts)
+        set_("n", lab.n)
+        set_("labels", lab.soft_matrix)
 
     # -- derived quantities ---------------------------------------------------
     @property
     def N(self) -> int:
         """Number of examples (columns of ``H`` and of the logits)."""
-        return int(self.labels.shape[1]) if self.labels is not None else int(sum(self.counts))
+        return self.label_set.N
 
     @property
     def soft(self) -> bool:
         """True when the labels are soft (a K x N probability matrix)."""
-        return self.labels is not None
+        return self.label_set.soft
 
     @property
     def balanced(self) -> bool:
@@ -232,9 +323,9 @@ class UFMProblem:
     @property
     def y(self) -> np.ndarray:
         """Integer class of each example (hard labels only; read-only)."""
-        if self._y is None:
+        if self.label_set.soft:
             raise ValueError("this problem has soft labels; use .Y (the K x N label matrix) instead of .y.")
-        return self._y
+        return self.label_set.y
 
     @property
     def Y(self) -> np.ndarray:
@@ -242,18 +333,7 @@ class UFMProblem:
 
         The one-hot matrix is built on first access and kept (not pickled with the problem).
         """
-        if self.labels is not None:
-            return self.labels
-        Y = self.__dict__.get("_Y_onehot")
-        if Y is None:
-            Y = _one_hot(self._y, self.K)
-            object.__setattr__(self, "_Y_onehot", Y)
-        return Y
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state.pop("_Y_onehot", None)          # rebuilt on demand: a sweep ships problems to its workers
-        return state
+        return self.label_set.Y
 
     @property
     def mu(self) -> float:
@@ -278,13 +358,161 @@ class UFMProblem:
                   lam_W=self.lam_W, lam_H=self.lam_H, lam_b=self.lam_b)
         if self.soft:
             kw["labels"] = self.labels
-        elif not np.array_equal(self._y, np.repeat(np.arange(self.K), self.counts)):
-            kw["labels"] = np.asarray(self._y)
+        elif not self.label_set.class_major:
+            kw["labels"] = np.asarray(self.label_set.y)
         elif self.balanced:
             kw["n"] = self.n
         else:
             kw["counts"] = self.counts
         return kw
+
+    # -- what solvers and simulators ask the model -----------------------------------
+    model = "ufm"
+
+    def blocks(self) -> dict:
+        """Names and shapes of the trainable blocks: ``{"W": (K, d), "H": (d, N)}`` (+ ``"b": (K,)``).
+
+        Returns
+        -------
+        dict
+            Block name -> shape, in a fixed order.
+        """
+        out = {"W": (self.K, self.d), "H": (self.d, self.N)}
+        if self.bias:
+            out["b"] = (self.K,)
+        return out
+
+    def features(self, state: dict) -> np.ndarray:
+        """The features ``H`` (d x N) of a state (a dict of the blocks of :meth:`blocks`).
+
+        Parameters
+        ----------
+        state : dict of ndarray
+            The blocks of :meth:`blocks`.
+
+        Returns
+        -------
+        ndarray (d, N)
+            ``state["H"]``.
+        """
+        return state["H"]
+
+    def objective(self, state: dict) -> float:
+        """The objective at a state (:func:`ufm.losses.objective`).
+
+        Parameters
+        ----------
+        state : dict of ndarray
+            The blocks of :meth:`blocks`.
+
+        Returns
+        -------
+        float
+            The regularized objective.
+        """
+        return _losses.objective(self, state["W"], state["H"], state.get("b"))
+
+    def gradients(self, state: dict) -> dict:
+        """Gradients of :meth:`objective`, one entry per block (:func:`ufm.losses.gradients`).
+
+        Parameters
+        ----------
+        state : dict of ndarray
+            The blocks of :meth:`blocks`.
+
+        Returns
+        -------
+        dict of ndarray
+            Same keys as ``state``.
+        """
+        dW, dH, db = _losses.gradients(self, state["W"], state["H"], state.get("b"))
+        out = {"W": dW, "H": dH}
+        if db is not None:
+            out["b"] = db
+        return out
+
+    @property
+    def has_weight_decay(self) -> bool:
+        """True when some block is regularized (the flow then runs in plain time)."""
+        return self.lam_W > 0 or self.lam_H > 0 or self.lam_b > 0
+
+    def kernel_binding(self, Y: np.ndarray, loss_id: int, dtype) -> "_UFMKernels":
+        """How the compiled kernels (:mod:`ufm._kernels`) run this model, on targets ``Y``.
+
+        Parameters
+        ----------
+        Y : ndarray (K, N)
+            The loss's targets, in ``dtype``.
+        loss_id : int
+            The compiled loss (the loss's ``kernel_id``).
+        dtype : numpy dtype
+            Floating type of the run.
+
+        Returns
+        -------
+        _UFMKernels
+            GD on a batch of seeds and the flow's velocity.
+        """
+        return _UFMKernels(self, Y, loss_id, dtype)
+
+    def kernel_workspace(self, mode: str) -> dict:
+        """Floats of this model's own buffers, for the memory guard of :func:`ufm.simulate`.
+
+        Parameters
+        ----------
+        mode : {"gd", "flow"}
+            GD (per running seed) or the flow (one seed).
+
+        Returns
+        -------
+        dict
+            ``{"kernel": floats the kernel holds beyond the logits, "features": floats of
+            computing the features once}`` (``H`` is a view: 0).
+        """
+        d, N = self.d, self.N
+        # above N, the GD kernel works on H^T: a transposed copy and its gradient
+        kernel = d * N + (2 * d * N if d > N else 0) if mode == "gd" else 0
+        return {"kernel": kernel, "features": 0}
+
+    def convex_form(self, reduce="auto"):
+        """The convex form (4.1) of this problem (:func:`ufm.convex.form_of`).
+
+        Parameters
+        ----------
+        reduce : "auto", True or False
+            Class-collapse hard labels (``"auto"``, ``True``) or keep one column per example.
+
+        Returns
+        -------
+        ufm.convex.Form
+            The form.
+        """
+        from .convex import Form, require_attained
+
+        mu = self.mu
+        require_attained(self.loss, mu, "lam_W and lam_H")
+        if (self.lam_W > 0) != (self.lam_H > 0):
+            from .closed_form import NotApplicable
+
+            raise NotApplicable("lam_W and lam_H must be both positive (with one of them 0 the infimum is not "
+                                "attained)")
+        bias = "none" if not self.bias else ("free" if self.lam_b == 0 else "regularized")
+        if reduce not in ("auto", True, False):
+            raise ValueError(f"reduce must be 'auto', True or False, got {reduce!r}.")
+        if reduce is True and self.soft:
+            raise ValueError("reduce=True needs hard labels; soft labels have no class-collapsed form.")
+        if not self.soft and reduce in ("auto", True):
+            counts = np.asarray(self.counts, dtype=float)
+            return Form(self, "collapsed", self.loss.targets(np.eye(self.K)), counts / self.N, mu, self.loss, bias,
+                        self.lam_b, 1.0 / np.sqrt(counts), None)
+        return Form(self, "full", self.loss.targets(self.Y), np.full(self.N, 1.0 / self.N), mu, self.loss, bias,
+                    self.lam_b, None, None)
+
+    def svm_applies(self) -> tuple[bool, str]:
+        """Whether the max-margin program (:func:`ufm.convex.svm`) is this problem's limit, and why."""
+        if "svm" not in self.loss.closed_forms or self.lam_W > 0 or self.lam_H > 0 or self.bias:
+            return False, "svm is the limit of CE without weight decay and without bias"
+        return True, "nuclear-norm SVM"
 
     def replace(self, **changes):
         """A copy with some fields changed (validated again); keeps the class of ``self``.
@@ -309,7 +537,7 @@ class UFMProblem:
 
     def as_dict(self) -> dict:
         """Scalar parameters as a JSON-friendly dict (soft labels are not included)."""
-        out = dict(K=self.K, d=self.d, loss=self.loss, bias=self.bias,
+        out = dict(K=self.K, d=self.d, loss=str(self.loss), bias=self.bias,
                    lam_W=self.lam_W, lam_H=self.lam_H, lam_b=self.lam_b)
         if self.balanced:
             out["n"] = self.n
@@ -320,7 +548,7 @@ class UFMProblem:
     def __repr__(self) -> str:
         size = f"n={self.n}" if self.balanced else (f"counts={list(self.counts)}" if self.counts else f"soft N={self.N}")
         bias = f", bias=True, lam_b={self.lam_b:g}" if self.bias else ""
-        return (f"UFMProblem(K={self.K}, {size}, d={self.d}, loss={self.loss!r}, "
+        return (f"UFMProblem(K={self.K}, {size}, d={self.d}, loss={str(self.loss)!r}, "
                 f"lam_W={self.lam_W:g}, lam_H={self.lam_H:g}{bias})")
 
 
@@ -355,8 +583,9 @@ class LayerPeeledProblem:
     E_W: float = 1.0
     E_H: float = 1.0
 
-    loss = "ce"
+    loss = CrossEntropy()
     bias = False
+    model = "layer_peeled"
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -366,10 +595,11 @@ class LayerPeeledProblem:
         if self.d is None:
             raise ValueError("d (feature dimension) is required.")
         set_("d", _check_int("d", self.d, 1))
-        counts = _counts_from(K, self.n, self.counts, "LayerPeeledProblem")
-        set_("K", K)
-        set_("counts", counts)
-        set_("n", counts[0] if len(set(counts)) == 1 else None)
+        lab = Labels.build(K, self.n, self.counts, None, "LayerPeeledProblem")
+        set_("label_set", lab)
+        set_("K", lab.K)
+        set_("counts", lab.counts)
+        set_("n", lab.n)
         for name in ("E_W", "E_H"):
             v = _check_nonneg(name, getattr(self, name))
             if v == 0:
@@ -385,21 +615,35 @@ class LayerPeeledProblem:
         return self.n is not None
 
     @property
+    def soft(self) -> bool:
+        return False
+
+    def blocks(self) -> dict:
+        """Names and shapes of the blocks: ``{"W": (K, d), "H": (d, N)}``."""
+        return {"W": (self.K, self.d), "H": (self.d, self.N)}
+
+    def features(self, state: dict) -> np.ndarray:
+        """The features ``H`` (d x N) of a state.
+
+        Parameters
+        ----------
+        state : dict of ndarray
+            The blocks of :meth:`blocks`.
+
+        Returns
+        -------
+        ndarray (d, N)
+            ``state["H"]``.
+        """
+        return state["H"]
+
+    @property
     def y(self) -> np.ndarray:
-        return np.repeat(np.arange(self.K), self.counts)
+        return self.label_set.y
 
     @property
     def Y(self) -> np.ndarray:
-        Y = self.__dict__.get("_Y_onehot")
-        if Y is None:
-            Y = _one_hot(self.y, self.K)
-            object.__setattr__(self, "_Y_onehot", Y)
-        return Y
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state.pop("_Y_onehot", None)
-        return state
+        return self.label_set.Y
 
     def as_dict(self) -> dict:
         """Scalar parameters as a JSON-friendly dict.
@@ -499,6 +743,54 @@ class AnchoredUFM(UFMProblem):
     def _init_kwargs(self) -> dict:
         return {**super()._init_kwargs(), "H_anchor": self.H_anchor, "beta": self.beta}
 
+    model = "anchored"
+
+    @property
+    def has_weight_decay(self) -> bool:
+        """True when some block is regularized or the anchor pulls (``beta > 0``)."""
+        return super().has_weight_decay or self.beta > 0
+
+    def kernel_binding(self, Y, loss_id, dtype) -> "_UFMKernels":
+        """The standard UFM's kernels with the anchor term (see :meth:`UFMProblem.kernel_binding`).
+
+        Parameters
+        ----------
+        Y : ndarray (K, N)
+            The loss's targets.
+        loss_id : int
+            The compiled loss.
+        dtype : numpy dtype
+            Floating type of the run.
+
+        Returns
+        -------
+        object
+            GD on a batch of seeds and the flow's velocity.
+        """
+        return _UFMKernels(self, Y, loss_id, dtype, self.H_anchor if self.beta > 0 else None, self.beta)
+
+    def convex_form(self, reduce="auto"):
+        """None: the pull toward ``H_anchor`` is not a function of ``W H`` (raises ``NotApplicable``).
+
+        Parameters
+        ----------
+        reduce : "auto", True or False
+            As in :meth:`UFMProblem.convex_form`.
+
+        Returns
+        -------
+        ufm.convex.Form
+            The form.
+        """
+        from .closed_form import NotApplicable
+
+        raise NotApplicable("the anchored UFM has no nuclear-norm form (the pull toward H_anchor is not a "
+                            "function of W H); simulate it or solve it by block-coordinate descent")
+
+    def svm_applies(self) -> tuple[bool, str]:
+        """``(False, why)``: no max-margin program for the anchored UFM here."""
+        return False, "the anchored UFM has no max-margin program here"
+
     def plain(self) -> UFMProblem:
         """The same problem without the anchor term, as a :class:`UFMProblem`."""
         kw = super()._init_kwargs()
@@ -530,8 +822,8 @@ class InputCoupledUFM:
         Fixed input encodings, one column per example.
     d : int
         Feature dimension (rows of ``A``).
-    loss : {"ce", "mse"}
-        Mean CE over the N examples or ``1/(2N)||Z - Y||^2``.
+    loss : str or Loss
+        As in :class:`UFMProblem` (a name of :data:`ufm.loss_registry.LOSSES` or a loss object).
     lam_W, lam_A : float
         Weight decays (halved).
     labels : array, optional
@@ -549,7 +841,7 @@ class InputCoupledUFM:
 
     Phi: np.ndarray | None = field(default=None, repr=False)
     d: int | None = None
-    loss: str = "ce"
+    loss: str | Loss = "ce"
     lam_W: float = 0.0
     lam_A: float = 0.0
     labels: np.ndarray | None = field(default=None, repr=False)
@@ -567,16 +859,17 @@ class InputCoupledUFM:
         N = Phi.shape[1]
         if self.d is None:
             raise ValueError("d (feature dimension, rows of A) is required.")
+        set_("d", _check_int("d", self.d, 1))
+        set_("loss", get_loss(self.loss))
         if self.labels is None:
             if N < 2:
                 raise ValueError("Phi has a single column; distinct labels need N >= 2 items.")
-            base = UFMProblem(K=N, n=1, d=self.d, loss=self.loss)
+            lab = Labels.build(K=N, n=1, who="InputCoupledUFM")
         else:
-            base = UFMProblem(labels=self.labels, d=self.d, loss=self.loss)
-        if base.N != N:
-            raise ValueError(f"labels describe N={base.N} examples but Phi has {N} columns; one label per column.")
-        set_("d", base.d)
-        set_("_base", base)
+            lab = Labels.build(labels=self.labels, who="InputCoupledUFM")
+        if lab.N != N:
+            raise ValueError(f"labels describe N={lab.N} examples but Phi has {N} columns; one label per column.")
+        set_("label_set", lab)
         for name in ("lam_W", "lam_A"):
             set_(name, _check_nonneg(name, getattr(self, name)))
         if self.attributes is not None:
@@ -590,7 +883,7 @@ class InputCoupledUFM:
             set_("sigma", _check_nonneg("sigma", self.sigma, "the per-item capacity"))
 
     @classmethod
-    def from_setting(cls, setting, sigma: float, d: int | None = None, loss: str = "ce", *,
+    def from_setting(cls, setting, sigma: float, d: int | None = None, loss: str | Loss = "ce", *,
                      lam_W: float = 0.0, lam_A: float = 0.0, strengths=None) -> "InputCoupledUFM":
         """The M2 model of a synthetic setting: ``Phi = setting.encoding(sigma)``, distinct labels.
 
@@ -605,8 +898,8 @@ class InputCoupledUFM:
             Per-item capacity.
         d : int, optional
             Feature dimension.
-        loss : {"ce", "mse"}
-            The loss.
+        loss : str or Loss
+            The loss (as in :class:`UFMProblem`).
         lam_W, lam_A : float
             Weight decays (halved).
         strengths : float or sequence of float, optional
@@ -621,14 +914,14 @@ class InputCoupledUFM:
         return cls(Phi=Phi, d=setting.N if d is None else d, loss=loss, lam_W=lam_W, lam_A=lam_A,
                    labels=np.asarray(setting.labels), attributes=setting.attributes, sigma=sigma)
 
-    # label structure, shared with UFMProblem
-    K = property(lambda self: self._base.K, doc="Number of classes.")
-    N = property(lambda self: self._base.N, doc="Number of examples (columns of Phi).")
-    Y = property(lambda self: self._base.Y, doc="K x N label matrix.")
-    y = property(lambda self: self._base.y, doc="Integer labels (hard labels only).")
-    soft = property(lambda self: self._base.soft)
-    counts = property(lambda self: self._base.counts)
-    balanced = property(lambda self: self._base.balanced)
+    # label structure: the shared Labels value
+    K = property(lambda self: self.label_set.K, doc="Number of classes.")
+    N = property(lambda self: self.label_set.N, doc="Number of examples (columns of Phi).")
+    Y = property(lambda self: self.label_set.Y, doc="K x N label matrix.")
+    y = property(UFMProblem.y.fget, doc="Integer labels (hard labels only).")
+    soft = property(lambda self: self.label_set.soft)
+    counts = property(lambda self: self.label_set.counts)
+    balanced = property(lambda self: self.label_set.n is not None)
 
     @property
     def p(self) -> int:
@@ -645,6 +938,130 @@ class InputCoupledUFM:
         """``sqrt(lam_W lam_A)``: the nuclear-norm weight of the convex form (THEORY §8.2 (b))."""
         return math.sqrt(self.lam_W * self.lam_A)
 
+    # -- what solvers and simulators ask the model -----------------------------------
+    model = "input_coupled"
+
+    def blocks(self) -> dict:
+        """Names and shapes of the trainable blocks: ``{"W": (K, d), "A": (d, p)}``.
+
+        Returns
+        -------
+        dict
+            Block name -> shape, in a fixed order.
+        """
+        return {"W": (self.K, self.d), "A": (self.d, self.p)}
+
+    def features(self, state: dict) -> np.ndarray:
+        """The features ``H = A Phi`` (d x N) of a state.
+
+        Parameters
+        ----------
+        state : dict of ndarray
+            The blocks of :meth:`blocks`.
+
+        Returns
+        -------
+        ndarray (d, N)
+            ``A Phi``.
+        """
+        return state["A"] @ self.Phi
+
+    def objective(self, state: dict) -> float:
+        """The objective at a state (:func:`ufm.losses.input_coupled_objective`).
+
+        Parameters
+        ----------
+        state : dict of ndarray
+            The blocks of :meth:`blocks`.
+
+        Returns
+        -------
+        float
+            The regularized objective.
+        """
+        return _losses.input_coupled_objective(self, state["W"], state["A"])
+
+    def gradients(self, state: dict) -> dict:
+        """Gradients of :meth:`objective` (:func:`ufm.losses.input_coupled_gradients`).
+
+        Parameters
+        ----------
+        state : dict of ndarray
+            The blocks of :meth:`blocks`.
+
+        Returns
+        -------
+        dict of ndarray
+            ``{"W": dW, "A": dA}``.
+        """
+        dW, dA = _losses.input_coupled_gradients(self, state["W"], state["A"])
+        return {"W": dW, "A": dA}
+
+    @property
+    def has_weight_decay(self) -> bool:
+        """True when ``W`` or ``A`` is regularized."""
+        return self.lam_W > 0 or self.lam_A > 0
+
+    def kernel_binding(self, Y, loss_id, dtype) -> "_InputCoupledKernels":
+        """How the compiled kernels run this model (see :meth:`UFMProblem.kernel_binding`).
+
+        Parameters
+        ----------
+        Y : ndarray (K, N)
+            The loss's targets.
+        loss_id : int
+            The compiled loss.
+        dtype : numpy dtype
+            Floating type of the run.
+
+        Returns
+        -------
+        object
+            GD on a batch of seeds and the flow's velocity.
+        """
+        return _InputCoupledKernels(self, Y, loss_id, dtype)
+
+    def kernel_workspace(self, mode: str) -> dict:
+        """Floats of this model's own buffers (see :meth:`UFMProblem.kernel_workspace`); ``A Phi`` is computed.
+
+        Parameters
+        ----------
+        mode : {"gd", "flow"}
+            GD (per running seed) or the flow (one seed).
+
+        Returns
+        -------
+        dict
+            ``{"kernel": floats, "features": floats}``.
+        """
+        dN = self.d * self.N
+        return {"kernel": 2 * dN + (self.d * self.p if mode == "gd" else 0), "features": 2 * dN}
+
+    def convex_form(self, reduce="auto"):
+        """The convex form (8.2b) ``min_M g(M Phi) + sqrt(lam_W lam_A) ||M||_*`` (:func:`ufm.convex.form_of`).
+
+        Parameters
+        ----------
+        reduce : "auto", True or False
+            As in :meth:`UFMProblem.convex_form`.
+
+        Returns
+        -------
+        ufm.convex.Form
+            The form.
+        """
+        from .convex import Form, require_attained
+
+        require_attained(self.loss, self.mu, "lam_W and lam_A")
+        return Form(self, "input_coupled", self.loss.targets(self.Y), np.full(self.N, 1.0 / self.N), self.mu,
+                    self.loss, "none", 0.0, None, self.Phi)
+
+    def svm_applies(self) -> tuple[bool, str]:
+        """Whether the input-coupled max-margin program is this problem's limit, and why."""
+        if "svm" not in self.loss.closed_forms or self.mu > 0 or self.soft:
+            return False, "svm needs an unregularized CE input-coupled problem with hard labels"
+        return True, "input-coupled max margin"
+
     def as_dict(self) -> dict:
         """Scalar parameters as a JSON-friendly dict (``Phi`` and the labels are not included).
 
@@ -653,10 +1070,78 @@ class InputCoupledUFM:
         dict
             ``model``, ``K``, ``N``, ``p``, ``d``, ``loss``, ``lam_W``, ``lam_A``, ``sigma``.
         """
-        return dict(model="input_coupled", K=self.K, N=self.N, p=self.p, d=self.d, loss=self.loss,
+        return dict(model="input_coupled", K=self.K, N=self.N, p=self.p, d=self.d, loss=str(self.loss),
                     lam_W=self.lam_W, lam_A=self.lam_A, sigma=self.sigma)
 
     def __repr__(self) -> str:
         sig = "" if self.sigma is None else f", sigma={self.sigma:g}"
-        return (f"InputCoupledUFM(K={self.K}, N={self.N}, p={self.p}, d={self.d}, loss={self.loss!r}, "
+        return (f"InputCoupledUFM(K={self.K}, N={self.N}, p={self.p}, d={self.d}, loss={str(self.loss)!r}, "
                 f"lam_W={self.lam_W:g}, lam_A={self.lam_A:g}{sig})")
+
+
+# -- how the compiled kernels run a model (ufm.simulate asks the model for this) ----------
+class _UFMKernels:
+    """GD and gradient flow of the standard (and anchored) UFM on :mod:`ufm._kernels` (blocks W, H, b)."""
+
+    def __init__(self, problem, Y, loss_id, dtype, H_anchor=None, beta=0.0):
+        self.problem, self.Y, self.loss_id = problem, Y, loss_id
+        self.Hanc = np.ascontiguousarray(H_anchor if H_anchor is not None else np.zeros((1, 1)), dtype=dtype)
+        self.beta = float(beta) if H_anchor is not None else 0.0
+        self._drop_b = False
+
+    def prepare(self, batch: dict) -> None:
+        """The kernels always take a bias block: a zero one is added (and dropped by :meth:`states`)."""
+        if "b" not in batch:
+            batch["b"] = np.zeros((batch["W"].shape[0], self.problem.K), dtype=batch["W"].dtype)
+            self._drop_b = True
+
+    def gd(self, batch: dict, lr: float, n_steps: int, recording=None) -> np.ndarray:
+        from . import _kernels as k
+
+        p = self.problem
+        return k.ufm_gd(batch["W"], batch["H"], batch["b"], self.Y, self.Hanc, p.lam_W, p.lam_H, p.lam_b, self.beta,
+                        self.loss_id, p.bias, lr, n_steps, recording)
+
+    def states(self, batch: dict) -> dict:
+        batch = dict(batch)
+        if self._drop_b:
+            batch.pop("b")
+        return batch
+
+    def flow(self):
+        """``(rhs, data)`` of the flow's velocity for the integrator."""
+        from . import _kernels as k
+
+        p = self.problem
+        data = (p.K, p.d, p.N, self.Y, self.Hanc, float(p.lam_W), float(p.lam_H), float(p.lam_b),
+                float(self.beta), self.loss_id, bool(p.bias))
+        return k.ufm_flow_rhs, data
+
+
+class _InputCoupledKernels:
+    """GD and gradient flow of the input-coupled UFM on :mod:`ufm._kernels` (blocks W, A)."""
+
+    def __init__(self, problem, Y, loss_id, dtype):
+        self.problem, self.Y, self.loss_id = problem, Y, loss_id
+        self.Phi = np.ascontiguousarray(problem.Phi, dtype=dtype)
+
+    def prepare(self, batch: dict) -> None:
+        """Nothing to add: the kernels take exactly the blocks W and A."""
+
+    def gd(self, batch: dict, lr: float, n_steps: int, recording=None) -> np.ndarray:
+        from . import _kernels as k
+
+        p = self.problem
+        return k.icm_gd(batch["W"], batch["A"], self.Phi, self.Y, p.lam_W, p.lam_A, self.loss_id, lr, n_steps,
+                        recording)
+
+    def states(self, batch: dict) -> dict:
+        return dict(batch)
+
+    def flow(self):
+        """``(rhs, data)`` of the flow's velocity for the integrator."""
+        from . import _kernels as k
+
+        p = self.problem
+        data = (p.K, p.d, p.p, np.ascontiguousarray(p.Phi), self.Y, float(p.lam_W), float(p.lam_A), self.loss_id)
+        return k.icm_flow_rhs, data

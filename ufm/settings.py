@@ -495,8 +495,8 @@ class Setting:
         ----------
         d : int
             Feature dimension.
-        loss : {"ce", "mse"}
-            The loss.
+        loss : str or Loss
+            A name of :data:`ufm.loss_registry.LOSSES` or a loss object.
         **lams
             ``lam_W``, ``lam_H``, ``bias``, ``lam_b`` (halved convention).
 
