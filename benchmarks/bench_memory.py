@@ -15,7 +15,7 @@ peak as well. The cases are large enough (100 MiB to ~1.5 GiB) that the interpre
 noise is small against them.
 
 The baseline, in the same run (``simulate`` cases): the ufm of an earlier commit (default
-``1107caf``, before issue 12), checked out with ``git worktree`` into a temporary folder and
+``1107caf``, before the memory guard estimated the whole peak), checked out with ``git worktree`` into a temporary folder and
 measured the same way, against the estimate its guard used (records only, ``8 x seeds x T x
 size`` bytes: records then existed as a list, a stacked array, a frozen copy and a byte copy
 for the hash). The fit had no estimate before.
@@ -99,7 +99,7 @@ print(json.dumps(out))
 """
 
 SIMULATE = [
-    # records dominate (the issue's case, smaller): H recorded, many records
+    # records dominate (a long recorded run, smaller): H recorded, many records
     dict(kind="simulate", name="UFM K=100 n=10 d=200, record H, 400 records", model="ufm", K=100, n=10, d=200,
          steps=400, seeds=1, mode="gd", record=["H"], n_records=400),
     dict(kind="simulate", name="UFM K=100 n=20 d=400, record H, 400 records", model="ufm", K=100, n=20, d=400,

@@ -26,7 +26,7 @@ Usage::
     .venv/bin/python benchmarks/bench_sweep.py --append benchmarks/RESULTS.md
     .venv/bin/python benchmarks/bench_sweep.py --points 40 --steps 2000   # a quick look
 
-Targets (issue 5): loky >= 1.8x, Dask LocalCluster >= 1.6x on 2 cores, 200 points.
+Targets: loky >= 1.8x, Dask LocalCluster >= 1.6x on 2 cores, 200 points.
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ dopri5_numpy    its plain-numpy twin: same algorithm, same floating-point formul
                 vectorised; the reference and the backend under ``NUMBA_DISABLE_JIT=1``.
 integrate       the Python entry point: validates input, calls the kernel so that its
                 on-disk cache is reused across processes, returns :class:`IntegrateResult`.
+Stepper         the same integration in pieces of bounded work (Ctrl-C between pieces).
+_control        the step-size controller (and ``_start_step``, ``_start_step_final``,
+                ``_step_too_small``): scalar rules in ``@njit`` functions that the kernel
+                and its numpy twin both call, so the two implementations share one copy.
 
 Algorithm (both implementations)
 --------------------------------
@@ -138,16 +142,65 @@ STATUS_MESSAGES = {
 
 
 # ---------------------------------------------------------------------------------------------
-# Numba kernel (the source also runs as plain Python under NUMBA_DISABLE_JIT=1).
+# The step-size controller: scalar rules shared by the kernel and its numpy twin (plain
+# functions under njit, called from Python by the twin), so the two cannot drift apart.
 
 @numba.njit(cache=True)
-def _scale_log_time(out, x, log_time):
-    """dy/ds = exp(s) * dy/dt in log-time mode; a no-op otherwise."""
-    if log_time:
-        g = math.exp(x)
-        for i in range(out.shape[0]):
-            out[i] *= g
+def _start_step(d0, d1, ha_max):
+    """First trial step of the starting heuristic (HNW §II.4) from ``d0 = ||y0||``, ``d1 = ||f(y0)||``
+    (scaled RMS norms), at most ``ha_max`` (the distance to the last output time)."""
+    if d0 < 1e-5 or d1 < 1e-5:
+        ha = 1e-6
+    else:
+        ha = 0.01 * d0 / d1
+    return min(ha, ha_max)
 
+
+@numba.njit(cache=True)
+def _start_step_final(ha, d1, d2):
+    """The starting step from the trial step ``ha`` and ``d2 = ||f(y0 + ha f(y0)) - f(y0)|| / ha``."""
+    if not math.isfinite(d2):
+        return ha
+    dm = max(d1, d2)
+    if dm <= 1e-15:
+        hb = max(1e-6, ha * 1e-3)
+    else:
+        hb = (0.01 / dm) ** 0.2
+    return min(100.0 * ha, hb)
+
+
+@numba.njit(cache=True)
+def _step_too_small(h, x):
+    """True when ``h`` is below 10 ulp of ``x`` (the step underflows)."""
+    return h < 10.0 * (np.nextafter(x, np.inf) - x)
+
+
+@numba.njit(cache=True)
+def _control(err, finite, hs, h, clipped, rejected):
+    """Accept or reject a trial step of size ``hs`` and propose the next step size (HNW §II.4).
+
+    ``err`` is the scaled error norm, ``finite`` whether every stage and the result are
+    finite, ``h`` the proposal the trial step came from (``hs < h`` when it was clipped to an
+    output time: a clipped step does not shrink the proposal), ``rejected`` whether the
+    previous attempt was rejected (then an accepted step may not grow). Returns
+    ``(accepted, h_next, nonfinite)``.
+    """
+    if finite and err <= 1.0:
+        if err == 0.0:
+            fac = FAC_MAX
+        else:
+            fac = min(FAC_MAX, SAFETY * err ** ERR_EXP)
+        if rejected:
+            fac = min(fac, 1.0)
+        h_next = hs * fac
+        return True, (max(h, h_next) if clipped else h_next), False
+    if finite:
+        return False, hs * max(FAC_MIN, SAFETY * err ** ERR_EXP), False
+    return False, hs * FAC_MIN, True
+
+
+# ---------------------------------------------------------------------------------------------
+# Numba kernel (the source also runs as plain Python under NUMBA_DISABLE_JIT=1).
 
 @numba.njit(cache=True)
 def _all_finite(a):
@@ -181,31 +234,18 @@ def _dopri5_begin(rhs, y, data, x_end, rtol, atol, log_time, h0, k1):
         d1 += (k1[i] / sc) ** 2
     d0 = math.sqrt(d0 / n)
     d1 = math.sqrt(d1 / n)
-    if d0 < 1e-5 or d1 < 1e-5:
-        ha = 1e-6
-    else:
-        ha = 0.01 * d0 / d1
-    ha = min(ha, x_end - x)
+    ha = _start_step(d0, d1, x_end - x)
     for i in range(n):
         ys[i] = y[i] + ha * k1[i]
     rhs(ys, data, k2)
-    _scale_log_time(k2, x + ha, log_time)
+    g = math.exp(x + ha) if log_time else 1.0
     nfev += 1
     d2 = 0.0
     for i in range(n):
         sc = atol + rtol * abs(y[i])
-        d2 += ((k2[i] - k1[i]) / sc) ** 2
+        d2 += ((k2[i] * g - k1[i]) / sc) ** 2
     d2 = math.sqrt(d2 / n) / ha
-    if not math.isfinite(d2):
-        h = ha
-    else:
-        dm = max(d1, d2)
-        if dm <= 1e-15:
-            hb = max(1e-6, ha * 1e-3)
-        else:
-            hb = (0.01 / dm) ** 0.2
-        h = min(100.0 * ha, hb)
-    return h, nfev, 0
+    return _start_step_final(ha, d1, d2), nfev, 0
 
 
 @numba.njit(cache=True)
@@ -220,6 +260,16 @@ def _dopri5_advance(rhs, y, k1, data, x_eval, Y, j, x, h, rtol, atol, log_time, 
 
     Returns ``(x, h, j, nfev, nsteps, status, rejected, nonfinite)``; ``status`` 0: every
     row of ``x_eval`` reached, 1: ``budget`` used, 2: non-finite, 3: step underflow.
+
+    One pass over the state per stage: each stage's derivative is multiplied by its
+    log-time factor ``g`` (1 in plain time: ``k * 1.0 == k`` exactly) in the loop that
+    forms the next stage's argument; the loop that forms ``yn`` also sums the error
+    weights over stages 1-6 (into ``ys``, free by then: the same sum, in the same order,
+    as one expression over all seven stages), and the error norm, the last stage's
+    factor and the finiteness checks share one loop. Finiteness: a non-finite ``k1, k3 ..
+    k7`` makes the error estimate ``e`` (each has a nonzero weight in it) and so ``err``
+    non-finite; ``k2`` (weight 0 in ``e``) and ``yn`` (which enters only through ``max``)
+    are checked themselves.
     """
     n = y.shape[0]
     m = x_eval.shape[0]
@@ -242,7 +292,7 @@ def _dopri5_advance(rhs, y, k1, data, x_eval, Y, j, x, h, rtol, atol, log_time, 
             status = 1
             break
         target = x_eval[j]
-        if h < 10.0 * (np.nextafter(x, np.inf) - x):
+        if _step_too_small(h, x):
             status = 2 if nonfinite else 3
             break
         hs = h
@@ -250,77 +300,63 @@ def _dopri5_advance(rhs, y, k1, data, x_eval, Y, j, x, h, rtol, atol, log_time, 
         if x + hs >= target:
             hs = target - x
             clipped = True
+        x_new = target if clipped else x + hs
+        if log_time:
+            g2, g3, g4 = math.exp(x + C2 * hs), math.exp(x + C3 * hs), math.exp(x + C4 * hs)
+            g5, g6, g7 = math.exp(x + C5 * hs), math.exp(x + hs), math.exp(x_new)
+        else:
+            g2 = g3 = g4 = g5 = g6 = g7 = 1.0
 
         for i in range(n):
             ys[i] = y[i] + hs * (A21 * k1[i])
         rhs(ys, data, k2)
-        _scale_log_time(k2, x + C2 * hs, log_time)
         for i in range(n):
+            k2[i] *= g2
             ys[i] = y[i] + hs * (A31 * k1[i] + A32 * k2[i])
         rhs(ys, data, k3)
-        _scale_log_time(k3, x + C3 * hs, log_time)
         for i in range(n):
+            k3[i] *= g3
             ys[i] = y[i] + hs * (A41 * k1[i] + A42 * k2[i] + A43 * k3[i])
         rhs(ys, data, k4)
-        _scale_log_time(k4, x + C4 * hs, log_time)
         for i in range(n):
+            k4[i] *= g4
             ys[i] = y[i] + hs * (A51 * k1[i] + A52 * k2[i] + A53 * k3[i] + A54 * k4[i])
         rhs(ys, data, k5)
-        _scale_log_time(k5, x + C5 * hs, log_time)
         for i in range(n):
+            k5[i] *= g5
             ys[i] = y[i] + hs * (A61 * k1[i] + A62 * k2[i] + A63 * k3[i] + A64 * k4[i]
                                  + A65 * k5[i])
-        x_new = target if clipped else x + hs
         rhs(ys, data, k6)
-        _scale_log_time(k6, x + hs, log_time)
         for i in range(n):
+            k6[i] *= g6
             yn[i] = y[i] + hs * (B1 * k1[i] + B3 * k3[i] + B4 * k4[i] + B5 * k5[i]
                                  + B6 * k6[i])
+            ys[i] = E1 * k1[i] + E3 * k3[i] + E4 * k4[i] + E5 * k5[i] + E6 * k6[i]
         rhs(yn, data, k7)
-        _scale_log_time(k7, x_new, log_time)
         nfev += 6
         nsteps += 1
 
         acc = 0.0
+        checked = True
         for i in range(n):
-            e = hs * (E1 * k1[i] + E3 * k3[i] + E4 * k4[i] + E5 * k5[i] + E6 * k6[i]
-                      + E7 * k7[i])
+            k7[i] *= g7
+            e = hs * (ys[i] + E7 * k7[i])     # ys: the error weights' sum over stages 1-6
             sc = atol + rtol * max(abs(y[i]), abs(yn[i]))
             acc += (e / sc) ** 2
+            checked &= math.isfinite(yn[i]) & math.isfinite(k2[i])
         err = math.sqrt(acc / n)
-        finite = (math.isfinite(err) and _all_finite(yn) and _all_finite(k2)
-                  and _all_finite(k3) and _all_finite(k4) and _all_finite(k5)
-                  and _all_finite(k6) and _all_finite(k7))
-
-        if finite and err <= 1.0:
-            if err == 0.0:
-                fac = FAC_MAX
-            else:
-                fac = min(FAC_MAX, SAFETY * err ** ERR_EXP)
-            if rejected:
-                fac = min(fac, 1.0)
-            h_next = hs * fac
-            h = max(h, h_next) if clipped else h_next
+        accepted, h, nonfinite = _control(err, checked and math.isfinite(err), hs, h, clipped, rejected)
+        rejected = not accepted
+        if accepted:
             x = x_new
             y, yn = yn, y
             k1, k7 = k7, k1
             swapped = not swapped
-            rejected = False
-            nonfinite = False
             if clipped:
                 while j < m and x_eval[j] <= x:
                     for i in range(n):
                         Y[j, i] = y[i]
                     j += 1
-        else:
-            if finite:
-                fac = max(FAC_MIN, SAFETY * err ** ERR_EXP)
-                nonfinite = False
-            else:
-                fac = FAC_MIN
-                nonfinite = True
-            h = hs * fac
-            rejected = True
     if swapped:      # the current state lives in the work buffers: hand it back in the caller's arrays
         for i in range(n):
             y_in[i] = y[i]
@@ -435,17 +471,11 @@ def dopri5_numpy(rhs, y0, data, t_eval, rtol, atol, log_time, max_steps, h0):
         sc = atol + rtol * np.abs(y)
         d0 = math.sqrt(np.sum((y / sc) ** 2) / n)
         d1 = math.sqrt(np.sum((k1 / sc) ** 2) / n)
-        ha = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
-        ha = min(ha, x_eval[-1] - x)
+        ha = float(_start_step(d0, d1, x_eval[-1] - x))
         k2 = f(y + ha * k1, x + ha)
         nfev += 1
         d2 = math.sqrt(np.sum(((k2 - k1) / sc) ** 2) / n) / ha
-        if not math.isfinite(d2):
-            h = ha
-        else:
-            dm = max(d1, d2)
-            hb = max(1e-6, ha * 1e-3) if dm <= 1e-15 else (0.01 / dm) ** 0.2
-            h = min(100.0 * ha, hb)
+        h = float(_start_step_final(ha, d1, d2))
 
     status, nsteps, rejected, nonfinite = 0, 0, False, False
     while True:
@@ -453,7 +483,7 @@ def dopri5_numpy(rhs, y0, data, t_eval, rtol, atol, log_time, max_steps, h0):
             status = 1
             break
         target = x_eval[j]
-        if h < 10.0 * (np.nextafter(x, np.inf) - x):
+        if _step_too_small(h, x):
             status = 2 if nonfinite else 3
             break
         hs, clipped = h, False
@@ -474,26 +504,16 @@ def dopri5_numpy(rhs, y0, data, t_eval, rtol, atol, log_time, max_steps, h0):
         err = math.sqrt(float(np.sum((e / sc) ** 2)) / n)
         finite = math.isfinite(err) and all(
             np.all(np.isfinite(a)) for a in (yn, k2, k3, k4, k5, k6, k7))
-        if finite and err <= 1.0:
-            fac = FAC_MAX if err == 0.0 else min(FAC_MAX, SAFETY * err ** ERR_EXP)
-            if rejected:
-                fac = min(fac, 1.0)
-            h = max(h, hs * fac) if clipped else hs * fac
+        accepted, h, nonfinite = _control(err, finite, hs, h, clipped, rejected)
+        h, rejected = float(h), not accepted
+        if accepted:
             x, y, k1 = x_new, yn, k7
-            rejected = nonfinite = False
             if clipped:
                 while j < m and x_eval[j] <= x:
                     Y[j] = y
                     j += 1
                 if j == m:
                     break
-        else:
-            if finite:
-                fac, nonfinite = max(FAC_MIN, SAFETY * err ** ERR_EXP), False
-            else:
-                fac, nonfinite = FAC_MIN, True
-            h = hs * fac
-            rejected = True
     return Y, j, nfev, status
 
 
