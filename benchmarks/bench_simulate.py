@@ -538,7 +538,7 @@ def time_flow(repeats):
     sp = solve_ivp(f, [0.0, math.log1p(1e8)], y0, method="DOP853", rtol=1e-12, atol=1e-14)
     t_scipy = time.perf_counter() - t0
     y_sp = sp.y[:, -1]
-    return {"median": statistics.median(ts), "min": min(ts), "nfev": tr.meta["nfev"][0], "status": tr.status,
+    return {"median": statistics.median(ts), "min": min(ts), "nfev": tr.meta["nfev"][0], "status": tr.status.name,
             "err_vs_compiled_1e-12": float(np.abs(y_got - y_ref).max()),
             "err_vs_scipy_dop853_1e-12": float(np.abs(y_got - y_sp).max()),
             "compiled_vs_scipy": float(np.abs(y_ref - y_sp).max()),

@@ -11,7 +11,7 @@ from conftest import tv9_data
 from ufm.bridge.fitting import (ACCEPT, align_monotone, anchored_path, fit, isotropic_init, observed_transition, pattern_ids,
                                 static_decomposition, unit_centred)
 from ufm.metrics import etf_distance, semantic_gap
-from ufm.results import FitResult, Run
+from ufm.results import FitResult, Run, Status
 
 SETTING = ufm.factorial((2, 2, 2))
 TRUE = {"sigma": 2.0, "strengths": [1.25, 1.0, 0.8]}   # geometric mean 1: the fit's normalization
@@ -290,6 +290,7 @@ def test_ctrl_c_during_the_m2_search_keeps_the_best_point(monkeypatch):
     r = fit(_simulated(n_records=25), setting=SETTING, models=("input_coupled",), lam=0.0, on_interrupt="return")
     assert calls["n"] > 40
     assert any("interrupted" in n for n in r.meta["notes"]) and r.meta["interrupted"]
+    assert r.status is Status.interrupted and not r.success and r.message.startswith(Status.interrupted.message)
     assert r.params["sigma"] > 0 and r.gof["input_coupled"]["gram_r2"] > 0.5
     calls["n"] = 0
     with pytest.raises(KeyboardInterrupt) as err:     # the default, as ufm.simulate: the interrupt reaches the caller

@@ -469,8 +469,8 @@ def _safetensors_foreign(**tensors):
 
 
 def _other_result(dir_):
-    sol = Solution(W=np.eye(2), H=np.eye(2), b=None, Z=np.eye(2), loss=0.0, success=True, status="etf",
-                   message="", method="closed_form")
+    sol = Solution(W=np.eye(2), H=np.eye(2), b=None, Z=np.eye(2), loss=0.0, status="exact", regime="etf",
+                   method="closed_form")
     return sol.save(dir_ / "sol.npz")
 
 
@@ -516,7 +516,7 @@ MALFORMED = [
     ("string dtype", _foreign(labels=np.array(["cat", "dog"])), r"field 'labels' has dtype <U3"),
     ("non-integer counts", _foreign(counts=[1.5, 2.0]), r"'counts'.*non-integer"),
     ("bad meta JSON", _foreign(meta=np.array("{lr: 1")), r"field 'meta' is not valid JSON"),
-    ("wrong file schema", _ufm_npz_edit(lambda a, h: h.update(schema=2)), r"field 'schema' is 2"),
+    ("wrong file schema", _ufm_npz_edit(lambda a, h: h.update(schema=7)), r"field 'schema' is 7"),
     ("wrong bridge schema", _ufm_npz_edit(_meta_schema), r"field 'schema'.*99"),
     ("unknown result type", _ufm_npz_edit(lambda a, h: h.update(type="Model")), r"'type'.*unknown result type 'Model'"),
     ("other result type", _other_result, r"field 'type' is 'Solution'"),

@@ -14,6 +14,7 @@ import ufm
 from ufm import closed_form, losses
 from ufm.problems import LayerPeeledProblem, UFMProblem
 from ufm import NoMethodApplies
+from ufm.results import Status
 
 from conftest import nonconvex_minimize
 
@@ -34,7 +35,7 @@ def assert_critical(problem, sol, tol=1e-10):
 def test_tv1_balanced_ce_numbers():
     p = UFMProblem(K=4, n=3, d=6, loss="ce", lam_W=0.01, lam_H=0.01)
     sol = ufm.solve(p, method="closed_form")
-    assert sol.status == "etf" and sol.success and sol.method == "closed_form"
+    assert sol.regime == "etf" and sol.success and sol.method == "closed_form"
     m = sol.meta
     assert m["gamma"] == pytest.approx(0.0173205, abs=1e-7)
     assert m["s"] == pytest.approx(4.002504, abs=1e-6)
@@ -68,7 +69,7 @@ CE_CASES = [
 def test_balanced_ce_matches_nonconvex_solver(kw):
     p = UFMProblem(loss="ce", **kw)
     sol = ufm.solve(p, method="closed_form")
-    assert sol.status == ("zero" if p.K * p.gamma >= 1 else "etf")
+    assert sol.regime == ("zero" if p.K * p.gamma >= 1 else "etf") and sol.status is Status.exact
     assert_critical(p, sol)
     f, W, H, b = nonconvex_minimize(p, seed=1)
     assert rel(f, sol.loss) < 1e-6
@@ -99,7 +100,7 @@ def test_ce_zero_threshold_is_sharp():
     lam_at = 1 / (K * math.sqrt(n))          # K gamma = 1 with lam_W = lam_H
     below = UFMProblem(K=K, n=n, d=4, lam_W=0.9 * lam_at, lam_H=0.9 * lam_at)
     at = UFMProblem(K=K, n=n, d=4, lam_W=lam_at * 1.0000001, lam_H=lam_at * 1.0000001)
-    assert ufm.solve(below).status == "etf" and ufm.solve(at).status == "zero"
+    assert ufm.solve(below).regime == "etf" and ufm.solve(at).regime == "zero"
     assert nonconvex_minimize(below, seed=2)[0] < math.log(K) - 1e-4
     assert nonconvex_minimize(at, seed=2)[0] == pytest.approx(math.log(K), abs=1e-9)
     th = closed_form.thresholds(at)
@@ -137,7 +138,7 @@ def test_layer_peeled_against_constrained_minimization():
 def test_tv3_seli_numbers():
     p = UFMProblem(K=4, counts=[3, 3, 1, 1], d=6, loss="ce")
     sol = ufm.solve(p)
-    assert sol.status == "seli"
+    assert sol.regime == "seli"
     np.testing.assert_allclose(sol.Z, P(4) @ p.Y, atol=1e-12)
     assert sol.loss == pytest.approx(4.146264, abs=1e-6)
     assert 0.5 * (np.sum(sol.W**2) + np.sum(sol.H**2)) == pytest.approx(sol.loss, rel=1e-12)
@@ -210,7 +211,7 @@ def test_mse_bias_regime_change_at_lam_b_star():
     star = closed_form.thresholds(base)["lam_b_star"]
     assert star == pytest.approx(0.108622, abs=1e-6)
     lo, hi = (ufm.solve(base.replace(lam_b=star * (1 + e))) for e in (-1e-9, 1e-9))
-    assert lo.status == "etf" and hi.status == "etf_to_orthogonal_frame"
+    assert lo.regime == "etf" and hi.regime == "etf_to_orthogonal_frame"
     assert lo.loss == pytest.approx(hi.loss, abs=1e-9)           # continuous across the threshold
     np.testing.assert_allclose(lo.b, hi.b, atol=1e-9)
     # above lam_b*, the classifier Gram leaves the ETF and tends to the orthogonal frame as lam_b grows
@@ -251,35 +252,45 @@ def test_mse_zero_regime_and_threshold():
     assert th["mu_zero"] == pytest.approx(np.linalg.norm(p.Y, 2) / p.N, rel=1e-12)
     assert th["zero"]
     sol = ufm.solve(p)
-    assert sol.status == "zero" and not np.any(sol.W) and not np.any(sol.H)
+    assert sol.regime == "zero" and not np.any(sol.W) and not np.any(sol.H)
     assert_critical(p, sol)
 
 
 # -- dispatch and errors ---------------------------------------------------------------
+def unsolved(sol, *phrases):
+    """``sol`` is a no-method result whose message gives every phrase; ``W, H, Z`` are NaN."""
+    assert sol.status is Status.no_method and not sol.success and np.isnan(sol.loss), sol
+    assert all(np.isnan(getattr(sol, name)).all() for name in ("W", "H", "Z"))
+    for phrase in phrases:
+        assert phrase in sol.message, (phrase, sol.message)
+    return sol
+
+
 def test_no_closed_form_names_the_reasons():
     p = UFMProblem(K=4, counts=[3, 3, 1, 1], d=6, loss="ce", lam_W=0.01, lam_H=0.01)
-    with pytest.raises(NoMethodApplies) as err:
-        ufm.solve(p, method="closed_form")
-    msg = str(err.value)
-    assert "imbalanced" in msg and "closed_form" in msg
+    unsolved(ufm.solve(p, method="closed_form"), "imbalanced", "closed_form")
+    unsolved(closed_form.solve(p), "imbalanced")
+    with pytest.raises(NoMethodApplies, match="imbalanced") as err:
+        ufm.solve(p, method="closed_form", throw=True)
+    assert err.value.result.status is Status.no_method and isinstance(err.value, ufm.UFMError)
+    with pytest.raises(NoMethodApplies, match="imbalanced"):
+        closed_form.solve(p, throw=True)
     with pytest.raises(ValueError, match="method must be"):
         ufm.solve(UFMProblem(K=3, n=1, d=3), method="newton")
 
 
 def test_d_too_small_is_explained():
-    with pytest.raises(ValueError, match=r"d >= K-1 = 3, got d=2"):
-        ufm.solve(UFMProblem(K=4, n=3, d=2, lam_W=0.01, lam_H=0.01), method="closed_form")
-    with pytest.raises(ValueError, match=r"d=2 is below rank\(Z\*\)=3"):   # auto falls through to convex
-        ufm.solve(UFMProblem(K=4, n=3, d=2, lam_W=0.01, lam_H=0.01))
-    with pytest.raises(ValueError, match=r"d=3 is below rank"):
-        ufm.solve(UFMProblem(K=4, n=3, d=3, loss="mse", lam_W=0.01, lam_H=0.01))
+    unsolved(ufm.solve(UFMProblem(K=4, n=3, d=2, lam_W=0.01, lam_H=0.01), method="closed_form"),
+             "d >= K-1 = 3, got d=2")
+    unsolved(ufm.solve(UFMProblem(K=4, n=3, d=2, lam_W=0.01, lam_H=0.01)),   # auto falls through to convex
+             "d=2 is below rank(Z*)=3")
+    with pytest.raises(NoMethodApplies, match=r"d=3 is below rank"):
+        ufm.solve(UFMProblem(K=4, n=3, d=3, loss="mse", lam_W=0.01, lam_H=0.01), throw=True)
 
 
 def test_one_sided_weight_decay_is_refused_with_reason():
-    with pytest.raises(ValueError, match="both positive or both 0"):
-        ufm.solve(UFMProblem(K=3, n=2, d=3, loss="mse", lam_W=0.1))
-    with pytest.raises(ValueError, match="infimum is not attained"):
-        ufm.solve(UFMProblem(K=3, n=2, d=3, loss="ce", lam_H=0.1))
+    unsolved(ufm.solve(UFMProblem(K=3, n=2, d=3, loss="mse", lam_W=0.1)), "both positive or both 0")
+    unsolved(ufm.solve(UFMProblem(K=3, n=2, d=3, loss="ce", lam_H=0.1)), "infimum is not attained")
 
 
 def test_solution_is_frozen_and_round_trips(tmp_path):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import ufm
+from ufm.results import Status
 from ufm import convex, losses, metrics
 from ufm.problems import AnchoredUFM, InputCoupledUFM, UFMProblem
 
@@ -37,7 +38,7 @@ def test_exact_solvers_equal_the_closed_forms(problem, method, opts):
     assert sol.meta["rel_duality_gap"] <= 1e-6
     np.testing.assert_allclose(sol.gram_W, ref.gram_W, atol=1e-5 * max(1, np.abs(ref.gram_W).max()))
     assert rel(losses.objective(problem, sol.W, sol.H, sol.b), ref.loss) < 1e-6
-    if ref.status != "zero":
+    if ref.regime != "zero":
         assert max(sol.meta["stationarity"].values()) < 1e-3
 
 
@@ -115,7 +116,7 @@ def test_tv4_ntp_svm_and_in_support_logits():
     for j, (s, q) in enumerate(zip(supp, prob)):
         P[s, j] = q
     sol = ufm.solve(UFMProblem(labels=P, d=6, loss="ce"), method="svm")
-    assert sol.status == "ntp_svm" and sol.loss == pytest.approx(4.42650, abs=1e-4)
+    assert sol.regime == "ntp_svm" and sol.loss == pytest.approx(4.42650, abs=1e-4)
     assert sol.meta["cos_to_proxy"] == pytest.approx(0.99218, abs=1e-4)
     assert sol.meta["nuclear_proxy"] == pytest.approx(4.45573, abs=1e-5)
     Lmm = sol.Z
@@ -159,20 +160,28 @@ def test_zero_optimum_is_detected_exactly():
     p = UFMProblem(K=3, counts=[3, 1, 1], d=3, loss="ce", lam_W=0.5, lam_H=0.5)
     for method in ("convex", "prox"):
         sol = ufm.solve(p, method=method)
-        assert sol.status == "zero" and not np.any(sol.W) and sol.meta["duality_gap"] < 1e-12
+        assert sol.regime == "zero" and not np.any(sol.W) and sol.meta["duality_gap"] < 1e-12
 
 
 def test_errors_and_unsuccessful_results_say_what_to_change():
-    with pytest.raises(ValueError, match="max-margin direction"):
-        ufm.solve(UFMProblem(K=3, counts=[2, 1, 1], d=3, loss="ce"), method="convex")
-    with pytest.raises(ValueError, match="anchored UFM has no nuclear-norm form"):
-        ufm.solve(AnchoredUFM(H_anchor=np.ones((3, 3)), beta=1.0, K=3, n=1, lam_W=0.1, lam_H=0.1), method="prox")
+    cases = [(UFMProblem(K=3, counts=[2, 1, 1], d=3, loss="ce"), "convex", "max-margin direction"),
+             (AnchoredUFM(H_anchor=np.ones((3, 3)), beta=1.0, K=3, n=1, lam_W=0.1, lam_H=0.1), "prox",
+              "anchored UFM has no nuclear-norm form"),
+             (UFMProblem(K=4, counts=[3, 3, 1, 1], d=2, lam_W=0.01, lam_H=0.01), "convex", "d=2 is below rank")]
+    for problem, method, why in cases:
+        sol = ufm.solve(problem, method=method)
+        assert sol.status is Status.no_method and not sol.success and why in sol.message, sol.message
+        with pytest.raises(ufm.NoMethodApplies, match=why):
+            ufm.solve(problem, method=method, throw=True)
+    sol = convex.prox(cases[1][0])          # the method itself, called directly, answers the same way
+    assert sol.status is Status.no_method and cases[1][2] in sol.message
     with pytest.raises(ValueError, match="solver must be one of"):
         ufm.solve(HARD[0], method="convex", solver="ECOS")
-    with pytest.raises(ValueError, match="d=2 is below rank"):
-        ufm.solve(UFMProblem(K=4, counts=[3, 3, 1, 1], d=2, lam_W=0.01, lam_H=0.01), method="convex")
     sol = ufm.solve(HARD[1], method="prox", max_iter=3, tol=1e-12)
-    assert not sol.success and sol.status == "max_iter" and "raise max_iter" in sol.message
+    assert not sol.success and sol.status is Status.max_iter and "raise max_iter" in sol.message
+    with pytest.raises(ufm.NotConverged, match="raise max_iter") as err:
+        ufm.solve(HARD[1], method="prox", max_iter=3, tol=1e-12, throw=True)
+    assert err.value.result.nit == sol.nit == 3 and np.isfinite(err.value.result.loss)
 
 
 def test_auto_records_its_choice():
@@ -188,8 +197,10 @@ def test_infeasible_margins_are_explained():
     """Two items with the same encoding (sigma = 0, siblings of a hierarchy) cannot be separated."""
     s = ufm.hierarchy(2, 2)
     m = InputCoupledUFM.from_setting(s, sigma=0.0, d=4)
-    with pytest.raises(RuntimeError, match="margins cannot be met"):
-        ufm.solve(m, method="svm")
+    sol = ufm.solve(m, method="svm")
+    assert sol.status is Status.solver_failed and not sol.success and "margins cannot be met" in sol.message
+    with pytest.raises(ufm.NotConverged, match="margins cannot be met"):
+        ufm.solve(m, method="svm", throw=True)
 
 
 # -- how prox thresholds: exchangeable classes, leading triplets, full SVDs ------------------------

@@ -48,15 +48,15 @@ def test_demo_writes_table_and_figures(tmp_path, capsys):
         assert (tmp_path / name).stat().st_size > 0
     with open(tmp_path / "closed_forms.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["status"] for r in rows] == ["etf", "zero", "seli", "orthogonal_frame", "etf",
+    assert [r["regime"] for r in rows] == ["etf", "zero", "seli", "orthogonal_frame", "etf",
                                            "etf_to_orthogonal_frame", "etf"]
     assert float(rows[0]["objective"]) == pytest.approx(0.2613364, abs=1e-7)       # TV1
     assert float(rows[2]["objective"]) == pytest.approx(4.146264, abs=1e-6)        # TV3
     assert float(rows[3]["objective"]) == pytest.approx(0.09317959, abs=1e-8)      # TV2
     for r in rows:                       # every ETF row is at distance 0 from the ETF, the others are not
-        if r["status"] == "etf":
+        if r["regime"] == "etf":
             assert float(r["etf_distance_WWt"]) < 1e-12
-        elif r["status"] != "zero":
+        elif r["regime"] != "zero":
             assert float(r["etf_distance_WWt"]) > 0.1
     assert "| CE, balanced (TV1) | etf |" in out
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ufm.results import Status
+
 pytestmark = pytest.mark.slow          # trains, runs subprocesses or reads the built site: `make test-fast` skips it
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -26,7 +28,7 @@ def _run(page: Path) -> dict:
 
 
 def _check_index(ns):
-    assert ns["sol"].status == "etf" and ns["sol"].loss == pytest.approx(0.26133639, abs=1e-8)
+    assert ns["sol"].regime == "etf" and ns["sol"].loss == pytest.approx(0.26133639, abs=1e-8)
     assert ns["sol"].meta["s"] == pytest.approx(4.00250385, abs=1e-8)
     gap = ns["tr"].semantic_gap[0]
     assert gap.max() == pytest.approx(0.42, abs=0.015) and gap[-1] < gap.max() - 0.1
@@ -41,9 +43,9 @@ def _check_standard_ufm(ns):
 
 
 def _check_simulating(ns):
-    assert ns["gd"].status == "completed"
+    assert ns["gd"].status is Status.completed
     assert ns["gd"].loss[:, -1] == pytest.approx([0.26133639] * 4, abs=1e-8)
-    assert ns["flow"].meta["time_variable"] == "log(1+t)" and ns["flow"].status == "completed"
+    assert ns["flow"].meta["time_variable"] == "log(1+t)" and ns["flow"].status is Status.completed
     assert ns["norms"].w_norm.shape[0] == 1
     assert np.array_equal(ns["a"].W[0], ns["b"].W[0])
 
@@ -78,6 +80,11 @@ def _check_bridge(ns):
     assert Path("run.npz").exists() and "input_coupled" in f.message
 
 
+def _check_results(ns):
+    assert (ns["sol"].success, ns["sol"].status, ns["sol"].regime) == (False, Status.no_method, "")
+    assert "imbalanced" in ns["sol"].message and ns["failed"].status is Status.no_method
+
+
 def _check_adding_a_loss(ns):
     s0 = np.log(1 + 4 * 0.9 / 0.1)                       # THEORY (1.2)
     np.testing.assert_allclose(ns["margin"], s0, rtol=1e-6)
@@ -86,7 +93,8 @@ def _check_adding_a_loss(ns):
     assert max(ns["res"].values()) < 1e-10
 
 
-CHECKS = {"index": _check_index, "guide/adding_a_loss": _check_adding_a_loss, "guide/standard_ufm": _check_standard_ufm, "guide/simulating": _check_simulating,
+CHECKS = {"index": _check_index, "guide/results": _check_results, "guide/adding_a_loss": _check_adding_a_loss,
+          "guide/standard_ufm": _check_standard_ufm, "guide/simulating": _check_simulating,
           "guide/theory_curves": _check_theory_curves, "guide/semantic_models": _check_semantic_models,
           "guide/sweeps": _check_sweeps, "guide/bridge": _check_bridge}
 

@@ -42,7 +42,7 @@ from scipy.optimize import brentq
 
 import ufm
 from ufm import dynamics, symbolic
-from ufm.results import TheoryCurve
+from ufm.results import Status, TheoryCurve
 
 SETTINGS = {
     "factorial": lambda: ufm.factorial((2, 2, 2)),
@@ -155,7 +155,7 @@ def test_linear_phase_of_one_run_matches_the_flow(loss, lams):
     c = dynamics.mode_curves(m, times, W0=W0, A0=A0)
     tr = ufm.simulate(m, steps=600, lr=0.01, mode="flow", W0=W0, A0=A0, record=("Z",),
                       record_steps=np.round(times / 0.01).astype(int), time_variable="t", rtol=1e-10, atol=1e-14)
-    assert tr.status == "completed"
+    assert tr.status is Status.completed
     z_sim = np.einsum("ia,tij,ja->ta", c.Q, tr.Z[0], c.Q)
     zmax = np.abs(c.z_linear).max(1)[1:]
     err_lin = np.abs(z_sim - c.z_linear).max(1)[1:] / zmax
@@ -202,7 +202,7 @@ def test_ce_mode_flow_from_an_aligned_start(name):
     c = dynamics.semantic_curve(m, times, z0=z0)
     tr = ufm.simulate(m, steps=10**4, lr=1.0, mode="flow", W0=W0, A0=A0, record=("Z", "semantic_gap"),
                       record_steps=times.astype(int), rtol=1e-10, atol=1e-14)
-    assert tr.status == "completed"
+    assert tr.status is Status.completed
     ZQ = np.einsum("ia,tij,jb->tab", Q, tr.Z[0], Q)
     z_sim = np.einsum("taa->ta", ZQ)
     off = np.abs(ZQ - np.einsum("ta,ab->tab", z_sim, np.eye(d.size))).max((1, 2)) / np.abs(z_sim).max(1)
@@ -237,7 +237,7 @@ def test_semantic_peak_time_matches_simulation(loss, name):
                       record=("semantic_gap", "gram_H") if loss == "mse" else ("semantic_gap",),
                       record_steps=np.arange(0, steps + 1, steps // n_rec),
                       time_variable="t", rtol=1e-8, atol=1e-12)
-    assert tr.status == "completed"
+    assert tr.status is Status.completed
     t, g = tr.times, tr.semantic_gap
     peaks = np.array([_refined_argmax(t, gi) for gi in g])
     for gi in g:                                      # every run rises to an interior peak ...
@@ -290,7 +290,7 @@ def test_run_start_predicts_each_runs_transition_and_spread_samples_are_the_runs
     tr = ufm.simulate(m, steps=steps, lr=horizon / steps, mode="flow", init_scale=1e-3, seeds=3, seed=2,
                       record=("semantic_gap", "gram_H", "W", "A"), record_steps=_log_steps(steps, 300),
                       time_variable="t", rtol=1e-9, atol=1e-13)
-    assert tr.status == "completed"
+    assert tr.status is Status.completed
     sim = dynamics.transient_times(tr.times, tr.semantic_gap, tr.gram_H, wide.end_gram)
     assert np.all(np.isfinite(sim["transition_time"]))
     # the wide limit drops the overlaps of the random start: measured -18%, +1%, +73% of the runs' transitions
@@ -328,7 +328,7 @@ def test_isotropic_start_is_the_wide_limit_and_matches_simulation():
     tr = ufm.simulate(m, steps=steps, lr=3 * probe.transition_time / steps, mode="flow", W0=iso["W0"], A0=iso["A0"],
                       record=("semantic_gap", "gram_H"), record_steps=_log_steps(steps, 300), time_variable="t",
                       rtol=1e-10, atol=1e-14)
-    assert tr.status == "completed"
+    assert tr.status is Status.completed
     wide = dynamics.semantic_curve(m, tr.times, init_scale=s / math.sqrt(d))
     run = dynamics.semantic_curve(m, tr.times, W0=iso["W0"], A0=iso["A0"])
     np.testing.assert_allclose(wide.semantic_gap, run.semantic_gap, atol=1e-6)       # measured 2e-8
@@ -459,7 +459,7 @@ def test_symmetric_flow_matches_simulate(case):
     tr = ufm.simulate(p, steps=int(round(times[-1] / lr)), lr=lr, mode="flow", W0=W0, H0=H0,
                       b0=np.zeros(K) if p.bias else None, record=("Z", "gram_W", "loss") + (("b",) if p.bias else ()),
                       record_steps=np.round(times / lr).astype(int), rtol=1e-10, atol=1e-13)
-    assert tr.status == "completed"
+    assert tr.status is Status.completed
     margin = tr.Z[0, :, 0, 0] - tr.Z[0, :, 1, 0]
     np.testing.assert_allclose(curve.p, margin, rtol=1e-6)
     np.testing.assert_allclose(curve.gram_W, tr.gram_W[0], rtol=1e-6, atol=1e-12)

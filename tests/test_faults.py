@@ -15,7 +15,7 @@ import pytest
 
 import ufm
 from ufm import _memory, _simulate
-from ufm.results import _hash_array
+from ufm.results import Status, _hash_array
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "sweep.toml")
 
@@ -125,7 +125,9 @@ def test_unfinished_simulations_and_unsolved_problems_are_failed_runs():
     assert run_failure(ok) is None
     assert run_failure(ok.replace(status="max_steps", message="gave up")).startswith("max_steps")
     sol = ufm.solve(p)
-    assert run_failure(sol) is None and "not solved" in run_failure(sol.replace(success=False))
+    assert run_failure(sol) is None and "not solved (max_iter)" in run_failure(sol.replace(status="max_iter"))
+    regularized = ufm.UFMProblem(K=3, n=1, d=3, lam_W=0.1, lam_H=0.1)     # no max-margin limit
+    assert run_failure(ufm.solve(regularized, method="svm")).startswith("not solved (no_method)")
 
 
 # -- 6. a start that cannot move -----------------------------------------------------------
@@ -140,7 +142,7 @@ def test_an_exact_saddle_start_is_refused(mode):
     with pytest.raises(ValueError, match="stationary point"):
         ufm.simulate(m, steps=10, lr=0.1, mode=mode, init_scale=0.0)
     tr = ufm.simulate(p, steps=10, lr=0.1, W0=np.zeros((4, 5)), init_scale=0.1)   # W = 0 but H random: moves
-    assert tr.status == "completed"
+    assert tr.status is Status.completed
 
 
 # -- 8. output paths checked before the work -------------------------------------------------

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import ufm
-from ufm.results import Run
+from ufm.results import Run, Status
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
@@ -101,8 +101,8 @@ SIMULATE_CHILD = textwrap.dedent(r"""
             print("saved", err.result.save(f"{out}/{mode}{seeds}.npz"), flush=True)
     print("go return", flush=True)
     tr = long("gd", 2, on_interrupt="return")        # or the partial result is returned and the script goes on
-    print("returned", tr.status, flush=True)
-    print("next", ufm.simulate(gd, steps=100, lr=0.1).status, flush=True)
+    print("returned", tr.status.name, flush=True)
+    print("next", ufm.simulate(gd, steps=100, lr=0.1).status.name, flush=True)
     print("go uncaught", flush=True)
     long("flow", 1)                                  # not caught: the script stops here, as after any Ctrl-C
     print("not reached", flush=True)
@@ -122,14 +122,14 @@ def test_ctrl_c_keeps_every_record_of_gd_and_flow_runs_and_reaches_the_script(tm
     code, out, err = child.finish()
     # an uncaught Ctrl-C ends the script the way Python does: killed by SIGINT, with the traceback
     assert code == -signal.SIGINT, (code, err[-3000:])
-    assert "KeyboardInterrupt: interrupted (Ctrl-C)" in err and "not reached" not in out
+    assert "KeyboardInterrupt: Interrupted (Ctrl-C)" in err and "not reached" not in out
     assert "returned interrupted" in out and "next completed" in out      # on_interrupt="return": goes on
 
     gd = ufm.UFMProblem(K=4, n=2, d=8, lam_W=1e-3, lam_H=1e-3)
     flow = ufm.InputCoupledUFM.from_setting(ufm.factorial((2, 2)), sigma=2.0, d=8, lam_W=1e-5, lam_A=1e-5)
     for mode, seeds in (("gd", 1), ("gd", 3), ("flow", 1), ("flow", 3)):
         tr = ufm.load(tmp_path / f"{mode}{seeds}.npz")
-        assert tr.status == "interrupted" and "Ctrl-C" in tr.message
+        assert tr.status is Status.interrupted and "Ctrl-C" in tr.message
         T = len(tr.steps)
         assert T >= 3 and tr.steps[-1] < (10**12 if mode == "gd" else 10**9)
         assert tr.loss.shape == (seeds, T) and np.all(np.isfinite(tr.loss))          # every seed, every row
@@ -206,7 +206,7 @@ def test_ctrl_c_during_ufm_sweep_writes_the_finished_runs_and_exits_130(tmp_path
     code, stdout, err = child.finish()
     assert code == 130, (stdout[-2000:], err[-3000:])
     res = ufm.load(out / "result.npz")
-    assert res.status == "interrupted" and "--resume" in stdout
+    assert res.status is Status.interrupted and "--resume" in stdout
     assert 6 <= len(res.records) < 14 and all(r["ok"] for r in res.records)
     assert {r["steps"] for r in res.records} >= {20, 40, 60}
 

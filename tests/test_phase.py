@@ -19,6 +19,7 @@ import pytest  # noqa: E402
 import ufm  # noqa: E402
 from ufm import dynamics  # noqa: E402
 from ufm.phase import phase_point  # noqa: E402
+from ufm.results import Status  # noqa: E402
 from ufm.plotting import plot_phase_diagram, plot_phase_lines, plot_trajectory  # noqa: E402
 
 SIGMAS = (1.5, 3.0, 6.0)
@@ -31,7 +32,7 @@ def phase():
 
 @pytest.mark.slow
 def test_phase_diagram_records(phase):
-    assert phase.status == "completed" and phase.n_failed == 0
+    assert phase.status is Status.completed and phase.n_failed == 0
     assert len(phase.records) == 3 * len(SIGMAS)
     for r in phase.records:
         assert r["end_method"] == "prox"
@@ -53,17 +54,17 @@ def test_end_state_approaches_etf_as_sigma_grows(phase, setting):
 @pytest.mark.slow
 def test_end_state_etf_distance_monotone_fine_grid():
     rows = [phase_point("factorial", s) for s in (1.0, 2.0, 2.5, 3.0, 4.0, 5.0, 8.0)]
-    etf = [r["end_etf_distance"] for r in rows]
+    etf = [r.end_etf_distance for r in rows]
     assert np.all(np.diff(etf) < 0), etf
 
 
 def test_long_simulation_lands_on_the_exact_end_state():
     r = phase_point("factorial", sigma=3.0, simulate=True)
-    assert r["sim_status"] == "completed"
-    assert r["sim_end_gap"] == pytest.approx(r["end_gap"], abs=1e-5)
-    assert r["sim_end_etf_distance"] == pytest.approx(r["end_etf_distance"], abs=1e-5)
-    assert r["sim_peak_gap"] > 3 * r["sim_end_gap"]             # the simulated transient rises and falls
-    assert r["sim_peak_time"] == pytest.approx(r["peak_time"], rel=0.25)
+    assert r.success and r.status is Status.completed
+    assert r.sim_end_gap == pytest.approx(r.end_gap, abs=1e-5)
+    assert r.sim_end_etf_distance == pytest.approx(r.end_etf_distance, abs=1e-5)
+    assert r.sim_peak_gap > 3 * r.sim_end_gap             # the simulated transient rises and falls
+    assert r.sim_peak_time == pytest.approx(r.peak_time, rel=0.25)
 
 
 def test_phase_diagram_rejects_bad_input():
@@ -187,9 +188,10 @@ def test_transient_models_m1_m2_rise_then_fall():
     from ufm.phase import transient_models
 
     out = transient_models("factorial", horizon=2e4, n_records=60)
+    assert out.success and out.models == ("M1 anchored", "M2 input-coupled", "M3 kernel flow")
     for name in ("M1 anchored", "M2 input-coupled"):
-        t, g, e = out[name]
+        t, g = out.times[name], out.semantic_gap[name]
         j = int(np.argmax(g))
         assert g[j] > g[0] + 0.2 and g[j] > g[-1] + 0.2 and 0 < j < t.size - 1, (name, g[0], g[j], g[-1])
-    t, g, e = out["M3 kernel flow"]
+    g = out.semantic_gap["M3 kernel flow"]
     assert g[-1] > 0.15                       # M3 keeps its structure much longer (no decay, log-slow CE)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import ufm
+from ufm.results import Status
 from ufm import losses
 from ufm.problems import AnchoredUFM, InputCoupledUFM, UFMProblem
 
@@ -40,7 +41,7 @@ def test_gd_equals_numpy_twin(name, problem):
     steps, lr = 300, 0.3
     tr = ufm.simulate(problem, steps=steps, lr=lr, init_scale=0.3, seed=3, seeds=2,
                       record=tuple(losses.blocks(problem)) + ("loss",), n_records=12)
-    assert tr.status == "completed" and tr.steps[0] == 0 and tr.steps[-1] == steps
+    assert tr.status is Status.completed and tr.steps[0] == 0 and tr.steps[-1] == steps
     for i in range(2):
         state0 = {name_: tr.records[name_][i, 0] for name_ in losses.blocks(problem)}
         _, kept = losses.gd_reference(problem, state0, lr, steps, record=tr.steps)
@@ -146,7 +147,7 @@ def test_save_and_load_round_trip(tmp_path):
 def test_nonfinite_run_stops_and_keeps_records():
     p = UFMProblem(K=3, n=2, d=3, loss="mse")
     tr = ufm.simulate(p, steps=10**5, lr=50.0, init_scale=1.0, record=("loss",))
-    assert tr.status == "nonfinite" and "lower lr" in tr.message
+    assert tr.status is Status.nonfinite and "lower lr" in tr.message
     assert 1 <= len(tr.steps) < 100 and np.all(np.isfinite(tr.loss))
     assert tr.steps[-1] < 10**5
 
@@ -162,13 +163,13 @@ def test_interrupt_returns_partial_trajectory():
         return 0.0
 
     tr = ufm.simulate(p, steps=1000, lr=0.1, record={"trip": tripwire}, n_records=30, on_interrupt="return")
-    assert tr.status == "interrupted"
+    assert tr.status is Status.interrupted
     assert len(tr.steps) == 4 and tr.trip.shape == (1, 4)   # 1 call probes the shape, 4 records kept
     calls["n"] = 0
     with pytest.raises(KeyboardInterrupt) as err:              # the default: the interrupt reaches the caller
         ufm.simulate(p, steps=1000, lr=0.1, record={"trip": tripwire}, n_records=30)
     assert type(err.value) is KeyboardInterrupt               # exactly: an uncaught one ends a script by SIGINT
-    assert err.value.result.status == "interrupted" and err.value.result.trip.shape == (1, 4)
+    assert err.value.result.status is Status.interrupted and err.value.result.trip.shape == (1, 4)
 
 
 def test_progress_lines_without_tqdm(capsys, monkeypatch):
@@ -228,7 +229,7 @@ tr = ufm.simulate(m, steps=20, lr=0.2, init_scale=0.5, record=("W", "A"), n_reco
 fin, _ = losses.gd_reference(m, {k: tr.records[k][0, 0] for k in ("W", "A")}, 0.2, 20)
 assert max(np.abs(fin[k] - tr.records[k][0, -1]).max() for k in fin) < 1e-12
 fl = ufm.simulate(p, steps=10, lr=0.2, mode="flow", init_scale=0.5, record=("loss",), n_records=3)
-assert fl.status == "completed" and np.all(np.diff(fl.loss[0]) < 0)
+assert fl.success and np.all(np.diff(fl.loss[0]) < 0)
 print("ok")
 """
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
@@ -278,7 +279,7 @@ def test_gd_approaches_the_flow_as_the_step_shrinks():
 def test_flow_log_time_reaches_huge_horizons_cheaply():
     p = UFMProblem(K=3, n=4, d=4, loss="ce")
     tr = ufm.simulate(p, steps=10**8, lr=1.0, mode="flow", init_scale=0.1, record=("loss",), n_records=40)
-    assert tr.status == "completed" and tr.meta["time_variable"] == "log(1+t)"
+    assert tr.status is Status.completed and tr.meta["time_variable"] == "log(1+t)"
     assert tr.meta["nfev"][0] < 20000
     assert np.all(np.diff(tr.loss[0, 5:]) < 0) and tr.loss[0, -1] < 1e-7   # CE ~ 1/(t log t)
     with pytest.raises(ValueError, match="float64 only"):
@@ -308,7 +309,7 @@ def test_kernel_records_equal_recomputed_values(name, problem):
     for steps, rs in ((25, None), (7, np.arange(8))):        # a log grid (chunks span records) and every step
         tr = ufm.simulate(problem, steps=steps, lr=0.2, seeds=3, init_scale=0.3, record=names + tuple(blocks),
                           n_records=9, record_steps=rs)
-        assert tr.status == "completed"
+        assert tr.status is Status.completed
         for s in range(3):
             for j in range(len(tr.steps)):
                 state = {b: tr.records[b][s, j] for b in blocks}
@@ -334,7 +335,7 @@ def test_kernel_records_stop_where_the_run_stops():
     p = UFMProblem(K=3, n=2, d=3, loss="mse")
     tr = ufm.simulate(p, steps=10**5, lr=50.0, init_scale=1.0, record=("loss", "gram_H"), seeds=2,
                       record_steps=np.arange(0, 10**5, 3))
-    assert tr.status == "nonfinite" and 1 <= len(tr.steps)
+    assert tr.status is Status.nonfinite and 1 <= len(tr.steps)
     assert np.all(np.isfinite(tr.loss)) and np.all(np.isfinite(tr.gram_H))
 
 
@@ -385,7 +386,7 @@ def test_interrupt_between_chunks_keeps_the_kernel_records_of_the_last_row(monke
     monkeypatch.setattr(_interrupt, "requested", requested)
     tr = ufm.simulate(p, steps=1000, lr=0.1, record=("loss", "gram_means", "W", "H"), n_records=30,
                       on_interrupt="return")
-    assert tr.status == "interrupted" and len(tr.steps) == 6
+    assert tr.status is Status.interrupted and len(tr.steps) == 6
     for j in range(6):
         st = {"W": tr.W[0, j], "H": tr.H[0, j]}
         assert tr.loss[0, j] == pytest.approx(losses.state_objective(p, st), rel=1e-12)
@@ -404,7 +405,7 @@ def test_horizon_names_the_end_time_in_both_modes():
         np.testing.assert_allclose(tr.loss, a.loss, rtol=1e-12)
     f = ufm.simulate(p, horizon=10.0, mode="flow", record=("loss",), n_records=5)
     g = ufm.simulate(p, steps=200, lr=0.05, mode="flow", record=("loss",), n_records=5)
-    assert f.times[-1] == pytest.approx(10.0, rel=1e-12) and f.status == "completed"
+    assert f.times[-1] == pytest.approx(10.0, rel=1e-12) and f.status is Status.completed
     np.testing.assert_allclose(f.loss[0, -1], g.loss[0, -1], rtol=1e-6)
     with pytest.raises(ValueError, match="whole number of steps"):
         ufm.simulate(p, horizon=10.0, lr=0.3)
@@ -431,7 +432,7 @@ def test_a_loss_without_compiled_kernel_runs_gd_in_numpy():
     names = ("loss", "W", "H", "b", "gram_means")
     slow = ufm.simulate(p, steps=300, lr=0.5, seeds=2, record=names)
     fast = ufm.simulate(p.replace(loss="ce"), steps=300, lr=0.5, seeds=2, record=names)
-    assert slow.status == "completed" and "NumPy fallback" in slow.meta["loss_kernel"]
+    assert slow.status is Status.completed and "NumPy fallback" in slow.meta["loss_kernel"]
     assert "kernel loss id 0" in fast.meta["loss_kernel"]
     np.testing.assert_array_equal(slow.steps, fast.steps)
     for name in names:

@@ -28,6 +28,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import ufm
+from ufm.results import Status
 from conftest import tv9_data
 from ufm import UFMProblem
 
@@ -93,7 +94,7 @@ def test_ce_tv1_gd_and_flow_reach_the_etf_optimum(bias):
     flow = ufm.simulate(p, steps=3000, lr=1.0, mode="flow", init_scale=0.1, seed=5, record=rec, n_records=5,
                         rtol=1e-9, atol=1e-11)
     for tr in (gd, flow):
-        assert tr.status == "completed"
+        assert tr.status is Status.completed
         for i in range(tr.loss.shape[0]):
             assert abs(tr.loss[i, -1] - sol.loss) <= 1e-6 * sol.loss
             assert _rel(tr.gram_W[i, -1], sol.W @ sol.W.T) <= 1e-6
@@ -134,7 +135,7 @@ def test_mse_tv2_gd_reaches_the_closed_form(case):
     WW_tv = off_tv * np.ones((K, K)) + (diag_tv - off_tv) * np.eye(K)
     rec = ("loss", "gram_W", "gram_H") + (("b",) if p.bias else ())
     tr = ufm.simulate(p, steps=40000, lr=0.4, init_scale=0.3, seeds=3, seed=2, record=rec, n_records=5)
-    assert tr.status == "completed"
+    assert tr.status is Status.completed
     for i in range(3):
         assert abs(tr.loss[i, -1] - sol.loss) <= 1e-6 * sol.loss
         assert abs(tr.loss[i, -1] - f_tv) <= 1e-8                   # TV2 prints 8 decimals
@@ -151,7 +152,7 @@ def test_mse_tv2_flow_reaches_the_closed_form_with_free_bias():
     sol = ufm.solve(p)
     tr = ufm.simulate(p, steps=20000, lr=1.0, mode="flow", init_scale=0.3, seeds=2,
                       record=("loss", "gram_W", "gram_H", "b"), n_records=5, rtol=1e-9, atol=1e-11)
-    assert tr.status == "completed" and tr.meta["time_variable"] == "t"
+    assert tr.status is Status.completed and tr.meta["time_variable"] == "t"
     np.testing.assert_allclose(tr.loss[:, -1], sol.loss, rtol=1e-6)
     for i in range(2):
         assert _rel(tr.gram_W[i, -1], sol.W @ sol.W.T) <= 1e-6
@@ -185,7 +186,7 @@ def _aligned_m2_mse_run(times):
     tr = ufm.simulate(m, steps=round(times[-1] / lr), lr=lr, mode="flow", W0=W0, A0=A0,
                       record=("Z", "gram_H", "semantic_gap"), record_steps=np.round(np.asarray(times) / lr).astype(int),
                       rtol=1e-10, atol=1e-12)
-    assert tr.status == "completed"
+    assert tr.status is Status.completed
     return m, tr, dvals, Q, z0
 
 
@@ -241,7 +242,7 @@ def test_mse_ufm_symmetric_flow_is_logistic(bias0):
     tr = ufm.simulate(prob, steps=round(tau[-1] * N / lr), lr=lr, mode="flow", W0=W0, H0=H0,
                       b0=np.full(K, c0), record=("Z", "gram_W", "b"),
                       record_steps=np.round(tau * N / lr).astype(int), rtol=1e-10, atol=1e-12)
-    assert tr.status == "completed"
+    assert tr.status is Status.completed
     t = tr.times
     p_th = 1.0 / (1.0 + (1.0 / p0 - 1.0) * np.exp(-2.0 * np.sqrt(n) * t / N))
     np.testing.assert_allclose(_margin(tr.Z[0]), p_th, rtol=1e-6)
@@ -275,7 +276,7 @@ def test_ce_ufm_symmetric_flow_follows_the_margin_ode_to_t_1e6():
     times = np.array([1e0, 1e1, 1e2, 4e2, 1e3, 1e4, 1e5, 1e6])
     tr = ufm.simulate(UFMProblem(K=K, n=n, d=d, loss="ce"), steps=10**6, lr=1.0, mode="flow", W0=W0, H0=H0,
                       record=("Z", "gram_W"), record_steps=times.astype(int), rtol=1e-10, atol=1e-12)
-    assert tr.status == "completed" and tr.meta["time_variable"] == "log(1+t)"
+    assert tr.status is Status.completed and tr.meta["time_variable"] == "log(1+t)"
     p_sim = _margin(tr.Z[0, 1:])
     p_ode = _ce_margin_ode(K, n, p0, times)
     np.testing.assert_allclose(p_sim, p_ode, rtol=1e-6)          # measured ~1e-10 (brief: 1e-3)
@@ -310,7 +311,7 @@ def test_ce_ufm_symmetric_flow_with_weight_decay_reaches_s_star():
     p = UFMProblem(K=K, n=n, d=d, loss="ce", lam_W=lam, lam_H=lam)
     tr = ufm.simulate(p, steps=5000, lr=1.0, mode="flow", W0=W0, H0=H0, record=("Z", "gram_W", "loss"),
                       record_steps=times.astype(int), rtol=1e-10, atol=1e-12)
-    assert tr.status == "completed" and tr.meta["time_variable"] == "t"
+    assert tr.status is Status.completed and tr.meta["time_variable"] == "t"
     np.testing.assert_allclose(_margin(tr.Z[0, 1:]), p_ode, rtol=1e-6)
     s_star = 4.00250385036169                                      # log(1/gamma - (K-1)), TV13
     assert _margin(tr.Z[0, -1]) == pytest.approx(s_star, rel=1e-8)
@@ -338,7 +339,7 @@ def test_tv8_gd_reproduces_the_table_from_the_scripts_initialization():
     gaps = {30: 0.3965, 100: 0.4046, 1000: 0.3704, 10000: 0.2675, 100000: 0.1643}
     tr = ufm.simulate(m, steps=100000, lr=0.5, W0=W0, A0=A0, record=("semantic_gap", "loss"),
                       record_steps=[k - 1 for k in gaps])
-    assert tr.status == "completed"
+    assert tr.status is Status.completed
     got = dict(zip((tr.steps + 1).tolist(), tr.semantic_gap[0].tolist()))
     for k, g in gaps.items():
         assert abs(got[k] - g) <= 1e-4, (k, got[k], g)
@@ -352,7 +353,7 @@ def test_tv8_gd_semantic_gap_rises_peaks_then_falls_for_any_small_init():
     m = _m2_ce(2.0, 1e-3)
     tr = ufm.simulate(m, steps=100000, lr=0.5, init_scale=1e-3, seeds=4, seed=7, record=("semantic_gap", "loss"),
                       n_records=150)
-    assert tr.status == "completed"
+    assert tr.status is Status.completed
     for g in tr.semantic_gap:
         j = int(np.argmax(g))
         assert g[0] < 0.2                                        # tiny random init: little structure yet
@@ -367,7 +368,7 @@ def test_tv8_flow_reaches_the_convex_optimum():
     W0, A0 = _tv_init(m)
     tr = ufm.simulate(m, steps=10**5, lr=1.0, mode="flow", W0=W0, A0=A0, time_variable="t",
                       record=("semantic_gap", "loss"), n_records=60, rtol=1e-8, atol=1e-10)
-    assert tr.status == "completed" and tr.meta["time_variable"] == "t"
+    assert tr.status is Status.completed and tr.meta["time_variable"] == "t"
     assert abs(tr.loss[0, -1] - TV8_F_STAR) <= 1e-6 * TV8_F_STAR
     assert abs(tr.semantic_gap[0, -1] - TV8_GAP_STAR) <= 1e-3
     g = tr.semantic_gap[0]
@@ -404,7 +405,7 @@ def test_tv7b_flow_long_horizon_max_margin_plateau_and_slow_decay():
         W0, A0 = _tv_init(m)
         tr = ufm.simulate(m, steps=10**8, lr=1.0, mode="flow", W0=W0, A0=A0, record=("semantic_gap", "loss"),
                           n_records=17, rtol=1e-8, atol=1e-10)
-        assert tr.status == "completed" and tr.meta["time_variable"] == "log(1+t)"
+        assert tr.status is Status.completed and tr.meta["time_variable"] == "log(1+t)"
         late = tr.times >= 400
         g = tr.semantic_gap[0]
         assert np.all(np.diff(tr.loss[0, late]) < 0) and tr.loss[0, -1] < 1e-8
@@ -451,7 +452,7 @@ def test_tv9_anchored_beta_sweep_gap_decreases_with_beta():
         horizon = 2000 if beta >= 10 else 10**5     # large beta: fast but stiff; small beta: slow modes ~ beta/N
         tr = ufm.simulate(prob, steps=horizon, lr=1.0, mode="flow", W0=W0, H0=H0, attributes=attrs,
                           record=("loss", "semantic_gap"), n_records=20, rtol=1e-8, atol=1e-10)
-        assert tr.status == "completed"
+        assert tr.status is Status.completed
         assert abs(tr.semantic_gap[0, -1] - tr.semantic_gap[0, -2]) < 1e-5     # converged
         assert tr.loss[0, -1] == pytest.approx(f_tv, abs=1e-6)                   # TV9 prints 6 decimals
         assert tr.semantic_gap[0, -1] == pytest.approx(gap_tv, abs=1e-4)        # TV9 prints 4 decimals

@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 
 import ufm  # noqa: E402
 from ufm import _sweep, cli  # noqa: E402
-from ufm.results import Trajectory  # noqa: E402
+from ufm.results import Status, Trajectory  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sweep.toml"
 
@@ -186,7 +186,8 @@ def test_identical_records_on_every_backend(dask_client):
     sol = ufm.sweep(ufm.solve, grid, problem="ufm", fixed=fixed, backend="sequential", progress=False)
     exact = ufm.solve(ufm.UFMProblem(K=4, n=2, d=5, lam_W=1e-2, lam_H=1e-2))
     last = sol.records[-1]
-    assert last["loss"] == exact.loss and last["status"] == "etf" and last["method"] == "closed_form"
+    assert last["loss"] == exact.loss and (last["status"], last["regime"]) == ("exact", "etf")
+    assert last["method"] == "closed_form"
     assert sol.meta["seed_arg"] is None             # solve takes no seed
     same_records(sol, ufm.sweep("solve", grid, problem="ufm", fixed=fixed, backend="dask", client=dask_client,
                                 progress=False))
@@ -215,7 +216,7 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path):
     for backend in ("sequential", "loky"):
         res = ufm.sweep(counted, {"a": [1, 2, 3, 4]}, seeds=2, fixed={"counter": str(counter), "fail": 2},
                         backend=backend, n_jobs=2, progress=False)
-        assert res.status == "completed" and not res.success and res.n_failed == 2
+        assert res.status is Status.runs_failed and not res.success and res.n_failed == 2
         assert [r["ok"] for r in res.records] == [True, True, False, False, True, True, True, True]
         assert res.failed[0]["error"] == "ValueError: a=2 is not allowed"
         assert res.meta["errors"] == {"ValueError: a=2 is not allowed": 2}
@@ -229,7 +230,7 @@ def test_save_load_round_trip_and_frozen(tmp_path):
     res = ufm.sweep(draw, GRID, seeds=2, backend="sequential", progress=False)
     path = res.save(tmp_path / "sweep")
     back = ufm.load(path)
-    assert type(back) is ufm.SweepResult and back.axes == ("a", "b") and back.status == "completed"
+    assert type(back) is ufm.SweepResult and back.axes == ("a", "b") and back.status is Status.completed
     same_records(res, back)
     assert back.meta["content_hash"] == res.meta["content_hash"]
     with np.load(path, allow_pickle=False) as data:          # no pickles anywhere
@@ -267,7 +268,7 @@ def test_interrupt_keeps_finished_runs_and_resume_computes_only_missing(tmp_path
     with pytest.raises(KeyboardInterrupt) as err:          # the default: Ctrl-C reaches the caller, with the result
         ufm.sweep(counted, grid, seeds=2, fixed=fixed, backend="sequential", cache_dir=cache, progress=False)
     first = err.value.result
-    assert first.status == "interrupted" and "compute only the 6 missing" in first.message
+    assert first.status is Status.interrupted and "compute only the 6 missing" in first.message
     assert [(r["a"], r["seed_index"]) for r in first.records] == [(1, 0), (1, 1), (2, 0), (2, 1)]
     assert len(list(cache.glob("*.npz"))) == 4 and not list(cache.glob("*.tmp"))
     stop.unlink()
@@ -289,7 +290,7 @@ def test_interrupt_keeps_finished_runs_and_resume_computes_only_missing(tmp_path
 def test_interrupted_simulation_stops_the_sweep():
     res = ufm.sweep(interrupted_trajectory, {"a": [0, 1, 2]}, backend="sequential", progress=False,
                     on_interrupt="return")
-    assert res.status == "interrupted" and [r["a"] for r in res.records] == [0]
+    assert res.status is Status.interrupted and [r["a"] for r in res.records] == [0]
 
 
 @pytest.mark.slow
@@ -319,7 +320,7 @@ def test_ctrl_c_during_a_loky_sweep_then_resume(tmp_path):
         finished.set()
         watcher.join(5)
         signal.signal(signal.SIGINT, previous)
-    assert first.status == "interrupted" and len(first.records) < 30
+    assert first.status is Status.interrupted and len(first.records) < 30
     before = counts(counter)
     done_first = len(list(cache.glob("*.npz")))      # runs the workers finished (some perhaps not yet received)
     assert 3 <= done_first < 30 and done_first >= len(first.records)
@@ -352,7 +353,7 @@ def test_killed_loky_worker_loses_nothing(tmp_path):
     counter2 = tmp_path / "count2"
     res = ufm.sweep(counted, {"a": list(range(6))}, fixed={"counter": str(counter2), "crash": 2}, backend="loky",
                     n_jobs=2, retries=0, progress=False)
-    assert res.status == "completed" and res.n_failed == 1
+    assert res.status is Status.runs_failed and res.n_failed == 1
     assert res.failed[0]["a"] == 2 and res.failed[0]["error"].startswith("WorkerDied")
     assert_counted_once_but_for_the_killed(counts(counter2), [0, 1, 3, 4, 5])
 
@@ -395,7 +396,7 @@ def test_dask_run_that_keeps_killing_workers_is_recorded(tmp_path, dask_client):
                         backend="dask", client=dask_client, progress=False)
     finally:
         dask_client.run_on_scheduler(set_allowed_failures, n=old)
-    assert res.status == "completed" and res.n_failed == 1 and res.records[0]["a"] == 4
+    assert res.status is Status.runs_failed and res.n_failed == 1 and res.records[0]["a"] == 4
     assert res.records[0]["error"].startswith("KilledWorker")
     assert "1 failed" in res.message
     wait_for_workers(dask_client)

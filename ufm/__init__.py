@@ -23,6 +23,8 @@ bridge                           Run (the bridge format), Exporter (record from 
                                  reference networks (torch)
 symbolic                         sympy expressions behind every closed form
 losses                           loss objects, objectives and gradients (registry: loss_registry)
+Status, UFMError                 every result has ``success``, ``status`` (a Status) and ``message``; ``throw=True``
+NoMethodApplies, NotConverged    raises these (UFMError subclasses) instead of returning a failed result
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ _ATTRS = {
     "solve": ("ufm._solve", "solve"),
     "sweep": ("ufm._sweep", "sweep"),
     "SweepResult": ("ufm.results", "SweepResult"),
-    "NoMethodApplies": ("ufm._solve", "NoMethodApplies"),
+    "NoMethodApplies": ("ufm.results", "NoMethodApplies"),
+    "NotConverged": ("ufm.results", "NotConverged"),
+    "UFMError": ("ufm.results", "UFMError"),
+    "Status": ("ufm.results", "Status"),
     "Setting": ("ufm.settings", "Setting"),
     "factorial": ("ufm.settings", "factorial"),
     "hierarchy": ("ufm.settings", "hierarchy"),

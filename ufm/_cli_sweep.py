@@ -11,6 +11,7 @@ import os
 from . import _interrupt
 from ._sweep import PROBLEMS, RESERVED, sweep
 from ._util import check_output_folder
+from .results import Status
 from .plotting import plot_phase_diagram
 
 __all__ = ["run_config"]
@@ -142,7 +143,7 @@ def run_config(path, *, out=None, resume: bool = False, backend=None, n_jobs=Non
                    retries=cfg.get("retries", 2), seed_scope=cfg.get("seed_scope", "point"), on_interrupt="return")
     paths = {"result": result.save(os.path.join(out, "result.npz"))}
     echo(result.summary())
-    if result.status == "interrupted":
+    if result.status is Status.interrupted:
         echo("interrupted (Ctrl-C): wrote the finished runs; rerun with --resume to compute the rest.")
         echo("wrote: " + ", ".join(paths.values()))
         return _interrupt.finish({"result": result, "paths": paths}, True, on_interrupt, result.message)

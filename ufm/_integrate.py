@@ -89,8 +89,9 @@ import numpy as np
 from numba import types as _nbtypes
 
 from ufm._checks import check_int
+from ufm.results import Status
 
-__all__ = ["STATUS_MESSAGES", "TABLEAU", "IntegrateResult", "Stepper", "dopri5", "dopri5_numpy", "integrate"]
+__all__ = ["STATUS", "STATUS_MESSAGES", "TABLEAU", "IntegrateResult", "Stepper", "dopri5", "dopri5_numpy", "integrate"]
 
 # ---------------------------------------------------------------------------------------------
 # Butcher tableau of RK5(4)7M, Dormand & Prince (1980), exact rationals. ``B`` is the 5th-order
@@ -520,8 +521,13 @@ def dopri5_numpy(rhs, y0, data, t_eval, rtol, atol, log_time, max_steps, h0):
 # ---------------------------------------------------------------------------------------------
 # Python entry point.
 
+#: the kernels' stop codes as result statuses
+STATUS = {0: Status.completed, 1: Status.max_steps, 2: Status.nonfinite, 3: Status.step_underflow}
+
+
 class IntegrateResult(NamedTuple):
-    """Result of :func:`integrate` (field names after ``scipy.optimize.OptimizeResult``)."""
+    """Result of :func:`integrate` (field names after ``scipy.optimize.OptimizeResult``; a light
+    tuple, not a saved result: ODE solves inside fits make many of them)."""
 
     y: np.ndarray
     """(len(t_eval), len(y0)) states at t_eval; rows from ``n_ok`` on are NaN."""
@@ -529,14 +535,12 @@ class IntegrateResult(NamedTuple):
     """Number of leading rows of ``y`` that were reached."""
     nfev: int
     """Number of right-hand-side evaluations."""
-    status: int
-    """0 success, 1 max_steps reached, 2 non-finite state/derivative, 3 step underflow."""
+    status: Status
+    """``completed``, ``max_steps``, ``nonfinite`` (state or derivative) or ``step_underflow``."""
     message: str
-    """Human-readable description of ``status``."""
-
-    @property
-    def success(self) -> bool:
-        return self.status == 0
+    """Human-readable description, starting with ``status.message``."""
+    success: bool
+    """``status.success``: every time in ``t_eval`` was reached."""
 
 
 _ENTRIES: dict = {}
@@ -684,7 +688,8 @@ def integrate(rhs: Callable, y0, data: tuple, t_eval, rtol: float = 1e-9, atol: 
     Returns
     -------
     IntegrateResult
-        ``(y, n_ok, nfev, status, message)``, plus ``success``.
+        ``(y, n_ok, nfev, status, message, success)``; ``status`` is a
+        :class:`~ufm.results.Status` (:data:`STATUS` maps the kernels' codes).
 
     Notes
     -----
@@ -714,14 +719,15 @@ def integrate(rhs: Callable, y0, data: tuple, t_eval, rtol: float = 1e-9, atol: 
         entry = _kernel_entry(rhs, y0a, data, t, log_time, max_steps, h0v)
         Y, n_ok, nfev, status = entry(rhs, y0a, data, t, rtol, atol, log_time, max_steps, h0v)
 
-    n_ok, nfev, status = int(n_ok), int(nfev), int(status)
-    message = STATUS_MESSAGES[status]
-    if status != 0:
+    n_ok, nfev, code = int(n_ok), int(nfev), int(status)
+    status = STATUS[code]
+    message = f"{status.message} {STATUS_MESSAGES[code]}"
+    if code != 0:
         where = (f"after t = {t[n_ok - 1]:.6g} (row {n_ok - 1})" if n_ok
                  else f"before t_eval[0] = {t[0]:.6g}")
         message = (f"{message} Reached {n_ok} of {t.size} output times; stopped {where}; "
                    f"rows {n_ok}.. are NaN.")
-    return IntegrateResult(Y, n_ok, nfev, status, message)
+    return IntegrateResult(Y, n_ok, nfev, status, message, status.success)
 
 
 # ---------------------------------------------------------------------------------------------

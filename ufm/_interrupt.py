@@ -41,7 +41,7 @@ def interrupted(result, message: str = "") -> KeyboardInterrupt:
     Parameters
     ----------
     result : object
-        The partial result (a Trajectory with status ``"interrupted"``, a SweepResult, a
+        The partial result (a Trajectory with status ``interrupted``, a SweepResult, a
         FitResult with ``meta["interrupted"]``), or ``None`` when nothing was computed.
     message : str
         What was kept.

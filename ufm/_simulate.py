@@ -325,7 +325,7 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
              seed: int = 0, seeds: int = 1, record=("loss",), n_records: int = 100, grid: str = "log",
              record_steps=None, W0=None, H0=None, A0=None, b0=None, attributes=None, dtype=np.float64,
              progress: bool = False, time_variable: str = "auto", rtol: float = 1e-8, atol: float = 1e-10,
-             max_steps: int = 10**6, on_interrupt: str = "raise") -> Trajectory:
+             max_steps: int = 10**6, on_interrupt: str = "raise", throw: bool = False) -> Trajectory:
     """Simulate gradient descent or gradient flow of a UFM model and record it over (log-)time.
 
     Parameters
@@ -387,18 +387,22 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
     on_interrupt : {"raise", "return"}
         What Ctrl-C (SIGINT) does. The kernels run in chunks of at most a few tenths of a
         second, so the run stops within about a second, between chunks, and every record
-        made so far is kept in a Trajectory with status ``"interrupted"``. ``"raise"``
+        made so far is kept in a Trajectory with status ``interrupted``. ``"raise"``
         (default): ``KeyboardInterrupt`` is raised with that Trajectory in its ``result``
         attribute, so a script stops where the user pressed Ctrl-C (``except
         KeyboardInterrupt as err: err.result`` keeps it); ``"return"``: the Trajectory is
         returned and the caller goes on.
+    throw : bool
+        Raise :class:`~ufm.results.NotConverged` (with the Trajectory in ``err.result``)
+        instead of returning a run that diverged or ran out of integrator steps
+        (an interruption follows ``on_interrupt``).
 
     Returns
     -------
     Trajectory
-        ``steps``, ``times``, ``records`` (each ``(seeds, T, ...)``), ``status``
-        (``"completed"``, ``"interrupted"`` after Ctrl-C, ``"nonfinite"``, ``"max_steps"``),
-        ``message``, ``mode`` and ``meta`` (``meta["time_variable"]`` in flow mode,
+        ``steps``, ``times``, ``records`` (each ``(seeds, T, ...)``), ``success``,
+        ``status`` (a :class:`~ufm.results.Status`: ``completed``, ``interrupted`` after Ctrl-C,
+        ``nonfinite``, ``max_steps``), ``message``, ``mode`` and ``meta`` (``meta["time_variable"]`` in flow mode,
         ``meta["memory_estimate"]`` the peak bytes by part). Whatever was recorded before
         an interruption or overflow is kept, for every seed, up to the last step all seeds
         reached.
@@ -411,6 +415,8 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
         the free memory; all checked before anything large is allocated.
     KeyboardInterrupt
         After Ctrl-C with ``on_interrupt="raise"``; its ``result`` holds the Trajectory.
+    NotConverged
+        With ``throw=True``, for a run that diverged or ran out of integrator steps.
 
     References
     ----------
@@ -482,7 +488,9 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
     done = grid_steps[:kept]
     traj = Trajectory(steps=done, times=done * lr, records=rec.arrays(kept), status=status, message=message,
                       mode=mode, meta=meta, citation="THEORY §4, §6, §8; ufm.simulate")
-    return _interrupt.finish(traj, status == "interrupted", on_interrupt, message)
+    if throw and status != "interrupted":
+        traj.raise_on_failure()
+    return _interrupt.finish(traj, status == "interrupted", on_interrupt, traj.message)
 
 
 #: Time resolution of a flow given by its horizon alone: ``lr = horizon / FLOW_UNITS``.
@@ -763,7 +771,7 @@ def _run_gd(problem, batch, lr, dtype, grid_steps, rec, progress):
                 current = end
                 bar.update(current)
     except KeyboardInterrupt:
-        status, message = "interrupted", f"interrupted (Ctrl-C) at step {current};"
+        status, message = "interrupted", f"stopped at step {current};"
     finally:
         bar.close()
     if knames and status != "nonfinite" and kj < T and grid_steps[kj] == current and pj > kj:
@@ -833,7 +841,7 @@ def _run_flow(problem, batch, lr, grid_steps, rec, progress, time_variable, rtol
             "rtol": rtol, "atol": atol, "nfev": nfev}
     reached = f"t = {t_eval[kept - 1]:g}" if kept else "nothing"
     if status == "interrupted":
-        return "interrupted", (f"interrupted (Ctrl-C) while integrating toward t = {t_eval[min(kept, len(t_eval) - 1)]:g}; "
+        return "interrupted", (f"stopped while integrating toward t = {t_eval[min(kept, len(t_eval) - 1)]:g}; "
                                f"{kept} records kept for all {seeds} seed(s), up to {reached}."), kept, info
     if failed is None:
         return "completed", f"integrated the gradient flow to t = {t_eval[-1]:g} ({sum(nfev)} evaluations).", \

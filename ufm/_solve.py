@@ -16,6 +16,7 @@ import importlib
 import numpy as np
 
 from .convex import form_of
+from .results import NoMethodApplies, Solution
 
 __all__ = ["solve", "METHODS", "NoMethodApplies"]
 
@@ -28,18 +29,13 @@ METHODS: dict[str, tuple[str, str, str]] = {
 }
 
 
-
-class NoMethodApplies(ValueError):
-    """No registered method can solve the problem; the message lists why, per method."""
-
-
 def _method(name: str):
     module, fn, check = METHODS[name]
     mod = importlib.import_module(module)
     return getattr(mod, fn), getattr(mod, check)
 
 
-def solve(problem, method: str = "auto", **options):
+def solve(problem, method: str = "auto", *, throw: bool = False, **options):
     """Solve a UFM problem to global optimality.
 
     Parameters
@@ -53,25 +49,38 @@ def solve(problem, method: str = "auto", **options):
         certified proximal solver on the convex form (THEORY §4; tolerance 1e-9
         unless given), else the max-margin program (``"svm"``); ``cvxpy``
         (``"convex"``) is never chosen automatically: it is the independent check.
+    throw : bool
+        Raise instead of returning a result with ``success=False``:
+        :class:`~ufm.results.NoMethodApplies` when the method (or, for
+        ``"auto"``, every method) does not cover the problem,
+        :class:`~ufm.results.NotConverged` when the solver stops short (``err.result`` holds the result).
     **options
         Passed to the method.
 
     Returns
     -------
     Solution
-        Frozen result with ``W, H, b, Z, loss, success, status, message, method, meta``;
-        ``meta["auto"]`` records the choice when ``method="auto"``.
+        Frozen result with ``W, H, b, Z, loss, success, status, message, regime,
+        method, nit, nfev, meta``; ``meta["auto"]`` records the choice when
+        ``method="auto"``. When the method does not cover the problem (or none
+        does): ``status`` ``no_method``, the message says why per method and
+        names the registered methods that do apply, ``W, H, Z`` are NaN.
 
     Raises
     ------
-    NoMethodApplies
-        If the requested method does not cover the problem (the message says why
-        and names the registered methods that do), or none does.
+    ValueError
+        For an unknown method or an option the method does not take.
     """
     if method != "auto" and method not in METHODS:
         raise ValueError(f"method must be 'auto' or one of {sorted(METHODS)}, got {method!r}.")
-    if method == "auto":
-        return _auto(problem, options)
+    try:
+        sol = _auto(problem, options) if method == "auto" else _solve(problem, method, options)
+    except NoMethodApplies as err:      # found while solving, e.g. d below the rank of the optimum
+        sol = Solution.unsolved(problem, method, "no_method", str(err))
+    return sol.raise_on_failure() if throw else sol
+
+
+def _solve(problem, method, options):
     reasons = {}
     run, applies = _method(method)
     _check_options(repr(method), run, options)
@@ -83,7 +92,7 @@ def solve(problem, method: str = "auto", **options):
     hint = (f" Methods that do apply: {others}." if others else
             f" No registered method ({sorted(METHODS)}) applies to this problem.")
     detail = "\n".join(f"[{k}] {v}" for k, v in reasons.items())
-    raise NoMethodApplies(f"method={method!r} cannot solve {problem!r}.{hint}\n{detail}")
+    return Solution.unsolved(problem, method, "no_method", f"method={method!r} cannot solve {problem!r}.{hint}\n{detail}")
 
 
 def _check_options(method, run, options):
@@ -93,7 +102,8 @@ def _check_options(method, run, options):
     params = inspect.signature(run).parameters
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
         return
-    known = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)][1:]
+    known = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+             and n != "throw"][1:]
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ValueError(f"method={method} takes no option {', '.join(map(repr, unknown))}; its options are "
@@ -122,7 +132,7 @@ def _auto(problem, options):
             if not ok:
                 reasons["svm"] = why
                 detail = "\n".join(f"[{k}] {v}" for k, v in reasons.items())
-                raise NoMethodApplies(f"no method solves {problem!r}:\n{detail}")
+                return Solution.unsolved(problem, "auto", "no_method", f"no method solves {problem!r}:\n{detail}")
             choice, reason = "svm", f"no closed form and no minimizer; the max-margin limit applies ({why})"
     _check_options(f"auto (which chose {choice!r})", _method(choice)[0], options)
     if choice == "prox":

@@ -50,7 +50,7 @@ def _sweep(args) -> int:
     except KeyboardInterrupt:
         print("ufm sweep: interrupted (Ctrl-C) before any result could be written", file=sys.stderr)
         return 130
-    if res.status == "interrupted":
+    if res.status.name == "interrupted":
         return 130
     if res.n_failed:
         print(f"ufm sweep: {res.n_failed} of {len(res.records)} runs failed"
@@ -112,7 +112,7 @@ def _fit(args) -> int:
     except KeyboardInterrupt:
         print("ufm fit: interrupted (Ctrl-C) before any model had a point to keep; nothing written", file=sys.stderr)
         return 130
-    print(res.message)
+    print(res)                      # the fit table (with the status first when it was interrupted)
     p = res.params
     if "lam" in p:
         sig = "" if "sigma" not in p else (f"sigma = {p['sigma']:.4g}, strengths = "

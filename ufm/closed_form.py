@@ -1,8 +1,10 @@
 """Closed-form global optima of the UFM (THEORY §1-§4).
 
-Every function here takes a problem from :mod:`ufm.problems` and returns a
-frozen :class:`ufm.results.Solution`, or raises :class:`NotApplicable` with the
-reason it does not apply. :func:`solve` tries them in turn; users normally call
+Every case here takes a problem from :mod:`ufm.problems` and returns a
+frozen :class:`ufm.results.Solution`, or raises :class:`NotApplicable` (the
+name the cases give :class:`ufm.results.NoMethodApplies`) with the reason it
+does not apply. :func:`solve` tries them in turn and returns a result either
+way (status ``no_method`` when none applies); users normally call
 ``ufm.solve(problem, method="closed_form")``.
 
 Method, shared by all cases: the optimal logits ``Z*`` (and bias ``b*``) are
@@ -44,13 +46,12 @@ from . import losses
 from ._util import RANK_RTOL, numerical_rank
 from .metrics import centering_matrix
 from .problems import LayerPeeledProblem, UFMProblem
-from .results import Solution
+from .results import NoMethodApplies, Solution
 
 __all__ = ["NotApplicable", "solve", "applies", "ce_balanced", "seli", "mse", "layer_peeled",
            "thresholds", "balanced_split", "CASES"]
 
-class NotApplicable(ValueError):
-    """Raised when a closed form does not cover a problem; the message says why."""
+NotApplicable = NoMethodApplies   # what a case raises when it does not cover a problem; solve() returns a result
 
 
 # -- shared pieces ------------------------------------------------------------
@@ -125,14 +126,14 @@ def _svt(Y: np.ndarray, tau: float) -> np.ndarray:
     return (U * np.maximum(S - tau, 0.0)) @ Vt
 
 
-def _solution(problem, Z, b, loss, status, message, citation, **meta) -> Solution:
+def _solution(problem, Z, b, loss, geometry, message, citation, **meta) -> Solution:
     lam_W = getattr(problem, "lam_W", 0.0)
     lam_H = getattr(problem, "lam_H", 0.0)
     W, H = balanced_split(Z, problem.d, lam_W, lam_H)
     Zfull = losses.logits(W, H, b)
     meta = {"problem": problem.as_dict(), "objective": meta.pop("objective", "regularized UFM objective (0.1)"),
             **meta}
-    return Solution(W=W, H=H, b=b, Z=Zfull, loss=float(loss), success=True, status=status,
+    return Solution(W=W, H=H, b=b, Z=Zfull, loss=float(loss), status="exact", regime=geometry,
                     message=message, method="closed_form", nit=0, meta=meta, citation=citation)
 
 
@@ -175,7 +176,7 @@ def ce_balanced(problem: UFMProblem) -> Solution:
     Returns
     -------
     Solution
-        ``status`` ``"zero"`` or ``"etf"``; ``meta`` holds gamma, K*gamma and every
+        ``regime`` ``"zero"`` or ``"etf"``; ``meta`` holds gamma, K*gamma and every
         closed-form quantity of :func:`ufm.symbolic.ce_optimum` (``s``, ``t``, ``w_sq``,
         ``h_sq``, ...).
     """
@@ -275,7 +276,7 @@ def mse(problem: UFMProblem) -> Solution:
     Returns
     -------
     Solution
-        ``status`` names the regime; ``meta`` holds the closed-form quantities.
+        ``regime`` names the geometry; ``meta`` holds the closed-form quantities.
     """
     _require_ufm(problem)
     _require_case(problem, "mse")
@@ -359,7 +360,7 @@ def layer_peeled(problem: LayerPeeledProblem) -> Solution:
     Returns
     -------
     Solution
-        ``status`` names the regime; ``meta`` holds the closed-form quantities.
+        ``regime`` names the geometry; ``meta`` holds the closed-form quantities.
     """
     _require(isinstance(problem, LayerPeeledProblem), "needs a LayerPeeledProblem")     # input validation
     _require(problem.balanced, "imbalanced classes have no closed form (minority collapse, "
@@ -374,7 +375,7 @@ def layer_peeled(problem: LayerPeeledProblem) -> Solution:
     W[:, :K - 1] = math.sqrt(problem.E_W * K / (K - 1)) * E
     H = q["h_over_w"] * W.T @ problem.Y
     Z = W @ H
-    return Solution(W=W, H=H, b=None, Z=Z, loss=q["loss"], success=True, status="etf",
+    return Solution(W=W, H=H, b=None, Z=Z, loss=q["loss"], status="exact", regime="etf",
                     message=f"Layer-peeled optimum: simplex ETF with ||w_k||^2 = E_W = {problem.E_W:g} and "
                             f"margin s = {q['s']:.10g}.",
                     method="closed_form", nit=0,
@@ -427,23 +428,23 @@ def thresholds(problem: UFMProblem) -> dict:
 CASES = {"ce_balanced": ce_balanced, "seli": seli, "mse": mse, "layer_peeled": layer_peeled}
 
 
-def solve(problem) -> Solution:
+def solve(problem, *, throw: bool = False) -> Solution:
     """The closed-form optimum of ``problem``, from the first case in :data:`CASES` that applies.
 
     Parameters
     ----------
     problem : UFMProblem or LayerPeeledProblem
         The problem.
+    throw : bool
+        Raise :class:`~ufm.results.NoMethodApplies` (with the result) instead of
+        returning a result with ``success=False`` when no case applies.
 
     Returns
     -------
     Solution
-        ``status`` names the regime; ``meta`` holds the closed-form quantities.
-
-    Raises
-    ------
-    NotApplicable
-        With every case's reason, when none applies.
+        ``status`` is ``exact`` and ``regime`` names the geometry; ``meta`` holds
+        the closed-form quantities. When no case applies: ``status`` ``no_method``,
+        the message gives every case's reason, and ``W, H, Z`` are NaN.
     """
     reasons = []
     for name, case in CASES.items():
@@ -451,7 +452,9 @@ def solve(problem) -> Solution:
             return case(problem)
         except NotApplicable as err:
             reasons.append(f"  - {name}: {err}")
-    raise NotApplicable("no closed form applies to " + repr(problem) + ":\n" + "\n".join(reasons))
+    sol = Solution.unsolved(problem, "closed_form", "no_method",
+                            "no closed form applies to " + repr(problem) + ":\n" + "\n".join(reasons))
+    return sol.raise_on_failure() if throw else sol
 
 
 def applies(problem) -> tuple[bool, str]:
@@ -467,8 +470,5 @@ def applies(problem) -> tuple[bool, str]:
     tuple of (bool, str)
         ``(True, case)`` if a closed form covers ``problem``, else ``(False, reasons)``.
     """
-    try:
-        sol = solve(problem)
-    except NotApplicable as err:
-        return False, str(err)
-    return True, sol.status
+    sol = solve(problem)
+    return (True, sol.regime) if sol.success else (False, sol.message[len(sol.status.message):].strip())

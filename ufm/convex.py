@@ -41,7 +41,7 @@ from ._progress import Progress
 from ._util import numerical_rank
 from .closed_form import NotApplicable, balanced_split
 from .metrics import centering_matrix
-from .results import Solution
+from .results import NotConverged, Solution
 from ._checks import check_int, check_positive
 
 __all__ = ["convex", "prox", "svm", "certificate", "Form", "form_of", "applies_convex", "applies_prox",
@@ -279,7 +279,7 @@ def _split(U, S, Vt, d, lam_W, lam_H):
     return W, H
 
 
-def _recover(form: Form, X, b, method, status, message, nit, meta, success, cert=None, spec=None) -> Solution:
+def _recover(form: Form, X, b, method, status, message, nit, meta, cert=None, spec=None, regime="") -> Solution:
     p = form.problem
     cert = certificate(form, X, b) if cert is None else cert
     b = cert["b"]
@@ -308,7 +308,7 @@ def _recover(form: Form, X, b, method, status, message, nit, meta, success, cert
     meta = {"problem": p.as_dict(), "form": form.kind, "objective": "regularized objective (0.1) = convex form (4.1)",
             "duality_gap": cert["gap"], "rel_duality_gap": cert["rel_gap"], "dual": cert["dual"],
             "stationarity": stat, **meta}
-    return Solution(W=W, H=H, b=b, Z=Z, loss=cert["primal"], success=bool(success), status=status,
+    return Solution(W=W, H=H, b=b, Z=Z, loss=cert["primal"], status=status, regime=regime,
                     message=message + f" Certified relative duality gap {cert['rel_gap']:.2e}.", method=method,
                     nit=nit, meta=meta, citation=_CITE, A=A)
 
@@ -332,9 +332,9 @@ def _zero_solution(form: Form, method: str, spec=None) -> Solution | None:
         if (est > form.mu) if spec.rigorous else (est > form.mu * (1 + 1e-6)):
             return None
     if _opnorm(G) <= form.mu:
-        return _recover(form, np.zeros(form.shape), b0, method, "zero",
+        return _recover(form, np.zeros(form.shape), b0, method, "optimal",
                         "Zero optimum: ||grad g(0)||_op <= sqrt(lam_W lam_H) (THEORY §4 exact test).", 0,
-                        {"zero_test": True}, True)
+                        {"zero_test": True}, regime="zero")
     return None
 
 
@@ -362,7 +362,7 @@ def _cvx_program(form: Form):
 
 
 def convex(problem, *, solver: str = "CLARABEL", reduce="auto", tol: float = 1e-9, max_iter: int = 100_000,
-           polish: float | None = 1e-7, verbose: bool = False) -> Solution:
+           polish: float | None = 1e-7, verbose: bool = False, throw: bool = False) -> Solution:
     """Global optimum from the convex program (4.1) (or (8.2b)), solved by cvxpy.
 
     Parameters
@@ -388,21 +388,29 @@ def convex(problem, *, solver: str = "CLARABEL", reduce="auto", tol: float = 1e-
         ``polish`` (``None`` skips this). ``meta["polish_iterations"]`` says how many.
     verbose : bool
         Print the solver's log.
+    throw : bool
+        Raise :class:`~ufm.results.NoMethodApplies` or :class:`~ufm.results.NotConverged`
+        (with the result) instead of returning a result with ``success=False``.
 
     Returns
     -------
     Solution
         ``W, H`` (and ``A`` for the input-coupled model) by the balanced split;
         ``meta`` records the solver, its status and time, the duality gap and the
-        stationarity residuals. ``success`` needs an optimal solver status and a
-        relative duality gap below 1e-6.
+        stationarity residuals. ``success`` (status ``optimal``) needs an optimal
+        solver status and a relative duality gap below 1e-6; else ``inaccurate``,
+        or ``solver_failed`` when cvxpy gives no solution, or ``no_method`` when
+        the problem has no convex form.
     """
     import cvxpy as cp
 
     solver = solver.upper()
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
-    form = form_of(problem, reduce)
+    try:
+        form = form_of(problem, reduce)
+    except NotApplicable as err:
+        return _finish(Solution.unsolved(problem, "convex", "no_method", str(err)), throw)
     zero = _zero_solution(form, "convex")
     if zero is not None:
         return zero
@@ -415,27 +423,35 @@ def convex(problem, *, solver: str = "CLARABEL", reduce="auto", tol: float = 1e-
     try:
         prob.solve(solver=solver, verbose=verbose, **opts)
     except cp.error.SolverError as err:
-        raise RuntimeError(f"cvxpy solver {solver} failed: {err}. Try solver='SCS' or method='prox'.") from err
+        return _finish(Solution.unsolved(problem, "convex", "solver_failed", f"cvxpy solver {solver} failed: {err}. "
+                                         "Try solver='SCS' or method='prox'.", solver=solver), throw)
     elapsed = time.perf_counter() - t0
     if X.value is None:
-        return Solution(W=np.zeros((problem.K, problem.d)), H=np.zeros((problem.d, problem.N)), b=None,
-                        Z=np.zeros((problem.K, problem.N)), loss=math.nan, success=False, status=str(prob.status),
-                        message=f"{solver} returned status {prob.status!r} and no solution; try solver='SCS' "
-                                f"with a looser tol, or method='prox'.", method="convex",
-                        meta={"solver": solver, "solver_status": prob.status}, citation=_CITE)
+        return _finish(Solution.unsolved(problem, "convex", "solver_failed",
+                                         f"{solver} returned status {prob.status!r} and no solution; try "
+                                         f"solver='SCS' with a looser tol, or method='prox'.",
+                                         solver=solver, solver_status=prob.status), throw)
     Xv = np.asarray(X.value)
     bv = None if b is None else np.asarray(b.value)
     info = {"solver": solver, "solver_status": prob.status, "solve_time": elapsed, "solver_value": float(prob.value),
             "solver_rel_gap": certificate(form, Xv, bv)["rel_gap"], "polish_iterations": 0}
     if polish is not None and prob.status == cp.OPTIMAL:
         Xv, bv, info["polish_iterations"], _ = _fista(form, Xv, bv, polish, 2000, 5, False)
-    sol = _recover(form, Xv, bv, "convex", "optimal", f"cvxpy/{solver} status {prob.status}.",
-                   int(prob.solver_stats.num_iters or 0), info, True)
+    try:
+        sol = _recover(form, Xv, bv, "convex", "optimal", f"cvxpy/{solver} status {prob.status}.",
+                       int(prob.solver_stats.num_iters or 0), info)
+    except NotApplicable as err:        # d below the rank of the optimum: no factorization exists
+        return _finish(Solution.unsolved(problem, "convex", "no_method", str(err)), throw)
     ok = prob.status == cp.OPTIMAL and sol.meta["rel_duality_gap"] < 1e-6
     if ok:
         return sol
-    return sol.replace(success=False, status="inaccurate",
-                    message=sol.message + " Not certified optimal: tighten tol or use method='prox'.")
+    return _finish(sol.replace(status="inaccurate", message=sol.message + " Not certified optimal: tighten tol or "
+                               "use method='prox'."), throw)
+
+
+def _finish(sol: Solution, throw: bool) -> Solution:
+    """``sol``, or its exception when ``throw`` and it did not succeed."""
+    return sol.raise_on_failure() if throw else sol
 
 
 # -- singular-value thresholding and operator norms ------------------------------------------
@@ -760,7 +776,7 @@ def _fista(form: Form, X, b, tol: float, max_iter: int, check_every: int, progre
 
 
 def prox(problem, *, tol: float = 1e-6, max_iter: int = 20_000, reduce="auto", check_every: int = 10,
-         progress: bool = False, svd: str = "auto") -> Solution:
+         progress: bool = False, svd: str = "auto", throw: bool = False) -> Solution:
     """Global optimum by accelerated proximal gradient (FISTA with restarts) on (4.1).
 
     Each iteration takes a gradient step on the smooth part (data term and bias
@@ -807,16 +823,23 @@ def prox(problem, *, tol: float = 1e-6, max_iter: int = 20_000, reduce="auto", c
         ``"classes"``: the exchangeable-class algebra (hard labels only);
         ``"partial"``: leading triplets with a growing rank and a full-SVD
         fallback; ``"full"``: LAPACK's SVD at every step (the reference).
+    throw : bool
+        Raise :class:`~ufm.results.NoMethodApplies` or :class:`~ufm.results.NotConverged`
+        (with the result) instead of returning a result with ``success=False``.
 
     Returns
     -------
     Solution
-        ``method="prox"``; ``success`` is False (with the gap reached) when
-        ``max_iter`` runs out. ``meta`` holds the duality gap, the
+        ``method="prox"``; ``status`` ``optimal``, or ``max_iter`` (with the gap
+        reached) when ``max_iter`` runs out, or ``no_method`` when the problem
+        has no convex form. ``meta`` holds the duality gap, the
         stationarity residuals and ``meta["svd"]``: the mode used and how many
         thresholdings took each path (``"full"`` includes the fallbacks).
     """
-    form = form_of(problem, reduce)
+    try:
+        form = form_of(problem, reduce)
+    except NotApplicable as err:
+        return _finish(Solution.unsolved(problem, "prox", "no_method", str(err)), throw)
     spec = _Spectral(form, svd)
     zero = _zero_solution(form, "prox", spec)
     if zero is not None:
@@ -829,13 +852,17 @@ def prox(problem, *, tol: float = 1e-6, max_iter: int = 20_000, reduce="auto", c
     msg = (f"FISTA converged in {it} iterations ({elapsed:.3g} s)." if ok else
            f"FISTA stopped at max_iter={max_iter} with relative gap {cert['rel_gap']:.2e} > tol={tol:g}; "
            f"raise max_iter or loosen tol.")
-    return _recover(form, X, b, "prox", "optimal" if ok else "max_iter", msg, it,
-                    {"tol": tol, "solve_time": elapsed, "svd": {"mode": spec.mode, **spec.stats}}, ok,
-                    cert if spec.rigorous or ok else None, spec)
+    try:
+        sol = _recover(form, X, b, "prox", "optimal" if ok else "max_iter", msg, it,
+                       {"tol": tol, "solve_time": elapsed, "svd": {"mode": spec.mode, **spec.stats}},
+                       cert if spec.rigorous or ok else None, spec)
+    except NotApplicable as err:        # d below the rank of the optimum: no factorization exists
+        sol = Solution.unsolved(problem, "prox", "no_method", str(err))
+    return _finish(sol, throw)
 
 
 # -- max-margin limits ---------------------------------------------------------------------
-def svm(problem, *, solver: str = "CLARABEL") -> Solution:
+def svm(problem, *, solver: str = "CLARABEL", throw: bool = False) -> Solution:
     """The max-margin limit of an unregularized CE problem (the direction gradient descent converges to).
 
     * Standard UFM, hard labels, any counts: the nuclear-norm SVM (3.2),
@@ -852,24 +879,33 @@ def svm(problem, *, solver: str = "CLARABEL") -> Solution:
         CE loss, no weight decay, no bias.
     solver : {"CLARABEL", "SCS"}
         The cvxpy solver.
+    throw : bool
+        Raise :class:`~ufm.results.NoMethodApplies` or :class:`~ufm.results.NotConverged`
+        (with the result) instead of returning a result with ``success=False``.
 
     Returns
     -------
     Solution
         ``W, H`` are the balanced split with ratio 1 (``A`` too for the input-coupled
-        model); ``loss`` is the max-margin value ``||.||_*``. For soft labels ``meta``
+        model); ``loss`` is the max-margin value ``||.||_*``; ``regime`` is
+        ``"max_margin"``, ``"seli"`` or ``"ntp_svm"``. ``status`` is ``optimal``
+        (``inaccurate`` when the solver is not sure), ``solver_failed`` when the
+        margins cannot be met or the solver fails, ``no_method`` when the problem
+        is not an unregularized CE problem. For soft labels ``meta``
         holds ``L_in``, ``support_proxy`` (``S~``), ``cos_to_proxy`` and ``nuclear_proxy``.
     """
-    import cvxpy as cp
-
     solver = solver.upper()
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
     ok, why = applies_svm(problem)
     if not ok:
-        raise NotApplicable(why)
+        return _finish(Solution.unsolved(problem, "svm", "no_method", why), throw)
     meta = {"problem": problem.as_dict(), "solver": solver, "objective": "max-margin value (nuclear norm)"}
-    return _SVM_PROGRAMS[problem.model](problem, solver, meta)
+    try:
+        sol = _SVM_PROGRAMS[problem.model](problem, solver, meta)
+    except NotConverged as err:         # infeasible margins, or the solver failed
+        sol = Solution.unsolved(problem, "svm", "solver_failed", str(err), solver=solver)
+    return _finish(sol, throw)
 
 
 def _svm_input_coupled(p, solver, meta):
@@ -885,8 +921,8 @@ def _svm_input_coupled(p, solver, meta):
     W, A = balanced_split(Mv, p.d, 0.0, 0.0, rank_tol=1e-8, floor=1e-300, name="M")
     H = A @ p.Phi
     meta.update(solver_status=prob.status, nuclear=float(prob.value))
-    return Solution(W=W, H=H, b=None, Z=W @ H, A=A, loss=float(prob.value), success=prob.status == cp.OPTIMAL,
-                    status="max_margin", message="Max-margin end state of the input-coupled UFM (no weight "
+    return Solution(W=W, H=H, b=None, Z=W @ H, A=A, loss=float(prob.value), status=_svm_status(prob),
+                    regime="max_margin", message="Max-margin end state of the input-coupled UFM (no weight "
                     "decay): the direction of W A Phi under gradient descent.", method="svm", meta=meta,
                     citation="THEORY §8.2; Lyu & Li 2020; Ji & Telgarsky 2020")
 
@@ -906,8 +942,8 @@ def _svm_ufm(p, solver, meta):
         sel = centering_matrix(p.K) @ p.Y
         meta.update(solver_status=prob.status, nuclear=float(prob.value),
                     distance_to_seli=float(np.abs(Z - sel).max()))
-        return Solution(W=W, H=H, b=None, Z=W @ H, loss=float(prob.value), success=prob.status == cp.OPTIMAL,
-                        status="seli", message="Nuclear-norm SVM (3.2) of the unregularized CE UFM; SELI predicts "
+        return Solution(W=W, H=H, b=None, Z=W @ H, loss=float(prob.value), status=_svm_status(prob),
+                        regime="seli", message="Nuclear-norm SVM (3.2) of the unregularized CE UFM; SELI predicts "
                         f"P_K Y (max deviation {meta['distance_to_seli']:.1e}).", method="svm", meta=meta,
                         citation="THEORY §3.2; Thrampoulidis et al. 2022, arXiv 2208.05512")
     return _ntp_svm(p, solver, meta)
@@ -924,10 +960,16 @@ def _solve(prob, solver):
         prob.solve(solver=solver, **({"eps_abs": 1e-10, "eps_rel": 1e-10, "max_iters": 200_000}
                                     if solver == "SCS" else {}))
     except cp.error.SolverError as err:
-        raise RuntimeError(f"cvxpy solver {solver} failed: {err}") from err
+        raise NotConverged(f"cvxpy solver {solver} failed: {err}") from err
     if prob.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
-        raise RuntimeError(f"the max-margin program is {prob.status} with {solver}; the margins cannot be met "
+        raise NotConverged(f"the max-margin program is {prob.status} with {solver}; the margins cannot be met "
                            "(check the labels: every class needs an example) or the solver failed.")
+
+
+def _svm_status(prob) -> str:
+    import cvxpy as cp
+
+    return "optimal" if prob.status == cp.OPTIMAL else "inaccurate"
 
 
 def _margin_constraints(Z, y, K):
@@ -973,8 +1015,8 @@ def _ntp_svm(p, solver, meta):
     W, H = balanced_split(Lmm, p.d, 0.0, 0.0)
     meta.update(solver_status=prob.status, nuclear=float(prob.value), L_in=Lin.tolist(),
                 support_proxy=St.tolist(), cos_to_proxy=cos, nuclear_proxy=_nuclear(St))
-    return Solution(W=W, H=H, b=None, Z=W @ H, loss=float(prob.value), success=prob.status == cp.OPTIMAL,
-                    status="ntp_svm", message=f"NTP-SVM (5.2): the out-of-support logits L_mm; cos(L_mm, S~) = "
+    return Solution(W=W, H=H, b=None, Z=W @ H, loss=float(prob.value), status=_svm_status(prob),
+                    regime="ntp_svm", message=f"NTP-SVM (5.2): the out-of-support logits L_mm; cos(L_mm, S~) = "
                     f"{cos:.5f}. meta holds L_in and the centred support proxy S~.", method="svm", meta=meta,
                     citation="THEORY §5.2; Thrampoulidis 2024, arXiv 2402.18551; Zhao et al. 2024, arXiv 2408.15417")
 

@@ -58,7 +58,7 @@ def _row(label, sol):
         cos_lo, cos_hi = C[off].min(), C[off].max()
     else:
         etf = cos_lo = cos_hi = math.nan
-    return {"case": label, "status": sol.status, "objective": sol.loss,
+    return {"case": label, "regime": sol.regime, "objective": sol.loss,
             "etf_distance_WWt": etf, "cos_min": cos_lo, "cos_max": cos_hi,
             "w_sq_min": norms.min(), "w_sq_max": norms.max()}
 
@@ -130,7 +130,7 @@ def run(out: str | os.PathLike = "ufm-demo", *, figures: bool = True, echo=print
 
         fig, axes = plt.subplots(1, len(sols), figsize=(2.3 * len(sols), 2.6))
         for ax, (label, sol) in zip(axes, sols):
-            plot_gram(sol.gram_W, ax=ax, title=f"{label}\n{sol.status}", colorbar=False)
+            plot_gram(sol.gram_W, ax=ax, title=f"{label}\n{sol.regime}", colorbar=False)
         fig.suptitle(r"cosines of the optimal classifiers $W W^\top$ (closed form)", fontsize=10)
         fig.tight_layout()
         grams = os.path.join(out, "closed_form_grams.png")
@@ -200,7 +200,7 @@ def structure_before_collapse(out: str | os.PathLike = "ufm-demo", *, sigma: flo
     att = st.attributes
     end_gap = float(metrics.semantic_gap(E, att, center=True))
     end_etf = float(metrics.etf_distance(E, center=True))
-    pred0 = dynamics.semantic_curve(m, [0.0], init_scale=1e-3, end_gram=E, keep_gram=False)
+    pred0 = dynamics.semantic_curve(m, [0.0], init_scale=1e-3, end_gram=E, keep_gram=False).raise_on_failure()
     trans = pred0.transition_time
     horizon = max(10.0 * (trans if trans is not None else 10.0 * pred0.peak_time), 100.0 / lam if lam > 0 else 0.0)
     steps = 10**6
@@ -215,9 +215,8 @@ def structure_before_collapse(out: str | os.PathLike = "ufm-demo", *, sigma: flo
         echo(f"interrupted: the simulation's {len(err.result.steps)} records so far are in {path} "
              f"(ufm.load reads it)")
         raise
-    if tr.status != "completed":
-        raise RuntimeError(f"the demo simulation did not complete: {tr.message}")
-    pred = dynamics.semantic_curve(m, tr.times, init_scale=1e-3, end_gram=E)
+    tr.raise_on_failure()           # a demo run that diverged has nothing to show: NotConverged, with the run
+    pred = dynamics.semantic_curve(m, tr.times, init_scale=1e-3, end_gram=E).raise_on_failure()
     t = tr.times
     gap, etf = tr.records["semantic_gap"], tr.records["etf_distance"]
     gm = gap.mean(0)
@@ -364,7 +363,7 @@ def _sbc_figures(out, st, m, tr, pred, E, end_gap, end_etf, j_peak, j_late, phas
     curves = transient_models("factorial", sigma=sigma, lam=lam)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     for i, name in enumerate(("M1 anchored", "M2 input-coupled", "M3 kernel flow")):
-        tt, g, e = curves[name]
+        tt, g, e = curves.times[name], curves.semantic_gap[name], curves.etf_distance[name]
         keep = tt > 0
         a1.plot(tt[keep], g[keep], color=f"C{i}", lw=2, label=name)
         a2.plot(tt[keep], e[keep], color=f"C{i}", lw=2, label=name)

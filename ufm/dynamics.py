@@ -31,6 +31,8 @@ Papadimitriou, Thrampoulidis, "Structure Before Collapse", arXiv 2606.26749.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 
 import numpy as np
@@ -42,7 +44,7 @@ from .loss_registry import get_loss
 from .problems import InputCoupledUFM, UFMProblem
 from ._solve import solve
 from .metrics import centering_matrix, double_centre, etf_distance, semantic_gap
-from .results import TheoryCurve
+from .results import NotConverged, TheoryCurve
 
 __all__ = ["mode_curves", "semantic_curve", "transient_times", "symmetric_flow", "input_modes", "block_kernel",
            "kernel_flow", "DEFAULT_INIT_SCALE", "RISE_FRACTIONS", "SPREAD_QUANTILES"]
@@ -56,6 +58,24 @@ _CITATION_KERNEL = ("THEORY §8.3 (M3, function-space kernel flow dZ/dt = -grad 
                     "arXiv 2305.16427); ufm.dynamics.kernel_flow")
 _CITATION_SYMMETRIC = ("THEORY §6.4 (Mixon, Parshall, Pi arXiv 2011.11619), §6.5 (symmetric CE flow); "
                        "ufm.dynamics.symmetric_flow")
+
+
+def _failure_as_result(kind: str):
+    """A curve whose ODE or linear program fails is a TheoryCurve with ``status`` ``solver_failed``
+    (no records, the solver's message), as every entry point reports a failure; bad input still raises."""
+    def wrap(fn):
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def curve(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except NotConverged as err:
+                times = np.atleast_1d(np.asarray(signature.bind(*args, **kwargs).arguments["times"], dtype=float))
+                return TheoryCurve(times=times, records={}, kind=kind, status="solver_failed", message=str(err),
+                                   meta={"function": fn.__name__})
+        return curve
+    return wrap
 
 
 # =====================================================================================
@@ -320,7 +340,7 @@ class _ModeModel:
         sol = solve_ivp(self._rhs, (0.0, t_end), y0, method="LSODA", dense_output=True, rtol=self.rtol,
                         atol=1e-10)
         if not sol.success:
-            raise RuntimeError(f"the mode ODE failed: {sol.message}")
+            raise NotConverged(f"the mode ODE failed: {sol.message}")
         self._sol, self._t_end = sol.sol, t_end
 
     def factors(self, t):
@@ -412,7 +432,7 @@ class _ModeModel:
         res = linprog(np.ones(self.r), A_ub=A_ub, b_ub=-np.ones(A_ub.shape[0]), bounds=[(0, None)] * self.r,
                       method="highs")
         if res.status != 0:
-            raise RuntimeError(f"the max-margin linear program failed: {res.message}")
+            raise NotConverged(f"the max-margin linear program failed: {res.message}")
         return res.x * self.d**2
 
     def _restricted_optimum(self):
@@ -524,7 +544,7 @@ class _CoreModel(_ModeModel):
         sol = solve_ivp(self._core_rhs, (t0, t1), y0, method="RK45", dense_output=True, rtol=self.rtol,
                         atol=1e-12 * max(1.0, float(np.abs(y0).max())))
         if not sol.success:
-            raise RuntimeError(f"the core ODE of the run's start failed: {sol.message}")
+            raise NotConverged(f"the core ODE of the run's start failed: {sol.message}")
         self._segments.append((t0, t1, sol.sol))
 
     def state(self, t):
@@ -586,6 +606,7 @@ def _model_meta(model, problem):
 # =====================================================================================
 # public: mode curves
 # =====================================================================================
+@_failure_as_result("modes")
 def mode_curves(problem, times, *, z0=None, init_scale=None, W0=None, A0=None, rtol: float = 1e-9) -> TheoryCurve:
     """Predicted mode outputs of the input-coupled UFM (THEORY §6.3, §5.3), on ``times``.
 
@@ -622,6 +643,9 @@ def mode_curves(problem, times, *, z0=None, init_scale=None, W0=None, A0=None, r
         ``"z_linear"`` (T, r): the linear (small-logit) phase, exact until the
         logits reach O(1). Constants ``"d"`` (singular values), ``"Q"`` (N x r
         item-space modes), ``"P"`` (p x r), ``"rate"`` (``2 d/N``), ``"z0"``.
+        When the ODE (or linear program) behind the curve fails, the curve has
+        ``status`` ``solver_failed``, ``success=False``, no records and the
+        solver's message.
 
     Notes
     -----
@@ -845,6 +869,7 @@ def transient_times(times, gap, grams=None, end_gram=None) -> dict:
     return out
 
 
+@_failure_as_result("semantic")
 def semantic_curve(problem, times, attributes=None, *, z0=None, init_scale=None, W0=None, A0=None,
                    end_gram="auto", horizon: float | None = None, keep_gram: bool = True,
                    spread: int = 0, spread_seed: int = 0, rtol: float = 1e-9) -> TheoryCurve:
@@ -918,6 +943,9 @@ def semantic_curve(problem, times, attributes=None, *, z0=None, init_scale=None,
         ``t = 0``, and with ``spread=n`` ``meta["spread"]``: the
         :data:`SPREAD_QUANTILES` (10%, 50%, 90%, linear interpolation) of each
         time over the samples that reach it, and how many do.
+        When the ODE (or linear program) behind the curve fails, the curve has
+        ``status`` ``solver_failed``, ``success=False``, no records and the
+        solver's message.
 
     Notes
     -----
@@ -1067,6 +1095,7 @@ def _end_state(model, problem, end_gram):
 # =====================================================================================
 # public: symmetric-subspace flows of the standard UFM
 # =====================================================================================
+@_failure_as_result("symmetric_flow")
 def symmetric_flow(problem, times, p0: float | None = None, *, a0: float | None = None,
                    beta0: float | None = None, b0: float = 0.0, rtol: float = 1e-11) -> TheoryCurve:
     """Symmetric-subspace gradient flow of the balanced standard UFM (THEORY §6.4 MSE, §6.5 CE).
@@ -1114,6 +1143,8 @@ def symmetric_flow(problem, times, p0: float | None = None, *, a0: float | None 
         ``kind="symmetric_flow"``; records ``"p"``, ``"a"``, ``"beta"``,
         ``"gram_W"`` (``a^2 P_K``), ``"loss"`` (the full objective, halved
         decays) and ``"b"`` (``c 1_K``) for bias problems.
+        When the ODE behind the curve fails, the curve has ``status``
+        ``solver_failed``, ``success=False``, no records and the solver's message.
     """
     from scipy.integrate import solve_ivp
 
@@ -1165,7 +1196,7 @@ def symmetric_flow(problem, times, p0: float | None = None, *, a0: float | None 
         sol = solve_ivp(rhs, (0.0, max(float(t[-1]), 1e-12)), [a0, beta0], t_eval=t, method="DOP853",
                         rtol=rtol, atol=1e-14 * max(a0, beta0, 1e-300))
         if not sol.success:
-            raise RuntimeError(f"the symmetric flow ODE failed: {sol.message}")
+            raise NotConverged(f"the symmetric flow ODE failed: {sol.message}")
         a, bt = sol.y
         pp = a * bt
         how = "numerical (DOP853)"
@@ -1250,6 +1281,7 @@ def block_kernel(setting_or_attributes, same: float = 1.0, shared: float = 0.5, 
     return T
 
 
+@_failure_as_result("kernel_flow")
 def kernel_flow(setting_or_attributes, theta, times, *, loss: str = "ce", Z0=None, init_scale: float = 0.0,
                 seed: int = 0, rtol: float = 1e-9, atol: float = 1e-12) -> TheoryCurve:
     """M3: the function-space kernel flow ``dZ/dt = -grad_Z g(Z) Theta`` with distinct one-hot labels (THEORY §8.3).
@@ -1297,6 +1329,8 @@ def kernel_flow(setting_or_attributes, theta, times, *, loss: str = "ce", Z0=Non
         ``times[0]`` when the gap never rises: the kernel flow *starts* semantic
         and only loses structure, unlike M2). ``transition_time`` is ``None``
         (no end state is computed: without decay CE logits diverge).
+        When the ODE behind the curve fails, the curve has ``status``
+        ``solver_failed``, ``success=False``, no records and the solver's message.
     """
     from scipy.integrate import solve_ivp
 
@@ -1331,7 +1365,7 @@ def kernel_flow(setting_or_attributes, theta, times, *, loss: str = "ce", Z0=Non
         sol = solve_ivp(lambda _s, z: -(loss.grad(z.reshape(N, N), Y) @ T).ravel(), (0.0, max(float(t[-1]), 1e-12)),
                         Z0.ravel(), t_eval=t, method="DOP853", rtol=rtol, atol=atol)
         if not sol.success:
-            raise RuntimeError(f"the kernel flow ODE failed: {sol.message}")
+            raise NotConverged(f"the kernel flow ODE failed: {sol.message}")
         Zt = sol.y.T.reshape(-1, N, N)
         how = "numerical (DOP853)"
     grams = np.einsum("tki,tkj->tij", Zt, Zt)

@@ -45,13 +45,14 @@ from . import _simulate, dynamics, metrics
 from ._solve import solve
 from ._sweep import sweep
 from .problems import AnchoredUFM, InputCoupledUFM
+from .results import PhasePoint, TransientModels
 from .settings import named_setting
 
 __all__ = ["phase_point", "phase_diagram", "transient_models"]
 
 def phase_point(setting: str = "factorial", sigma: float = 3.0, strength: float = 1.0, lam: float = 1e-3, *,
                 loss: str = "ce", d: int | None = None, init_scale: float = 1e-3, simulate: bool = False,
-                horizon: float | None = None, seed: int = 0) -> dict:
+                horizon: float | None = None, seed: int = 0) -> PhasePoint:
     """Peak, transition and end state of the semantic transient at one point of the phase diagram.
 
     Parameters
@@ -80,11 +81,12 @@ def phase_point(setting: str = "factorial", sigma: float = 3.0, strength: float 
 
     Returns
     -------
-    dict
+    PhasePoint
         ``gap_init``, ``peak_gap``, ``peak_time``, ``transition_time`` (theory,
         ``nan`` when not reached), ``end_gap``, ``end_etf_distance`` (exact end
         state), ``end_method``, ``rises`` (``peak_gap > 1.5 gap_init`` and
-        ``peak_gap > 1.5 end_gap``), and the ``sim_*`` entries with ``simulate=True``.
+        ``peak_gap > 1.5 end_gap``), and the ``sim_*`` fields with ``simulate=True``;
+        ``status`` is ``completed`` unless the end-state solve or the simulation did not succeed.
     """
     st = named_setting(setting)
     m = InputCoupledUFM.from_setting(st, sigma=float(sigma), d=d, loss=loss, lam_W=float(lam), lam_A=float(lam),
@@ -94,11 +96,19 @@ def phase_point(setting: str = "factorial", sigma: float = 3.0, strength: float 
     end_gap = float(metrics.semantic_gap(E, st.attributes, center=True))
     end_etf = float(metrics.etf_distance(E, center=True))
     c = dynamics.semantic_curve(m, [0.0], init_scale=init_scale, end_gram=E, keep_gram=False)
+    meta = {"setting": setting, "sigma": float(sigma), "strength": float(strength), "lam": float(lam), "loss": loss,
+            "problem": m.as_dict(), "init_scale": init_scale, "seed": seed}
+    if not c.success:
+        nan = float("nan")
+        return PhasePoint(gap_init=nan, peak_gap=nan, peak_time=nan, transition_time=nan, end_gap=end_gap,
+                          end_etf_distance=end_etf, end_method=sol.method, rises=False, status=c.status,
+                          message=f"theory curve: {c.message}", meta=meta)
     trans = c.transition_time
     out = {"gap_init": float(c.meta["gap_at_0"]), "peak_gap": float(c.peak_value), "peak_time": float(c.peak_time),
            "transition_time": float("nan") if trans is None else float(trans),
            "end_gap": end_gap, "end_etf_distance": end_etf, "end_method": sol.method,
            "rises": bool(c.peak_value > 1.5 * c.meta["gap_at_0"] and c.peak_value > 1.5 * end_gap)}
+    status, message = sol.status, f"end state by {sol.method}: {sol.message}"
     if simulate:
         if horizon is not None:
             T = float(horizon)
@@ -111,9 +121,12 @@ def phase_point(setting: str = "factorial", sigma: float = 3.0, strength: float 
         g = tr.records["semantic_gap"][0]
         j = int(np.nanargmax(g))
         out.update(sim_peak_gap=float(g[j]), sim_peak_time=float(tr.times[j]), sim_end_gap=float(g[-1]),
-                   sim_end_etf_distance=float(tr.records["etf_distance"][0, -1]), sim_horizon=T,
-                   sim_status=tr.status)
-    return out
+                   sim_end_etf_distance=float(tr.records["etf_distance"][0, -1]), sim_horizon=T)
+        if sol.success:
+            status, message = tr.status, f"simulation: {tr.message}"
+    if status.success:
+        status, message = "completed", f"{setting}, sigma={sigma:g}, strength={strength:g}, lam={lam:g}."
+    return PhasePoint(**out, status=status, message=message, meta=meta)
 
 
 def phase_diagram(settings=("factorial", "hierarchy", "ntp_contexts"), sigmas=(1.0, 2.0, 3.0, 4.0, 6.0, 8.0),
@@ -216,7 +229,7 @@ def _numbers(name, vals, *, positive, meaning):
 
 def transient_models(setting: str = "factorial", *, sigma: float = 3.0, lam: float = 1e-3, beta: float = 1e-2,
                      anchor_scale: float = 0.3, shared: float = 0.6, horizon: float = 1e5, init_scale: float = 1e-3,
-                     n_records: int = 120, seed: int = 0) -> dict:
+                     n_records: int = 120, seed: int = 0) -> TransientModels:
     """The semantic transient of the three candidate models M1, M2, M3 (THEORY §8.1-8.3) on one setting, CE loss.
 
     * ``"M1 anchored"``: :class:`~ufm.problems.AnchoredUFM` with anchor
@@ -259,10 +272,10 @@ def transient_models(setting: str = "factorial", *, sigma: float = 3.0, lam: flo
 
     Returns
     -------
-    dict
-        name -> ``(times, semantic_gap, etf_distance)`` (1-D arrays, item Gram
-        for M1/M2, logit Gram for M3), plus ``"results"``: name -> the
-        Trajectory or TheoryCurve.
+    TransientModels
+        ``times``, ``semantic_gap``, ``etf_distance``: model name -> 1-D array
+        (item Gram for M1/M2, logit Gram for M3); ``runs``: name -> the
+        Trajectory or TheoryCurve; ``status`` is ``completed`` unless a run did not succeed.
     """
     st = named_setting(setting)
     N = st.N
@@ -278,9 +291,15 @@ def transient_models(setting: str = "factorial", *, sigma: float = 3.0, lam: flo
     times = results["M2 input-coupled"].times
     results["M3 kernel flow"] = dynamics.kernel_flow(st, dynamics.block_kernel(st, 1.0, shared, 0.0), times,
                                                      loss="ce", init_scale=init_scale, seed=seed)
-    out = {}
+    times, gaps, etfs = {}, {}, {}
     for name, r in results.items():
-        g, e = np.asarray(r.records["semantic_gap"]), np.asarray(r.records["etf_distance"])
-        out[name] = (np.asarray(r.times), g[0] if g.ndim == 2 else g, e[0] if e.ndim == 2 else e)
-    out["results"] = results
-    return out
+        missing = np.full(len(r.times), np.nan)         # a curve that failed has no records
+        g, e = np.asarray(r.records.get("semantic_gap", missing)), np.asarray(r.records.get("etf_distance", missing))
+        times[name], gaps[name], etfs[name] = r.times, g[0] if g.ndim == 2 else g, e[0] if e.ndim == 2 else e
+    failed = [(name, r) for name, r in results.items() if not r.success]
+    status, message = (failed[0][1].status, f"{failed[0][0]}: {failed[0][1].message}") if failed else \
+        ("completed", f"M1, M2, M3 on {setting} to t = {horizon:g}.")
+    meta = {"setting": setting, "sigma": sigma, "lam": lam, "beta": beta, "anchor_scale": anchor_scale,
+            "shared": shared, "horizon": horizon, "init_scale": init_scale, "n_records": n_records, "seed": seed}
+    return TransientModels(times=times, semantic_gap=gaps, etf_distance=etfs, runs=results, status=status,
+                           message=message, meta=meta)

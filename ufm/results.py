@@ -5,14 +5,24 @@ scalar fields and ``meta`` are JSON-friendly, so ``save`` writes one ``.npz``
 file (``allow_pickle=False``) and ``load`` gives back an equal object.
 ``meta`` carries the parameters, the solver and the package versions;
 ``meta["content_hash"]`` is a SHA-256 over the arrays and the other fields.
+
+Every result answers the same three questions, with the names of
+``scipy.optimize.OptimizeResult``: ``success`` (bool), ``status`` (a
+:class:`Status`, whose value is its message) and ``message`` (str, starting
+with the status's message). Bad input raises ``ValueError``; a computation
+that did not succeed (no method applies, not converged, diverged, interrupted)
+is a result with ``success=False``, and the entry points that take
+``throw=True`` raise a :class:`UFMError` subclass carrying it instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import hashlib
 import json
+import math
 import os
 import platform
 from dataclasses import dataclass, field
@@ -22,10 +32,118 @@ import numpy as np
 
 from ._util import canonical_json
 
-__all__ = ["FitResult", "Run", "Solution", "SweepResult", "TheoryCurve", "Trajectory", "distinct_values", "load",
+__all__ = ["FitResult", "NoMethodApplies", "NotConverged", "PhasePoint", "Result", "Run", "Solution", "Status",
+           "SweepResult", "TheoryCurve", "Trajectory", "TransientModels", "UFMError", "distinct_values", "load",
            "package_versions"]
 
-_SCHEMA = 1
+_SCHEMA = 2     # 2: ``status`` is a Status name, the geometry of a Solution is in ``regime``; 1 is read and upgraded
+
+
+class Status(enum.Enum):
+    """How a computation ended. The value of a member is its message; ``member.success`` says whether
+    it is a success.
+
+    One enumeration serves every result: a solver's answer (``exact``, ``optimal``, ``max_iter``,
+    ``inaccurate``, ``solver_failed``, ``no_method``), a run (``completed``, ``interrupted``,
+    ``nonfinite``, ``max_steps``, ``step_underflow``) and a sweep (``runs_failed``). Look a
+    member up by name with ``Status["max_iter"]``.
+
+    Attributes
+    ----------
+    message : str
+        What the status means (the member's value).
+    success : bool
+        Whether a result with this status succeeded.
+    """
+
+    def __new__(cls, message: str, success: bool):
+        member = object.__new__(cls)
+        member._value_ = message
+        member.success = success
+        return member
+
+    @property
+    def message(self) -> str:
+        """What the status means, in words (the member's value)."""
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"Status.{self.name}"
+
+    exact = ("Exact optimum from a closed form.", True)
+    optimal = ("Optimal: the certificate meets the tolerance.", True)
+    completed = ("Completed.", True)
+    max_iter = ("Not converged: the iteration limit was reached before the tolerance.", False)
+    inaccurate = ("Inaccurate: the solver stopped but its certificate misses the tolerance.", False)
+    solver_failed = ("Solver failed: it returned no solution.", False)
+    no_method = ("No method applies to this problem.", False)
+    interrupted = ("Interrupted (Ctrl-C): the work done so far is kept.", False)
+    nonfinite = ("Diverged: a value became inf or NaN; the records before it are kept.", False)
+    max_steps = ("Not finished: the integrator used its whole step budget (max_steps).", False)
+    step_underflow = ("Not finished: the integrator's step size underflowed.", False)
+    runs_failed = ("Completed, but some runs failed.", False)
+
+
+def as_status(value) -> Status:
+    """A :class:`Status` from a member or its name; a ValueError naming the known ones otherwise.
+
+    Parameters
+    ----------
+    value : Status or str
+        A member or a member's name (``"completed"``).
+
+    Returns
+    -------
+    Status
+        The member.
+    """
+    if isinstance(value, Status):
+        return value
+    try:
+        return Status[value]
+    except (KeyError, TypeError):
+        raise ValueError(f"status must be a ufm.results.Status or one of its names {[s.name for s in Status]}, "
+                         f"got {value!r}.") from None
+
+
+class UFMError(Exception):
+    """Base of the exceptions ``throw=True`` raises for a result that did not succeed.
+
+    Parameters
+    ----------
+    message : str
+        The result's message.
+    result : Result or None
+        The result that did not succeed (``None`` when raised before one existed).
+    """
+
+    def __init__(self, message: str = "", result=None):
+        super().__init__(message)
+        self.result = result
+
+
+class NoMethodApplies(UFMError):
+    """No method (or no closed form) covers the problem; the message says why, per method.
+
+    Parameters
+    ----------
+    message : str
+        Why, per method.
+    result : Solution or None
+        The result with status ``no_method`` (``None`` when a closed-form case raises it).
+    """
+
+
+class NotConverged(UFMError):
+    """A solver or a run stopped without success: iteration limit, inaccurate certificate, divergence.
+
+    Parameters
+    ----------
+    message : str
+        The result's message.
+    result : Result or None
+        The result that did not succeed.
+    """
 
 
 def package_versions() -> dict:
@@ -50,6 +168,8 @@ def _package_versions() -> dict:
 
 
 def _jsonable(x):
+    if isinstance(x, Status):
+        return x.name
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -126,13 +246,16 @@ def check_save_path(path) -> str:
     return path
 
 
-class _Result:
-    """Save/load, read-only arrays and content hash for result dataclasses."""
+class _Frozen:
+    """The frozen-container base of every result and of :class:`Run`: read-only arrays and dicts,
+    a content hash in ``meta``, ``save``/``load``, ``replace``, and the entries of the dict fields
+    named in ``_LOOKUP`` readable as attributes and listed by ``dir()`` (tab completion)."""
 
     _ARRAYS: ClassVar[tuple[str, ...]] = ()
     _DICTS: ClassVar[tuple[str, ...]] = ()     # fields holding {name: array}
     _INT_ARRAYS: ClassVar[tuple[str, ...]] = ()
     _LOOKUP: ClassVar[tuple[tuple[str, str], ...]] = ()   # (dict field, singular): entries readable as attributes
+    _UNSAVED: ClassVar[tuple[str, ...]] = ()   # fields left out of the hash and the file (live objects)
 
     def __getattr__(self, name):
         if not type(self)._LOOKUP:
@@ -144,6 +267,12 @@ class _Result:
         what = " or ".join(single for _, single in type(self)._LOOKUP)
         have = ", ".join(f"{group}: {sorted(self.__dict__.get(group) or {})}" for group, _ in type(self)._LOOKUP)
         raise AttributeError(f"{type(self).__name__} has no {what} {name!r}; {have}.")
+
+    def __dir__(self):
+        names = set(super().__dir__()) | {f.name for f in dataclasses.fields(self)}
+        for group, _ in type(self)._LOOKUP:
+            names.update(k for k in (self.__dict__.get(group) or {}) if k.isidentifier())
+        return sorted(names)
 
     def __post_init__(self):
         for name in self._ARRAYS:
@@ -160,7 +289,7 @@ class _Result:
 
     def _scalars(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in self._ARRAYS + self._DICTS and f.name != "meta"}
+                if f.init and f.name not in self._ARRAYS + self._DICTS + self._UNSAVED and f.name != "meta"}
 
     def _all_arrays(self) -> dict:
         out = {name: getattr(self, name) for name in self._ARRAYS if getattr(self, name) is not None}
@@ -204,9 +333,81 @@ class _Result:
         np.savez_compressed(path, __header__=np.array(json.dumps(header)), **arrays)
         return path
 
+    @classmethod
+    def _upgrade(cls, fields: dict) -> dict:
+        """The constructor arguments of a file written with schema 1 (no changes by default)."""
+        return fields
+
+
+_Result = _Frozen
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Result(_Frozen):
+    """The base of every result: the core fields of ``scipy.optimize.OptimizeResult``.
+
+    Attributes
+    ----------
+    success : bool
+        Whether the computation succeeded: ``status.success`` (not an argument).
+    status : Status
+        How it ended (a member name such as ``"completed"`` is accepted and converted).
+    message : str
+        What happened, in words; it starts with ``status.message`` (prepended
+        when the given text does not), so the reason always comes first.
+    """
+
+    status: Status = Status.completed
+    message: str = ""
+    success: bool = field(init=False, default=True)
+
+    def __post_init__(self):
+        status = as_status(self.status)
+        detail = str(self.message or "")
+        message = detail if detail.startswith(status.message) else f"{status.message} {detail}".strip()
+        object.__setattr__(self, "status", status)
+        object.__setattr__(self, "success", status.success)
+        object.__setattr__(self, "message", message)
+        super().__post_init__()
+
+    def replace(self, **changes):
+        """A copy with some fields changed (``meta`` gets a fresh content hash).
+
+        A new ``status`` keeps the message's details (the text after the old status's message) under the new one.
+
+        Parameters
+        ----------
+        **changes
+            Field values (``success`` follows ``status``).
+
+        Returns
+        -------
+        Result
+            The copy, of the same type.
+        """
+        if "status" in changes:
+            message = changes.get("message", self.message)
+            if message.startswith(self.status.message):
+                changes["message"] = message[len(self.status.message):].strip()
+        return dataclasses.replace(self, **changes)
+
+    def raise_on_failure(self):
+        """This result when it succeeded; else raise it as :class:`NoMethodApplies` (status ``no_method``)
+        or :class:`NotConverged` (any other failure), with ``err.result`` set. What ``throw=True`` does.
+
+        Returns
+        -------
+        Result
+            ``self``, when ``success``.
+        """
+        if self.success:
+            return self
+        error = NoMethodApplies if self.status is Status.no_method else NotConverged
+        raise error(self.message, self)
+
 
 @dataclass(frozen=True, eq=False)
-class Solution(_Result):
+class Solution(Result):
     """A solution of a UFM problem, in the style of ``scipy.optimize.OptimizeResult``.
 
     Attributes
@@ -222,17 +423,25 @@ class Solution(_Result):
     loss : float
         The objective value that the method minimizes (``meta["objective"]``
         names it: the regularized objective (0.1) for regularized problems, the
-        max-margin value for the unregularized limits).
+        max-margin value for the unregularized limits); ``nan`` when there is no answer.
     success : bool
         Whether ``W, H, b`` is a global minimizer to the stated accuracy.
-    status : str
-        A short code, e.g. ``"etf"``, ``"zero"``, ``"orthogonal_frame"``, ``"seli"``.
+    status : Status
+        How the method ended: ``exact`` (a closed form), ``optimal`` (certified
+        to the tolerance), ``max_iter``, ``inaccurate``, ``solver_failed`` or
+        ``no_method`` (then ``W, H, Z`` are NaN).
     message : str
         Human-readable account of what was found and which regime applies.
+    regime : str
+        The geometry of the answer, e.g. ``"etf"``, ``"zero"``,
+        ``"orthogonal_frame"``, ``"svt"``, ``"seli"``, ``"max_margin"``
+        (``""`` when there is no answer).
     method : str
         The method that produced it (e.g. ``"closed_form"``).
     nit : int
         Iterations used (0 for closed forms).
+    nfev : int
+        Objective/gradient evaluations (0 for closed forms and cvxpy, which does not report them).
     meta : dict
         Problem parameters, regime quantities, certificates (duality gap,
         stationarity residuals), versions and ``content_hash``.
@@ -247,16 +456,58 @@ class Solution(_Result):
     b: np.ndarray | None
     Z: np.ndarray
     loss: float
-    success: bool
-    status: str
-    message: str
     method: str
+    regime: str = ""
     nit: int = 0
+    nfev: int = 0
     meta: dict = field(default_factory=dict)
     citation: str = ""
     A: np.ndarray | None = None
 
     _ARRAYS: ClassVar[tuple[str, ...]] = ("W", "H", "b", "Z", "A")
+
+    #: statuses of schema-1 files that named how a solver stopped (every other one named the geometry)
+    _V1_SOLVER_WORDS: ClassVar[tuple[str, ...]] = (
+        "optimal", "inaccurate", "max_iter", "infeasible", "unbounded", "infeasible_inaccurate",
+        "unbounded_inaccurate", "optimal_inaccurate", "solver_error", "user_limit")
+
+    @classmethod
+    def _upgrade(cls, fields: dict) -> dict:
+        old = fields.pop("status")
+        ok = fields.pop("success")
+        fields["regime"] = "" if old in cls._V1_SOLVER_WORDS else old
+        if ok:
+            fields["status"] = "exact" if fields["method"] == "closed_form" else "optimal"
+        else:
+            fields["status"] = {"max_iter": "max_iter", "inaccurate": "inaccurate"}.get(old, "solver_failed")
+        return fields
+
+    @classmethod
+    def unsolved(cls, problem, method: str, status, message: str, **meta) -> "Solution":
+        """The answer of a method that has none: ``W, H, Z`` of the problem's shapes filled with NaN.
+
+        Parameters
+        ----------
+        problem : object
+            The problem (its ``K``, ``d``, ``N`` and ``as_dict()`` are used).
+        method : str
+            The method that was asked.
+        status : Status or str
+            Why there is no answer (``no_method``, ``solver_failed``, ...).
+        message : str
+            The details.
+        **meta
+            Added to ``meta``.
+
+        Returns
+        -------
+        Solution
+            With ``success=False`` and ``loss = nan``.
+        """
+        K, d, N = problem.K, problem.d, problem.N
+        return cls(W=np.full((K, d), np.nan), H=np.full((d, N), np.nan), b=None, Z=np.full((K, N), np.nan),
+                   loss=math.nan, method=method, status=status, message=message,
+                   meta={"problem": problem.as_dict(), **meta})
 
     @property
     def gram_H(self) -> np.ndarray:
@@ -269,8 +520,8 @@ class Solution(_Result):
         return self.W @ self.W.T
 
     def __repr__(self) -> str:
-        return (f"Solution(method={self.method!r}, status={self.status!r}, success={self.success}, "
-                f"loss={self.loss:.10g}, W{self.W.shape}, H{self.H.shape})")
+        return (f"Solution(method={self.method!r}, status={self.status!r}, regime={self.regime!r}, "
+                f"success={self.success}, loss={self.loss:.10g}, W{self.W.shape}, H{self.H.shape})")
 
 
 class _FrozenDict(dict):
@@ -286,7 +537,7 @@ class _FrozenDict(dict):
 
 
 @dataclass(frozen=True, eq=False)
-class Trajectory(_Result):
+class Trajectory(Result):
     """A recorded simulation: what :func:`ufm.simulate` returns.
 
     Attributes
@@ -299,12 +550,18 @@ class Trajectory(_Result):
     records : dict of name -> array (seeds, T, ...)
         One array per recorded quantity (``"loss"``, ``"W"``, ``"gram_H"``,
         metric names, ...); also reachable as attributes: ``traj.loss``.
-    status : str
-        ``"completed"``, ``"interrupted"`` (Ctrl-C), ``"nonfinite"`` (a state
-        overflowed; the records before it are kept) or ``"max_steps"`` (the
+    success : bool
+        Whether the run completed (``status`` is ``completed``).
+    status : Status
+        ``completed``, ``interrupted`` (Ctrl-C), ``nonfinite`` (a state
+        overflowed; the records before it are kept) or ``max_steps`` (the
         flow integrator hit its step budget).
     message : str
         What happened, in words.
+    nit, nfev : int
+        The last step reached (GD steps taken; in flow mode the step of the last
+        record) and the gradient evaluations per seed (``nit`` for GD, the
+        integrator's count in flow mode).
     mode : str
         ``"gd"`` (plain gradient descent) or ``"flow"`` (adaptive integration
         of the gradient flow; ``meta["time_variable"]`` says ``"t"`` or ``"log(1+t)"``).
@@ -315,8 +572,6 @@ class Trajectory(_Result):
     steps: np.ndarray
     times: np.ndarray
     records: dict
-    status: str
-    message: str
     mode: str
     meta: dict = field(default_factory=dict)
     citation: str = ""
@@ -331,8 +586,21 @@ class Trajectory(_Result):
         return next(iter(self.records.values())).shape[0] if self.records else 0
 
     @property
-    def success(self) -> bool:
-        return self.status == "completed"
+    def nit(self) -> int:
+        """The last step reached (GD steps taken; in flow mode the step of the last record)."""
+        return int(self.steps[-1]) if len(self.steps) else 0
+
+    @property
+    def nfev(self) -> int:
+        """Gradient evaluations per seed: one per GD step; in flow mode the integrator's (the most over the seeds)."""
+        if self.mode == "flow" and self.meta.get("nfev"):
+            return int(max(self.meta["nfev"]))
+        return self.nit
+
+    @classmethod
+    def _upgrade(cls, fields: dict) -> dict:
+        fields.pop("success", None)
+        return fields
 
     def __repr__(self) -> str:
         return (f"Trajectory(mode={self.mode!r}, status={self.status!r}, records={sorted(self.records)}, "
@@ -340,7 +608,7 @@ class Trajectory(_Result):
 
 
 @dataclass(frozen=True, eq=False)
-class TheoryCurve(_Result):
+class TheoryCurve(Result):
     """A predicted curve on a time grid: what :mod:`ufm.dynamics` returns.
 
     Attributes
@@ -363,6 +631,8 @@ class TheoryCurve(_Result):
         For ``kind="semantic"``: time and value of the semantic-gap maximum,
         and the first time after it at which the Gram is closer to the end
         state than to the peak (``None`` when not reached or not defined).
+    success, status, message :
+        As in every result; a curve that could be computed is ``completed``.
     meta : dict
         Problem, model and approximation used, initialization, versions, content hash.
     """
@@ -385,6 +655,86 @@ class TheoryCurve(_Result):
         extra = "" if self.peak_time is None else f", peak_time={self.peak_time:.6g}"
         extra += "" if self.transition_time is None else f", transition_time={self.transition_time:.6g}"
         return f"TheoryCurve(kind={self.kind!r}, records={sorted(self.records)}, T={len(self.times)}{extra})"
+
+
+@dataclass(frozen=True, eq=False)
+class PhasePoint(Result):
+    """One point of the structure-before-collapse phase diagram: what :func:`ufm.phase.phase_point` returns.
+
+    Attributes
+    ----------
+    gap_init, peak_gap, peak_time : float
+        Semantic gap at ``t = 0`` and at its maximum, and the time of the maximum (theory).
+    transition_time : float
+        First time the Gram is closer to the end state than to the peak (theory; ``nan`` when not reached).
+    end_gap, end_etf_distance : float
+        Semantic gap and ETF distance of the exact end state.
+    end_method : str
+        The method that gave the end state.
+    rises : bool
+        ``peak_gap > 1.5 gap_init`` and ``peak_gap > 1.5 end_gap``.
+    sim_peak_gap, sim_peak_time, sim_end_gap, sim_end_etf_distance, sim_horizon : float or None
+        The simulated gradient flow's numbers (``None`` without ``simulate=True``).
+    success, status, message :
+        ``completed``, or the status of the end-state solve or of the simulation when one did not succeed.
+    meta : dict
+        The point's parameters, versions and content hash.
+    """
+
+    gap_init: float
+    peak_gap: float
+    peak_time: float
+    transition_time: float
+    end_gap: float
+    end_etf_distance: float
+    end_method: str
+    rises: bool
+    sim_peak_gap: float | None = None
+    sim_peak_time: float | None = None
+    sim_end_gap: float | None = None
+    sim_end_etf_distance: float | None = None
+    sim_horizon: float | None = None
+    meta: dict = field(default_factory=dict)
+    citation: str = "THEORY §8.2 (input-coupled UFM), Appendix C"
+
+    def __repr__(self) -> str:
+        return (f"PhasePoint(status={self.status!r}, peak_gap={self.peak_gap:.4g}, peak_time={self.peak_time:.4g}, "
+                f"end_gap={self.end_gap:.4g}, end_etf_distance={self.end_etf_distance:.4g}, rises={self.rises})")
+
+
+@dataclass(frozen=True, eq=False)
+class TransientModels(Result):
+    """The semantic transient of several models side by side: what :func:`ufm.phase.transient_models` returns.
+
+    Attributes
+    ----------
+    times, semantic_gap, etf_distance : dict of model name -> 1-D array
+        Each model's time grid and curves (item Gram for simulated models, logit Gram for a kernel flow).
+    runs : dict of model name -> Trajectory or TheoryCurve
+        The results behind the curves (not saved by ``save``).
+    success, status, message :
+        ``completed``, or the status of the first model whose run did not succeed.
+    meta : dict
+        Parameters, versions and content hash.
+    """
+
+    times: dict
+    semantic_gap: dict
+    etf_distance: dict
+    runs: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    citation: str = "THEORY §8.1-8.3"
+
+    _DICTS: ClassVar[tuple[str, ...]] = ("times", "semantic_gap", "etf_distance")
+    _UNSAVED: ClassVar[tuple[str, ...]] = ("runs",)
+
+    @property
+    def models(self) -> tuple:
+        """The model names, in order."""
+        return tuple(self.times)
+
+    def __repr__(self) -> str:
+        return f"TransientModels(status={self.status!r}, models={list(self.models)})"
 
 
 # -- sweeps ----------------------------------------------------------------------------
@@ -504,7 +854,7 @@ def distinct_values(records, name: str) -> list:
 
 
 @dataclass(frozen=True, eq=False)
-class SweepResult(_Result):
+class SweepResult(Result):
     """Tidy results of :func:`ufm.sweep`: one record per (grid point, seed), in grid order.
 
     Attributes
@@ -521,10 +871,13 @@ class SweepResult(_Result):
         The grid parameters, in grid order.
     seeds : int
         Seeds per grid point.
-    status : str
-        ``"completed"`` (every run has a record, ok or failed) or ``"interrupted"``
-        (Ctrl-C; the finished runs are kept, and a rerun with the same
-        ``cache_dir`` computes only the missing ones).
+    success : bool
+        Whether every run finished and none failed (``status`` is ``completed``).
+    status : Status
+        ``completed`` (every run has a record and none failed), ``runs_failed``
+        (every run has a record, some failed) or ``interrupted`` (Ctrl-C; the
+        finished runs are kept, and a rerun with the same ``cache_dir`` computes
+        only the missing ones).
     message : str
         What happened, with the number of failed runs and their errors.
     meta : dict
@@ -539,8 +892,6 @@ class SweepResult(_Result):
     task: str
     axes: tuple
     seeds: int
-    status: str
-    message: str
     meta: dict = field(default_factory=dict)
     citation: str = ""
 
@@ -574,8 +925,14 @@ class SweepResult(_Result):
         return distinct_values(self.records, name)
 
     def _scalars(self) -> dict:
-        return {"task": self.task, "axes": list(self.axes), "seeds": self.seeds, "status": self.status,
+        return {"task": self.task, "axes": list(self.axes), "seeds": self.seeds, "status": self.status.name,
                 "message": self.message, "citation": self.citation}
+
+    @classmethod
+    def _upgrade(cls, fields: dict) -> dict:
+        if fields["status"] == "completed" and not all(r["ok"] for r in fields["records"]):
+            fields["status"] = "runs_failed"
+        return fields
 
     def _hash(self, meta: dict) -> str:
         rows, arrays = pack_records(self.records)
@@ -619,11 +976,6 @@ class SweepResult(_Result):
     def failed(self) -> list:
         """The records of the failed runs."""
         return [r for r in self.records if not r["ok"]]
-
-    @property
-    def success(self) -> bool:
-        """Whether every run finished and none failed."""
-        return self.status == "completed" and self.n_failed == 0
 
     def column(self, name: str, *, ok_only: bool = False) -> np.ndarray:
         """Values of one key across records (``NaN`` where a record lacks it, e.g. failed runs).
@@ -711,7 +1063,7 @@ def _run_array(name, value, *, integer=False, ndim=None):
 
 
 @dataclass(frozen=True, eq=False)
-class Run(_Result):
+class Run(_Frozen):
     """Features of a trained network (or any model) recorded over training: the bridge format.
 
     One record per entry of ``steps``. The classes are the columns of the Gram
@@ -911,9 +1263,9 @@ def check_run_file(header: dict) -> str | None:
                     "ufm.results.load, or pass a file written by Exporter.save / save_run")
         return (f"'type' is the unknown result type {kind!r} (expected 'Run'); pass a file written by "
                 "Exporter.save / save_run")
-    if header.get("schema") != _SCHEMA:
-        return (f"'schema' is {header.get('schema')!r}, this ufm reads file schema {_SCHEMA}; convert the file with "
-                "the ufm version that wrote it")
+    if header.get("schema") not in (1, _SCHEMA):     # 1: before Status; a Run reads the same in both
+        return (f"'schema' is {header.get('schema')!r}, this ufm reads file schemas 1 and {_SCHEMA}; convert the "
+                "file with the ufm version that wrote it")
     return None
 
 
@@ -956,7 +1308,7 @@ def jsonable(x):
 
 
 @dataclass(frozen=True, eq=False)
-class FitResult(_Result):
+class FitResult(Result):
     """UFM models fitted to observed Gram trajectories: what :func:`ufm.fit` returns (THEORY §8.6).
 
     Attributes
@@ -1005,6 +1357,10 @@ class FitResult(_Result):
         and the extrapolated step when it does not.
     verdict : str
         One line: what the models explain and what nothing here explains.
+    success, status : bool, Status
+        A fit that ran to the end is ``completed`` (whether a model explains the
+        run is ``best_model`` and ``gof``, not a failure); ``interrupted`` after
+        Ctrl-C (the parameters are the best found before it).
     message : str
         The fit table in words.
     meta : dict
@@ -1020,7 +1376,6 @@ class FitResult(_Result):
     predicted_transition: float | None = None
     transitions: dict = field(default_factory=dict)
     verdict: str = ""
-    message: str = ""
     meta: dict = field(default_factory=dict)
     citation: str = "THEORY.md §8.6 (Gram-matrix bridge), §8.1 (M1), §8.2 (M2)"
 
@@ -1037,7 +1392,7 @@ class FitResult(_Result):
         super().__post_init__()
 
     def __str__(self) -> str:
-        return self.message
+        return self.message[len(self.status.message):].strip() if self.success else self.message
 
     def __repr__(self) -> str:
         sig = self.params.get("sigma")
@@ -1045,7 +1400,8 @@ class FitResult(_Result):
         return f"FitResult(best_model={self.best_model!r}{extra}, models={sorted(self.gof)}, T={len(self.steps)})"
 
 
-_TYPES = {"Solution": Solution, "Trajectory": Trajectory, "TheoryCurve": TheoryCurve, "SweepResult": SweepResult, "Run": Run, "FitResult": FitResult}
+_TYPES = {"Solution": Solution, "Trajectory": Trajectory, "TheoryCurve": TheoryCurve, "SweepResult": SweepResult,
+          "Run": Run, "FitResult": FitResult, "PhasePoint": PhasePoint, "TransientModels": TransientModels}
 
 
 def load(path: str | os.PathLike):
@@ -1059,7 +1415,10 @@ def load(path: str | os.PathLike):
     Returns
     -------
     Solution, Trajectory, TheoryCurve, SweepResult, Run or FitResult
-        The result, of the type that was saved.
+        The result, of the type that was saved. A file of the first format
+        (schema 1, before ``regime`` and :class:`Status`) is checked against its
+        stored hash and upgraded: a Solution's old ``status`` becomes its
+        ``regime`` (or its status, when it named how a solver stopped).
     """
     import zipfile
 
@@ -1079,8 +1438,14 @@ def load(path: str | os.PathLike):
         cls = _TYPES.get(header.get("type"))
         if cls is None:
             raise ValueError(f"{path}: unknown result type {header.get('type')!r}; known: {sorted(_TYPES)}.")
-        if header.get("schema") != _SCHEMA:
-            raise ValueError(f"{path}: schema {header.get('schema')} not supported (this ufm reads {_SCHEMA}).")
+        schema = header.get("schema")
+        if schema not in (1, _SCHEMA):
+            raise ValueError(f"{path}: schema {schema} not supported (this ufm reads 1 and {_SCHEMA}); load it with "
+                             f"the ufm version that wrote it.")
+        meta = header["meta"]
+        stored = meta.get("content_hash")
+        if stored is not None and _file_hash(header, data) != stored:
+            raise ValueError(f"{path}: content hash mismatch; the file was changed or corrupted.")
         if hasattr(cls, "_fields_from_file"):     # results with their own layout (SweepResult)
             fields = cls._fields_from_file(header, data)
         else:
@@ -1090,12 +1455,28 @@ def load(path: str | os.PathLike):
                 fields[name] = {key[len(prefix):]: np.array(data[key]) for key in data.files
                                 if key.startswith(prefix)}
             fields.update(header["scalars"])
-    meta = header["meta"]
-    stored = meta.get("content_hash")
+    if schema == 1:     # checked above on the file's own content; the upgraded object gets a new hash
+        return cls(**cls._upgrade(fields), meta={k: v for k, v in meta.items() if k != "content_hash"})
     obj = cls(**fields, meta=meta)
     if stored is not None and obj.meta["content_hash"] != stored:
         raise ValueError(f"{path}: content hash mismatch; the file was changed or corrupted.")
     return obj
+
+
+def _file_hash(header: dict, data) -> str:
+    """The content hash of a saved file, from its own arrays and header (as ``save`` computed it)."""
+    arrays = {name: data[name] for name in data.files if name != "__header__"}
+    if "records" in header:             # the SweepResult layout
+        h = _hash_records(header["records"], arrays)
+    else:
+        h = hashlib.sha256()
+        for name, arr in arrays.items():
+            h.update(name.encode())
+            _hash_array(h, arr)
+    rest = {k: v for k, v in header["meta"].items() if k not in ("content_hash", "versions")}
+    h.update(json.dumps(header["scalars"], sort_keys=True).encode())
+    h.update(json.dumps(rest, sort_keys=True).encode())
+    return h.hexdigest()
 
 
 Solution.load = staticmethod(load)  # Solution.load(path) reads a saved Solution
@@ -1104,3 +1485,5 @@ TheoryCurve.load = staticmethod(load)
 SweepResult.load = staticmethod(load)
 Run.load = staticmethod(load)
 FitResult.load = staticmethod(load)
+PhasePoint.load = staticmethod(load)
+TransientModels.load = staticmethod(load)

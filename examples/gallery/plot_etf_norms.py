@@ -26,7 +26,7 @@ from ufm.plotting import plot_gram
 
 p = ufm.UFMProblem(K=4, n=3, d=6, loss="ce", lam_W=0.01, lam_H=0.01)
 sol = ufm.solve(p, method="closed_form")
-print(sol.status, sol.message)
+print(sol.regime, sol.message)
 print(f"objective f*   = {sol.loss:.7f}   (THEORY TV1: 0.2613364)")
 print(f"margin s*      = {sol.meta['s']:.6f}    (TV1: 4.002504)")
 print(f"||w_k||^2      = {np.diag(sol.gram_W)}  (TV1: 5.199405)")

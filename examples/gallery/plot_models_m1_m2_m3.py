@@ -22,9 +22,9 @@ import matplotlib.pyplot as plt
 from ufm.phase import transient_models
 
 out = transient_models("factorial", sigma=3.0, lam=1e-3, beta=1e-2, horizon=1e5, n_records=100)
-names = [k for k in out if k != "results"]
+names = out.models
 for name in names:
-    t, gap, etf = out[name]
+    t, gap, etf = out.times[name], out.semantic_gap[name], out.etf_distance[name]
     j = gap.argmax()
     print(f"{name:18s} gap: start {gap[1]:.3f}, peak {gap[j]:.3f} at t = {t[j]:.3g}, end {gap[-1]:.3f};"
           f" ETF distance at the end {etf[-1]:.3f}")
@@ -32,7 +32,7 @@ for name in names:
 # %%
 fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
 for name in names:
-    t, gap, etf = out[name]
+    t, gap, etf = out.times[name], out.semantic_gap[name], out.etf_distance[name]
     a1.semilogx(t[1:], gap[1:], label=name)
     a2.semilogx(t[1:], etf[1:], label=name)
 a1.set_ylabel("semantic gap")

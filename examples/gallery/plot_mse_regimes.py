@@ -31,7 +31,7 @@ sols = {}
 for name, p in cases.items():
     sols[name] = s = ufm.solve(p, method="closed_form")
     G = s.gram_W
-    print(f"{name:13s}  {s.status:24s}  {s.loss:.8f}   {G[0, 0]:.6f} / {G[0, 1]:.6f}")
+    print(f"{name:13s}  {s.regime:24s}  {s.loss:.8f}   {G[0, 0]:.6f} / {G[0, 1]:.6f}")
 print("lam_b* =", round(thresholds(cases["lam_b = 1"])["lam_b_star"], 6), "(TV2: 0.108622)")
 
 # %%
@@ -39,7 +39,7 @@ print("lam_b* =", round(thresholds(cases["lam_b = 1"])["lam_b_star"], 6), "(TV2:
 # (``lam_b = 0.2``) and ``0.09197959`` (``lam_b = 1``).
 fig, axes = plt.subplots(1, 4, figsize=(12, 3.1))
 for ax, (name, s) in zip(axes, sols.items()):
-    plot_gram(s.gram_W, ax=ax, title=f"{name}\n{s.status}", colorbar=False)
+    plot_gram(s.gram_W, ax=ax, title=f"{name}\n{s.regime}", colorbar=False)
 fig.tight_layout()
 
 # %%

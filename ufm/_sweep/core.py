@@ -12,7 +12,7 @@ from .. import _interrupt, _threads
 from .._progress import Progress
 from .._simulate import check_arguments, simulate
 from .._util import canonical, canonical_json, check_output_folder
-from ..results import SweepResult
+from ..results import Status, SweepResult
 from .backends import BACKENDS, RUNNERS
 from .cache import read_cached, write_cached
 from .grid import RESERVED, grid_points
@@ -136,7 +136,7 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
                  seed_arg=seed_arg, on_interrupt=on_interrupt)
     outcome = _execute(plan, progress)
     result = _collect(plan, outcome, time.perf_counter() - t0)
-    return _interrupt.finish(result, result.status == "interrupted", plan.on_interrupt, result.message)
+    return _interrupt.finish(result, result.status is Status.interrupted, plan.on_interrupt, result.message)
 
 
 # -- plan: check everything, route the keywords, list the jobs -----------------------------------
@@ -323,8 +323,9 @@ def _collect(plan: _Plan, outcome: _Outcome, elapsed: float) -> SweepResult:
             "elapsed": elapsed}
     if isinstance(plan.grid, dict):
         meta["grid"] = {name: [canonical(v, "grid") for v in _distinct(plan.points, name)] for name in plan.axes}
+    status = "runs_failed" if outcome.status == "completed" and n_failed else outcome.status
     return SweepResult(records=kept, task=plan.task_name, axes=tuple(plan.axes), seeds=s["seeds"],
-                       status=outcome.status, message=message, meta=meta,
+                       status=status, message=message, meta=meta,
                        citation="ufm.sweep; joblib / Dask distributed")
 
 
@@ -345,7 +346,7 @@ def _message(plan: _Plan, outcome: _Outcome, n_kept: int, errors: dict) -> str:
             top = next(iter(errors))
             message += f" (most common: {errors[top]} x {top})"
     else:
-        message = (f"interrupted: {n_kept} of {runs} finished ({n_failed} failed); rerun with the same cache_dir "
+        message = (f"{n_kept} of {runs} finished ({n_failed} failed); rerun with the same cache_dir "
                    f"to compute only the {n_runs - n_kept} missing.")
     if outcome.n_cached:
         message += f"; {outcome.n_cached} loaded from the cache"

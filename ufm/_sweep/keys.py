@@ -9,7 +9,7 @@ import numpy as np
 from .. import __version__
 from .._util import canonical, canonical_json
 
-__all__ = ["call_id", "point_seed", "run_key"]
+__all__ = ["RECORD_FORMAT", "call_id", "point_seed", "run_key"]
 
 
 def point_seed(seed: int, params: dict, index: int, scope: str = "point") -> int:
@@ -33,11 +33,16 @@ def point_seed(seed: int, params: dict, index: int, scope: str = "point") -> int
     return int(state[0] >> np.uint64(1))
 
 
+#: version of the summaries a run stores (2: statuses by Status name, a Solution's geometry under "regime"),
+#: part of the cache key so that a cache written with another layout is recomputed, not mixed in
+RECORD_FORMAT = 2
+
+
 def run_key(call: str, params: dict, seed: int, index: int) -> str:
     """Cache key of one run: SHA-256 over the call (task, problem, fixed arguments, keep: :func:`call_id`), the
-    point's parameters, the seed and its index, and the ``ufm`` version."""
+    point's parameters, the seed and its index, the ``ufm`` version and :data:`RECORD_FORMAT`."""
     payload = canonical_json({"call": call, "params": canonical(dict(params), "grid"), "seed": seed,
-                              "seed_index": index, "ufm": __version__})
+                              "seed_index": index, "ufm": __version__, "records": RECORD_FORMAT})
     return hashlib.sha256(payload.encode()).hexdigest()[:40]
 
 

@@ -7,7 +7,7 @@ import traceback
 from dataclasses import dataclass
 
 from .. import _memory, _threads
-from ..results import Trajectory, record_value
+from ..results import Status, Trajectory, record_value
 from .cache import read_cached, write_cached
 from .grid import RESERVED
 from .summary import run_failure, summarize
@@ -44,7 +44,7 @@ class Call:
         if self.seed_arg:
             kwargs[self.seed_arg] = seed
         out = self.task(*args, **kwargs)
-        if isinstance(out, Trajectory) and out.status == "interrupted":
+        if isinstance(out, Trajectory) and out.status is Status.interrupted:
             raise KeyboardInterrupt("the simulation was interrupted")
         return summarize(out, self.keep), run_failure(out)
 

@@ -206,7 +206,7 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
     on_interrupt : {"raise", "return"}
         What Ctrl-C (SIGINT) does: the M2 search stops at its next simulation (within
         milliseconds) and the fit is finished from the best point found so far, with
-        ``meta["interrupted"] = True`` and a note. ``"raise"`` (default, as
+        ``status`` ``interrupted``, ``meta["interrupted"] = True`` and a note. ``"raise"`` (default, as
         :func:`ufm.simulate`): ``KeyboardInterrupt`` carrying that FitResult in its
         ``result``; ``"return"``: the FitResult is returned (``ufm fit`` writes it and exits 130).
 
@@ -329,7 +329,7 @@ def _fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, lo
             "seconds": time.perf_counter() - t_start, "notes": out.notes, "interrupted": interrupted}
     return FitResult(params=out.params, gof=out.gof, steps=obs.steps, curves=out.curves, grams=out.fitted,
                      best_model=best, predicted_transition=predicted, transitions=out.transitions, verdict=verdict,
-                     message=message, meta=meta)
+                     message=message, status="interrupted" if interrupted else "completed", meta=meta)
 
 
 @dataclass

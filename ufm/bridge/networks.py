@@ -283,9 +283,10 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
         (vocabulary ids) for the transformer; class ``k`` is item ``k`` either way.
         ``meta`` records the setting, the network, the optimizer, the penalties
         (``feature_decay``, ``classifier_decay``, ``objective``), the seeds, the
-        torch version, ``status`` (``"completed"``, ``"interrupted"`` after
-        Ctrl-C with the records made so far, or ``"nonfinite"`` when the loss
-        diverged), ``message`` and ``steps_run``; no wall time, so equal runs
+        torch version, ``status`` (the name of a :class:`~ufm.results.Status`:
+        ``"completed"``, ``"interrupted"`` after Ctrl-C with the records made so
+        far, or ``"nonfinite"`` when the loss diverged; ``Status[run.meta["status"]]``
+        gives the member), ``message`` and ``steps_run``; no wall time, so equal runs
         have equal content hashes.
 
     Raises
