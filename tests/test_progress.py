@@ -1,24 +1,12 @@
-"""One progress protocol: tqdm when installed, else plain lines on stderr; never anything on stdout."""
+"""One progress protocol: tqdm when installed, else plain lines on stderr; never anything on stdout.
 
-import builtins
+``no_tqdm`` (conftest) makes ``import tqdm`` fail, as on a machine without it.
+"""
 
 import numpy as np
-import pytest
 
 import ufm
 from ufm._progress import Progress
-
-
-@pytest.fixture
-def no_tqdm(monkeypatch):
-    real_import = builtins.__import__
-
-    def refuse_tqdm(name, *args, **kwargs):
-        if name.startswith("tqdm"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", refuse_tqdm)
 
 
 def test_without_tqdm_lines_go_to_stderr_every_tenth(no_tqdm, capsys):
