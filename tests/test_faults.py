@@ -244,5 +244,5 @@ def test_fits_that_cannot_identify_anything_say_so():
         ufm.fit(G[0], setting=s)
     one = ufm.fit(G[0], setting=s, models=("static",))
     assert one.best_model is None and "no dynamical model was fitted" in one.verdict
-    r = ufm.fit(G, setting=s, models=("input_coupled",), maxiter=0)
-    assert "maxiter=0, so Nelder-Mead did not run" in r.message
+    r = ufm.fit(G, setting=s, models=("input_coupled",), max_iter=0)
+    assert "max_iter=0, so Nelder-Mead did not run" in r.message

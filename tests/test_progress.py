@@ -4,6 +4,7 @@
 """
 
 import numpy as np
+import pytest
 
 import ufm
 from ufm._progress import Progress
@@ -52,3 +53,24 @@ def test_entry_points_report_on_stderr_only(no_tqdm, capsys, tmp_path):
     for prefix in ("ufm.simulate (gd): 50/50 steps", "ufm.solve (prox): iteration", "ufm.sweep: 2/2 runs",
                    "ufm.fit: "):
         assert prefix in err
+
+
+def test_progress_auto_is_every_default_and_waits_before_showing(no_tqdm, capsys, monkeypatch):
+    """One default everywhere ('auto'); it shows nothing for short work and lines once the work runs long."""
+    import inspect
+
+    from ufm import _progress
+    from ufm.bridge import train_network
+
+    for entry in (ufm.simulate, ufm.fit, ufm.sweep, ufm.convex.prox, train_network, ufm.phase_diagram):
+        assert inspect.signature(entry).parameters["progress"].default == "auto", entry.__name__
+    p = ufm.UFMProblem(K=3, n=2, d=4, loss="ce", lam_W=0.01, lam_H=0.01)
+    ufm.simulate(p, steps=200, lr=0.1)
+    assert capsys.readouterr().err == ""                       # quicker than the delay: silent
+    monkeypatch.setattr(_progress, "AUTO_DELAY", 0.0)          # as if it had run long
+    ufm.simulate(p, steps=200, lr=0.1)
+    captured = capsys.readouterr()
+    assert "ufm.simulate (gd): 200/200 steps (100%)" in captured.err and captured.out == ""
+    for bad in ("yes", 2, None):
+        with pytest.raises(ValueError, match="progress must be 'auto'"):
+            ufm.simulate(p, steps=10, lr=0.1, progress=bad)

@@ -5,7 +5,11 @@ Every long entry point (``ufm.simulate``, ``ufm.solve(method="prox")``, ``ufm.fi
 :class:`Progress`; nothing it shows goes to standard output, which belongs to the
 results of the command line. A disabled display does nothing.
 
-The protocol: ``Progress(enabled, total, desc, unit=...)``, then :meth:`Progress.update`
+Every entry point takes ``progress=`` with the same meaning and the same default:
+``"auto"`` shows the display once the work has run :data:`AUTO_DELAY` seconds (a call
+that finishes sooner prints nothing), ``True`` from the start, ``False`` never.
+
+The protocol: ``Progress(progress, total, desc, unit=...)``, then :meth:`Progress.update`
 with the amount done so far (absolute, so a caller that jumps ahead or repeats a
 count stays right), :meth:`Progress.note` for a status line, :meth:`Progress.close`
 (or a ``with`` block). Without tqdm a line is written at every further 10 % (and at
@@ -18,7 +22,32 @@ import math
 import sys
 import time
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "AUTO_DELAY", "check_progress"]
+
+#: Seconds of work after which ``progress="auto"`` starts showing.
+AUTO_DELAY = 2.0
+
+
+def check_progress(progress):
+    """``progress`` checked: ``"auto"``, True or False (anything else is a ValueError naming the choices).
+
+    Parameters
+    ----------
+    progress : {"auto", True, False}
+        The value a caller passed.
+
+    Returns
+    -------
+    str or bool
+        The same value.
+    """
+    if isinstance(progress, str):
+        if progress == "auto":
+            return progress
+    elif isinstance(progress, (bool, int)) and progress in (0, 1):
+        return bool(progress)
+    raise ValueError(f"progress must be 'auto' (shown after {AUTO_DELAY:g} s of work), True (from the start) or "
+                     f"False (never), got {progress!r}.")
 
 
 class Progress:
@@ -26,8 +55,9 @@ class Progress:
 
     Parameters
     ----------
-    enabled : bool
-        Show anything at all.
+    enabled : {"auto", True, False}
+        ``"auto"``: show once the work has run :data:`AUTO_DELAY` seconds; ``True``: from the
+        start; ``False``: nothing.
     total : int or None
         Units of work (steps, runs, iterations); ``None`` when unknown.
     desc : str
@@ -42,6 +72,8 @@ class Progress:
 
     def __init__(self, enabled: bool, total, desc: str, *, unit: str = "step", initial: int = 0,
                  every: float = 2.0):
+        enabled = check_progress(enabled)
+        self.delay = AUTO_DELAY if enabled == "auto" else 0.0
         self.enabled, self.total, self.desc, self.unit = bool(enabled), total, desc, unit
         self.done, self.every, self.bar = int(initial), float(every), None
         self.t0, self.last_pct, self.last_note = time.perf_counter(), -1, -math.inf
@@ -53,9 +85,16 @@ class Progress:
             if total is not None and initial:
                 self._line()
             return
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr)
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr,
+                        delay=self.delay)
+
+    def _waiting(self) -> bool:
+        """True while an ``"auto"`` display is still within its delay (nothing shown yet)."""
+        return self.delay > 0 and time.perf_counter() - self.t0 < self.delay
 
     def _line(self) -> None:
+        if self._waiting():
+            return
         pct = int(100 * self.done / max(self.total, 1))
         if pct >= self.last_pct + 10 or self.done == self.total:
             print(f"{self.desc}: {self.done}/{self.total} {self.unit}s ({pct}%)", file=sys.stderr, flush=True)
@@ -83,6 +122,8 @@ class Progress:
         if not self.enabled:
             return
         now = time.perf_counter()
+        if self._waiting():          # "auto" within its delay: a short call prints nothing at all
+            return
         if not force and now - self.last_note < self.every:
             return
         self.last_note = now

@@ -38,7 +38,7 @@ import numpy as np
 from . import losses
 from . import _interrupt, _memory, _threads, metrics
 from ._checks import check_int
-from ._progress import Progress
+from ._progress import Progress, check_progress
 from .metrics import double_centre
 from .results import Trajectory
 
@@ -324,7 +324,7 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
              mode: str = "gd", init_scale: float = 1e-3,
              seed: int = 0, seeds: int = 1, record=("loss",), n_records: int = 100, grid: str = "log",
              record_steps=None, W0=None, H0=None, A0=None, b0=None, attributes=None, dtype=np.float64,
-             progress: bool = False, time_variable: str = "auto", rtol: float = 1e-8, atol: float = 1e-10,
+             progress="auto", time_variable: str = "auto", rtol: float = 1e-8, atol: float = 1e-10,
              max_steps: int = 10**6, on_interrupt: str = "raise", throw: bool = False) -> Trajectory:
     """Simulate gradient descent or gradient flow of a UFM model and record it over (log-)time.
 
@@ -373,9 +373,11 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
         ``problem.attributes`` when the problem has them.
     dtype : float64 or float32
         Arithmetic precision of the kernels (records are float64).
-    progress : bool
-        Show a progress bar (tqdm when installed, else lines on stderr), updated
-        between kernel chunks.
+    progress : {"auto", True, False}
+        A progress display (tqdm when installed, else lines on stderr; never stdout),
+        updated between kernel chunks:
+        ``"auto"`` (default) once the work has run 2 s, ``True`` from the start,
+        ``False`` never. Every ``ufm`` entry point takes the same values.
     time_variable : {"auto", "t", "log"}
         Flow mode only. ``"log"`` integrates in ``s = log(1 + t)``, which makes log-time
         horizons cheap when nothing damps the dynamics (CE without weight decay
@@ -423,6 +425,7 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
     THEORY.md §4 (gradients), §6 (dynamics), §8.1-8.2 (anchored and input-coupled models).
     """
     model = _model_name(problem)
+    check_progress(progress)
     _kernel_id(problem, mode)
     steps, lr = _steps_and_lr(mode, steps, lr, horizon)
     a = check_arguments(steps=steps, lr=lr, mode=mode, init_scale=init_scale, seeds=seeds, dtype=dtype,

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import losses
-from ._progress import Progress
+from ._progress import Progress, check_progress
 from ._util import numerical_rank
 from .closed_form import NotApplicable, balanced_split
 from .metrics import centering_matrix
@@ -776,7 +776,7 @@ def _fista(form: Form, X, b, tol: float, max_iter: int, check_every: int, progre
 
 
 def prox(problem, *, tol: float = 1e-6, max_iter: int = 20_000, reduce="auto", check_every: int = 10,
-         progress: bool = False, svd: str = "auto", throw: bool = False) -> Solution:
+         progress="auto", svd: str = "auto", throw: bool = False) -> Solution:
     """Global optimum by accelerated proximal gradient (FISTA with restarts) on (4.1).
 
     Each iteration takes a gradient step on the smooth part (data term and bias
@@ -815,8 +815,10 @@ def prox(problem, *, tol: float = 1e-6, max_iter: int = 20_000, reduce="auto", c
         Class-collapsed form for hard labels (see :func:`form_of`).
     check_every : int
         Iterations between two certificates.
-    progress : bool
-        Show a progress bar.
+    progress : {"auto", True, False}
+        A progress display (tqdm when installed, else lines on stderr; never stdout):
+        ``"auto"`` (default) once the work has run 2 s, ``True`` from the start,
+        ``False`` never. Every ``ufm`` entry point takes the same values.
     svd : {"auto", "classes", "partial", "full"}
         How singular values are thresholded: ``"auto"`` uses ``"classes"`` for
         hard labels with repeated counts and ``"partial"`` otherwise;
@@ -836,6 +838,7 @@ def prox(problem, *, tol: float = 1e-6, max_iter: int = 20_000, reduce="auto", c
         stationarity residuals and ``meta["svd"]``: the mode used and how many
         thresholdings took each path (``"full"`` includes the fallbacks).
     """
+    check_progress(progress)
     try:
         form = form_of(problem, reduce)
     except NotApplicable as err:

@@ -132,7 +132,7 @@ def phase_point(setting: str = "factorial", sigma: float = 3.0, strength: float 
 def phase_diagram(settings=("factorial", "hierarchy", "ntp_contexts"), sigmas=(1.0, 2.0, 3.0, 4.0, 6.0, 8.0),
                   strengths=(1.0,), lams=(1e-3,), *, grid=None, loss: str = "ce", simulate: bool = False,
                   init_scale: float = 1e-3, backend: str = "sequential", n_jobs: int | None = None,
-                  cache_dir=None, progress: bool = False, seed: int = 0, on_interrupt: str = "raise"):
+                  cache_dir=None, progress="auto", seed: int = 0, on_interrupt: str = "raise"):
     """Structure-before-collapse phase diagram over capacity, attribute strength, weight decay and setting.
 
     Runs :func:`phase_point` with :func:`ufm.sweep` at every point of the

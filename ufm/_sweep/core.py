@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import _interrupt, _threads
-from .._progress import Progress
+from .._progress import Progress, check_progress
 from .._simulate import check_arguments, simulate
 from .._util import canonical, canonical_json, check_output_folder
 from ..results import Status, SweepResult
@@ -24,7 +24,7 @@ __all__ = ["sweep"]
 
 
 def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = None, problem=None, keep=(),
-          backend: str = "loky", n_jobs: int | None = None, client=None, cache_dir=None, progress: bool = True,
+          backend: str = "loky", n_jobs: int | None = None, client=None, cache_dir=None, progress="auto",
           retries: int = 2, seed_scope: str = "point", seed_arg: str | None = "auto",
           on_interrupt: str = "raise") -> SweepResult:
     """Run ``task`` at every grid point and seed, in parallel, and collect tidy records.
@@ -83,8 +83,10 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
         ones: after a crash, a Ctrl-C or a killed worker nothing is lost or
         repeated. On a cluster, use a folder the workers can see to have them
         write it themselves (otherwise the client does).
-    progress : bool
-        Progress bar (tqdm when installed, else lines on stderr).
+    progress : {"auto", True, False}
+        A progress display (tqdm when installed, else lines on stderr; never stdout):
+        ``"auto"`` (default) once the work has run 2 s, ``True`` from the start,
+        ``False`` never. Every ``ufm`` entry point takes the same values.
     retries : int
         loky: how many times a run may kill its worker before it is recorded as
         failed; Dask: ``retries`` of each submitted task.
@@ -131,6 +133,7 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
     >>> res.to_pandas().groupby(["sigma", "lam_W"]).etf_distance.mean()           # doctest: +SKIP
     """
     t0 = time.perf_counter()
+    check_progress(progress)
     plan = _plan(task, grid, seeds=seeds, seed=seed, fixed=fixed, problem=problem, keep=keep, backend=backend,
                  n_jobs=n_jobs, client=client, cache_dir=cache_dir, retries=retries, seed_scope=seed_scope,
                  seed_arg=seed_arg, on_interrupt=on_interrupt)

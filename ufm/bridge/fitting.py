@@ -120,9 +120,9 @@ def _check_accept(accept):
 def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, loss: str = "ce", lam="fit",
         fit_strengths: bool = True, inputs=None, kernel=None, start: str = "isotropic", init_scale="fit",
         match: str = "auto", engine: str = "auto", horizon: float = 1e6, n_model: int = 160,
-        sigma_grid=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), maxiter: int = 150, anchor=None, lam_W_anchor: float = 1e-2,
+        sigma_grid=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), max_iter: int = 150, anchor=None, lam_W_anchor: float = 1e-2,
         lam_H_anchor: float = 1e-2, betas=None, level: float = 0.95, accept=None, seed: int = 0,
-        progress: bool = False, on_interrupt: str = "raise") -> FitResult:
+        progress="auto", on_interrupt: str = "raise") -> FitResult:
     """Fit the static decomposition, the input-coupled UFM (M2) and the anchored UFM (M1) to observed Grams.
 
     Parameters
@@ -183,7 +183,7 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         model records (0 and a log-spaced grid).
     sigma_grid : sequence of float
         Starting values of ``sigma`` (ufm's encoding).
-    maxiter : int
+    max_iter : int
         Nelder-Mead iterations of each search (two searches from the best
         starting points, then a restart from the best point; 0: the best grid
         point, no search).
@@ -201,8 +201,11 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         Overrides of :data:`ACCEPT`, the minimum quality of an explanation.
     seed : int
         Seed of M1's symmetry-breaking perturbation.
-    progress : bool
-        Progress lines on stderr (at most every 2 s).
+    progress : {"auto", True, False}
+        A progress display (tqdm when installed, else lines on stderr; never stdout;
+        status lines at most every 2 s):
+        ``"auto"`` (default) once the work has run 2 s, ``True`` from the start,
+        ``False`` never. Every ``ufm`` entry point takes the same values.
     on_interrupt : {"raise", "return"}
         What Ctrl-C (SIGINT) does: the M2 search stops at its next simulation (within
         milliseconds) and the fit is finished from the best point found so far, with
@@ -237,7 +240,7 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         res = _fit(source, setting, attributes=attributes, steps=steps, models=models, loss=loss, lam=lam,
                     fit_strengths=fit_strengths, inputs=inputs, kernel=kernel, start=start,
                     init_scale=init_scale, match=match, engine=engine, horizon=horizon, n_model=n_model,
-                    sigma_grid=sigma_grid, maxiter=maxiter, anchor=anchor, lam_W_anchor=lam_W_anchor,
+                    sigma_grid=sigma_grid, max_iter=max_iter, anchor=anchor, lam_W_anchor=lam_W_anchor,
                     lam_H_anchor=lam_H_anchor, betas=betas, level=level, accept=accept, seed=seed,
                     progress=progress)
     return _interrupt.finish(res, bool(res.meta.get("interrupted")), on_interrupt,
@@ -247,9 +250,9 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
 def _fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, loss: str = "ce", lam="fit",
          fit_strengths: bool = True, inputs=None, kernel=None, start: str = "isotropic", init_scale="fit",
          match: str = "auto", engine: str = "auto", horizon: float = 1e6, n_model: int = 160,
-         sigma_grid=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), maxiter: int = 150, anchor=None, lam_W_anchor: float = 1e-2,
+         sigma_grid=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), max_iter: int = 150, anchor=None, lam_W_anchor: float = 1e-2,
          lam_H_anchor: float = 1e-2, betas=None, level: float = 0.95, accept=None, seed: int = 0,
-         progress: bool = False) -> FitResult:
+         progress="auto") -> FitResult:
     """:func:`fit` without the Ctrl-C policy (it runs inside ``_interrupt.deferred``): check, observe, fit each
     model, judge."""
     t_start = time.perf_counter()
@@ -269,7 +272,7 @@ def _fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, lo
         raise ValueError(f"match must be 'auto', 'patterns' or 'full', got {match!r}.")
     horizon = check_positive("horizon", horizon, "the last model time")
     n_model = check_int("n_model", n_model, 3)
-    maxiter = check_int("maxiter", maxiter, 0)
+    max_iter = check_int("max_iter", max_iter, 0)
     sigma_grid = _check_grid(sigma_grid)
     accept = _check_accept(accept)
     if not 0 < level < 1:
@@ -301,7 +304,7 @@ def _fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, lo
         report(f"input_coupled: fitting {K} classes, {T} records", force=True)
         m2 = _fit_input_coupled_model(rep, obs, out, user=user, inputs_given=inputs is not None, loss=loss, lam=lam,
                                       init_scale=init_scale, fit_strengths=fit_strengths, start=start, engine=engine,
-                                      horizon=horizon, n_model=n_model, sigma_grid=sigma_grid, maxiter=maxiter,
+                                      horizon=horizon, n_model=n_model, sigma_grid=sigma_grid, max_iter=max_iter,
                                       report=report)
     if "anchored" in models:
         grid = np.logspace(3, -5, 81) if betas is None else np.asarray(betas, dtype=np.float64)
@@ -324,7 +327,7 @@ def _fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, lo
                + "".join(f"\nnote: {n}" for n in out.notes))
     meta = {"source": obs.desc, "models": list(models), "match": match, "loss": loss, "lam": lam,
             "fit_strengths": fit_strengths, "start": start, "init_scale": init_scale, "engine": engine,
-            "horizon": horizon, "n_model": n_model, "maxiter": maxiter, "accept": accept, "seed": seed,
+            "horizon": horizon, "n_model": n_model, "max_iter": max_iter, "accept": accept, "seed": seed,
             "setting": getattr(obs.setting, "name", None), "attributes": np.asarray(obs.attributes).tolist(),
             "seconds": time.perf_counter() - t_start, "notes": out.notes, "interrupted": interrupted}
     return FitResult(params=out.params, gof=out.gof, steps=obs.steps, curves=out.curves, grams=out.fitted,
@@ -498,7 +501,7 @@ def memory_estimate(K: int, T: int, F: int, models=MODELS, *, n_model: int = 160
 
 
 def _fit_input_coupled(rep, obs, *, user, inputs_given, loss, lam, init_scale, fit_strengths, start, engine,
-                       horizon, n_model, sigma_grid, maxiter, report):
+                       horizon, n_model, sigma_grid, max_iter, report):
     """Fit M2 (grid, then Nelder-Mead) and describe its best trajectory."""
     K = rep.K
     notes = []
@@ -539,7 +542,7 @@ def _fit_input_coupled(rep, obs, *, user, inputs_given, loss, lam, init_scale, f
     if model.engine == "dense" and start == "observed" and rep.algebra is not None and kind == "encoding":
         # the isotropic pattern fit is cheap: its strengths and weight decay seed the observed-start grid
         pre = M2Model(K, start="isotropic", engine="patterns", **common)
-        r1 = fit_m2(pre, alignment_cost(rep, pre)[0], starts=grid(pre), maxiter=maxiter, report=report)
+        r1 = fit_m2(pre, alignment_cost(rep, pre)[0], starts=grid(pre), max_iter=max_iter, report=report)
         interrupted = r1["interrupted"]
         q1 = pre.unpack(r1["x"])
         starts = [r1["x"]] + [model.pack(sigma=s, strengths=q1["strengths"], lam=q1["lam"], scale=sv)
@@ -550,15 +553,15 @@ def _fit_input_coupled(rep, obs, *, user, inputs_given, loss, lam, init_scale, f
     x = starts[0]
     if not interrupted:
         seeded = model.engine == "dense" and len(starts) and start == "observed" and rep.algebra is not None
-        r = fit_m2(model, cost, starts=starts, maxiter=min(maxiter, 150) if seeded else maxiter, report=report,
+        r = fit_m2(model, cost, starts=starts, max_iter=min(max_iter, 150) if seeded else max_iter, report=report,
                    n_searches=2)
         interrupted, x, seen = r["interrupted"], r["x"], r["seen"]
     else:
         seen = []
     if interrupted:
         notes.append("input_coupled: interrupted (Ctrl-C); the parameters are the best found before it")
-    if maxiter == 0:
-        notes.append("input_coupled: maxiter=0, so Nelder-Mead did not run: the parameters are the best grid point")
+    if max_iter == 0:
+        notes.append("input_coupled: max_iter=0, so Nelder-Mead did not run: the parameters are the best grid point")
     out = model.trajectory(x)
     if out is None:
         raise RuntimeError("the best M2 parameters no longer integrate; this is a bug, please report it.")

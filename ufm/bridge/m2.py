@@ -681,7 +681,7 @@ CACHE_ENTRIES = 513
 CACHE_BYTES = 64 * 2**20
 
 
-def fit_m2(model: M2Model, cost, *, starts, maxiter: int, report=None, n_searches: int = 2) -> dict:
+def fit_m2(model: M2Model, cost, *, starts, max_iter: int, report=None, n_searches: int = 2) -> dict:
     """Evaluate ``starts``, run Nelder-Mead from the ``n_searches`` best of them, then once more from the best
     point found (a restart: Nelder-Mead's simplex can collapse early); Ctrl-C keeps the best point.
 
@@ -709,7 +709,7 @@ def fit_m2(model: M2Model, cost, *, starts, maxiter: int, report=None, n_searche
     def search(x0):
         simplex = np.vstack([x0] + [x0 + 0.15 * np.eye(len(x0))[i] for i in range(len(x0))])
         res = minimize(f, x0, method="Nelder-Mead",
-                       options={"xatol": 2e-3, "fatol": 1e-9, "maxiter": maxiter, "initial_simplex": simplex})
+                       options={"xatol": 2e-3, "fatol": 1e-9, "maxiter": max_iter, "initial_simplex": simplex})
         return np.asarray(res.x, dtype=float)
 
     interrupted = False
@@ -718,7 +718,7 @@ def fit_m2(model: M2Model, cost, *, starts, maxiter: int, report=None, n_searche
         if best["x"] is None:
             raise RuntimeError("every starting point of the M2 fit failed to integrate; check the kernel and the "
                                "horizon.")
-        if maxiter > 0 and len(best["x"]):
+        if max_iter > 0 and len(best["x"]):
             chosen = []
             for c, i in sorted(costs):
                 x = np.asarray(starts[i], dtype=float)

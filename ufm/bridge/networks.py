@@ -69,7 +69,7 @@ import numpy as np
 
 from .. import _memory
 from .._checks import check_int, check_nonneg, check_positive
-from .._progress import Progress
+from .._progress import Progress, check_progress
 from ..metrics import etf_distance, semantic_gap
 from ..settings import Setting, generator_of
 from .io import Exporter, file_format, log_steps, save_run
@@ -197,7 +197,7 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
                   optimizer: str | None = None, weight_decay: float = 0.0, width: int | None = None,
                   depth: int | None = None, item_scale: float | None = None, feature_layer: str | None = None,
                   feature_decay: float | None = None, classifier_decay: float | None = None,
-                  batch_size: int | None = None, n_records: int = 60, seed: int = 0, progress: bool = False,
+                  batch_size: int | None = None, n_records: int = 60, seed: int = 0, progress="auto",
                   out=None, callback=None):
     """Train a reference network on a synthetic setting and record its feature Grams (the bridge format).
 
@@ -262,8 +262,10 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
         ``torch.manual_seed`` gets an integer derived from
         ``np.random.SeedSequence(seed)``; the global torch RNG state is restored
         afterwards. Runs are deterministic for a seed (one thread).
-    progress : bool
-        Show a progress bar (tqdm when installed, else lines on stderr).
+    progress : {"auto", True, False}
+        A progress display (tqdm when installed, else lines on stderr; never stdout):
+        ``"auto"`` (default) once the work has run 2 s, ``True`` from the start,
+        ``False`` never. Every ``ufm`` entry point takes the same values.
     out : str or path, optional
         Also write the run there with :func:`ufm.bridge.io.save_run` (``.npz``
         by default; ``.safetensors`` / ``.h5`` by extension; the folder must
@@ -316,6 +318,7 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
     >>> run = train_network(factorial((2,) * 5))                # doctest: +SKIP
     >>> [semantic_gap(G, run.attributes) for G in run.grams]    # doctest: +SKIP
     """
+    check_progress(progress)
     cfg = _options(setting, arch=arch, steps=steps, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                    width=width, depth=depth, item_scale=item_scale, feature_layer=feature_layer,
                    feature_decay=feature_decay, classifier_decay=classifier_decay, batch_size=batch_size,
