@@ -138,8 +138,9 @@ def input_modes(problem, *, tol: float = 1e-10):
     -------
     P : ndarray (p, r)
         Input-space singular vectors (``p_a``).
-    d : ndarray (r,)
-        Singular values, decreasing: the mode of ``d_a`` grows at rate ``2 d_a/N``.
+    singular_values : ndarray (r,)
+        The singular values ``d_a`` (not the feature dimension ``d``), decreasing: the mode
+        of ``d_a`` grows at rate ``2 d_a/N``.
     Q : ndarray (N, r)
         Item-space singular vectors (``q_a``): the item Gram is ``Q diag(.) Q^T``.
     """
@@ -227,16 +228,16 @@ class _LinearPhase:
     Pi_+- = (I +- [[-delta, s], [s, delta]]/omega)/2. Without decay this is ufm.symbolic.random_init_mode.
     """
 
-    def __init__(self, d, N, lam_W, lam_A, ww, vv, wv):
-        self.d, self.ww, self.vv, self.wv = d, ww, vv, wv
-        self.s = d / N
+    def __init__(self, sv, N, lam_W, lam_A, ww, vv, wv):
+        self.sv, self.ww, self.vv, self.wv = sv, ww, vv, wv        # sv: the singular values d_a of the modes
+        self.s = sv / N
         self.m = -(lam_W + lam_A) / 2.0
         self.delta = (lam_W - lam_A) / 2.0
         self.omega = np.sqrt(self.s**2 + self.delta**2)
         self.rate = 2.0 * (self.m + self.omega)            # growth rate of z in the linear phase
         so, do = self.s / self.omega, self.delta / self.omega
         # growing parts w+ = ((1 - do) w0 + so v0)/2, v+ = (so w0 + (1 + do) v0)/2 and decaying v-
-        self.z_grow = d * so * ((1 - do) * ww + (1 + do) * vv + 2 * so * wv) / 4.0
+        self.z_grow = sv * so * ((1 - do) * ww + (1 + do) * vv + 2 * so * wv) / 4.0
         self.vplus_vminus = (so**2 * (vv - ww) - 2 * so * do * wv) / 4.0
         self.vminus_sq = (so**2 * ww + (1 - do) ** 2 * vv - 2 * so * (1 - do) * wv) / 4.0
 
@@ -249,7 +250,7 @@ class _LinearPhase:
         """
         tt = t[:, None]
         so, do = self.s / self.omega, self.delta / self.omega
-        c_grow = self.z_grow / self.d
+        c_grow = self.z_grow / self.sv
         c_flat = do * (so * (self.ww - self.vv) + 2 * do * self.wv) / 2.0
         c_decay = so * (-(1 + do) * self.ww - (1 - do) * self.vv + 2 * so * self.wv) / 4.0
         out = np.zeros((tt.shape[0], np.broadcast(c_grow, self.omega).size))
@@ -259,12 +260,12 @@ class _LinearPhase:
                 c, rate = np.broadcast_to(c, out.shape[1:]), np.broadcast_to(rate, out.shape[1:])
                 nz = c != 0
                 out[:, nz] += c[nz] * np.exp(rate[nz] * tt)
-        return self.d * out
+        return self.sv * out
 
     def gram_rest(self, t):
         """d^2 (|v|^2 - |v+|^2): the part of the Gram weight that does not grow (cross and decaying terms)."""
         tt = t[:, None]
-        return self.d**2 * (2 * np.exp(2 * self.m * tt) * self.vplus_vminus
+        return self.sv**2 * (2 * np.exp(2 * self.m * tt) * self.vplus_vminus
                             + np.exp(2 * (self.m - self.omega) * tt) * self.vminus_sq)
 
 
@@ -278,13 +279,13 @@ class _ModeModel:
         self.problem = _check_semantic_problem(problem)
         self.loss = problem.loss
         self.N = problem.N
-        self.P, self.d, self.Q = input_modes(problem)
-        self.r = self.d.size
+        self.P, self.sv, self.Q = input_modes(problem)
+        self.r = self.sv.size
         self.lam_W, self.lam_A = float(problem.lam_W), float(problem.lam_A)
-        self.init, ww, vv, wv = _initial_modes(problem, self.P, self.d, self.Q, z0, init_scale, W0, A0)
+        self.init, ww, vv, wv = _initial_modes(problem, self.P, self.sv, self.Q, z0, init_scale, W0, A0)
         self.init_scale = None if self.init != "random" else float(DEFAULT_INIT_SCALE if init_scale is None
                                                                     else init_scale)
-        self.linear = _LinearPhase(self.d, self.N, self.lam_W, self.lam_A, ww, vv, wv)
+        self.linear = _LinearPhase(self.sv, self.N, self.lam_W, self.lam_A, ww, vv, wv)
         self.rate = self.linear.rate                            # growth rate of z in the linear phase
         self.z0 = np.asarray(z0, dtype=np.float64) * np.ones(self.r) if self.init == "aligned" else self.linear.z_grow
         if np.any(self.z0 <= 0):
@@ -293,7 +294,7 @@ class _ModeModel:
         self.rtol = rtol
         if self.loss.quadratic and self.lam_W == self.lam_A:
             self.kind = "closed_form"
-            self.zinf = 1.0 - self.lam_W * self.N / self.d      # carrying capacity (THEORY §6.3 with decay)
+            self.zinf = 1.0 - self.lam_W * self.N / self.sv      # carrying capacity (THEORY §6.3 with decay)
         else:
             self.kind = "ode"
             self.PhiTP = problem.Phi.T @ self.P                 # N x r: Phi^T p_a
@@ -305,13 +306,13 @@ class _ModeModel:
     def logits(self, u):
         """Z for mode products u = a b (N x N)."""
         if self.loss.quadratic:
-            return (self.Q * (u * self.d)) @ self.Q.T
+            return (self.Q * (u * self.sv)) @ self.Q.T
         return (self.Q * u) @ self.PtPhi
 
     def drive(self, u):
         """c_a = q_a^T (1/N)(Y - softmax(Z) or Z) Phi^T p_a (the projected negative gradient)."""
         if self.loss.quadratic:
-            return self.d * (1.0 - u * self.d) / self.N
+            return self.sv * (1.0 - u * self.sv) / self.N
         Z = self.logits(u)
         Z = Z - Z.max(axis=0, keepdims=True)
         S = np.exp(Z)
@@ -334,7 +335,7 @@ class _ModeModel:
 
         if self._sol is not None and t_end <= self._t_end:
             return
-        u0 = self.z0 / self.d
+        u0 = self.z0 / self.sv
         y0 = np.concatenate([0.5 * np.log(u0), 0.5 * np.log(u0)])
         t_end = max(t_end, 1.0)
         sol = solve_ivp(self._rhs, (0.0, t_end), y0, method="LSODA", dense_output=True, rtol=self.rtol,
@@ -348,7 +349,7 @@ class _ModeModel:
         t = np.atleast_1d(np.asarray(t, dtype=np.float64))
         if self.kind == "closed_form":
             z = self.z_closed(t)
-            u = np.sqrt(z / self.d)
+            u = np.sqrt(z / self.sv)
             return u, u
         self._integrate(float(t.max()))
         y = self._sol(t).T
@@ -357,7 +358,7 @@ class _ModeModel:
     def z_closed(self, t):
         """Logistic z(t) with carrying capacity zinf (THEORY §6.3; decay version when lam > 0)."""
         t = np.asarray(t, dtype=np.float64)[:, None]
-        z0, zinf, r = self.z0, self.zinf, 2.0 * self.d / self.N
+        z0, zinf, r = self.z0, self.zinf, 2.0 * self.sv / self.N
         out = np.empty((t.shape[0], self.r))
         for j in range(self.r):
             if abs(zinf[j]) < 1e-14:
@@ -369,7 +370,7 @@ class _ModeModel:
 
     def z(self, t):
         a, b = self.factors(t)
-        return a * b * self.d
+        return a * b * self.sv
 
     def z_linear(self, t):
         """The linear (small-logit) phase: exact growth of each mode output from its initialization."""
@@ -379,7 +380,7 @@ class _ModeModel:
         """Per-mode weights g_a(t) with centred item Gram = Q diag(g) Q^T (then centred with P_N)."""
         t = np.atleast_1d(np.asarray(t, dtype=np.float64))
         a, b = self.factors(t)
-        g = b * b * self.d**2
+        g = b * b * self.sv**2
         if self.init != "aligned":      # the parts of the linear phase that do not grow
             g = g + self.linear.gram_rest(t)
         return np.maximum(g, 0.0)
@@ -401,7 +402,7 @@ class _ModeModel:
 
     def saturation_time(self):
         """A time by which every mode has left its linear phase (used to size searches)."""
-        rate = np.abs(self.rate) + 1e-3 * float(np.max(2.0 * self.d / self.N))    # modes that decay: their scale
+        rate = np.abs(self.rate) + 1e-3 * float(np.max(2.0 * self.sv / self.N))    # modes that decay: their scale
         return float(np.max((np.log(1.0 / np.minimum(self.z0, 0.5)) + 12.0) / rate))
 
     # -- end states ---------------------------------------------------------------------
@@ -409,7 +410,7 @@ class _ModeModel:
         """Gram weights of the model's end state (t -> infinity), and a description."""
         if self.kind == "closed_form":
             zinf = np.maximum(self.zinf, 0.0)
-            return zinf * self.d, "closed form: z_a -> max(1 - lam N/d_a, 0)"
+            return zinf * self.sv, "closed form: z_a -> max(1 - lam N/d_a, 0)"
         if self.loss.quadratic:
             return self._restricted_optimum(), "restricted optimum (unequal decays)"
         if self.lam_W == 0 and self.lam_A == 0:
@@ -433,7 +434,7 @@ class _ModeModel:
                       method="highs")
         if res.status != 0:
             raise NotConverged(f"the max-margin linear program failed: {res.message}")
-        return res.x * self.d**2
+        return res.x * self.sv**2
 
     def _restricted_optimum(self):
         """min_u loss(Z(u)) + mu sum u over u >= 0 (mu = sqrt(lam_W lam_A)); Gram weight u d^2 at balance."""
@@ -457,7 +458,7 @@ class _ModeModel:
         u0 = np.maximum(self.factors([self.saturation_time()])[0][0] ** 2, 1e-8)
         res = minimize(fun, u0, jac=True, method="L-BFGS-B", bounds=[(0, None)] * self.r,
                        options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 20000})
-        return res.x * self.d**2
+        return res.x * self.sv**2
 
 
 class _CoreModel(_ModeModel):
@@ -561,11 +562,11 @@ class _CoreModel(_ModeModel):
 
     def z(self, t):
         Wc, Ac = self.state(t)
-        return np.einsum("tak,tka->ta", Wc, Ac[..., :self.r]) * self.d
+        return np.einsum("tak,tka->ta", Wc, Ac[..., :self.r]) * self.sv
 
     def factors(self, t):
         """Diagonal stand-ins ``a = b = sqrt(|C_aa|)`` (only a starting point for the end-state search)."""
-        u = np.sqrt(np.abs(self.z(t)) / self.d)
+        u = np.sqrt(np.abs(self.z(t)) / self.sv)
         return u, u
 
     def gram(self, t):
@@ -576,7 +577,7 @@ class _CoreModel(_ModeModel):
         X = np.einsum("tka,tkb->tab", Ac, Ac)
         cross = np.einsum("tka,kb->tab", Ac, self.RtVm) * e[:, None, :]
         X = X + cross + np.swapaxes(cross, 1, 2) + self.VmVm * e[:, :, None] * e[:, None, :]
-        Qd = self.Q * self.d
+        Qd = self.Q * self.sv
         return double_centre(np.einsum("ia,tab,jb->tij", Qd, X, Qd, optimize=True))
 
     def end_weights(self):
@@ -641,7 +642,7 @@ def mode_curves(problem, times, *, z0=None, init_scale=None, W0=None, A0=None, r
         ``z_a = q_a^T Z q_a`` (MSE; ``Q^T Z Q = diag(z)`` on the aligned
         family) or the logit coefficients of the centred modes (CE);
         ``"z_linear"`` (T, r): the linear (small-logit) phase, exact until the
-        logits reach O(1). Constants ``"d"`` (singular values), ``"Q"`` (N x r
+        logits reach O(1). Constants ``"singular_values"`` (the ``d_a``), ``"Q"`` (N x r
         item-space modes), ``"P"`` (p x r), ``"rate"`` (``2 d/N``), ``"z0"``.
         When the ODE (or linear program) behind the curve fails, the curve has
         ``status`` ``solver_failed``, ``success=False``, no records and the
@@ -656,7 +657,7 @@ def mode_curves(problem, times, *, z0=None, init_scale=None, W0=None, A0=None, r
     t = _check_times(times)
     model = _make_model(problem, z0, init_scale, W0, A0, rtol)
     records = {"z": model.z(t), "z_linear": model.z_linear(t)}
-    constants = {"d": model.d, "Q": model.Q, "P": model.P, "rate": model.rate, "z0": model.z0}
+    constants = {"singular_values": model.sv, "Q": model.Q, "P": model.P, "rate": model.rate, "z0": model.z0}
     return TheoryCurve(times=t, records=records, kind="modes", constants=constants,
                        meta=_model_meta(model, problem), citation=_CITATION_MODES)
 
@@ -932,7 +933,7 @@ def semantic_curve(problem, times, attributes=None, *, z0=None, init_scale=None,
         ``"etf_distance"`` (of the centred item Gram, THEORY §7.2). Fields
         ``peak_time``, ``peak_value`` (maximum of the gap), ``transition_time``
         (``None`` if the end state is not approached within the search or
-        ``end_gram=None``). Constants: ``"d"``, ``"Q"``, ``"z0"``, ``"t50"``,
+        ``end_gram=None``). Constants: ``"singular_values"``, ``"Q"``, ``"z0"``, ``"t50"``,
         ``"t90"`` (rise times, 0-d, NaN when the gap does not rise),
         ``"peak_gram"``, ``"end_gram"`` (both centred, unit Frobenius norm);
         with ``spread=n``: ``"spread_peak_time"``, ``"spread_t50"``,
@@ -997,7 +998,7 @@ def semantic_curve(problem, times, attributes=None, *, z0=None, init_scale=None,
     E = None
     meta = _model_meta(model, problem)
     s0 = model.init_scale
-    constants = {"d": model.d, "Q": model.Q, "z0": model.z0}
+    constants = {"singular_values": model.sv, "Q": model.Q, "z0": model.z0}
     if end_gram is not None:
         E, how = _end_state(model, problem, end_gram)
         constants["end_gram"] = E
