@@ -60,12 +60,12 @@ def train(X, *, width=128, steps=8000, lr=2.0, init=0.02, weight_decay=0.0, n_re
     return record_at.astype(float), np.array(grams)
 
 
-def main(levels=(2, 2, 2), steps=3000, maxiter=200):
+def main(levels=(2, 2, 2), steps=3000, max_iter=200):
     import ufm
 
     X, attributes = make_inputs(levels)
     steps_rec, grams = train(X, steps=steps, weight_decay=3e-3)
-    fit = ufm.fit(grams, steps=steps_rec, attributes=attributes, inputs=X.T, maxiter=maxiter)
+    fit = ufm.fit(grams, steps=steps_rec, attributes=attributes, inputs=X.T, max_iter=max_iter)
     print(fit.message)
     return steps_rec, grams, fit
 

@@ -84,7 +84,7 @@ def train(X, X_train, y, *, width=128, steps=1500, lr=3e-3, n_records=30, seed=0
     return exporter.run()
 
 
-def main(argv=None, *, levels=(3, 3, 3), steps=1500, maxiter=200):
+def main(argv=None, *, levels=(3, 3, 3), steps=1500, max_iter=200):
     import ufm
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -95,7 +95,7 @@ def main(argv=None, *, levels=(3, 3, 3), steps=1500, maxiter=200):
     if args.out:
         run.save(args.out)
     class_inputs = np.stack([X_train[y == k].mean(axis=0) for k in range(len(X))], axis=1)     # p x K
-    fit = ufm.fit(run, attributes=attributes, inputs=class_inputs, maxiter=maxiter)
+    fit = ufm.fit(run, attributes=attributes, inputs=class_inputs, max_iter=max_iter)
     print(fit.message)
     return run, fit
 

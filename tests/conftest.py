@@ -83,3 +83,18 @@ def pytest_configure(config):
     workers = getattr(config.option, "numprocesses", None)
     if workers and not hasattr(config, "workerinput"):
         _warm_kernels()
+
+
+@pytest.fixture
+def no_tqdm(monkeypatch):
+    """``import tqdm`` fails inside the test, as on a machine without tqdm (progress falls back to stderr lines)."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def refuse_tqdm(name, *args, **kwargs):
+        if name.startswith("tqdm"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", refuse_tqdm)

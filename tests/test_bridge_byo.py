@@ -16,7 +16,7 @@ import bridge_byo_numpy  # noqa: E402
 
 @pytest.mark.slow
 def test_numpy_network_grams_are_fitted_from_arrays():
-    steps, grams, fit = bridge_byo_numpy.main(maxiter=60)
+    steps, grams, fit = bridge_byo_numpy.main(max_iter=60)
     X, attributes = bridge_byo_numpy.make_inputs((2, 2, 2))
     gap = np.array([semantic_gap(g, attributes) for g in grams])
     assert gap.max() > gap[0] + 0.05 and gap[-1] < 0.5 * gap.max()          # the network shows the transient
@@ -25,7 +25,7 @@ def test_numpy_network_grams_are_fitted_from_arrays():
     assert fit.meta["source"].startswith("array of") and len(fit.steps) == len(grams)
     assert fit.verdict and all(np.isfinite(fit.gof[m]["gap_r2"]) for m in fit.gof)
     # the same Grams with ufm's encoding (sigma fitted): M2 reproduces the gap curve
-    enc = ufm.fit(grams, steps=steps, attributes=attributes, models=("input_coupled",), maxiter=100)
+    enc = ufm.fit(grams, steps=steps, attributes=attributes, models=("input_coupled",), max_iter=100)
     assert enc.gof["input_coupled"]["gap_r2"] > 0.9
 
 
@@ -51,7 +51,7 @@ def test_inputs_given_to_m2_recover_its_weight_decay_and_start():
 def test_torch_training_loop_recorded_with_a_hook_and_fitted_with_its_inputs():
     import bridge_byo_torch
 
-    run, fit = bridge_byo_torch.main([], levels=(2, 2, 2), steps=600, maxiter=40)
+    run, fit = bridge_byo_torch.main([], levels=(2, 2, 2), steps=600, max_iter=40)
     X, attributes, _, _ = bridge_byo_torch.make_data((2, 2, 2))
     assert run.K == 8 and run.W is not None and run.within is not None and np.all(run.counts == 8)
     np.testing.assert_array_equal(run.attributes, attributes)

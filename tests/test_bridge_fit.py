@@ -371,7 +371,7 @@ def test_a_prediction_past_the_last_record_is_flagged_not_reported():
     t, G = _m2_grams(s, 2.0, n_records=60)
     gap = np.array([semantic_gap(g, s.attributes) for g in G])
     stop = int(np.argmax(gap)) + 2                                      # just after the peak
-    r = fit(G[:stop + 1], setting=s, steps=t[:stop + 1], models=("input_coupled",), lam=0.0, maxiter=60)
+    r = fit(G[:stop + 1], setting=s, steps=t[:stop + 1], models=("input_coupled",), lam=0.0, max_iter=60)
     p = r.transitions["predicted"]
     assert r.predicted_transition is None and p["inside"] is False
     assert "ends before" in p["reason"] or "no interior peak" in p["reason"] or "never gets closer" in p["reason"]

@@ -57,7 +57,7 @@ def _check_theory_curves(ns):
     assert curve.peak_value == pytest.approx(0.332, abs=2e-3)
     assert curve.peak_time == pytest.approx(12.6, rel=0.02) and curve.transition_time == pytest.approx(534, rel=0.02)
     rates = ns["modes"].constants["rate"]
-    assert rates[0] == pytest.approx(2 * ns["modes"].constants["d"][0] / 8)
+    assert rates[0] == pytest.approx(2 * ns["modes"].constants["singular_values"][0] / 8)
 
 
 def _check_semantic_models(ns):

@@ -72,10 +72,10 @@ def test_mse_modes_are_the_derived_logistic_laws():
     m = ufm.InputCoupledUFM.from_setting(ufm.factorial((2, 2)), sigma=0.5, d=8, loss="mse")
     times = np.array([0.0, 1.0, 5.0, 10.0, 30.0, 80.0])
     c = dynamics.mode_curves(m, times, z0=1e-3)
-    np.testing.assert_allclose(c.d, [2.0615528, 1.5, 1.5, 0.5], atol=1e-7)       # TV5b singular values
+    np.testing.assert_allclose(c.singular_values, [2.0615528, 1.5, 1.5, 0.5], atol=1e-7)       # TV5b singular values
     z = symbolic.logistic_mode()["z"]
     for j, t in enumerate(times):
-        expect = [symbolic.numeric(z, z0=1e-3, d_alpha=dv, N=4, t=t) for dv in c.d]
+        expect = [symbolic.numeric(z, z0=1e-3, d_alpha=dv, N=4, t=t) for dv in c.singular_values]
         np.testing.assert_allclose(c.z[j], expect, rtol=1e-12)
     np.testing.assert_allclose(c.z[times == 30.0][0], [1.0, 1.0, 1.0, 0.644109], atol=1e-6)   # TV5b, t = 30
     np.testing.assert_allclose(c.z_linear, 1e-3 * np.exp(np.outer(times, c.rate)), rtol=1e-12)
@@ -85,9 +85,9 @@ def test_mse_modes_are_the_derived_logistic_laws():
     md = dynamics.mode_curves(m.__class__(Phi=m.Phi, d=8, loss="mse", lam_W=lam, lam_A=lam), times, z0=1e-3)
     zd = symbolic.mse_decay_mode()["z"]
     for j, t in enumerate(times):
-        expect = [symbolic.numeric(zd, z0=1e-3, d_alpha=dv, N=4, t=t, lam=lam) for dv in md.d]
+        expect = [symbolic.numeric(zd, z0=1e-3, d_alpha=dv, N=4, t=t, lam=lam) for dv in md.singular_values]
         np.testing.assert_allclose(md.z[j], expect, rtol=1e-10)
-    assert md.z[-1, -1] < 1e-3 and md.z[-1, 0] == pytest.approx(1 - lam * 4 / md.d[0], rel=1e-6)
+    assert md.z[-1, -1] < 1e-3 and md.z[-1, 0] == pytest.approx(1 - lam * 4 / md.singular_values[0], rel=1e-6)
     # unequal decays go through the mode ODE; as lam_A -> lam_W it must reach the closed form
     mu = dynamics.mode_curves(m.__class__(Phi=m.Phi, d=8, loss="mse", lam_W=lam, lam_A=lam * (1 + 1e-9)), times,
                               z0=1e-3, rtol=1e-11)
@@ -101,15 +101,15 @@ def test_random_init_calibration_and_linear_ce_rates():
     c = dynamics.mode_curves(m, times, init_scale=1e-2)
     RI = symbolic.random_init_mode()
     z_mean = symbolic.numeric(RI["z_mean"], d_alpha=1.0, dim=20, sigma0=1e-2)
-    np.testing.assert_allclose(c.z0, c.d * z_mean, rtol=1e-12)                    # z0 = d_a d sigma0^2 / 2
+    np.testing.assert_allclose(c.z0, c.singular_values * z_mean, rtol=1e-12)                    # z0 = d_a d sigma0^2 / 2
     for j, t in enumerate(times):
-        expect = [symbolic.numeric(RI["Ez"], d_alpha=dv, dim=20, sigma0=1e-2, N=m.N, t=t) for dv in c.d]
+        expect = [symbolic.numeric(RI["Ez"], d_alpha=dv, dim=20, sigma0=1e-2, N=m.N, t=t) for dv in c.singular_values]
         np.testing.assert_allclose(c.z_linear[j], expect, rtol=1e-12, atol=1e-300)
     # CE modes are those of the centred inputs; the linearized rate is the MSE rate 2 d/N
     Xc = m.Phi - m.Phi.mean(axis=1, keepdims=True)
-    np.testing.assert_allclose(c.d, np.linalg.svd(Xc, compute_uv=False)[:m.N - 1], rtol=1e-12)
+    np.testing.assert_allclose(c.singular_values, np.linalg.svd(Xc, compute_uv=False)[:m.N - 1], rtol=1e-12)
     rate = symbolic.ce_linearized_mode()["early_rate"]
-    np.testing.assert_allclose(c.rate, [symbolic.numeric(rate, d_alpha=dv, N=m.N) for dv in c.d], rtol=1e-12)
+    np.testing.assert_allclose(c.rate, [symbolic.numeric(rate, d_alpha=dv, N=m.N) for dv in c.singular_values], rtol=1e-12)
     assert np.allclose(c.Q.sum(axis=0), 0, atol=1e-12)                            # centred modes: q_a orthogonal to 1
 
 
@@ -178,11 +178,11 @@ def test_linear_phase_at_long_times_grows_without_nan():
     assert not np.isnan(z).any()
     assert np.all(np.isfinite(z[:2])) and np.all(z[-1] == np.inf)
     # the cosh/sinh form it replaces, where that form is finite
-    lin = dynamics._LinearPhase(m.d, m.N, 0.05, 0.02, *[np.asarray(x) for x in (1.0, 2.0, 0.3)])
+    lin = dynamics._LinearPhase(np.array([3.0]), m.N, 0.05, 0.02, *[np.asarray(x) for x in (1.0, 2.0, 0.3)])
     t = np.array([0.0, 0.5, 3.0])[:, None]
     ch, sh = np.cosh(lin.omega * t), np.sinh(lin.omega * t) / lin.omega
     Aw, B, Av = ch - lin.delta * sh, lin.s * sh, ch + lin.delta * sh
-    ref = lin.d * np.exp(2 * lin.m * t) * (Aw * B * 1.0 + B * Av * 2.0 + (Aw * Av + B * B) * 0.3)
+    ref = lin.sv * np.exp(2 * lin.m * t) * (Aw * B * 1.0 + B * Av * 2.0 + (Aw * Av + B * B) * 0.3)
     np.testing.assert_allclose(lin.z(t[:, 0]), ref, rtol=1e-12)
 
 

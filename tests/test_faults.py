@@ -211,7 +211,7 @@ def test_sweep_arguments_are_one_error_before_any_run(tmp_path, monkeypatch):
     (lambda t: t.replace("steps = 3000", "steps = -1"), "every run would fail: steps must be an integer >= 1"),
 ])
 def test_sweep_toml_mistakes_are_one_error_before_any_run(tmp_path, edit, match):
-    from ufm._sweep import run_config
+    from ufm._cli_sweep import run_config
 
     cfg = tmp_path / "s.toml"
     cfg.write_text(edit(open(EXAMPLE).read()))
@@ -221,7 +221,7 @@ def test_sweep_toml_mistakes_are_one_error_before_any_run(tmp_path, edit, match)
 
 
 def test_a_binary_toml_file_is_named_in_the_error(tmp_path):
-    from ufm._sweep import run_config
+    from ufm._cli_sweep import run_config
 
     path = tmp_path / "binary.toml"
     path.write_bytes(bytes(range(256)))
@@ -244,5 +244,5 @@ def test_fits_that_cannot_identify_anything_say_so():
         ufm.fit(G[0], setting=s)
     one = ufm.fit(G[0], setting=s, models=("static",))
     assert one.best_model is None and "no dynamical model was fitted" in one.verdict
-    r = ufm.fit(G, setting=s, models=("input_coupled",), maxiter=0)
-    assert "maxiter=0, so Nelder-Mead did not run" in r.message
+    r = ufm.fit(G, setting=s, models=("input_coupled",), max_iter=0)
+    assert "max_iter=0, so Nelder-Mead did not run" in r.message

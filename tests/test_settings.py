@@ -353,3 +353,25 @@ def test_max_items_boundary_is_allowed():
     assert MAX_ITEMS == 10_000
     s = factorial((100, 100))
     assert s.N == MAX_ITEMS and s.attributes.shape == (MAX_ITEMS, 2)
+
+
+def test_one_registry_of_named_settings():
+    from ufm import cli, settings
+    from ufm._sweep import PROBLEMS
+
+    small = {"factorial": settings.factorial((2, 2, 2)), "hierarchy": settings.hierarchy(2, depth=3),
+             "ntp_contexts": settings.ntp_contexts()}
+    network = {"factorial": settings.factorial((2,) * 5), "hierarchy": settings.hierarchy((2,) * 5),
+               "ntp_contexts": settings.ntp_contexts(4, 8, 2, 32)}
+    assert set(settings.NAMED_SETTINGS) == set(small)
+    for name in settings.NAMED_SETTINGS:
+        for preset, expected in (("small", small[name]), ("network", network[name])):
+            built = settings.named_setting(name, preset=preset)
+            assert built.name == expected.name and np.array_equal(built.attributes, expected.attributes)
+            assert settings.generator_of(built) == name
+        assert cli.network_setting(name).name == network[name].name
+        assert name in PROBLEMS
+    with pytest.raises(ValueError, match="setting must be one of"):
+        settings.named_setting("factorial2")
+    with pytest.raises(ValueError, match="takes 4 sizes"):
+        settings.named_setting("ntp_contexts", (3, 4))

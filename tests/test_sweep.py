@@ -121,6 +121,15 @@ def test_grid_order_and_validation():
         _sweep.grid_points({"p": [ufm.UFMProblem(K=2, n=1, d=2)]})
 
 
+def test_axis_values_in_grid_order():
+    res = ufm.sweep(lambda a, b, seed: a, {"b": ["y", "x"], "a": [3, 1, 2]}, seeds=2, backend="sequential",
+                    progress=False)
+    assert res.axis_values("a") == [3, 1, 2] and res.axis_values("b") == ["y", "x"]
+    assert ufm.results.distinct_values([{"a": 1}, {"a": 1.0}, {"c": 2}, {"a": (1, 2)}], "a") == [1, 1.0, (1, 2)]
+    with pytest.raises(ValueError, match="not a grid parameter.*axes: \\['b', 'a'\\]"):
+        res.axis_values("seed")
+
+
 def test_argument_errors_name_the_fix():
     with pytest.raises(ValueError, match="backend must be one of"):
         ufm.sweep(draw, GRID, backend="mpi")

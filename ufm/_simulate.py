@@ -29,7 +29,6 @@ function in :data:`RECORDERS` (add a quantity by adding one entry there):
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -37,8 +36,10 @@ from typing import Callable
 import numpy as np
 
 from . import losses
-from . import _interrupt, _memory, _threads
+from . import _interrupt, _memory, _threads, metrics
 from ._checks import check_int
+from ._progress import Progress, check_progress
+from .metrics import double_centre
 from .results import Trajectory
 
 __all__ = ["simulate", "RECORDERS", "record_grid"]
@@ -60,14 +61,10 @@ def _class_mean_gram(problem, state):
 
 
 def _centred_mean_gram(problem, state):
-    G = _class_mean_gram(problem, state)
-    P = np.eye(problem.K) - 1.0 / problem.K
-    return P @ G @ P
+    return double_centre(_class_mean_gram(problem, state))
 
 
 def _metric(name):
-    from . import metrics
-
     return getattr(metrics, name)
 
 
@@ -144,7 +141,7 @@ def _model_name(problem) -> str:
     return problem.model
 
 
-def _initial_states(problem, seeds, seed, init_scale, given, dtype):
+def initial_states(problem, seeds, seed, init_scale, given, dtype):
     """One state per seed: small Gaussian blocks (bias 0), or the user's arrays.
 
     Seed ``i`` draws from child ``i`` of ``SeedSequence(seed)`` (``spawn_key=(i,)``, what
@@ -278,35 +275,6 @@ def _unflatten(y, shapes):
     return out
 
 
-# -- progress -----------------------------------------------------------------------
-class _Progress:
-    def __init__(self, enabled, total, desc):
-        self.bar = None
-        self.enabled = enabled
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
-            except ImportError:
-                self.total, self.desc, self.last = total, desc, -1
-
-    def update(self, done):
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(done - self.bar.n)
-        else:
-            pct = int(100 * done / max(self.total, 1))
-            if pct >= self.last + 10 or done == self.total:
-                print(f"{self.desc}: {done}/{self.total} ({pct}%)", file=sys.stderr, flush=True)
-                self.last = pct
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
 # -- memory ------------------------------------------------------------------------
 def _available_bytes() -> int:
     """Free memory (bytes) the guard divides; a function so tests can pretend the machine is small."""
@@ -334,9 +302,7 @@ def memory_estimate(problem, recorders, seeds: int, n_times: int, mode: str = "g
     own = problem.kernel_workspace(mode)      # the model's own buffers (H^T, A Phi, ...)
     if mode == "gd":
         if threads is None:
-            from ._threads import seed_threads
-
-            threads = seed_threads()
+            threads = _threads.seed_threads()
         running = max(1, min(seeds, int(threads)))
         per = 2 * K * N + K * d + 3 * N + own["kernel"]
         parts["workspace"] = item * running * per
@@ -358,7 +324,7 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
              mode: str = "gd", init_scale: float = 1e-3,
              seed: int = 0, seeds: int = 1, record=("loss",), n_records: int = 100, grid: str = "log",
              record_steps=None, W0=None, H0=None, A0=None, b0=None, attributes=None, dtype=np.float64,
-             progress: bool = False, time_variable: str = "auto", rtol: float = 1e-8, atol: float = 1e-10,
+             progress="auto", time_variable: str = "auto", rtol: float = 1e-8, atol: float = 1e-10,
              max_steps: int = 10**6, on_interrupt: str = "raise", throw: bool = False) -> Trajectory:
     """Simulate gradient descent or gradient flow of a UFM model and record it over (log-)time.
 
@@ -407,9 +373,11 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
         ``problem.attributes`` when the problem has them.
     dtype : float64 or float32
         Arithmetic precision of the kernels (records are float64).
-    progress : bool
-        Show a progress bar (tqdm when installed, else lines on stderr), updated
-        between kernel chunks.
+    progress : {"auto", True, False}
+        A progress display (tqdm when installed, else lines on stderr; never stdout),
+        updated between kernel chunks:
+        ``"auto"`` (default) once the work has run 2 s, ``True`` from the start,
+        ``False`` never. Every ``ufm`` entry point takes the same values.
     time_variable : {"auto", "t", "log"}
         Flow mode only. ``"log"`` integrates in ``s = log(1 + t)``, which makes log-time
         horizons cheap when nothing damps the dynamics (CE without weight decay
@@ -457,6 +425,7 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
     THEORY.md §4 (gradients), §6 (dynamics), §8.1-8.2 (anchored and input-coupled models).
     """
     model = _model_name(problem)
+    check_progress(progress)
     _kernel_id(problem, mode)
     steps, lr = _steps_and_lr(mode, steps, lr, horizon)
     a = check_arguments(steps=steps, lr=lr, mode=mode, init_scale=init_scale, seeds=seeds, dtype=dtype,
@@ -498,7 +467,7 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
     warnings = []
     with _interrupt.deferred():
         try:
-            batch = _initial_states(problem, seeds, seed, init_scale, given, dtype)
+            batch = initial_states(problem, seeds, seed, init_scale, given, dtype)
         except KeyboardInterrupt:
             raise _interrupt.interrupted(None, "interrupted while drawing the initial states; nothing was run.") \
                 from None
@@ -767,7 +736,7 @@ def _run_gd(problem, batch, lr, dtype, grid_steps, rec, progress):
     pnames = [n for n in rec.recorders if n not in knames]
     T = len(grid_steps)
     final = int(grid_steps[-1])
-    bar = _Progress(progress, final, "ufm.simulate (gd)" if compiled else "ufm.simulate (gd, NumPy fallback)")
+    bar = Progress(progress, final, "ufm.simulate (gd)" if compiled else "ufm.simulate (gd, NumPy fallback)")
     kj = 0 if knames else T     # rows whose kernel part is recorded
     pj = 0 if pnames else T     # rows whose Python part is recorded
     current = 0
@@ -837,7 +806,7 @@ def _run_flow(problem, batch, lr, grid_steps, rec, progress, time_variable, rtol
                      log_time=(time_variable == "log"), max_steps=max_steps)
         steppers.append(st)
     batch.clear()           # the steppers hold the states now
-    bar = _Progress(progress, len(t_eval), "ufm.simulate (flow, records)")
+    bar = Progress(progress, len(t_eval), "ufm.simulate (flow, records)", unit="record")
     row = np.empty((1, steppers[0].y.size))
     chunk = _Chunks(16, top=10**7)
     kept, failed = 0, None

@@ -15,6 +15,7 @@ import importlib
 
 import numpy as np
 
+from .convex import form_of
 from .results import NoMethodApplies, Solution
 
 __all__ = ["solve", "METHODS", "NoMethodApplies"]
@@ -113,8 +114,6 @@ def _check_options(method, run, options):
 def _auto(problem, options):
     """Closed form when one applies; else the certified proximal solver on the convex form; else the
     max-margin program. The choice and the reason go to ``meta["auto"]``."""
-    from .convex import form_of
-
     reasons = {}
     ok, why = _method("closed_form")[1](problem)
     if ok:

@@ -169,3 +169,35 @@ def one_blas_thread():
         threadpoolctl's limiter (``with one_blas_thread(): ...``).
     """
     return _controller().limit(limits=1, user_api="blas")
+
+
+_WORKER_CAPPED = False
+
+
+def one_thread_per_worker(mode: str) -> None:
+    """One thread for BLAS and numba in a sweep worker, so parallel workers do not oversubscribe the cores.
+
+    Parameters
+    ----------
+    mode : {"process", "thread"}
+        ``"process"``: in a worker process (once per process), the thread variables default to 1 for
+        libraries loaded later and the loaded BLAS libraries run on one thread; either mode: numba's
+        kernels on this thread run on one thread.
+    """
+    global _WORKER_CAPPED
+    if mode == "process" and not _WORKER_CAPPED:     # once per worker process (threadpoolctl takes ~1 ms)
+        _WORKER_CAPPED = True
+        import multiprocessing
+
+        if multiprocessing.parent_process() is not None:   # a worker process, not the user's own
+            for var in THREAD_VARS:
+                os.environ.setdefault(var, "1")     # read when numba or a BLAS loads later in this process
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        try:
+            numba.set_num_threads(1)     # per thread: each worker thread runs its kernels on one thread
+        except (ValueError, RuntimeError):  # pragma: no cover
+            pass

@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import demo
+from ._cli_sweep import run_config
+from ._util import check_output_folder
+from .bridge.fitting import fit
+from .bridge.networks import gap_summary, train_network
+from .plotting import plot_fit_figure
+from .settings import NAMED_SETTINGS, named_setting
+
 __all__ = ["main"]
 
 
 def _demo(args) -> int:
     import time
-
-    from .demo import run, structure_before_collapse
-
-    from ._sweep import check_output_folder
 
     t0 = time.perf_counter()
     try:
@@ -23,11 +27,11 @@ def _demo(args) -> int:
         return 2
     try:
         if not args.closed_forms:
-            structure_before_collapse(args.out, sigma=args.sigma, lam=args.lam, seeds=args.seeds, quick=args.quick,
-                                      figures=not args.no_figures)
+            demo.structure_before_collapse(args.out, sigma=args.sigma, lam=args.lam, seeds=args.seeds, quick=args.quick,
+                                           figures=not args.no_figures, progress=not args.quiet)
         if args.closed_forms or args.all:
             print("\n== standard UFMs in closed form (THEORY TV1-TV3, layer-peeled)")
-            run(args.out, figures=not args.no_figures)
+            demo.run(args.out, figures=not args.no_figures)
     except KeyboardInterrupt:
         print(f"ufm demo: interrupted (Ctrl-C) after {time.perf_counter() - t0:.1f} s; what was finished is in "
               f"{args.out} (listed above)", file=sys.stderr)
@@ -37,8 +41,6 @@ def _demo(args) -> int:
 
 
 def _sweep(args) -> int:
-    from ._sweep import run_config
-
     try:
         res = run_config(args.config, out=args.out, resume=args.resume, backend=args.backend, n_jobs=args.n_jobs,
                          figure=not args.no_figure, progress=not args.quiet, on_interrupt="return")["result"]
@@ -70,8 +72,6 @@ def _fit(args) -> int:
     import os
 
     import numpy as np
-
-    from .bridge.fitting import fit
 
     def fail(msg):
         print(f"ufm fit: {msg}", file=sys.stderr)
@@ -133,8 +133,6 @@ def _fit(args) -> int:
         import matplotlib
 
         matplotlib.use("Agg")
-        from .plotting import plot_fit_figure
-
         fig = plot_fit_figure(res)
         fig.savefig(os.path.join(out, "fit_overlay.png"), dpi=110)
         written.append(os.path.join(out, "fit_overlay.png"))
@@ -145,40 +143,19 @@ def _fit(args) -> int:
     return 0
 
 
-#: ``ufm train-network`` settings: generator, argument names of ``--levels``, default ``--levels``.
-_NETWORK_SETTINGS = {
-    "factorial": ("levels", None, (2, 2, 2, 2, 2)),
-    "hierarchy": ("branching", None, (2, 2, 2, 2, 2)),
-    "ntp_contexts": (None, ("n_classes", "objects_per_class", "verbs_per_class", "n_subjects"), (4, 8, 2, 32)),
-}
-
-
 def network_setting(name: str, levels=None):
-    """The setting ``ufm train-network --setting NAME [--levels ...]`` trains on (also ``ufm fit --setting``).
-
-    ``levels``: factor levels (factorial), branching per level (hierarchy), or
-    ``n_classes, objects_per_class, verbs_per_class, n_subjects`` (ntp_contexts);
-    default ``_NETWORK_SETTINGS[name][2]``.
-    """
-    from . import settings
-
-    if name not in _NETWORK_SETTINGS:
-        raise ValueError(f"setting must be one of {sorted(_NETWORK_SETTINGS)}, got {name!r}.")
-    _, names, default = _NETWORK_SETTINGS[name]
-    levels = default if levels is None else tuple(levels)
-    if names is None:
-        return getattr(settings, name)(levels)
-    if len(levels) != len(names):
-        raise ValueError(f"--levels for ntp_contexts takes {len(names)} integers ({','.join(names)}), "
-                         f"e.g. 4,8,2,32; got {len(levels)}")
-    return settings.ntp_contexts(**dict(zip(names, levels)))
+    """The setting ``ufm train-network --setting NAME [--levels ...]`` trains on (also ``ufm fit --setting``):
+    :func:`ufm.settings.named_setting` with the ``"network"`` sizes by default."""
+    named = NAMED_SETTINGS.get(name)
+    if named is not None and named.arguments and levels is not None and len(levels) != len(named.arguments):
+        raise ValueError(f"--levels for {name} takes {len(named.arguments)} integers ({','.join(named.arguments)}), "
+                         f"e.g. {','.join(map(str, named.network))}; got {len(levels)}")
+    return named_setting(name, levels, preset="network")
 
 
 def _train_network(args) -> int:
     import os
     import time
-
-    from .bridge.networks import gap_summary, train_network
 
     if args.levels is None:
         levels = None
@@ -240,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="ufm-demo", help="output folder (created if missing; default: ufm-demo)")
     demo.add_argument("--no-figures", action="store_true", help="write the tables only")
     demo.add_argument("--quick", action="store_true", help="fewer seeds, records and phase points (for tests)")
+    demo.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     demo.add_argument("--sigma", type=float, default=3.0, help="capacity of the headline run (default: 3)")
     demo.add_argument("--lam", type=float, default=1e-3,
                       help="weight decay lam_W = lam_A of the headline run, > 0 (default: 1e-3)")
@@ -272,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "on a bad file or argument, 130 after Ctrl-C (the best parameters found are "
                                     "written).")
     ft.add_argument("run", help="the recorded run (written by ufm train-network or ufm.bridge.Exporter)")
-    ft.add_argument("--setting", choices=["factorial", "hierarchy", "ntp_contexts"],
+    ft.add_argument("--setting", choices=sorted(NAMED_SETTINGS),
                     help="the setting `ufm train-network --setting NAME` uses by default, when the run does not "
                          "record its setting")
     ft.add_argument("--models", default="static,input_coupled,anchored",
@@ -306,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "docs/bridge/networks.md). Exit status: 0 "
                                     "completed, 1 diverged, 2 bad argument, 130 interrupted (the partial run is "
                                     "written).")
-    tn.add_argument("--setting", required=True, choices=sorted(_NETWORK_SETTINGS), help="the synthetic setting")
+    tn.add_argument("--setting", required=True, choices=sorted(NAMED_SETTINGS), help="the synthetic setting")
     tn.add_argument("--levels", help="factorial: levels per factor (default 2,2,2,2,2); hierarchy: branching per "
                                      "level (default 2,2,2,2,2); ntp_contexts: n_classes,objects_per_class,"
                                      "verbs_per_class,n_subjects (default 4,8,2,32)")

@@ -43,24 +43,19 @@ import math
 import numpy as np
 
 from . import losses
+from ._util import RANK_RTOL, numerical_rank
+from .metrics import centering_matrix
 from .problems import LayerPeeledProblem, UFMProblem
 from .results import NoMethodApplies, Solution
 
 __all__ = ["NotApplicable", "solve", "applies", "ce_balanced", "seli", "mse", "layer_peeled",
            "thresholds", "balanced_split", "CASES"]
 
-_RANK_TOL = 1e-12
-
-
 NotApplicable = NoMethodApplies   # what a case raises when it does not cover a problem; solve() returns a result
 
 
 # -- shared pieces ------------------------------------------------------------
-def _centering(K: int) -> np.ndarray:
-    return np.eye(K) - np.ones((K, K)) / K
-
-
-def balanced_split(Z: np.ndarray, d: int, lam_W: float, lam_H: float, *, rank_tol: float = _RANK_TOL,
+def balanced_split(Z: np.ndarray, d: int, lam_W: float, lam_H: float, *, rank_tol: float = RANK_RTOL,
                    floor: float = 1.0, name: str = "Z*"):
     """Factor ``Z = W H`` with the balanced split of THEORY §4.
 
@@ -98,7 +93,7 @@ def balanced_split(Z: np.ndarray, d: int, lam_W: float, lam_H: float, *, rank_to
         only a lower bound (THEORY §4).
     """
     U, S, Vt = np.linalg.svd(Z, full_matrices=False)
-    r = int(np.sum(S > rank_tol * max(S[0] if S.size else 0.0, floor)))
+    r = numerical_rank(S, rank_tol, floor)
     if r > d:
         raise NotApplicable(
             f"d={d} is below rank({name})={r}: the optimum needs d >= {r}. "
@@ -208,7 +203,7 @@ def ce_balanced(problem: UFMProblem) -> Solution:
                          f"minimizer with objective log K.{bias_note}",
                          citation, gamma=gamma, K_gamma=K * gamma, regime="zero")
     q = {k: _num(e, **params) for k, e in _sym("ce_optimum")().items()}
-    Z = q["s"] * _centering(K) @ problem.Y
+    Z = q["s"] * centering_matrix(K) @ problem.Y
     if problem.d < K - 1:
         raise NotApplicable(f"the ETF optimum needs d >= K-1 = {K - 1}, got d={problem.d}")
     return _solution(problem, Z, b, q["f"], "etf",
@@ -244,7 +239,7 @@ def seli(problem: UFMProblem) -> Solution:
     _require(not problem.soft, "soft labels lead to the NTP-SVM, which has no closed form (THEORY §5.2)")
     _require(problem.lam_W == 0 and problem.lam_H == 0, "applies only without weight decay on W and H")
     _require(not problem.bias, "applies only without a bias")
-    Z = _centering(problem.K) @ problem.Y
+    Z = centering_matrix(problem.K) @ problem.Y
     nuclear = float(np.linalg.svd(Z, compute_uv=False).sum())
     geometry = "the simplex ETF (balanced classes)" if problem.balanced else "SELI (not an ETF: classes are imbalanced)"
     return _solution(problem, Z, None, nuclear, "seli",
@@ -336,7 +331,7 @@ def _mse_regularized_bias(problem: UFMProblem, citation: str) -> Solution:
         lam_b_star, regime = math.inf, "zero"
         q = {"alpha": 0.0, "beta": 0.0, "c": 1.0 / (K * (1.0 + lam_b))}
         q["f"] = _num(_sym("mse_scalar_objective")("regularized"), K=K, gamma=gamma, lam_b=lam_b, **q)
-    Zbar = q["alpha"] * _centering(K) + q["beta"] * np.ones((K, K)) / K
+    Zbar = q["alpha"] * centering_matrix(K) + q["beta"] * np.ones((K, K)) / K
     Z = np.kron(Zbar, np.ones((1, n)))
     b = np.full(K, q["c"])
     status = {"low": "etf", "high": "etf_to_orthogonal_frame", "zero": "zero"}[regime]
@@ -373,7 +368,7 @@ def layer_peeled(problem: LayerPeeledProblem) -> Solution:
     K = problem.K
     _require(problem.d >= K - 1, f"the ETF needs d >= K-1 = {K - 1}, got d={problem.d}")
     q = {k: _num(e, K=K, E_W=problem.E_W, E_H=problem.E_H) for k, e in _sym("layer_peeled_optimum")().items()}
-    P = _centering(K)
+    P = centering_matrix(K)
     evals, evecs = np.linalg.eigh(P)
     E = evecs[:, evals > 0.5]                      # orthonormal basis of range(P_K), K x (K-1)
     W = np.zeros((K, problem.d))

@@ -37,7 +37,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import losses
-from .closed_form import _RANK_TOL, NotApplicable, balanced_split
+from ._progress import Progress, check_progress
+from ._util import numerical_rank
+from .closed_form import NotApplicable, balanced_split
+from .metrics import centering_matrix
 from .results import NotConverged, Solution
 from ._checks import check_int, check_positive
 
@@ -262,7 +265,7 @@ def _certify(form: Form, X, b, nuclear, opnorm) -> dict:
 def _split(U, S, Vt, d, lam_W, lam_H):
     """The balanced split of :func:`ufm.closed_form.balanced_split` from an SVD already at hand
     (same rank test, same factors, same error when ``d`` is below the rank)."""
-    r = int(np.sum(S > _RANK_TOL * max(S[0] if S.size else 0.0, 1.0)))
+    r = numerical_rank(S, floor=1.0)
     if r > d:
         raise NotApplicable(
             f"d={d} is below rank(Z*)={r}: the optimum needs d >= {r}. "
@@ -736,6 +739,7 @@ def _fista(form: Form, X, b, tol: float, max_iter: int, check_every: int, progre
     t = 1.0
     cert = check(X, b, spec.nuclear(X)) if start_optimal or max_iter < 1 else {"rel_gap": math.inf}
     nuc, it = None, 0
+    bar = Progress(progress, None, "ufm.solve (prox)")
     while cert["rel_gap"] > tol and it < max_iter:
         it += 1
         gX, gb = grad(Yx, Yb)
@@ -766,13 +770,13 @@ def _fista(form: Form, X, b, tol: float, max_iter: int, check_every: int, progre
         Lip *= 0.95                      # let the step grow again
         if it % check_every == 0 or it == max_iter:
             cert = check(X, b, nuc)
-            if progress:
-                print(f"ufm prox: iteration {it}, relative gap {cert['rel_gap']:.2e}", flush=True)
+            bar.note(f"iteration {it}, relative gap {cert['rel_gap']:.2e}")
+    bar.close()
     return X, cert["b"], it, cert
 
 
 def prox(problem, *, tol: float = 1e-6, max_iter: int = 20_000, reduce="auto", check_every: int = 10,
-         progress: bool = False, svd: str = "auto", throw: bool = False) -> Solution:
+         progress="auto", svd: str = "auto", throw: bool = False) -> Solution:
     """Global optimum by accelerated proximal gradient (FISTA with restarts) on (4.1).
 
     Each iteration takes a gradient step on the smooth part (data term and bias
@@ -811,8 +815,10 @@ def prox(problem, *, tol: float = 1e-6, max_iter: int = 20_000, reduce="auto", c
         Class-collapsed form for hard labels (see :func:`form_of`).
     check_every : int
         Iterations between two certificates.
-    progress : bool
-        Show a progress bar.
+    progress : {"auto", True, False}
+        A progress display (tqdm when installed, else lines on stderr; never stdout):
+        ``"auto"`` (default) once the work has run 2 s, ``True`` from the start,
+        ``False`` never. Every ``ufm`` entry point takes the same values.
     svd : {"auto", "classes", "partial", "full"}
         How singular values are thresholded: ``"auto"`` uses ``"classes"`` for
         hard labels with repeated counts and ``"partial"`` otherwise;
@@ -832,6 +838,7 @@ def prox(problem, *, tol: float = 1e-6, max_iter: int = 20_000, reduce="auto", c
         stationarity residuals and ``meta["svd"]``: the mode used and how many
         thresholdings took each path (``"full"`` includes the fallbacks).
     """
+    check_progress(progress)
     try:
         form = form_of(problem, reduce)
     except NotApplicable as err:
@@ -935,7 +942,7 @@ def _svm_ufm(p, solver, meta):
         _solve(prob, solver)
         Z = np.asarray(Zb.value)[:, p.y]
         W, H = balanced_split(Z, p.d, 0.0, 0.0)
-        sel = (np.eye(p.K) - 1.0 / p.K) @ p.Y
+        sel = centering_matrix(p.K) @ p.Y
         meta.update(solver_status=prob.status, nuclear=float(prob.value),
                     distance_to_seli=float(np.abs(Z - sel).max()))
         return Solution(W=W, H=H, b=None, Z=W @ H, loss=float(prob.value), status=_svm_status(prob),
@@ -1006,7 +1013,7 @@ def _ntp_svm(p, solver, meta):
     prob = cp.Problem(cp.Minimize(cp.normNuc(L)), cons)
     _solve(prob, solver)
     Lmm = np.asarray(L.value)
-    St = (np.eye(V) - 1.0 / V) @ S
+    St = centering_matrix(V) @ S
     cos = float(np.sum(Lmm * St) / (np.linalg.norm(Lmm) * np.linalg.norm(St)))
     W, H = balanced_split(Lmm, p.d, 0.0, 0.0)
     meta.update(solver_status=prob.status, nuclear=float(prob.value), L_in=Lin.tolist(),

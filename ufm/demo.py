@@ -22,7 +22,15 @@ import os
 
 import numpy as np
 
-from .problems import LayerPeeledProblem, UFMProblem
+from . import dynamics, metrics
+from ._simulate import simulate
+from ._solve import solve
+from .closed_form import thresholds
+from .phase import phase_diagram, transient_models
+from .plotting import plot_gram, plot_phase_diagram, plot_phase_lines, plot_trajectory
+from .settings import named_setting
+from .metrics import double_centre
+from .problems import InputCoupledUFM, LayerPeeledProblem, UFMProblem
 
 __all__ = ["CASES", "run", "structure_before_collapse"]
 
@@ -40,8 +48,6 @@ CASES = [
 
 
 def _row(label, sol):
-    from . import metrics
-
     G = sol.gram_W
     K = G.shape[0]
     norms = np.diag(G)
@@ -65,9 +71,6 @@ def _fmt(v):
 
 def _regime_figure(path):
     import matplotlib.pyplot as plt
-
-    from ._solve import solve
-    from .closed_form import thresholds
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
     K, n = 4, 3
@@ -103,8 +106,6 @@ def run(out: str | os.PathLike = "ufm-demo", *, figures: bool = True, echo=print
 
     Returns a dict with the table rows and the paths written.
     """
-    from ._solve import solve
-
     os.makedirs(out, exist_ok=True)
     sols = [(label, solve(p, method="closed_form")) for label, p in CASES]
     rows = [_row(label, sol) for label, sol in sols]
@@ -127,8 +128,6 @@ def run(out: str | os.PathLike = "ufm-demo", *, figures: bool = True, echo=print
         matplotlib.use("Agg", force=True)
         import matplotlib.pyplot as plt
 
-        from .plotting import plot_gram
-
         fig, axes = plt.subplots(1, len(sols), figsize=(2.3 * len(sols), 2.6))
         for ax, (label, sol) in zip(axes, sols):
             plot_gram(sol.gram_W, ax=ax, title=f"{label}\n{sol.regime}", colorbar=False)
@@ -147,11 +146,6 @@ def run(out: str | os.PathLike = "ufm-demo", *, figures: bool = True, echo=print
 # =====================================================================================
 # the headline: structure before collapse
 # =====================================================================================
-def _centred(G):
-    G = np.asarray(G, dtype=float)
-    return G - G.mean(0) - G.mean(1)[:, None] + G.mean()
-
-
 def _phase_grid(quick: bool) -> list:
     """Points of the demo's phase diagram: sigma x setting, and sigma x strength / sigma x lam on factorial."""
     sigmas = [1.5, 3.0, 6.0] if quick else [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0]
@@ -173,7 +167,8 @@ def _md_table(rows, cols):
 
 
 def structure_before_collapse(out: str | os.PathLike = "ufm-demo", *, sigma: float = 3.0, lam: float = 1e-3,
-                              seeds: int = 3, quick: bool = False, figures: bool = True, echo=print) -> dict:
+                              seeds: int = 3, quick: bool = False, figures: bool = True, echo=print,
+                              progress: bool = False) -> dict:
     """The headline demo: the semantic transient on ``factorial((2, 2, 2))``, its theory, and the phase diagram.
 
     Steps (all written to ``out``):
@@ -193,16 +188,12 @@ def structure_before_collapse(out: str | os.PathLike = "ufm-demo", *, sigma: flo
     end state), ``sbc_models.png`` (M1, M2, M3 transients compared), ``sbc_trajectory.png`` (semantic gap and ETF distance over log
     time, simulation and theory), ``sbc_phase.png`` (the phase diagram).
     Tables: ``sbc_summary.csv``/``.md`` (the run) and ``sbc_phase.csv`` (every
-    phase point). Returns ``{"summary": rows, "phase": SweepResult, "paths": {...}}``.
+    phase point). Returns ``{"summary": rows, "phase": SweepResult, "paths": {...}}``. The tables go
+    to ``echo``; with ``progress=True`` the simulation and the phase diagram report their progress on
+    stderr (:class:`ufm._progress.Progress`).
     """
-    from . import dynamics, metrics
-    from ._simulate import simulate
-    from ._solve import solve
-    from .phase import make_setting, phase_diagram
-    from .problems import InputCoupledUFM
-
     os.makedirs(out, exist_ok=True)
-    st = make_setting("factorial")
+    st = named_setting("factorial")
     m = InputCoupledUFM.from_setting(st, sigma=sigma, d=16, loss="ce", lam_W=lam, lam_A=lam)
     sol = solve(m)
     E = sol.H.T @ sol.H
@@ -216,7 +207,7 @@ def structure_before_collapse(out: str | os.PathLike = "ufm-demo", *, sigma: flo
     try:
         tr = simulate(m, steps=steps, lr=horizon / steps, mode="flow", time_variable="t", init_scale=1e-3,
                       seeds=seeds, seed=0, record=("semantic_gap", "etf_distance", "gram_H"),
-                      n_records=120 if quick else 200)
+                      n_records=120 if quick else 200, progress=progress)
     except KeyboardInterrupt as err:      # Ctrl-C: keep the records made so far, then stop
         if getattr(err, "result", None) is None:
             raise
@@ -274,7 +265,7 @@ def structure_before_collapse(out: str | os.PathLike = "ufm-demo", *, sigma: flo
     # -- the phase diagram -------------------------------------------------------------------
     interrupted = None
     try:
-        phase = phase_diagram(grid=_phase_grid(quick), backend="sequential")
+        phase = phase_diagram(grid=_phase_grid(quick), backend="sequential", progress=progress)
     except KeyboardInterrupt as err:      # Ctrl-C: write the phase points finished so far, then stop
         if getattr(err, "result", None) is None:
             raise
@@ -311,9 +302,6 @@ def _sbc_figures(out, st, m, tr, pred, E, end_gap, end_etf, j_peak, j_late, phas
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from . import metrics
-    from .plotting import plot_gram, plot_phase_diagram, plot_phase_lines, plot_trajectory
-
     att = st.attributes
     t = tr.times
     G = tr.records["gram_H"][0]
@@ -324,7 +312,7 @@ def _sbc_figures(out, st, m, tr, pred, E, end_gap, end_etf, j_peak, j_late, phas
              ("late (theory transition)", G[j_late], t[j_late]), ("end state (ufm.solve, exact)", E, None)]
     labels = list(st.items)
     for ax, (name, g, when) in zip(axes, snaps):
-        gc = _centred(g)
+        gc = double_centre(np.asarray(g, dtype=np.float64))
         gap = metrics.semantic_gap(gc, att, center=True)
         d_etf = metrics.etf_distance(gc, center=True)
         tt = "t = inf" if when is None else f"t = {when:.3g}"
@@ -372,8 +360,6 @@ def _sbc_figures(out, st, m, tr, pred, E, end_gap, end_etf, j_peak, j_late, phas
     fig.savefig(paths["phase"], dpi=110)
     plt.close(fig)
     # 4. which model gives which transient: M1, M2, M3
-    from .phase import transient_models
-
     curves = transient_models("factorial", sigma=sigma, lam=lam)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     for i, name in enumerate(("M1 anchored", "M2 input-coupled", "M3 kernel flow")):

@@ -37,12 +37,14 @@ import math
 
 import numpy as np
 
+from . import _memory
+from ._simulate import initial_states
 from ._checks import check_nonneg
 from .loss_registry import get_loss
 from .problems import InputCoupledUFM, UFMProblem
-from .metrics import double_centre
+from ._solve import solve
+from .metrics import centering_matrix, double_centre, etf_distance, semantic_gap
 from .results import NotConverged, TheoryCurve
-from .settings import _check_memory
 
 __all__ = ["mode_curves", "semantic_curve", "transient_times", "symmetric_flow", "input_modes", "block_kernel",
            "kernel_flow", "DEFAULT_INIT_SCALE", "RISE_FRACTIONS", "SPREAD_QUANTILES"]
@@ -136,8 +138,9 @@ def input_modes(problem, *, tol: float = 1e-10):
     -------
     P : ndarray (p, r)
         Input-space singular vectors (``p_a``).
-    d : ndarray (r,)
-        Singular values, decreasing: the mode of ``d_a`` grows at rate ``2 d_a/N``.
+    singular_values : ndarray (r,)
+        The singular values ``d_a`` (not the feature dimension ``d``), decreasing: the mode
+        of ``d_a`` grows at rate ``2 d_a/N``.
     Q : ndarray (N, r)
         Item-space singular vectors (``q_a``): the item Gram is ``Q diag(.) Q^T``.
     """
@@ -225,16 +228,16 @@ class _LinearPhase:
     Pi_+- = (I +- [[-delta, s], [s, delta]]/omega)/2. Without decay this is ufm.symbolic.random_init_mode.
     """
 
-    def __init__(self, d, N, lam_W, lam_A, ww, vv, wv):
-        self.d, self.ww, self.vv, self.wv = d, ww, vv, wv
-        self.s = d / N
+    def __init__(self, sv, N, lam_W, lam_A, ww, vv, wv):
+        self.sv, self.ww, self.vv, self.wv = sv, ww, vv, wv        # sv: the singular values d_a of the modes
+        self.s = sv / N
         self.m = -(lam_W + lam_A) / 2.0
         self.delta = (lam_W - lam_A) / 2.0
         self.omega = np.sqrt(self.s**2 + self.delta**2)
         self.rate = 2.0 * (self.m + self.omega)            # growth rate of z in the linear phase
         so, do = self.s / self.omega, self.delta / self.omega
         # growing parts w+ = ((1 - do) w0 + so v0)/2, v+ = (so w0 + (1 + do) v0)/2 and decaying v-
-        self.z_grow = d * so * ((1 - do) * ww + (1 + do) * vv + 2 * so * wv) / 4.0
+        self.z_grow = sv * so * ((1 - do) * ww + (1 + do) * vv + 2 * so * wv) / 4.0
         self.vplus_vminus = (so**2 * (vv - ww) - 2 * so * do * wv) / 4.0
         self.vminus_sq = (so**2 * ww + (1 - do) ** 2 * vv - 2 * so * (1 - do) * wv) / 4.0
 
@@ -247,7 +250,7 @@ class _LinearPhase:
         """
         tt = t[:, None]
         so, do = self.s / self.omega, self.delta / self.omega
-        c_grow = self.z_grow / self.d
+        c_grow = self.z_grow / self.sv
         c_flat = do * (so * (self.ww - self.vv) + 2 * do * self.wv) / 2.0
         c_decay = so * (-(1 + do) * self.ww - (1 - do) * self.vv + 2 * so * self.wv) / 4.0
         out = np.zeros((tt.shape[0], np.broadcast(c_grow, self.omega).size))
@@ -257,12 +260,12 @@ class _LinearPhase:
                 c, rate = np.broadcast_to(c, out.shape[1:]), np.broadcast_to(rate, out.shape[1:])
                 nz = c != 0
                 out[:, nz] += c[nz] * np.exp(rate[nz] * tt)
-        return self.d * out
+        return self.sv * out
 
     def gram_rest(self, t):
         """d^2 (|v|^2 - |v+|^2): the part of the Gram weight that does not grow (cross and decaying terms)."""
         tt = t[:, None]
-        return self.d**2 * (2 * np.exp(2 * self.m * tt) * self.vplus_vminus
+        return self.sv**2 * (2 * np.exp(2 * self.m * tt) * self.vplus_vminus
                             + np.exp(2 * (self.m - self.omega) * tt) * self.vminus_sq)
 
 
@@ -276,13 +279,13 @@ class _ModeModel:
         self.problem = _check_semantic_problem(problem)
         self.loss = problem.loss
         self.N = problem.N
-        self.P, self.d, self.Q = input_modes(problem)
-        self.r = self.d.size
+        self.P, self.sv, self.Q = input_modes(problem)
+        self.r = self.sv.size
         self.lam_W, self.lam_A = float(problem.lam_W), float(problem.lam_A)
-        self.init, ww, vv, wv = _initial_modes(problem, self.P, self.d, self.Q, z0, init_scale, W0, A0)
+        self.init, ww, vv, wv = _initial_modes(problem, self.P, self.sv, self.Q, z0, init_scale, W0, A0)
         self.init_scale = None if self.init != "random" else float(DEFAULT_INIT_SCALE if init_scale is None
                                                                     else init_scale)
-        self.linear = _LinearPhase(self.d, self.N, self.lam_W, self.lam_A, ww, vv, wv)
+        self.linear = _LinearPhase(self.sv, self.N, self.lam_W, self.lam_A, ww, vv, wv)
         self.rate = self.linear.rate                            # growth rate of z in the linear phase
         self.z0 = np.asarray(z0, dtype=np.float64) * np.ones(self.r) if self.init == "aligned" else self.linear.z_grow
         if np.any(self.z0 <= 0):
@@ -291,7 +294,7 @@ class _ModeModel:
         self.rtol = rtol
         if self.loss.quadratic and self.lam_W == self.lam_A:
             self.kind = "closed_form"
-            self.zinf = 1.0 - self.lam_W * self.N / self.d      # carrying capacity (THEORY §6.3 with decay)
+            self.zinf = 1.0 - self.lam_W * self.N / self.sv      # carrying capacity (THEORY §6.3 with decay)
         else:
             self.kind = "ode"
             self.PhiTP = problem.Phi.T @ self.P                 # N x r: Phi^T p_a
@@ -303,13 +306,13 @@ class _ModeModel:
     def logits(self, u):
         """Z for mode products u = a b (N x N)."""
         if self.loss.quadratic:
-            return (self.Q * (u * self.d)) @ self.Q.T
+            return (self.Q * (u * self.sv)) @ self.Q.T
         return (self.Q * u) @ self.PtPhi
 
     def drive(self, u):
         """c_a = q_a^T (1/N)(Y - softmax(Z) or Z) Phi^T p_a (the projected negative gradient)."""
         if self.loss.quadratic:
-            return self.d * (1.0 - u * self.d) / self.N
+            return self.sv * (1.0 - u * self.sv) / self.N
         Z = self.logits(u)
         Z = Z - Z.max(axis=0, keepdims=True)
         S = np.exp(Z)
@@ -332,7 +335,7 @@ class _ModeModel:
 
         if self._sol is not None and t_end <= self._t_end:
             return
-        u0 = self.z0 / self.d
+        u0 = self.z0 / self.sv
         y0 = np.concatenate([0.5 * np.log(u0), 0.5 * np.log(u0)])
         t_end = max(t_end, 1.0)
         sol = solve_ivp(self._rhs, (0.0, t_end), y0, method="LSODA", dense_output=True, rtol=self.rtol,
@@ -346,7 +349,7 @@ class _ModeModel:
         t = np.atleast_1d(np.asarray(t, dtype=np.float64))
         if self.kind == "closed_form":
             z = self.z_closed(t)
-            u = np.sqrt(z / self.d)
+            u = np.sqrt(z / self.sv)
             return u, u
         self._integrate(float(t.max()))
         y = self._sol(t).T
@@ -355,7 +358,7 @@ class _ModeModel:
     def z_closed(self, t):
         """Logistic z(t) with carrying capacity zinf (THEORY §6.3; decay version when lam > 0)."""
         t = np.asarray(t, dtype=np.float64)[:, None]
-        z0, zinf, r = self.z0, self.zinf, 2.0 * self.d / self.N
+        z0, zinf, r = self.z0, self.zinf, 2.0 * self.sv / self.N
         out = np.empty((t.shape[0], self.r))
         for j in range(self.r):
             if abs(zinf[j]) < 1e-14:
@@ -367,7 +370,7 @@ class _ModeModel:
 
     def z(self, t):
         a, b = self.factors(t)
-        return a * b * self.d
+        return a * b * self.sv
 
     def z_linear(self, t):
         """The linear (small-logit) phase: exact growth of each mode output from its initialization."""
@@ -377,7 +380,7 @@ class _ModeModel:
         """Per-mode weights g_a(t) with centred item Gram = Q diag(g) Q^T (then centred with P_N)."""
         t = np.atleast_1d(np.asarray(t, dtype=np.float64))
         a, b = self.factors(t)
-        g = b * b * self.d**2
+        g = b * b * self.sv**2
         if self.init != "aligned":      # the parts of the linear phase that do not grow
             g = g + self.linear.gram_rest(t)
         return np.maximum(g, 0.0)
@@ -399,7 +402,7 @@ class _ModeModel:
 
     def saturation_time(self):
         """A time by which every mode has left its linear phase (used to size searches)."""
-        rate = np.abs(self.rate) + 1e-3 * float(np.max(2.0 * self.d / self.N))    # modes that decay: their scale
+        rate = np.abs(self.rate) + 1e-3 * float(np.max(2.0 * self.sv / self.N))    # modes that decay: their scale
         return float(np.max((np.log(1.0 / np.minimum(self.z0, 0.5)) + 12.0) / rate))
 
     # -- end states ---------------------------------------------------------------------
@@ -407,7 +410,7 @@ class _ModeModel:
         """Gram weights of the model's end state (t -> infinity), and a description."""
         if self.kind == "closed_form":
             zinf = np.maximum(self.zinf, 0.0)
-            return zinf * self.d, "closed form: z_a -> max(1 - lam N/d_a, 0)"
+            return zinf * self.sv, "closed form: z_a -> max(1 - lam N/d_a, 0)"
         if self.loss.quadratic:
             return self._restricted_optimum(), "restricted optimum (unequal decays)"
         if self.lam_W == 0 and self.lam_A == 0:
@@ -419,7 +422,8 @@ class _ModeModel:
         from scipy.optimize import linprog
 
         N = self.N
-        _check_memory(3 * 8 * self.r * N * N, "the max-margin linear program (3 r N^2 floats)")
+        what = "the max-margin linear program (3 r N^2 floats)"
+        _memory.check({what: 3 * 8 * self.r * N * N}, what, "Use a setting with fewer items.")
         # Z(u) = sum_a u_a M_a with M_a = q_a (P^T Phi)_a; the margins Z_ii - Z_ji are linear in u
         M = np.einsum("ia,aj->aij", self.Q, self.PtPhi)
         diag = M[:, np.arange(N), np.arange(N)]                       # (r, N): Z_ii per mode
@@ -430,7 +434,7 @@ class _ModeModel:
                       method="highs")
         if res.status != 0:
             raise NotConverged(f"the max-margin linear program failed: {res.message}")
-        return res.x * self.d**2
+        return res.x * self.sv**2
 
     def _restricted_optimum(self):
         """min_u loss(Z(u)) + mu sum u over u >= 0 (mu = sqrt(lam_W lam_A)); Gram weight u d^2 at balance."""
@@ -454,7 +458,7 @@ class _ModeModel:
         u0 = np.maximum(self.factors([self.saturation_time()])[0][0] ** 2, 1e-8)
         res = minimize(fun, u0, jac=True, method="L-BFGS-B", bounds=[(0, None)] * self.r,
                        options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 20000})
-        return res.x * self.d**2
+        return res.x * self.sv**2
 
 
 class _CoreModel(_ModeModel):
@@ -558,11 +562,11 @@ class _CoreModel(_ModeModel):
 
     def z(self, t):
         Wc, Ac = self.state(t)
-        return np.einsum("tak,tka->ta", Wc, Ac[..., :self.r]) * self.d
+        return np.einsum("tak,tka->ta", Wc, Ac[..., :self.r]) * self.sv
 
     def factors(self, t):
         """Diagonal stand-ins ``a = b = sqrt(|C_aa|)`` (only a starting point for the end-state search)."""
-        u = np.sqrt(np.abs(self.z(t)) / self.d)
+        u = np.sqrt(np.abs(self.z(t)) / self.sv)
         return u, u
 
     def gram(self, t):
@@ -573,7 +577,7 @@ class _CoreModel(_ModeModel):
         X = np.einsum("tka,tkb->tab", Ac, Ac)
         cross = np.einsum("tka,kb->tab", Ac, self.RtVm) * e[:, None, :]
         X = X + cross + np.swapaxes(cross, 1, 2) + self.VmVm * e[:, :, None] * e[:, None, :]
-        Qd = self.Q * self.d
+        Qd = self.Q * self.sv
         return double_centre(np.einsum("ia,tab,jb->tij", Qd, X, Qd, optimize=True))
 
     def end_weights(self):
@@ -638,7 +642,7 @@ def mode_curves(problem, times, *, z0=None, init_scale=None, W0=None, A0=None, r
         ``z_a = q_a^T Z q_a`` (MSE; ``Q^T Z Q = diag(z)`` on the aligned
         family) or the logit coefficients of the centred modes (CE);
         ``"z_linear"`` (T, r): the linear (small-logit) phase, exact until the
-        logits reach O(1). Constants ``"d"`` (singular values), ``"Q"`` (N x r
+        logits reach O(1). Constants ``"singular_values"`` (the ``d_a``), ``"Q"`` (N x r
         item-space modes), ``"P"`` (p x r), ``"rate"`` (``2 d/N``), ``"z0"``.
         When the ODE (or linear program) behind the curve fails, the curve has
         ``status`` ``solver_failed``, ``success=False``, no records and the
@@ -653,7 +657,7 @@ def mode_curves(problem, times, *, z0=None, init_scale=None, W0=None, A0=None, r
     t = _check_times(times)
     model = _make_model(problem, z0, init_scale, W0, A0, rtol)
     records = {"z": model.z(t), "z_linear": model.z_linear(t)}
-    constants = {"d": model.d, "Q": model.Q, "P": model.P, "rate": model.rate, "z0": model.z0}
+    constants = {"singular_values": model.sv, "Q": model.Q, "P": model.P, "rate": model.rate, "z0": model.z0}
     return TheoryCurve(times=t, records=records, kind="modes", constants=constants,
                        meta=_model_meta(model, problem), citation=_CITATION_MODES)
 
@@ -662,8 +666,6 @@ def mode_curves(problem, times, *, z0=None, init_scale=None, W0=None, A0=None, r
 # public: semantic curve, peak and transition
 # =====================================================================================
 def _gap_fn(attributes):
-    from .metrics import semantic_gap
-
     return lambda G: semantic_gap(G, attributes, center=True)
 
 
@@ -701,9 +703,21 @@ def _level_time(fn, lo, hi, level):
 
 def _transient_search(model, gap, E, t_extra, horizon, far):
     """Peak, rise times and transition of one model's gap curve (see :func:`semantic_curve`, Notes)."""
+    t_lo = min(1e-3 / float(model.rate.max()), horizon * 1e-6)
+    out = _peak_search(model, gap, t_extra, horizon, t_lo)
+    out["transition_time"] = None
+    if E is None:
+        return out
+    out["transition_time"], out["transition"] = _transition_search(model, E, out["peak_gram"], out["peak_time"],
+                                                                    t_lo, far)
+    return out
+
+
+def _peak_search(model, gap, t_extra, horizon, t_lo) -> dict:
+    """The gap's maximum (on a log grid up to ``horizon``, refined by a bounded scalar search in log t), its
+    value at 0 and the rise times (first crossings of ``gap(0) + f (peak - gap(0))``, refined by Brent)."""
     from scipy.optimize import minimize_scalar
 
-    t_lo = min(1e-3 / float(model.rate.max()), horizon * 1e-6)
     grid = np.unique(np.concatenate([[0.0], np.geomspace(t_lo, horizon, 600), t_extra[(t_extra > 0)
                                                                                       & (t_extra <= horizon)]]))
 
@@ -723,7 +737,6 @@ def _transient_search(model, gap, E, t_extra, horizon, far):
            "peak": "interior maximum" if 0 < j < grid.size - 1 else
            ("at t = 0: the gap never rises above its initial value" if j == 0 else
             "at the horizon: the gap is still rising; raise horizon")}
-    # rise times: first crossing of start + f (peak - start), on the grid up to the peak, refined by Brent
     for f in RISE_FRACTIONS:
         key = f"t{round(100 * f)}"
         out[key] = math.nan
@@ -734,11 +747,14 @@ def _transient_search(model, gap, E, t_extra, horizon, far):
                 k = int(hits[0])
                 out[key] = float(grid[k]) if k == 0 else _level_time(gap_at, float(grid[k - 1]), float(grid[k]),
                                                                     level)
-    out["peak_gram"] = peak_gram = _unit(model.gram([peak_t])[0])
-    out["transition_time"] = None
-    if E is None:
-        return out
+    out["peak_gram"] = _unit(model.gram([peak_t])[0])
+    return out
 
+
+def _transition_search(model, E, peak_gram, peak_t, t_lo, far) -> tuple:
+    """``(time, description)`` of the first time after the peak, up to ``far``, when the centred unit Gram is
+    closer to the end state ``E`` than to the peak's (a sign change of ``||G^ - E|| - ||G^ - G^_peak||``,
+    refined by Brent); the time is ``None`` when it is not reached."""
     def D(tt):
         def one(G):
             Gh = _unit(G)
@@ -752,13 +768,11 @@ def _transient_search(model, gap, E, t_extra, horizon, far):
         if neg.size:
             k = int(neg[0])
             lo = chunk[k - 1] if k > 0 else last
-            out["transition_time"] = float(chunk[k]) if lo is None else _level_time(
-                lambda tt: float(D([tt])[0]), float(lo), float(chunk[k]), 0.0)
-            out["transition"] = "first time after the peak when the Gram is closer to the end state"
-            return out
+            time = float(chunk[k]) if lo is None else _level_time(lambda tt: float(D([tt])[0]), float(lo),
+                                                                  float(chunk[k]), 0.0)
+            return time, "first time after the peak when the Gram is closer to the end state"
         last = chunk[-1]
-    out["transition"] = (f"not reached by t = {far:g}: the Gram stays closer to its peak than to the end state")
-    return out
+    return None, f"not reached by t = {far:g}: the Gram stays closer to its peak than to the end state"
 
 
 def transient_times(times, gap, grams=None, end_gram=None) -> dict:
@@ -919,7 +933,7 @@ def semantic_curve(problem, times, attributes=None, *, z0=None, init_scale=None,
         ``"etf_distance"`` (of the centred item Gram, THEORY §7.2). Fields
         ``peak_time``, ``peak_value`` (maximum of the gap), ``transition_time``
         (``None`` if the end state is not approached within the search or
-        ``end_gram=None``). Constants: ``"d"``, ``"Q"``, ``"z0"``, ``"t50"``,
+        ``end_gram=None``). Constants: ``"singular_values"``, ``"Q"``, ``"z0"``, ``"t50"``,
         ``"t90"`` (rise times, 0-d, NaN when the gap does not rise),
         ``"peak_gram"``, ``"end_gram"`` (both centred, unit Frobenius norm);
         with ``spread=n``: ``"spread_peak_time"``, ``"spread_t50"``,
@@ -972,34 +986,19 @@ def semantic_curve(problem, times, attributes=None, *, z0=None, init_scale=None,
                          "W0/A0. For one run's start the curve itself is that run's prediction.")
     attributes = np.asarray(attributes)
     gap = _gap_fn(attributes)
-    from .metrics import etf_distance
-
     records = {"z": model.z(t),
                "semantic_gap": model.map_grams(t, gap),
                "etf_distance": model.map_grams(t, lambda g: etf_distance(g, center=True))}
     if keep_gram:
-        _check_memory(8 * t.size * model.N**2, "the recorded Grams (keep_gram=False records the scalars only)")
+        what = "the recorded Grams (keep_gram=False records the scalars only)"
+        _memory.check({what: 8 * t.size * model.N**2}, what, "Use a setting with fewer items.")
         records["gram_H"] = model.gram(t)
 
-    # -- the search range -----------------------------------------------------------------
-    t_sat = model.saturation_time()
-    if horizon is None:
-        horizon = max(float(t[-1]), 2.0 * t_sat)
-        far = horizon if model.loss.quadratic else max(horizon, 1e6 * t_sat)   # CE saturates slowly
-    else:
-        horizon = float(horizon)
-        if not (math.isfinite(horizon) and horizon > 0):
-            raise ValueError(f"horizon must be a finite time > 0, got {horizon}.")
-        far = horizon
-
-    def core_far(m):
-        lam = m.lam_W + m.lam_A
-        return min(far, max(horizon, 1e3 / lam)) if isinstance(m, _CoreModel) and lam > 0 else far
-
+    horizon, core_far = _search_range(model, t, horizon)
     E = None
     meta = _model_meta(model, problem)
     s0 = model.init_scale
-    constants = {"d": model.d, "Q": model.Q, "z0": model.z0}
+    constants = {"singular_values": model.sv, "Q": model.Q, "z0": model.z0}
     if end_gram is not None:
         E, how = _end_state(model, problem, end_gram)
         constants["end_gram"] = E
@@ -1016,32 +1015,60 @@ def semantic_curve(problem, times, attributes=None, *, z0=None, init_scale=None,
         meta["transition"] = found["transition"]
 
     if n_spread:
-        from ._simulate import _initial_states
-
-        starts = _initial_states(problem, n_spread, int(spread_seed), s0, {}, np.float64)
-        names = ("peak_time", "t50", "t90", "transition_time")
-        samples = {name: np.full(n_spread, np.nan) for name in names}
-        for i in range(n_spread):
-            mi = _CoreModel(problem, starts["W"][i], starts["A"][i], rtol)
-            fi = _transient_search(mi, gap, E, np.array([]), max(horizon, 2.0 * mi.saturation_time()), core_far(mi))
-            for name in names:
-                if fi.get(name) is not None:
-                    samples[name][i] = fi[name]
-        summary = {"n": n_spread, "seed": int(spread_seed), "quantiles": list(SPREAD_QUANTILES),
-                   "starts": f"the Gaussian starts (std {s0:g}, width d = {problem.d}) of ufm.simulate(problem, "
-                             f"init_scale={s0:g}, seeds={n_spread}, seed={int(spread_seed)}), each followed by the "
-                             "core model (exact linear phase, then the flow of its growing part with the overlaps "
-                             "between modes kept)"}
-        for name in names:
-            constants[f"spread_{name}"] = samples[name]
-            ok = np.isfinite(samples[name])
-            summary[name] = np.quantile(samples[name][ok], SPREAD_QUANTILES).tolist() if ok.any() else None
-            summary[f"{name}_reached"] = int(ok.sum())
-        meta["spread"] = summary
+        meta["spread"] = _spread(problem, n_spread, int(spread_seed), s0, gap, E, horizon, core_far, rtol, constants)
     transition = found["transition_time"]
     return TheoryCurve(times=t, records=records, kind="semantic", constants=constants, meta=meta,
                        citation=_CITATION_MODES + "; THEORY §7.2, §7.4 (metrics)", peak_time=found["peak_time"],
                        peak_value=found["peak_value"], transition_time=transition)
+
+
+def _search_range(model, t, horizon):
+    """The horizon of the peak search and ``core_far(model)``, how far to look for the transition.
+
+    Without ``horizon``: past the times asked and twice the saturation time, and for CE the transition
+    is looked for up to ``1e6`` saturation times (a non-quadratic loss grows slowly); a given horizon bounds
+    both. A core model with weight decay looks no further than ``max(horizon, 1e3 / lam)``.
+    """
+    t_sat = model.saturation_time()
+    if horizon is None:
+        horizon = max(float(t[-1]), 2.0 * t_sat)
+        far = horizon if model.loss.quadratic else max(horizon, 1e6 * t_sat)   # CE saturates slowly
+    else:
+        horizon = float(horizon)
+        if not (math.isfinite(horizon) and horizon > 0):
+            raise ValueError(f"horizon must be a finite time > 0, got {horizon}.")
+        far = horizon
+
+    def core_far(m):
+        lam = m.lam_W + m.lam_A
+        return min(far, max(horizon, 1e3 / lam)) if isinstance(m, _CoreModel) and lam > 0 else far
+
+    return horizon, core_far
+
+
+def _spread(problem, n_spread, spread_seed, s0, gap, E, horizon, core_far, rtol, constants) -> dict:
+    """Peak, rise and transition times over ``n_spread`` Gaussian starts (the core model from each), their
+    quantiles; the samples go into ``constants`` as ``spread_<name>``."""
+    starts = initial_states(problem, n_spread, spread_seed, s0, {}, np.float64)
+    names = ("peak_time", "t50", "t90", "transition_time")
+    samples = {name: np.full(n_spread, np.nan) for name in names}
+    for i in range(n_spread):
+        mi = _CoreModel(problem, starts["W"][i], starts["A"][i], rtol)
+        fi = _transient_search(mi, gap, E, np.array([]), max(horizon, 2.0 * mi.saturation_time()), core_far(mi))
+        for name in names:
+            if fi.get(name) is not None:
+                samples[name][i] = fi[name]
+    summary = {"n": n_spread, "seed": spread_seed, "quantiles": list(SPREAD_QUANTILES),
+               "starts": f"the Gaussian starts (std {s0:g}, width d = {problem.d}) of ufm.simulate(problem, "
+                         f"init_scale={s0:g}, seeds={n_spread}, seed={spread_seed}), each followed by the "
+                         "core model (exact linear phase, then the flow of its growing part with the overlaps "
+                         "between modes kept)"}
+    for name in names:
+        constants[f"spread_{name}"] = samples[name]
+        ok = np.isfinite(samples[name])
+        summary[name] = np.quantile(samples[name][ok], SPREAD_QUANTILES).tolist() if ok.any() else None
+        summary[f"{name}_reached"] = int(ok.sum())
+    return summary
 
 
 def _end_state(model, problem, end_gram):
@@ -1050,8 +1077,6 @@ def _end_state(model, problem, end_gram):
             w, how = model.end_weights()
             E = double_centre((model.Q * w) @ model.Q.T)
         elif end_gram == "solve":
-            from ._solve import solve
-
             sol = solve(problem)
             E = double_centre(sol.H.T @ sol.H)
             how = f"ufm.solve(problem) (method {sol.method!r}): the exact global end state"
@@ -1184,7 +1209,7 @@ def symmetric_flow(problem, times, p0: float | None = None, *, a0: float | None 
         c = c0 * np.exp(-lb * t) if problem.bias else np.zeros_like(t)
         loss = np.log1p((K - 1) * np.exp(-pp))
     loss = loss + lW / 2 * a**2 * (K - 1) + lH / 2 * bt**2 * n * (K - 1) + lb / 2 * K * c**2
-    PK = np.eye(K) - 1.0 / K
+    PK = centering_matrix(K)
     records = {"p": pp, "a": a, "beta": bt, "gram_W": a[:, None, None] ** 2 * PK, "loss": loss}
     if problem.bias:
         records["b"] = c[:, None] * np.ones(K)
@@ -1310,8 +1335,6 @@ def kernel_flow(setting_or_attributes, theta, times, *, loss: str = "ce", Z0=Non
     """
     from scipy.integrate import solve_ivp
 
-    from .metrics import etf_distance, semantic_gap
-
     att = _attributes_of(setting_or_attributes)
     N = att.shape[0]
     T = np.asarray(theta, dtype=np.float64)
@@ -1349,7 +1372,7 @@ def kernel_flow(setting_or_attributes, theta, times, *, loss: str = "ce", Z0=Non
     grams = np.einsum("tki,tkj->tij", Zt, Zt)
     gaps, etfs = [], []
     for G in grams:
-        ok = np.linalg.norm(G) > 1e-300 and np.linalg.norm(G - G.mean(0) - G.mean(1)[:, None] + G.mean()) > 1e-14
+        ok = np.linalg.norm(G) > 1e-300 and np.linalg.norm(double_centre(G)) > 1e-14
         gaps.append(semantic_gap(G, att, center=True) if ok else np.nan)
         etfs.append(etf_distance(G, center=True) if ok else np.nan)
     gaps, etfs = np.array(gaps), np.array(etfs)

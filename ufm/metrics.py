@@ -62,6 +62,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._util import numerical_rank
+
 __all__ = [
     # class statistics
     "ClassStats", "class_means", "class_stats", "class_mean_gram",
@@ -73,7 +75,7 @@ __all__ = [
     # NC3 / NC4
     "NC3_VARIANTS", "nc3", "unc3", "nc4",
     # Gram utilities and semantic scores
-    "center_gram", "double_centre", "cosine_matrix", "attribute_kernel", "semantic_gap", "offdiag_alignment",
+    "center_gram", "centering_matrix", "double_centre", "cosine_matrix", "attribute_kernel", "semantic_gap", "offdiag_alignment",
     "cka", "excess_cka", "SemanticFit", "semantic_regression",
     # spectra
     "effective_rank", "participation_ratio",
@@ -233,7 +235,19 @@ def _check_variant(variant, allowed, who: str) -> str:
     return variant
 
 
-def _P(K: int) -> np.ndarray:
+def centering_matrix(K: int) -> np.ndarray:
+    """The centring matrix ``P_K = I - 11^T/K`` (THEORY §0.1): ``P_K G P_K`` removes the mean of the K rows.
+
+    Parameters
+    ----------
+    K : int
+        Its size.
+
+    Returns
+    -------
+    ndarray, K x K
+        ``P_K``.
+    """
     return np.eye(K) - np.full((K, K), 1.0 / K)
 
 
@@ -358,7 +372,7 @@ def _sample_gram(G, labels, K, check_psd: bool, min_classes: int = 2):
     G = _check_gram(G, "G", psd=check_psd)
     N = G.shape[0]
     y, K, counts = _check_labels(labels, N, K, n_from="G (rows)", min_classes=min_classes)
-    Gc = G - G.mean(axis=0, keepdims=True) - G.mean(axis=1, keepdims=True) + G.mean()
+    Gc = double_centre(G)
     Gc = 0.5 * (Gc + Gc.T)
     A = _averaging(y, K, counts)
     GcA = Gc @ A
@@ -493,7 +507,7 @@ def nc1(H, labels, variant: str = "pinv", *, K=None, rank=None) -> float:
         return float(np.trace(Sw @ np.linalg.pinv(Sb)) / K)
     r = _default_rank(rank, min(d, K - 1), "min(d, K-1)")
     U, s, _ = np.linalg.svd(Mc, full_matrices=False)
-    if not s[r - 1] > ZERO_RTOL * s[0]:
+    if numerical_rank(s, ZERO_RTOL) < r:
         raise ValueError(
             f"H: the centred class means have numerical rank < {r} (singular value {r} is {s[r - 1]:.3g}, "
             f"largest {s[0]:.3g}); pass rank=<smaller> or use variant='pinv'."
@@ -728,7 +742,7 @@ def _etf_error(Z: np.ndarray, name: str) -> float:
     nz = np.linalg.norm(Z)
     if not nz > 0:
         raise ValueError(f"{name} is zero; the distance to the simplex ETF is undefined.")
-    return float(np.linalg.norm(Z / nz - _P(K) / np.sqrt(K - 1)))
+    return float(np.linalg.norm(Z / nz - centering_matrix(K) / np.sqrt(K - 1)))
 
 
 def etf_distance(gram, *, center: bool = True, check_psd: bool = True) -> float:
@@ -1456,7 +1470,7 @@ def excess_cka(gram, attributes) -> float:
     if not np.linalg.norm(center_gram(S)) > 0:
         raise ValueError("attributes: every factor is constant, so the shared-factor kernel is constant after "
                          "centring and CKA with it is undefined.")
-    return cka(G, S) - cka(_P(K), S)
+    return cka(G, S) - cka(centering_matrix(K), S)
 
 
 @dataclass(frozen=True)
@@ -1540,7 +1554,7 @@ def semantic_regression(gram, attributes, *, per_factor: bool = False) -> Semant
     if not nG > ZERO_RTOL * np.linalg.norm(G):
         raise ValueError("gram is zero after centring (all rows equal up to an offset); nothing to regress.")
     Gc = Gc / nG
-    P = _P(K)
+    P = centering_matrix(K)
     if per_factor:
         Ss = [(A[:, None, f] == A[None, :, f]).astype(np.float64) for f in range(A.shape[1])]
     else:
@@ -1548,7 +1562,7 @@ def semantic_regression(gram, attributes, *, per_factor: bool = False) -> Semant
     basis = [P] + [P @ S @ P for S in Ss]
     X = np.stack([B.ravel() for B in basis], axis=1)
     sv = np.linalg.svd(X, compute_uv=False)
-    if not sv[-1] > 1e-10 * sv[0]:
+    if numerical_rank(sv, 1e-10) < sv.size:
         raise ValueError(
             "attributes: the regressors {P_K, P_K S_f P_K} are linearly dependent (a factor is constant, has a "
             "distinct level per class, or duplicates another); drop such factors"

@@ -41,38 +41,14 @@ import math
 
 import numpy as np
 
+from . import _simulate, dynamics, metrics
+from ._solve import solve
+from ._sweep import sweep
+from .problems import AnchoredUFM, InputCoupledUFM
 from .results import PhasePoint, TransientModels
+from .settings import named_setting
 
-__all__ = ["SETTINGS", "make_setting", "phase_point", "phase_diagram", "transient_models"]
-
-#: The default instance of each setting generator of :mod:`ufm.settings`.
-SETTINGS = {
-    "factorial": ("factorial", ((2, 2, 2),), {}),
-    "hierarchy": ("hierarchy", (2,), {"depth": 3}),
-    "ntp_contexts": ("ntp_contexts", (), {}),
-}
-
-
-def make_setting(name: str):
-    """The default setting called ``name``: ``factorial((2, 2, 2))``, ``hierarchy(2, depth=3)`` or ``ntp_contexts()``.
-
-    Parameters
-    ----------
-    name : {"factorial", "hierarchy", "ntp_contexts"}
-        One of :data:`SETTINGS`.
-
-    Returns
-    -------
-    Setting
-        A new instance.
-    """
-    from . import settings
-
-    if name not in SETTINGS:
-        raise ValueError(f"setting must be one of {sorted(SETTINGS)}, got {name!r}.")
-    gen, args, kw = SETTINGS[name]
-    return getattr(settings, gen)(*args, **kw)
-
+__all__ = ["phase_point", "phase_diagram", "transient_models"]
 
 def phase_point(setting: str = "factorial", sigma: float = 3.0, strength: float = 1.0, lam: float = 1e-3, *,
                 loss: str = "ce", d: int | None = None, init_scale: float = 1e-3, simulate: bool = False,
@@ -82,7 +58,7 @@ def phase_point(setting: str = "factorial", sigma: float = 3.0, strength: float 
     Parameters
     ----------
     setting : {"factorial", "hierarchy", "ntp_contexts"}
-        The default instance (:func:`make_setting`).
+        The default instance (:func:`ufm.settings.named_setting`).
     sigma : float
         Per-item capacity (``Phi = [strength * Phi_attr; sigma I]``, THEORY §8.2).
     strength : float
@@ -112,11 +88,7 @@ def phase_point(setting: str = "factorial", sigma: float = 3.0, strength: float 
         ``peak_gap > 1.5 end_gap``), and the ``sim_*`` fields with ``simulate=True``;
         ``status`` is ``completed`` unless the end-state solve or the simulation did not succeed.
     """
-    from . import dynamics, metrics
-    from ._solve import solve
-    from .problems import InputCoupledUFM
-
-    st = make_setting(setting)
+    st = named_setting(setting)
     m = InputCoupledUFM.from_setting(st, sigma=float(sigma), d=d, loss=loss, lam_W=float(lam), lam_A=float(lam),
                                      strengths=float(strength))
     sol = solve(m)
@@ -138,15 +110,13 @@ def phase_point(setting: str = "factorial", sigma: float = 3.0, strength: float 
            "rises": bool(c.peak_value > 1.5 * c.meta["gap_at_0"] and c.peak_value > 1.5 * end_gap)}
     status, message = sol.status, f"end state by {sol.method}: {sol.message}"
     if simulate:
-        from ._simulate import simulate as run
-
         if horizon is not None:
             T = float(horizon)
         else:   # past the transition, and many decay times 1/lam (the slow approach to the end state)
             T = 10.0 * trans if trans is not None else 100.0 * c.peak_time
             T = max(T, 100.0 / lam) if lam > 0 else T
         steps = 10**6
-        tr = run(m, steps=steps, lr=T / steps, mode="flow", time_variable="t" if lam > 0 else "log",
+        tr = _simulate.simulate(m, steps=steps, lr=T / steps, mode="flow", time_variable="t" if lam > 0 else "log",
                  init_scale=init_scale, seed=seed, record=("semantic_gap", "etf_distance"), n_records=200)
         g = tr.records["semantic_gap"][0]
         j = int(np.nanargmax(g))
@@ -162,7 +132,7 @@ def phase_point(setting: str = "factorial", sigma: float = 3.0, strength: float 
 def phase_diagram(settings=("factorial", "hierarchy", "ntp_contexts"), sigmas=(1.0, 2.0, 3.0, 4.0, 6.0, 8.0),
                   strengths=(1.0,), lams=(1e-3,), *, grid=None, loss: str = "ce", simulate: bool = False,
                   init_scale: float = 1e-3, backend: str = "sequential", n_jobs: int | None = None,
-                  cache_dir=None, progress: bool = False, seed: int = 0, on_interrupt: str = "raise"):
+                  cache_dir=None, progress="auto", seed: int = 0, on_interrupt: str = "raise"):
     """Structure-before-collapse phase diagram over capacity, attribute strength, weight decay and setting.
 
     Runs :func:`phase_point` with :func:`ufm.sweep` at every point of the
@@ -172,7 +142,7 @@ def phase_diagram(settings=("factorial", "hierarchy", "ntp_contexts"), sigmas=(1
     Parameters
     ----------
     settings, sigmas, strengths, lams : sequences
-        The grid axes (setting names of :data:`SETTINGS`; ``lam`` is
+        The grid axes (setting names of :data:`ufm.settings.NAMED_SETTINGS`; ``lam`` is
         ``lam_W = lam_A``).
     grid : list of dict, optional
         Explicit points instead of the product.
@@ -202,12 +172,10 @@ def phase_diagram(settings=("factorial", "hierarchy", "ntp_contexts"), sigmas=(1
     >>> res.column("end_etf_distance")                                     # doctest: +SKIP
     array([0.406, 0.111])
     """
-    from ._sweep import sweep
-
     if grid is None:
         settings = _axis("settings", settings, "setting names", "('factorial', 'hierarchy')")
         for s in settings:
-            make_setting(s)    # a clear error for an unknown name, before any work
+            named_setting(s)    # a clear error for an unknown name, before any work
         grid = {"setting": list(settings),
                 "sigma": _numbers("sigmas", sigmas, positive=True, meaning="per-item capacities"),
                 "strength": _numbers("strengths", strengths, positive=False, meaning="attribute weights"),
@@ -220,7 +188,7 @@ def phase_diagram(settings=("factorial", "hierarchy", "ntp_contexts"), sigmas=(1
             if not isinstance(point, dict):
                 raise ValueError(f"grid[{i}] must be a dict of setting, sigma, strength, lam; got {point!r}.")
             if "setting" in point:
-                make_setting(point["setting"])
+                named_setting(point["setting"])
             for key, pos, meaning in (("sigma", True, "a per-item capacity"), ("strength", False, "an attribute "
                                       "weight"), ("lam", False, "a weight decay")):
                 if key in point:
@@ -282,7 +250,7 @@ def transient_models(setting: str = "factorial", *, sigma: float = 3.0, lam: flo
     Parameters
     ----------
     setting : {"factorial", "hierarchy", "ntp_contexts"}
-        The default instance (:func:`make_setting`).
+        The default instance (:func:`ufm.settings.named_setting`).
     sigma : float
         Per-item capacity of M2.
     lam : float
@@ -309,11 +277,7 @@ def transient_models(setting: str = "factorial", *, sigma: float = 3.0, lam: flo
         (item Gram for M1/M2, logit Gram for M3); ``runs``: name -> the
         Trajectory or TheoryCurve; ``status`` is ``completed`` unless a run did not succeed.
     """
-    from . import dynamics
-    from ._simulate import simulate
-    from .problems import AnchoredUFM, InputCoupledUFM
-
-    st = make_setting(setting)
+    st = named_setting(setting)
     N = st.N
     steps = 10**6
     H0 = np.vstack([anchor_scale * st.attribute_encoding(), np.zeros((N, N))])
@@ -321,9 +285,9 @@ def transient_models(setting: str = "factorial", *, sigma: float = 3.0, lam: flo
     m2 = InputCoupledUFM.from_setting(st, sigma=sigma, loss="ce", lam_W=lam, lam_A=lam)
     results = {}
     for name, prob in (("M1 anchored", m1), ("M2 input-coupled", m2)):
-        results[name] = simulate(prob, steps=steps, lr=horizon / steps, mode="flow", time_variable="t",
-                                 init_scale=init_scale, seed=seed, record=("semantic_gap", "etf_distance"),
-                                 attributes=st.attributes, n_records=n_records)
+        results[name] = _simulate.simulate(prob, steps=steps, lr=horizon / steps, mode="flow", time_variable="t",
+                                           init_scale=init_scale, seed=seed, record=("semantic_gap", "etf_distance"),
+                                           attributes=st.attributes, n_records=n_records)
     times = results["M2 input-coupled"].times
     results["M3 kernel flow"] = dynamics.kernel_flow(st, dynamics.block_kernel(st, 1.0, shared, 0.0), times,
                                                      loss="ce", init_scale=init_scale, seed=seed)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .results import distinct_values
+
 __all__ = ["plot_fit", "plot_fit_figure", "plot_gram", "plot_trajectory", "plot_phase_diagram", "plot_phase_lines"]
 
 
@@ -121,8 +123,6 @@ def plot_phase_diagram(result, x, y, value, ax=None, *, where=None, cmap="viridi
         diverged or did not finish) carry a red cross and "n failed" (the line
         with ``gid="failed"``), and the title counts them.
     """
-    from ._sweep import grid_axis
-
     records = list(getattr(result, "records", result))
     axes = list(getattr(result, "axes", ())) or list(dict.fromkeys(
         k for r in records for k in r if k not in ("seed", "seed_index", "ok", "error")))
@@ -138,7 +138,7 @@ def plot_phase_diagram(result, x, y, value, ax=None, *, where=None, cmap="viridi
     for name in axes:
         if name in (x, y) or name in where:
             continue
-        values = grid_axis(rows, name)
+        values = distinct_values(rows, name)
         if len(values) > 1:
             raise ValueError(f"records vary in {name!r} too ({[_fmt(v) for v in values]}); pick one with "
                              f"where={{{name!r}: {values[0]!r}}}.")
@@ -147,7 +147,7 @@ def plot_phase_diagram(result, x, y, value, ax=None, *, where=None, cmap="viridi
         raise ValueError(f"no record has {value!r}; entries: {sorted({k for r in ok for k in r})}.")
 
     def ordered(name):
-        vals = grid_axis(rows, name)
+        vals = distinct_values(rows, name)
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
             vals = sorted(vals)
         return vals

@@ -30,8 +30,11 @@ from typing import ClassVar
 
 import numpy as np
 
+from ._util import canonical_json
+
 __all__ = ["FitResult", "NoMethodApplies", "NotConverged", "PhasePoint", "Result", "Run", "Solution", "Status",
-           "SweepResult", "TheoryCurve", "Trajectory", "TransientModels", "UFMError", "load", "package_versions"]
+           "SweepResult", "TheoryCurve", "Trajectory", "TransientModels", "UFMError", "distinct_values", "load",
+           "package_versions"]
 
 _SCHEMA = 2     # 2: ``status`` is a Status name, the geometry of a Solution is in ``regime``; 1 is read and upgraded
 
@@ -164,15 +167,28 @@ def _package_versions() -> dict:
     return out
 
 
-def _jsonable(x):
+def jsonable(x):
+    """``x`` as a JSON header holds it: tuples as lists, numpy scalars and arrays as Python numbers and lists,
+    a :class:`Status` as its name.
+
+    Parameters
+    ----------
+    x : object
+        A value of ``meta`` or a scalar field.
+
+    Returns
+    -------
+    object
+        The JSON-friendly value.
+    """
     if isinstance(x, Status):
         return x.name
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
+        return jsonable(x.tolist())
     if isinstance(x, (np.integer,)):
         return int(x)
     if isinstance(x, (np.floating,)):
@@ -279,7 +295,7 @@ class _Frozen:
         for name in self._DICTS:
             frozen = {str(key): _frozen(value, np.float64) for key, value in getattr(self, name).items()}
             object.__setattr__(self, name, _FrozenDict(frozen))
-        meta = _jsonable(dict(self.meta))
+        meta = jsonable(dict(self.meta))
         meta.setdefault("versions", package_versions())
         meta["content_hash"] = self._hash(meta)
         object.__setattr__(self, "meta", meta)
@@ -301,7 +317,7 @@ class _Frozen:
             h.update(name.encode())
             _hash_array(h, arr)
         rest = {k: v for k, v in meta.items() if k not in ("content_hash", "versions")}
-        h.update(json.dumps(_jsonable(self._scalars()), sort_keys=True).encode())
+        h.update(json.dumps(jsonable(self._scalars()), sort_keys=True).encode())
         h.update(json.dumps(rest, sort_keys=True).encode())
         return h.hexdigest()
 
@@ -326,7 +342,7 @@ class _Frozen:
         path = check_save_path(path)
         arrays = self._all_arrays()
         header = {"schema": _SCHEMA, "type": type(self).__name__,
-                  "scalars": _jsonable(self._scalars()), "meta": self.meta}
+                  "scalars": jsonable(self._scalars()), "meta": self.meta}
         np.savez_compressed(path, __header__=np.array(json.dumps(header)), **arrays)
         return path
 
@@ -785,7 +801,7 @@ def pack_records(records, prefix: str = "records"):
                 arrays[name] = value
                 row[key] = {"__array__": name}
             else:
-                row[key] = _jsonable(value)
+                row[key] = jsonable(value)
         rows.append(row)
     return rows, arrays
 
@@ -825,6 +841,29 @@ class _FrozenList(list):
 
     def __reduce__(self):
         return (_FrozenList, (list(self),))
+
+
+def distinct_values(records, name: str) -> list:
+    """The distinct values of ``name`` over ``records`` (sweep records or grid points), in first-seen order.
+
+    Parameters
+    ----------
+    records : iterable of dict
+        Records (or grid points); those without ``name`` are skipped.
+    name : str
+        A grid parameter.
+
+    Returns
+    -------
+    list
+        Each value once (values are compared by their canonical form, so ``1`` and ``1.0`` differ, arrays
+        compare by content).
+    """
+    seen = {}
+    for record in records:
+        if name in record:
+            seen.setdefault(canonical_json(record[name], name), record[name])
+    return list(seen.values())
 
 
 @dataclass(frozen=True, eq=False)
@@ -881,6 +920,23 @@ class SweepResult(Result):
         object.__setattr__(self, "meta", meta)
         super().__post_init__()
 
+    def axis_values(self, name: str) -> list:
+        """The values grid parameter ``name`` takes over the records, in grid order.
+
+        Parameters
+        ----------
+        name : str
+            A grid parameter (one of :attr:`axes`).
+
+        Returns
+        -------
+        list
+            Each value once (see :func:`distinct_values`).
+        """
+        if name not in self.axes:
+            raise ValueError(f"{name!r} is not a grid parameter of this sweep; axes: {list(self.axes)}.")
+        return distinct_values(self.records, name)
+
     def _scalars(self) -> dict:
         return {"task": self.task, "axes": list(self.axes), "seeds": self.seeds, "status": self.status.name,
                 "message": self.message, "citation": self.citation}
@@ -895,7 +951,7 @@ class SweepResult(Result):
         rows, arrays = pack_records(self.records)
         h = _hash_records(rows, arrays)
         rest = {k: v for k, v in meta.items() if k not in ("content_hash", "versions")}
-        h.update(json.dumps(_jsonable(self._scalars()), sort_keys=True).encode())
+        h.update(json.dumps(jsonable(self._scalars()), sort_keys=True).encode())
         h.update(json.dumps(rest, sort_keys=True).encode())
         return h.hexdigest()
 
@@ -993,7 +1049,25 @@ def _run_error(field_name: str, problem: str, fix: str):
     return ValueError(f"bridge run field {field_name!r}: {problem}; {fix}.")
 
 
-def _run_array(name, value, *, integer=False, ndim=None):
+def run_array(name: str, value, *, integer: bool = False, ndim: int | None = None) -> np.ndarray:
+    """``value`` checked as the Run field ``name`` (finite numbers, ``ndim`` axes), as float64 or int64.
+
+    Parameters
+    ----------
+    name : str
+        The field, for the ValueError.
+    value : array-like
+        Its data.
+    integer : bool
+        An integer field (int64).
+    ndim : int, optional
+        The number of axes it must have.
+
+    Returns
+    -------
+    ndarray
+        The checked array.
+    """
     try:
         arr = np.asarray(value)
     except Exception as err:  # ragged lists, objects
@@ -1095,14 +1169,14 @@ class Run(_Frozen):
         super().__post_init__()
 
     def _validate(self):
-        steps = _run_array("steps", self.steps, integer=True, ndim=1)
+        steps = run_array("steps", self.steps, integer=True, ndim=1)
         T = len(steps)
         if T < 1:
             raise _run_error("steps", "is empty", "record at least one step")
         if np.any(steps < 0) or np.any(np.diff(steps) <= 0):
             raise _run_error("steps", f"must be >= 0 and strictly increasing, got {steps[:8].tolist()}...",
                              "sort the records by step and drop repeats")
-        grams = _run_array("grams", self.grams, ndim=3)
+        grams = run_array("grams", self.grams, ndim=3)
         if grams.shape[0] != T or grams.shape[1] != grams.shape[2]:
             raise _run_error("grams", f"has shape {grams.shape}, expected (T, K, K) with T = len(steps) = {T}",
                              "store one square class-mean Gram per recorded step")
@@ -1121,22 +1195,22 @@ class Run(_Frozen):
             raise _run_error("grams", f"is not positive semidefinite (eigenvalue {low[t_bad]:.3g} at record "
                              f"{t_bad}, step {int(steps[t_bad])}; scale {scale:.3g})",
                              "store G = M^T M of the class means M, not a centred or distance matrix")
-        labels = _run_array("labels", self.labels, integer=True, ndim=1)
+        labels = run_array("labels", self.labels, integer=True, ndim=1)
         if labels.shape != (K,) or len(np.unique(labels)) != K:
             raise _run_error("labels", f"must hold K = {K} distinct label ids, got shape {labels.shape} with "
                              f"{len(np.unique(labels))} distinct", "give one label id per Gram row")
-        counts = _run_array("counts", self.counts, integer=True, ndim=1)
+        counts = run_array("counts", self.counts, integer=True, ndim=1)
         if counts.shape != (K,) or np.any(counts < 1):
             raise _run_error("counts", f"must be K = {K} counts >= 1, got {counts.tolist()[:8]}",
                              "count the examples behind each class mean")
         if self.attributes is not None:
-            A = _run_array("attributes", self.attributes, integer=True, ndim=2)
+            A = run_array("attributes", self.attributes, integer=True, ndim=2)
             if A.shape[0] != K or np.any(A < 0):
                 raise _run_error("attributes", f"must be a (K = {K}, F) table of levels >= 0, got shape {A.shape}",
                                  "give one row of factor levels per class, in label order")
         d = None
         if self.means is not None:
-            M = _run_array("means", self.means, ndim=3)
+            M = run_array("means", self.means, ndim=3)
             if M.shape[0] != T or M.shape[2] != K:
                 raise _run_error("means", f"has shape {M.shape}, expected (T = {T}, d, K = {K})",
                                  "store the class means as columns")
@@ -1147,17 +1221,17 @@ class Run(_Frozen):
                 raise _run_error("grams", f"differs from means^T means by {err:.3g}",
                                  "store grams computed from the stored means")
         if self.W is not None:
-            W = _run_array("W", self.W, ndim=3)
+            W = run_array("W", self.W, ndim=3)
             if W.shape[0] != T or W.shape[1] != K or (d is not None and W.shape[2] != d):
                 raise _run_error("W", f"has shape {W.shape}, expected (T = {T}, K = {K}, d"
                                  + (f" = {d})" if d is not None else ")"), "store the classifier rows in label order")
         if self.within is not None:
-            V = _run_array("within", self.within, ndim=2)
+            V = run_array("within", self.within, ndim=2)
             if V.shape != (T, K) or np.any(V < 0):
                 raise _run_error("within", f"must be (T = {T}, K = {K}) traces >= 0, got shape {V.shape}",
                                  "store the mean squared distance to the class mean per class")
         if self.loss is not None:
-            loss = _run_array("loss", self.loss, ndim=1)
+            loss = run_array("loss", self.loss, ndim=1)
             if loss.shape != (T,):
                 raise _run_error("loss", f"has shape {loss.shape}, expected (T = {T},)", "store one loss per record")
 
@@ -1173,6 +1247,57 @@ class Run(_Frozen):
         extra = [n for n in ("attributes", "means", "W", "within", "loss") if getattr(self, n) is not None]
         return (f"Run(name={self.name!r}, T={self.T}, K={self.K}, steps {int(self.steps[0])}..{int(self.steps[-1])}, "
                 f"with {extra})")
+
+
+# -- a Run as a file: what ufm.bridge.io writes to safetensors and HDF5 as Run.save does to .npz ------
+#: Array fields of :class:`Run`, in order, and those that hold integers.
+RUN_ARRAYS = Run._ARRAYS
+RUN_INT_ARRAYS = Run._INT_ARRAYS
+
+
+def run_file(run: Run) -> tuple[dict, dict]:
+    """The JSON header and the arrays of ``run`` as :meth:`Run.save` writes them.
+
+    Parameters
+    ----------
+    run : Run
+        The run.
+
+    Returns
+    -------
+    header : dict
+        ``schema`` (the file layout version), ``type``, ``scalars``, ``meta``.
+    arrays : dict
+        Field name -> array, for the fields that are not ``None``.
+    """
+    header = {"schema": _SCHEMA, "type": "Run", "scalars": jsonable(run._scalars()), "meta": run.meta}
+    return header, run._all_arrays()
+
+
+def check_run_file(header: dict) -> str | None:
+    """What is wrong with the header of a Run file (``None``: nothing): ``"'field' problem; fix"``.
+
+    Parameters
+    ----------
+    header : dict
+        The file's JSON header.
+
+    Returns
+    -------
+    str or None
+        The problem, or ``None`` for a Run file of the layout this ufm writes.
+    """
+    kind = header.get("type")
+    if kind != "Run":
+        if kind in _TYPES:
+            return (f"'type' is {kind!r}: the file holds a ufm {kind}, not a bridge Run; read it with "
+                    "ufm.results.load, or pass a file written by Exporter.save / save_run")
+        return (f"'type' is the unknown result type {kind!r} (expected 'Run'); pass a file written by "
+                "Exporter.save / save_run")
+    if header.get("schema") not in (1, _SCHEMA):     # 1: before Status; a Run reads the same in both
+        return (f"'schema' is {header.get('schema')!r}, this ufm reads file schemas 1 and {_SCHEMA}; convert the "
+                "file with the ufm version that wrote it")
+    return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -1252,10 +1377,10 @@ class FitResult(Result):
     _LOOKUP: ClassVar[tuple[tuple[str, str], ...]] = (("curves", "curve"),)
 
     def __post_init__(self):
-        object.__setattr__(self, "params", _FrozenDict(_jsonable(dict(self.params))))
-        object.__setattr__(self, "gof", _FrozenDict({k: _FrozenDict(_jsonable(dict(v)))
+        object.__setattr__(self, "params", _FrozenDict(jsonable(dict(self.params))))
+        object.__setattr__(self, "gof", _FrozenDict({k: _FrozenDict(jsonable(dict(v)))
                                                      for k, v in dict(self.gof).items()}))
-        object.__setattr__(self, "transitions", _FrozenDict({k: _FrozenDict(_jsonable(dict(v)))
+        object.__setattr__(self, "transitions", _FrozenDict({k: _FrozenDict(jsonable(dict(v)))
                                                              for k, v in dict(self.transitions).items()}))
         super().__post_init__()
 

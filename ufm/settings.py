@@ -32,10 +32,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ufm import _memory
 from ufm._checks import check_int as _check_int, check_nonneg
 from ufm.problems import UFMProblem
 
-__all__ = ["Setting", "factorial", "hierarchy", "ntp_contexts", "MAX_ITEMS"]
+__all__ = ["MAX_ITEMS", "NAMED_SETTINGS", "NamedSetting", "Setting", "factorial", "generator_of", "hierarchy",
+           "named_setting", "ntp_contexts"]
 
 #: Largest number of items a setting may have (the N x N matrices grow as N^2).
 MAX_ITEMS = 10_000
@@ -55,16 +57,13 @@ class _ReadOnlyDict(dict):
         return (_ReadOnlyDict, (dict(self),))
 
 
+#: What to do when a table of a setting would not fit in memory.
+_FEWER = "Use a setting with fewer items."
+
+
 def _readonly(a: np.ndarray) -> np.ndarray:
     a.setflags(write=False)
     return a
-
-
-def _check_memory(nbytes: int, what: str) -> None:
-    """Refuse an allocation larger than the memory guard allows (``ufm._memory``: half the free memory)."""
-    from ufm import _memory
-
-    _memory.check({what: nbytes}, what, "Use a setting with fewer items.")
 
 
 def _names(arg: str, value, count: int, default) -> tuple[str, ...]:
@@ -356,7 +355,7 @@ class Setting:
 
         The shared-factor matrix S of THEORY §7.4 (read-only, int64).
         """
-        _check_memory(8 * self.N**2, "share (N x N)")
+        _memory.check({"share (N x N)": 8 * self.N**2}, "share (N x N)", _FEWER)
         S = np.zeros((self.N, self.N), dtype=np.int64)
         for col in self.attributes.T:
             S += col[:, None] == col[None, :]
@@ -425,7 +424,7 @@ class Setting:
             The attribute kernel.
         """
         s = self._strengths(strengths)
-        _check_memory(8 * self.N**2, "the N x N kernel")
+        _memory.check({"the N x N kernel": 8 * self.N**2}, "the N x N kernel", _FEWER)
         Kx = np.zeros((self.N, self.N))
         for b, col in enumerate(self._codes.T):
             Kx += s[b] ** 2 * (col[:, None] == col[None, :])
@@ -462,7 +461,7 @@ class Setting:
         """
         sigma = check_nonneg("sigma", sigma, "the per-item capacity")
         top = self.attribute_encoding(strengths)
-        _check_memory(8 * (top.shape[0] + self.N) * self.N, "the encoding Phi")
+        _memory.check({"the encoding Phi": 8 * (top.shape[0] + self.N) * self.N}, "the encoding Phi", _FEWER)
         return np.vstack([top, sigma * np.eye(self.N)])
 
     def input_kernel(self, sigma, strengths=None) -> np.ndarray:
@@ -748,3 +747,110 @@ def ntp_contexts(n_classes=3, objects_per_class=4, verbs_per_class=2, n_subjects
         position_names=("subject", "verb"),
         next_tokens=ns + n_verbs + np.arange(N),
     )
+
+
+# -- the settings known by name ----------------------------------------------------------------
+@dataclass(frozen=True)
+class NamedSetting:
+    """A setting generator known by name, with the sizes it is built with by default.
+
+    Attributes
+    ----------
+    generator : str
+        The function of this module (``"factorial"``, ...).
+    arguments : tuple of str or None
+        The arguments ``sizes`` fills, one number each (``ntp_contexts``); ``None``: ``sizes`` is the
+        generator's one sequence argument (the levels of ``factorial``, the branching of ``hierarchy``).
+    marker : str
+        A parameter only this generator records (which generator built a setting).
+    small : tuple of int
+        Sizes for the theory and its checks (8 or 12 classes: the phase diagram, the demo).
+    network : tuple of int
+        Sizes a reference network is trained on (32 or 64 classes: ``ufm train-network``).
+    """
+
+    generator: str
+    arguments: tuple | None
+    marker: str
+    small: tuple
+    network: tuple
+
+    def build(self, sizes=None, preset: str = "small") -> Setting:
+        """The setting of ``sizes`` (default: the preset's).
+
+        Parameters
+        ----------
+        sizes : sequence of int, optional
+            Levels, branching, or the numbers of :attr:`arguments`.
+        preset : {"small", "network"}
+            Whose default sizes to use when ``sizes`` is omitted.
+
+        Returns
+        -------
+        Setting
+            A new instance.
+        """
+        if preset not in ("small", "network"):
+            raise ValueError(f"preset must be 'small' or 'network', got {preset!r}.")
+        sizes = getattr(self, preset) if sizes is None else tuple(sizes)
+        make = globals()[self.generator]
+        if self.arguments is None:
+            return make(sizes)
+        if len(sizes) != len(self.arguments):
+            raise ValueError(f"{self.generator} takes {len(self.arguments)} sizes ({','.join(self.arguments)}), "
+                             f"e.g. {','.join(map(str, self.network))}; got {len(sizes)}.")
+        return make(**dict(zip(self.arguments, sizes)))
+
+
+#: The one registry of named settings: ``ufm train-network --setting``, ``ufm fit --setting``, the
+#: phase diagram and ``ufm.sweep(problem=...)`` all read it.
+NAMED_SETTINGS = {
+    "factorial": NamedSetting("factorial", None, "levels", small=(2, 2, 2), network=(2, 2, 2, 2, 2)),
+    "hierarchy": NamedSetting("hierarchy", None, "branching", small=(2, 2, 2), network=(2, 2, 2, 2, 2)),
+    "ntp_contexts": NamedSetting("ntp_contexts", ("n_classes", "objects_per_class", "verbs_per_class", "n_subjects"),
+                                 "n_classes", small=(3, 4, 2, 3), network=(4, 8, 2, 32)),
+}
+
+
+def named_setting(name: str, sizes=None, preset: str = "small") -> Setting:
+    """The setting called ``name`` (a key of :data:`NAMED_SETTINGS`), of ``sizes`` or the preset's sizes.
+
+    Parameters
+    ----------
+    name : {"factorial", "hierarchy", "ntp_contexts"}
+        The generator.
+    sizes : sequence of int, optional
+        Levels (factorial), branching per level (hierarchy), or ``n_classes, objects_per_class,
+        verbs_per_class, n_subjects`` (ntp_contexts).
+    preset : {"small", "network"}
+        Default sizes: ``"small"`` (``factorial((2, 2, 2))``, ``hierarchy(2, depth=3)``,
+        ``ntp_contexts()``) or ``"network"`` (``factorial((2,) * 5)``, ``hierarchy((2,) * 5)``,
+        ``ntp_contexts(4, 8, 2, 32)``).
+
+    Returns
+    -------
+    Setting
+        A new instance.
+    """
+    if name not in NAMED_SETTINGS:
+        raise ValueError(f"setting must be one of {sorted(NAMED_SETTINGS)}, got {name!r}.")
+    return NAMED_SETTINGS[name].build(sizes, preset)
+
+
+def generator_of(setting: Setting) -> str | None:
+    """The name of the generator that built ``setting`` (from its recorded parameters), or ``None``.
+
+    Parameters
+    ----------
+    setting : Setting
+        A setting.
+
+    Returns
+    -------
+    str or None
+        A key of :data:`NAMED_SETTINGS`.
+    """
+    for name, named in NAMED_SETTINGS.items():
+        if named.marker in setting.params:
+            return name
+    return None

@@ -58,16 +58,18 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import _interrupt, _memory
 from .._checks import check_int, check_nonneg, check_positive
+from .._progress import Progress
 from ..results import FitResult
 from .io import as_numpy
 from .m1 import anchored_path, anchored_path_patterns
-from .m2 import (ENGINES, STARTS, M2Model, Reporter, align_monotone, align_refined, alignment_cost, at_fraction,
-                 fit_m2, isotropic_init)
+from .m2 import (CACHE_BYTES, CACHE_ENTRIES, ENGINES, STARTS, M2Model, align_monotone, align_refined,
+                 alignment_cost, at_fraction, fit_m2, isotropic_init)
 from .observed import Representations, first_state, read_observed, unit_centred
 from .patterns import PatternAlgebra, pattern_ids, project_patterns
 from .report import (ACCEPT, TRANSIENT, etf_of, explains, gaps_of, goodness_of_fit, model_transition_index,
@@ -118,9 +120,9 @@ def _check_accept(accept):
 def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, loss: str = "ce", lam="fit",
         fit_strengths: bool = True, inputs=None, kernel=None, start: str = "isotropic", init_scale="fit",
         match: str = "auto", engine: str = "auto", horizon: float = 1e6, n_model: int = 160,
-        sigma_grid=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), maxiter: int = 150, anchor=None, lam_W_anchor: float = 1e-2,
+        sigma_grid=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), max_iter: int = 150, anchor=None, lam_W_anchor: float = 1e-2,
         lam_H_anchor: float = 1e-2, betas=None, level: float = 0.95, accept=None, seed: int = 0,
-        progress: bool = False, on_interrupt: str = "raise") -> FitResult:
+        progress="auto", on_interrupt: str = "raise") -> FitResult:
     """Fit the static decomposition, the input-coupled UFM (M2) and the anchored UFM (M1) to observed Grams.
 
     Parameters
@@ -181,7 +183,7 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         model records (0 and a log-spaced grid).
     sigma_grid : sequence of float
         Starting values of ``sigma`` (ufm's encoding).
-    maxiter : int
+    max_iter : int
         Nelder-Mead iterations of each search (two searches from the best
         starting points, then a restart from the best point; 0: the best grid
         point, no search).
@@ -199,8 +201,11 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         Overrides of :data:`ACCEPT`, the minimum quality of an explanation.
     seed : int
         Seed of M1's symmetry-breaking perturbation.
-    progress : bool
-        Progress lines on stderr (at most every 2 s).
+    progress : {"auto", True, False}
+        A progress display (tqdm when installed, else lines on stderr; never stdout;
+        status lines at most every 2 s):
+        ``"auto"`` (default) once the work has run 2 s, ``True`` from the start,
+        ``False`` never. Every ``ufm`` entry point takes the same values.
     on_interrupt : {"raise", "return"}
         What Ctrl-C (SIGINT) does: the M2 search stops at its next simulation (within
         milliseconds) and the fit is finished from the best point found so far, with
@@ -235,7 +240,7 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         res = _fit(source, setting, attributes=attributes, steps=steps, models=models, loss=loss, lam=lam,
                     fit_strengths=fit_strengths, inputs=inputs, kernel=kernel, start=start,
                     init_scale=init_scale, match=match, engine=engine, horizon=horizon, n_model=n_model,
-                    sigma_grid=sigma_grid, maxiter=maxiter, anchor=anchor, lam_W_anchor=lam_W_anchor,
+                    sigma_grid=sigma_grid, max_iter=max_iter, anchor=anchor, lam_W_anchor=lam_W_anchor,
                     lam_H_anchor=lam_H_anchor, betas=betas, level=level, accept=accept, seed=seed,
                     progress=progress)
     return _interrupt.finish(res, bool(res.meta.get("interrupted")), on_interrupt,
@@ -245,12 +250,13 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
 def _fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, loss: str = "ce", lam="fit",
          fit_strengths: bool = True, inputs=None, kernel=None, start: str = "isotropic", init_scale="fit",
          match: str = "auto", engine: str = "auto", horizon: float = 1e6, n_model: int = 160,
-         sigma_grid=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), maxiter: int = 150, anchor=None, lam_W_anchor: float = 1e-2,
+         sigma_grid=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), max_iter: int = 150, anchor=None, lam_W_anchor: float = 1e-2,
          lam_H_anchor: float = 1e-2, betas=None, level: float = 0.95, accept=None, seed: int = 0,
-         progress: bool = False) -> FitResult:
-    """:func:`fit` without the Ctrl-C policy (it runs inside ``_interrupt.deferred``)."""
+         progress="auto") -> FitResult:
+    """:func:`fit` without the Ctrl-C policy (it runs inside ``_interrupt.deferred``): check, observe, fit each
+    model, judge."""
     t_start = time.perf_counter()
-    report = Reporter(progress)
+    report = Progress(progress, None, "ufm.fit").note     # status lines on stderr
     models = _check_models(models)
     if loss not in ("ce", "mse"):
         raise ValueError(f"loss must be 'ce' or 'mse', got {loss!r}.")
@@ -266,7 +272,7 @@ def _fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, lo
         raise ValueError(f"match must be 'auto', 'patterns' or 'full', got {match!r}.")
     horizon = check_positive("horizon", horizon, "the last model time")
     n_model = check_int("n_model", n_model, 3)
-    maxiter = check_int("maxiter", maxiter, 0)
+    max_iter = check_int("max_iter", max_iter, 0)
     sigma_grid = _check_grid(sigma_grid)
     accept = _check_accept(accept)
     if not 0 < level < 1:
@@ -279,115 +285,175 @@ def _fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, lo
     dense = engine == "dense" or start == "observed" or inputs is not None or kernel is not None
     _memory.check(memory_estimate(K, T, np.asarray(obs.attributes).shape[1], models, n_model=n_model, dense=dense),
                   "ufm.fit", "Fit fewer records (a subset of the run's steps), fewer models, or a smaller n_model.")
-    user = None
-    if inputs is not None:
-        user = as_numpy(inputs, "inputs")
-        if user.ndim != 2 or user.shape[1] != K:
-            raise ValueError(f"inputs must be (p, K = {K}), one column per class in the run's order, got shape "
-                             f"{user.shape}.")
-    if kernel is not None:
-        user = as_numpy(kernel, "kernel")
-        if user.shape != (K, K) or not np.allclose(user, user.T, atol=1e-10 * max(1.0, np.abs(user).max())):
-            raise ValueError(f"kernel must be a symmetric (K = {K}, K) input kernel, got shape {user.shape}.")
-        if np.linalg.eigvalsh(0.5 * (user + user.T))[0] < -1e-10 * max(1.0, np.abs(user).max()):
-            raise ValueError("kernel must be positive semidefinite (an input Gram X^T X).")
+    user = _user_inputs(inputs, kernel, K)
     dynamical = [m for m in models if m != "static"]
     if dynamical and T < 3:
         raise ValueError(f"the source has {T} record(s); fitting a trajectory ({', '.join(dynamical)}) needs at "
                          f"least 3 (more make it identifiable). Use models=('static',) for single Grams.")
     if match == "auto":
         match = "full" if start == "observed" else "patterns"
-    notes = []
-    try:
-        algebra = PatternAlgebra.from_attributes(obs.attributes)
-    except ValueError as err:
-        algebra = None
-        notes.append(f"patterns: {err} (M2 runs on the dense engine)")
+
+    out = _Fits()
     report(f"{K} classes, {T} records: centring, pattern projections, observed curves", force=True)
-    rep = Representations(obs, match, algebra)
-
-    curves = {"observed_gap": rep.gap, "observed_etf_distance": rep.etf, "outside_patterns": rep.outside}
-    if obs.within is not None and np.any(obs.counts > 1):
-        wc = within_class(obs.grams, obs.within, obs.counts)
-        curves.update(observed_nc1_trace_ratio=wc["nc1_trace_ratio"], observed_cdnv=wc["cdnv_mean"])
-    fitted = {"observed": rep.full, "observed_patterns": rep.patterns}
-    gof, params, transitions = {}, {}, {}
-    params.update(outside_patterns=float(rep.outside.mean()), outside_patterns_change=rep.outside_change)
-    static_saturated = False
-
+    rep = _observe(obs, match, out)
     if "static" in models:
         report("static decomposition", force=True)
-        st = static_decomposition(obs.grams, obs.attributes, level=level)
-        fitted["static"] = st["fitted"]
-        per = 1 + len(st["factors"])
-        gap, etf, gof["static"] = goodness_of_fit(rep, st["fitted"], T * per)
-        static_saturated = per >= rep.dims
-        gof["static"]["saturated"] = static_saturated
-        curves.update(static_gap=gap, static_etf_distance=etf, static_a=st["a"], static_b=st["b"],
-                      static_a_ci=st["a_ci"], static_b_ci=st["b_ci"], static_r2=st["r2"])
-        params.update(a_end=float(st["a"][-1]), b_end=st["b"][-1].tolist(), a_end_ci=st["a_ci"][-1].tolist(),
-                      b_end_ci=st["b_ci"][-1].tolist(), ratio_end=(st["b"][-1] / st["a"][-1]).tolist(),
-                      static_factors=st["factors"], static_df=st["df"])
-        if st["dropped"]:
-            notes.append(f"static: factors {st['dropped']} dropped (they do not split the classes or repeat others)")
-        if static_saturated:
-            notes.append(f"static: {per} numbers per record for {rep.dims} in the {match} representation: "
-                         f"saturated, its Gram R^2 says nothing")
-
-    ot = observed_transition(obs.steps, rep.gap, rep.matched)
-    transitions["observed"] = ot
-    params["observed_transition"] = ot["step"]
-
+        _fit_static_model(rep, obs, level, match, out)
     m2 = None
     if "input_coupled" in models:
         report(f"input_coupled: fitting {K} classes, {T} records", force=True)
-        m2 = _fit_input_coupled(rep, obs, user=user, inputs_given=inputs is not None, loss=loss, lam=lam,
-                                init_scale=init_scale, fit_strengths=fit_strengths, start=start, engine=engine,
-                                horizon=horizon, n_model=n_model, sigma_grid=sigma_grid, maxiter=maxiter,
-                                report=report)
-        notes += m2["notes"]
-        model_G = m2["aligned"]
-        fitted["input_coupled"] = model_G
-        tau = m2["tau"]
-        n_free = len(m2["x"])
-        gap, etf, gof["input_coupled"] = goodness_of_fit(rep, model_G, n_free + T)
-        curves.update(input_coupled_gap=gap, input_coupled_etf_distance=etf, time_map=tau,
-                      model_times=m2["times"], model_gap=m2["model_gap"], model_etf_distance=m2["model_etf"])
-        exponent, offset = time_map_powerlaw(obs.steps, tau)
-        q = m2["params"]
-        params.update({k: v for k, v in (("sigma", q.get("sigma")), ("strengths", q.get("strengths"))) if v is not None})
-        params["near_best"] = {("init_scale" if k == "scale" else k): v for k, v in m2["near_best"].items()}
-        params.update(lam=q["lam"], init_scale=q["scale"], time_exponent=exponent, time_offset=offset,
-                      m2_engine=m2["engine"], m2_start=start, m2_kernel=m2["kernel_kind"],
-                      m2_simulations=m2["n_sim"])
-        if m2["transition_time"] is None:
-            transitions["predicted"] = {"step": None, "model_time": None, "inside": False,
-                                        "reason": m2["transition_reason"]}
-        else:
-            transitions["predicted"] = predicted_transition(m2["transition_time"], obs.steps, tau, exponent, offset)
-            params["transition_model_time"] = m2["transition_time"]
-
+        m2 = _fit_input_coupled_model(rep, obs, out, user=user, inputs_given=inputs is not None, loss=loss, lam=lam,
+                                      init_scale=init_scale, fit_strengths=fit_strengths, start=start, engine=engine,
+                                      horizon=horizon, n_model=n_model, sigma_grid=sigma_grid, max_iter=max_iter,
+                                      report=report)
     if "anchored" in models:
-        H0 = anchor
-        if H0 is None:     # attribute one-hots (M2's fitted strengths if any), with room for an ETF
-            strengths = None if m2 is None or "strengths" not in m2["params"] else m2["params"]["strengths"]
-            H0 = np.vstack([obs.setting.attribute_encoding(strengths), np.zeros((K, K))])
-        H0 = as_numpy(H0, "anchor")
-        if H0.ndim != 2 or H0.shape[1] != K:
-            raise ValueError(f"anchor must be (d0, K = {K}), got shape {H0.shape}.")
         grid = np.logspace(3, -5, 81) if betas is None else np.asarray(betas, dtype=np.float64)
         if grid.ndim != 1 or len(grid) < 2 or np.any(grid <= 0):
             raise ValueError("betas must be a 1-D grid of at least 2 values > 0.")
         report(f"anchored: beta path over {len(grid)} values", force=True)
-        m1 = _fit_m1(rep, H0, lam_W=lam_W_anchor, lam_H=lam_H_anchor, betas=grid, seed=seed)
-        fitted["anchored"] = m1["model_grams"]
-        gap, etf, gof["anchored"] = goodness_of_fit(rep, m1["model_grams"], T)
-        curves.update(anchored_gap=gap, anchored_etf_distance=etf, beta_path=m1["betas"])
-        params.update(beta_end=float(m1["betas"][-1]), beta_start=float(m1["betas"][0]), m1_solver=m1["solver"])
+        _fit_anchored_model(rep, obs, out, anchor=anchor, m2=m2, lam_W=lam_W_anchor, lam_H=lam_H_anchor, betas=grid,
+                            seed=seed)
 
     report("goodness of fit", force=True)
+    best, verdict = _judge(rep, out, accept)
+    pred = out.transitions.get("predicted")
+    predicted = pred["step"] if pred is not None and pred.get("inside") else None
+    interrupted = bool(m2 is not None and m2["interrupted"]) or _interrupt.requested()
+    if interrupted and not (m2 is not None and m2["interrupted"]):
+        out.notes.append("interrupted (Ctrl-C) where no search could stop early; every model was fitted to the end")
+    text = table(out.gof, rep)
+    message = (f"fit of {obs.desc}: {K} classes, {T} records, matched on {match} Grams.\n{text}\nverdict: {verdict}"
+               + transition_lines(out.transitions) + m2_lines(out.params) + within_lines(out.curves)
+               + "".join(f"\nnote: {n}" for n in out.notes))
+    meta = {"source": obs.desc, "models": list(models), "match": match, "loss": loss, "lam": lam,
+            "fit_strengths": fit_strengths, "start": start, "init_scale": init_scale, "engine": engine,
+            "horizon": horizon, "n_model": n_model, "max_iter": max_iter, "accept": accept, "seed": seed,
+            "setting": getattr(obs.setting, "name", None), "attributes": np.asarray(obs.attributes).tolist(),
+            "seconds": time.perf_counter() - t_start, "notes": out.notes, "interrupted": interrupted}
+    return FitResult(params=out.params, gof=out.gof, steps=obs.steps, curves=out.curves, grams=out.fitted,
+                     best_model=best, predicted_transition=predicted, transitions=out.transitions, verdict=verdict,
+                     message=message, status="interrupted" if interrupted else "completed", meta=meta)
+
+
+@dataclass
+class _Fits:
+    """What the fit collects, model by model, into the FitResult."""
+
+    curves: dict = field(default_factory=dict)       # name -> curve over the records
+    fitted: dict = field(default_factory=dict)       # model -> its Grams at the records
+    gof: dict = field(default_factory=dict)          # model -> goodness of fit
+    params: dict = field(default_factory=dict)
+    transitions: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+    static_saturated: bool = False
+
+
+def _user_inputs(inputs, kernel, K: int):
+    """The user's inputs ``(p, K)`` or input kernel ``(K, K)``, checked; ``None`` when neither is given."""
+    if inputs is not None:
+        user = as_numpy(inputs, "inputs")
+        if user.ndim != 2 or user.shape[1] != K:
+            raise ValueError(f"inputs must be (p, K = {K}), one column per class in the run's order, got shape "
+                             f"{user.shape}.")
+        return user
+    if kernel is not None:
+        user = as_numpy(kernel, "kernel")
+        if user.shape != (K, K) or not np.allclose(user, user.T, atol=1e-10 * max(1.0, np.abs(user).max())):
+            raise ValueError(f"kernel must be a symmetric (K = {K}, K) input kernel, got shape {user.shape}.")
+        if np.linalg.eigvalsh(0.5 * (user + user.T))[0] < -1e-10 * max(1.0, np.abs(user).max()):
+            raise ValueError("kernel must be positive semidefinite (an input Gram X^T X).")
+        return user
+    return None
+
+
+def _observe(obs, match: str, out: _Fits) -> Representations:
+    """The observed Grams in the matched representation, their curves and their transition."""
+    try:
+        algebra = PatternAlgebra.from_attributes(obs.attributes)
+    except ValueError as err:
+        algebra = None
+        out.notes.append(f"patterns: {err} (M2 runs on the dense engine)")
+    rep = Representations(obs, match, algebra)
+    out.curves.update(observed_gap=rep.gap, observed_etf_distance=rep.etf, outside_patterns=rep.outside)
+    if obs.within is not None and np.any(obs.counts > 1):
+        wc = within_class(obs.grams, obs.within, obs.counts)
+        out.curves.update(observed_nc1_trace_ratio=wc["nc1_trace_ratio"], observed_cdnv=wc["cdnv_mean"])
+    out.fitted.update(observed=rep.full, observed_patterns=rep.patterns)
+    out.params.update(outside_patterns=float(rep.outside.mean()), outside_patterns_change=rep.outside_change)
+    ot = observed_transition(obs.steps, rep.gap, rep.matched)
+    out.transitions["observed"] = ot
+    out.params["observed_transition"] = ot["step"]
+    return rep
+
+
+def _fit_static_model(rep, obs, level: float, match: str, out: _Fits) -> None:
+    """The static ETF + attribute decomposition of every record (THEORY §8.6)."""
+    T = obs.T
+    st = static_decomposition(obs.grams, obs.attributes, level=level)
+    out.fitted["static"] = st["fitted"]
+    per = 1 + len(st["factors"])
+    gap, etf, out.gof["static"] = goodness_of_fit(rep, st["fitted"], T * per)
+    out.static_saturated = per >= rep.dims
+    out.gof["static"]["saturated"] = out.static_saturated
+    out.curves.update(static_gap=gap, static_etf_distance=etf, static_a=st["a"], static_b=st["b"],
+                      static_a_ci=st["a_ci"], static_b_ci=st["b_ci"], static_r2=st["r2"])
+    out.params.update(a_end=float(st["a"][-1]), b_end=st["b"][-1].tolist(), a_end_ci=st["a_ci"][-1].tolist(),
+                      b_end_ci=st["b_ci"][-1].tolist(), ratio_end=(st["b"][-1] / st["a"][-1]).tolist(),
+                      static_factors=st["factors"], static_df=st["df"])
+    if st["dropped"]:
+        out.notes.append(f"static: factors {st['dropped']} dropped (they do not split the classes or repeat others)")
+    if out.static_saturated:
+        out.notes.append(f"static: {per} numbers per record for {rep.dims} in the {match} representation: "
+                         f"saturated, its Gram R^2 says nothing")
+
+
+def _fit_input_coupled_model(rep, obs, out: _Fits, *, start, report, **options) -> dict:
+    """The input-coupled model M2 fitted to the trajectory, with its time map and predicted transition."""
+    T = obs.T
+    m2 = _fit_input_coupled(rep, obs, start=start, report=report, **options)
+    out.notes += m2["notes"]
+    out.fitted["input_coupled"] = m2["aligned"]
+    tau = m2["tau"]
+    gap, etf, out.gof["input_coupled"] = goodness_of_fit(rep, m2["aligned"], len(m2["x"]) + T)
+    out.curves.update(input_coupled_gap=gap, input_coupled_etf_distance=etf, time_map=tau,
+                      model_times=m2["times"], model_gap=m2["model_gap"], model_etf_distance=m2["model_etf"])
+    exponent, offset = time_map_powerlaw(obs.steps, tau)
+    q = m2["params"]
+    params = out.params
+    params.update({k: v for k, v in (("sigma", q.get("sigma")), ("strengths", q.get("strengths"))) if v is not None})
+    params["near_best"] = {("init_scale" if k == "scale" else k): v for k, v in m2["near_best"].items()}
+    params.update(lam=q["lam"], init_scale=q["scale"], time_exponent=exponent, time_offset=offset,
+                  m2_engine=m2["engine"], m2_start=start, m2_kernel=m2["kernel_kind"], m2_simulations=m2["n_sim"])
+    if m2["transition_time"] is None:
+        out.transitions["predicted"] = {"step": None, "model_time": None, "inside": False,
+                                        "reason": m2["transition_reason"]}
+    else:
+        out.transitions["predicted"] = predicted_transition(m2["transition_time"], obs.steps, tau, exponent, offset)
+        params["transition_model_time"] = m2["transition_time"]
+    return m2
+
+
+def _fit_anchored_model(rep, obs, out: _Fits, *, anchor, m2, lam_W, lam_H, betas, seed) -> None:
+    """The anchored model M1 along a path of anchor strengths beta (THEORY §8.1)."""
+    K = obs.K
+    H0 = anchor
+    if H0 is None:     # attribute one-hots (M2's fitted strengths if any), with room for an ETF
+        strengths = None if m2 is None or "strengths" not in m2["params"] else m2["params"]["strengths"]
+        H0 = np.vstack([obs.setting.attribute_encoding(strengths), np.zeros((K, K))])
+    H0 = as_numpy(H0, "anchor")
+    if H0.ndim != 2 or H0.shape[1] != K:
+        raise ValueError(f"anchor must be (d0, K = {K}), got shape {H0.shape}.")
+    m1 = _fit_m1(rep, H0, lam_W=lam_W, lam_H=lam_H, betas=betas, seed=seed)
+    out.fitted["anchored"] = m1["model_grams"]
+    gap, etf, out.gof["anchored"] = goodness_of_fit(rep, m1["model_grams"], obs.T)
+    out.curves.update(anchored_gap=gap, anchored_etf_distance=etf, beta_path=m1["betas"])
+    out.params.update(beta_end=float(m1["betas"][-1]), beta_start=float(m1["betas"][0]), m1_solver=m1["solver"])
+
+
+def _judge(rep, out: _Fits, accept) -> tuple:
+    """Which observations each dynamical model explains, the best accepted model and the verdict line."""
     explained, accepted = {}, {}
-    for m, g in gof.items():
+    for m, g in out.gof.items():
         if m == "static":
             g["explains"], g["accepted"] = {}, False
             continue
@@ -395,25 +461,8 @@ def _fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, lo
         explained[m] = e
         g["explains"] = e
         g["accepted"] = accepted[m] = all(e.values())
-    best = max((m for m in accepted if accepted[m]), key=lambda m: gof[m]["gram_r2"], default=None)
-    verdict = verdict_line(gof, explained, best, rep.outside_change, static_saturated, accept)
-    pred = transitions.get("predicted")
-    predicted = pred["step"] if pred is not None and pred.get("inside") else None
-    interrupted = bool(m2 is not None and m2["interrupted"]) or _interrupt.requested()
-    if interrupted and not (m2 is not None and m2["interrupted"]):
-        notes.append("interrupted (Ctrl-C) where no search could stop early; every model was fitted to the end")
-    text = table(gof, rep)
-    message = (f"fit of {obs.desc}: {K} classes, {T} records, matched on {match} Grams.\n{text}\nverdict: {verdict}"
-               + transition_lines(transitions) + m2_lines(params) + within_lines(curves)
-               + "".join(f"\nnote: {n}" for n in notes))
-    meta = {"source": obs.desc, "models": list(models), "match": match, "loss": loss, "lam": lam,
-            "fit_strengths": fit_strengths, "start": start, "init_scale": init_scale, "engine": engine,
-            "horizon": horizon, "n_model": n_model, "maxiter": maxiter, "accept": accept, "seed": seed,
-            "setting": getattr(obs.setting, "name", None), "attributes": np.asarray(obs.attributes).tolist(),
-            "seconds": time.perf_counter() - t_start, "notes": notes, "interrupted": interrupted}
-    return FitResult(params=params, gof=gof, steps=obs.steps, curves=curves, grams=fitted, best_model=best,
-                     predicted_transition=predicted, transitions=transitions, verdict=verdict, message=message,
-                     status="interrupted" if interrupted else "completed", meta=meta)
+    best = max((m for m in accepted if accepted[m]), key=lambda m: out.gof[m]["gram_r2"], default=None)
+    return best, verdict_line(out.gof, explained, best, rep.outside_change, out.static_saturated, accept)
 
 
 def memory_estimate(K: int, T: int, F: int, models=MODELS, *, n_model: int = 160, dense: bool = False) -> dict:
@@ -441,8 +490,6 @@ def memory_estimate(K: int, T: int, F: int, models=MODELS, *, n_model: int = 160
         needs beyond that, while two Gram stacks are held (``5 R^3`` floats for ``R <= 128``
         patterns, about ``4 K^2`` above).
     """
-    from .m2 import CACHE_BYTES, CACHE_ENTRIES
-
     g = 8 * T * K * K
     grams = g * (7 + 2 * max(len(models) - 1, 0))
     R = min(2 ** min(F, 62), K)
@@ -454,7 +501,7 @@ def memory_estimate(K: int, T: int, F: int, models=MODELS, *, n_model: int = 160
 
 
 def _fit_input_coupled(rep, obs, *, user, inputs_given, loss, lam, init_scale, fit_strengths, start, engine,
-                       horizon, n_model, sigma_grid, maxiter, report):
+                       horizon, n_model, sigma_grid, max_iter, report):
     """Fit M2 (grid, then Nelder-Mead) and describe its best trajectory."""
     K = rep.K
     notes = []
@@ -495,7 +542,7 @@ def _fit_input_coupled(rep, obs, *, user, inputs_given, loss, lam, init_scale, f
     if model.engine == "dense" and start == "observed" and rep.algebra is not None and kind == "encoding":
         # the isotropic pattern fit is cheap: its strengths and weight decay seed the observed-start grid
         pre = M2Model(K, start="isotropic", engine="patterns", **common)
-        r1 = fit_m2(pre, alignment_cost(rep, pre)[0], starts=grid(pre), maxiter=maxiter, report=report)
+        r1 = fit_m2(pre, alignment_cost(rep, pre)[0], starts=grid(pre), max_iter=max_iter, report=report)
         interrupted = r1["interrupted"]
         q1 = pre.unpack(r1["x"])
         starts = [r1["x"]] + [model.pack(sigma=s, strengths=q1["strengths"], lam=q1["lam"], scale=sv)
@@ -506,15 +553,15 @@ def _fit_input_coupled(rep, obs, *, user, inputs_given, loss, lam, init_scale, f
     x = starts[0]
     if not interrupted:
         seeded = model.engine == "dense" and len(starts) and start == "observed" and rep.algebra is not None
-        r = fit_m2(model, cost, starts=starts, maxiter=min(maxiter, 150) if seeded else maxiter, report=report,
+        r = fit_m2(model, cost, starts=starts, max_iter=min(max_iter, 150) if seeded else max_iter, report=report,
                    n_searches=2)
         interrupted, x, seen = r["interrupted"], r["x"], r["seen"]
     else:
         seen = []
     if interrupted:
         notes.append("input_coupled: interrupted (Ctrl-C); the parameters are the best found before it")
-    if maxiter == 0:
-        notes.append("input_coupled: maxiter=0, so Nelder-Mead did not run: the parameters are the best grid point")
+    if max_iter == 0:
+        notes.append("input_coupled: max_iter=0, so Nelder-Mead did not run: the parameters are the best grid point")
     out = model.trajectory(x)
     if out is None:
         raise RuntimeError("the best M2 parameters no longer integrate; this is a bug, please report it.")

@@ -47,13 +47,14 @@ import os
 import numpy as np
 
 from .._checks import check_int
-from ..results import _SCHEMA as _FILE_SCHEMA
-from ..results import _TYPES, RUN_SCHEMA, Run, _jsonable, _run_array
+from .._simulate import record_grid
+from ..results import (RUN_ARRAYS, RUN_INT_ARRAYS, RUN_SCHEMA, Run, check_run_file, check_save_path, jsonable,
+                       run_array, run_file)
 
 __all__ = ["RUN_SCHEMA", "Capture", "Exporter", "Run", "load_run", "log_steps", "save_run"]
 
-_FIELDS = Run._ARRAYS                      # array fields, in Run's order
-_INT_FIELDS = Run._INT_ARRAYS
+_FIELDS = RUN_ARRAYS                       # array fields, in Run's order
+_INT_FIELDS = RUN_INT_ARRAYS
 _STRING_FIELDS = ("name", "meta")          # scalar fields a foreign file may carry as strings
 _HEADER_KEY = "__header__"                 # npz entry holding the JSON header
 _META_KEY = "ufm"                          # safetensors metadata key / HDF5 attribute holding it
@@ -79,8 +80,6 @@ def log_steps(total: int, n_records: int = 60) -> np.ndarray:
     ndarray of int
         The steps, increasing.
     """
-    from .._simulate import record_grid
-
     return record_grid(total, n_records, "log")
 
 
@@ -158,7 +157,9 @@ def _optional(module: str, ext: str):
                           f"pip install 'ufm[io]'") from None
 
 
-def _format_of(path: str, *, default_npz: bool = False) -> str:
+def file_format(path: str, *, default_npz: bool = False) -> str:
+    """``"npz"``, ``"safetensors"`` or ``"hdf5"``, by the extension of ``path`` (none: ``"npz"`` with
+    ``default_npz``); a ValueError listing the known extensions otherwise."""
     ext = os.path.splitext(path)[1].lower()
     if ext in _EXTENSIONS:
         return _EXTENSIONS[ext]
@@ -171,10 +172,6 @@ def _format_of(path: str, *, default_npz: bool = False) -> str:
 
 def _file_error(path: str, field: str, problem: str, fix: str) -> ValueError:
     return ValueError(f"{path}: field {field!r} {problem}; {fix}.")
-
-
-def _header(run: Run) -> dict:
-    return {"schema": _FILE_SCHEMA, "type": "Run", "scalars": _jsonable(run._scalars()), "meta": run.meta}
 
 
 def _atomic_target(path: str, suffix: str) -> str:
@@ -223,16 +220,14 @@ def save_run(run: Run, path: str | os.PathLike, *, group: str | None = None) -> 
     if not isinstance(run, Run):
         raise ValueError(f"run must be a ufm.bridge.Run (e.g. Exporter.run()), got {type(run).__name__}.")
     path = os.fspath(path)
-    fmt = _format_of(path, default_npz=True)
+    fmt = file_format(path, default_npz=True)
     if fmt == "npz" and not path.lower().endswith(".npz"):
         path += ".npz"
-    from ..results import check_save_path
-
     check_save_path(path if fmt == "npz" else path + ".npz")     # a folder or an unwritable place: refused now
     if group is not None and fmt != "hdf5":
         raise ValueError(f"group={group!r} applies to HDF5 files only; drop it or save to a .h5 path.")
-    arrays = run._all_arrays()
-    header = json.dumps(_header(run))
+    header, arrays = run_file(run)
+    header = json.dumps(header)
     if fmt == "hdf5" and group is not None:
         _write_h5(path, arrays, header, group)
         return path
@@ -332,7 +327,7 @@ def load_run(path: str | os.PathLike, *, group: str | None = None) -> Run:
     THEORY.md §8.6 (Gram-matrix bridge).
     """
     path = os.fspath(path)
-    fmt = _format_of(path)
+    fmt = file_format(path)
     if group is not None and fmt != "hdf5":
         raise ValueError(f"group={group!r} applies to HDF5 files only; drop it for {path}.")
     if not os.path.exists(path):
@@ -511,16 +506,9 @@ def _parse_header(path: str, text: str) -> dict:
         raise _file_error(path, "header", f"is not valid JSON ({err})", "write the file with save_run") from None
     if not isinstance(header, dict):
         raise _file_error(path, "header", "is not a JSON object", "write the file with save_run")
-    kind = header.get("type")
-    if kind != "Run":
-        if kind in _TYPES:
-            raise _file_error(path, "type", f"is {kind!r}: the file holds a ufm {kind}, not a bridge Run",
-                              "read it with ufm.results.load, or pass a file written by Exporter.save / save_run")
-        raise _file_error(path, "type", f"is the unknown result type {kind!r} (expected 'Run')",
-                          "pass a file written by Exporter.save / save_run")
-    if header.get("schema") not in (1, _FILE_SCHEMA):     # 1: before Status; a Run reads the same in both
-        raise _file_error(path, "schema", f"is {header.get('schema')!r}, this ufm reads file schemas 1 and {_FILE_SCHEMA}",
-                          "convert the file with the ufm version that wrote it")
+    problem = check_run_file(header)
+    if problem is not None:
+        raise ValueError(f"{path}: field {problem}.")
     return header
 
 
@@ -548,7 +536,7 @@ def _from_foreign(path: str, arrays: dict, strings: dict, hint: str):
             raise _file_error(path, "grams", f"is missing and so is 'means'{hint}",
                               "store 'grams' (T, K, K) = M^T M, or the class means 'means' (T, d, K) as columns")
         try:
-            M = _run_array("means", fields["means"], ndim=3)
+            M = run_array("means", fields["means"], ndim=3)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
         fields["means"] = M
@@ -723,14 +711,14 @@ class Exporter:
         self.classifier_rows = classifier_rows
         self.keep_means = bool(keep_means)
         self.name = str(name)
-        self.meta = _jsonable(dict(meta or {}))
+        self.meta = jsonable(dict(meta or {}))
         try:
             json.dumps(self.meta)
         except TypeError as err:
             raise ValueError(f"meta must be JSON-friendly (numbers, strings, lists, dicts): {err}.") from None
         self.autosave = None if autosave is None else os.fspath(autosave)
         if self.autosave is not None:
-            _format_of(self.autosave, default_npz=True)
+            file_format(self.autosave, default_npz=True)
         self._records: list[dict] = []     # one dict per record, appended in one step (interrupt-safe)
         self._module = None
         self._handle = None

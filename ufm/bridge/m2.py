@@ -57,8 +57,6 @@ Thrampoulidis, "Structure Before Collapse", arXiv 2606.26749.
 from __future__ import annotations
 
 import math
-import sys
-import time
 
 import numpy as np
 
@@ -66,6 +64,7 @@ from .. import _interrupt
 from .. import _kernels as kern
 from .._integrate import integrate
 from ..metrics import double_centre
+from ..problems import InputCoupledUFM
 from .patterns import project_patterns, psd_root
 
 __all__ = ["ENGINES", "STARTS", "M2Model", "align_monotone", "align_refined", "at_fraction", "isotropic_init",
@@ -426,8 +425,6 @@ class M2Model:
         InputCoupledUFM or None
             With ``d = K + p``, enough for :func:`isotropic_init`; ``None`` for the user's inputs or kernel.
         """
-        from ..problems import InputCoupledUFM
-
         if self.kind != "encoding":
             return None
         q = self.unpack(x)
@@ -678,30 +675,13 @@ def alignment_cost(rep, model):
 
 
 # -- the fit -----------------------------------------------------------------------------------
-class Reporter:
-    """Progress lines on stderr at most every ``every`` seconds (and the first one at once)."""
-
-    def __init__(self, enabled, every=2.0):
-        self.enabled, self.every = enabled, every
-        self.t0 = time.perf_counter()
-        self.last = -math.inf
-
-    def __call__(self, msg, force=False):
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if force or now - self.last >= self.every:
-            self.last = now
-            print(f"[ufm.fit] {msg} ({now - self.t0:.1f} s)", file=sys.stderr, flush=True)
-
-
 #: The simulation cache of :class:`M2Model` (Nelder-Mead revisits points) holds at most this many
 #: trajectories and this many bytes (a dense trajectory is ``n_model x K x K`` floats); then it is emptied.
 CACHE_ENTRIES = 513
 CACHE_BYTES = 64 * 2**20
 
 
-def fit_m2(model: M2Model, cost, *, starts, maxiter: int, report=None, n_searches: int = 2) -> dict:
+def fit_m2(model: M2Model, cost, *, starts, max_iter: int, report=None, n_searches: int = 2) -> dict:
     """Evaluate ``starts``, run Nelder-Mead from the ``n_searches`` best of them, then once more from the best
     point found (a restart: Nelder-Mead's simplex can collapse early); Ctrl-C keeps the best point.
 
@@ -729,7 +709,7 @@ def fit_m2(model: M2Model, cost, *, starts, maxiter: int, report=None, n_searche
     def search(x0):
         simplex = np.vstack([x0] + [x0 + 0.15 * np.eye(len(x0))[i] for i in range(len(x0))])
         res = minimize(f, x0, method="Nelder-Mead",
-                       options={"xatol": 2e-3, "fatol": 1e-9, "maxiter": maxiter, "initial_simplex": simplex})
+                       options={"xatol": 2e-3, "fatol": 1e-9, "maxiter": max_iter, "initial_simplex": simplex})
         return np.asarray(res.x, dtype=float)
 
     interrupted = False
@@ -738,7 +718,7 @@ def fit_m2(model: M2Model, cost, *, starts, maxiter: int, report=None, n_searche
         if best["x"] is None:
             raise RuntimeError("every starting point of the M2 fit failed to integrate; check the kernel and the "
                                "horizon.")
-        if maxiter > 0 and len(best["x"]):
+        if max_iter > 0 and len(best["x"]):
             chosen = []
             for c, i in sorted(costs):
                 x = np.asarray(starts[i], dtype=float)

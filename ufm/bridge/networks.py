@@ -67,8 +67,12 @@ import os
 
 import numpy as np
 
-from .._checks import available_bytes, check_int, check_nonneg, check_positive
-from .io import Exporter, _format_of, log_steps, save_run
+from .. import _memory
+from .._checks import check_int, check_nonneg, check_positive
+from .._progress import Progress, check_progress
+from ..metrics import etf_distance, semantic_gap
+from ..settings import Setting, generator_of
+from .io import Exporter, file_format, log_steps, save_run
 from .report import within_class
 
 __all__ = ["DEFAULTS", "LEGACY", "gap_summary", "train_network"]
@@ -112,15 +116,6 @@ def _import_torch():
 def _torch_seed(seed: int) -> int:
     """A 63-bit torch seed derived from ``np.random.SeedSequence(seed)``."""
     return int(np.random.SeedSequence(seed).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-def _generator(setting) -> str | None:
-    """The generator of :mod:`ufm.settings` that built ``setting`` (from its params), or ``None``."""
-    keys = set(setting.params)
-    for name, key in (("factorial", "levels"), ("hierarchy", "branching"), ("ntp_contexts", "n_classes")):
-        if key in keys:
-            return name
-    return None
 
 
 # -- the networks (built after torch is imported) --------------------------------------------
@@ -202,7 +197,7 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
                   optimizer: str | None = None, weight_decay: float = 0.0, width: int | None = None,
                   depth: int | None = None, item_scale: float | None = None, feature_layer: str | None = None,
                   feature_decay: float | None = None, classifier_decay: float | None = None,
-                  batch_size: int | None = None, n_records: int = 60, seed: int = 0, progress: bool = False,
+                  batch_size: int | None = None, n_records: int = 60, seed: int = 0, progress="auto",
                   out=None, callback=None):
     """Train a reference network on a synthetic setting and record its feature Grams (the bridge format).
 
@@ -267,8 +262,10 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
         ``torch.manual_seed`` gets an integer derived from
         ``np.random.SeedSequence(seed)``; the global torch RNG state is restored
         afterwards. Runs are deterministic for a seed (one thread).
-    progress : bool
-        Show a progress bar (tqdm when installed, else lines on stderr).
+    progress : {"auto", True, False}
+        A progress display (tqdm when installed, else lines on stderr; never stdout):
+        ``"auto"`` (default) once the work has run 2 s, ``True`` from the start,
+        ``False`` never. Every ``ufm`` entry point takes the same values.
     out : str or path, optional
         Also write the run there with :func:`ufm.bridge.io.save_run` (``.npz``
         by default; ``.safetensors`` / ``.h5`` by extension; the folder must
@@ -321,8 +318,33 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
     >>> run = train_network(factorial((2,) * 5))                # doctest: +SKIP
     >>> [semantic_gap(G, run.attributes) for G in run.grams]    # doctest: +SKIP
     """
-    from ..settings import Setting
+    check_progress(progress)
+    cfg = _options(setting, arch=arch, steps=steps, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+                   width=width, depth=depth, item_scale=item_scale, feature_layer=feature_layer,
+                   feature_decay=feature_decay, classifier_decay=classifier_decay, batch_size=batch_size,
+                   n_records=n_records, seed=seed, callback=callback, out=out)
+    N = setting.N
+    grid = log_steps(cfg["steps"], cfg["n_records"])
+    _memory.check({f"{N} x {N} Grams": 8 * len(grid) * N * N,          # every record, float64
+                   f"{cfg['width']} x {N} class means and classifier": 8 * len(grid) * 2 * cfg["width"] * N},
+                  f"train_network (recording {len(grid)} steps)", "Lower n_records or use a setting with fewer items.")
+    torch = _import_torch()
+    x_all, labels, network = _inputs(setting, cfg)
+    exporter = Exporter(labels, attributes=setting.attributes, name=f"{cfg['kind']} on {setting.name}",
+                        meta=_meta(setting, cfg, network, torch.__version__))
+    status, message, current = _train(torch, setting, cfg, x_all, labels, exporter, grid, callback, progress)
+    if len(exporter) == 0:   # non-finite at step 0
+        raise ValueError("the network's features are non-finite at initialization; check the setting's encoding.")
+    exporter.meta.update(status=status, message=message, steps_run=current)
+    run = exporter.run()
+    if cfg["out"] is not None:
+        save_run(run, cfg["out"])
+    return run
 
+
+def _options(setting, *, arch, steps, lr, optimizer, weight_decay, width, depth, item_scale, feature_layer,
+             feature_decay, classifier_decay, batch_size, n_records, seed, callback, out) -> dict:
+    """The arguments of :func:`train_network`, checked, with the architecture's defaults filled in."""
     if not isinstance(setting, Setting):
         raise ValueError(f"setting must be a ufm.settings.Setting (e.g. ufm.settings.factorial((2, 2, 2))), "
                          f"got {type(setting).__name__}.")
@@ -379,77 +401,86 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
         folder = os.path.dirname(os.path.abspath(out))
         if not os.path.isdir(folder):
             raise ValueError(f"out={out!r}: the folder {folder!r} does not exist; create it first.")
-        _format_of(out, default_npz=True)     # an unknown extension fails now, not after training
+        file_format(out, default_npz=True)     # an unknown extension fails now, not after training
 
-    grid = log_steps(steps, n_records)
-    d_feat = width
-    need = 8 * len(grid) * (N * N + 2 * d_feat * N)            # grams, means and W of every record (float64)
-    free = available_bytes()
-    if free is not None and free > 0 and need > free // 2:
-        raise ValueError(f"recording {len(grid)} steps of {N} x {N} Grams and {d_feat} x {N} means needs "
-                         f"{need / 2**30:.1f} GiB, more than half the free memory ({free / 2**31:.1f} GiB); "
-                         f"lower n_records or use a setting with fewer items.")
+    return {"kind": kind, "heads": heads, "optimizer": optimizer, "steps": steps, "lr": lr,
+            "weight_decay": weight_decay, "width": width, "depth": depth, "item_scale": item_scale,
+            "feature_layer": feature_layer, "feature_decay": feature_decay, "classifier_decay": classifier_decay,
+            "batch_size": batch_size, "n_records": n_records, "seed": seed, "out": out,
+            "torch_seed": _torch_seed(seed)}
 
-    torch = _import_torch()
-    from .._simulate import _Progress
 
-    if kind == "mlp":
-        x_all = setting.encoding(item_scale).T          # N x p, row i = Phi[:, i] (THEORY §8.2)
+def _inputs(setting, cfg: dict):
+    """What the network sees (``x_all``, one row per item) and predicts (``labels``), and its description."""
+    N, width, depth = setting.N, cfg["width"], cfg["depth"]
+    if cfg["kind"] == "mlp":
+        x_all = setting.encoding(cfg["item_scale"]).T          # N x p, row i = Phi[:, i] (THEORY §8.2)
         labels = np.arange(N, dtype=np.int64)
-        targets = labels
         network = {"arch": "mlp", "depth": depth, "width": width, "activation": "relu",
                    "input": "Phi = [attribute one-hots; item_scale * I_N] (THEORY 8.2)", "input_dim": x_all.shape[1],
                    "classifier": f"linear {width} -> {N} outputs with bias", "outputs": N,
-                   "feature_layer": feature_layer,
-                   "features": ("output of the last hidden ReLU layer" if feature_layer == "relu" else
+                   "feature_layer": cfg["feature_layer"],
+                   "features": ("output of the last hidden ReLU layer" if cfg["feature_layer"] == "relu" else
                                 "output of the last hidden linear layer (no ReLU after it)")}
     else:
         x_all = np.asarray(setting.tokens, dtype=np.int64)
         labels = np.asarray(setting.next_tokens, dtype=np.int64)
-        targets = labels
         V, L = len(setting.vocab), x_all.shape[1]
-        network = {"arch": "transformer", "depth": depth, "width": width, "heads": heads, "mlp_width": 4 * width,
-                   "norm": "pre-LayerNorm, final LayerNorm", "attention": "causal", "context_length": L,
-                   "vocab_size": V,
+        network = {"arch": "transformer", "depth": depth, "width": width, "heads": cfg["heads"],
+                   "mlp_width": 4 * width, "norm": "pre-LayerNorm, final LayerNorm", "attention": "causal",
+                   "context_length": L, "vocab_size": V,
                    "init": f"embeddings N(0, {_EMB_STD}^2); linear layers torch default (Kaiming-uniform)",
                    "classifier": f"linear {width} -> vocabulary ({V}) without bias", "outputs": V,
                    "features": "final LayerNorm output at the last position"}
-    setting_meta = {"name": setting.name, "generator": _generator(setting), "params": dict(setting.params),
-                    "factor_names": list(setting.factor_names), "N": N, "F": setting.F}
-    torch_seed = _torch_seed(seed)
-    meta = {"source": "ufm.bridge.train_network", "setting": setting_meta, "network": network,
-            "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
-            "momentum": _SGD_MOMENTUM if optimizer == "sgd" else None, "feature_decay": feature_decay,
-            "classifier_decay": classifier_decay,
+    return x_all, labels, network
+
+
+def _meta(setting, cfg: dict, network: dict, torch_version: str) -> dict:
+    """The run's ``meta``: the setting, the network, the optimizer and the objective."""
+    kind = cfg["kind"]
+    setting_meta = {"name": setting.name, "generator": generator_of(setting), "params": dict(setting.params),
+                    "factor_names": list(setting.factor_names), "N": setting.N, "F": setting.F}
+    return {"source": "ufm.bridge.train_network", "setting": setting_meta, "network": network,
+            "optimizer": cfg["optimizer"], "lr": cfg["lr"], "weight_decay": cfg["weight_decay"],
+            "momentum": _SGD_MOMENTUM if cfg["optimizer"] == "sgd" else None, "feature_decay": cfg["feature_decay"],
+            "classifier_decay": cfg["classifier_decay"],
             "objective": ("mean cross-entropy + (feature_decay/2) * sum over items of ||h_i||^2 + "
                           "(classifier_decay/2) * ||classifier weight||_F^2 (THEORY 0.1, lambda_b = 0); "
                           "weight_decay through the optimizer"),
-            "steps_requested": steps,
-            "batch_size": batch_size, "seed": seed, "torch_seed": torch_seed,
-            "item_scale": item_scale if kind == "mlp" else None,
+            "steps_requested": cfg["steps"],
+            "batch_size": cfg["batch_size"], "seed": cfg["seed"], "torch_seed": cfg["torch_seed"],
+            "item_scale": cfg["item_scale"] if kind == "mlp" else None,
             "labels": "item index arange(N)" if kind == "mlp" else "next-token vocabulary ids (setting.next_tokens)",
             "loss_kind": "mean cross-entropy over the batch (float64 from float32 logits)",
-            "dtype": "float32", "torch": torch.__version__}
-    exporter = Exporter(labels, attributes=setting.attributes, name=f"{kind} on {setting.name}", meta=meta)
+            "dtype": "float32", "torch": torch_version}
 
+
+def _train(torch, setting, cfg: dict, x_all, labels, exporter, grid, callback, progress):
+    """Train on one thread (restored after), recording at the steps of ``grid``: ``(status, message, steps run)``.
+
+    Ctrl-C ends the training with the records so far (``"interrupted"``), or propagates when there are none.
+    """
+    N, steps, batch_size = setting.N, cfg["steps"], cfg["batch_size"]
+    feature_decay, classifier_decay = cfg["feature_decay"], cfg["classifier_decay"]
     threads = torch.get_num_threads()
     status, message = "completed", f"ran {steps} steps."
-    bar = _Progress(progress, steps, f"train_network ({kind})")
+    bar = Progress(progress, steps, f"train_network ({cfg['kind']})")
     current = 0
     try:
         torch.set_num_threads(1)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(torch_seed)
-            if kind == "mlp":
-                model = _build_mlp(torch, x_all.shape[1], width, depth, N, feature_layer)
+            torch.manual_seed(cfg["torch_seed"])
+            if cfg["kind"] == "mlp":
+                model = _build_mlp(torch, x_all.shape[1], cfg["width"], cfg["depth"], N, cfg["feature_layer"])
                 X = torch.tensor(x_all, dtype=torch.float32)
             else:
-                model = _build_transformer(torch, V, L, width, depth, heads)
+                model = _build_transformer(torch, len(setting.vocab), x_all.shape[1], cfg["width"], cfg["depth"],
+                                           cfg["heads"])
                 X = torch.tensor(x_all)
-            y = torch.tensor(targets)
-            opt = _optimizer(torch, optimizer, model.parameters(), lr, weight_decay)
+            y = torch.tensor(labels)
+            opt = _optimizer(torch, cfg["optimizer"], model.parameters(), cfg["lr"], cfg["weight_decay"])
             ce = torch.nn.functional.cross_entropy
-            gen = torch.Generator().manual_seed(torch_seed) if batch_size is not None else None
+            gen = torch.Generator().manual_seed(cfg["torch_seed"]) if batch_size is not None else None
 
             def record(step):
                 with torch.no_grad():
@@ -492,13 +523,7 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
     finally:
         torch.set_num_threads(threads)
         bar.close()
-    if len(exporter) == 0:   # non-finite at step 0
-        raise ValueError("the network's features are non-finite at initialization; check the setting's encoding.")
-    exporter.meta.update(status=status, message=message, steps_run=current)
-    run = exporter.run()
-    if out is not None:
-        save_run(run, out)
-    return run
+    return status, message, current
 
 
 def gap_summary(run, attributes=None, *, rise: float = 0.05, fall: float = 0.6, collapse: float = 0.1) -> dict:
@@ -537,8 +562,6 @@ def gap_summary(run, attributes=None, *, rise: float = 0.05, fall: float = 0.6, 
         other NC1 variants need the whole within-class covariance), and their
         ``*_start`` / ``*_end``; otherwise these are ``None``.
     """
-    from ..metrics import etf_distance, semantic_gap
-
     A = run.attributes if attributes is None else np.asarray(attributes)
     if A is None:
         raise ValueError("attributes: the run records no attribute table; pass attributes=(K x F levels).")

@@ -17,8 +17,10 @@ import os
 
 import numpy as np
 
-from .. import metrics
-from ..results import Run, Trajectory
+from .. import metrics, settings
+from .._util import numerical_rank
+from ..results import Run, Trajectory, load
+from ..settings import Setting
 from .io import as_numpy, load_run
 from .patterns import outside_fraction, pattern_ids, project_patterns, psd_root
 from .report import TRANSIENT, etf_of, gaps_of
@@ -58,8 +60,6 @@ class Observed:
 def read_observed(source, setting, attributes, steps) -> Observed:
     """Steps, Grams, attributes, setting, description, and when present the first record's state and the
     within-class traces."""
-    from ..settings import Setting
-
     desc = type(source).__name__
     run_attrs, run = None, None
     W0 = M0 = within = counts = None
@@ -142,8 +142,6 @@ def read_observed(source, setting, attributes, steps) -> Observed:
 
 def _load_source(path: str):
     """A bridge run (any format :func:`~ufm.bridge.io.load_run` reads) or a saved Trajectory."""
-    from ..results import load
-
     if path.endswith(".npz") and os.path.exists(path):
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -158,13 +156,11 @@ def _load_source(path: str):
 def _setting_from_meta(meta):
     """Rebuild a setting from the run's ``meta["setting"]`` (``{"name": "factorial(...)", "params": {...}}``, as
     :func:`ufm.bridge.train_network` records it; ``"generator"`` may name the function); ``None`` if it cannot."""
-    from .. import settings
-
     if not isinstance(meta, dict):
         return None
     gen = meta.get("generator") or str(meta.get("name", "")).split("(")[0]
     params = meta.get("params")
-    if gen in ("factorial", "hierarchy", "ntp_contexts") and isinstance(params, dict):
+    if gen in settings.NAMED_SETTINGS and isinstance(params, dict):
         try:
             return getattr(settings, gen)(**params)
         except (TypeError, ValueError):
@@ -202,7 +198,7 @@ def pattern_dims(ids):
     K = ids.shape[0]
     if K > 400:
         return int(ids.max()) + 1 - 1
-    P = np.eye(K) - 1.0 / K
+    P = metrics.centering_matrix(K)
     basis = np.stack([(P @ (ids == r).astype(float) @ P).ravel() for r in range(int(ids.max()) + 1)])
     return int(np.linalg.matrix_rank(basis, tol=1e-9))
 
@@ -214,10 +210,8 @@ def first_state(obs):
     M0 = obs.M0
     if obs.W0 is None:
         U, s, _ = np.linalg.svd(M0, full_matrices=False)
-        keep = s > 1e-12 * max(s.max(), 1e-300)
-        return None, U[:, keep].T @ M0
+        return None, U[:, :numerical_rank(s, floor=1e-300)].T @ M0
     B = np.hstack([obs.W0.T, M0])
     U, s, _ = np.linalg.svd(B, full_matrices=False)
-    keep = s > 1e-12 * max(s.max(), 1e-300)
-    Q = U[:, keep]
+    Q = U[:, :numerical_rank(s, floor=1e-300)]
     return obs.W0 @ Q, Q.T @ M0

@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+from .._util import numerical_rank
+from ..metrics import centering_matrix
 from .observed import unit_centred
 
 __all__ = ["static_decomposition"]
@@ -25,14 +27,14 @@ def _regressors(attributes):
     """Basis ``[P_K, P_K S_f P_K ...]`` over the factors that split the classes; names of the kept factors."""
     A = np.asarray(attributes)
     K = A.shape[0]
-    P = np.eye(K) - 1.0 / K
+    P = centering_matrix(K)
     basis, kept = [P], []
     for f in range(A.shape[1]):
         S = (A[:, None, f] == A[None, :, f]).astype(float)
         B = P @ S @ P
         X = np.stack([b.ravel() for b in basis + [B]], axis=1)
         sv = np.linalg.svd(X, compute_uv=False)
-        if sv[-1] > 1e-10 * sv[0]:
+        if numerical_rank(sv, 1e-10) == sv.size:
             basis.append(B)
             kept.append(f)
     return basis, kept

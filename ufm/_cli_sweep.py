@@ -1,0 +1,174 @@
+"""``ufm sweep CONFIG.toml``: a sweep described by a TOML file, its records and its phase diagram.
+
+This is the command line's part of sweeping (:mod:`ufm.cli` calls :func:`run_config`);
+the sweep itself is :func:`ufm.sweep`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import _interrupt
+from ._sweep import PROBLEMS, RESERVED, sweep
+from ._util import check_output_folder
+from .results import Status
+from .plotting import plot_phase_diagram
+
+__all__ = ["run_config"]
+
+_CONFIG_KEYS = {"task", "grid", "seeds", "seed", "backend", "n_jobs", "out", "keep", "problem", "fixed", "plot",
+                "seed_scope", "retries"}
+
+
+_PLOT_KEYS = {"x", "y", "value", "where", "annotate"}
+
+#: Scalar quantities of ``ufm.simulate`` (what a phase diagram of a simulate sweep can show).
+_SCALAR_RECORDS = ("loss", "nc1", "nc1_trace_ratio", "cdnv", "nc2", "nc2_classifier", "nc3", "nc4", "etf_distance",
+                   "semantic_gap", "effective_rank")
+
+
+def _pick_value(records, preferred=("etf_distance", "loss", "value")):
+    ok = [r for r in records if r["ok"]]
+    for name in preferred:
+        if any(name in r for r in ok):
+            return name
+    for r in ok:
+        for k, v in r.items():
+            if k not in RESERVED and isinstance(v, (int, float)) and not isinstance(v, bool):
+                return k
+    return None
+
+
+def run_config(path, *, out=None, resume: bool = False, backend=None, n_jobs=None, figure: bool = True,
+               progress: bool = True, echo=print, on_interrupt: str = "raise") -> dict:
+    """Run the sweep described by a TOML file; write ``result.npz`` and ``phase_diagram.png`` to its ``out``.
+
+    The file (see ``examples/sweep.toml``) holds ``task`` (``"simulate"``,
+    ``"solve"`` or ``"module:function"``), ``[grid]`` (parameter lists), and
+    optionally ``seeds``, ``seed``, ``backend``, ``n_jobs``, ``out``, ``keep``,
+    ``seed_scope``, ``retries``, ``[problem]`` (``kind`` and fixed problem
+    keywords), ``[fixed]`` (task keywords) and ``[plot]`` (``x``, ``y``,
+    ``value``, optional ``[plot.where]``). Finished runs are cached in
+    ``out/cache``; ``resume=True`` continues from it, and without it an
+    existing cache is an error (so results of another configuration are never
+    mixed in by accident). Everything is checked before the first run: unknown keys
+    (at the top level and in ``[plot]``), the ``[plot]`` axes and value, the output
+    folder, and the task's arguments.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The TOML file.
+    out : str, optional
+        Output folder (default: the file's ``out``, else ``ufm-sweep``).
+    resume : bool
+        Continue from ``out/cache``.
+    backend, n_jobs : optional
+        Override the file's.
+    figure : bool
+        Draw ``phase_diagram.png`` (failed runs are marked in it).
+    progress : bool
+        Progress bar.
+    echo : callable
+        Where the summary lines go.
+    on_interrupt : {"raise", "return"}
+        Ctrl-C: the partial result is written to ``result.npz`` first, then raised in
+        ``KeyboardInterrupt`` (in its ``result``) or returned (``ufm sweep`` returns it and exits 130).
+
+    Returns
+    -------
+    dict
+        ``result`` (the SweepResult) and ``paths`` written.
+    """
+    import tomllib
+
+    on_interrupt = _interrupt.check_on_interrupt(on_interrupt)
+    with open(path, "rb") as fh:
+        try:
+            cfg = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path}: not valid TOML ({err}).") from None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not a TOML text file (it is not UTF-8: {err.reason} at byte {err.start}); "
+                             "pass the sweep's .toml configuration.") from None
+    unknown = set(cfg) - _CONFIG_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(_CONFIG_KEYS)}.")
+    for table in ("grid", "fixed", "problem", "plot"):
+        if table in cfg and not isinstance(cfg[table], dict):
+            raise ValueError(f"{path}: {table} must be a table ([{table}]), got {cfg[table]!r}.")
+    plot_cfg = dict(cfg.get("plot", {}))
+    bad = set(plot_cfg) - _PLOT_KEYS
+    if bad:
+        raise ValueError(f"{path}: unknown keys in [plot]: {sorted(bad)}; known: {sorted(_PLOT_KEYS)} (a key written "
+                         "after a [table] header belongs to that table: put top-level keys before the first table).")
+    grid_names = set(cfg.get("grid", {})) if isinstance(cfg.get("grid"), dict) else set()
+    for key in ("x", "y"):
+        if key in plot_cfg and plot_cfg[key] not in grid_names:
+            raise ValueError(f"{path}: [plot] {key} = {plot_cfg[key]!r} is not a [grid] parameter "
+                             f"({sorted(grid_names)}).")
+    for key in plot_cfg.get("where", {}) or {}:
+        if key not in grid_names:
+            raise ValueError(f"{path}: [plot.where] {key!r} is not a [grid] parameter ({sorted(grid_names)}).")
+    if "value" in plot_cfg and cfg.get("task") == "simulate":
+        rec = cfg.get("fixed", {}).get("record", ("loss",))
+        names = [rec] if isinstance(rec, str) else list(rec)
+        scalars = [n for n in names if n in _SCALAR_RECORDS]
+        if plot_cfg["value"] not in scalars:
+            raise ValueError(f"{path}: [plot] value = {plot_cfg['value']!r} is not a scalar that [fixed] record = "
+                             f"{names} keeps; use one of {scalars} or add it to record.")
+    if "task" not in cfg or "grid" not in cfg:
+        raise ValueError(f"{path}: needs task = \"simulate\" (or \"solve\", \"module:function\") and a [grid] table.")
+    fixed = dict(cfg.get("fixed", {}))
+    problem = None
+    if "problem" in cfg:
+        spec = dict(cfg["problem"])
+        if "kind" not in spec:
+            raise ValueError(f"{path}: [problem] needs kind = one of {sorted(PROBLEMS)}.")
+        problem = spec.pop("kind")
+        both = set(spec) & set(fixed)
+        if both:
+            raise ValueError(f"{path}: {sorted(both)} are in both [problem] and [fixed]; keep one.")
+        fixed.update(spec)
+    out = os.fspath(out if out is not None else cfg.get("out", "ufm-sweep"))
+    cache = os.path.join(out, "cache")
+    if not resume and os.path.isdir(cache) and any(n.endswith(".npz") for n in os.listdir(cache)):
+        raise ValueError(f"{cache} holds runs of an earlier sweep; pass --resume to continue it, or choose "
+                         "another --out.")
+    check_output_folder(out, "out")
+    os.makedirs(out, exist_ok=True)
+    result = sweep(cfg["task"], cfg["grid"], seeds=cfg.get("seeds", 1), seed=cfg.get("seed", 0), fixed=fixed,
+                   problem=problem, keep=cfg.get("keep", ()), backend=backend or cfg.get("backend", "loky"),
+                   n_jobs=n_jobs or cfg.get("n_jobs"), cache_dir=cache, progress=progress,
+                   retries=cfg.get("retries", 2), seed_scope=cfg.get("seed_scope", "point"), on_interrupt="return")
+    paths = {"result": result.save(os.path.join(out, "result.npz"))}
+    echo(result.summary())
+    if result.status is Status.interrupted:
+        echo("interrupted (Ctrl-C): wrote the finished runs; rerun with --resume to compute the rest.")
+        echo("wrote: " + ", ".join(paths.values()))
+        return _interrupt.finish({"result": result, "paths": paths}, True, on_interrupt, result.message)
+    plot = dict(cfg.get("plot", {}))
+    x, y = plot.get("x"), plot.get("y")
+    varying = [a for a in result.axes if len(result.axis_values(a)) > 1] or list(result.axes)
+    if x is None:
+        x = next((a for a in varying if a != y), None)
+    if y is None:
+        y = next((a for a in varying if a != x), None)
+    value = plot.get("value") or _pick_value(result.records)
+    if figure and result.records:
+        if x is None or y is None or value is None:
+            echo("no phase diagram: it needs two grid parameters and a numeric result ([plot] x, y, value).")
+        else:
+            import matplotlib
+
+            matplotlib.use("Agg", force=True)
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(4.2, 3.4))
+            plot_phase_diagram(result, x, y, value, ax=ax, where=plot.get("where"), annotate=plot.get("annotate", True))
+            fig.tight_layout()
+            paths["figure"] = os.path.join(out, "phase_diagram.png")
+            fig.savefig(paths["figure"], dpi=120)
+            plt.close(fig)
+    echo("wrote: " + ", ".join(paths.values()))
+    return {"result": result, "paths": paths}
