@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import cpu_model, load   # benchmarks/_machine.py: CPU and load next to every table
+
 ROOT = Path(__file__).resolve().parents[1]
 
 WORKLOAD = r"""
@@ -53,19 +55,8 @@ print(time.perf_counter() - t0)
 """
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
-def load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def run(tree, cache, copies, numba_one):

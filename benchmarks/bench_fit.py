@@ -34,12 +34,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _machine import cpu_model   # benchmarks/_machine.py: the CPU next to every table
 
 import numpy as np
 
@@ -79,14 +80,6 @@ print(json.dumps({"seconds": t1 - t0, "simulations": r.params.get("m2_simulation
 """
 
 
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def make_run(K: int, path: Path, seed: int = 0) -> None:
@@ -174,7 +167,7 @@ def _row(r, args) -> str:
 
 def _table(rows, args) -> str:
     head = (f"## ufm.fit against K (`benchmarks/bench_fit.py`), {time.strftime('%Y-%m-%d')}\n\n"
-            f"CPU: {cpu_name()}; one core per fit (numba, OpenMP and BLAS at 1 thread); load average at the end "
+            f"CPU: {cpu_model()}; one core per fit (numba, OpenMP and BLAS at 1 thread); load average at the end "
             f"{os.getloadavg()[0]:.1f}. Baseline: ufm at `{args.baseline}` in the same run, on the same files.\n\n"
             "| K | factorial | fit (s) | M2 simulations | longest silence (s) | baseline fit (s) | speed-up | "
             "best model |\n|---|---|---|---|---|---|---|---|")

@@ -65,23 +65,14 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from ufm import _integrate  # noqa: E402
 from ufm import _kernels as kern  # noqa: E402
 
+from _machine import cpu_model, load  # noqa: E402   # benchmarks/_machine.py: CPU and load next to every table
+
 RTOL, HORIZON, N_MODEL = 1e-6, 1e6, 160
 CASES = {"lam = 1e-3 (time t)": 1e-3, "lam = 0 (log time)": 0.0}
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
-def load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def problem(K, lam, seed=0):

@@ -55,6 +55,8 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from _machine import cpu_model, load  # noqa: E402   # benchmarks/_machine.py: CPU and load next to every table
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SIZES = {  # name: (K = N, d, steps per call, rounds)
@@ -78,21 +80,8 @@ def _skip(h, arr):
     """Stands in for ``ufm.results._hash_array`` in the ``unhashed`` case: hashes nothing."""
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
-def load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def measure(sizes, huge):
