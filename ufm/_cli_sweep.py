@@ -23,11 +23,11 @@ _CONFIG_KEYS = {"task", "grid", "seeds", "seed", "backend", "n_jobs", "out", "ke
 _PLOT_KEYS = {"x", "y", "value", "where", "annotate"}
 
 #: Scalar quantities of ``ufm.simulate`` (what a phase diagram of a simulate sweep can show).
-_SCALAR_RECORDS = ("loss", "nc1", "nc1_trace_ratio", "cdnv", "nc2", "nc2_classifier", "nc3", "nc4", "etf_distance",
+_SCALAR_RECORDS = ("objective", "nc1", "nc1_trace_ratio", "cdnv", "nc2", "nc2_classifier", "nc3", "nc4", "etf_distance",
                    "semantic_gap", "effective_rank")
 
 
-def _pick_value(records, preferred=("etf_distance", "loss", "value")):
+def _pick_value(records, preferred=("etf_distance", "objective", "value")):
     ok = [r for r in records if r["ok"]]
     for name in preferred:
         if any(name in r for r in ok):
@@ -111,7 +111,7 @@ def run_config(path, *, out=None, resume: bool = False, backend=None, n_jobs=Non
         if key not in grid_names:
             raise ValueError(f"{path}: [plot.where] {key!r} is not a [grid] parameter ({sorted(grid_names)}).")
     if "value" in plot_cfg and cfg.get("task") == "simulate":
-        rec = cfg.get("fixed", {}).get("record", ("loss",))
+        rec = cfg.get("fixed", {}).get("record", ("objective",))
         names = [rec] if isinstance(rec, str) else list(rec)
         scalars = [n for n in names if n in _SCALAR_RECORDS]
         if plot_cfg["value"] not in scalars:

@@ -795,7 +795,7 @@ class Recording:
     """What a GD kernel call records itself, and where (the records of ``ufm.simulate``).
 
     ``rec`` is a bit mask of :data:`REC_LOSS`, :data:`REC_GRAM_MEANS`, :data:`REC_GRAM_W`,
-    :data:`REC_GRAM_H`; ``loss`` (seeds x T), ``gram_means`` / ``gram_W`` (seeds x T x K x K)
+    :data:`REC_GRAM_H`; ``objective`` (seeds x T), ``gram_means`` / ``gram_W`` (seeds x T x K x K)
     and ``gram_H`` (seeds x T x N x N) are float64 arrays written in place (``None`` for those
     not recorded); ``y`` / ``counts`` are the hard labels (for the class means). Each call
     records the rows :meth:`at` sets: ``offsets`` (steps after the call's start) and ``rows``.
@@ -806,9 +806,9 @@ class Recording:
     _NONE2 = np.full((1, 1), np.nan)
     _NONE4 = np.full((1, 1, 1, 1), np.nan)
 
-    def __init__(self, seeds, rec=0, loss=None, gram_means=None, gram_W=None, gram_H=None, y=None, counts=None):
+    def __init__(self, seeds, rec=0, objective=None, gram_means=None, gram_W=None, gram_H=None, y=None, counts=None):
         self.rec = int(rec)
-        self.loss = self._NONE2 if loss is None else loss
+        self.objective = self._NONE2 if objective is None else objective
         self.gram_means = self._NONE4 if gram_means is None else gram_means
         self.gram_W = self._NONE4 if gram_W is None else gram_W
         self.gram_H = self._NONE4 if gram_H is None else gram_H
@@ -825,7 +825,7 @@ class Recording:
         self.rows = np.ascontiguousarray(rows, dtype=np.int64)
 
     def args(self):
-        return (self.rec if self.offsets.size else 0, self.offsets, self.rows, self.y, self.inv_counts, self.loss,
+        return (self.rec if self.offsets.size else 0, self.offsets, self.rows, self.y, self.inv_counts, self.objective,
                 self.gram_means, self.gram_W, self.gram_H, self.ran)
 
 

@@ -15,7 +15,8 @@ function in :data:`RECORDERS` (add a quantity by adding one entry there):
 
 * state: ``"W"``, ``"H"`` (features; ``A Phi`` for the input-coupled model),
   ``"A"``, ``"b"``, ``"Z"`` (logits);
-* ``"loss"``: the full objective (halved weight decays, THEORY (0.1));
+* ``"objective"``: the value of the full objective (the loss plus the halved
+  weight decays, THEORY (0.1));
 * Grams: ``"gram_H"`` (N x N ``H^T H``), ``"gram_means"`` (K x K ``M^T M`` of
   the uncentred class means), ``"gram_W"`` (``W W^T``);
 * metrics of :mod:`ufm.metrics`: ``"nc1"`` (pinv variant), ``"nc1_trace_ratio"``,
@@ -78,7 +79,7 @@ class Recorder:
 
 
 RECORDERS: dict[str, Recorder] = {
-    "loss": Recorder(lambda p, s: losses.state_objective(p, s), lambda p: ()),
+    "objective": Recorder(lambda p, s: losses.state_objective(p, s), lambda p: ()),
     "W": Recorder(lambda p, s: s["W"], lambda p: (p.K, p.d)),
     "H": Recorder(lambda p, s: losses.features(p, s), lambda p: (p.d, p.N)),
     "A": Recorder(lambda p, s: s["A"], lambda p: (p.d, p.p)),
@@ -322,7 +323,7 @@ def memory_estimate(problem, recorders, seeds: int, n_times: int, mode: str = "g
 # -- the entry point -----------------------------------------------------------------
 def simulate(problem, steps: int | None = None, lr: float | None = None, *, horizon: float | None = None,
              mode: str = "gd", init_scale: float = 1e-3,
-             seed: int = 0, seeds: int = 1, record=("loss",), n_records: int = 100, grid: str = "log",
+             seed: int = 0, seeds: int = 1, record=("objective",), n_records: int = 100, grid: str = "log",
              record_steps=None, W0=None, H0=None, A0=None, b0=None, attributes=None, dtype=np.float64,
              progress="auto", time_variable: str = "auto", rtol: float = 1e-8, atol: float = 1e-10,
              max_steps: int = 10**6, on_interrupt: str = "raise", throw: bool = False) -> Trajectory:
@@ -655,6 +656,9 @@ def _resolve_recorders(problem, record, attributes):
         attributes = getattr(problem, "attributes", None)
     out = {}
     for name in names:
+        if name == "loss":
+            raise ValueError("cannot record 'loss': the full objective (the loss plus the halved weight decays) "
+                             "is recorded as 'objective'; pass record=('objective', ...).")
         if name == "semantic_gap":
             if attributes is None:
                 raise ValueError("recording 'semantic_gap' needs attributes=(K x F table) or a problem built "
@@ -676,7 +680,7 @@ def _resolve_recorders(problem, record, attributes):
         shape = np.shape(fn(problem, {k: np.zeros(s) for k, s in losses.blocks(problem).items()}))
         out[name] = Recorder(fn, lambda p, shape=shape: shape)
     if not out:
-        raise ValueError("record is empty; name at least one quantity, e.g. record=('loss',).")
+        raise ValueError("record is empty; name at least one quantity, e.g. record=('objective',).")
     return out
 
 
@@ -703,7 +707,7 @@ class _Chunks:
 
 #: Recorded quantities the GD kernels compute themselves, from what the step already has
 #: (the loss the step evaluates, the features it holds), with their bit in ``_kernels.Recording``.
-IN_KERNEL = {"loss": 1, "gram_means": 2, "gram_W": 4, "gram_H": 8}
+IN_KERNEL = {"objective": 1, "gram_means": 2, "gram_W": 4, "gram_H": 8}
 
 
 def _kernel_recording(rec, seeds, compiled=True):
@@ -723,7 +727,7 @@ def _kernel_recording(rec, seeds, compiled=True):
 def _run_gd(problem, batch, lr, dtype, grid_steps, rec, progress):
     """GD in chunks of about 0.2 s between which Ctrl-C and progress are handled.
 
-    The kernels record the loss and the Grams of :data:`IN_KERNEL` themselves, at any step
+    The kernels record the objective and the Grams of :data:`IN_KERNEL` themselves, at any step
     inside a chunk; a grid step at the end of a chunk is recorded at the start of the next
     one (the final step by one more evaluation without update). Other recorders run in Python
     between chunks, so with them chunks end at every grid step. BLAS runs on one thread

@@ -133,7 +133,7 @@ def _solution(problem, Z, b, loss, geometry, message, citation, **meta) -> Solut
     Zfull = losses.logits(W, H, b)
     meta = {"problem": problem.as_dict(), "objective": meta.pop("objective", "regularized UFM objective (0.1)"),
             **meta}
-    return Solution(W=W, H=H, b=b, Z=Zfull, loss=float(loss), status="exact", regime=geometry,
+    return Solution(W=W, H=H, b=b, Z=Zfull, objective=float(loss), status="exact", regime=geometry,
                     message=message, method="closed_form", nit=0, meta=meta, citation=citation)
 
 
@@ -375,7 +375,7 @@ def layer_peeled(problem: LayerPeeledProblem) -> Solution:
     W[:, :K - 1] = math.sqrt(problem.E_W * K / (K - 1)) * E
     H = q["h_over_w"] * W.T @ problem.Y
     Z = W @ H
-    return Solution(W=W, H=H, b=None, Z=Z, loss=q["loss"], status="exact", regime="etf",
+    return Solution(W=W, H=H, b=None, Z=Z, objective=q["loss"], status="exact", regime="etf",
                     message=f"Layer-peeled optimum: simplex ETF with ||w_k||^2 = E_W = {problem.E_W:g} and "
                             f"margin s = {q['s']:.10g}.",
                     method="closed_form", nit=0,

@@ -308,7 +308,7 @@ def _recover(form: Form, X, b, method, status, message, nit, meta, cert=None, sp
     meta = {"problem": p.as_dict(), "form": form.kind, "objective": "regularized objective (0.1) = convex form (4.1)",
             "duality_gap": cert["gap"], "rel_duality_gap": cert["rel_gap"], "dual": cert["dual"],
             "stationarity": stat, **meta}
-    return Solution(W=W, H=H, b=b, Z=Z, loss=cert["primal"], status=status, regime=regime,
+    return Solution(W=W, H=H, b=b, Z=Z, objective=cert["primal"], status=status, regime=regime,
                     message=message + f" Certified relative duality gap {cert['rel_gap']:.2e}.", method=method,
                     nit=nit, meta=meta, citation=_CITE, A=A)
 
@@ -924,7 +924,7 @@ def _svm_input_coupled(p, solver, meta):
     W, A = balanced_split(Mv, p.d, 0.0, 0.0, rank_tol=1e-8, floor=1e-300, name="M")
     H = A @ p.Phi
     meta.update(solver_status=prob.status, nuclear=float(prob.value))
-    return Solution(W=W, H=H, b=None, Z=W @ H, A=A, loss=float(prob.value), status=_svm_status(prob),
+    return Solution(W=W, H=H, b=None, Z=W @ H, A=A, objective=float(prob.value), status=_svm_status(prob),
                     regime="max_margin", message="Max-margin end state of the input-coupled UFM (no weight "
                     "decay): the direction of W A Phi under gradient descent.", method="svm", meta=meta,
                     citation="THEORY §8.2; Lyu & Li 2020; Ji & Telgarsky 2020")
@@ -945,7 +945,7 @@ def _svm_ufm(p, solver, meta):
         sel = centering_matrix(p.K) @ p.Y
         meta.update(solver_status=prob.status, nuclear=float(prob.value),
                     distance_to_seli=float(np.abs(Z - sel).max()))
-        return Solution(W=W, H=H, b=None, Z=W @ H, loss=float(prob.value), status=_svm_status(prob),
+        return Solution(W=W, H=H, b=None, Z=W @ H, objective=float(prob.value), status=_svm_status(prob),
                         regime="seli", message="Nuclear-norm SVM (3.2) of the unregularized CE UFM; SELI predicts "
                         f"P_K Y (max deviation {meta['distance_to_seli']:.1e}).", method="svm", meta=meta,
                         citation="THEORY §3.2; Thrampoulidis et al. 2022, arXiv 2208.05512")
@@ -1018,7 +1018,7 @@ def _ntp_svm(p, solver, meta):
     W, H = balanced_split(Lmm, p.d, 0.0, 0.0)
     meta.update(solver_status=prob.status, nuclear=float(prob.value), L_in=Lin.tolist(),
                 support_proxy=St.tolist(), cos_to_proxy=cos, nuclear_proxy=_nuclear(St))
-    return Solution(W=W, H=H, b=None, Z=W @ H, loss=float(prob.value), status=_svm_status(prob),
+    return Solution(W=W, H=H, b=None, Z=W @ H, objective=float(prob.value), status=_svm_status(prob),
                     regime="ntp_svm", message=f"NTP-SVM (5.2): the out-of-support logits L_mm; cos(L_mm, S~) = "
                     f"{cos:.5f}. meta holds L_in and the centred support proxy S~.", method="svm", meta=meta,
                     citation="THEORY §5.2; Thrampoulidis 2024, arXiv 2402.18551; Zhao et al. 2024, arXiv 2408.15417")

@@ -58,7 +58,7 @@ def _row(label, sol):
         cos_lo, cos_hi = C[off].min(), C[off].max()
     else:
         etf = cos_lo = cos_hi = math.nan
-    return {"case": label, "regime": sol.regime, "objective": sol.loss,
+    return {"case": label, "regime": sol.regime, "objective": sol.objective,
             "etf_distance_WWt": etf, "cos_min": cos_lo, "cos_max": cos_hi,
             "w_sq_min": norms.min(), "w_sq_max": norms.max()}
 

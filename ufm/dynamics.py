@@ -1142,7 +1142,7 @@ def symmetric_flow(problem, times, p0: float | None = None, *, a0: float | None 
     -------
     TheoryCurve
         ``kind="symmetric_flow"``; records ``"p"``, ``"a"``, ``"beta"``,
-        ``"gram_W"`` (``a^2 P_K``), ``"loss"`` (the full objective, halved
+        ``"gram_W"`` (``a^2 P_K``), ``"objective"`` (the full objective, halved
         decays) and ``"b"`` (``c 1_K``) for bias problems.
         When the ODE behind the curve fails, the curve has ``status``
         ``solver_failed``, ``success=False``, no records and the solver's message.
@@ -1210,7 +1210,7 @@ def symmetric_flow(problem, times, p0: float | None = None, *, a0: float | None 
         loss = np.log1p((K - 1) * np.exp(-pp))
     loss = loss + lW / 2 * a**2 * (K - 1) + lH / 2 * bt**2 * n * (K - 1) + lb / 2 * K * c**2
     PK = centering_matrix(K)
-    records = {"p": pp, "a": a, "beta": bt, "gram_W": a[:, None, None] ** 2 * PK, "loss": loss}
+    records = {"p": pp, "a": a, "beta": bt, "gram_W": a[:, None, None] ** 2 * PK, "objective": loss}
     if problem.bias:
         records["b"] = c[:, None] * np.ones(K)
     meta = {"problem": problem.as_dict(), "a0": a0, "beta0": beta0, "b0": c0, "solution": how,
@@ -1325,7 +1325,8 @@ def kernel_flow(setting_or_attributes, theta, times, *, loss: str = "ce", Z0=Non
     -------
     TheoryCurve
         ``kind="kernel_flow"``; records ``"Z"``, ``"gram_H"`` (the logit Gram),
-        ``"semantic_gap"``, ``"etf_distance"``, ``"loss"``; ``peak_time``,
+        ``"semantic_gap"``, ``"etf_distance"``, ``"objective"`` (the loss of the
+        logits: the flow has no decay); ``peak_time``,
         ``peak_value``: the maximum of the gap over ``times`` (``peak_time`` is
         ``times[0]`` when the gap never rises: the kernel flow *starts* semantic
         and only loses structure, unlike M2). ``transition_time`` is ``None``
@@ -1378,7 +1379,7 @@ def kernel_flow(setting_or_attributes, theta, times, *, loss: str = "ce", Z0=Non
     gaps, etfs = np.array(gaps), np.array(etfs)
     j = int(np.nanargmax(gaps)) if np.any(np.isfinite(gaps)) else 0
     records = {"Z": Zt, "gram_H": grams, "semantic_gap": gaps, "etf_distance": etfs,
-               "loss": np.array([loss.value(Z, Y) for Z in Zt])}
+               "objective": np.array([loss.value(Z, Y) for Z in Zt])}
     meta = {"model": "M3 kernel flow", "loss": str(loss), "N": N, "solution": how,
             "gram": "logit Gram Z^T Z (no features in function space), centred with P_N",
             "start": "logits", "start_label": start_label,

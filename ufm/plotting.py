@@ -199,7 +199,7 @@ def plot_phase_diagram(result, x, y, value, ax=None, *, where=None, cmap="viridi
     return ax
 
 
-_PRETTY = {"semantic_gap": "semantic gap $\\Delta$", "etf_distance": "ETF distance $d_{ETF}$", "loss": "loss",
+_PRETTY = {"semantic_gap": "semantic gap $\\Delta$", "etf_distance": "ETF distance $d_{ETF}$", "objective": "objective",
            "peak_gap": "peak semantic gap", "end_gap": "end-state semantic gap",
            "end_etf_distance": "end-state ETF distance", "gap_init": "initial semantic gap",
            "peak_time": "peak time", "transition_time": "transition time"}

@@ -36,7 +36,9 @@ __all__ = ["FitResult", "NoMethodApplies", "NotConverged", "PhasePoint", "Result
            "SweepResult", "TheoryCurve", "Trajectory", "TransientModels", "UFMError", "distinct_values", "load",
            "package_versions"]
 
-_SCHEMA = 2     # 2: ``status`` is a Status name, the geometry of a Solution is in ``regime``; 1 is read and upgraded
+_SCHEMA = 3     # 2: ``status`` is a Status name, the geometry of a Solution is in ``regime``;
+                # 3: the objective value is ``objective`` (a Solution field, a Trajectory record), not ``loss``;
+                # 1 and 2 are read and upgraded
 
 
 class Status(enum.Enum):
@@ -269,8 +271,11 @@ class _Frozen:
     _INT_ARRAYS: ClassVar[tuple[str, ...]] = ()
     _LOOKUP: ClassVar[tuple[tuple[str, str], ...]] = ()   # (dict field, singular): entries readable as attributes
     _UNSAVED: ClassVar[tuple[str, ...]] = ()   # fields left out of the hash and the file (live objects)
+    _RENAMED: ClassVar[dict[str, str]] = {}    # old attribute name -> what to read instead
 
     def __getattr__(self, name):
+        if name in type(self)._RENAMED:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}: {type(self)._RENAMED[name]}.")
         if not type(self)._LOOKUP:
             raise AttributeError(f"{type(self).__name__} has no attribute {name!r}.")
         for group, _ in type(self)._LOOKUP:
@@ -347,8 +352,8 @@ class _Frozen:
         return path
 
     @classmethod
-    def _upgrade(cls, fields: dict) -> dict:
-        """The constructor arguments of a file written with schema 1 (no changes by default)."""
+    def _upgrade(cls, fields: dict, schema: int) -> dict:
+        """The constructor arguments of a file written with an older ``schema`` (no changes by default)."""
         return fields
 
 
@@ -433,10 +438,12 @@ class Solution(Result):
         Bias (``None`` when the problem has none).
     Z : ndarray (K, N)
         Logits ``W H + b 1^T``.
-    loss : float
-        The objective value that the method minimizes (``meta["objective"]``
-        names it: the regularized objective (0.1) for regularized problems, the
-        max-margin value for the unregularized limits); ``nan`` when there is no answer.
+    objective : float
+        The value of the objective that the method minimizes (``meta["objective"]``
+        says which: the regularized objective (0.1), with the halved weight decays,
+        for regularized problems, the max-margin value for the unregularized
+        limits); ``nan`` when there is no answer. ``problem.loss`` is the loss
+        function inside it.
     success : bool
         Whether ``W, H, b`` is a global minimizer to the stated accuracy.
     status : Status
@@ -468,7 +475,7 @@ class Solution(Result):
     H: np.ndarray
     b: np.ndarray | None
     Z: np.ndarray
-    loss: float
+    objective: float
     method: str
     regime: str = ""
     nit: int = 0
@@ -478,6 +485,8 @@ class Solution(Result):
     A: np.ndarray | None = None
 
     _ARRAYS: ClassVar[tuple[str, ...]] = ("W", "H", "b", "Z", "A")
+    _RENAMED: ClassVar[dict[str, str]] = {
+        "loss": "the value of the minimized objective is 'objective' (problem.loss is the loss function)"}
 
     #: statuses of schema-1 files that named how a solver stopped (every other one named the geometry)
     _V1_SOLVER_WORDS: ClassVar[tuple[str, ...]] = (
@@ -485,14 +494,16 @@ class Solution(Result):
         "unbounded_inaccurate", "optimal_inaccurate", "solver_error", "user_limit")
 
     @classmethod
-    def _upgrade(cls, fields: dict) -> dict:
-        old = fields.pop("status")
-        ok = fields.pop("success")
-        fields["regime"] = "" if old in cls._V1_SOLVER_WORDS else old
-        if ok:
-            fields["status"] = "exact" if fields["method"] == "closed_form" else "optimal"
-        else:
-            fields["status"] = {"max_iter": "max_iter", "inaccurate": "inaccurate"}.get(old, "solver_failed")
+    def _upgrade(cls, fields: dict, schema: int) -> dict:
+        if schema == 1:
+            old = fields.pop("status")
+            ok = fields.pop("success")
+            fields["regime"] = "" if old in cls._V1_SOLVER_WORDS else old
+            if ok:
+                fields["status"] = "exact" if fields["method"] == "closed_form" else "optimal"
+            else:
+                fields["status"] = {"max_iter": "max_iter", "inaccurate": "inaccurate"}.get(old, "solver_failed")
+        fields["objective"] = fields.pop("loss")     # schemas 1 and 2 called the objective value "loss"
         return fields
 
     @classmethod
@@ -515,11 +526,11 @@ class Solution(Result):
         Returns
         -------
         Solution
-            With ``success=False`` and ``loss = nan``.
+            With ``success=False`` and ``objective = nan``.
         """
         K, d, N = problem.K, problem.d, problem.N
         return cls(W=np.full((K, d), np.nan), H=np.full((d, N), np.nan), b=None, Z=np.full((K, N), np.nan),
-                   loss=math.nan, method=method, status=status, message=message,
+                   objective=math.nan, method=method, status=status, message=message,
                    meta={"problem": problem.as_dict(), **meta})
 
     @property
@@ -534,7 +545,7 @@ class Solution(Result):
 
     def __repr__(self) -> str:
         return (f"Solution(method={self.method!r}, status={self.status!r}, regime={self.regime!r}, "
-                f"success={self.success}, loss={self.loss:.10g}, W{self.W.shape}, H{self.H.shape})")
+                f"success={self.success}, objective={self.objective:.10g}, W{self.W.shape}, H{self.H.shape})")
 
 
 class _FrozenDict(dict):
@@ -561,8 +572,8 @@ class Trajectory(Result):
         Gradient-flow time of each record: ``steps * lr`` (GD with step ``lr``
         approximates the flow at ``t = k lr``; in flow mode these are the exact times).
     records : dict of name -> array (seeds, T, ...)
-        One array per recorded quantity (``"loss"``, ``"W"``, ``"gram_H"``,
-        metric names, ...); also reachable as attributes: ``traj.loss``.
+        One array per recorded quantity (``"objective"``, ``"W"``, ``"gram_H"``,
+        metric names, ...); also reachable as attributes: ``traj.objective``.
     success : bool
         Whether the run completed (``status`` is ``completed``).
     status : Status
@@ -593,6 +604,8 @@ class Trajectory(Result):
     _INT_ARRAYS: ClassVar[tuple[str, ...]] = ("steps",)
     _DICTS: ClassVar[tuple[str, ...]] = ("records",)
     _LOOKUP: ClassVar[tuple[tuple[str, str], ...]] = (("records", "record"),)
+    _RENAMED: ClassVar[dict[str, str]] = {
+        "loss": "the full objective (halved weight decays) is recorded as 'objective'"}
 
     @property
     def n_seeds(self) -> int:
@@ -611,8 +624,10 @@ class Trajectory(Result):
         return self.nit
 
     @classmethod
-    def _upgrade(cls, fields: dict) -> dict:
+    def _upgrade(cls, fields: dict, schema: int) -> dict:
         fields.pop("success", None)
+        records = fields["records"]     # schemas 1 and 2 recorded the full objective as "loss"
+        fields["records"] = {("objective" if k == "loss" else k): v for k, v in records.items()}
         return fields
 
     def __repr__(self) -> str:
@@ -663,6 +678,13 @@ class TheoryCurve(Result):
     _ARRAYS: ClassVar[tuple[str, ...]] = ("times",)
     _DICTS: ClassVar[tuple[str, ...]] = ("records", "constants")
     _LOOKUP: ClassVar[tuple[tuple[str, str], ...]] = (("records", "record"), ("constants", "constant"))
+    _RENAMED: ClassVar[dict[str, str]] = {"loss": "the objective value is recorded as 'objective'"}
+
+    @classmethod
+    def _upgrade(cls, fields: dict, schema: int) -> dict:
+        records = fields["records"]     # schemas 1 and 2 recorded the objective value as "loss"
+        fields["records"] = {("objective" if k == "loss" else k): v for k, v in records.items()}
+        return fields
 
     def __repr__(self) -> str:
         extra = "" if self.peak_time is None else f", peak_time={self.peak_time:.6g}"
@@ -942,8 +964,8 @@ class SweepResult(Result):
                 "message": self.message, "citation": self.citation}
 
     @classmethod
-    def _upgrade(cls, fields: dict) -> dict:
-        if fields["status"] == "completed" and not all(r["ok"] for r in fields["records"]):
+    def _upgrade(cls, fields: dict, schema: int) -> dict:
+        if schema == 1 and fields["status"] == "completed" and not all(r["ok"] for r in fields["records"]):
             fields["status"] = "runs_failed"
         return fields
 
@@ -1294,8 +1316,8 @@ def check_run_file(header: dict) -> str | None:
                     "ufm.results.load, or pass a file written by Exporter.save / save_run")
         return (f"'type' is the unknown result type {kind!r} (expected 'Run'); pass a file written by "
                 "Exporter.save / save_run")
-    if header.get("schema") not in (1, _SCHEMA):     # 1: before Status; a Run reads the same in both
-        return (f"'schema' is {header.get('schema')!r}, this ufm reads file schemas 1 and {_SCHEMA}; convert the "
+    if header.get("schema") not in range(1, _SCHEMA + 1):     # a Run reads the same in every schema
+        return (f"'schema' is {header.get('schema')!r}, this ufm reads file schemas 1 to {_SCHEMA}; convert the "
                 "file with the ufm version that wrote it")
     return None
 
@@ -1408,10 +1430,12 @@ def load(path: str | os.PathLike):
     Returns
     -------
     Solution, Trajectory, TheoryCurve, SweepResult, Run or FitResult
-        The result, of the type that was saved. A file of the first format
-        (schema 1, before ``regime`` and :class:`Status`) is checked against its
-        stored hash and upgraded: a Solution's old ``status`` becomes its
-        ``regime`` (or its status, when it named how a solver stopped).
+        The result, of the type that was saved. A file of an older format is
+        checked against its stored hash and upgraded: schema 1 (before ``regime``
+        and :class:`Status`): a Solution's old ``status`` becomes its ``regime``
+        (or its status, when it named how a solver stopped); schemas 1 and 2: the
+        objective value called ``loss`` (a Solution field, a Trajectory record)
+        becomes ``objective``.
     """
     import zipfile
 
@@ -1432,8 +1456,8 @@ def load(path: str | os.PathLike):
         if cls is None:
             raise ValueError(f"{path}: unknown result type {header.get('type')!r}; known: {sorted(_TYPES)}.")
         schema = header.get("schema")
-        if schema not in (1, _SCHEMA):
-            raise ValueError(f"{path}: schema {schema} not supported (this ufm reads 1 and {_SCHEMA}); load it with "
+        if schema not in range(1, _SCHEMA + 1):
+            raise ValueError(f"{path}: schema {schema} not supported (this ufm reads 1 to {_SCHEMA}); load it with "
                              f"the ufm version that wrote it.")
         meta = header["meta"]
         stored = meta.get("content_hash")
@@ -1448,8 +1472,8 @@ def load(path: str | os.PathLike):
                 fields[name] = {key[len(prefix):]: np.array(data[key]) for key in data.files
                                 if key.startswith(prefix)}
             fields.update(header["scalars"])
-    if schema == 1:     # checked above on the file's own content; the upgraded object gets a new hash
-        return cls(**cls._upgrade(fields), meta={k: v for k, v in meta.items() if k != "content_hash"})
+    if schema < _SCHEMA:     # checked above on the file's own content; the upgraded object gets a new hash
+        return cls(**cls._upgrade(fields, schema), meta={k: v for k, v in meta.items() if k != "content_hash"})
     obj = cls(**fields, meta=meta)
     if stored is not None and obj.meta["content_hash"] != stored:
         raise ValueError(f"{path}: content hash mismatch; the file was changed or corrupted.")

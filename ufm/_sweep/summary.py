@@ -20,14 +20,14 @@ def _is_scalar(v) -> bool:
 def summarize(out, keep=()) -> dict:
     """What a task returned, as the outputs of one record.
 
-    * :class:`~ufm.results.Solution`: ``loss``, ``success``, ``status`` (the
+    * :class:`~ufm.results.Solution`: ``objective`` (its value), ``success``, ``status`` (the
       :class:`~ufm.results.Status` name), ``regime``, ``method``, ``nit`` and the scalar entries of ``meta`` (regime quantities,
       duality gaps, ...; timings such as ``solve_time`` are left out so records
       do not depend on the machine); ``keep`` names arrays or properties to add
       (``"W"``, ``"H"``, ``"Z"``, ``"gram_H"``, ...).
     * :class:`~ufm.results.Trajectory`: ``status`` (name), ``success``, ``mode``, the
       last ``step`` and ``time``, and the final value of every scalar record
-      (``loss``, ``nc1``, ...; an array over the simulate seeds when there are
+      (``objective``, ``nc1``, ...; an array over the simulate seeds when there are
       several); ``keep`` names records to add whole as ``<name>_history``
       (shape ``(seeds, T, ...)``), with ``times``.
     * other results (e.g. :class:`~ufm.results.PhasePoint`): ``success`` and their scalar fields
@@ -37,7 +37,7 @@ def summarize(out, keep=()) -> dict:
     """
     keep = (keep,) if isinstance(keep, str) else tuple(keep)
     if isinstance(out, Solution):
-        rec = {"loss": out.loss, "success": out.success, "status": out.status.name, "regime": out.regime,
+        rec = {"objective": out.objective, "success": out.success, "status": out.status.name, "regime": out.regime,
                "method": out.method, "nit": out.nit}
         for k, v in out.meta.items():
             if _is_scalar(v) and k not in _SKIP_META and "time" not in k and k not in rec:
@@ -102,9 +102,9 @@ def run_failure(out) -> str | None:
     if isinstance(out, Trajectory):
         if not out.success:
             return f"{out.status.name}: {out.message}"
-        loss = out.records.get("loss")
-        if loss is not None and loss.shape[1] and not np.all(np.isfinite(loss[:, -1])):
-            return "nonfinite: the final loss is not finite"
+        objective = out.records.get("objective")
+        if objective is not None and objective.shape[1] and not np.all(np.isfinite(objective[:, -1])):
+            return "nonfinite: the final objective is not finite"
         return None
     if isinstance(out, Solution) and not out.success:
         return f"not solved ({out.status.name}): {out.message}"
