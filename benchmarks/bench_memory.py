@@ -108,10 +108,10 @@ SIMULATE = [
          steps=1200, seeds=1, mode="gd", record=["H"], n_records=1200),
     # many seeds: the state and Grams
     dict(kind="simulate", name="UFM K=50 n=10 d=100, 64 seeds, record gram_H", model="ufm", K=50, n=10, d=100,
-         steps=40, seeds=64, mode="gd", record=["loss", "gram_H"], n_records=40),
+         steps=40, seeds=64, mode="gd", record=["objective", "gram_H"], n_records=40),
     # the flow: lockstep integration, records of A
     dict(kind="simulate", name="M2 factorial(2^6) d=256 flow, 8 seeds, record A", model="icm", levels=[2] * 6,
-         d=256, steps=20, seeds=8, mode="flow", record=["loss", "A"], n_records=60),
+         d=256, steps=20, seeds=8, mode="flow", record=["objective", "A"], n_records=60),
 ]
 FIT = [
     dict(kind="fit", name="fit factorial(3^4) K=81, T=393, static", levels=[3, 3, 3, 3], T=600, models=["static"]),

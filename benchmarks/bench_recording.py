@@ -67,11 +67,11 @@ SIZES = {  # name: (K = N, d, steps per call, rounds)
     "large": (2048, 512, 6, 3),
 }
 CASES = {
-    "2 records": ("loss",),
-    "loss, every step": ("loss",),
-    "loss + gram_means": ("loss", "gram_means"),
-    "loss + 3 Grams": ("loss", "gram_means", "gram_W", "gram_H"),
-    "loss + 3 Grams, unhashed": ("loss", "gram_means", "gram_W", "gram_H"),
+    "2 records": ("objective",),
+    "loss, every step": ("objective",),
+    "loss + gram_means": ("objective", "gram_means"),
+    "loss + 3 Grams": ("objective", "gram_means", "gram_W", "gram_H"),
+    "loss + 3 Grams, unhashed": ("objective", "gram_means", "gram_W", "gram_H"),
 }
 LAM, LR = 5e-3, 0.5
 
@@ -144,7 +144,7 @@ def measure(sizes, huge):
         res = {}
         for case, rs in (("2 records", [0, 2]), ("3 records", [0, 1, 2])):
             t0 = time.perf_counter()
-            ufm.simulate(p, steps=2, lr=LR, record=("loss",), record_steps=rs, seed=0)
+            ufm.simulate(p, steps=2, lr=LR, record=("objective",), record_steps=rs, seed=0)
             res[case] = time.perf_counter() - t0
         out["huge"] = {"K": K, "d": d, "seconds": res, "ratio": res["3 records"] / res["2 records"]}
         print(f"  huge: {res}", file=sys.stderr, flush=True)

@@ -158,7 +158,7 @@ def make_simulate(K, d, N, W0, H0):
     box = {}
 
     def run(n):  # a whole call from W0, H0: recording the loss at steps 0 and n
-        box["tr"] = ufm.simulate(p, steps=n, lr=LR, W0=W0, H0=H0, record=("loss", "W", "H"),
+        box["tr"] = ufm.simulate(p, steps=n, lr=LR, W0=W0, H0=H0, record=("objective", "W", "H"),
                                  record_steps=[0, n], n_records=2)
 
     return run, lambda: (box["tr"].W[0, -1], box["tr"].H[0, -1])
@@ -511,7 +511,7 @@ def time_scaling(name, repeats, min_time, seeds=8, path=None):
 
 def time_flow(repeats):
     p = ufm.UFMProblem(K=10, n=1, d=16, loss="ce")  # no weight decay
-    kw = dict(steps=10**8, lr=1.0, mode="flow", init_scale=0.1, time_variable="log", record=("loss", "W", "H"))
+    kw = dict(steps=10**8, lr=1.0, mode="flow", init_scale=0.1, time_variable="log", record=("objective", "W", "H"))
     ufm.simulate(p, **kw)  # compile / load outside the timing
     ts = []
     for _ in range(repeats):
@@ -543,7 +543,7 @@ def time_flow(repeats):
             "err_vs_scipy_dop853_1e-12": float(np.abs(y_got - y_sp).max()),
             "compiled_vs_scipy": float(np.abs(y_ref - y_sp).max()),
             "scale": float(np.abs(y_ref).max()), "scipy_nfev": int(sp.nfev), "scipy_seconds": t_scipy,
-            "rtol": 1e-8, "atol": 1e-10, "loss_end": float(tr.loss[0, -1])}
+            "rtol": 1e-8, "atol": 1e-10, "objective_end": float(tr.objective[0, -1])}
 
 
 _FRESH = textwrap.dedent("""
@@ -887,9 +887,9 @@ def report(args, facts, sizes, results, scaling, flow, fresh, elapsed):
         L.append("## Gradient flow (tiny, no weight decay, t = 1e8, `mode=\"flow\"`, `time_variable=\"log\"`)")
         L.append("")
         L.append(f"`ufm.simulate` with default tolerances (rtol {flow['rtol']:g}, atol {flow['atol']:g}), recording "
-                 f"loss, W and H on the default 100-point log grid: median {flow['median'] * 1e3:.1f} ms "
+                 f"objective, W and H on the default 100-point log grid: median {flow['median'] * 1e3:.1f} ms "
                  f"(min {flow['min'] * 1e3:.1f} ms), {flow['nfev']} right-hand-side calls, status {flow['status']}, "
-                 f"final loss {flow['loss_end']:.3e}. References from the same initial state: the compiled "
+                 f"final objective {flow['objective_end']:.3e}. References from the same initial state: the compiled "
                  f"integrator at rtol 1e-12 / atol 1e-14, and scipy `solve_ivp(method=\"DOP853\", rtol=1e-12, "
                  f"atol=1e-14)` on the same ODE in s = log(1+t) with the numpy gradients "
                  f"({flow['scipy_nfev']} calls, {flow['scipy_seconds']:.2f} s); the two references differ by "

@@ -60,7 +60,7 @@ def _run(method, K, pattern, opts, queue, path=None):
     p = problem(K, pattern)
     t0 = time.perf_counter()
     sol = ufm.solve(p, method=method, **opts)
-    queue.put((time.perf_counter() - t0, sol.loss, sol.meta.get("rel_duality_gap"), sol.nit, sol.success,
+    queue.put((time.perf_counter() - t0, sol.objective, sol.meta.get("rel_duality_gap"), sol.nit, sol.success,
                sol.meta.get("svd"), ufm.__file__))
 
 

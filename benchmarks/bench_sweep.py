@@ -70,7 +70,7 @@ def workload(points: int, steps: int):
     grid = {"sigma": [float(f"{v:.4g}") for v in np.logspace(-1, 0.5, n_sigma)],
             "lam_W": [float(f"{v:.4g}") for v in np.logspace(-4, -1, n_lam)]}
     fixed = {"levels": (2, 2, 2), "lam_A": 1e-3, "steps": steps, "lr": 0.5, "n_records": 50,
-             "record": ("loss", "etf_distance", "semantic_gap")}
+             "record": ("objective", "etf_distance", "semantic_gap")}
     return grid, fixed
 
 

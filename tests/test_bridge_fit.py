@@ -231,7 +231,7 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="lam"):
         fit(G, setting=SETTING, lam=-1.0)
     with pytest.raises(ValueError, match="Trajectory recorded"):
-        traj = ufm.simulate(ufm.InputCoupledUFM.from_setting(SETTING, 1.0), steps=5, lr=0.1, record=("loss",))
+        traj = ufm.simulate(ufm.InputCoupledUFM.from_setting(SETTING, 1.0), steps=5, lr=0.1, record=("objective",))
         fit(traj, setting=SETTING)
 
 

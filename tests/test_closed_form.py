@@ -28,7 +28,7 @@ def rel(a, b):
 def assert_critical(problem, sol, tol=1e-10):
     res = losses.stationarity_residuals(problem, sol.W, sol.H, sol.b)
     assert max(res.values()) < tol, res
-    assert rel(losses.objective(problem, sol.W, sol.H, sol.b), sol.loss) < 1e-12
+    assert rel(losses.objective(problem, sol.W, sol.H, sol.b), sol.objective) < 1e-12
 
 
 # -- balanced cross-entropy ---------------------------------------------------------
@@ -42,7 +42,7 @@ def test_tv1_balanced_ce_numbers():
     assert m["t"] == pytest.approx(3.001878, abs=1e-6)
     assert m["w_sq"] == pytest.approx(5.199405, abs=1e-6)
     assert m["h_sq"] == pytest.approx(1.733135, abs=1e-6)
-    assert sol.loss == pytest.approx(0.2613364, abs=1e-7)
+    assert sol.objective == pytest.approx(0.2613364, abs=1e-7)
     # the matrices carry what the scalars say
     np.testing.assert_allclose(np.sum(sol.W**2, axis=1), m["w_sq"], rtol=1e-12)
     np.testing.assert_allclose(np.sum(sol.H**2, axis=0), m["h_sq"], rtol=1e-12)
@@ -72,7 +72,7 @@ def test_balanced_ce_matches_nonconvex_solver(kw):
     assert sol.regime == ("zero" if p.K * p.gamma >= 1 else "etf") and sol.status is Status.exact
     assert_critical(p, sol)
     f, W, H, b = nonconvex_minimize(p, seed=1)
-    assert rel(f, sol.loss) < 1e-6
+    assert rel(f, sol.objective) < 1e-6
     # the optimum's Grams are unique (rotations aside)
     np.testing.assert_allclose(W @ W.T, sol.gram_W, atol=1e-4 * max(1.0, np.abs(sol.gram_W).max()))
     np.testing.assert_allclose(H.T @ H, sol.gram_H, atol=1e-4 * max(1.0, np.abs(sol.gram_H).max()))
@@ -88,7 +88,7 @@ def test_balanced_ce_plain_gradient_descent_tv1():
         dW, dH, db = losses.gradients(p, W, H, b)
         W, H, b = W - dW, H - dH, b - db
     sol = ufm.solve(p)
-    assert rel(losses.objective(p, W, H, b), sol.loss) < 1e-9
+    assert rel(losses.objective(p, W, H, b), sol.objective) < 1e-9
     np.testing.assert_allclose(np.sum(W**2, axis=1), sol.meta["w_sq"], rtol=1e-6)
     assert np.linalg.norm(b) < 1e-8
 
@@ -117,7 +117,7 @@ def test_layer_peeled_against_constrained_minimization():
     np.testing.assert_allclose(np.sum(sol.W**2, axis=1), E_W, rtol=1e-12)
     np.testing.assert_allclose(np.sum(sol.H**2, axis=0), E_H, rtol=1e-12)
     ce = losses.ce(sol.Z, p.Y)
-    assert rel(ce, sol.loss) < 1e-12
+    assert rel(ce, sol.objective) < 1e-12
     # independent: the energy constraints are active at the optimum (CE falls with scale), so
     # W = sqrt(K E_W) U/||U||, H = sqrt(N E_H) V/||V|| turns it into an unconstrained problem.
     from scipy.optimize import minimize
@@ -131,7 +131,7 @@ def test_layer_peeled_against_constrained_minimization():
 
     best = min(minimize(lambda x: losses.ce(np.dot(*unpack(x)), p.Y), rng.standard_normal(K * d + d * N),
                         method="BFGS", options={"gtol": 1e-12, "maxiter": 20000}).fun for _ in range(3))
-    assert rel(best, sol.loss) < 1e-6
+    assert rel(best, sol.objective) < 1e-6
 
 
 # -- SELI -----------------------------------------------------------------------------
@@ -140,8 +140,8 @@ def test_tv3_seli_numbers():
     sol = ufm.solve(p)
     assert sol.regime == "seli"
     np.testing.assert_allclose(sol.Z, P(4) @ p.Y, atol=1e-12)
-    assert sol.loss == pytest.approx(4.146264, abs=1e-6)
-    assert 0.5 * (np.sum(sol.W**2) + np.sum(sol.H**2)) == pytest.approx(sol.loss, rel=1e-12)
+    assert sol.objective == pytest.approx(4.146264, abs=1e-6)
+    assert 0.5 * (np.sum(sol.W**2) + np.sum(sol.H**2)) == pytest.approx(sol.objective, rel=1e-12)
     G = sol.gram_W
     norms = np.sqrt(np.diag(G))
     np.testing.assert_allclose(norms, [1.10435, 1.10435, 0.92388, 0.92388], atol=1e-5)
@@ -172,7 +172,7 @@ def test_seli_solves_the_nuclear_norm_svm(counts):
     prob = cp.Problem(cp.Minimize(cp.normNuc(Z)), cons)
     prob.solve(solver=cp.CLARABEL)
     assert prob.status == cp.OPTIMAL
-    assert rel(prob.value, sol.loss) < 1e-6
+    assert rel(prob.value, sol.objective) < 1e-6
     np.testing.assert_allclose(Z.value, sol.Z, atol=1e-4)
     if len(set(counts)) == 1:  # balanced: ETF, W W^T = sqrt(n) P_K
         np.testing.assert_allclose(sol.gram_W, math.sqrt(counts[0]) * P(K), atol=1e-12)
@@ -193,13 +193,13 @@ def test_tv2_mse_numbers_and_nonconvex_solver(lam_b, f, diag, off):
     bias = lam_b is not None
     p = UFMProblem(K=4, n=3, d=6, loss="mse", lam_W=0.01, lam_H=0.02, bias=bias, lam_b=lam_b or 0.0)
     sol = ufm.solve(p)
-    assert sol.loss == pytest.approx(f, abs=5e-9)
+    assert sol.objective == pytest.approx(f, abs=5e-9)
     if diag is not None:
         assert sol.gram_W[0, 0] == pytest.approx(diag, abs=1e-6)
         assert sol.gram_W[0, 1] == pytest.approx(off, abs=1e-6)
     assert_critical(p, sol)
     fn, W, H, b = nonconvex_minimize(p, seed=4)
-    assert rel(fn, sol.loss) < 1e-8
+    assert rel(fn, sol.objective) < 1e-8
     np.testing.assert_allclose(W @ W.T, sol.gram_W, atol=1e-5)
     if bias:
         np.testing.assert_allclose(b, sol.b, atol=1e-5)
@@ -212,7 +212,7 @@ def test_mse_bias_regime_change_at_lam_b_star():
     assert star == pytest.approx(0.108622, abs=1e-6)
     lo, hi = (ufm.solve(base.replace(lam_b=star * (1 + e))) for e in (-1e-9, 1e-9))
     assert lo.regime == "etf" and hi.regime == "etf_to_orthogonal_frame"
-    assert lo.loss == pytest.approx(hi.loss, abs=1e-9)           # continuous across the threshold
+    assert lo.objective == pytest.approx(hi.objective, abs=1e-9)  # continuous across the threshold
     np.testing.assert_allclose(lo.b, hi.b, atol=1e-9)
     # above lam_b*, the classifier Gram leaves the ETF and tends to the orthogonal frame as lam_b grows
     off = [ufm.solve(base.replace(lam_b=lb)).gram_W[0, 1] for lb in (0.05, 0.2, 1.0, 10.0, 1e4)]
@@ -229,7 +229,7 @@ def test_mse_svt_imbalanced_and_soft_labels(bias):
         sol = ufm.solve(p)
         assert_critical(p, sol)
         f, *_ = nonconvex_minimize(p, seed=6)
-        assert rel(f, sol.loss) < 1e-8
+        assert rel(f, sol.objective) < 1e-8
 
 
 def test_mse_balanced_table_equals_svt_route():
@@ -259,7 +259,7 @@ def test_mse_zero_regime_and_threshold():
 # -- dispatch and errors ---------------------------------------------------------------
 def unsolved(sol, *phrases):
     """``sol`` is a no-method result whose message gives every phrase; ``W, H, Z`` are NaN."""
-    assert sol.status is Status.no_method and not sol.success and np.isnan(sol.loss), sol
+    assert sol.status is Status.no_method and not sol.success and np.isnan(sol.objective), sol
     assert all(np.isnan(getattr(sol, name)).all() for name in ("W", "H", "Z"))
     for phrase in phrases:
         assert phrase in sol.message, (phrase, sol.message)
@@ -296,7 +296,7 @@ def test_one_sided_weight_decay_is_refused_with_reason():
 def test_solution_is_frozen_and_round_trips(tmp_path):
     sol = ufm.solve(UFMProblem(K=3, n=2, d=3, loss="mse", lam_W=0.01, lam_H=0.02, bias=True, lam_b=0.5))
     with pytest.raises(Exception):
-        sol.loss = 0.0
+        sol.objective = 0.0
     with pytest.raises(ValueError):
         sol.W[0, 0] = 1.0
     path = sol.save(tmp_path / "sol")
@@ -304,7 +304,7 @@ def test_solution_is_frozen_and_round_trips(tmp_path):
     assert type(back) is type(sol) and back.meta["content_hash"] == sol.meta["content_hash"]
     for name in ("W", "H", "b", "Z"):
         np.testing.assert_array_equal(getattr(back, name), getattr(sol, name))
-    assert (back.loss, back.status, back.message) == (sol.loss, sol.status, sol.message)
+    assert (back.objective, back.status, back.message) == (sol.objective, sol.status, sol.message)
     # a tampered file is refused
     data = dict(np.load(path, allow_pickle=False))
     data["W"] = data["W"] + 1.0

@@ -34,10 +34,10 @@ def test_exact_solvers_equal_the_closed_forms(problem, method, opts):
     ref = ufm.solve(problem, method="closed_form")
     sol = ufm.solve(problem, method=method, **opts)
     assert sol.success, sol.message
-    assert rel(sol.loss, ref.loss) < 1e-6
+    assert rel(sol.objective, ref.objective) < 1e-6
     assert sol.meta["rel_duality_gap"] <= 1e-6
     np.testing.assert_allclose(sol.gram_W, ref.gram_W, atol=1e-5 * max(1, np.abs(ref.gram_W).max()))
-    assert rel(losses.objective(problem, sol.W, sol.H, sol.b), ref.loss) < 1e-6
+    assert rel(losses.objective(problem, sol.W, sol.H, sol.b), ref.objective) < 1e-6
     if ref.regime != "zero":
         assert max(sol.meta["stationarity"].values()) < 1e-3
 
@@ -57,20 +57,20 @@ HARD = [
 def test_clarabel_scs_and_prox_agree_without_a_closed_form(problem):
     sols = [ufm.solve(problem, method=m, **o) for m, o in METHODS]
     assert all(s.success for s in sols), [s.message for s in sols]
-    values = [s.loss for s in sols]
+    values = [s.objective for s in sols]
     assert max(values) - min(values) < 1e-6 * max(1.0, abs(values[0]))
     for s in sols[1:]:
         np.testing.assert_allclose(s.Z, sols[0].Z, atol=1e-3 * max(1.0, np.abs(sols[0].Z).max()))
     # the nonconvex objective at the recovered factors is the convex optimum (d >= rank)
     for s in sols:
-        assert rel(losses.objective(problem, s.W, s.H, s.b), s.loss) < 1e-9
+        assert rel(losses.objective(problem, s.W, s.H, s.b), s.objective) < 1e-9
 
 
 def test_long_gradient_descent_ends_at_the_convex_optimum():
     p = UFMProblem(K=4, counts=[3, 3, 1, 1], d=4, loss="ce", lam_W=0.01, lam_H=0.01, bias=True, lam_b=0.05)
     sol = ufm.solve(p, method="prox", tol=1e-8)
-    tr = ufm.simulate(p, steps=60000, lr=1.0, init_scale=0.1, seeds=3, record=("loss", "gram_W"))
-    np.testing.assert_allclose(tr.loss[:, -1], sol.loss, rtol=1e-7)
+    tr = ufm.simulate(p, steps=60000, lr=1.0, init_scale=0.1, seeds=3, record=("objective", "gram_W"))
+    np.testing.assert_allclose(tr.objective[:, -1], sol.objective, rtol=1e-7)
     for i in range(3):
         np.testing.assert_allclose(tr.gram_W[i, -1], sol.gram_W, atol=1e-4)
 
@@ -83,7 +83,7 @@ def test_tv11_minority_collapse():
         sol = ufm.solve(p, method="convex")
         C = metrics.cosine_matrix(sol.gram_W)
         assert C[2, 3] == pytest.approx(cmin, abs=2e-4) and C[0, 1] == pytest.approx(cmaj, abs=2e-4)
-        assert sol.loss == pytest.approx(obj, abs=1e-5)
+        assert sol.objective == pytest.approx(obj, abs=1e-5)
         assert sol.meta["form"] == "collapsed"
 
 
@@ -92,12 +92,12 @@ def test_tv8_input_coupled_optimum():
     m = InputCoupledUFM.from_setting(s, sigma=2.0, d=16, lam_W=1e-3, lam_A=1e-3)
     for method in ("convex", "prox"):
         sol = ufm.solve(m, method=method)
-        assert sol.loss == pytest.approx(0.02631712, abs=1e-8)
+        assert sol.objective == pytest.approx(0.02631712, abs=1e-8)
         G = sol.H.T @ sol.H
         assert metrics.semantic_gap(G, s.attributes) == pytest.approx(0.1643, abs=1e-4)
         assert metrics.etf_distance(G) == pytest.approx(0.4064, abs=1e-4)
         np.testing.assert_allclose(sol.H, sol.A @ m.Phi, atol=1e-12)
-        assert rel(losses.input_coupled_objective(m, sol.W, sol.A), sol.loss) < 1e-9
+        assert rel(losses.input_coupled_objective(m, sol.W, sol.A), sol.objective) < 1e-9
 
 
 @pytest.mark.parametrize("counts", [[3, 3, 1, 1], [5, 1, 1], [2, 4, 1, 3, 2], [4, 4, 4]])
@@ -105,7 +105,7 @@ def test_svm_is_seli(counts):
     p = UFMProblem(K=len(counts), counts=counts, d=len(counts), loss="ce")
     sol = ufm.solve(p, method="svm")
     np.testing.assert_allclose(sol.Z, (np.eye(p.K) - 1 / p.K) @ p.Y, atol=1e-6)
-    assert rel(sol.loss, ufm.solve(p, method="closed_form").loss) < 1e-7
+    assert rel(sol.objective, ufm.solve(p, method="closed_form").loss) < 1e-7
 
 
 def test_tv4_ntp_svm_and_in_support_logits():
@@ -116,7 +116,7 @@ def test_tv4_ntp_svm_and_in_support_logits():
     for j, (s, q) in enumerate(zip(supp, prob)):
         P[s, j] = q
     sol = ufm.solve(UFMProblem(labels=P, d=6, loss="ce"), method="svm")
-    assert sol.regime == "ntp_svm" and sol.loss == pytest.approx(4.42650, abs=1e-4)
+    assert sol.regime == "ntp_svm" and sol.objective == pytest.approx(4.42650, abs=1e-4)
     assert sol.meta["cos_to_proxy"] == pytest.approx(0.99218, abs=1e-4)
     assert sol.meta["nuclear_proxy"] == pytest.approx(4.45573, abs=1e-5)
     Lmm = sol.Z
@@ -151,7 +151,7 @@ def test_certificate_is_a_valid_bound():
     for _ in range(5):   # weak duality: every dual value lies below the optimum, every primal above
         Xr = rng.standard_normal(form.shape)
         c = convex.certificate(form, Xr, rng.standard_normal(p.K))
-        assert c["dual"] <= sol.loss + 1e-12 <= c["primal"] + 2e-12
+        assert c["dual"] <= sol.objective + 1e-12 <= c["primal"] + 2e-12
         assert c["gap"] > 1e-3
     assert sol.meta["rel_duality_gap"] <= 1e-7
 
@@ -181,7 +181,7 @@ def test_errors_and_unsuccessful_results_say_what_to_change():
     assert not sol.success and sol.status is Status.max_iter and "raise max_iter" in sol.message
     with pytest.raises(ufm.NotConverged, match="raise max_iter") as err:
         ufm.solve(HARD[1], method="prox", max_iter=3, tol=1e-12, throw=True)
-    assert err.value.result.nit == sol.nit == 3 and np.isfinite(err.value.result.loss)
+    assert err.value.result.nit == sol.nit == 3 and np.isfinite(err.value.result.objective)
 
 
 def test_auto_records_its_choice():
@@ -244,7 +244,7 @@ def test_exchangeable_classes_give_the_full_svd_solution():
     assert sols["auto"].meta["svd"]["mode"] == "classes" and sols["auto"].meta["svd"]["full"] == 0
     assert sols["full"].meta["svd"]["classes"] == 0
     assert all(s.success and s.meta["rel_duality_gap"] <= 1e-9 for s in sols.values())
-    assert rel(sols["auto"].loss, sols["full"].loss) < 1e-9
+    assert rel(sols["auto"].objective, sols["full"].objective) < 1e-9
     np.testing.assert_allclose(sols["auto"].Z, sols["full"].Z, atol=1e-5 * np.abs(sols["full"].Z).max())
     assert max(sols["auto"].meta["stationarity"].values()) < 1e-3
 
@@ -258,7 +258,7 @@ def test_partial_svd_gives_the_full_svd_solution_and_certificate():
     assert full.meta["svd"]["partial"] == 0
     assert part.success and full.success and part.nit == full.nit
     assert part.meta["rel_duality_gap"] == pytest.approx(full.meta["rel_duality_gap"], rel=1e-3, abs=1e-13)
-    assert rel(part.loss, full.loss) < 1e-12
+    assert rel(part.objective, full.objective) < 1e-12
     np.testing.assert_allclose(part.Z, full.Z, atol=1e-8)
 
 
@@ -270,6 +270,6 @@ def test_partial_svd_falls_back_to_full_svds_when_the_rank_is_large():
     assert st["mode"] == "partial" and st["partial"] == 0 and st["full"] >= part.nit and st["max_rank"] == 63
     ref = ufm.solve(p, method="prox", tol=1e-8)                      # the class algebra
     assert ref.meta["svd"]["mode"] == "classes"
-    assert part.success and rel(part.loss, ref.loss) < 1e-8
+    assert part.success and rel(part.objective, ref.objective) < 1e-8
     with pytest.raises(ValueError, match="svd must be one of"):
         ufm.solve(p, method="prox", svd="lanczos")

@@ -28,7 +28,7 @@ def _run(page: Path) -> dict:
 
 
 def _check_index(ns):
-    assert ns["sol"].regime == "etf" and ns["sol"].loss == pytest.approx(0.26133639, abs=1e-8)
+    assert ns["sol"].regime == "etf" and ns["sol"].objective == pytest.approx(0.26133639, abs=1e-8)
     assert ns["sol"].meta["s"] == pytest.approx(4.00250385, abs=1e-8)
     gap = ns["tr"].semantic_gap[0]
     assert gap.max() == pytest.approx(0.42, abs=0.015) and gap[-1] < gap.max() - 0.1
@@ -39,12 +39,12 @@ def _check_standard_ufm(ns):
     sol = ns["sol"]
     assert sol.meta["auto"]["method"] == "prox" and sol.success and sol.meta["rel_duality_gap"] < 1e-9
     assert ns["ufm"].metrics.cosine_matrix(sol.gram_W)[2, 3] == pytest.approx(1.0, abs=1e-3)
-    assert type(ns["same"]).__name__ == "Solution" and ns["same"].loss == sol.loss
+    assert type(ns["same"]).__name__ == "Solution" and ns["same"].objective == sol.objective
 
 
 def _check_simulating(ns):
     assert ns["gd"].status is Status.completed
-    assert ns["gd"].loss[:, -1] == pytest.approx([0.26133639] * 4, abs=1e-8)
+    assert ns["gd"].objective[:, -1] == pytest.approx([0.26133639] * 4, abs=1e-8)
     assert ns["flow"].meta["time_variable"] == "log(1+t)" and ns["flow"].status is Status.completed
     assert ns["norms"].w_norm.shape[0] == 1
     assert np.array_equal(ns["a"].W[0], ns["b"].W[0])
@@ -89,7 +89,7 @@ def _check_adding_a_loss(ns):
     s0 = np.log(1 + 4 * 0.9 / 0.1)                       # THEORY (1.2)
     np.testing.assert_allclose(ns["margin"], s0, rtol=1e-6)
     assert ns["sol"].success and ns["sol"].meta["rel_duality_gap"] < 1e-10
-    assert ns["gd"].loss[0, -1] == pytest.approx(ns["sol"].loss, rel=1e-12)
+    assert ns["gd"].objective[0, -1] == pytest.approx(ns["sol"].objective, rel=1e-12)
     assert max(ns["res"].values()) < 1e-10
 
 

@@ -457,13 +457,13 @@ def test_symmetric_flow_matches_simulate(case):
     W0, H0 = _symmetric_init(K, n, d, a0, b0_)
     lr = 0.01 if p.loss == "mse" else 1.0
     tr = ufm.simulate(p, steps=int(round(times[-1] / lr)), lr=lr, mode="flow", W0=W0, H0=H0,
-                      b0=np.zeros(K) if p.bias else None, record=("Z", "gram_W", "loss") + (("b",) if p.bias else ()),
+                      b0=np.zeros(K) if p.bias else None, record=("Z", "gram_W", "objective") + (("b",) if p.bias else ()),
                       record_steps=np.round(times / lr).astype(int), rtol=1e-10, atol=1e-13)
     assert tr.status is Status.completed
     margin = tr.Z[0, :, 0, 0] - tr.Z[0, :, 1, 0]
     np.testing.assert_allclose(curve.p, margin, rtol=1e-6)
     np.testing.assert_allclose(curve.gram_W, tr.gram_W[0], rtol=1e-6, atol=1e-12)
-    np.testing.assert_allclose(curve.loss, tr.loss[0], rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(curve.objective, tr.objective[0], rtol=1e-8, atol=1e-12)
     if p.bias:
         np.testing.assert_allclose(curve.b, tr.b[0], atol=1e-9)
         assert curve.b[-1, 0] == pytest.approx(1 / (K * (1 + p.lam_b)), rel=1e-6)     # TV2: b* = 1/(K(1 + lam_b))

@@ -41,7 +41,7 @@ def test_a_simulation_too_large_for_memory_is_refused_by_name_before_anything_is
 
 def test_the_estimate_counts_state_workspace_and_recording_not_only_records():
     p = ufm.UFMProblem(K=20, n=5, d=50)
-    rec = _simulate._resolve_recorders(p, ("loss",), None)
+    rec = _simulate._resolve_recorders(p, ("objective",), None)
     parts = _simulate.memory_estimate(p, rec, seeds=1000, n_times=10, mode="gd", threads=2)
     assert parts["state"] == 8 * 1000 * (20 * 50 + 50 * 100)          # every seed's W and H
     assert parts["records"] == 8 * 1000 * 10                          # one float per seed and record
@@ -51,7 +51,7 @@ def test_the_estimate_counts_state_workspace_and_recording_not_only_records():
 
 
 def test_records_are_handed_to_the_trajectory_without_copies():
-    tr = ufm.simulate(ufm.UFMProblem(K=4, n=2, d=5), steps=30, lr=0.1, record=("H", "loss"), n_records=6)
+    tr = ufm.simulate(ufm.UFMProblem(K=4, n=2, d=5), steps=30, lr=0.1, record=("H", "objective"), n_records=6)
     H = tr.records["H"]
     assert not H.flags.writeable and H.base is not None and H.base.shape[1] >= H.shape[1]   # a view of the buffer
     mine = np.ones((2, 3))

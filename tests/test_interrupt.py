@@ -87,8 +87,8 @@ SIMULATE_CHILD = textwrap.dedent(r"""
     def long(mode, seeds, **kw):
         # hours of work without the signal: GD to step 1e12, the flow to t = 1e9 at tight tolerances
         if mode == "gd":
-            return ufm.simulate(gd, steps=10**12, lr=0.1, seeds=seeds, record=("loss", "W"), **kw)
-        return ufm.simulate(flow, steps=10**9, lr=1.0, mode="flow", seeds=seeds, record=("loss", "A"),
+            return ufm.simulate(gd, steps=10**12, lr=0.1, seeds=seeds, record=("objective", "W"), **kw)
+        return ufm.simulate(flow, steps=10**9, lr=1.0, mode="flow", seeds=seeds, record=("objective", "A"),
                             rtol=1e-10, atol=1e-12, max_steps=10**9, **kw)
     for mode in ("gd", "flow"):                      # load the compiled kernels before the first signal
         ufm.simulate(gd if mode == "gd" else flow, steps=10, lr=0.1, mode=mode, seeds=2)
@@ -132,11 +132,11 @@ def test_ctrl_c_keeps_every_record_of_gd_and_flow_runs_and_reaches_the_script(tm
         assert tr.status is Status.interrupted and "Ctrl-C" in tr.message
         T = len(tr.steps)
         assert T >= 3 and tr.steps[-1] < (10**12 if mode == "gd" else 10**9)
-        assert tr.loss.shape == (seeds, T) and np.all(np.isfinite(tr.loss))          # every seed, every row
+        assert tr.objective.shape == (seeds, T) and np.all(np.isfinite(tr.objective))  # every seed, every row
         block = "W" if mode == "gd" else "A"
         # the records are those of an uninterrupted run to the last kept step, row for row
         ref = ufm.simulate(gd if mode == "gd" else flow, steps=int(tr.steps[-1]), lr=0.1 if mode == "gd" else 1.0,
-                           mode=mode, seeds=seeds, record=("loss", block), record_steps=tr.steps,
+                           mode=mode, seeds=seeds, record=("objective", block), record_steps=tr.steps,
                            **({} if mode == "gd" else dict(rtol=1e-10, atol=1e-12, max_steps=10**9)))
         np.testing.assert_array_equal(ref.steps, tr.steps)
         tol = dict(rtol=0, atol=0) if mode == "gd" else dict(rtol=1e-6, atol=1e-9)
@@ -181,7 +181,7 @@ lam_W = 1e-3
 lam_H = 1e-3
 [fixed]
 lr = 0.1
-record = ["loss"]
+record = ["objective"]
 [grid]
 steps = [{steps}]
 init_scale = [0.1, 0.2]

@@ -88,7 +88,7 @@ def test_optimum_without_weight_decay_has_the_finite_margin_of_theory(K, n, eps)
     # the value is the entropy of the smoothed target
     t = np.full(K, eps / K)
     t[0] += 1 - eps
-    assert sol.loss == pytest.approx(-np.sum(t * np.log(t)), rel=1e-12)
+    assert sol.objective == pytest.approx(-np.sum(t * np.log(t)), rel=1e-12)
 
 
 @pytest.mark.slow
@@ -104,7 +104,7 @@ def test_optimum_with_weight_decay_and_the_zero_regime():
     assert s < p.loss.etf_margin(K) < math.log(1 / p.gamma - (K - 1))   # below both the no-decay and CE margins
     # independent check of the optimum value: cvxpy on the same convex form
     cvx = ufm.solve(p, method="convex")
-    assert cvx.loss == pytest.approx(sol.loss, rel=1e-8)
+    assert cvx.objective == pytest.approx(sol.objective, rel=1e-8)
     # K gamma + eps >= 1: the zero solution, exactly as the theory's threshold says
     lam0 = (1 - eps) / K / math.sqrt(n) * 1.01
     z = ufm.solve(p.replace(lam_W=lam0, lam_H=lam0), method="prox")
@@ -120,19 +120,19 @@ def test_gd_and_flow_reach_the_certified_optimum():
                    lam_b=0.01)
     sol = ufm.solve(p, method="prox", tol=1e-12)
     assert sol.success and sol.meta["rel_duality_gap"] < 1e-11
-    gd = ufm.simulate(p, steps=30_000, lr=1.0, seeds=2, record=("loss", "W", "H", "b"))
+    gd = ufm.simulate(p, steps=30_000, lr=1.0, seeds=2, record=("objective", "W", "H", "b"))
     assert gd.status is Status.completed and "ls_ce(eps=0.2) targets" in gd.meta["loss_kernel"]
-    np.testing.assert_allclose(gd.loss[:, -1], sol.loss, rtol=1e-9)
+    np.testing.assert_allclose(gd.objective[:, -1], sol.objective, rtol=1e-9)
     for i in range(2):
         W, H, b = gd.W[i, -1], gd.H[i, -1], gd.b[i, -1]
         res = losses.stationarity_residuals(p, W, H, b)
         assert max(res.values()) < 1e-7, res
         np.testing.assert_allclose(losses.logits(W, H, b), sol.Z, atol=1e-5)
     # the kernel's recorded loss is the NumPy objective of the same state
-    assert gd.loss[0, -1] == pytest.approx(losses.objective(p, gd.W[0, -1], gd.H[0, -1], gd.b[0, -1]), rel=1e-12)
-    fl = ufm.simulate(p, steps=100, lr=300.0, mode="flow", record=("loss",))
+    assert gd.objective[0, -1] == pytest.approx(losses.objective(p, gd.W[0, -1], gd.H[0, -1], gd.b[0, -1]), rel=1e-12)
+    fl = ufm.simulate(p, steps=100, lr=300.0, mode="flow", record=("objective",))
     assert fl.status is Status.completed
-    assert fl.loss[0, -1] == pytest.approx(sol.loss, rel=1e-8)
+    assert fl.objective[0, -1] == pytest.approx(sol.objective, rel=1e-8)
 
 
 def test_gd_without_weight_decay_stops_at_the_finite_margin():
@@ -141,7 +141,7 @@ def test_gd_without_weight_decay_stops_at_the_finite_margin():
     start = ufm.simulate(p, steps=1, lr=2.0, record=("W", "H"))
     W0, H0 = start.W[0, 0], start.H[0, 0]
     res0 = max(losses.stationarity_residuals(p, W0, H0).values())
-    tr = ufm.simulate(p, steps=20_000, lr=2.0, record=("loss", "W", "H"))
+    tr = ufm.simulate(p, steps=20_000, lr=2.0, record=("objective", "W", "H"))
     W, H = tr.W[0, -1], tr.H[0, -1]
     res = max(losses.stationarity_residuals(p, W, H).values())
     assert res0 > 0.1 and res < 1e-10

@@ -99,7 +99,7 @@ def test_plot_phase_lines_and_diagram(phase):
 
 def test_plot_trajectory_content():
     m = ufm.InputCoupledUFM.from_setting(ufm.factorial((2, 2)), sigma=2.0, d=6, loss="mse")
-    tr = ufm.simulate(m, steps=200, lr=0.5, mode="flow", seeds=2, record=("semantic_gap", "loss"), n_records=30,
+    tr = ufm.simulate(m, steps=200, lr=0.5, mode="flow", seeds=2, record=("semantic_gap", "objective"), n_records=30,
                       time_variable="t")
     th = dynamics.semantic_curve(m, tr.times, init_scale=1e-3)
     fig, ax = plt.subplots()
@@ -150,7 +150,7 @@ def test_kernel_flow_identity_is_the_free_logit_flow():
     ce = dynamics.kernel_flow(st, np.eye(N), t[1:], loss="ce")
     np.testing.assert_allclose(ce.semantic_gap, 0.0, atol=1e-9)
     np.testing.assert_allclose(ce.etf_distance, 0.0, atol=1e-9)
-    assert np.all(np.diff(ce.loss) < 0)
+    assert np.all(np.diff(ce.objective) < 0)
 
 
 def test_kernel_flow_with_input_kernel_is_the_linear_model():

@@ -28,10 +28,10 @@ def test_readme_first_session_runs():
     ns = {}
     exec(compile(blocks[0], str(README), "exec"), ns)
     sol = ns["sol"]
-    assert (sol.loss, sol.regime, sol.status.name) == (pytest.approx(0.26133639, abs=1e-8), "etf", "exact")
+    assert (sol.objective, sol.regime, sol.status.name) == (pytest.approx(0.26133639, abs=1e-8), "etf", "exact")
     assert sol.meta["s"] == pytest.approx(4.00250385, abs=1e-8)
     assert ns["metrics"].etf_distance(sol.gram_W) < 1e-12
-    assert ns["gd"].loss[:, -1] == pytest.approx([0.26133639] * 4, abs=1e-8)
+    assert ns["gd"].objective[:, -1] == pytest.approx([0.26133639] * 4, abs=1e-8)
     gap = ns["tr"].semantic_gap[0]
     assert gap.max() == pytest.approx(0.42, abs=0.015) and gap[0] < gap.max() - 0.2 and gap[-1] < gap.max() - 0.1
 

@@ -68,7 +68,7 @@ def _interrupting_task(a, seed=0):
     """A run that reports Ctrl-C from the second point on, as an interrupted simulation does."""
     if a == 0:
         return {"a": a}
-    return ufm.Trajectory(steps=[0], times=[0.0], records={"loss": [[1.0]]}, status="interrupted",
+    return ufm.Trajectory(steps=[0], times=[0.0], records={"objective": [[1.0]]}, status="interrupted",
                           message="stopped at step 0;", mode="gd")
 
 
@@ -120,7 +120,7 @@ CASES = {
         ufm.hierarchy(2, 2), sigma=0.0, d=4), method="svm"), S.solver_failed),
     # simulations -> Trajectory
     "simulate gd": (lambda: ufm.simulate(_problem(**BALANCED), steps=50, lr=0.1), S.completed),
-    "simulate flow": (lambda: ufm.simulate(_coupled(), steps=100, lr=1.0, mode="flow", record=("loss", "gram_H")),
+    "simulate flow": (lambda: ufm.simulate(_coupled(), steps=100, lr=1.0, mode="flow", record=("objective", "gram_H")),
                       S.completed),
     "simulate diverged": (lambda: ufm.simulate(_problem(K=3, n=2, d=3, loss="mse"), steps=400, lr=50.0),
                           S.nonfinite),
@@ -220,9 +220,9 @@ def test_failures_raise_on_request_and_successes_return_themselves(case):
     assert err.value.result is res and str(err.value) == res.message
     if isinstance(res, ufm.Solution):
         if res.status in (S.no_method, S.solver_failed):
-            assert np.isnan(res.loss) and np.isnan(res.W).all() and np.isnan(res.Z).all()
+            assert np.isnan(res.objective) and np.isnan(res.W).all() and np.isnan(res.Z).all()
         else:
-            assert np.isfinite(res.loss)
+            assert np.isfinite(res.objective)
 
 
 def test_results_are_frozen_and_round_trip_with_their_status(case, tmp_path):
@@ -271,11 +271,11 @@ def test_files_of_the_first_format_load_upgraded():
     """Files written before Status and regime (schema 1) are checked against their hash and upgraded."""
     sol = ufm.load(SCHEMA1 / "sol.npz")
     assert (sol.status, sol.regime, sol.success) == (S.exact, "etf", True)
-    assert sol.message.startswith(S.exact.message) and sol.loss == pytest.approx(0.148331747, abs=1e-8)
+    assert sol.message.startswith(S.exact.message) and sol.objective == pytest.approx(0.148331747, abs=1e-8)
     stopped = ufm.load(SCHEMA1 / "sol_maxiter.npz")
     assert (stopped.status, stopped.regime, stopped.success, stopped.nit) == (S.max_iter, "", False, 3)
     tr = ufm.load(SCHEMA1 / "traj.npz")
-    assert tr.status is S.completed and tr.success and tr.loss.shape == (1, 21)
+    assert tr.status is S.completed and tr.success and tr.objective.shape == (1, 21)
     sw = ufm.load(SCHEMA1 / "sweep.npz")
     assert sw.status is S.runs_failed and not sw.success and sw.n_failed == 1
     curve = ufm.load(SCHEMA1 / "curve.npz")
@@ -299,3 +299,43 @@ def test_a_changed_file_of_the_first_format_is_refused(tmp_path):
     np.savez(tmp_path / "future.npz", **data)
     with pytest.raises(ValueError, match="schema 9 not supported"):
         ufm.load(tmp_path / "future.npz")
+
+
+SCHEMA2 = pathlib.Path(__file__).parent / "data" / "schema2"
+
+
+@pytest.mark.parametrize("folder", [SCHEMA1, SCHEMA2])
+def test_files_that_called_the_objective_value_loss_load_it_as_objective(folder):
+    """Schemas 1 and 2 stored the minimized value as ``Solution.loss`` and the full objective as the record
+    ``"loss"``; they load with the new name, hash-checked, and the old name is not an attribute any more."""
+    sol = ufm.load(folder / "sol.npz")
+    assert sol.objective == pytest.approx(0.148331747, abs=1e-8) and str(sol.meta["problem"]["loss"]) == "ce"
+    tr = ufm.load(folder / "traj.npz")
+    assert "objective" in tr.records and "loss" not in tr.records
+    assert np.all(np.isfinite(tr.objective)) and tr.objective[0, -1] < tr.objective[0, 0]
+    for res in (sol, tr):
+        with pytest.raises(AttributeError, match="objective"):
+            res.loss
+
+
+def test_a_theory_curve_of_schema_2_loads_its_objective_record():
+    curve = ufm.load(SCHEMA2 / "curve.npz")
+    assert curve.kind == "symmetric_flow" and sorted(curve.records) == ["a", "beta", "gram_W", "objective", "p"]
+    p = ufm.UFMProblem(K=3, n=2, d=4, loss="ce", lam_W=0.01, lam_H=0.01)
+    np.testing.assert_allclose(curve.objective, ufm.dynamics.symmetric_flow(p, curve.times, p0=0.1).objective,
+                               rtol=1e-12)
+
+
+def test_the_old_name_loss_for_the_objective_value_is_refused_with_the_new_one():
+    p = ufm.UFMProblem(K=3, n=2, d=4, loss="ce", lam_W=0.01, lam_H=0.01)
+    sol = ufm.solve(p)
+    assert str(p.loss) == "ce" and sol.objective == pytest.approx(0.148331747, abs=1e-8)
+    with pytest.raises(AttributeError, match="Solution has no attribute 'loss'.*'objective'"):
+        sol.loss
+    with pytest.raises(ValueError, match="cannot record 'loss'.*halved weight decays.*'objective'"):
+        ufm.simulate(p, steps=5, lr=0.1, record=("loss", "gram_W"))
+    tr = ufm.simulate(p, steps=5, lr=0.1, record=("objective",), progress=False)
+    with pytest.raises(AttributeError, match="Trajectory has no attribute 'loss'.*'objective'"):
+        tr.loss
+    mine = ufm.simulate(p, steps=5, lr=0.1, record={"loss": lambda prob, st: 7.0}, progress=False)
+    assert np.all(mine.loss == 7.0)      # a record the caller named "loss" is theirs to read

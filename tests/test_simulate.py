@@ -40,7 +40,7 @@ PROBLEMS = list(_problems())
 def test_gd_equals_numpy_twin(name, problem):
     steps, lr = 300, 0.3
     tr = ufm.simulate(problem, steps=steps, lr=lr, init_scale=0.3, seed=3, seeds=2,
-                      record=tuple(losses.blocks(problem)) + ("loss",), n_records=12)
+                      record=tuple(losses.blocks(problem)) + ("objective",), n_records=12)
     assert tr.status is Status.completed and tr.steps[0] == 0 and tr.steps[-1] == steps
     for i in range(2):
         state0 = {name_: tr.records[name_][i, 0] for name_ in losses.blocks(problem)}
@@ -48,7 +48,7 @@ def test_gd_equals_numpy_twin(name, problem):
         for j, step in enumerate(tr.steps):
             for block in losses.blocks(problem):
                 np.testing.assert_allclose(tr.records[block][i, j], kept[step][block], atol=1e-10, rtol=0)
-            assert tr.loss[i, j] == pytest.approx(losses.state_objective(problem, kept[step]), abs=1e-10)
+            assert tr.objective[i, j] == pytest.approx(losses.state_objective(problem, kept[step]), abs=1e-10)
 
 
 @pytest.mark.parametrize("name,problem", [PROBLEMS[6], PROBLEMS[8]], ids=["anchored", "input-coupled"])
@@ -88,11 +88,11 @@ def test_results_do_not_depend_on_thread_count_or_seed_count(monkeypatch):
 
 def test_float32_on_request_tracks_float64():
     p = UFMProblem(K=4, n=2, d=4, loss="ce", lam_W=0.01, lam_H=0.01)
-    a = ufm.simulate(p, steps=200, lr=0.5, init_scale=0.3, record=("loss",), dtype=np.float32)
-    b = ufm.simulate(p, steps=200, lr=0.5, init_scale=0.3, record=("loss",))
+    a = ufm.simulate(p, steps=200, lr=0.5, init_scale=0.3, record=("objective",), dtype=np.float32)
+    b = ufm.simulate(p, steps=200, lr=0.5, init_scale=0.3, record=("objective",))
     assert a.meta["dtype"] == "float32"
-    np.testing.assert_allclose(a.loss, b.loss, rtol=1e-4)
-    assert not np.array_equal(a.loss, b.loss)
+    np.testing.assert_allclose(a.objective, b.objective, rtol=1e-4)
+    assert not np.array_equal(a.objective, b.objective)
 
 
 def test_log_grid_and_user_initialization():
@@ -110,14 +110,14 @@ def test_log_grid_and_user_initialization():
 def test_metrics_and_grams_are_recorded_consistently():
     p = UFMProblem(K=4, n=3, d=6, loss="ce", lam_W=0.01, lam_H=0.01)
     tr = ufm.simulate(p, steps=20000, lr=1.0, init_scale=0.1, seeds=2,
-                      record=("H", "W", "gram_H", "gram_means", "gram_W", "nc1", "nc2", "etf_distance", "loss"))
+                      record=("H", "W", "gram_H", "gram_means", "gram_W", "nc1", "nc2", "etf_distance", "objective"))
     j = -1
     np.testing.assert_allclose(tr.gram_H[:, j], np.einsum("sdi,sdj->sij", tr.H[:, j], tr.H[:, j]), atol=1e-12)
     np.testing.assert_allclose(tr.gram_W[:, j], np.einsum("skd,sld->skl", tr.W[:, j], tr.W[:, j]), atol=1e-12)
     assert tr.gram_means.shape == (2, len(tr.steps), 4, 4)
     # the long run reaches the closed-form ETF: metrics near 0, loss at f*
     sol = ufm.solve(p)
-    np.testing.assert_allclose(tr.loss[:, j], sol.loss, rtol=1e-9)
+    np.testing.assert_allclose(tr.objective[:, j], sol.objective, rtol=1e-9)
     assert np.all(tr.etf_distance[:, j] < 1e-6) and np.all(tr.nc1[:, j] < 1e-10)
     assert np.all(tr.etf_distance[:, 0] > 0.1)
 
@@ -134,21 +134,21 @@ def test_custom_recorder_and_semantic_gap_needs_attributes():
 
 def test_save_and_load_round_trip(tmp_path):
     p = UFMProblem(K=3, n=2, d=3, loss="mse", lam_W=0.1, lam_H=0.1)
-    tr = ufm.simulate(p, steps=50, lr=0.2, seeds=2, record=("loss", "gram_H"))
+    tr = ufm.simulate(p, steps=50, lr=0.2, seeds=2, record=("objective", "gram_H"))
     back = ufm.load(tr.save(tmp_path / "traj.npz"))
     assert isinstance(back, ufm.Trajectory) and back.meta["content_hash"] == tr.meta["content_hash"]
     np.testing.assert_array_equal(back.gram_H, tr.gram_H)
     np.testing.assert_array_equal(back.steps, tr.steps)
     assert back.steps.dtype == np.int64 and (back.status, back.mode) == (tr.status, tr.mode)
     with pytest.raises(TypeError):
-        tr.records["loss"] = None
+        tr.records["objective"] = None
 
 
 def test_nonfinite_run_stops_and_keeps_records():
     p = UFMProblem(K=3, n=2, d=3, loss="mse")
-    tr = ufm.simulate(p, steps=10**5, lr=50.0, init_scale=1.0, record=("loss",))
+    tr = ufm.simulate(p, steps=10**5, lr=50.0, init_scale=1.0, record=("objective",))
     assert tr.status is Status.nonfinite and "lower lr" in tr.message
-    assert 1 <= len(tr.steps) < 100 and np.all(np.isfinite(tr.loss))
+    assert 1 <= len(tr.steps) < 100 and np.all(np.isfinite(tr.objective))
     assert tr.steps[-1] < 10**5
 
 
@@ -218,8 +218,8 @@ m = ufm.InputCoupledUFM.from_setting(ufm.factorial((2, 2)), sigma=1.0, d=3, loss
 tr = ufm.simulate(m, steps=20, lr=0.2, init_scale=0.5, record=("W", "A"), n_records=4)
 fin, _ = losses.gd_reference(m, {k: tr.records[k][0, 0] for k in ("W", "A")}, 0.2, 20)
 assert max(np.abs(fin[k] - tr.records[k][0, -1]).max() for k in fin) < 1e-12
-fl = ufm.simulate(p, steps=10, lr=0.2, mode="flow", init_scale=0.5, record=("loss",), n_records=3)
-assert fl.success and np.all(np.diff(fl.loss[0]) < 0)
+fl = ufm.simulate(p, steps=10, lr=0.2, mode="flow", init_scale=0.5, record=("objective",), n_records=3)
+assert fl.success and np.all(np.diff(fl.objective[0]) < 0)
 print("ok")
 """
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
@@ -268,17 +268,17 @@ def test_gd_approaches_the_flow_as_the_step_shrinks():
 
 def test_flow_log_time_reaches_huge_horizons_cheaply():
     p = UFMProblem(K=3, n=4, d=4, loss="ce")
-    tr = ufm.simulate(p, steps=10**8, lr=1.0, mode="flow", init_scale=0.1, record=("loss",), n_records=40)
+    tr = ufm.simulate(p, steps=10**8, lr=1.0, mode="flow", init_scale=0.1, record=("objective",), n_records=40)
     assert tr.status is Status.completed and tr.meta["time_variable"] == "log(1+t)"
     assert tr.meta["nfev"][0] < 20000
-    assert np.all(np.diff(tr.loss[0, 5:]) < 0) and tr.loss[0, -1] < 1e-7   # CE ~ 1/(t log t)
+    assert np.all(np.diff(tr.objective[0, 5:]) < 0) and tr.objective[0, -1] < 1e-7  # CE ~ 1/(t log t)
     with pytest.raises(ValueError, match="float64 only"):
         ufm.simulate(p, steps=10, lr=1.0, mode="flow", dtype=np.float32)
 
 
 def _recomputed(problem, state, name):
     H = losses.features(problem, state)
-    if name == "loss":
+    if name == "objective":
         return losses.state_objective(problem, state)
     if name == "gram_W":
         return state["W"] @ state["W"].T
@@ -295,7 +295,7 @@ def _recomputed(problem, state, name):
 def test_kernel_records_equal_recomputed_values(name, problem):
     """The loss and Grams the GD kernel records itself equal their recomputation from the recorded state."""
     blocks = [b for b in losses.blocks(problem) if b != "H" or "A" not in losses.blocks(problem)]
-    names = ("loss", "gram_means", "gram_W", "gram_H")
+    names = ("objective", "gram_means", "gram_W", "gram_H")
     for steps, rs in ((25, None), (7, np.arange(8))):        # a log grid (chunks span records) and every step
         tr = ufm.simulate(problem, steps=steps, lr=0.2, seeds=3, init_scale=0.3, record=names + tuple(blocks),
                           n_records=9, record_steps=rs)
@@ -310,10 +310,10 @@ def test_kernel_records_equal_recomputed_values(name, problem):
 
 def test_kernel_records_in_float32_and_custom_loss_recorder():
     p = UFMProblem(K=4, n=2, d=6, loss="ce", lam_W=0.01, lam_H=0.01)
-    tr = ufm.simulate(p, steps=30, lr=0.3, init_scale=0.3, record=("loss", "gram_H", "H", "W"), dtype=np.float32)
+    tr = ufm.simulate(p, steps=30, lr=0.3, init_scale=0.3, record=("objective", "gram_H", "H", "W"), dtype=np.float32)
     for j in range(len(tr.steps)):
         st = {"W": tr.W[0, j], "H": tr.H[0, j]}
-        assert tr.loss[0, j] == pytest.approx(losses.state_objective(p, st), rel=1e-5)
+        assert tr.objective[0, j] == pytest.approx(losses.state_objective(p, st), rel=1e-5)
         np.testing.assert_allclose(tr.gram_H[0, j], st["H"].T @ st["H"], rtol=1e-5, atol=1e-7)
     # a user's own function under a built-in name is called as given, not replaced by the kernel's
     mine = ufm.simulate(p, steps=30, lr=0.3, init_scale=0.3, record={"loss": lambda prob, st: 7.0})
@@ -323,10 +323,10 @@ def test_kernel_records_in_float32_and_custom_loss_recorder():
 def test_kernel_records_stop_where_the_run_stops():
     """Divergence inside a chunk that spans records: every kept row is finite and from before it."""
     p = UFMProblem(K=3, n=2, d=3, loss="mse")
-    tr = ufm.simulate(p, steps=10**5, lr=50.0, init_scale=1.0, record=("loss", "gram_H"), seeds=2,
+    tr = ufm.simulate(p, steps=10**5, lr=50.0, init_scale=1.0, record=("objective", "gram_H"), seeds=2,
                       record_steps=np.arange(0, 10**5, 3))
     assert tr.status is Status.nonfinite and 1 <= len(tr.steps)
-    assert np.all(np.isfinite(tr.loss)) and np.all(np.isfinite(tr.gram_H))
+    assert np.all(np.isfinite(tr.objective)) and np.all(np.isfinite(tr.gram_H))
 
 
 def test_label_matrix_is_built_once_and_not_pickled():
@@ -356,7 +356,7 @@ def test_simulate_restores_the_callers_blas_threads():
     with threadpool_limits(limits=3, user_api="blas"):
         before = blas()
         assert max(before.values()) > 1     # numpy's BLAS, loaded at import, follows the limit
-        ufm.simulate(p, steps=5, lr=0.1, record=("loss", "gram_H"))
+        ufm.simulate(p, steps=5, lr=0.1, record=("objective", "gram_H"))
         assert blas() == before
         ufm.simulate(p, steps=5, lr=0.1, mode="flow")
         assert blas() == before
@@ -374,29 +374,29 @@ def test_interrupt_between_chunks_keeps_the_kernel_records_of_the_last_row(monke
         return calls["n"] > 5
 
     monkeypatch.setattr(_interrupt, "requested", requested)
-    tr = ufm.simulate(p, steps=1000, lr=0.1, record=("loss", "gram_means", "W", "H"), n_records=30,
+    tr = ufm.simulate(p, steps=1000, lr=0.1, record=("objective", "gram_means", "W", "H"), n_records=30,
                       on_interrupt="return")
     assert tr.status is Status.interrupted and len(tr.steps) == 6
     for j in range(6):
         st = {"W": tr.W[0, j], "H": tr.H[0, j]}
-        assert tr.loss[0, j] == pytest.approx(losses.state_objective(p, st), rel=1e-12)
+        assert tr.objective[0, j] == pytest.approx(losses.state_objective(p, st), rel=1e-12)
         np.testing.assert_allclose(tr.gram_means[0, j], _recomputed(p, st, "gram_means"), rtol=1e-12)
 
 
 def test_horizon_names_the_end_time_in_both_modes():
     """horizon = steps * lr: any two of the three, or horizon alone for a flow."""
     p = UFMProblem(K=3, n=2, d=4, loss="ce", lam_W=0.01, lam_H=0.01)
-    a = ufm.simulate(p, steps=200, lr=0.05, record=("loss",), n_records=5)
-    b = ufm.simulate(p, horizon=10.0, lr=0.05, record=("loss",), n_records=5)
-    c = ufm.simulate(p, horizon=10.0, steps=200, record=("loss",), n_records=5)
+    a = ufm.simulate(p, steps=200, lr=0.05, record=("objective",), n_records=5)
+    b = ufm.simulate(p, horizon=10.0, lr=0.05, record=("objective",), n_records=5)
+    c = ufm.simulate(p, horizon=10.0, steps=200, record=("objective",), n_records=5)
     for tr in (b, c):
         np.testing.assert_array_equal(tr.steps, a.steps)
         np.testing.assert_allclose(tr.times, a.times, rtol=1e-12)
-        np.testing.assert_allclose(tr.loss, a.loss, rtol=1e-12)
-    f = ufm.simulate(p, horizon=10.0, mode="flow", record=("loss",), n_records=5)
-    g = ufm.simulate(p, steps=200, lr=0.05, mode="flow", record=("loss",), n_records=5)
+        np.testing.assert_allclose(tr.objective, a.objective, rtol=1e-12)
+    f = ufm.simulate(p, horizon=10.0, mode="flow", record=("objective",), n_records=5)
+    g = ufm.simulate(p, steps=200, lr=0.05, mode="flow", record=("objective",), n_records=5)
     assert f.times[-1] == pytest.approx(10.0, rel=1e-12) and f.status is Status.completed
-    np.testing.assert_allclose(f.loss[0, -1], g.loss[0, -1], rtol=1e-6)
+    np.testing.assert_allclose(f.objective[0, -1], g.objective[0, -1], rtol=1e-6)
     with pytest.raises(ValueError, match="whole number of steps"):
         ufm.simulate(p, horizon=10.0, lr=0.3)
     with pytest.raises(ValueError, match="not all three"):
@@ -419,7 +419,7 @@ def test_a_loss_without_compiled_kernel_runs_gd_in_numpy():
         kernel_id = None
 
     p = UFMProblem(K=3, counts=[2, 3, 1], d=4, bias=True, lam_W=0.01, lam_H=0.02, loss=SlowCE())
-    names = ("loss", "W", "H", "b", "gram_means")
+    names = ("objective", "W", "H", "b", "gram_means")
     slow = ufm.simulate(p, steps=300, lr=0.5, seeds=2, record=names)
     fast = ufm.simulate(p.replace(loss="ce"), steps=300, lr=0.5, seeds=2, record=names)
     assert slow.status is Status.completed and "NumPy fallback" in slow.meta["loss_kernel"]

@@ -84,33 +84,33 @@ def test_ce_tv1_gd_and_flow_reach_the_etf_optimum(bias):
     p = UFMProblem(K=K, n=n, d=6, loss="ce", bias=bias, lam_W=0.01, lam_H=0.01, lam_b=0.01 if bias else 0.0)
     sol = ufm.solve(p)
     # the closed form itself against TV1's printed numbers
-    assert sol.loss == pytest.approx(TV1["f"], abs=1e-7)
+    assert sol.objective == pytest.approx(TV1["f"], abs=1e-7)
     assert sol.meta["w_sq"] == pytest.approx(TV1["w_sq"], abs=1e-6)
     P = _centering(K)
     WW_star = TV1["w_sq"] * K / (K - 1) * P                         # simplex ETF, ||w_k||^2 = 5.199405
     HH_star = TV1["h_sq"] * K / (K - 1) * np.kron(P, np.ones((n, n)))   # h_{k,i} = sqrt(lam_W/(n lam_H)) w_k
-    rec = ("loss", "gram_W", "gram_H") + (("b",) if bias else ())
+    rec = ("objective", "gram_W", "gram_H") + (("b",) if bias else ())
     gd = ufm.simulate(p, steps=20000, lr=1.0, init_scale=0.1, seeds=3, seed=11, record=rec, n_records=5)
     flow = ufm.simulate(p, steps=3000, lr=1.0, mode="flow", init_scale=0.1, seed=5, record=rec, n_records=5,
                         rtol=1e-9, atol=1e-11)
     for tr in (gd, flow):
         assert tr.status is Status.completed
-        for i in range(tr.loss.shape[0]):
-            assert abs(tr.loss[i, -1] - sol.loss) <= 1e-6 * sol.loss
+        for i in range(tr.objective.shape[0]):
+            assert abs(tr.objective[i, -1] - sol.objective) <= 1e-6 * sol.objective
             assert _rel(tr.gram_W[i, -1], sol.W @ sol.W.T) <= 1e-6
             assert _rel(tr.gram_H[i, -1], sol.H.T @ sol.H) <= 1e-6
             assert _rel(tr.gram_W[i, -1], WW_star) <= 1e-6          # printed TV1 digits: 7 significant
             assert _rel(tr.gram_H[i, -1], HH_star) <= 1e-6
             if bias:                                                 # lam_b > 0: b* = 0
                 assert np.abs(tr.b[i, -1]).max() <= 1e-8
-            assert tr.loss[i, 0] > tr.loss[i, -1] + 1.0              # it did travel (from ~log 4)
+            assert tr.objective[i, 0] > tr.objective[i, -1] + 1.0    # it did travel (from ~log 4)
 
 
 def test_ce_tv1_zero_regime_gd_collapses_to_zero():
     # K gamma = 4 sqrt(3 * 0.04) = 1.386 >= 1: W = H = 0 and f = log 4 (THEORY §1.2, TV1)
     p = UFMProblem(K=4, n=3, d=6, loss="ce", bias=True, lam_W=0.2, lam_H=0.2, lam_b=0.2)
-    tr = ufm.simulate(p, steps=20000, lr=0.5, init_scale=0.1, seeds=2, record=("loss", "W", "H"), n_records=4)
-    np.testing.assert_allclose(tr.loss[:, -1], np.log(4), rtol=1e-10)
+    tr = ufm.simulate(p, steps=20000, lr=0.5, init_scale=0.1, seeds=2, record=("objective", "W", "H"), n_records=4)
+    np.testing.assert_allclose(tr.objective[:, -1], np.log(4), rtol=1e-10)
     assert np.abs(tr.W[:, -1]).max() < 1e-8 and np.abs(tr.H[:, -1]).max() < 1e-8
 
 
@@ -131,14 +131,14 @@ def test_mse_tv2_gd_reaches_the_closed_form(case):
     K = 4
     p = UFMProblem(K=K, n=3, d=6, loss="mse", bias=lam_b is not None, lam_W=0.01, lam_H=0.02, lam_b=lam_b or 0.0)
     sol = ufm.solve(p)
-    assert sol.loss == pytest.approx(f_tv, abs=1e-8)
+    assert sol.objective == pytest.approx(f_tv, abs=1e-8)
     WW_tv = off_tv * np.ones((K, K)) + (diag_tv - off_tv) * np.eye(K)
-    rec = ("loss", "gram_W", "gram_H") + (("b",) if p.bias else ())
+    rec = ("objective", "gram_W", "gram_H") + (("b",) if p.bias else ())
     tr = ufm.simulate(p, steps=40000, lr=0.4, init_scale=0.3, seeds=3, seed=2, record=rec, n_records=5)
     assert tr.status is Status.completed
     for i in range(3):
-        assert abs(tr.loss[i, -1] - sol.loss) <= 1e-6 * sol.loss
-        assert abs(tr.loss[i, -1] - f_tv) <= 1e-8                   # TV2 prints 8 decimals
+        assert abs(tr.objective[i, -1] - sol.objective) <= 1e-6 * sol.objective
+        assert abs(tr.objective[i, -1] - f_tv) <= 1e-8              # TV2 prints 8 decimals
         assert _rel(tr.gram_W[i, -1], sol.W @ sol.W.T) <= 1e-6
         assert _rel(tr.gram_H[i, -1], sol.H.T @ sol.H) <= 1e-6
         assert _rel(tr.gram_W[i, -1], WW_tv) <= 1e-6
@@ -151,9 +151,9 @@ def test_mse_tv2_flow_reaches_the_closed_form_with_free_bias():
     p = UFMProblem(K=4, n=3, d=6, loss="mse", bias=True, lam_W=0.01, lam_H=0.02)
     sol = ufm.solve(p)
     tr = ufm.simulate(p, steps=20000, lr=1.0, mode="flow", init_scale=0.3, seeds=2,
-                      record=("loss", "gram_W", "gram_H", "b"), n_records=5, rtol=1e-9, atol=1e-11)
+                      record=("objective", "gram_W", "gram_H", "b"), n_records=5, rtol=1e-9, atol=1e-11)
     assert tr.status is Status.completed and tr.meta["time_variable"] == "t"
-    np.testing.assert_allclose(tr.loss[:, -1], sol.loss, rtol=1e-6)
+    np.testing.assert_allclose(tr.objective[:, -1], sol.objective, rtol=1e-6)
     for i in range(2):
         assert _rel(tr.gram_W[i, -1], sol.W @ sol.W.T) <= 1e-6
         assert _rel(tr.gram_H[i, -1], sol.H.T @ sol.H) <= 1e-6
@@ -309,15 +309,15 @@ def test_ce_ufm_symmetric_flow_with_weight_decay_reaches_s_star():
     ode = solve_ivp(rhs, [0.0, times[-1]], [a0, b0], t_eval=times, method="DOP853", rtol=1e-12, atol=1e-14)
     p_ode = ode.y[0] * ode.y[1]
     p = UFMProblem(K=K, n=n, d=d, loss="ce", lam_W=lam, lam_H=lam)
-    tr = ufm.simulate(p, steps=5000, lr=1.0, mode="flow", W0=W0, H0=H0, record=("Z", "gram_W", "loss"),
+    tr = ufm.simulate(p, steps=5000, lr=1.0, mode="flow", W0=W0, H0=H0, record=("Z", "gram_W", "objective"),
                       record_steps=times.astype(int), rtol=1e-10, atol=1e-12)
     assert tr.status is Status.completed and tr.meta["time_variable"] == "t"
     np.testing.assert_allclose(_margin(tr.Z[0, 1:]), p_ode, rtol=1e-6)
     s_star = 4.00250385036169                                      # log(1/gamma - (K-1)), TV13
     assert _margin(tr.Z[0, -1]) == pytest.approx(s_star, rel=1e-8)
     np.testing.assert_allclose(np.diag(tr.gram_W[0, -1]), 5.199405019719503, rtol=1e-8)
-    assert tr.loss[0, -1] == pytest.approx(ufm.solve(p).loss, rel=1e-10)
-    assert tr.loss[0, -1] == pytest.approx(TV1["f"], abs=1e-7)
+    assert tr.objective[0, -1] == pytest.approx(ufm.solve(p).loss, rel=1e-10)
+    assert tr.objective[0, -1] == pytest.approx(TV1["f"], abs=1e-7)
 
 
 # =====================================================================================
@@ -337,13 +337,13 @@ def test_tv8_gd_reproduces_the_table_from_the_scripts_initialization():
     W0, A0 = _tv_init(m)
     # THEORY iteration k = our step k - 1 (see the module docstring)
     gaps = {30: 0.3965, 100: 0.4046, 1000: 0.3704, 10000: 0.2675, 100000: 0.1643}
-    tr = ufm.simulate(m, steps=100000, lr=0.5, W0=W0, A0=A0, record=("semantic_gap", "loss"),
+    tr = ufm.simulate(m, steps=100000, lr=0.5, W0=W0, A0=A0, record=("semantic_gap", "objective"),
                       record_steps=[k - 1 for k in gaps])
     assert tr.status is Status.completed
     got = dict(zip((tr.steps + 1).tolist(), tr.semantic_gap[0].tolist()))
     for k, g in gaps.items():
         assert abs(got[k] - g) <= 1e-4, (k, got[k], g)
-    obj = dict(zip((tr.steps + 1).tolist(), tr.loss[0].tolist()))
+    obj = dict(zip((tr.steps + 1).tolist(), tr.objective[0].tolist()))
     assert obj[10000] == pytest.approx(0.02648388, abs=2e-8)
     assert obj[100000] == pytest.approx(0.02631712, abs=1e-8)
 
@@ -351,7 +351,7 @@ def test_tv8_gd_reproduces_the_table_from_the_scripts_initialization():
 @pytest.mark.slow
 def test_tv8_gd_semantic_gap_rises_peaks_then_falls_for_any_small_init():
     m = _m2_ce(2.0, 1e-3)
-    tr = ufm.simulate(m, steps=100000, lr=0.5, init_scale=1e-3, seeds=4, seed=7, record=("semantic_gap", "loss"),
+    tr = ufm.simulate(m, steps=100000, lr=0.5, init_scale=1e-3, seeds=4, seed=7, record=("semantic_gap", "objective"),
                       n_records=150)
     assert tr.status is Status.completed
     for g in tr.semantic_gap:
@@ -360,16 +360,16 @@ def test_tv8_gd_semantic_gap_rises_peaks_then_falls_for_any_small_init():
         assert 0.40 <= g[j] <= 0.45 and 20 <= tr.steps[j] <= 200   # the transient peak (~0.42 near step 40)
         assert np.all(np.diff(g[j:]) < 0)                        # then it only decreases
         assert abs(g[-1] - TV8_GAP_STAR) <= 1e-3                 # end state
-    np.testing.assert_allclose(tr.loss[:, -1], TV8_F_STAR, rtol=1e-6)
+    np.testing.assert_allclose(tr.objective[:, -1], TV8_F_STAR, rtol=1e-6)
 
 
 def test_tv8_flow_reaches_the_convex_optimum():
     m = _m2_ce(2.0, 1e-3)
     W0, A0 = _tv_init(m)
     tr = ufm.simulate(m, steps=10**5, lr=1.0, mode="flow", W0=W0, A0=A0, time_variable="t",
-                      record=("semantic_gap", "loss"), n_records=60, rtol=1e-8, atol=1e-10)
+                      record=("semantic_gap", "objective"), n_records=60, rtol=1e-8, atol=1e-10)
     assert tr.status is Status.completed and tr.meta["time_variable"] == "t"
-    assert abs(tr.loss[0, -1] - TV8_F_STAR) <= 1e-6 * TV8_F_STAR
+    assert abs(tr.objective[0, -1] - TV8_F_STAR) <= 1e-6 * TV8_F_STAR
     assert abs(tr.semantic_gap[0, -1] - TV8_GAP_STAR) <= 1e-3
     g = tr.semantic_gap[0]
     j = int(np.argmax(g))
@@ -389,11 +389,11 @@ def test_tv7b_ce_without_decay_gd_reproduces_the_table():
     for sigma, (gaps, ces) in table.items():
         m = _m2_ce(sigma, 0.0)
         W0, A0 = _tv_init(m)
-        tr = ufm.simulate(m, steps=checkpoints[-1], lr=0.5, W0=W0, A0=A0, record=("semantic_gap", "loss"),
+        tr = ufm.simulate(m, steps=checkpoints[-1], lr=0.5, W0=W0, A0=A0, record=("semantic_gap", "objective"),
                           record_steps=[k - 1 for k in checkpoints])     # THEORY iteration k = our step k - 1
         g = tr.semantic_gap[0, 1:-1]
         np.testing.assert_allclose(g, gaps, atol=1e-4)
-        np.testing.assert_allclose(tr.loss[0, 1:-1], ces, rtol=2e-4)     # 5 significant digits printed
+        np.testing.assert_allclose(tr.objective[0, 1:-1], ces, rtol=2e-4)  # 5 significant digits printed
     # sigma = 2: rises to ~0.405 by iteration 100, then decays (slowly) at every later checkpoint
     assert np.all(np.diff(table[2.0][0][2:]) < 0)
 
@@ -403,12 +403,12 @@ def test_tv7b_flow_long_horizon_max_margin_plateau_and_slow_decay():
     for sigma in (0.5, 2.0):
         m = _m2_ce(sigma, 0.0)
         W0, A0 = _tv_init(m)
-        tr = ufm.simulate(m, steps=10**8, lr=1.0, mode="flow", W0=W0, A0=A0, record=("semantic_gap", "loss"),
+        tr = ufm.simulate(m, steps=10**8, lr=1.0, mode="flow", W0=W0, A0=A0, record=("semantic_gap", "objective"),
                           n_records=17, rtol=1e-8, atol=1e-10)
         assert tr.status is Status.completed and tr.meta["time_variable"] == "log(1+t)"
         late = tr.times >= 400
         g = tr.semantic_gap[0]
-        assert np.all(np.diff(tr.loss[0, late]) < 0) and tr.loss[0, -1] < 1e-8
+        assert np.all(np.diff(tr.objective[0, late]) < 0) and tr.objective[0, -1] < 1e-8
         if sigma == 0.5:
             np.testing.assert_allclose(g[late], 0.4444, atol=1e-4)
         else:
@@ -451,10 +451,10 @@ def test_tv9_anchored_beta_sweep_gap_decreases_with_beta():
         prob = ufm.AnchoredUFM(H_anchor=H0, beta=beta / N, K=K, n=n, loss="mse", lam_W=lW / K, lam_H=lH / N)
         horizon = 2000 if beta >= 10 else 10**5     # large beta: fast but stiff; small beta: slow modes ~ beta/N
         tr = ufm.simulate(prob, steps=horizon, lr=1.0, mode="flow", W0=W0, H0=H0, attributes=attrs,
-                          record=("loss", "semantic_gap"), n_records=20, rtol=1e-8, atol=1e-10)
+                          record=("objective", "semantic_gap"), n_records=20, rtol=1e-8, atol=1e-10)
         assert tr.status is Status.completed
         assert abs(tr.semantic_gap[0, -1] - tr.semantic_gap[0, -2]) < 1e-5     # converged
-        assert tr.loss[0, -1] == pytest.approx(f_tv, abs=1e-6)                   # TV9 prints 6 decimals
+        assert tr.objective[0, -1] == pytest.approx(f_tv, abs=1e-6)              # TV9 prints 6 decimals
         assert tr.semantic_gap[0, -1] == pytest.approx(gap_tv, abs=1e-4)        # TV9 prints 4 decimals
         gaps.append(tr.semantic_gap[0, -1])
     assert np.all(np.diff([gap0] + gaps) < 0)          # monotone in beta: from the H0 value toward 0

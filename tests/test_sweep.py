@@ -56,7 +56,7 @@ def counted(a, seed, counter, fail=None, stop_file=None, crash=None, crash_marke
 
 def interrupted_trajectory(a, seed):
     if a == 1:
-        return Trajectory(steps=[0], times=[0.0], records={"loss": [[1.0]]}, status="interrupted",
+        return Trajectory(steps=[0], times=[0.0], records={"objective": [[1.0]]}, status="interrupted",
                           message="Ctrl-C", mode="gd")
     return float(a)
 
@@ -186,7 +186,7 @@ def test_identical_records_on_every_backend(dask_client):
     sol = ufm.sweep(ufm.solve, grid, problem="ufm", fixed=fixed, backend="sequential", progress=False)
     exact = ufm.solve(ufm.UFMProblem(K=4, n=2, d=5, lam_W=1e-2, lam_H=1e-2))
     last = sol.records[-1]
-    assert last["loss"] == exact.loss and (last["status"], last["regime"]) == ("exact", "etf")
+    assert last["objective"] == exact.objective and (last["status"], last["regime"]) == ("exact", "etf")
     assert last["method"] == "closed_form"
     assert sol.meta["seed_arg"] is None             # solve takes no seed
     same_records(sol, ufm.sweep("solve", grid, problem="ufm", fixed=fixed, backend="dask", client=dask_client,
@@ -196,13 +196,13 @@ def test_identical_records_on_every_backend(dask_client):
 def test_summaries_of_ufm_results():
     p = ufm.InputCoupledUFM.from_setting(ufm.factorial((2, 2)), 1.0, lam_W=1e-3, lam_A=1e-3)
     res = ufm.sweep(ufm.simulate, {"lr": [0.5]}, fixed={"problem": p, "steps": 50, "n_records": 5,
-                                                         "record": ("loss", "gram_means")},
-                    keep=("loss",), backend="sequential", progress=False)
+                                                         "record": ("objective", "gram_means")},
+                    keep=("objective",), backend="sequential", progress=False)
     rec = res.records[0]
-    traj = ufm.simulate(p, 50, 0.5, n_records=5, record=("loss", "gram_means"), seed=rec["seed"])
-    assert rec["loss"] == traj.loss[0, -1] and rec["status"] == "completed" and rec["step"] == 50
+    traj = ufm.simulate(p, 50, 0.5, n_records=5, record=("objective", "gram_means"), seed=rec["seed"])
+    assert rec["objective"] == traj.objective[0, -1] and rec["status"] == "completed" and rec["step"] == 50
     assert "gram_means" not in rec                          # arrays only when asked for
-    assert np.array_equal(rec["loss_history"], traj.loss) and np.array_equal(rec["times"], traj.times)
+    assert np.array_equal(rec["objective_history"], traj.objective) and np.array_equal(rec["times"], traj.times)
     bad = ufm.sweep(ufm.simulate, {"lr": [0.5]}, fixed={"problem": p, "steps": 5}, keep=("W",),
                     backend="sequential", progress=False)
     assert "keep='W': not recorded" in bad.records[0]["error"]

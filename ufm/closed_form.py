@@ -232,7 +232,7 @@ def seli(problem: UFMProblem) -> Solution:
     -------
     Solution
         ``W, H`` with ``W H = P_K Y``, ``W W^T = (Z Z^T)^{1/2}``, ``H^T H = (Z^T Z)^{1/2}``;
-        ``loss`` is the max-margin value ``(||W||^2 + ||H||^2)/2 = ||P_K Y||_*``.
+        ``objective`` is the max-margin value ``(||W||^2 + ||H||^2)/2 = ||P_K Y||_*``.
     """
     _require_ufm(problem)
     _require_case(problem, "seli")

@@ -890,7 +890,7 @@ def svm(problem, *, solver: str = "CLARABEL", throw: bool = False) -> Solution:
     -------
     Solution
         ``W, H`` are the balanced split with ratio 1 (``A`` too for the input-coupled
-        model); ``loss`` is the max-margin value ``||.||_*``; ``regime`` is
+        model); ``objective`` is the max-margin value ``||.||_*``; ``regime`` is
         ``"max_margin"``, ``"seli"`` or ``"ntp_svm"``. ``status`` is ``optimal``
         (``inaccurate`` when the solver is not sure), ``solver_failed`` when the
         margins cannot be met or the solver fails, ``no_method`` when the problem

@@ -274,14 +274,14 @@ class _Frozen:
     _RENAMED: ClassVar[dict[str, str]] = {}    # old attribute name -> what to read instead
 
     def __getattr__(self, name):
-        if name in type(self)._RENAMED:
-            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}: {type(self)._RENAMED[name]}.")
-        if not type(self)._LOOKUP:
-            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}.")
         for group, _ in type(self)._LOOKUP:
             values = self.__dict__.get(group)
             if values is not None and name in values:
                 return values[name]
+        if name in type(self)._RENAMED:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}: {type(self)._RENAMED[name]}.")
+        if not type(self)._LOOKUP:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}.")
         what = " or ".join(single for _, single in type(self)._LOOKUP)
         have = ", ".join(f"{group}: {sorted(self.__dict__.get(group) or {})}" for group, _ in type(self)._LOOKUP)
         raise AttributeError(f"{type(self).__name__} has no {what} {name!r}; {have}.")

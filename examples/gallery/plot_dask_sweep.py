@@ -27,7 +27,7 @@ print("scheduler:", cluster.scheduler_address)
 
 grid = {"sigma": [0.3, 1.0, 3.0], "lam_W": [1e-3, 1e-2]}
 fixed = dict(levels=(2, 2), lam_A=1e-3, steps=3000, lr=0.5, init_scale=0.01, n_records=12,
-             record=("loss", "etf_distance", "semantic_gap"))
+             record=("objective", "etf_distance", "semantic_gap"))
 res = ufm.sweep(ufm.simulate, grid, seeds=2, problem="factorial", fixed=fixed,
                 backend="dask", client=cluster.scheduler_address, progress=False)
 print(res.message)

@@ -27,7 +27,7 @@ from ufm.plotting import plot_gram
 p = ufm.UFMProblem(K=4, n=3, d=6, loss="ce", lam_W=0.01, lam_H=0.01)
 sol = ufm.solve(p, method="closed_form")
 print(sol.regime, sol.message)
-print(f"objective f*   = {sol.loss:.7f}   (THEORY TV1: 0.2613364)")
+print(f"objective f*   = {sol.objective:.7f}   (THEORY TV1: 0.2613364)")
 print(f"margin s*      = {sol.meta['s']:.6f}    (TV1: 4.002504)")
 print(f"||w_k||^2      = {np.diag(sol.gram_W)}  (TV1: 5.199405)")
 print(f"||h||^2        = {np.mean(np.sum(sol.H**2, axis=0)):.6f}    (TV1: 1.733135)")
@@ -37,8 +37,8 @@ print(f"ETF distance of W W^T: {metrics.etf_distance(sol.gram_W):.2e}")
 # The exact convex reformulation (:ref:`THEORY §4 <theory-4>`) finds the same optimum without
 # knowing the closed form, and certifies it with a duality gap.
 num = ufm.solve(p, method="prox")
-print(f"prox objective = {num.loss:.10f}, relative duality gap {num.meta['rel_duality_gap']:.1e}")
-assert abs(num.loss - sol.loss) < 1e-6
+print(f"prox objective = {num.objective:.10f}, relative duality gap {num.meta['rel_duality_gap']:.1e}")
+assert abs(num.objective - sol.objective) < 1e-6
 
 # %%
 # Classifier cosines: the off-diagonal entries are all ``-1/(K-1) = -1/3``.
@@ -58,7 +58,7 @@ margins, values = [], []
 for lam in lams:
     s = ufm.solve(ufm.UFMProblem(K=K, n=n, d=K, lam_W=lam, lam_H=lam), method="closed_form")
     margins.append(s.meta.get("s", 0.0))
-    values.append(s.loss)
+    values.append(s.objective)
 lam_zero = 1 / (K * np.sqrt(n))      # K sqrt(n) lam = 1 when lam_W = lam_H = lam
 
 fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))

@@ -44,7 +44,7 @@ def margin(Z):
 p0 = 1e-2
 W0, H0 = symmetric_start(p0)
 p = ufm.UFMProblem(K=K, n=n, d=K, loss="ce")
-flow = ufm.simulate(p, steps=10**8, lr=1.0, mode="flow", W0=W0, H0=H0, record=("Z", "loss"), n_records=120)
+flow = ufm.simulate(p, steps=10**8, lr=1.0, mode="flow", W0=W0, H0=H0, record=("Z", "objective"), n_records=120)
 gd = ufm.simulate(p, steps=20_000, lr=1.0, mode="gd", W0=W0, H0=H0, record=("Z",), n_records=60)
 theory = dynamics.symmetric_flow(p, flow.times, p0=p0)
 print(flow.message)

@@ -31,7 +31,7 @@ sols = {}
 for name, p in cases.items():
     sols[name] = s = ufm.solve(p, method="closed_form")
     G = s.gram_W
-    print(f"{name:13s}  {s.regime:24s}  {s.loss:.8f}   {G[0, 0]:.6f} / {G[0, 1]:.6f}")
+    print(f"{name:13s}  {s.regime:24s}  {s.objective:.8f}   {G[0, 0]:.6f} / {G[0, 1]:.6f}")
 print("lam_b* =", round(thresholds(cases["lam_b = 1"])["lam_b_star"], 6), "(TV2: 0.108622)")
 
 # %%

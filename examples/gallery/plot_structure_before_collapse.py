@@ -30,7 +30,7 @@ m = ufm.InputCoupledUFM.from_setting(s, sigma=sigma, d=16, loss="ce", lam_W=lam,
 # the exact end state: global optimum of the convex form, certified
 end = ufm.solve(m)
 E = end.H.T @ end.H
-print(end.method, end.status.name, end.regime, f"objective {end.loss:.8f}")
+print(end.method, end.status.name, end.regime, f"objective {end.objective:.8f}")
 print(f"end state: semantic gap {metrics.semantic_gap(E, s.attributes):.4f}, "
       f"ETF distance {metrics.etf_distance(E):.4f}")
 

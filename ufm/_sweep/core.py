@@ -129,7 +129,7 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
     --------
     >>> res = ufm.sweep(ufm.simulate, {"sigma": [0.1, 1.0], "lam_W": [1e-3, 1e-2]}, seeds=2,
     ...                 problem="factorial", fixed=dict(levels=(2, 2), lam_A=1e-3, steps=2000, lr=0.5,
-    ...                 record=("loss", "etf_distance")), cache_dir="runs/")        # doctest: +SKIP
+    ...                 record=("objective", "etf_distance")), cache_dir="runs/")   # doctest: +SKIP
     >>> res.to_pandas().groupby(["sigma", "lam_W"]).etf_distance.mean()           # doctest: +SKIP
     """
     t0 = time.perf_counter()
