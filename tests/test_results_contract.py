@@ -10,6 +10,7 @@ fields in ``dir()``, and raises its failure on request (``raise_on_failure``, wh
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import pathlib
 
 import numpy as np
@@ -253,6 +254,27 @@ def test_throw_raises_the_documented_exception():
     assert ufm.solve(_problem(**BALANCED), throw=True).success
     with pytest.raises(ValueError, match="method must be"):             # bad input is still a ValueError
         ufm.solve(_problem(**BALANCED), method="newton", throw=True)
+
+
+def test_throw_on_theory_curves_sweeps_and_fits():
+    """throw=True turns a failed curve or sweep into NotConverged carrying the result; a success returns."""
+    from unittest import mock
+
+    class GaveUp:
+        success, message = False, "Required step size is less than spacing between numbers."
+
+    with mock.patch("scipy.integrate.solve_ivp", lambda *args, **kwargs: GaveUp()):
+        with pytest.raises(NotConverged, match="step size") as err:
+            dynamics.kernel_flow(ufm.factorial((2, 2)), np.eye(4), np.linspace(0, 5, 6), loss="ce", throw=True)
+    assert err.value.result.status is S.solver_failed and err.value.result.records == {}
+    ok = dynamics.kernel_flow(ufm.factorial((2, 2)), np.eye(4), np.linspace(0, 5, 6), loss="ce", throw=True)
+    assert ok.success
+    with pytest.raises(NotConverged) as err:
+        ufm.sweep(_sweep_task, {"a": [1, 2, 3]}, backend="sequential", progress=False, throw=True)
+    assert err.value.result.status is S.runs_failed and err.value.result.n_failed == 1
+    assert ufm.sweep(_sweep_task, {"a": [1, 3]}, backend="sequential", progress=False, throw=True).success
+    for entry in (ufm.fit, dynamics.mode_curves, dynamics.semantic_curve, dynamics.symmetric_flow):
+        assert inspect.signature(entry).parameters["throw"].default is False, entry.__name__
 
 
 def test_a_status_can_be_given_by_name_and_replace_keeps_the_details():

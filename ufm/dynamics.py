@@ -68,12 +68,14 @@ def _failure_as_result(kind: str):
 
         @functools.wraps(fn)
         def curve(*args, **kwargs):
+            arguments = signature.bind(*args, **kwargs).arguments
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
             except NotConverged as err:
-                times = np.atleast_1d(np.asarray(signature.bind(*args, **kwargs).arguments["times"], dtype=float))
-                return TheoryCurve(times=times, records={}, kind=kind, status="solver_failed", message=str(err),
-                                   meta={"function": fn.__name__})
+                times = np.atleast_1d(np.asarray(arguments["times"], dtype=float))
+                result = TheoryCurve(times=times, records={}, kind=kind, status="solver_failed", message=str(err),
+                                     meta={"function": fn.__name__})
+            return result.raise_on_failure() if arguments.get("throw", False) else result
         return curve
     return wrap
 
@@ -608,7 +610,8 @@ def _model_meta(model, problem):
 # public: mode curves
 # =====================================================================================
 @_failure_as_result("modes")
-def mode_curves(problem, times, *, z0=None, init_scale=None, W0=None, A0=None, rtol: float = 1e-9) -> TheoryCurve:
+def mode_curves(problem, times, *, z0=None, init_scale=None, W0=None, A0=None, rtol: float = 1e-9,
+                throw: bool = False) -> TheoryCurve:
     """Predicted mode outputs of the input-coupled UFM (THEORY §6.3, §5.3), on ``times``.
 
     Parameters
@@ -634,6 +637,9 @@ def mode_curves(problem, times, *, z0=None, init_scale=None, W0=None, A0=None, r
         ``(Wc Ac)_aa d_a`` (CE).
     rtol : float
         Tolerance of the mode ODE (CE, or MSE with unequal decays).
+    throw : bool
+        Raise :class:`ufm.results.NotConverged` (with the curve in ``err.result``) instead
+        of returning a curve whose ODE or linear program failed.
 
     Returns
     -------
@@ -873,7 +879,7 @@ def transient_times(times, gap, grams=None, end_gram=None) -> dict:
 @_failure_as_result("semantic")
 def semantic_curve(problem, times, attributes=None, *, z0=None, init_scale=None, W0=None, A0=None,
                    end_gram="auto", horizon: float | None = None, keep_gram: bool = True,
-                   spread: int = 0, spread_seed: int = 0, rtol: float = 1e-9) -> TheoryCurve:
+                   spread: int = 0, spread_seed: int = 0, rtol: float = 1e-9, throw: bool = False) -> TheoryCurve:
     """Predicted semantic transient of the input-coupled UFM: Gram, gap, ETF distance, peak, rise and transition.
 
     Parameters
@@ -924,6 +930,9 @@ def semantic_curve(problem, times, attributes=None, *, z0=None, init_scale=None,
         Seed of the sampled starts.
     rtol : float
         Tolerance of the mode ODE.
+    throw : bool
+        Raise :class:`ufm.results.NotConverged` (with the curve in ``err.result``) instead
+        of returning a curve whose ODE or linear program failed.
 
     Returns
     -------
@@ -1098,7 +1107,8 @@ def _end_state(model, problem, end_gram):
 # =====================================================================================
 @_failure_as_result("symmetric_flow")
 def symmetric_flow(problem, times, p0: float | None = None, *, a0: float | None = None,
-                   beta0: float | None = None, b0: float = 0.0, rtol: float = 1e-11) -> TheoryCurve:
+                   beta0: float | None = None, b0: float = 0.0, rtol: float = 1e-11,
+                   throw: bool = False) -> TheoryCurve:
     """Symmetric-subspace gradient flow of the balanced standard UFM (THEORY §6.4 MSE, §6.5 CE).
 
     Ansatz ``W = a U`` (``U U^T = P_K``, needs ``d >= K - 1``),
@@ -1137,6 +1147,9 @@ def symmetric_flow(problem, times, p0: float | None = None, *, a0: float | None 
         Initial bias level ``c`` (bias problems only).
     rtol : float
         Integrator tolerance (DOP853) where no closed form applies.
+    throw : bool
+        Raise :class:`ufm.results.NotConverged` (with the curve in ``err.result``) instead
+        of returning a curve whose ODE or linear program failed.
 
     Returns
     -------
@@ -1284,7 +1297,7 @@ def block_kernel(setting_or_attributes, same: float = 1.0, shared: float = 0.5, 
 
 @_failure_as_result("kernel_flow")
 def kernel_flow(setting_or_attributes, theta, times, *, loss: str = "ce", Z0=None, init_scale: float = 0.0,
-                seed: int = 0, rtol: float = 1e-9, atol: float = 1e-12) -> TheoryCurve:
+                seed: int = 0, rtol: float = 1e-9, atol: float = 1e-12, throw: bool = False) -> TheoryCurve:
     """M3: the function-space kernel flow ``dZ/dt = -grad_Z g(Z) Theta`` with distinct one-hot labels (THEORY §8.3).
 
     ``Z`` (N x N logits, column ``i`` = item ``i``, label ``i``: ``Y = I_N``);
@@ -1320,6 +1333,9 @@ def kernel_flow(setting_or_attributes, theta, times, *, loss: str = "ce", Z0=Non
         Seed of that draw.
     rtol, atol : float
         Integrator tolerances.
+    throw : bool
+        Raise :class:`ufm.results.NotConverged` (with the curve in ``err.result``) instead
+        of returning a curve whose ODE failed.
 
     Returns
     -------

@@ -26,7 +26,7 @@ __all__ = ["sweep"]
 def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = None, problem=None, keep=(),
           backend: str = "loky", n_jobs: int | None = None, client=None, cache_dir=None, progress="auto",
           retries: int = 2, seed_scope: str = "point", seed_arg: str | None = "auto",
-          on_interrupt: str = "raise") -> SweepResult:
+          on_interrupt: str = "raise", throw: bool = False) -> SweepResult:
     """Run ``task`` at every grid point and seed, in parallel, and collect tidy records.
 
     Each run calls ``task(**point, **fixed, seed=s)`` (with ``problem=``:
@@ -104,6 +104,9 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
         SweepResult (``status="interrupted"``) is raised in the ``result`` attribute of a
         ``KeyboardInterrupt`` (``"raise"``, the default, as :func:`ufm.simulate`) or
         returned (``"return"``).
+    throw : bool
+        Raise :class:`ufm.results.NotConverged` (the SweepResult in ``err.result``) when a
+        run failed (status ``runs_failed``) instead of returning the result.
 
     Returns
     -------
@@ -139,7 +142,8 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
                  seed_arg=seed_arg, on_interrupt=on_interrupt)
     outcome = _execute(plan, progress)
     result = _collect(plan, outcome, time.perf_counter() - t0)
-    return _interrupt.finish(result, result.status is Status.interrupted, plan.on_interrupt, result.message)
+    result = _interrupt.finish(result, result.status is Status.interrupted, plan.on_interrupt, result.message)
+    return result.raise_on_failure() if throw else result
 
 
 # -- plan: check everything, route the keywords, list the jobs -----------------------------------

@@ -122,7 +122,7 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         match: str = "auto", engine: str = "auto", horizon: float = 1e6, n_model: int = 160,
         sigma_grid=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), max_iter: int = 150, anchor=None, lam_W_anchor: float = 1e-2,
         lam_H_anchor: float = 1e-2, betas=None, level: float = 0.95, accept=None, seed: int = 0,
-        progress="auto", on_interrupt: str = "raise") -> FitResult:
+        progress="auto", on_interrupt: str = "raise", throw: bool = False) -> FitResult:
     """Fit the static decomposition, the input-coupled UFM (M2) and the anchored UFM (M1) to observed Grams.
 
     Parameters
@@ -212,6 +212,10 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
         ``status`` ``interrupted``, ``meta["interrupted"] = True`` and a note. ``"raise"`` (default, as
         :func:`ufm.simulate`): ``KeyboardInterrupt`` carrying that FitResult in its
         ``result``; ``"return"``: the FitResult is returned (``ufm fit`` writes it and exits 130).
+    throw : bool
+        Raise :class:`ufm.results.NotConverged` (the FitResult in ``err.result``) instead of
+        returning a fit that did not finish (``interrupted`` with ``on_interrupt="return"``).
+        A finished fit in which no model is accepted is a result, not a failure.
 
     Returns
     -------
@@ -243,8 +247,9 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
                     sigma_grid=sigma_grid, max_iter=max_iter, anchor=anchor, lam_W_anchor=lam_W_anchor,
                     lam_H_anchor=lam_H_anchor, betas=betas, level=level, accept=accept, seed=seed,
                     progress=progress)
-    return _interrupt.finish(res, bool(res.meta.get("interrupted")), on_interrupt,
-                             "interrupted (Ctrl-C): the fit was finished from the best point found so far")
+    res = _interrupt.finish(res, bool(res.meta.get("interrupted")), on_interrupt,
+                            "interrupted (Ctrl-C): the fit was finished from the best point found so far")
+    return res.raise_on_failure() if throw else res
 
 
 def _fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, loss: str = "ce", lam="fit",
