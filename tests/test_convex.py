@@ -105,7 +105,7 @@ def test_svm_is_seli(counts):
     p = UFMProblem(K=len(counts), counts=counts, d=len(counts), loss="ce")
     sol = ufm.solve(p, method="svm")
     np.testing.assert_allclose(sol.Z, (np.eye(p.K) - 1 / p.K) @ p.Y, atol=1e-6)
-    assert rel(sol.objective, ufm.solve(p, method="closed_form").loss) < 1e-7
+    assert rel(sol.objective, ufm.solve(p, method="closed_form").objective) < 1e-7
 
 
 def test_tv4_ntp_svm_and_in_support_logits():

@@ -316,7 +316,7 @@ def test_ce_ufm_symmetric_flow_with_weight_decay_reaches_s_star():
     s_star = 4.00250385036169                                      # log(1/gamma - (K-1)), TV13
     assert _margin(tr.Z[0, -1]) == pytest.approx(s_star, rel=1e-8)
     np.testing.assert_allclose(np.diag(tr.gram_W[0, -1]), 5.199405019719503, rtol=1e-8)
-    assert tr.objective[0, -1] == pytest.approx(ufm.solve(p).loss, rel=1e-10)
+    assert tr.objective[0, -1] == pytest.approx(ufm.solve(p).objective, rel=1e-10)
     assert tr.objective[0, -1] == pytest.approx(TV1["f"], abs=1e-7)
 
 
