@@ -469,7 +469,7 @@ def _safetensors_foreign(**tensors):
 
 
 def _other_result(dir_):
-    sol = Solution(W=np.eye(2), H=np.eye(2), b=None, Z=np.eye(2), loss=0.0, status="exact", regime="etf",
+    sol = Solution(W=np.eye(2), H=np.eye(2), b=None, Z=np.eye(2), objective=0.0, status="exact", regime="etf",
                    method="closed_form")
     return sol.save(dir_ / "sol.npz")
 
