@@ -33,9 +33,10 @@ def point_seed(seed: int, params: dict, index: int, scope: str = "point") -> int
     return int(state[0] >> np.uint64(1))
 
 
-#: version of the summaries a run stores (2: statuses by Status name, a Solution's geometry under "regime"),
-#: part of the cache key so that a cache written with another layout is recomputed, not mixed in
-RECORD_FORMAT = 2
+#: version of the summaries a run stores (2: statuses by Status name, a Solution's geometry under "regime";
+#: 3: the objective value under "objective", not "loss"), part of the cache key so that a cache written with
+#: another layout is recomputed, not mixed in
+RECORD_FORMAT = 3
 
 
 def run_key(call: str, params: dict, seed: int, index: int) -> str:
