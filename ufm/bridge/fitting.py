@@ -412,10 +412,19 @@ def _fit_static_model(rep, obs, level: float, match: str, out: _Fits) -> None:
                          f"saturated, its Gram R^2 says nothing")
 
 
-def _fit_input_coupled_model(rep, obs, out: _Fits, *, start, report, **options) -> dict:
+class _NotFitted(Exception):
+    """M2 could not be simulated from any starting point: the fit goes on without it, with a note."""
+
+
+def _fit_input_coupled_model(rep, obs, out: _Fits, *, start, report, **options) -> dict | None:
     """The input-coupled model M2 fitted to the trajectory, with its time map and predicted transition."""
     T = obs.T
-    m2 = _fit_input_coupled(rep, obs, start=start, report=report, **options)
+    try:
+        m2 = _fit_input_coupled(rep, obs, start=start, report=report, **options)
+    except _NotFitted as why:
+        out.notes.append(f"input_coupled: not fitted: {why}; it is left out of the table and the verdict")
+        report(f"input_coupled: not fitted ({why})", force=True)
+        return None
     out.notes += m2["notes"]
     out.fitted["input_coupled"] = m2["aligned"]
     tau = m2["tau"]
@@ -548,6 +557,9 @@ def _fit_input_coupled(rep, obs, *, user, inputs_given, loss, lam, init_scale, f
         # the isotropic pattern fit is cheap: its strengths and weight decay seed the observed-start grid
         pre = M2Model(K, start="isotropic", engine="patterns", **common)
         r1 = fit_m2(pre, alignment_cost(rep, pre)[0], starts=grid(pre), max_iter=max_iter, report=report)
+        if r1["x"] is None:
+            raise _NotFitted(f"none of the {len(r1['seen'])} starting points of the isotropic pattern fit could be "
+                             f"simulated (every flow non-finite or outside the parameter bounds)")
         interrupted = r1["interrupted"]
         q1 = pre.unpack(r1["x"])
         starts = [r1["x"]] + [model.pack(sigma=s, strengths=q1["strengths"], lam=q1["lam"], scale=sv)
@@ -561,6 +573,9 @@ def _fit_input_coupled(rep, obs, *, user, inputs_given, loss, lam, init_scale, f
         r = fit_m2(model, cost, starts=starts, max_iter=min(max_iter, 150) if seeded else max_iter, report=report,
                    n_searches=2)
         interrupted, x, seen = r["interrupted"], r["x"], r["seen"]
+        if x is None:
+            raise _NotFitted(f"none of the {len(seen)} starting points could be simulated (every flow non-finite or "
+                             f"outside the parameter bounds); check the inputs or kernel and the horizon")
     else:
         seen = []
     if interrupted:

@@ -685,7 +685,8 @@ def fit_m2(model: M2Model, cost, *, starts, max_iter: int, report=None, n_search
     """Evaluate ``starts``, run Nelder-Mead from the ``n_searches`` best of them, then once more from the best
     point found (a restart: Nelder-Mead's simplex can collapse early); Ctrl-C keeps the best point.
 
-    Returns ``{"x", "cost", "nfev", "interrupted", "seen"}`` (``seen``: every ``(cost, x)`` evaluated).
+    Returns ``{"x", "cost", "nfev", "interrupted", "seen"}`` (``seen``: every ``(cost, x)`` evaluated);
+    ``x`` is None when no start could be simulated (every flow non-finite or out of bounds).
     """
     from scipy.optimize import minimize
 
@@ -715,10 +716,7 @@ def fit_m2(model: M2Model, cost, *, starts, max_iter: int, report=None, n_search
     interrupted = False
     try:
         costs = [(f(x), i) for i, x in enumerate(starts)]
-        if best["x"] is None:
-            raise RuntimeError("every starting point of the M2 fit failed to integrate; check the kernel and the "
-                               "horizon.")
-        if max_iter > 0 and len(best["x"]):
+        if best["x"] is not None and max_iter > 0 and len(best["x"]):
             chosen = []
             for c, i in sorted(costs):
                 x = np.asarray(starts[i], dtype=float)

@@ -261,8 +261,9 @@ def verdict_line(gof, explains, best, outside_change, static_saturated, accept) 
     """One plain-language line: what the dynamical models explain and what nothing here explains."""
     dyn = [m for m in gof if m != "static"]
     if not dyn:
-        msg = "no dynamical model was fitted; the static decomposition describes each record separately"
-        if static_saturated:
+        msg = "no dynamical model was fitted" + ("; the static decomposition describes each record separately"
+                                                 if "static" in gof else " (see the notes)")
+        if "static" in gof and static_saturated:
             msg += " (saturated here: as many numbers per record as the data, so its R^2 = 1 says nothing)"
         return msg + "."
     parts, missing = [], []
