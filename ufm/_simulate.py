@@ -526,7 +526,7 @@ def _steps_and_lr(mode, steps, lr, horizon):
                              f"{horizon / lr:.6g}); pass steps instead, or a horizon that is a multiple of lr.")
         return n, lr
     if mode != "flow":
-        raise ValueError(f"horizon alone sets a flow's end time; GD also needs its step size: pass lr (steps = "
+        raise ValueError("horizon alone sets a flow's end time; GD also needs its step size: pass lr (steps = "
                          f"horizon / lr) or steps (lr = horizon / steps), or mode='flow'.")
     return FLOW_UNITS, horizon / FLOW_UNITS
 
