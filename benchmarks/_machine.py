@@ -23,5 +23,8 @@ def cpu_model() -> str:
 
 
 def load() -> str:
-    """The 1, 5 and 15 minute load averages, e.g. ``"0.84 1.29 1.51"``."""
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    """The 1, 5 and 15 minute load averages, e.g. ``"0.84 1.29 1.51"`` (``"n/a"`` where unavailable)."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"

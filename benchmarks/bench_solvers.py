@@ -31,6 +31,8 @@ import time
 
 import numpy as np
 
+from _machine import cpu_model, load   # benchmarks/_machine.py: CPU and load next to every table
+
 LAM = 1e-4   # mu = 1e-4: below the zero threshold 1/(K sqrt n) for every size here
 
 
@@ -78,14 +80,8 @@ def timed(method, K, pattern, opts, limit, path=None):
 
 
 def cpu_and_load() -> str:
-    """The CPU model (from /proc/cpuinfo), core count and 1-minute load, for every table's caption."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}"
+    """The CPU model, core count and 1-minute load, for every table's caption."""
+    return f"{cpu_model()}, {os.cpu_count()} cores, load average {load().split()[0]}"
 
 
 def export_revision(rev: str) -> str:

@@ -46,6 +46,8 @@ from importlib import metadata  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from _machine import load as _load  # noqa: E402   benchmarks/_machine.py: the load next to every table
+
 TARGETS = {"loky": 1.8, "dask": 1.6}
 QUIET = 0.2     # cores used by other processes during a timing, above which the timing is set aside
 
@@ -55,13 +57,6 @@ def _version(name):
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "not installed"
-
-
-def _load():
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def workload(points: int, steps: int):
