@@ -249,14 +249,35 @@ def _dopri5_begin(rhs, y, data, x_end, rtol, atol, log_time, h0, k1):
     return _start_step_final(ha, d1, d2), nfev, 0
 
 
-@numba.njit(cache=True)
-def _scale(k, g):
-    """``k *= g`` in place (a stage's log-time factor)."""
-    for i in range(k.shape[0]):
-        k[i] *= g
+@numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _error_term(i, hs, w, y, yn, k1, k3, k4, k5, k6, k7, atol, rtol):
+    """Element ``i``'s squared scaled error ``(e_i / sc_i)^2``, ``e = hs * sum_j w_j k_j`` over
+    stages 1, 3-7 (``w``: the error weights times the stages' log-time factors)."""
+    w1, w3, w4, w5, w6, w7 = w
+    e = hs * (w1 * k1[i] + w3 * k3[i] + w4 * k4[i] + w5 * k5[i] + w6 * k6[i] + w7 * k7[i])
+    sc = atol + rtol * max(abs(y[i]), abs(yn[i]))
+    return (e / sc) ** 2              # sc >= atol > 0 (NaN if yn_i is)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def _error_norm(hs, w, y, yn, k1, k3, k4, k5, k6, k7, atol, rtol):
+    """The error norm ``sqrt(mean((e_i / sc_i)^2))`` of a trial step and whether ``yn`` is finite.
+
+    One pass that reads eight arrays and writes none (so LLVM needs no overlap checks to
+    vectorize it). ``fastmath={"reassoc"}`` lets LLVM split the sum into vector lanes
+    (fixed for a compiled kernel, so the result is deterministic); it applies to this
+    function's additions only: :func:`_error_term`'s arithmetic, inlined here, keeps its own
+    flags. The numpy twin sums pairwise (``np.sum``): the two norms agree to rounding.
+    """
+    acc = 0.0
+    finite = True
+    for i in range(y.shape[0]):
+        acc += _error_term(i, hs, w, y, yn, k1, k3, k4, k5, k6, k7, atol, rtol)
+        finite &= math.isfinite(yn[i])
+    return math.sqrt(acc / y.shape[0]), finite
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
 def _dopri5_advance(rhs, y, k1, data, x_eval, Y, j, x, h, rtol, atol, log_time, budget, rejected,
                     nonfinite):
     """Steps from ``(x, y, k1, h)`` until ``x_eval`` is done or ``budget`` step attempts are used.
@@ -319,57 +340,46 @@ def _dopri5_advance(rhs, y, k1, data, x_eval, Y, j, x, h, rtol, atol, log_time, 
             hs = target - x
             clipped = True
         x_new = target if clipped else x + hs
+        # Stage j's derivative is k_j = g_j rhs(y_j), g_j = exp(x_j) in log time (1 in plain
+        # time). The stages are kept unscaled and g_j goes into the scalar weights, whose
+        # products with 1.0 are exact: plain time gets the tableau's own coefficients.
+        g1 = g2 = g3 = g4 = g5 = g6 = g7 = 1.0
         if log_time:
-            g2, g3, g4 = math.exp(x + C2 * hs), math.exp(x + C3 * hs), math.exp(x + C4 * hs)
-            g5, g6, g7 = math.exp(x + C5 * hs), math.exp(x + hs), math.exp(x_new)
+            g1, g2, g3 = math.exp(x), math.exp(x + C2 * hs), math.exp(x + C3 * hs)
+            g4, g5, g6, g7 = math.exp(x + C4 * hs), math.exp(x + C5 * hs), math.exp(x + hs), math.exp(x_new)
+        a21 = A21 * g1
+        a31, a32 = A31 * g1, A32 * g2
+        a41, a42, a43 = A41 * g1, A42 * g2, A43 * g3
+        a51, a52, a53, a54 = A51 * g1, A52 * g2, A53 * g3, A54 * g4
+        a61, a62, a63, a64, a65 = A61 * g1, A62 * g2, A63 * g3, A64 * g4, A65 * g5
+        b1, b3, b4, b5, b6 = B1 * g1, B3 * g3, B4 * g4, B5 * g5, B6 * g6
+        e1, e3, e4, e5, e6, e7 = E1 * g1, E3 * g3, E4 * g4, E5 * g5, E6 * g6, E7 * g7
 
         for i in range(n):
-            ys[i] = y[i] + hs * (A21 * k1[i])
+            ys[i] = y[i] + hs * (a21 * k1[i])
         rhs(ys, data, k2)
-        if log_time:
-            _scale(k2, g2)
+        checked = True
         for i in range(n):
-            ys[i] = y[i] + hs * (A31 * k1[i] + A32 * k2[i])
+            ys[i] = y[i] + hs * (a31 * k1[i] + a32 * k2[i])
+            checked &= math.isfinite(k2[i])   # k2 has weight 0 in yn and e: checked here
         rhs(ys, data, k3)
-        if log_time:
-            _scale(k3, g3)
         for i in range(n):
-            ys[i] = y[i] + hs * (A41 * k1[i] + A42 * k2[i] + A43 * k3[i])
+            ys[i] = y[i] + hs * (a41 * k1[i] + a42 * k2[i] + a43 * k3[i])
         rhs(ys, data, k4)
-        if log_time:
-            _scale(k4, g4)
         for i in range(n):
-            ys[i] = y[i] + hs * (A51 * k1[i] + A52 * k2[i] + A53 * k3[i] + A54 * k4[i])
+            ys[i] = y[i] + hs * (a51 * k1[i] + a52 * k2[i] + a53 * k3[i] + a54 * k4[i])
         rhs(ys, data, k5)
-        if log_time:
-            _scale(k5, g5)
         for i in range(n):
-            ys[i] = y[i] + hs * (A61 * k1[i] + A62 * k2[i] + A63 * k3[i] + A64 * k4[i]
-                                 + A65 * k5[i])
+            ys[i] = y[i] + hs * (a61 * k1[i] + a62 * k2[i] + a63 * k3[i] + a64 * k4[i] + a65 * k5[i])
         rhs(ys, data, k6)
-        if log_time:
-            _scale(k6, g6)
         for i in range(n):
-            yn[i] = y[i] + hs * (B1 * k1[i] + B3 * k3[i] + B4 * k4[i] + B5 * k5[i]
-                                 + B6 * k6[i])
-        for i in range(n):
-            ys[i] = E1 * k1[i] + E3 * k3[i] + E4 * k4[i] + E5 * k5[i] + E6 * k6[i]
+            yn[i] = y[i] + hs * (b1 * k1[i] + b3 * k3[i] + b4 * k4[i] + b5 * k5[i] + b6 * k6[i])
         rhs(yn, data, k7)
-        if log_time:
-            _scale(k7, g7)
         nfev += 6
         nsteps += 1
 
-        checked = True
-        for i in range(n):
-            e = hs * (ys[i] + E7 * k7[i])     # ys: the error weights' sum over stages 1-6
-            sc = atol + rtol * max(abs(y[i]), abs(yn[i]))
-            ys[i] = (e / sc) ** 2             # sc >= atol > 0 (NaN if yn is: caught below)
-            checked &= math.isfinite(yn[i]) & math.isfinite(k2[i])
-        acc = 0.0
-        for i in range(n):                    # summed in index order: the same bits as one loop
-            acc += ys[i]
-        err = math.sqrt(acc / n)
+        err, yn_finite = _error_norm(hs, (e1, e3, e4, e5, e6, e7), y, yn, k1, k3, k4, k5, k6, k7, atol, rtol)
+        checked &= yn_finite
         accepted, h, nonfinite = _control(err, checked and math.isfinite(err), hs, h, clipped, rejected)
         rejected = not accepted
         if accepted:
@@ -431,7 +441,7 @@ def dopri5(rhs, y0, data, t_eval, rtol, atol, log_time, max_steps, h0):
     """
     n = y0.shape[0]
     m = t_eval.shape[0]
-    Y = np.full((m, n), np.nan)
+    Y = np.empty((m, n))      # rows not reached are set to NaN at the end (one write per row)
     x_eval = np.empty(m)
     for j in range(m):
         x_eval[j] = math.log1p(t_eval[j]) if log_time else t_eval[j]
@@ -449,11 +459,12 @@ def dopri5(rhs, y0, data, t_eval, rtol, atol, log_time, max_steps, h0):
     if j == m:
         return Y, j, 0, 0
     h, nfev, status = _dopri5_begin(rhs, y, data, x_eval[m - 1], rtol, atol, log_time, h0, k1)
-    if status != 0:
-        return Y, j, nfev, status
-    x, h, j, nf, nsteps, status, rejected, nonfinite = _dopri5_advance(
-        rhs, y, k1, data, x_eval, Y, j, x, h, rtol, atol, log_time, max_steps, False, False)
-    return Y, j, nfev + nf, status
+    if status == 0:
+        x, h, j, nf, nsteps, status, rejected, nonfinite = _dopri5_advance(
+            rhs, y, k1, data, x_eval, Y, j, x, h, rtol, atol, log_time, max_steps, False, False)
+        nfev += nf
+    Y[j:] = np.nan
+    return Y, j, nfev, status
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,11 +484,9 @@ def dopri5_numpy(rhs, y0, data, t_eval, rtol, atol, log_time, max_steps, h0):
     Y = np.full((m, n), np.nan)
     x_eval = np.log1p(t_eval) if log_time else t_eval.copy()
 
-    def f(yv, xv):
+    def f(yv):
         out = np.empty(n)
         rhs(yv, data, out)
-        if log_time:
-            out *= math.exp(xv)
         return out
 
     x, y, nfev = 0.0, y0.copy(), 0
@@ -485,7 +494,7 @@ def dopri5_numpy(rhs, y0, data, t_eval, rtol, atol, log_time, max_steps, h0):
     Y[:j] = y
     if j == m:
         return Y, j, nfev, 0
-    k1 = f(y, x)  # exp(0) = 1
+    k1 = f(y)  # unscaled stages, as in the kernel: the log-time factors go into the weights
     nfev += 1
     if not np.all(np.isfinite(k1)):
         return Y, j, nfev, 2
@@ -497,9 +506,10 @@ def dopri5_numpy(rhs, y0, data, t_eval, rtol, atol, log_time, max_steps, h0):
         d0 = math.sqrt(np.sum((y / sc) ** 2) / n)
         d1 = math.sqrt(np.sum((k1 / sc) ** 2) / n)
         ha = float(_start_step(d0, d1, x_eval[-1] - x))
-        k2 = f(y + ha * k1, x + ha)
+        k2 = f(y + ha * k1)
+        g = math.exp(x + ha) if log_time else 1.0
         nfev += 1
-        d2 = math.sqrt(np.sum(((k2 - k1) / sc) ** 2) / n) / ha
+        d2 = math.sqrt(np.sum(((k2 * g - k1) / sc) ** 2) / n) / ha
         h = float(_start_step_final(ha, d1, d2))
 
     status, nsteps, rejected, nonfinite = 0, 0, False, False
@@ -514,17 +524,23 @@ def dopri5_numpy(rhs, y0, data, t_eval, rtol, atol, log_time, max_steps, h0):
         hs, clipped = h, False
         if x + hs >= target:
             hs, clipped = target - x, True
-        k2 = f(y + hs * (A21 * k1), x + C2 * hs)
-        k3 = f(y + hs * (A31 * k1 + A32 * k2), x + C3 * hs)
-        k4 = f(y + hs * (A41 * k1 + A42 * k2 + A43 * k3), x + C4 * hs)
-        k5 = f(y + hs * (A51 * k1 + A52 * k2 + A53 * k3 + A54 * k4), x + C5 * hs)
         x_new = target if clipped else x + hs
-        k6 = f(y + hs * (A61 * k1 + A62 * k2 + A63 * k3 + A64 * k4 + A65 * k5), x + hs)
-        yn = y + hs * (B1 * k1 + B3 * k3 + B4 * k4 + B5 * k5 + B6 * k6)
-        k7 = f(yn, x_new)
+        g1 = g2 = g3 = g4 = g5 = g6 = g7 = 1.0
+        if log_time:
+            g1, g2, g3 = math.exp(x), math.exp(x + C2 * hs), math.exp(x + C3 * hs)
+            g4, g5, g6, g7 = math.exp(x + C4 * hs), math.exp(x + C5 * hs), math.exp(x + hs), math.exp(x_new)
+        k2 = f(y + hs * ((A21 * g1) * k1))
+        k3 = f(y + hs * ((A31 * g1) * k1 + (A32 * g2) * k2))
+        k4 = f(y + hs * ((A41 * g1) * k1 + (A42 * g2) * k2 + (A43 * g3) * k3))
+        k5 = f(y + hs * ((A51 * g1) * k1 + (A52 * g2) * k2 + (A53 * g3) * k3 + (A54 * g4) * k4))
+        k6 = f(y + hs * ((A61 * g1) * k1 + (A62 * g2) * k2 + (A63 * g3) * k3 + (A64 * g4) * k4
+                         + (A65 * g5) * k5))
+        yn = y + hs * ((B1 * g1) * k1 + (B3 * g3) * k3 + (B4 * g4) * k4 + (B5 * g5) * k5 + (B6 * g6) * k6)
+        k7 = f(yn)
         nfev += 6
         nsteps += 1
-        e = hs * (E1 * k1 + E3 * k3 + E4 * k4 + E5 * k5 + E6 * k6 + E7 * k7)
+        e = hs * ((E1 * g1) * k1 + (E3 * g3) * k3 + (E4 * g4) * k4 + (E5 * g5) * k5 + (E6 * g6) * k6
+                  + (E7 * g7) * k7)
         sc = atol + rtol * np.maximum(np.abs(y), np.abs(yn))
         err = math.sqrt(float(np.sum((e / sc) ** 2)) / n)
         finite = math.isfinite(err) and all(
