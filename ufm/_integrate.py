@@ -10,11 +10,12 @@ grows with ``t``: THEORY TV13 to ``t = 1e8`` takes 225 steps (1352 right-hand-si
 Contents
 --------
 dopri5          the numba kernel, ``@njit(cache=True)``, generic in ``rhs``.
-dopri5_numpy    its plain-numpy twin: same algorithm, same floating-point formulas,
+dopri5_numpy    its plain-numpy twin: same algorithm, same floating-point formulas (see Rounding),
                 vectorised; the reference and the backend under ``NUMBA_DISABLE_JIT=1``.
 integrate       the Python entry point: validates input, calls the kernel so that its
                 on-disk cache is reused across processes, returns :class:`IntegrateResult`.
 Stepper         the same integration in pieces of bounded work (Ctrl-C between pieces).
+_error_norm     the kernel's error norm: one pass, no writes, its sum in vector lanes.
 _control        the step-size controller (and ``_start_step``, ``_start_step_final``,
                 ``_step_too_small``): scalar rules in ``@njit`` functions that the kernel
                 and its numpy twin both call, so the two implementations share one copy.
@@ -42,8 +43,17 @@ Algorithm (both implementations)
 
 Time variable. With ``log_time=False`` the independent variable is ``x = t``; with
 ``log_time=True`` it is ``x = s = log1p(t)`` and every stage derivative is multiplied by
-``exp(x_stage) = 1 + t_stage``. ``h0`` is given in units of ``x``. The state is at ``x = 0``
-(``t = 0``); ``t_eval`` is mapped to ``x_eval = log1p(t_eval)`` in log-time mode.
+``exp(x_stage) = 1 + t_stage``. Both implementations keep the stages unscaled (``k_j =
+rhs(y_j)``, FSAL included) and fold the factor into the stage's scalar weights: a stage
+argument is ``y + h * sum_j (a_ij * g_j) k_j`` with ``g_j = exp(x_j)``, likewise the new
+state and the error estimate (in plain time ``g_j = 1`` and the weights are the tableau's own,
+exactly). ``h0`` is given in units of ``x``. The state is at ``x = 0`` (``t = 0``); ``t_eval``
+is mapped to ``x_eval = log1p(t_eval)`` in log-time mode.
+
+Rounding. The kernel lets LLVM fuse multiply-adds in its stage sums and sums the error
+norm's terms in vector lanes; the numpy twin rounds every operation and sums pairwise
+(``np.sum``). The two agree to rounding (tests/test_integrate.py compares them), not to the
+last bit.
 
 Caching finding (numba 0.68.1)
 ------------------------------
@@ -290,25 +300,27 @@ def _dopri5_advance(rhs, y, k1, data, x_eval, Y, j, x, h, rtol, atol, log_time, 
     Returns ``(x, h, j, nfev, nsteps, status, rejected, nonfinite)``; ``status`` 0: every
     row of ``x_eval`` reached, 1: ``budget`` used, 2: non-finite, 3: step underflow.
 
-    Each loop over the state writes one array: LLVM vectorizes a loop only when it can
-    rule out overlap between the arrays it writes and the others it touches, by run-time
-    checks whose number it caps (8 pairs); a loop writing two arrays among seven read
-    ones needs more and stays scalar. So the log-time factor ``g`` of a stage is applied
-    by a pass of its own (:func:`_scale`, skipped in plain time, where it is 1), and the
-    new state ``yn`` and the error weights' sum over stages 1-6 (into ``ys``, free by
-    then: the same sum, in the same order, as one expression over all seven stages) are
-    formed in two loops. The error norm and the finiteness checks share one loop.
-    Finiteness: a non-finite ``k1, k3 .. k7`` makes the error estimate ``e`` (each has a
-    nonzero weight in it) and so ``err`` non-finite; ``k2`` (weight 0 in ``e``) and
-    ``yn`` (which enters only through ``max``) are checked themselves.
+    Per step: six passes that form the stage arguments (the last one is the new state
+    ``yn``, stage 7's argument) and one pass for the error norm (:func:`_error_norm`),
+    40 reads and writes of state-sized arrays in plain and log time alike. The log-time
+    factors ``g_j = exp(x_j)`` are folded into the scalar weights (module docstring), so
+    the stages are never rescaled. Each pass writes at most one array: LLVM vectorizes a
+    loop only when run-time checks rule out overlap between the arrays it writes and the
+    others it touches (numba cannot declare arrays distinct), and it caps their number;
+    the error-norm pass writes none. Finiteness: a non-finite ``k1, k3 .. k7`` makes the
+    error estimate ``e`` (each has a nonzero weight in it) and so ``err`` non-finite;
+    ``k2`` (weight 0 in ``yn`` and ``e``) is checked in the pass that forms stage 3's
+    argument, which reads it anyway, and ``yn`` (which enters ``err`` only through
+    ``max``) in the error-norm pass.
 
     Compiled with numba's ``error_model="numpy"``: a division by zero gives inf/NaN instead
-    of raising, so the error norm's divisions carry no zero test and its loop vectorizes
-    (its squared terms go to a buffer, summed in index order afterwards: the same bits as a
-    running sum). The norm's divisor ``atol + rtol * max(|y_i|, |yn_i|)`` is ``>= atol > 0``
+    of raising, so the error norm's divisions carry no zero test and its loop vectorizes.
+    The norm's divisor ``atol + rtol * max(|y_i|, |yn_i|)`` is ``>= atol > 0``
     (:func:`integrate` checks ``atol > 0``); were it 0 (``atol = 0`` passed to the kernel
     directly), ``0/0`` is NaN, the norm non-finite, and the step rejected like any
-    non-finite step (status 2 if it persists). ``acc / n`` has ``n >= 1``.
+    non-finite step (status 2 if it persists). And with ``fastmath={"contract"}`` (fused
+    multiply-adds, one rounding where the twin has two; no other fast-math licence, so
+    ``isfinite`` and NaN propagation behave as written).
     """
     n = y.shape[0]
     m = x_eval.shape[0]
