@@ -15,7 +15,6 @@ dopri5_numpy    its plain-numpy twin: same algorithm, same floating-point formul
 integrate       the Python entry point: validates input, calls the kernel so that its
                 on-disk cache is reused across processes, returns :class:`IntegrateResult`.
 Stepper         the same integration in pieces of bounded work (Ctrl-C between pieces).
-_error_norm     the kernel's error norm: one pass, no writes, its sum in vector lanes.
 _control        the step-size controller (and ``_start_step``, ``_start_step_final``,
                 ``_step_too_small``): scalar rules in ``@njit`` functions that the kernel
                 and its numpy twin both call, so the two implementations share one copy.
@@ -51,7 +50,7 @@ exactly). ``h0`` is given in units of ``x``. The state is at ``x = 0`` (``t = 0`
 is mapped to ``x_eval = log1p(t_eval)`` in log-time mode.
 
 Rounding. The kernel lets LLVM fuse multiply-adds in its stage sums and sums the error
-norm's terms in vector lanes; the numpy twin rounds every operation and sums pairwise
+norm's terms in vector lanes (``_lane_sum``); the numpy twin rounds every operation and sums pairwise
 (``np.sum``). The two agree to rounding (tests/test_integrate.py compares them), not to the
 last bit.
 
@@ -259,32 +258,15 @@ def _dopri5_begin(rhs, y, data, x_end, rtol, atol, log_time, h0, k1):
     return _start_step_final(ha, d1, d2), nfev, 0
 
 
-@numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
-def _error_term(i, hs, w, y, yn, k1, k3, k4, k5, k6, k7, atol, rtol):
-    """Element ``i``'s squared scaled error ``(e_i / sc_i)^2``, ``e = hs * sum_j w_j k_j`` over
-    stages 1, 3-7 (``w``: the error weights times the stages' log-time factors)."""
-    w1, w3, w4, w5, w6, w7 = w
-    e = hs * (w1 * k1[i] + w3 * k3[i] + w4 * k4[i] + w5 * k5[i] + w6 * k6[i] + w7 * k7[i])
-    sc = atol + rtol * max(abs(y[i]), abs(yn[i]))
-    return (e / sc) ** 2              # sc >= atol > 0 (NaN if yn_i is)
-
-
-@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc"})
-def _error_norm(hs, w, y, yn, k1, k3, k4, k5, k6, k7, atol, rtol):
-    """The error norm ``sqrt(mean((e_i / sc_i)^2))`` of a trial step and whether ``yn`` is finite.
-
-    One pass that reads eight arrays and writes none (so LLVM needs no overlap checks to
-    vectorize it). ``fastmath={"reassoc"}`` lets LLVM split the sum into vector lanes
-    (fixed for a compiled kernel, so the result is deterministic); it applies to this
-    function's additions only: :func:`_error_term`'s arithmetic, inlined here, keeps its own
-    flags. The numpy twin sums pairwise (``np.sum``): the two norms agree to rounding.
-    """
+@numba.njit(cache=True, fastmath={"reassoc"})
+def _lane_sum(a):
+    """``sum(a)`` in vector lanes: ``reassoc`` lets LLVM keep several partial sums (their
+    number is fixed in the compiled code, so the result is deterministic). The flag covers
+    this function's additions only, not the kernel that calls it."""
     acc = 0.0
-    finite = True
-    for i in range(y.shape[0]):
-        acc += _error_term(i, hs, w, y, yn, k1, k3, k4, k5, k6, k7, atol, rtol)
-        finite &= math.isfinite(yn[i])
-    return math.sqrt(acc / y.shape[0]), finite
+    for i in range(a.shape[0]):
+        acc += a[i]
+    return acc
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
@@ -301,13 +283,14 @@ def _dopri5_advance(rhs, y, k1, data, x_eval, Y, j, x, h, rtol, atol, log_time, 
     row of ``x_eval`` reached, 1: ``budget`` used, 2: non-finite, 3: step underflow.
 
     Per step: six passes that form the stage arguments (the last one is the new state
-    ``yn``, stage 7's argument) and one pass for the error norm (:func:`_error_norm`),
-    40 reads and writes of state-sized arrays in plain and log time alike. The log-time
-    factors ``g_j = exp(x_j)`` are folded into the scalar weights (module docstring), so
-    the stages are never rescaled. Each pass writes at most one array: LLVM vectorizes a
-    loop only when run-time checks rule out overlap between the arrays it writes and the
-    others it touches (numba cannot declare arrays distinct), and it caps their number;
-    the error-norm pass writes none. Finiteness: a non-finite ``k1, k3 .. k7`` makes the
+    ``yn``, stage 7's argument), one pass for the error norm's squared terms (into ``ys``,
+    free by then) and their sum (:func:`_lane_sum`): 42 reads and writes of state-sized
+    arrays, in plain and log time alike. The log-time factors ``g_j = exp(x_j)`` are folded
+    into the scalar weights (module docstring), so the stages are never rescaled. Each pass
+    writes one array: LLVM vectorizes a loop only when run-time checks rule out overlap
+    between the arrays it writes and the others it touches (numba cannot declare arrays
+    distinct), and it caps their number; every pass here, the error norm's (one array
+    written, eight read) included, compiles to packed (ymm) arithmetic. Finiteness: a non-finite ``k1, k3 .. k7`` makes the
     error estimate ``e`` (each has a nonzero weight in it) and so ``err`` non-finite;
     ``k2`` (weight 0 in ``yn`` and ``e``) is checked in the pass that forms stage 3's
     argument, which reads it anyway, and ``yn`` (which enters ``err`` only through
@@ -390,8 +373,12 @@ def _dopri5_advance(rhs, y, k1, data, x_eval, Y, j, x, h, rtol, atol, log_time, 
         nfev += 6
         nsteps += 1
 
-        err, yn_finite = _error_norm(hs, (e1, e3, e4, e5, e6, e7), y, yn, k1, k3, k4, k5, k6, k7, atol, rtol)
-        checked &= yn_finite
+        for i in range(n):
+            e = hs * (e1 * k1[i] + e3 * k3[i] + e4 * k4[i] + e5 * k5[i] + e6 * k6[i] + e7 * k7[i])
+            sc = atol + rtol * max(abs(y[i]), abs(yn[i]))
+            ys[i] = (e / sc) ** 2             # sc >= atol > 0 (NaN if yn is: caught below)
+            checked &= math.isfinite(yn[i])
+        err = math.sqrt(_lane_sum(ys) / n)
         accepted, h, nonfinite = _control(err, checked and math.isfinite(err), hs, h, clipped, rejected)
         rejected = not accepted
         if accepted:
