@@ -239,6 +239,34 @@ def test_max_steps_status():
     assert res.nfev <= 2 + 6 * 3
 
 
+@numba.njit(cache=True)
+def still_but_nan_at_call(y, data, out):
+    """y' = 0, except NaN on right-hand-side call number data[1] (data[0][0] counts the calls)."""
+    calls = data[0]
+    calls[0] += 1
+    v = np.nan if calls[0] == data[1] else 0.0
+    for i in range(y.shape[0]):
+        out[i] = v
+
+
+@pytest.mark.parametrize("log_time", [False, True])
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("bad_call", [2, 3, 7])   # stage k2 (weight 0 in y_new and the error), k3, k7
+def test_trial_step_with_a_nonfinite_stage_is_rejected(bad_call, backend, log_time):
+    """A NaN stage makes the trial step fail, even k2, which enters neither the new state nor the error
+    estimate (the kernel checks it where it forms stage 3's argument). The right-hand side ignores y, so
+    the later stages stay finite (zero error otherwise): only the finiteness rule can reject the step.
+    Call 1 is k1 at t = 0, calls 2-7 the first trial step's stages k2..k7 (h0 given: no starting-step calls)."""
+    h0 = math.log1p(1.0) if log_time else 1.0          # one step to t = 1 when nothing goes wrong
+    clean = integrate(still_but_nan_at_call, [0.0], (np.zeros(1, np.int64), 0), [0.0, 1.0], h0=h0,
+                      log_time=log_time, backend=backend)
+    hit = integrate(still_but_nan_at_call, [0.0], (np.zeros(1, np.int64), bad_call), [0.0, 1.0], h0=h0,
+                    log_time=log_time, backend=backend)
+    assert clean.success and clean.nfev == 7
+    assert hit.success and hit.nfev > 7 + 6      # the first trial step was rejected and retried smaller
+    assert hit.y[1, 0] == 0.0 and clean.y[1, 0] == 0.0
+
+
 def test_nonfinite_derivative_at_start_is_status_2():
     res = integrate(logistic, [1.0], (np.inf,), np.array([0.0, 1.0]))
     # 1 * (1 - 1) * inf = nan at y0: the derivative is not finite
