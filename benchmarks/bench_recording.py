@@ -21,7 +21,11 @@ repeated, whole ``ufm.simulate`` calls of ``steps`` GD steps that record:
   result is made, this is what the hash adds for a user who saves or reads it; on a revision
   that hashed at construction the two cases do the same work;
 
-and the bare kernel (``ufm._kernels.ufm_gd``, ``steps`` steps in one call, no recording). Calls
+the bare kernel (``ufm._kernels.ufm_gd``, ``steps`` steps in one call, no recording), and the
+Gram products alone (``gram``: one K x K Gram ``_gram_rows`` per record, into fresh records as
+the kernel writes them; the ``floor`` column adds one and three of them to ``2 records``: what
+recording one or three Grams at every step cannot cost less than, when the step does not compute
+them). Calls
 draw their start from ``seed=0`` (a start passed as ``W0``/``H0`` is also checked for
 stationarity, one gradient in NumPy, which would add to every case alike). The
 report gives the median time per step and each case's ratio to ``2 records`` of the same round
@@ -87,6 +91,11 @@ def measure(sizes, huge):
 
     cases = list(CASES)
 
+    @numba.njit
+    def grams_into(X, rec):      # a compiled loop, as in the kernel (no Python call per Gram)
+        for r in range(rec.shape[0]):
+            k._gram_rows(X, rec[r])
+
     threadpool_limits(1)
     numba.set_num_threads(1)
     out = {"load_start": load(), "cpu": cpu_model(), "sizes": {}}
@@ -108,15 +117,22 @@ def measure(sizes, huge):
             Ws, Hs, bs = W0[None].copy(), H0[None].copy(), np.zeros((1, K))
             k.ufm_gd(Ws, Hs, bs, np.ascontiguousarray(p.Y), np.zeros((1, 1)), LAM, LAM, 0.0, 0.0, 0, False, LR, steps)
 
+        X = np.ascontiguousarray(W0)
+
+        def gram_products():      # the floor: one K x K Gram per record, into fresh records, nothing else
+            grams_into(X, np.empty((steps + 1, K, K)))
+
         for case in cases:                      # compile / load, and check the recorded values once
             t = call(case)
             assert t.success, t.message
         kernel()
-        times = {c: [] for c in [*cases, "kernel"]}
+        gram_products()
+        extra = {"kernel": kernel, "gram": gram_products}
+        times = {c: [] for c in [*cases, *extra]}
         for _ in range(rounds):
-            for case in [*cases, "kernel"]:
+            for case in times:
                 t0 = time.perf_counter()
-                call(case) if case != "kernel" else kernel()
+                call(case) if case not in extra else extra[case]()
                 times[case].append((time.perf_counter() - t0) / steps)
         ratios = {c: statistics.median(a / b for a, b in zip(times[c], times["2 records"])) for c in times}
         out["sizes"][name] = {"K": K, "d": d, "steps": steps, "rounds": rounds,
@@ -189,7 +205,7 @@ def table(res, title):
              "the end; one thread (numba and BLAS); median per step over interleaved rounds, ratio to "
              "`2 records` within each round (median).", "",
              "| size (K = N, d, steps) | 2 records | loss, every step | loss + gram_means | loss + 3 Grams | "
-             "loss + 3 Grams, hash read | bare kernel |", "|---|---|---|---|---|---|---|"]
+             "loss + 3 Grams, hash read | bare kernel | floor: 1 Gram / 3 Grams |", "|---|---|---|---|---|---|---|---|"]
     for name, r in res["sizes"].items():
         ps, ra = r["per_step"], r["ratio"]
 
@@ -197,13 +213,22 @@ def table(res, title):
             return f"{fmt(ps[c])} ({ra[c]:.2f}x)" if c in ps else "-"
         lines.append(f"| {name} ({r['K']}, {r['d']}, {r['steps']}) | {fmt(ps['2 records'])} | "
                      f"{cell('loss, every step')} | {cell('loss + gram_means')} | {cell('loss + 3 Grams')} | "
-                     f"{cell('loss + 3 Grams, hash read')} | {cell('kernel')} |")
+                     f"{cell('loss + 3 Grams, hash read')} | {cell('kernel')} | {floor(r)} |")
     if "huge" in res:
         h = res["huge"]
         lines += ["", f"K = N = {h['K']}, d = {h['d']}, 2 GD steps recording the loss: 2 records "
                   f"{h['seconds']['2 records']:.1f} s, 3 records {h['seconds']['3 records']:.1f} s "
                   f"({h['ratio']:.2f}x)."]
     return "\n".join(lines)
+
+
+def floor(r):
+    """What recording one and three Grams at every step cannot cost less than: ``2 records`` plus that many
+    K x K Gram products alone (the ``gram`` case: ``_gram_rows``, one per record, into fresh records)."""
+    if "gram" not in r["ratio"]:
+        return "-"
+    g = r["ratio"]["gram"]
+    return f"{1 + g:.2f}x / {1 + 3 * g:.2f}x"
 
 
 def fmt(s):
