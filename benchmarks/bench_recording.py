@@ -36,7 +36,8 @@ against 2 records of the loss (steps 0 and 2), one round each (a step takes seco
 
 ``--grams`` times only one Gram product (the K x K Gram of the sizes above, tiny aside): the full
 product ``np.dot(X, X.T)`` as the kernels took it before, ``_gram_rows`` (BLAS ``dsyrk``), and
-SHA-256 of the result, interleaved in this process.
+SHA-256 of the result, interleaved in this process; then the same Gram written into fresh memory
+against memory written before (what the first touch of record pages costs on this machine).
 
 ``--before REV`` exports the revision with ``git archive`` and runs the same cases on it in a
 subprocess, after this tree's, so the two tables come from one run. The report states the CPU
@@ -159,8 +160,13 @@ def grams():
     """One K x K Gram ``X X^T`` (X: K x d, the sizes above but tiny) three ways, interleaved in one process: the full
     product ``np.dot(X, X.T)`` copied into the record (how ``ufm._kernels._gram_rows`` did it before ``dsyrk``), the
     kernels' ``_gram_rows`` (BLAS ``dsyrk``, one triangle, mirrored), and SHA-256 of the K x K result (what the content
-    hash of ``ufm.results`` spends on each recorded Gram). CPU seconds, median of 7 rounds."""
+    hash of ``ufm.results`` spends on each recorded Gram). CPU seconds, median of 7 rounds.
+
+    Then what fresh memory costs: 16 Grams by ``_gram_rows`` into a newly allocated (16, K, K) record array, as a
+    simulation recording a Gram at every step writes them, against the same into an array written before; minimum and
+    maximum over 7 rounds, and the page faults of the fresh case (``ru_minflt``)."""
     import hashlib
+    import resource
 
     import numba
     import numpy as np
@@ -174,10 +180,18 @@ def grams():
             for j in range(X.shape[0]):
                 out[i, j] = t[i, j]
 
+    @numba.njit
+    def grams_into(X, rec):
+        for r in range(rec.shape[0]):
+            k._gram_rows(X, rec[r])
+
     lines = [f"Gram products: CPU {cpu_model()}, load average {load()} at the start; CPU time per Gram, median of "
              "7 interleaved rounds.", "",
              "| K, d | np.dot(X, X.T) | _gram_rows (dsyrk) | np.dot / dsyrk | SHA-256 of the K x K Gram |",
              "|---|---|---|---|---|"]
+    memory = ["", "The same `_gram_rows`, 16 Grams into records: CPU time per Gram, min-max over 7 rounds.", "",
+              "| K, d | into records written before | into fresh records | page faults per fresh array (MB) |",
+              "|---|---|---|---|"]
     for name in ("small", "medium", "k1024", "large"):
         n, d = SIZES[name][:2]
         X = np.random.default_rng(0).standard_normal((n, d))
@@ -196,6 +210,21 @@ def grams():
         ratio = statistics.median(a / b for a, b in zip(t["full"], t["syrk"]))
         lines.append(f"| {n}, {d} | {fmt(statistics.median(t['full']))} | {fmt(statistics.median(t['syrk']))} | "
                      f"{ratio:.2f}x | {fmt(statistics.median(t['hash']))} |")
+        used = np.empty((16, n, n))
+        grams_into(X, used)
+        m = {"used": [], "fresh": [], "faults": []}
+        for _ in range(7):
+            c0 = time.process_time()
+            grams_into(X, used)
+            m["used"].append((time.process_time() - c0) / 16)
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            c0 = time.process_time()
+            grams_into(X, np.empty((16, n, n)))
+            m["fresh"].append((time.process_time() - c0) / 16)
+            m["faults"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        memory.append(f"| {n}, {d} | {fmt(min(m['used']))} - {fmt(max(m['used']))} | {fmt(min(m['fresh']))} - "
+                      f"{fmt(max(m['fresh']))} | {statistics.median(m['faults']):.0f} ({16 * n * n * 8 / 2**20:.0f}) |")
+    lines += memory
     lines.append(f"\nLoad average {load()} at the end.")
     return "\n".join(lines)
 
