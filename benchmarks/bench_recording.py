@@ -16,12 +16,16 @@ repeated, whole ``ufm.simulate`` calls of ``steps`` GD steps that record:
 * ``loss, every step``: the loss at every step (``record_steps = 0..steps``);
 * ``loss + gram_means``: the loss and the K x K Gram of the class means at every step;
 * ``loss + 3 Grams``: the loss, ``gram_means``, ``gram_W`` and ``gram_H`` at every step;
-* ``loss + 3 Grams, unhashed``: the same with the recorded arrays left out of the result's
-  SHA-256 content hash (``ufm.results._hash_array`` replaced by a no-op for the call, so
-  ``meta["content_hash"]`` is wrong there): the difference to ``loss + 3 Grams`` is what the
-  hashing costs;
+* ``loss + 3 Grams, hash read``: the same, then ``meta["content_hash"]`` read (SHA-256 over
+  every record, as ``save`` does). Since the hash is computed when first read, not when the
+  result is made, this is what the hash adds for a user who saves or reads it; on a revision
+  that hashed at construction the two cases do the same work;
 
-and the bare kernel (``ufm._kernels.ufm_gd``, ``steps`` steps in one call, no recording). Calls
+the bare kernel (``ufm._kernels.ufm_gd``, ``steps`` steps in one call, no recording), and the
+Gram products alone (``gram``: one K x K Gram ``_gram_rows`` per record, into fresh records as
+the kernel writes them; the ``floor`` column adds one and three of them to ``2 records``: what
+recording one or three Grams at every step cannot cost less than, when the step does not compute
+them). Calls
 draw their start from ``seed=0`` (a start passed as ``W0``/``H0`` is also checked for
 stationarity, one gradient in NumPy, which would add to every case alike). The
 report gives the median time per step and each case's ratio to ``2 records`` of the same round
@@ -32,7 +36,8 @@ against 2 records of the loss (steps 0 and 2), one round each (a step takes seco
 
 ``--grams`` times only one Gram product (the K x K Gram of the sizes above, tiny aside): the full
 product ``np.dot(X, X.T)`` as the kernels took it before, ``_gram_rows`` (BLAS ``dsyrk``), and
-SHA-256 of the result, interleaved in this process.
+SHA-256 of the result, interleaved in this process; then the same Gram written into fresh memory
+against memory written before (what the first touch of record pages costs on this machine).
 
 ``--before REV`` exports the revision with ``git archive`` and runs the same cases on it in a
 subprocess, after this tree's, so the two tables come from one run. The report states the CPU
@@ -71,17 +76,9 @@ CASES = {
     "loss, every step": ("objective",),
     "loss + gram_means": ("objective", "gram_means"),
     "loss + 3 Grams": ("objective", "gram_means", "gram_W", "gram_H"),
-    "loss + 3 Grams, unhashed": ("objective", "gram_means", "gram_W", "gram_H"),
+    "loss + 3 Grams, hash read": ("objective", "gram_means", "gram_W", "gram_H"),
 }
 LAM, LR = 5e-3, 0.5
-
-
-def _skip(h, arr):
-    """Stands in for ``ufm.results._hash_array`` in the ``unhashed`` case: hashes nothing."""
-
-
-
-
 
 
 def measure(sizes, huge):
@@ -92,9 +89,13 @@ def measure(sizes, huge):
 
     import ufm
     from ufm import _kernels as k
-    from ufm import results
 
-    cases = [c for c in CASES if hasattr(results, "_hash_array") or not c.endswith("unhashed")]
+    cases = list(CASES)
+
+    @numba.njit
+    def grams_into(X, rec):      # a compiled loop, as in the kernel (no Python call per Gram)
+        for r in range(rec.shape[0]):
+            k._gram_rows(X, rec[r])
 
     threadpool_limits(1)
     numba.set_num_threads(1)
@@ -108,28 +109,31 @@ def measure(sizes, huge):
 
         def call(case):
             rs = [0, steps] if case == "2 records" else every
-            if not case.endswith("unhashed"):
-                return ufm.simulate(p, steps=steps, lr=LR, record=CASES[case], record_steps=rs, seed=0)
-            hash_array = results._hash_array      # the arrays' bytes are not fed to SHA-256
-            results._hash_array = _skip
-            try:
-                return ufm.simulate(p, steps=steps, lr=LR, record=CASES[case], record_steps=rs, seed=0)
-            finally:
-                results._hash_array = hash_array
+            t = ufm.simulate(p, steps=steps, lr=LR, record=CASES[case], record_steps=rs, seed=0)
+            if case.endswith("hash read"):
+                assert len(t.meta["content_hash"]) == 64
+            return t
 
         def kernel():
             Ws, Hs, bs = W0[None].copy(), H0[None].copy(), np.zeros((1, K))
             k.ufm_gd(Ws, Hs, bs, np.ascontiguousarray(p.Y), np.zeros((1, 1)), LAM, LAM, 0.0, 0.0, 0, False, LR, steps)
 
+        X = np.ascontiguousarray(W0)
+
+        def gram_products():      # the floor: one K x K Gram per record, into fresh records, nothing else
+            grams_into(X, np.empty((steps + 1, K, K)))
+
         for case in cases:                      # compile / load, and check the recorded values once
             t = call(case)
             assert t.success, t.message
         kernel()
-        times = {c: [] for c in [*cases, "kernel"]}
+        gram_products()
+        extra = {"kernel": kernel, "gram": gram_products}
+        times = {c: [] for c in [*cases, *extra]}
         for _ in range(rounds):
-            for case in [*cases, "kernel"]:
+            for case in times:
                 t0 = time.perf_counter()
-                call(case) if case != "kernel" else kernel()
+                call(case) if case not in extra else extra[case]()
                 times[case].append((time.perf_counter() - t0) / steps)
         ratios = {c: statistics.median(a / b for a, b in zip(times[c], times["2 records"])) for c in times}
         out["sizes"][name] = {"K": K, "d": d, "steps": steps, "rounds": rounds,
@@ -156,8 +160,13 @@ def grams():
     """One K x K Gram ``X X^T`` (X: K x d, the sizes above but tiny) three ways, interleaved in one process: the full
     product ``np.dot(X, X.T)`` copied into the record (how ``ufm._kernels._gram_rows`` did it before ``dsyrk``), the
     kernels' ``_gram_rows`` (BLAS ``dsyrk``, one triangle, mirrored), and SHA-256 of the K x K result (what the content
-    hash of ``ufm.results`` spends on each recorded Gram). CPU seconds, median of 7 rounds."""
+    hash of ``ufm.results`` spends on each recorded Gram). CPU seconds, median of 7 rounds.
+
+    Then what fresh memory costs: 16 Grams by ``_gram_rows`` into a newly allocated (16, K, K) record array, as a
+    simulation recording a Gram at every step writes them, against the same into an array written before; minimum and
+    maximum over 7 rounds, and the page faults of the fresh case (``ru_minflt``)."""
     import hashlib
+    import resource
 
     import numba
     import numpy as np
@@ -171,10 +180,18 @@ def grams():
             for j in range(X.shape[0]):
                 out[i, j] = t[i, j]
 
+    @numba.njit
+    def grams_into(X, rec):
+        for r in range(rec.shape[0]):
+            k._gram_rows(X, rec[r])
+
     lines = [f"Gram products: CPU {cpu_model()}, load average {load()} at the start; CPU time per Gram, median of "
              "7 interleaved rounds.", "",
              "| K, d | np.dot(X, X.T) | _gram_rows (dsyrk) | np.dot / dsyrk | SHA-256 of the K x K Gram |",
              "|---|---|---|---|---|"]
+    memory = ["", "The same `_gram_rows`, 16 Grams into records: CPU time per Gram, min-max over 7 rounds.", "",
+              "| K, d | into records written before | into fresh records | page faults per fresh array (MB) |",
+              "|---|---|---|---|"]
     for name in ("small", "medium", "k1024", "large"):
         n, d = SIZES[name][:2]
         X = np.random.default_rng(0).standard_normal((n, d))
@@ -193,6 +210,21 @@ def grams():
         ratio = statistics.median(a / b for a, b in zip(t["full"], t["syrk"]))
         lines.append(f"| {n}, {d} | {fmt(statistics.median(t['full']))} | {fmt(statistics.median(t['syrk']))} | "
                      f"{ratio:.2f}x | {fmt(statistics.median(t['hash']))} |")
+        used = np.empty((16, n, n))
+        grams_into(X, used)
+        m = {"used": [], "fresh": [], "faults": []}
+        for _ in range(7):
+            c0 = time.process_time()
+            grams_into(X, used)
+            m["used"].append((time.process_time() - c0) / 16)
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            c0 = time.process_time()
+            grams_into(X, np.empty((16, n, n)))
+            m["fresh"].append((time.process_time() - c0) / 16)
+            m["faults"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        memory.append(f"| {n}, {d} | {fmt(min(m['used']))} - {fmt(max(m['used']))} | {fmt(min(m['fresh']))} - "
+                      f"{fmt(max(m['fresh']))} | {statistics.median(m['faults']):.0f} ({16 * n * n * 8 / 2**20:.0f}) |")
+    lines += memory
     lines.append(f"\nLoad average {load()} at the end.")
     return "\n".join(lines)
 
@@ -202,7 +234,7 @@ def table(res, title):
              "the end; one thread (numba and BLAS); median per step over interleaved rounds, ratio to "
              "`2 records` within each round (median).", "",
              "| size (K = N, d, steps) | 2 records | loss, every step | loss + gram_means | loss + 3 Grams | "
-             "loss + 3 Grams, unhashed | bare kernel |", "|---|---|---|---|---|---|---|"]
+             "loss + 3 Grams, hash read | bare kernel | floor: 1 Gram / 3 Grams |", "|---|---|---|---|---|---|---|---|"]
     for name, r in res["sizes"].items():
         ps, ra = r["per_step"], r["ratio"]
 
@@ -210,13 +242,22 @@ def table(res, title):
             return f"{fmt(ps[c])} ({ra[c]:.2f}x)" if c in ps else "-"
         lines.append(f"| {name} ({r['K']}, {r['d']}, {r['steps']}) | {fmt(ps['2 records'])} | "
                      f"{cell('loss, every step')} | {cell('loss + gram_means')} | {cell('loss + 3 Grams')} | "
-                     f"{cell('loss + 3 Grams, unhashed')} | {cell('kernel')} |")
+                     f"{cell('loss + 3 Grams, hash read')} | {cell('kernel')} | {floor(r)} |")
     if "huge" in res:
         h = res["huge"]
         lines += ["", f"K = N = {h['K']}, d = {h['d']}, 2 GD steps recording the loss: 2 records "
                   f"{h['seconds']['2 records']:.1f} s, 3 records {h['seconds']['3 records']:.1f} s "
                   f"({h['ratio']:.2f}x)."]
     return "\n".join(lines)
+
+
+def floor(r):
+    """What recording one and three Grams at every step cannot cost less than: ``2 records`` plus that many
+    K x K Gram products alone (the ``gram`` case: ``_gram_rows``, one per record, into fresh records)."""
+    if "gram" not in r["ratio"]:
+        return "-"
+    g = r["ratio"]["gram"]
+    return f"{1 + g:.2f}x / {1 + 3 * g:.2f}x"
 
 
 def fmt(s):

@@ -3,8 +3,10 @@
 Each result is a frozen dataclass whose array fields are read-only and whose
 scalar fields and ``meta`` are JSON-friendly, so ``save`` writes one ``.npz``
 file (``allow_pickle=False``) and ``load`` gives back an equal object.
-``meta`` carries the parameters, the solver and the package versions;
-``meta["content_hash"]`` is a SHA-256 over the arrays and the other fields.
+``meta`` carries the parameters, the solver and the package versions; it is read-only
+like the rest (``result.replace(meta=...)`` makes a changed copy).
+``meta["content_hash"]`` is a SHA-256 over the arrays and the other fields, computed
+when first read (saving reads it), not when the result is made.
 
 Every result answers the same three questions, with the names of
 ``scipy.optimize.OptimizeResult``: ``success`` (bool), ``status`` (a
@@ -232,6 +234,135 @@ def _hash_array(h, arr) -> None:
         _hash_array(h, sub)
 
 
+_HASH_KEY = "content_hash"
+
+
+def _pending_hash(feed, described: bytes):
+    """The content hash, to be computed later: SHA-256 over the arrays (``feed(h)``), then ``described``
+    (the scalar fields and ``meta`` as they were at construction)."""
+    def compute() -> str:
+        h = hashlib.sha256()
+        feed(h)
+        h.update(described)
+        return h.hexdigest()
+    return compute
+
+
+class _Meta(dict):
+    """The ``meta`` dict of a result, whose ``"content_hash"`` entry is computed when first read.
+
+    A simulation that records Grams at every step holds hundreds of megabytes of records, and
+    SHA-256 reads them at about 1.4 GB/s: as much time as computing a Gram. So the hash is
+    taken when something reads it (``meta["content_hash"]``, ``get``, ``in``, iterating,
+    ``items()``/``keys()``/``values()``, ``dict(meta)``, ``{**meta}``, ``json.dumps``, ``==``,
+    ``repr``, pickling, ``save``), over the arrays (read-only) and a snapshot of the scalar
+    fields and ``meta`` taken at construction: the value is the one an eager hash would have
+    given. Read-only, like the rest of a result (a change would make a saved file fail its hash
+    check on load): ``result.replace(meta={**result.meta, ...})`` makes a changed copy.
+    ``meta.copy()`` and ``dict(meta)`` are plain dicts with the hash in them; a pickled copy
+    (a result sent to another process) stays read-only, with the hash computed.
+    """
+
+    __slots__ = ("_pending",)
+
+    def __init__(self, entries=(), pending=None):
+        super().__init__(entries)
+        self._pending = pending
+
+    @staticmethod
+    def entries(meta) -> dict:
+        """The entries of ``meta`` as a plain dict, without computing a pending hash (a pending hash is left out)."""
+        if isinstance(meta, _Meta):
+            return {k: v for k, v in dict.items(meta)}
+        return dict(meta)
+
+    def _resolve(self) -> None:
+        compute = self._pending
+        if compute is not None:
+            dict.__setitem__(self, _HASH_KEY, compute())
+            self._pending = None          # after the value is in: an interrupted hash is taken again next time
+
+    def __missing__(self, key):
+        if key == _HASH_KEY and self._pending is not None:
+            self._resolve()
+            return dict.__getitem__(self, key)
+        raise KeyError(key)
+
+    def __contains__(self, key):
+        return (key == _HASH_KEY and self._pending is not None) or dict.__contains__(self, key)
+
+    def __len__(self):
+        return dict.__len__(self) + (self._pending is not None)
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("a result's meta cannot change after construction (its content_hash covers it, and a "
+                        "saved file would no longer load); make a changed copy: "
+                        "result.replace(meta={**result.meta, 'note': ...}).")
+
+    __setitem__ = __delitem__ = pop = popitem = setdefault = update = clear = __ior__ = _refuse
+
+    def get(self, key, default=None):
+        if key == _HASH_KEY:
+            self._resolve()
+        return dict.get(self, key, default)
+
+    # Every read of the whole dict takes the hash first. ``dict(meta)``, ``{**meta}`` and ``f(**meta)``
+    # go through ``keys()`` and ``meta[key]`` because ``__iter__`` is overridden; ``json.dumps``
+    # calls ``items()`` of a dict subclass.
+    def __iter__(self):
+        self._resolve()
+        return dict.__iter__(self)
+
+    def __reversed__(self):
+        self._resolve()
+        return dict.__reversed__(self)
+
+    def keys(self):
+        self._resolve()
+        return dict.keys(self)
+
+    def items(self):
+        self._resolve()
+        return dict.items(self)
+
+    def values(self):
+        self._resolve()
+        return dict.values(self)
+
+    def __repr__(self):
+        self._resolve()
+        return dict.__repr__(self)
+
+    def __or__(self, other):
+        return self.copy() | other
+
+    def __ror__(self, other):
+        return other | self.copy()
+
+    def __eq__(self, other):
+        self._resolve()
+        if isinstance(other, _Meta):
+            other._resolve()
+        return dict.__eq__(self, other)
+
+    def __ne__(self, other):
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = None
+
+    def copy(self) -> dict:
+        self._resolve()
+        return dict(dict.items(self))
+
+    def __reduce__(self):
+        return (_Meta, (self.copy(),))
+
+    @classmethod
+    def fromkeys(cls, keys, value=None):
+        return dict.fromkeys(keys, value)
+
+
 def check_save_path(path) -> str:
     """The ``.npz`` file ``save`` writes for ``path``; a ValueError (naming the path and the fix) for a folder,
     a missing parent folder or one that cannot be written, before anything is computed or written.
@@ -300,10 +431,10 @@ class _Frozen:
         for name in self._DICTS:
             frozen = {str(key): _frozen(value, np.float64) for key, value in getattr(self, name).items()}
             object.__setattr__(self, name, _FrozenDict(frozen))
-        meta = jsonable(dict(self.meta))
+        meta = jsonable(_Meta.entries(self.meta))
+        meta.pop(_HASH_KEY, None)
         meta.setdefault("versions", package_versions())
-        meta["content_hash"] = self._hash(meta)
-        object.__setattr__(self, "meta", meta)
+        object.__setattr__(self, "meta", _Meta(meta, _pending_hash(self._feed_arrays(), self._described(meta))))
 
     def _scalars(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
@@ -316,15 +447,24 @@ class _Frozen:
                 out[f"{name}/{key}"] = arr
         return out
 
-    def _hash(self, meta: dict) -> str:
-        h = hashlib.sha256()
-        for name, arr in self._all_arrays().items():
-            h.update(name.encode())
-            _hash_array(h, arr)
-        rest = {k: v for k, v in meta.items() if k not in ("content_hash", "versions")}
-        h.update(json.dumps(jsonable(self._scalars()), sort_keys=True).encode())
-        h.update(json.dumps(rest, sort_keys=True).encode())
-        return h.hexdigest()
+    def _feed_arrays(self):
+        """A function ``feed(h)`` that feeds this result's arrays, with their names, to the hash ``h``.
+
+        It holds the (read-only) arrays, not ``self``: the pending hash in ``meta`` must not keep the
+        result alive through a reference cycle (records can be gigabytes)."""
+        arrays = self._all_arrays()
+
+        def feed(h):
+            for name, arr in arrays.items():
+                h.update(name.encode())
+                _hash_array(h, arr)
+        return feed
+
+    def _described(self, meta: dict) -> bytes:
+        """The scalar fields and ``meta`` (less the hash and the versions) as the hash reads them, taken now."""
+        rest = {k: v for k, v in meta.items() if k not in (_HASH_KEY, "versions")}
+        return (json.dumps(jsonable(self._scalars()), sort_keys=True)
+                + json.dumps(rest, sort_keys=True)).encode()
 
     def replace(self, **changes):
         """A copy with some fields changed (``meta`` gets a fresh content hash)."""
@@ -969,13 +1109,9 @@ class SweepResult(Result):
             fields["status"] = "runs_failed"
         return fields
 
-    def _hash(self, meta: dict) -> str:
+    def _feed_arrays(self):
         rows, arrays = pack_records(self.records)
-        h = _hash_records(rows, arrays)
-        rest = {k: v for k, v in meta.items() if k not in ("content_hash", "versions")}
-        h.update(json.dumps(jsonable(self._scalars()), sort_keys=True).encode())
-        h.update(json.dumps(rest, sort_keys=True).encode())
-        return h.hexdigest()
+        return functools.partial(_hash_records, rows, arrays)
 
     def save(self, path: str | os.PathLike) -> str:
         """Write the sweep to ``path`` (``.npz``, no pickles).
