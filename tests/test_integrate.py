@@ -256,7 +256,8 @@ def test_trial_step_with_a_nonfinite_stage_is_rejected(bad_call, backend, log_ti
     """A NaN stage makes the trial step fail, even k2, which enters neither the new state nor the error
     estimate (the kernel checks it where it forms stage 3's argument). The right-hand side ignores y, so
     the later stages stay finite (zero error otherwise): only the finiteness rule can reject the step.
-    Call 1 is k1 at t = 0, calls 2-7 the first trial step's stages k2..k7 (h0 given: no starting-step calls)."""
+    Call 1 is k1 at t = 0, calls 2-7 the first trial step's stages k2..k7 (h0 given: no starting-step
+    calls)."""
     h0 = math.log1p(1.0) if log_time else 1.0          # one step to t = 1 when nothing goes wrong
     clean = integrate(still_but_nan_at_call, [0.0], (np.zeros(1, np.int64), 0), [0.0, 1.0], h0=h0,
                       log_time=log_time, backend=backend)

@@ -10,8 +10,9 @@ grows with ``t``: THEORY TV13 to ``t = 1e8`` takes 225 steps (1352 right-hand-si
 Contents
 --------
 dopri5          the numba kernel, ``@njit(cache=True)``, generic in ``rhs``.
-dopri5_numpy    its plain-numpy twin: same algorithm, same floating-point formulas (see Rounding),
-                vectorised; the reference and the backend under ``NUMBA_DISABLE_JIT=1``.
+dopri5_numpy    its plain-numpy twin: same algorithm, same floating-point formulas (rounded
+                apart: see Rounding), vectorised; the reference and the backend under
+                ``NUMBA_DISABLE_JIT=1``.
 integrate       the Python entry point: validates input, calls the kernel so that its
                 on-disk cache is reused across processes, returns :class:`IntegrateResult`.
 Stepper         the same integration in pieces of bounded work (Ctrl-C between pieces).
@@ -50,9 +51,9 @@ exactly). ``h0`` is given in units of ``x``. The state is at ``x = 0`` (``t = 0`
 is mapped to ``x_eval = log1p(t_eval)`` in log-time mode.
 
 Rounding. The kernel lets LLVM fuse multiply-adds in its stage sums and sums the error
-norm's terms in vector lanes (``_lane_sum``); the numpy twin rounds every operation and sums pairwise
-(``np.sum``). The two agree to rounding (tests/test_integrate.py compares them), not to the
-last bit.
+norm's terms in vector lanes (``_lane_sum``); the numpy twin rounds every operation and sums
+pairwise (``np.sum``). The two agree to rounding (tests/test_integrate.py compares them), not
+to the last bit.
 
 Caching finding (numba 0.68.1)
 ------------------------------
@@ -290,11 +291,12 @@ def _dopri5_advance(rhs, y, k1, data, x_eval, Y, j, x, h, rtol, atol, log_time, 
     writes one array: LLVM vectorizes a loop only when run-time checks rule out overlap
     between the arrays it writes and the others it touches (numba cannot declare arrays
     distinct), and it caps their number; every pass here, the error norm's (one array
-    written, eight read) included, compiles to packed (ymm) arithmetic. Finiteness: a non-finite ``k1, k3 .. k7`` makes the
-    error estimate ``e`` (each has a nonzero weight in it) and so ``err`` non-finite;
-    ``k2`` (weight 0 in ``yn`` and ``e``) is checked in the pass that forms stage 3's
-    argument, which reads it anyway, and ``yn`` (which enters ``err`` only through
-    ``max``) in the error-norm pass.
+    written, eight read) included, compiles to packed (ymm) arithmetic.
+
+    Finiteness: a non-finite ``k1, k3 .. k7`` makes the error estimate ``e`` (each has a
+    nonzero weight in it) and so ``err`` non-finite; ``k2`` (weight 0 in ``yn`` and ``e``)
+    is checked in the pass that forms stage 3's argument, which reads it anyway, and ``yn``
+    (which enters ``err`` only through ``max``) in the error-norm pass.
 
     Compiled with numba's ``error_model="numpy"``: a division by zero gives inf/NaN instead
     of raising, so the error norm's divisions carry no zero test and its loop vectorizes.
