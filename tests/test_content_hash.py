@@ -130,6 +130,23 @@ def test_meta_is_read_only_and_says_how_to_make_a_changed_copy(how):
     assert dict(tr.meta) == before
 
 
+NESTED = {
+    "dict item": lambda m: m["problem"].__setitem__("K", 5),
+    "dict update": lambda m: m["problem"].update(K=5),
+    "list append": lambda m: m["record"].append("gram_H"),
+    "list item": lambda m: m["record"].__setitem__(0, "x"),
+}
+
+
+@pytest.mark.parametrize("how", list(NESTED))
+def test_the_dicts_and_lists_inside_meta_are_read_only_too(how):
+    tr = _trajectory()
+    before = json.dumps(tr.meta, sort_keys=True)
+    with pytest.raises(TypeError, match="frozen"):
+        NESTED[how](tr.meta)
+    assert json.dumps(tr.meta, sort_keys=True) == before
+
+
 def test_a_changed_copy_has_its_own_hash_and_loads(tmp_path):
     tr = _trajectory()
     noted = tr.replace(meta={**tr.meta, "note": "seen in the lab book"})

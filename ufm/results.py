@@ -248,6 +248,15 @@ def _pending_hash(feed, described: bytes):
     return compute
 
 
+def _frozen_json(x):
+    """A JSON-friendly value whose dicts and lists refuse changes (the entries of a result's ``meta``)."""
+    if isinstance(x, dict):
+        return _FrozenDict({k: _frozen_json(v) for k, v in x.items()})
+    if isinstance(x, list):
+        return _FrozenList(_frozen_json(v) for v in x)
+    return x
+
+
 class _Meta(dict):
     """The ``meta`` dict of a result, whose ``"content_hash"`` entry is computed when first read.
 
@@ -257,8 +266,8 @@ class _Meta(dict):
     ``items()``/``keys()``/``values()``, ``dict(meta)``, ``{**meta}``, ``json.dumps``, ``==``,
     ``repr``, pickling, ``save``), over the arrays (read-only) and a snapshot of the scalar
     fields and ``meta`` taken at construction: the value is the one an eager hash would have
-    given. Read-only, like the rest of a result (a change would make a saved file fail its hash
-    check on load): ``result.replace(meta={**result.meta, ...})`` makes a changed copy.
+    given. Read-only, like the rest of a result, nested dicts and lists included (a change would
+    make a saved file fail its hash check on load): ``result.replace(meta={**result.meta, ...})`` makes a changed copy.
     ``meta.copy()`` and ``dict(meta)`` are plain dicts with the hash in them; a pickled copy
     (a result sent to another process) stays read-only, with the hash computed.
     """
@@ -434,7 +443,8 @@ class _Frozen:
         meta = jsonable(_Meta.entries(self.meta))
         meta.pop(_HASH_KEY, None)
         meta.setdefault("versions", package_versions())
-        object.__setattr__(self, "meta", _Meta(meta, _pending_hash(self._feed_arrays(), self._described(meta))))
+        pending = _pending_hash(self._feed_arrays(), self._described(meta))
+        object.__setattr__(self, "meta", _Meta(_frozen_json(meta), pending))
 
     def _scalars(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
