@@ -67,6 +67,22 @@ def test_the_lazy_hash_is_the_hash_of_the_saved_file(tmp_path):
     assert back.meta["content_hash"] == tr.meta["content_hash"]
 
 
+def test_loading_a_file_hashes_each_array_once(tmp_path, hash_calls):
+    tr = _trajectory()
+    tr.save(tmp_path / "r.npz")
+    saved = len(hash_calls)
+    back = results.load(tmp_path / "r.npz")
+    assert len(hash_calls) - saved == saved             # checked against the stored hash: one pass
+    assert back.meta["content_hash"] == tr.meta["content_hash"]
+
+
+def test_replace_does_not_hash_the_result_it_copies(hash_calls):
+    tr = _trajectory()
+    copy_ = tr.replace(status=tr.status)
+    assert hash_calls == []
+    assert copy_.meta["content_hash"] == tr.meta["content_hash"]
+
+
 def test_two_equal_runs_have_equal_hashes_and_a_different_run_does_not():
     assert _trajectory().meta["content_hash"] == _trajectory().meta["content_hash"]
     assert _trajectory(steps=31).meta["content_hash"] != _trajectory().meta["content_hash"]

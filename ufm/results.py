@@ -1087,7 +1087,7 @@ class SweepResult(Result):
         object.__setattr__(self, "records", frozen)
         object.__setattr__(self, "axes", tuple(self.axes))
         rows, arrays = pack_records(frozen)
-        meta = dict(self.meta)
+        meta = _Meta.entries(self.meta)
         meta["records_hash"] = _hash_records(rows, arrays).hexdigest()
         object.__setattr__(self, "meta", meta)
         super().__post_init__()
@@ -1120,8 +1120,11 @@ class SweepResult(Result):
         return fields
 
     def _feed_arrays(self):
-        rows, arrays = pack_records(self.records)
-        return functools.partial(_hash_records, rows, arrays)
+        records = self.records           # packed when the hash is read, not at construction
+
+        def feed(h):
+            _hash_records(*pack_records(records), h)
+        return feed
 
     def save(self, path: str | os.PathLike) -> str:
         """Write the sweep to ``path`` (``.npz``, no pickles).
@@ -1328,7 +1331,7 @@ class Run(_Frozen):
 
     def __post_init__(self):
         self._validate()
-        meta = dict(self.meta)
+        meta = _Meta.entries(self.meta)
         schema = meta.setdefault("schema", RUN_SCHEMA)
         if schema != RUN_SCHEMA:
             raise _run_error("schema", f"is {schema!r}, this ufm reads version {RUN_SCHEMA}",
@@ -1607,7 +1610,8 @@ def load(path: str | os.PathLike):
                              f"the ufm version that wrote it.")
         meta = header["meta"]
         stored = meta.get("content_hash")
-        if stored is not None and _file_hash(header, data) != stored:
+        if stored is not None and schema < _SCHEMA and _file_hash(header, data) != stored:
+            # an old file is checked on its own content: the upgraded object hashes differently
             raise ValueError(f"{path}: content hash mismatch; the file was changed or corrupted.")
         if hasattr(cls, "_fields_from_file"):     # results with their own layout (SweepResult)
             fields = cls._fields_from_file(header, data)
@@ -1618,9 +1622,9 @@ def load(path: str | os.PathLike):
                 fields[name] = {key[len(prefix):]: np.array(data[key]) for key in data.files
                                 if key.startswith(prefix)}
             fields.update(header["scalars"])
-    if schema < _SCHEMA:     # checked above on the file's own content; the upgraded object gets a new hash
-        return cls(**cls._upgrade(fields, schema), meta={k: v for k, v in meta.items() if k != "content_hash"})
-    obj = cls(**fields, meta=meta)
+    if schema < _SCHEMA:     # checked above; the upgraded object gets a new hash (the stored one is dropped)
+        return cls(**cls._upgrade(fields, schema), meta=meta)
+    obj = cls(**fields, meta=meta)      # a current file: the object's own hash is the file's
     if stored is not None and obj.meta["content_hash"] != stored:
         raise ValueError(f"{path}: content hash mismatch; the file was changed or corrupted.")
     return obj
