@@ -31,6 +31,9 @@ def _problems():
     s = ufm.factorial((2, 3))
     yield "input-coupled-ce", InputCoupledUFM.from_setting(s, sigma=0.7, d=5, lam_W=0.01, lam_A=0.02)
     yield "input-coupled-mse", InputCoupledUFM.from_setting(s, sigma=1.3, d=4, loss="mse")
+    # the feature penalty lam_H/2 ||A Phi||^2 (THEORY §8.2b), with and without a decay on A
+    yield "input-coupled-h-ce", InputCoupledUFM.from_setting(s, sigma=0.7, d=5, lam_W=0.01, lam_A=0.02, lam_H=0.05)
+    yield "input-coupled-h-mse", InputCoupledUFM.from_setting(s, sigma=1.3, d=4, loss="mse", lam_W=0.02, lam_H=0.1)
 
 
 PROBLEMS = list(_problems())
@@ -51,7 +54,8 @@ def test_gd_equals_numpy_twin(name, problem):
             assert tr.objective[i, j] == pytest.approx(losses.state_objective(problem, kept[step]), abs=1e-10)
 
 
-@pytest.mark.parametrize("name,problem", [PROBLEMS[6], PROBLEMS[8]], ids=["anchored", "input-coupled"])
+@pytest.mark.parametrize("name,problem", [PROBLEMS[6], PROBLEMS[8], PROBLEMS[10]],
+                         ids=["anchored", "input-coupled", "input-coupled-h"])
 def test_model_gradients_taylor_slope(name, problem):
     rng = np.random.default_rng(0)
     state = {k: rng.standard_normal(s) for k, s in losses.blocks(problem).items()}
@@ -218,6 +222,11 @@ m = ufm.InputCoupledUFM.from_setting(ufm.factorial((2, 2)), sigma=1.0, d=3, loss
 tr = ufm.simulate(m, steps=20, lr=0.2, init_scale=0.5, record=("W", "A"), n_records=4)
 fin, _ = losses.gd_reference(m, {k: tr.records[k][0, 0] for k in ("W", "A")}, 0.2, 20)
 assert max(np.abs(fin[k] - tr.records[k][0, -1]).max() for k in fin) < 1e-12
+m = ufm.InputCoupledUFM.from_setting(ufm.factorial((2, 2)), sigma=1.0, d=3, loss="ce", lam_W=0.05, lam_H=0.1)
+tr = ufm.simulate(m, steps=20, lr=0.2, init_scale=0.5, record=("W", "A", "objective"), n_records=4)
+fin, _ = losses.gd_reference(m, {k: tr.records[k][0, 0] for k in ("W", "A")}, 0.2, 20)
+assert max(np.abs(fin[k] - tr.records[k][0, -1]).max() for k in fin) < 1e-12
+assert abs(tr.objective[0, -1] - losses.state_objective(m, fin)) < 1e-12
 fl = ufm.simulate(p, steps=10, lr=0.2, mode="flow", init_scale=0.5, record=("objective",), n_records=3)
 assert fl.success and np.all(np.diff(fl.objective[0]) < 0)
 print("ok")

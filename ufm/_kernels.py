@@ -920,22 +920,27 @@ def ufm_flow_rhs(y, data, out):
 
 # -- input-coupled UFM ---------------------------------------------------------------
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def icm_grad(W, A, Phi, Y, lam_W, lam_A, loss_id, H, Z, G, T, dW, dA):
-    """Gradients of ``g(W A Phi) + lam_W/2||W||^2 + lam_A/2||A||^2`` into dW, dA; returns the objective.
+def icm_grad(W, A, Phi, Y, lam_W, lam_A, lam_H, loss_id, H, Z, G, T, dW, dA):
+    """Gradients of ``g(W A Phi) + lam_W/2||W||^2 + lam_H/2||A Phi||^2 + lam_A/2||A||^2`` into dW, dA;
+    returns the objective (THEORY §8.2, §8.2b).
 
-    ``T`` (d x N) is workspace for ``W^T G``. Twin: :func:`ufm.losses.input_coupled_gradients`.
+    ``T`` (d x N) is workspace for ``W^T G + lam_H H`` (``dA = T Phi^T + lam_A A``).
+    Twin: :func:`ufm.losses.input_coupled_gradients`.
     """
     _mm_nn(A, Phi, H)
     _mm_nn(W, H, Z)
     f = _logit_grad(Z, Y, loss_id, G)
     _mm_nt(G, H, dW)
     _mm_tn(W, G, T)
+    if lam_H != 0.0:
+        f += _add_decay(H, T, lam_H)
     _mm_nt(T, Phi, dA)
     return f + _add_decay(W, dW, lam_W) + _add_decay(A, dA, lam_A)
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def _icm_step(W, A, Phi, Y, lam_W, lam_A, loss_id, lr, want_f, update, H, Z, G, T, dW, dA, cmax, csum, cacc):
+def _icm_step(W, A, Phi, Y, lam_W, lam_A, lam_H, loss_id, lr, want_f, update, H, Z, G, T, dW, dA, cmax, csum,
+              cacc):
     """One GD step on (W, A) in place unless the logits are non-finite; returns ``(check, f)``
     as :func:`_ufm_step` does (``update`` False: the objective only). ``H`` is left holding
     ``A Phi`` of the state the step started from (the recorders read it)."""
@@ -949,10 +954,16 @@ def _icm_step(W, A, Phi, Y, lam_W, lam_A, loss_id, lr, want_f, update, H, Z, G, 
     f = np.nan
     if want_f:
         f = _data_loss(Z, Y, loss_id, cmax, csum) + 0.5 * lam_W * _sumsq(W) + 0.5 * lam_A * _sumsq(A)
+        if lam_H != 0.0:
+            f += 0.5 * lam_H * _sumsq(H)
     if not update:
         return check, f
     _mm_nt(G, H, dW)
     _mm_tn(W, G, T)
+    if lam_H != 0.0:                   # the feature penalty: dA = (W^T G + lam_H H) Phi^T + lam_A A
+        for i in range(T.shape[0]):
+            for j in range(T.shape[1]):
+                T[i, j] += lam_H * H[i, j]
     _mm_nt(T, Phi, dA)
     for i in range(W.shape[0]):
         for j in range(W.shape[1]):
@@ -964,8 +975,8 @@ def _icm_step(W, A, Phi, Y, lam_W, lam_A, loss_id, lr, want_f, update, H, Z, G, 
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _icm_seeds(Ws, As, Phi, Y, lam_W, lam_A, loss_id, lr, n_steps, rec, rec_off, rec_row, yidx, inv_cnt, loss_out,
-               gm_out, gw_out, gh_out, ran, lo, hi, last, redo):
+def _icm_seeds(Ws, As, Phi, Y, lam_W, lam_A, lam_H, loss_id, lr, n_steps, rec, rec_off, rec_row, yidx, inv_cnt,
+               loss_out, gm_out, gw_out, gh_out, ran, lo, hi, last, redo):
     """``n_steps`` of GD on (W, A) for seeds ``lo .. hi-1`` with one workspace (see :func:`_ufm_seeds`).
 
     The feature Grams are taken from the step's own ``H = A Phi`` (the state the step started from).
@@ -995,7 +1006,7 @@ def _icm_seeds(Ws, As, Phi, Y, lam_W, lam_A, loss_id, lr, n_steps, rec, rec_off,
             at = r < nrec and rec_off[r] == it
             if at and rec & REC_GRAM_W:
                 _gram_rows(W, gw_out[s, rec_row[r]])
-            check, f = _icm_step(W, A, Phi, Y, lam_W, lam_A, loss_id, lr,
+            check, f = _icm_step(W, A, Phi, Y, lam_W, lam_A, lam_H, loss_id, lr,
                                  (at and (rec & REC_LOSS) != 0) or it >= n_steps - 1, it < n_steps,
                                  H, Z, G, T, dW, dA, cmax, csum, cacc)
             if not np.isfinite(check):
@@ -1019,29 +1030,32 @@ def _icm_seeds(Ws, As, Phi, Y, lam_W, lam_A, loss_id, lr, n_steps, rec, rec_off,
             redo[s] = True
 
 
-def icm_gd(Ws, As, Phi, Y, lam_W, lam_A, loss_id, lr, n_steps, recording=None):
+def icm_gd(Ws, As, Phi, Y, lam_W, lam_A, lam_H, loss_id, lr, n_steps, recording=None):
     """``n_steps`` of plain GD on (W, A) for every seed, in place, recording what ``recording``
-    asks; returns what :func:`ufm_gd` does (:func:`icm_grad` for a state near overflow)."""
+    asks; returns what :func:`ufm_gd` does (:func:`icm_grad` for a state near overflow).
+    ``lam_H`` is the feature penalty ``lam_H/2 ||A Phi||^2`` (THEORY §8.2b; 0 for M2)."""
     S = Ws.shape[0]
     Phi = _writable(Phi)
     if recording is None:
         recording = Recording(S)
-    last, redo = _in_blocks(_icm_seeds, S, Ws, As, Phi, _writable(Y), lam_W, lam_A, loss_id, lr, n_steps,
-                            *recording.args())
+    last, redo = _in_blocks(_icm_seeds, S, Ws, As, Phi, _writable(Y), float(lam_W), float(lam_A), float(lam_H),
+                            loss_id, lr, n_steps, *recording.args())
     for s in np.flatnonzero(redo):
         K, d = Ws.shape[1], Ws.shape[2]
         p, N = Phi.shape
         H, T = np.empty((d, N), Ws.dtype), np.empty((d, N), Ws.dtype)
         Z, G = np.empty((K, N), Ws.dtype), np.empty((K, N), Ws.dtype)
         dW, dA = np.empty((K, d), Ws.dtype), np.empty((d, p), Ws.dtype)
-        last[s] = icm_grad(Ws[s], As[s], Phi, Y, lam_W, lam_A, loss_id, H, Z, G, T, dW, dA)
+        last[s] = icm_grad(Ws[s], As[s], Phi, Y, float(lam_W), float(lam_A), float(lam_H), loss_id, H, Z, G, T, dW,
+                           dA)
     return last
 
 
 @njit(cache=True)
 def icm_flow_rhs(y, data, out):
-    """Gradient-flow velocity ``-grad f`` of the input-coupled UFM for a flat state ``y = [W, A]``."""
-    K, d, p, Phi, Y, lam_W, lam_A, loss_id = data
+    """Gradient-flow velocity ``-grad f`` of the input-coupled UFM for a flat state ``y = [W, A]``
+    (``lam_H``: the feature penalty of THEORY §8.2b)."""
+    K, d, p, Phi, Y, lam_W, lam_A, lam_H, loss_id = data
     N = Phi.shape[1]
     W = y[:K * d].reshape((K, d))
     A = y[K * d:].reshape((d, p))
@@ -1051,7 +1065,7 @@ def icm_flow_rhs(y, data, out):
     Z = np.empty((K, N))
     G = np.empty((K, N))
     T = np.empty((d, N))
-    icm_grad(W, A, Phi, Y, lam_W, lam_A, loss_id, H, Z, G, T, dW, dA)
+    icm_grad(W, A, Phi, Y, lam_W, lam_A, lam_H, loss_id, H, Z, G, T, dW, dA)
     for i in range(out.shape[0]):
         out[i] = -out[i]
 

@@ -102,6 +102,10 @@ def _check_semantic_problem(problem) -> InputCoupledUFM:
     if problem.soft or problem.K != problem.N or not np.array_equal(problem.y, np.arange(problem.N)):
         raise ValueError("the mode theory needs distinct one-hot labels (item i has label i, Y = I_N), as built by "
                          "InputCoupledUFM.from_setting; this problem's labels differ.")
+    if problem.lam_H > 0:
+        raise ValueError(f"the theory curves of ufm.dynamics are derived for lam_H = 0 (M2, THEORY §8.2), got "
+                         f"lam_H={problem.lam_H:g}; simulate the feature penalty with ufm.simulate (its early "
+                         f"rates are in THEORY §8.2b and ufm.symbolic.feature_penalty_mode) or set lam_H=0.")
     _require_dynamics_theory(problem.loss)
     return problem
 

@@ -24,8 +24,9 @@ The regularized UFM objective uses halved weight decays (THEORY §0.1)::
     f(W, H, b) = g(W H + b 1^T) + lam_W/2 ||W||^2 + lam_H/2 ||H||^2 + lam_b/2 ||b||^2
 
 plus ``beta/2 ||H - H_anchor||^2`` for the anchored UFM (THEORY §8.1). The
-input-coupled UFM (THEORY §8.2) has its own pair :func:`input_coupled_objective`
-and :func:`input_coupled_gradients` in ``(W, A)`` with ``H = A Phi``.
+input-coupled UFM (THEORY §8.2, with the feature penalty of §8.2b) has its own pair
+:func:`input_coupled_objective` and :func:`input_coupled_gradients` in ``(W, A)`` with
+``H = A Phi``.
 
 Models as states
 ----------------
@@ -714,12 +715,14 @@ def _check_icm(problem, W, A):
 
 
 def input_coupled_objective(problem, W, A) -> float:
-    """``g(W A Phi) + lam_W/2 ||W||^2 + lam_A/2 ||A||^2`` (THEORY (8.2), halved decays).
+    """``g(W A Phi) + lam_W/2 ||W||^2 + lam_H/2 ||A Phi||^2 + lam_A/2 ||A||^2`` (THEORY (8.2), §8.2b).
+
+    Halved decays, ``g`` the mean loss over the N examples; ``lam_H = 0`` is (8.2).
 
     Parameters
     ----------
     problem : InputCoupledUFM
-        The model (``Phi``, ``lam_W``, ``lam_A``).
+        The model (``Phi``, ``lam_W``, ``lam_A``, ``lam_H``).
     W : array (K, d)
         Classifier.
     A : array (d, p)
@@ -732,20 +735,21 @@ def input_coupled_objective(problem, W, A) -> float:
     """
     W, A = np.asarray(W, float), np.asarray(A, float)
     _check_icm(problem, W, A)
-    Z = W @ (A @ problem.Phi)
-    return float(data_loss(problem, Z) + 0.5 * problem.lam_W * np.sum(W * W) + 0.5 * problem.lam_A * np.sum(A * A))
+    H = A @ problem.Phi
+    return float(data_loss(problem, W @ H) + 0.5 * problem.lam_W * np.sum(W * W) + 0.5 * problem.lam_H * np.sum(H * H)
+                 + 0.5 * problem.lam_A * np.sum(A * A))
 
 
 def input_coupled_gradients(problem, W, A):
-    """``(dW, dA) = (G H^T + lam_W W, W^T G Phi^T + lam_A A)`` with ``H = A Phi``, ``G = grad_Z g``.
+    """``(dW, dA) = (G H^T + lam_W W, (W^T G + lam_H H) Phi^T + lam_A A)``, ``H = A Phi``, ``G = grad_Z g``.
 
-    The induced feature flow is ``dH/dt = -W^T G K_x - lam_A H`` with ``K_x = Phi^T Phi``
-    (THEORY §8.2 (c)).
+    The induced feature flow is ``dH/dt = -(W^T G + lam_H H) K_x - lam_A H`` with
+    ``K_x = Phi^T Phi`` (THEORY §8.2 (c), §8.2b).
 
     Parameters
     ----------
     problem : InputCoupledUFM
-        The model (``Phi``, ``lam_W``, ``lam_A``).
+        The model (``Phi``, ``lam_W``, ``lam_A``, ``lam_H``).
     W : array (K, d)
         Classifier.
     A : array (d, p)
@@ -760,7 +764,10 @@ def input_coupled_gradients(problem, W, A):
     _check_icm(problem, W, A)
     H = A @ problem.Phi
     G = data_grad(problem, W @ H)
-    return G @ H.T + problem.lam_W * W, (W.T @ G) @ problem.Phi.T + problem.lam_A * A
+    T = W.T @ G
+    if problem.lam_H:
+        T += problem.lam_H * H
+    return G @ H.T + problem.lam_W * W, T @ problem.Phi.T + problem.lam_A * A
 
 
 # -- models as states ------------------------------------------------------------------

@@ -804,9 +804,9 @@ class AnchoredUFM(UFMProblem):
 class InputCoupledUFM:
     """Input-coupled (input-linear) UFM (M2, THEORY §8.2): features ``H = A Phi``.
 
-    Objective (halved convention)::
+    Objective (halved convention, ``g`` the mean loss over the N examples)::
 
-        g(W A Phi) + lam_W/2 ||W||_F^2 + lam_A/2 ||A||_F^2
+        g(W A Phi) + lam_W/2 ||W||_F^2 + lam_H/2 ||A Phi||_F^2 + lam_A/2 ||A||_F^2
 
     with fixed input encodings ``Phi`` (p x N), trainable ``A`` (d x p) and
     ``W`` (K x d). No bias. Gradient flow on ``(W, A)`` is the UFM flow with the
@@ -815,6 +815,12 @@ class InputCoupledUFM:
     ``Phi = [attribute one-hots; sigma I]`` (:meth:`from_setting`), ``sigma`` is
     the per-item capacity: semantic modes (large singular values of ``Phi``)
     are learned first, and a large ``sigma`` lets the end state approach the ETF.
+
+    ``lam_H`` penalizes the features themselves, as networks trained with a
+    feature decay do (M2-H, THEORY §8.2b); ``lam_H = 0`` (the default) is M2.
+    With ``lam_A = 0``, ``lam_H > 0`` and ``Phi`` of full column rank the end
+    state is the standard UFM optimum with ``lam_W``, ``lam_H`` (the simplex ETF
+    for balanced CE) whatever ``Phi`` is: the input kernel shapes only the path.
 
     Parameters
     ----------
@@ -825,7 +831,9 @@ class InputCoupledUFM:
     loss : str or Loss
         As in :class:`UFMProblem` (a name of :data:`ufm.loss_registry.LOSSES` or a loss object).
     lam_W, lam_A : float
-        Weight decays (halved).
+        Weight decays (halved) of ``W`` and ``A``.
+    lam_H : float
+        Feature penalty (halved): ``lam_H/2 ||A Phi||_F^2`` (THEORY §8.2b). Default 0.
     labels : array, optional
         ``None`` (default): one distinct class per column of ``Phi`` (K = N).
         Otherwise as in :class:`UFMProblem` (integer vector or soft K x N).
@@ -836,7 +844,7 @@ class InputCoupledUFM:
 
     References
     ----------
-    THEORY.md §8.2 (M2), §6.3; Saxe, McClelland, Ganguli 2019, arXiv 1810.10531.
+    THEORY.md §8.2 (M2), §8.2b (M2-H), §6.3; Saxe, McClelland, Ganguli 2019, arXiv 1810.10531.
     """
 
     Phi: np.ndarray | None = field(default=None, repr=False)
@@ -847,6 +855,7 @@ class InputCoupledUFM:
     labels: np.ndarray | None = field(default=None, repr=False)
     attributes: np.ndarray | None = field(default=None, repr=False)
     sigma: float | None = None
+    lam_H: float = 0.0
 
     bias = False
 
@@ -870,7 +879,7 @@ class InputCoupledUFM:
         if lab.N != N:
             raise ValueError(f"labels describe N={lab.N} examples but Phi has {N} columns; one label per column.")
         set_("label_set", lab)
-        for name in ("lam_W", "lam_A"):
+        for name in ("lam_W", "lam_A", "lam_H"):
             set_(name, _check_nonneg(name, getattr(self, name)))
         if self.attributes is not None:
             att = np.array(self.attributes)
@@ -884,7 +893,8 @@ class InputCoupledUFM:
 
     @classmethod
     def from_setting(cls, setting, sigma: float, d: int | None = None, loss: str | Loss = "ce", *,
-                     lam_W: float = 0.0, lam_A: float = 0.0, strengths=None) -> "InputCoupledUFM":
+                     lam_W: float = 0.0, lam_A: float = 0.0, strengths=None,
+                     lam_H: float = 0.0) -> "InputCoupledUFM":
         """The M2 model of a synthetic setting: ``Phi = setting.encoding(sigma)``, distinct labels.
 
         ``d`` defaults to ``N`` (enough for any optimum: rank <= min(K, N)).
@@ -901,9 +911,11 @@ class InputCoupledUFM:
         loss : str or Loss
             The loss (as in :class:`UFMProblem`).
         lam_W, lam_A : float
-            Weight decays (halved).
+            Weight decays (halved) of ``W`` and ``A``.
         strengths : float or sequence of float, optional
             Weights of the attribute blocks.
+        lam_H : float
+            Feature penalty ``lam_H/2 ||A Phi||_F^2`` (halved, THEORY §8.2b).
 
         Returns
         -------
@@ -912,7 +924,7 @@ class InputCoupledUFM:
         """
         Phi = setting.encoding(sigma, strengths=strengths)
         return cls(Phi=Phi, d=setting.N if d is None else d, loss=loss, lam_W=lam_W, lam_A=lam_A,
-                   labels=np.asarray(setting.labels), attributes=setting.attributes, sigma=sigma)
+                   labels=np.asarray(setting.labels), attributes=setting.attributes, sigma=sigma, lam_H=lam_H)
 
     # label structure: the shared Labels value
     K = property(lambda self: self.label_set.K, doc="Number of classes.")
@@ -999,8 +1011,8 @@ class InputCoupledUFM:
 
     @property
     def has_weight_decay(self) -> bool:
-        """True when ``W`` or ``A`` is regularized."""
-        return self.lam_W > 0 or self.lam_A > 0
+        """True when ``W``, ``A`` or the features ``A Phi`` are regularized."""
+        return self.lam_W > 0 or self.lam_A > 0 or self.lam_H > 0
 
     def kernel_binding(self, Y, loss_id, dtype) -> "_InputCoupledKernels":
         """How the compiled kernels run this model (see :meth:`UFMProblem.kernel_binding`).
@@ -1068,15 +1080,16 @@ class InputCoupledUFM:
         Returns
         -------
         dict
-            ``model``, ``K``, ``N``, ``p``, ``d``, ``loss``, ``lam_W``, ``lam_A``, ``sigma``.
+            ``model``, ``K``, ``N``, ``p``, ``d``, ``loss``, ``lam_W``, ``lam_A``, ``lam_H``, ``sigma``.
         """
         return dict(model="input_coupled", K=self.K, N=self.N, p=self.p, d=self.d, loss=str(self.loss),
-                    lam_W=self.lam_W, lam_A=self.lam_A, sigma=self.sigma)
+                    lam_W=self.lam_W, lam_A=self.lam_A, lam_H=self.lam_H, sigma=self.sigma)
 
     def __repr__(self) -> str:
         sig = "" if self.sigma is None else f", sigma={self.sigma:g}"
+        feat = f", lam_H={self.lam_H:g}" if self.lam_H > 0 else ""
         return (f"InputCoupledUFM(K={self.K}, N={self.N}, p={self.p}, d={self.d}, loss={str(self.loss)!r}, "
-                f"lam_W={self.lam_W:g}, lam_A={self.lam_A:g}{sig})")
+                f"lam_W={self.lam_W:g}, lam_A={self.lam_A:g}{feat}{sig})")
 
 
 # -- how the compiled kernels run a model (ufm.simulate asks the model for this) ----------
@@ -1132,8 +1145,8 @@ class _InputCoupledKernels:
         from . import _kernels as k
 
         p = self.problem
-        return k.icm_gd(batch["W"], batch["A"], self.Phi, self.Y, p.lam_W, p.lam_A, self.loss_id, lr, n_steps,
-                        recording)
+        return k.icm_gd(batch["W"], batch["A"], self.Phi, self.Y, p.lam_W, p.lam_A, p.lam_H, self.loss_id, lr,
+                        n_steps, recording)
 
     def states(self, batch: dict) -> dict:
         return dict(batch)
@@ -1143,5 +1156,6 @@ class _InputCoupledKernels:
         from . import _kernels as k
 
         p = self.problem
-        data = (p.K, p.d, p.p, np.ascontiguousarray(p.Phi), self.Y, float(p.lam_W), float(p.lam_A), self.loss_id)
+        data = (p.K, p.d, p.p, np.ascontiguousarray(p.Phi), self.Y, float(p.lam_W), float(p.lam_A), float(p.lam_H),
+                self.loss_id)
         return k.icm_flow_rhs, data
