@@ -6,7 +6,9 @@ Every regularized UFM is a convex problem in the logits (THEORY §4, (4.1))::
       = min_{Z,b} g(Z + b 1^T) + mu ||Z||_* + lam_b/2 ||b||^2,      mu = sqrt(lam_W lam_H),
 
 valid when ``d >= rank(Z*)`` (halved regularizers; ``2 mu`` for un-halved ones).
-The input-coupled UFM ``H = A Phi`` (THEORY §8.2 (b)) is ``min_M g(M Phi) + sqrt(lam_W lam_A) ||M||_*``.
+The input-coupled UFM ``H = A Phi`` (THEORY §8.2 (b)) is ``min_M g(M Phi) + sqrt(lam_W lam_A) ||M||_*``;
+with the feature penalty ``lam_H/2 ||A Phi||^2`` (THEORY §8.2b) it is ``min_M g(M Phi_c) + sqrt(lam_W) ||M||_*``
+on the reduced encoding ``Phi_c`` of :meth:`~ufm.problems.InputCoupledUFM.convex_encoding`.
 
 Both are written here as one *form*: a variable ``X``, a linear map ``fwd`` to
 the distinct logit columns, column weights ``omega`` (summing to 1: the mean
@@ -17,7 +19,8 @@ over examples) and targets ``T``:
   ``||Z||_* = ||Zbar diag(sqrt n_k)||_*``; the variable is ``X = Zbar diag(sqrt n_k)``
   (K x K), ``fwd(X) = X diag(1/sqrt n_k)``, ``omega_k = n_k/N``.
 * standard UFM, soft labels (NTP, THEORY §5): ``X = Z`` (K x N), ``omega_j = 1/N``.
-* input-coupled: ``X = M`` (K x p), ``fwd(M) = M Phi``, ``omega_j = 1/N``.
+* input-coupled: ``X = M`` (K x p), ``fwd(M) = M Phi``, ``omega_j = 1/N`` (``Phi_c`` in place of
+  ``Phi`` with a feature penalty; the model's ``convex_state`` recovers ``W, A``).
 
 Solvers: :func:`convex` (cvxpy, Clarabel by default or SCS with explicit
 tolerances; the solver and its status are recorded), :func:`prox` (accelerated
@@ -84,7 +87,8 @@ class Form:
     scale : ndarray (m,) or None
         Collapsed form: ``1/sqrt(n_k)`` per column (``fwd`` rescales by it).
     Phi : ndarray (p, N) or None
-        Input encodings of the input-coupled form.
+        Input encodings of the input-coupled form (the reduced ``Phi_c`` of THEORY §8.2b with a
+        feature penalty).
     """
 
     problem: object
@@ -284,11 +288,13 @@ def _recover(form: Form, X, b, method, status, message, nit, meta, cert=None, sp
     cert = certificate(form, X, b) if cert is None else cert
     b = cert["b"]
     if form.kind == "input_coupled":
-        W, A = balanced_split(X, p.d, p.lam_W, p.lam_A, rank_tol=1e-10, floor=1e-300, name="M*")
+        state = p.convex_state(X)               # balanced split of M (and the lift to A, THEORY §8.2b)
+        W, A = state["W"], state["A"]
         H = A @ p.Phi
         Z = W @ H
-        g = losses.state_gradients(p, {"W": W, "A": A})
-        stat = {"W": _rel(g["W"], p.lam_W * W), "A": _rel(g["A"], p.lam_A * A)}
+        g = losses.state_gradients(p, state)
+        reg_A = p.lam_A * A + (p.lam_H * (H @ p.Phi.T) if p.lam_H else 0.0)
+        stat = {"W": _rel(g["W"], p.lam_W * W), "A": _rel(g["A"], reg_A)}
     elif form.kind == "collapsed":
         # Z = X Q with Q = diag(scale) E (E the K x N one-hot rows): Q's rows are orthonormal, so
         # the balanced split of the K x K matrix X carried through Q is that of Z (one K x K SVD)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._checks import check_int as _check_int, check_nonneg as _check_nonneg
+from ._util import numerical_rank
 from . import losses as _losses
 from .loss_registry import get_loss
 from .losses import CrossEntropy, Loss
@@ -947,8 +948,74 @@ class InputCoupledUFM:
 
     @property
     def mu(self) -> float:
-        """``sqrt(lam_W lam_A)``: the nuclear-norm weight of the convex form (THEORY §8.2 (b))."""
-        return math.sqrt(self.lam_W * self.lam_A)
+        """The nuclear-norm weight of the convex form: ``sqrt(lam_W lam_A)`` (THEORY §8.2 (b)); with a
+        feature penalty (``lam_H > 0``) ``sqrt(lam_W)``, the weight on the reduced encoding of
+        :meth:`convex_encoding` (THEORY §8.2b)."""
+        return math.sqrt(self.lam_W * self.lam_A) if self.lam_H == 0 else math.sqrt(self.lam_W)
+
+    def convex_encoding(self, rtol: float = 1e-10):
+        """The encoding, lift and block decay of the convex form (THEORY §8.2 (b), §8.2b).
+
+        The convex form is ``min_M g(M Phi_c) + sqrt(lam_W lam_c) ||M||_*`` over ``M`` (K x rows of
+        ``Phi_c``); the balanced split ``M = W B`` with decays ``(lam_W, lam_c)`` gives
+        ``A = B R`` (``A = B`` when ``R`` is ``None``).
+
+        * ``lam_H = 0``: ``Phi_c = Phi``, ``R = None``, ``lam_c = lam_A`` (M2 as it is).
+        * ``lam_H > 0``: with the thin SVD ``Phi = U diag(s) V^T`` (the ``r`` singular values above
+          ``rtol * s_1``), the penalty ``1/2 tr(A (lam_A I + lam_H Phi Phi^T) A^T)`` is least at
+          ``A = C U^T``; with ``c_i = sqrt(lam_A + lam_H s_i^2)`` and ``B = C diag(c)`` it is
+          ``||B||^2/2`` and ``A Phi = B Phi_c``, so ``Phi_c = diag(s_i/c_i) V^T`` (r x N),
+          ``R = diag(1/c_i) U^T`` (r x p) and ``lam_c = 1``.
+
+        Parameters
+        ----------
+        rtol : float
+            Singular values of ``Phi`` at most ``rtol * s_1`` count as zero.
+
+        Returns
+        -------
+        Phi_c : ndarray
+            The encoding of the convex form.
+        R : ndarray or None
+            The lift from the split's second block to ``A``.
+        lam_c : float
+            The decay of the split's second block.
+        """
+        if self.lam_H == 0:
+            return self.Phi, None, self.lam_A
+        U, sv, Vt = np.linalg.svd(self.Phi, full_matrices=False)
+        r = numerical_rank(sv, rtol)
+        U, sv, Vt = U[:, :r], sv[:r], Vt[:r]
+        c = np.sqrt(self.lam_A + self.lam_H * sv * sv)
+        return (sv / c)[:, None] * Vt, (1.0 / c)[:, None] * U.T, 1.0
+
+    def convex_state(self, M) -> dict:
+        """The state ``{"W", "A"}`` of least objective with logits ``M Phi_c`` (:meth:`convex_encoding`).
+
+        ``W, B`` is the balanced split of ``M`` (THEORY §4) with decays ``(lam_W, lam_c)``, and
+        ``A = B R``; at an optimum ``M`` of the convex form the objective of this state equals the
+        convex value (THEORY §8.2 (b), §8.2b).
+
+        Parameters
+        ----------
+        M : ndarray
+            A point of the convex form (K x rows of ``Phi_c``).
+
+        Returns
+        -------
+        dict of ndarray
+            ``{"W": (K, d), "A": (d, p)}``.
+
+        Raises
+        ------
+        NotApplicable
+            If ``d`` is below the rank of ``M``.
+        """
+        from .closed_form import balanced_split
+
+        _, R, lam_c = self.convex_encoding()
+        W, B = balanced_split(M, self.d, self.lam_W, lam_c, rank_tol=1e-10, floor=1e-300, name="M*")
+        return {"W": W, "A": B if R is None else B @ R}
 
     # -- what solvers and simulators ask the model -----------------------------------
     model = "input_coupled"
@@ -1050,12 +1117,17 @@ class InputCoupledUFM:
         return {"kernel": 2 * dN + (self.d * self.p if mode == "gd" else 0), "features": 2 * dN}
 
     def convex_form(self, reduce="auto"):
-        """The convex form (8.2b) ``min_M g(M Phi) + sqrt(lam_W lam_A) ||M||_*`` (:func:`ufm.convex.form_of`).
+        """The convex form ``min_M g(M Phi_c) + mu ||M||_*`` (:func:`ufm.convex.form_of`).
+
+        Without a feature penalty it is (8.2b), ``Phi_c = Phi`` and ``mu = sqrt(lam_W lam_A)``
+        (THEORY §8.2 (b)); with ``lam_H > 0`` it is the reduced form of THEORY §8.2b,
+        ``Phi_c = diag(s_i / sqrt(lam_A + lam_H s_i^2)) V^T`` and ``mu = sqrt(lam_W)``
+        (:meth:`convex_encoding`), which needs ``lam_W > 0``.
 
         Parameters
         ----------
         reduce : "auto", True or False
-            As in :meth:`UFMProblem.convex_form`.
+            As in :meth:`UFMProblem.convex_form` (no effect here: one column per example).
 
         Returns
         -------
@@ -1064,13 +1136,18 @@ class InputCoupledUFM:
         """
         from .convex import Form, require_attained
 
+        if self.lam_H > 0 and self.lam_W == 0:
+            from .closed_form import NotApplicable
+
+            raise NotApplicable("with a feature penalty (lam_H > 0) lam_W must be > 0 too: with lam_W = 0 the "
+                                "infimum is approached by growing W and shrinking A, and never attained")
         require_attained(self.loss, self.mu, "lam_W and lam_A")
         return Form(self, "input_coupled", self.loss.targets(self.Y), np.full(self.N, 1.0 / self.N), self.mu,
-                    self.loss, "none", 0.0, None, self.Phi)
+                    self.loss, "none", 0.0, None, self.convex_encoding()[0])
 
     def svm_applies(self) -> tuple[bool, str]:
         """Whether the input-coupled max-margin program is this problem's limit, and why."""
-        if "svm" not in self.loss.closed_forms or self.mu > 0 or self.soft:
+        if "svm" not in self.loss.closed_forms or self.mu > 0 or self.lam_H > 0 or self.soft:
             return False, "svm needs an unregularized CE input-coupled problem with hard labels"
         return True, "input-coupled max margin"
 
