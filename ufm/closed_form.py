@@ -30,6 +30,9 @@ Cases
   soft-thresholding, THEORY §2.2) or with a regularized bias
   (balanced, the ETF -> orthogonal-frame regime change at lam_b*).
 * :func:`layer_peeled`: the norm-constrained layer-peeled model, balanced (THEORY §1.3).
+* :func:`input_coupled`: the input-coupled UFM with a feature penalty ``lam_H`` and
+  ``lam_A = 0``, ``Phi`` of full column rank: the standard UFM optimum of the cases above
+  with ``lam_W``, ``lam_H``, whatever ``Phi`` is (THEORY §8.2b).
 
 Minority collapse (THEORY §3.1) has no closed-form threshold at finite
 imbalance in THEORY: only the R -> infinity statement of Fang et al. and the
@@ -45,10 +48,10 @@ import numpy as np
 from . import losses
 from ._util import RANK_RTOL, numerical_rank
 from .metrics import centering_matrix
-from .problems import LayerPeeledProblem, UFMProblem
+from .problems import InputCoupledUFM, LayerPeeledProblem, UFMProblem
 from .results import NoMethodApplies, Solution
 
-__all__ = ["NotApplicable", "solve", "applies", "ce_balanced", "seli", "mse", "layer_peeled",
+__all__ = ["NotApplicable", "solve", "applies", "ce_balanced", "seli", "mse", "layer_peeled", "input_coupled",
            "thresholds", "balanced_split", "CASES"]
 
 NotApplicable = NoMethodApplies   # what a case raises when it does not cover a problem; solve() returns a result
@@ -383,6 +386,62 @@ def layer_peeled(problem: LayerPeeledProblem) -> Solution:
                     citation="THEORY §1.3 (LIT); Fang, He, Long, Su 2021, arXiv 2101.12699")
 
 
+# -- input-coupled UFM with a feature penalty ----------------------------------------
+def input_coupled(problem: InputCoupledUFM) -> Solution:
+    """Input-coupled UFM with a feature penalty and no decay on ``A``: the standard UFM optimum (THEORY §8.2b).
+
+    The objective is ``g(W A Phi) + lam_W/2 ||W||^2 + lam_H/2 ||A Phi||^2`` (halved decays, ``g``
+    the mean loss over the N examples). When ``Phi`` (p x N) has full column rank N, ``H = A Phi``
+    ranges over every d x N matrix, so this is the standard UFM objective (0.1) in ``(W, H)``
+    with ``lam_W``, ``lam_H`` and no bias: its optimum is that of :func:`ce_balanced` or
+    :func:`mse` for the same labels, whatever ``Phi`` is (the input kernel shapes only the
+    path). For balanced CE with distinct labels (n = 1) it is the simplex ETF with margin
+    ``s* = log(1/gamma - (K-1))``, ``gamma = sqrt(lam_W lam_H)``, and zero when ``K gamma >= 1``
+    (THEORY §1.2). ``A = H Phi^+``, the least-norm map with ``A Phi = H`` (every such map has
+    the same objective).
+
+    Parameters
+    ----------
+    problem : InputCoupledUFM
+        ``lam_H > 0``, ``lam_A = 0``, ``Phi`` of rank N, and labels and loss with a closed form
+        of the standard UFM (balanced hard labels for CE; any labels for MSE).
+
+    Returns
+    -------
+    Solution
+        ``W``, ``A`` and ``H = A Phi``; ``objective`` and ``regime`` are those of the standard
+        UFM's closed form, whose quantities ``meta`` holds (``meta["standard_ufm"]`` its parameters).
+    """
+    _require(isinstance(problem, InputCoupledUFM), "needs an InputCoupledUFM")       # input validation
+    _require(problem.lam_H > 0 and problem.lam_A == 0,
+             "the input-coupled closed form needs a feature penalty lam_H > 0 and lam_A = 0 (THEORY §8.2b); "
+             "otherwise the end state depends on Phi: use method='prox' or 'convex'")
+    sv = np.linalg.svd(problem.Phi, compute_uv=False)
+    r = numerical_rank(sv, 1e-10)
+    _require(r == problem.N, f"Phi has rank {r} < N = {problem.N}, so H = A Phi cannot be every d x N matrix; "
+                             "use method='prox' or 'convex'")
+    labels = problem.Y if problem.soft else np.asarray(problem.y)
+    std = UFMProblem(labels=labels, d=problem.d, loss=problem.loss, lam_W=problem.lam_W, lam_H=problem.lam_H)
+    reasons = []
+    for case in (ce_balanced, mse):
+        try:
+            sol = case(std)
+            break
+        except NotApplicable as err:
+            reasons.append(f"{case.__name__}: {err}")
+    else:
+        raise NotApplicable("the standard UFM it reduces to has no closed form (" + "; ".join(reasons) + ")")
+    A = sol.H @ np.linalg.pinv(problem.Phi)
+    H = A @ problem.Phi
+    meta = {**sol.meta, "problem": problem.as_dict(), "standard_ufm": std.as_dict(),
+            "objective": "objective of the input-coupled UFM with feature penalty (THEORY §8.2b) = "
+                         "standard UFM objective (0.1) with lam_W, lam_H"}
+    return Solution(W=sol.W, H=H, b=None, Z=sol.W @ H, A=A, objective=sol.objective, status="exact",
+                    regime=sol.regime, message=f"Feature penalty, lam_A = 0, Phi of full column rank: the standard "
+                    f"UFM optimum with lam_W, lam_H, whatever Phi is. {sol.message}", method="closed_form",
+                    nit=0, meta=meta, citation="THEORY §8.2b (DER); " + sol.citation)
+
+
 # -- thresholds --------------------------------------------------------------------
 def thresholds(problem: UFMProblem) -> dict:
     """Regime thresholds of a UFM problem that THEORY gives in closed form.
@@ -425,7 +484,8 @@ def thresholds(problem: UFMProblem) -> dict:
 
 # -- dispatch ----------------------------------------------------------------------
 #: The closed forms, tried in this order by :func:`solve`.
-CASES = {"ce_balanced": ce_balanced, "seli": seli, "mse": mse, "layer_peeled": layer_peeled}
+CASES = {"ce_balanced": ce_balanced, "seli": seli, "mse": mse, "layer_peeled": layer_peeled,
+         "input_coupled": input_coupled}
 
 
 def solve(problem, *, throw: bool = False) -> Solution:
@@ -433,7 +493,7 @@ def solve(problem, *, throw: bool = False) -> Solution:
 
     Parameters
     ----------
-    problem : UFMProblem or LayerPeeledProblem
+    problem : UFMProblem, LayerPeeledProblem or InputCoupledUFM
         The problem.
     throw : bool
         Raise :class:`~ufm.results.NoMethodApplies` (with the result) instead of
