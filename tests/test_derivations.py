@@ -1,7 +1,7 @@
 """Run every script in derivations/ and require a clean exit.
 
 Each script re-derives a closed form of ufm.symbolic from its defining problem
-(THEORY §1.2, §1.3, §2.2, §4, §5.3, §6.3-6.5, §7.4) and ends in assertions, so a wrong
+(THEORY §1.2, §1.3, §2.2, §4, §5.3, §6.3-6.5, §7.4, §8.2b) and ends in assertions, so a wrong
 expression in ufm.symbolic makes its script exit non-zero.
 """
 
@@ -23,6 +23,7 @@ EXPECTED = {
     "logistic_mode.py",
     "symmetric_flows.py",
     "mode_dynamics.py",
+    "feature_penalty.py",
 }
 
 

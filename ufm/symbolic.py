@@ -23,6 +23,7 @@ __all__ = [
     "layer_peeled_optimum", "mse_scalar_objective", "mse_optimum", "mse_bias_threshold",
     "nuclear_split", "logistic_mode", "mse_symmetric_flow", "ce_symmetric_flow",
     "mse_decay_mode", "random_init_mode", "ce_linearized_mode", "two_level_peak",
+    "lam_A", "k_x", "sigma_i", "feature_penalty_encoding", "feature_penalty_mode",
     "numeric",
 ]
 
@@ -47,6 +48,9 @@ x = sp.Symbol("x", positive=True)            # a nuclear norm (variational ident
 p = sp.Symbol("p", positive=True)            # symmetric-subspace product a*beta
 p0 = sp.Symbol("p0", positive=True)          # its initial value
 lam = sp.Symbol("lam", positive=True)        # a common weight decay lam_W = lam_A
+lam_A = sp.Symbol("lam_A", positive=True)    # weight decay of the input map A (M2, THEORY §8.2)
+k_x = sp.Symbol("k_x", positive=True)        # an eigenvalue of the input kernel K_x = Phi^T Phi
+sigma_i = sp.Symbol("sigma_i", positive=True)  # a singular value of the input encodings Phi
 
 
 # -- balanced cross-entropy UFM (THEORY §1.2) ---------------------------------
@@ -296,6 +300,40 @@ def two_level_peak():
     return {"symbols": (ds, di, zs0, zi0), "z_s": zs, "z_i": zi, "condition": ds * (1 - zs) - di * (1 - zi)}
 
 
+# -- input-coupled UFM with a feature penalty (THEORY §8.2b) -------------------------
+def feature_penalty_encoding():
+    """Row weight of the reduced encoding of the convex form with a feature penalty (THEORY §8.2b).
+
+    With the thin SVD ``Phi = U diag(sigma_i) V^T``, the objective
+    ``g(W A Phi) + lam_W/2 ||W||^2 + lam_H/2 ||A Phi||^2 + lam_A/2 ||A||^2`` equals
+    ``min_M g(M Phi_c) + sqrt(lam_W) ||M||_*`` with ``Phi_c = diag(weight_i) V^T``. Returns
+    ``{"weight": sigma_i / sqrt(lam_A + lam_H sigma_i^2), "lift": 1/sqrt(lam_A + lam_H sigma_i^2)}``
+    (``A = B diag(lift) U^T`` from the split ``M = W B``).
+    """
+    c_i = sp.sqrt(lam_A + lam_H * sigma_i**2)
+    return {"weight": sigma_i / c_i, "lift": 1 / c_i}
+
+
+def feature_penalty_mode():
+    """The early (small-logit) flow of one input mode with a feature penalty (THEORY §8.2b).
+
+    CE with distinct labels (``Y = I_K``, mean over the K items) has ``grad_Z g(0) = -P_K/K``;
+    along an eigenvector ``q`` of ``K_x`` with eigenvalue ``k_x`` and ``q^T 1 = 0`` the amplitudes
+    ``w = W^T q`` (classifier) and ``h = H q`` (features) obey ``d/dt (w, h) = M (w, h)`` with
+    ``M = [[-lam_W, 1/K], [k_x/K, -(lam_H k_x + lam_A)]]`` (MSE, ``grad_Z g(0) = -I/K``: the same
+    along every eigenvector). Returns ``{"matrix": M, "rate": its largest eigenvalue (the logit
+    w.h and the Gram weight |h|^2 grow at twice it), "rate_limit": 1/(K^2 lam_H) - lam_W (its
+    limit as k_x -> infinity), "order": K^2 lam_H (lam_W - lam_A)}``. Below ``order = 1`` the
+    rate increases with ``k_x`` for every ``k_x`` (shared-attribute directions grow first),
+    above it the rate decreases and is negative for every ``k_x`` (nothing grows).
+    """
+    c_k = lam_H * k_x + lam_A
+    M = sp.Matrix([[-lam_W, 1 / K], [k_x / K, -c_k]])
+    rate = (-(lam_W + c_k) + sp.sqrt((lam_W - c_k) ** 2 + 4 * k_x / K**2)) / 2
+    return {"matrix": M, "rate": rate, "rate_limit": 1 / (K**2 * lam_H) - lam_W,
+            "order": K**2 * lam_H * (lam_W - lam_A)}
+
+
 # -- numeric evaluation --------------------------------------------------------
 @lru_cache(maxsize=None)
 def _lambdified(expr, names: tuple[str, ...]):
@@ -304,7 +342,8 @@ def _lambdified(expr, names: tuple[str, ...]):
 
 
 _ASSUMPTIONS = {sym.name: sym.assumptions0 for sym in
-                (K, n, N, gamma, lam_W, lam_H, lam_b, s, t, alpha, beta, c, E_W, E_H, z0, d_alpha, x, p, p0, lam)}
+                (K, n, N, gamma, lam_W, lam_H, lam_b, s, t, alpha, beta, c, E_W, E_H, z0, d_alpha, x, p, p0, lam,
+                 lam_A, k_x, sigma_i)}
 
 
 def numeric(expr, **values) -> float:
