@@ -14,8 +14,8 @@ import re
 
 #: One citation token; ``label()`` maps a match to its target in theory.md.
 TOKEN = re.compile(
-    r"(?P<theory>\bTHEORY(?:\.md)?)(?:(?P<eq>\s+\((?P<eqn>\d+\.\d+)\))|\s+(?P<bare>\d+\.\d+)\b)?"
-    r"|§\s?(?P<sec>\d+(?:\.\d+)?)(?:(?P<dash>\s*[-–]\s*)(?P<sec2>\d+\.\d+))?"
+    r"(?P<theory>\bTHEORY(?:\.md)?)(?:(?P<eq>\s+\((?P<eqn>\d+\.\d+)\))|\s+(?P<bare>\d+\.\d+[a-z]?)\b)?"
+    r"|§\s?(?P<sec>\d+(?:\.\d+[a-z]?)?)(?:(?P<dash>\s*[-–]\s*)(?P<sec2>\d+\.\d+[a-z]?))?"
     r"|\b(?P<tv>TV(?P<tvn>\d+)[a-d]?)\b"
     r"|\b(?P<app>Appendix\s+(?P<appl>[ABC])(?:\.(?P<appn>\d+))?)\b"
 )
@@ -24,7 +24,7 @@ _LITERAL = re.compile(r"(``.*?``|`[^`]*`)")
 
 
 def section_label(number: str) -> str:
-    """Target of a section number: ``"8.2"`` -> ``"theory-8-2"``."""
+    """Target of a section number: ``"8.2"`` -> ``"theory-8-2"``, ``"8.2b"`` -> ``"theory-8-2b"``."""
     return "theory-" + number.replace(".", "-")
 
 

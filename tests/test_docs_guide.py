@@ -65,6 +65,9 @@ def _check_semantic_models(ns):
     assert gap.max() == pytest.approx(0.42, abs=0.015) and gap[-1] == pytest.approx(0.16, abs=0.02)
     assert ns["metrics"].semantic_gap(ns["end"].gram_H, ns["s"].attributes) == pytest.approx(0.164, abs=1e-3)
     assert ns["Phi"].shape == (14, 8)
+    assert (ns["end_h"].method, ns["end_h"].regime) == ("closed_form", "etf")
+    assert ns["metrics"].etf_distance(ns["end_h"].gram_H) < 1e-9
+    assert ns["gap_h"].max() == pytest.approx(0.42, abs=0.015) and abs(ns["gap_h"][-1]) < 1e-6
 
 
 def _check_sweeps(ns):

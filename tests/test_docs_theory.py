@@ -61,6 +61,7 @@ def test_every_citation_in_the_code_resolves_to_a_target_of_theory_md():
 
 @pytest.mark.parametrize("text, labels", [
     ("THEORY §8.2 (c)", ["theory-8-2"]),
+    ("THEORY §8.2b, §8.2", ["theory-8-2b", "theory-8-2"]),       # a lettered subsection has its own target
     ("THEORY.md §5.3, §6.1-6.5, §7.4", ["theory-5-3", "theory-6-1", "theory-6-5", "theory-7-4"]),
     ("the objective (THEORY (0.1))", ["theory-eq-0-1"]),
     ("THEORY TV5b/TV7a", ["theory-tv5", "theory-tv7"]),
@@ -76,7 +77,7 @@ def test_citation_parser(text, labels):
 def test_every_numbered_heading_has_its_stable_anchor():
     lines = THEORY.read_text().split("\n")
     for i, line in enumerate(lines):
-        m = re.match(r"#{2,3} (?:(\d+)\.(\d+)?|A\.(\d+)|Appendix ([ABC])\.|C\.(\d+))", line)
+        m = re.match(r"#{2,3} (?:(\d+)\.(\d+[a-z]?)?|A\.(\d+)|Appendix ([ABC])\.|C\.(\d+))", line)
         if not m:
             continue
         above = lines[i - 1]
@@ -94,7 +95,7 @@ def test_every_numbered_heading_has_its_stable_anchor():
 
 def test_targets_name_what_they_stand_above():
     for label, line in TARGETS.items():
-        if re.fullmatch(r"theory-\d+(-\d+)?", label):
+        if re.fullmatch(r"theory-\d+(-\d+[a-z]?)?", label):
             number = label.removeprefix("theory-").replace("-", ".")
             assert re.match(rf"#{{2,3}} {re.escape(number)}[. ]", line), (label, line)
         elif label.startswith("theory-eq-"):
