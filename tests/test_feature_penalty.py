@@ -339,3 +339,48 @@ def test_the_order_of_the_rise_flips_only_where_nothing_grows():
         assert np.all(np.diff(rho) > 0) if increasing else (np.all(np.diff(rho) < 0) and rho.max() <= 0)
         limit = symbolic.numeric(mode["rate_limit"], K=8, **lams)
         assert np.all(rho < limit) if increasing else np.all(rho > limit)
+
+
+# -- the numbers of THEORY §8.2b ----------------------------------------------------------------------
+# (lams, closed-form objective or None, convex objective, (rho(8), rho(4)), (peak, its time), gaps at
+#  t = 10, 1e2, 1e3, 1e4, (end gap, end d_ETF))
+TABLE_8_2B = [
+    (dict(lam_W=1e-3, lam_H=1e-3), 0.0553297296, 0.0553297296, (0.3491, 0.2475), (0.4189, 18.8),
+     (0.3653, 0.3600, 0.0954, 0.0000), (0.0, 0.0)),
+    (dict(lam_W=1e-3, lam_H=0.05), 0.2933505598, 0.2933505598, (0.2055, 0.1686), (0.3085, 27.4),
+     (0.1532, 0.0488, 0.0045, 0.0000), (0.0, 0.0)),
+    (dict(lam_W=1e-3, lam_H=1e-3, lam_A=1e-3), None, 0.0597928270, (0.3486, 0.2470), (0.4190, 18.8),
+     (0.3654, 0.3582, 0.1238, 0.0221), (0.0221, 0.0574)),
+    (dict(lam_W=1e-3, lam_A=1e-3), None, 0.0263171171, (0.3526, 0.2490), (0.4201, 18.8),
+     (0.3685, 0.4025, 0.3323, 0.2543), (0.1643, 0.4064)),
+]
+
+
+@pytest.mark.parametrize("row", TABLE_8_2B, ids=["H", "H-strong", "H-and-A", "M2-TV8"])
+def test_the_numbers_of_theory_8_2b(row):
+    lams, f_closed, f_convex, rates, (peak, t_peak), gaps, (gap_end, etf_end) = row
+    m = _m2h(**lams)
+    cf = ufm.solve(m, method="closed_form")
+    if f_closed is None:
+        assert cf.status is Status.no_method
+    else:
+        assert cf.objective == pytest.approx(f_closed, abs=1e-10)
+    cv = ufm.solve(m, method="convex")
+    assert cv.success and cv.objective == pytest.approx(f_convex, abs=1e-10)
+    for k, rate in zip((8.0, 4.0), rates):
+        full = {"lam_W": 0.0, "lam_H": 0.0, "lam_A": 0.0, **lams}
+        assert symbolic.numeric(symbolic.feature_penalty_mode()["rate"], K=8, k_x=k, **full) == \
+            pytest.approx(rate, abs=5e-5)
+    rng = np.random.default_rng(0)                                     # TV8's start: W then A, scale 1e-3
+    W0, A0 = rng.normal(size=(m.K, m.d)) * 1e-3, rng.normal(size=(m.d, m.p)) * 1e-3
+    early = ufm.simulate(m, steps=1000, lr=0.1, mode="flow", W0=W0, A0=A0, time_variable="t",
+                         record=("semantic_gap",), record_steps=np.arange(1001), rtol=1e-11, atol=1e-13)
+    j = int(np.argmax(early.semantic_gap[0]))
+    assert early.semantic_gap[0, j] == pytest.approx(peak, abs=5e-5) and early.times[j] == pytest.approx(t_peak)
+    late = ufm.simulate(m, steps=10**5, lr=1.0, mode="flow", W0=W0, A0=A0, time_variable="t",
+                        record=("semantic_gap", "objective"), record_steps=[10, 100, 1000, 10000, 100000],
+                        rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(late.semantic_gap[0, 1:5], gaps, atol=5e-5)
+    assert late.objective[0, -1] == pytest.approx(f_convex, abs=1e-8)
+    assert metrics.semantic_gap(cv.gram_H, SETTING.attributes) == pytest.approx(gap_end, abs=5e-5)
+    assert metrics.etf_distance(cv.gram_H) == pytest.approx(etf_end, abs=5e-5)

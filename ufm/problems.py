@@ -833,8 +833,6 @@ class InputCoupledUFM:
         As in :class:`UFMProblem` (a name of :data:`ufm.loss_registry.LOSSES` or a loss object).
     lam_W, lam_A : float
         Weight decays (halved) of ``W`` and ``A``.
-    lam_H : float
-        Feature penalty (halved): ``lam_H/2 ||A Phi||_F^2`` (THEORY §8.2b). Default 0.
     labels : array, optional
         ``None`` (default): one distinct class per column of ``Phi`` (K = N).
         Otherwise as in :class:`UFMProblem` (integer vector or soft K x N).
@@ -842,6 +840,8 @@ class InputCoupledUFM:
         Latent attributes of the items, for semantic metrics while simulating.
     sigma : float, optional
         The capacity used to build ``Phi`` (informational, kept in ``meta``).
+    lam_H : float
+        Feature penalty (halved): ``lam_H/2 ||A Phi||_F^2`` (THEORY §8.2b). Default 0 (M2).
 
     References
     ----------
