@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
-__all__ = ["available_bytes", "check_int", "check_nonneg", "check_positive"]
+__all__ = ["ArgumentTypeError", "check_bool", "check_int", "check_nonneg", "check_positive", "check_problem"]
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type: a ``TypeError``, and a ``ValueError`` as every bad argument of ``ufm`` is."""
 
 
 def check_int(name: str, value, minimum: int) -> int:
@@ -47,9 +50,42 @@ def check_positive(name: str, value, meaning: str) -> float:
     return v
 
 
-def available_bytes() -> int | None:
-    """Free physical memory in bytes, or ``None`` where the platform does not say."""
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, ValueError, OSError):
-        return None
+def check_bool(name: str, value) -> bool:
+    """``value`` as a bool; only ``True``/``False`` (or a numpy bool) are accepted, never a string or a number."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ArgumentTypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__}); "
+                                f"pass {name}=True or {name}=False.")
+    return bool(value)
+
+
+def check_problem(problem, models: tuple, who: str):
+    """``problem`` if it is an instance of one of ``models``; else an error saying how to build one.
+
+    Parameters
+    ----------
+    problem : object
+        The argument.
+    models : tuple of type
+        The model classes ``who`` takes (from :mod:`ufm.problems`).
+    who : str
+        The entry point, for the message (e.g. ``"ufm.solve"``).
+
+    Returns
+    -------
+    object
+        ``problem``, unchanged.
+    """
+    if isinstance(problem, models):
+        return problem
+    names = ", ".join(m.__name__ for m in models[:-1]) + f" or {models[-1].__name__}" if len(models) > 1 \
+        else models[0].__name__
+    if isinstance(problem, dict):
+        hint = f"a dict is not a problem: build one from its keywords, e.g. ufm.{models[0].__name__}(**keywords)"
+    elif isinstance(problem, str):
+        hint = ("a name is not a problem: build one, e.g. ufm.UFMProblem(K=4, n=3, d=6, lam_W=1e-2, lam_H=1e-2), "
+                "or the model of a named setting, ufm.InputCoupledUFM.from_setting("
+                f"ufm.settings.named_setting({problem!r}), sigma=1.0)")
+    else:
+        hint = "build one first, e.g. ufm.UFMProblem(K=4, n=3, d=6, lam_W=1e-2, lam_H=1e-2)"
+    raise ArgumentTypeError(f"{who}: problem must be a {names} (ufm.problems), got {type(problem).__name__}; "
+                            f"{hint}.")

@@ -277,9 +277,10 @@ def _unflatten(y, shapes):
 
 
 # -- memory ------------------------------------------------------------------------
-def _available_bytes() -> int:
-    """Free memory (bytes) the guard divides; a function so tests can pretend the machine is small."""
-    return _memory.free_bytes()
+def _available_bytes() -> "_memory.Limit | int":
+    """The memory the guard divides (the tightest limit of this process); a function so tests can pretend the
+    machine is small."""
+    return _memory.available()
 
 
 def memory_estimate(problem, recorders, seeds: int, n_times: int, mode: str = "gd", dtype=np.float64,
@@ -415,7 +416,8 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
     ValueError
         Bad arguments, a stationary start, or a run whose estimated peak memory
         (:func:`memory_estimate`: records, state, kernel buffers, temporaries) exceeds half
-        the free memory; all checked before anything large is allocated.
+        the memory this process may use (:mod:`ufm._memory`: the available memory, the cgroup
+        limit, ``ulimit -v``); all checked before anything large is allocated.
     KeyboardInterrupt
         After Ctrl-C with ``on_interrupt="raise"``; its ``result`` holds the Trajectory.
     NotConverged
