@@ -205,7 +205,8 @@ def _check_gram(G, name: str = "gram", *, psd: bool = True, size: int | None = N
     return G
 
 
-def _check_attributes(attributes, K: int | None = None) -> np.ndarray:
+def _check_attributes(attributes, K: int | None = None, rows: str | None = None) -> np.ndarray:
+    """``attributes`` as an int64 K x F table; ``rows`` says where K comes from, for the message."""
     A = np.asarray(attributes)
     if A.ndim != 2:
         raise ValueError(
@@ -218,13 +219,15 @@ def _check_attributes(attributes, K: int | None = None) -> np.ndarray:
         A = A.astype(np.int64)
     if np.issubdtype(A.dtype, np.floating):
         if not (np.all(np.isfinite(A)) and np.all(A == np.round(A))):
-            raise ValueError("attributes must hold integer factor levels; found non-integer or non-finite values.")
+            raise ValueError("attributes must hold integer factor levels; found non-integer or non-finite values "
+                             "(NaN or inf). Pass one integer level per class and factor, e.g. setting.attributes.")
         A = A.astype(np.int64)
     elif not np.issubdtype(A.dtype, np.integer):
         raise ValueError(f"attributes must hold integer factor levels, got dtype {A.dtype}.")
     if K is not None and A.shape[0] != K:
         raise ValueError(
-            f"attributes must have one row per class: gram is {K} x {K} but attributes has {A.shape[0]} rows."
+            f"attributes must have one row per class: {rows or f'gram is {K} x {K}'} but attributes has "
+            f"{A.shape[0]} rows; pass a K x F table, one row of factor levels per class."
         )
     return A
 

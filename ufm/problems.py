@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._checks import check_int as _check_int, check_nonneg as _check_nonneg
+from ._checks import ArgumentTypeError as _ArgumentTypeError
 from . import losses as _losses
 from . import _memory
 from .loss_registry import get_loss
@@ -926,6 +927,13 @@ class InputCoupledUFM:
         InputCoupledUFM
             The model, with ``attributes`` and ``sigma`` of the setting.
         """
+        from .settings import Setting
+
+        if not isinstance(setting, Setting):
+            named = "" if not isinstance(setting, str) else (
+                f"; for the setting named {setting!r} pass ufm.settings.named_setting({setting!r})")
+            raise _ArgumentTypeError(f"setting must be a Setting (ufm.settings), got {type(setting).__name__}: build "
+                                     f"one, e.g. ufm.factorial((2, 2, 2)){named}.")
         Phi = setting.encoding(sigma, strengths=strengths)
         return cls(Phi=Phi, d=setting.N if d is None else d, loss=loss, lam_W=lam_W, lam_A=lam_A,
                    labels=np.asarray(setting.labels), attributes=setting.attributes, sigma=sigma)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import _interrupt, _threads
+from .._checks import check_bool
 from .._progress import Progress, check_progress
 from .._simulate import check_arguments, simulate
 from .._util import canonical, canonical_json, check_output_folder
@@ -137,6 +138,7 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
     """
     t0 = time.perf_counter()
     check_progress(progress)
+    throw = check_bool("throw", throw)
     plan = _plan(task, grid, seeds=seeds, seed=seed, fixed=fixed, problem=problem, keep=keep, backend=backend,
                  n_jobs=n_jobs, client=client, cache_dir=cache_dir, retries=retries, seed_scope=seed_scope,
                  seed_arg=seed_arg, on_interrupt=on_interrupt)
