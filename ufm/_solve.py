@@ -105,15 +105,33 @@ def _solve(problem, method, options):
     return Solution.unsolved(problem, method, "no_method", f"method={method!r} cannot solve {problem!r}.{hint}\n{detail}")
 
 
-def _check_options(method, run, options):
-    """Options the method does not take are refused by name, with the ones it does take."""
+def option_names() -> set:
+    """Every option some method of :data:`METHODS` takes: what ``ufm.solve(problem, **options)`` can accept.
+
+    Returns
+    -------
+    set of str
+        The names (``ufm.sweep`` refuses a grid or fixed name outside them, and ``method``, before any run).
+    """
+    return set().union(*(_options_of(_method(name)[0]) or () for name in METHODS))
+
+
+def _options_of(run) -> list | None:
+    """The options ``run`` takes after the problem (``throw`` aside); ``None`` when it takes any (``**kwargs``)."""
     import inspect
 
     params = inspect.signature(run).parameters
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return None
+    return [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+            and n != "throw"][1:]
+
+
+def _check_options(method, run, options):
+    """Options the method does not take are refused by name, with the ones it does take."""
+    known = _options_of(run)
+    if known is None:
         return
-    known = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-             and n != "throw"][1:]
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ValueError(f"method={method} takes no option {', '.join(map(repr, unknown))}; its options are "
