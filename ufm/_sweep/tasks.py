@@ -97,6 +97,16 @@ def task_keys(fn) -> tuple[set, bool]:
     Its signature's (:func:`signature_keys`), except for ``ufm.solve``, whose ``**options``
     go to its methods: it accepts its own keywords and the options of some method
     (:func:`ufm._solve.option_names`), so a misspelled option is one error before any run.
+
+    Parameters
+    ----------
+    fn : callable
+        The task.
+
+    Returns
+    -------
+    tuple of (set of str, bool)
+        The explicit keyword names, and whether it also takes ``**kwargs``.
     """
     from .._solve import option_names, solve
 
