@@ -289,7 +289,7 @@ def gib(nbytes: float) -> str:
 
 
 def check(parts: dict, what: str, fix: str, free: int | Limit | None = None) -> int:
-    """Total of ``parts`` (name -> bytes); a ``ValueError`` naming the limit, the largest parts and ``fix`` when over budget.
+    """Total of ``parts`` (name -> bytes); over budget, a ``ValueError`` naming the limit, the largest parts and ``fix``.
 
     Parameters
     ----------

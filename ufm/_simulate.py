@@ -680,9 +680,10 @@ def _check_record_steps(record_steps, steps: int | None) -> np.ndarray:
     if arr.dtype.kind == "f":
         bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
         if bad.size:
-            raise ValueError(f"record_steps must be whole step numbers: record_steps[{bad[0]}] = {float(arr[bad[0]])!r} is "
-                             f"not ({bad.size} such); pass integers, e.g. np.round(record_steps).astype(int), "
-                             "or a GD run's own steps.")
+            first = float(arr[bad[0]])
+            raise ValueError(f"record_steps must be whole step numbers: record_steps[{bad[0]}] = {first!r} is not "
+                             f"({bad.size} such); pass integers, e.g. np.round(record_steps).astype(int), or a GD "
+                             "run's own steps.")
     if arr.min() < 0 or (steps is not None and arr.max() > steps):
         raise ValueError(f"record_steps must lie in [0, steps={steps if steps is not None else 'steps'}], got "
                          f"values from {arr.min():g} to {arr.max():g}; drop the steps outside or raise steps.")
