@@ -30,7 +30,9 @@ measured in a fresh process per size.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from dataclasses import dataclass
 
 __all__ = ["WORKERS", "SOURCES", "Limit", "Sources", "available", "budget", "check", "free_bytes", "gib", "limits"]
@@ -119,8 +121,12 @@ def _fields(text: str | None, key_suffix: str = "") -> dict:
     return out
 
 
+_MEMINFO = re.compile(r"^(MemAvailable|MemTotal):\s+(\d+) kB", re.M)
+
+
 def _physical(src: Sources) -> Limit | None:
-    info = _fields(_read(src.meminfo))
+    text = _read(src.meminfo) or ""
+    info = {m.group(1): int(m.group(2)) * 1024 for m in _MEMINFO.finditer(text)}
     if "MemAvailable" in info:
         total = f", of {gib(info['MemTotal'])} in all" if "MemTotal" in info else ""
         return Limit(info["MemAvailable"], "the available memory", f"MemAvailable of {src.meminfo}{total}")
@@ -131,8 +137,10 @@ def _physical(src: Sources) -> Limit | None:
     return Limit(free, "the free memory", "free physical pages, sysconf") if free > 0 else None
 
 
-def _cgroup_dirs(src: Sources) -> list:
-    """``(version, directory)`` of this process's memory cgroup and of every cgroup above it, innermost first."""
+@functools.lru_cache(maxsize=8)
+def _cgroup_dirs(src: Sources) -> tuple:
+    """``(version, directory)`` of this process's memory cgroup and of every cgroup above it, innermost first, with
+    a limit file (read once per process and sources: a process does not change cgroups while it computes)."""
     mounts = []            # (version, mount root, mount point)
     for line in (_read(src.mountinfo) or "").splitlines():
         left, sep, right = line.partition(" - ")
@@ -157,13 +165,15 @@ def _cgroup_dirs(src: Sources) -> list:
             here = os.path.normpath(os.path.join(point, rel))
             if ".." in rel.split(os.sep) or not os.path.isdir(here):
                 here = point            # a path of another cgroup namespace: the mount is this cgroup
+            limit_file = "memory.max" if v == 2 else "memory.limit_in_bytes"
             while True:
-                out.append((v, here))
+                if os.path.exists(os.path.join(here, limit_file)):
+                    out.append((v, here))
                 if here == point or os.path.dirname(here) == here:
                     break
                 here = os.path.dirname(here)
             break
-    return out
+    return tuple(out)
 
 
 def _cgroup(src: Sources) -> Limit | None:
