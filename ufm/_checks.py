@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-__all__ = ["ArgumentTypeError", "check_bool", "check_int", "check_nonneg", "check_positive", "check_problem"]
+__all__ = ["ArgumentTypeError", "check_attributes", "check_bool", "check_int", "check_nonneg", "check_positive", "check_problem"]
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -48,6 +48,48 @@ def check_positive(name: str, value, meaning: str) -> float:
     if not (math.isfinite(v) and v > 0):
         raise ValueError(f"{name} must be a finite number > 0 ({meaning}), got {value!r}.")
     return v
+
+
+def check_attributes(attributes, K: int | None = None, rows: str | None = None) -> np.ndarray:
+    """``attributes`` as an int64 K x F table of factor levels (whole floats and bools converted; NaN refused).
+
+    Parameters
+    ----------
+    attributes : array (K, F)
+        One row per class, one column per factor.
+    K : int, optional
+        The number of rows required.
+    rows : str, optional
+        Where ``K`` comes from, for the message (default: ``"gram is K x K"``).
+
+    Returns
+    -------
+    ndarray of int64 (K, F)
+        The table.
+    """
+    A = np.asarray(attributes)
+    if A.ndim != 2:
+        raise ValueError(
+            f"attributes must be a K x F table (one row per class, one column per factor), got shape {A.shape}; "
+            "for a single factor pass attributes[:, None]."
+        )
+    if A.size == 0:
+        raise ValueError(f"attributes is empty (shape {A.shape}); give at least one factor column.")
+    if A.dtype == np.bool_:
+        A = A.astype(np.int64)
+    if np.issubdtype(A.dtype, np.floating):
+        if not (np.all(np.isfinite(A)) and np.all(A == np.round(A))):
+            raise ValueError("attributes must hold integer factor levels; found non-integer or non-finite values "
+                             "(NaN or inf). Pass one integer level per class and factor, e.g. setting.attributes.")
+        A = A.astype(np.int64)
+    elif not np.issubdtype(A.dtype, np.integer):
+        raise ValueError(f"attributes must hold integer factor levels, got dtype {A.dtype}.")
+    if K is not None and A.shape[0] != K:
+        raise ValueError(
+            f"attributes must have one row per class: {rows or f'gram is {K} x {K}'} but attributes has "
+            f"{A.shape[0]} rows; pass a K x F table, one row of factor levels per class."
+        )
+    return A
 
 
 def check_bool(name: str, value) -> bool:

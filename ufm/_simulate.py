@@ -38,9 +38,9 @@ import numpy as np
 
 from . import losses
 from . import _interrupt, _memory, _threads, metrics
-from ._checks import ArgumentTypeError, check_bool, check_int
+from ._checks import ArgumentTypeError, check_attributes, check_bool, check_int
 from ._progress import Progress, check_progress
-from .metrics import _check_attributes, double_centre
+from .metrics import double_centre
 from .results import Trajectory
 
 __all__ = ["simulate", "RECORDERS", "record_grid"]
@@ -737,7 +737,7 @@ def _resolve_recorders(problem, record, attributes):
     else:
         names = list(record)
     if attributes is not None:          # the caller's table: checked whatever is recorded
-        attributes = _check_attributes(attributes, problem.K, f"the problem has K={problem.K} classes")
+        attributes = check_attributes(attributes, problem.K, f"the problem has K={problem.K} classes")
     else:
         attributes = getattr(problem, "attributes", None)
     out = {}
@@ -749,7 +749,7 @@ def _resolve_recorders(problem, record, attributes):
             if attributes is None:
                 raise ValueError("recording 'semantic_gap' needs attributes=(K x F table) or a problem built "
                                  "with attributes (InputCoupledUFM.from_setting).")
-            out[name] = _semantic_gap(_check_attributes(attributes, problem.K, f"the problem has K={problem.K} "
+            out[name] = _semantic_gap(check_attributes(attributes, problem.K, f"the problem has K={problem.K} "
                                                         "classes (problem.attributes has one row per item)"))
         elif name in RECORDERS:
             out[name] = RECORDERS[name]

@@ -6,6 +6,7 @@ import importlib
 import inspect
 
 from .. import settings
+from .._solve import option_names, solve
 from .._util import callable_name
 from ..problems import InputCoupledUFM
 
@@ -108,8 +109,6 @@ def task_keys(fn) -> tuple[set, bool]:
     tuple of (set of str, bool)
         The explicit keyword names, and whether it also takes ``**kwargs``.
     """
-    from .._solve import option_names, solve
-
     names, var = signature_keys(fn)
     if fn is solve:
         return names | option_names(), False
