@@ -48,6 +48,7 @@ def _check_simulating(ns):
     assert ns["flow"].meta["time_variable"] == "log(1+t)" and ns["flow"].status is Status.completed
     assert ns["norms"].w_norm.shape[0] == 1
     assert np.array_equal(ns["a"].W[0], ns["b"].W[0])
+    assert np.array_equal(ns["first"].W, ns["again"].W) and isinstance(ns["first"].meta["seed"]["entropy"], int)
 
 
 def _check_theory_curves(ns):

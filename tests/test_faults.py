@@ -70,7 +70,7 @@ def test_the_incremental_hash_equals_the_hash_of_the_bytes(shape, index, monkeyp
 
 
 def test_sweep_workers_share_the_memory_budget(monkeypatch):
-    monkeypatch.setattr(_memory, "free_bytes", lambda: 8 * 2**30)
+    monkeypatch.setattr(_memory, "available", lambda: _memory.Limit(8 * 2**30, "an 8 GiB machine"))
     assert _memory.budget() == 4 * 2**30
     monkeypatch.setattr(_memory, "WORKERS", 4)
     assert _memory.budget() == 2**30
@@ -83,7 +83,7 @@ def test_fit_and_settings_use_the_same_guard(monkeypatch):
 
     parts = memory_estimate(K=64, T=40, F=6, models=("static",))
     assert parts["Grams and their copies"] == 7 * 8 * 40 * 64 * 64
-    monkeypatch.setattr(_memory, "free_bytes", lambda: 2**20)              # a 1 MiB machine
+    monkeypatch.setattr(_memory, "available", lambda: _memory.Limit(2**20, "a 1 MiB machine"))
     s = ufm.factorial((2, 2, 2, 2, 2))
     G = np.stack([s.input_kernel(x) for x in (1.0, 2.0, 3.0)])
     with pytest.raises(ValueError, match="ufm.fit needs about"):

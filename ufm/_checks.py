@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
-__all__ = ["available_bytes", "check_int", "check_nonneg", "check_positive"]
+__all__ = ["ArgumentTypeError", "check_attributes", "check_bool", "check_int", "check_nonneg", "check_positive", "check_problem"]
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type: a ``TypeError``, and a ``ValueError`` as every bad argument of ``ufm`` is."""
 
 
 def check_int(name: str, value, minimum: int) -> int:
@@ -47,9 +50,84 @@ def check_positive(name: str, value, meaning: str) -> float:
     return v
 
 
-def available_bytes() -> int | None:
-    """Free physical memory in bytes, or ``None`` where the platform does not say."""
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, ValueError, OSError):
-        return None
+def check_attributes(attributes, K: int | None = None, rows: str | None = None) -> np.ndarray:
+    """``attributes`` as an int64 K x F table of factor levels (whole floats and bools converted; NaN refused).
+
+    Parameters
+    ----------
+    attributes : array (K, F)
+        One row per class, one column per factor.
+    K : int, optional
+        The number of rows required.
+    rows : str, optional
+        Where ``K`` comes from, for the message (default: ``"gram is K x K"``).
+
+    Returns
+    -------
+    ndarray of int64 (K, F)
+        The table.
+    """
+    A = np.asarray(attributes)
+    if A.ndim != 2:
+        raise ValueError(
+            f"attributes must be a K x F table (one row per class, one column per factor), got shape {A.shape}; "
+            "for a single factor pass attributes[:, None]."
+        )
+    if A.size == 0:
+        raise ValueError(f"attributes is empty (shape {A.shape}); give at least one factor column.")
+    if A.dtype == np.bool_:
+        A = A.astype(np.int64)
+    if np.issubdtype(A.dtype, np.floating):
+        if not (np.all(np.isfinite(A)) and np.all(A == np.round(A))):
+            raise ValueError("attributes must hold integer factor levels; found non-integer or non-finite values "
+                             "(NaN or inf). Pass one integer level per class and factor, e.g. setting.attributes.")
+        A = A.astype(np.int64)
+    elif not np.issubdtype(A.dtype, np.integer):
+        raise ValueError(f"attributes must hold integer factor levels, got dtype {A.dtype}.")
+    if K is not None and A.shape[0] != K:
+        raise ValueError(
+            f"attributes must have one row per class: {rows or f'gram is {K} x {K}'} but attributes has "
+            f"{A.shape[0]} rows; pass a K x F table, one row of factor levels per class."
+        )
+    return A
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` as a bool; only ``True``/``False`` (or a numpy bool) are accepted, never a string or a number."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ArgumentTypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__}); "
+                                f"pass {name}=True or {name}=False.")
+    return bool(value)
+
+
+def check_problem(problem, models: tuple, who: str):
+    """``problem`` if it is an instance of one of ``models``; else an error saying how to build one.
+
+    Parameters
+    ----------
+    problem : object
+        The argument.
+    models : tuple of type
+        The model classes ``who`` takes (from :mod:`ufm.problems`).
+    who : str
+        The entry point, for the message (e.g. ``"ufm.solve"``).
+
+    Returns
+    -------
+    object
+        ``problem``, unchanged.
+    """
+    if isinstance(problem, models):
+        return problem
+    names = ", ".join(m.__name__ for m in models[:-1]) + f" or {models[-1].__name__}" if len(models) > 1 \
+        else models[0].__name__
+    if isinstance(problem, dict):
+        hint = f"a dict is not a problem: build one from its keywords, e.g. ufm.{models[0].__name__}(**keywords)"
+    elif isinstance(problem, str):
+        hint = ("a name is not a problem: build one, e.g. ufm.UFMProblem(K=4, n=3, d=6, lam_W=1e-2, lam_H=1e-2), "
+                "or the model of a named setting, ufm.InputCoupledUFM.from_setting("
+                f"ufm.settings.named_setting({problem!r}), sigma=1.0)")
+    else:
+        hint = "build one first, e.g. ufm.UFMProblem(K=4, n=3, d=6, lam_W=1e-2, lam_H=1e-2)"
+    raise ArgumentTypeError(f"{who}: problem must be a {names} (ufm.problems), got {type(problem).__name__}; "
+                            f"{hint}.")

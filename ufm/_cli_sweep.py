@@ -6,10 +6,12 @@ the sweep itself is :func:`ufm.sweep`.
 
 from __future__ import annotations
 
+import difflib
 import os
 
 from . import _interrupt
-from ._sweep import PROBLEMS, RESERVED, sweep
+from ._checks import check_bool
+from ._sweep import PROBLEMS, RESERVED, TASKS, sweep
 from ._util import check_output_folder
 from .results import Status
 from .plotting import plot_phase_diagram
@@ -17,7 +19,7 @@ from .plotting import plot_phase_diagram
 __all__ = ["run_config"]
 
 _CONFIG_KEYS = {"task", "grid", "seeds", "seed", "backend", "n_jobs", "out", "keep", "problem", "fixed", "plot",
-                "seed_scope", "retries"}
+                "seed_scope", "retries", "allow_import"}
 
 
 _PLOT_KEYS = {"x", "y", "value", "where", "annotate"}
@@ -39,21 +41,56 @@ def _pick_value(records, preferred=("etf_distance", "objective", "value")):
     return None
 
 
+def _check_task(path, cfg, allow_import: bool) -> str:
+    """The config's task: a name of :data:`ufm._sweep.TASKS`, or ``module:function`` when both opt-ins are given.
+
+    A config names what runs by a registered name, since an import path runs any function of
+    any module (``os:system`` too) for whoever hands out the file; ``allow_import = true`` in
+    the file and ``allow_import=True`` (``ufm sweep --allow-import``) from the person running
+    it are both needed for one. Checked before anything is imported.
+    """
+    task = cfg["task"]
+    if not isinstance(task, str):
+        raise ValueError(f"{path}: task must be the name of a registered task, one of {sorted(TASKS)}; got {task!r}.")
+    if task in TASKS:
+        return task
+    if ":" not in task:
+        close = difflib.get_close_matches(task, TASKS, n=1)
+        raise ValueError(f"{path}: task = {task!r} is not a registered task; name one of {sorted(TASKS)}"
+                         + (f" (did you mean {close[0]!r}?)" if close else "") + ".")
+    opt_in = cfg.get("allow_import", False)
+    if not isinstance(opt_in, bool):
+        raise ValueError(f"{path}: allow_import must be true or false, got {opt_in!r}.")
+    if opt_in and allow_import:
+        return task
+    missing = [m for m, given in (("allow_import = true in the file", opt_in),
+                                  ("--allow-import on the command line (run_config(..., allow_import=True))",
+                                   allow_import)) if not given]
+    raise ValueError(f"{path}: task = {task!r} is an import path, which would import and run any function named in "
+                     f"the file; a config names a registered task ({sorted(TASKS)}). To run your own function from a "
+                     f"file you trust, give both opt-ins; missing: {' and '.join(missing)}. Nothing was imported.")
+
+
 def run_config(path, *, out=None, resume: bool = False, backend=None, n_jobs=None, figure: bool = True,
-               progress: bool = True, echo=print, on_interrupt: str = "raise") -> dict:
+               progress: bool = True, echo=print, on_interrupt: str = "raise", allow_import: bool = False) -> dict:
     """Run the sweep described by a TOML file; write ``result.npz`` and ``phase_diagram.png`` to its ``out``.
 
-    The file (see ``examples/sweep.toml``) holds ``task`` (``"simulate"``,
-    ``"solve"`` or ``"module:function"``), ``[grid]`` (parameter lists), and
-    optionally ``seeds``, ``seed``, ``backend``, ``n_jobs``, ``out``, ``keep``,
-    ``seed_scope``, ``retries``, ``[problem]`` (``kind`` and fixed problem
+    The file (see ``examples/sweep.toml``) holds ``task`` (a registered name:
+    ``"simulate"`` or ``"solve"``, see :data:`ufm._sweep.TASKS`), ``[grid]`` (parameter
+    lists), and optionally ``seeds``, ``seed``, ``backend``, ``n_jobs``, ``out``, ``keep``,
+    ``seed_scope``, ``retries``, ``allow_import``, ``[problem]`` (``kind`` and fixed problem
     keywords), ``[fixed]`` (task keywords) and ``[plot]`` (``x``, ``y``,
     ``value``, optional ``[plot.where]``). Finished runs are cached in
     ``out/cache``; ``resume=True`` continues from it, and without it an
     existing cache is an error (so results of another configuration are never
     mixed in by accident). Everything is checked before the first run: unknown keys
-    (at the top level and in ``[plot]``), the ``[plot]`` axes and value, the output
-    folder, and the task's arguments.
+    (at the top level and in ``[plot]``), the task's name, the ``[plot]`` axes and value,
+    the output folder, and the task's arguments.
+
+    A task given as an import path ``"module:function"`` (your own function) runs only with
+    two opt-ins: ``allow_import = true`` in the file and ``allow_import=True`` here
+    (``ufm sweep --allow-import``); otherwise it is refused before anything is imported, as
+    a file that names ``"os:system"`` would run a shell command.
 
     Parameters
     ----------
@@ -74,6 +111,9 @@ def run_config(path, *, out=None, resume: bool = False, backend=None, n_jobs=Non
     on_interrupt : {"raise", "return"}
         Ctrl-C: the partial result is written to ``result.npz`` first, then raised in
         ``KeyboardInterrupt`` (in its ``result``) or returned (``ufm sweep`` returns it and exits 130).
+    allow_import : bool
+        Let a file whose ``task`` is ``"module:function"`` (and which says ``allow_import = true``)
+        import and run that function.
 
     Returns
     -------
@@ -83,6 +123,7 @@ def run_config(path, *, out=None, resume: bool = False, backend=None, n_jobs=Non
     import tomllib
 
     on_interrupt = _interrupt.check_on_interrupt(on_interrupt)
+    allow_import = check_bool("allow_import", allow_import)
     with open(path, "rb") as fh:
         try:
             cfg = tomllib.load(fh)
@@ -118,7 +159,8 @@ def run_config(path, *, out=None, resume: bool = False, backend=None, n_jobs=Non
             raise ValueError(f"{path}: [plot] value = {plot_cfg['value']!r} is not a scalar that [fixed] record = "
                              f"{names} keeps; use one of {scalars} or add it to record.")
     if "task" not in cfg or "grid" not in cfg:
-        raise ValueError(f"{path}: needs task = \"simulate\" (or \"solve\", \"module:function\") and a [grid] table.")
+        raise ValueError(f"{path}: needs task = one of {sorted(TASKS)} and a [grid] table.")
+    task = _check_task(path, cfg, allow_import)
     fixed = dict(cfg.get("fixed", {}))
     problem = None
     if "problem" in cfg:
@@ -137,7 +179,7 @@ def run_config(path, *, out=None, resume: bool = False, backend=None, n_jobs=Non
                          "another --out.")
     check_output_folder(out, "out")
     os.makedirs(out, exist_ok=True)
-    result = sweep(cfg["task"], cfg["grid"], seeds=cfg.get("seeds", 1), seed=cfg.get("seed", 0), fixed=fixed,
+    result = sweep(task, cfg["grid"], seeds=cfg.get("seeds", 1), seed=cfg.get("seed", 0), fixed=fixed,
                    problem=problem, keep=cfg.get("keep", ()), backend=backend or cfg.get("backend", "loky"),
                    n_jobs=n_jobs or cfg.get("n_jobs"), cache_dir=cache, progress=progress,
                    retries=cfg.get("retries", 2), seed_scope=cfg.get("seed_scope", "point"), on_interrupt="return")

@@ -38,7 +38,7 @@ import numpy as np
 
 from . import losses
 from . import _interrupt, _memory, _threads, metrics
-from ._checks import check_int
+from ._checks import ArgumentTypeError, check_attributes, check_bool, check_int
 from ._progress import Progress, check_progress
 from .metrics import double_centre
 from .results import Trajectory
@@ -146,10 +146,11 @@ def initial_states(problem, seeds, seed, init_scale, given, dtype):
     """One state per seed: small Gaussian blocks (bias 0), or the user's arrays.
 
     Seed ``i`` draws from child ``i`` of ``SeedSequence(seed)`` (``spawn_key=(i,)``, what
-    ``SeedSequence(seed).spawn`` gives), made one at a time. Arrays are written in ``dtype``.
+    ``SeedSequence(seed).spawn`` gives), made one at a time; ``seed`` is an int or the root
+    ``SeedSequence`` itself. Arrays are written in ``dtype``.
     """
     shapes = losses.blocks(problem)
-    root = np.random.SeedSequence(seed)
+    root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     batch = {}
     for name, shape in shapes.items():
         arr = np.empty((seeds,) + shape, dtype=dtype)
@@ -277,9 +278,10 @@ def _unflatten(y, shapes):
 
 
 # -- memory ------------------------------------------------------------------------
-def _available_bytes() -> int:
-    """Free memory (bytes) the guard divides; a function so tests can pretend the machine is small."""
-    return _memory.free_bytes()
+def _available_bytes() -> "_memory.Limit | int":
+    """The memory the guard divides (the tightest limit of this process); a function so tests can pretend the
+    machine is small."""
+    return _memory.available()
 
 
 def memory_estimate(problem, recorders, seeds: int, n_times: int, mode: str = "gd", dtype=np.float64,
@@ -352,9 +354,17 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
         bias (initialized at 0). ``0`` puts the features at an exact stationary point
         (a saddle of the objective), which GD and the flow never leave: refused unless
         ``W0``/``H0``/``A0`` give a start that can move.
-    seed, seeds : int
+    seed : int, SeedSequence, Generator or None
+        Where the initializations come from: an integer ``>= 0`` (recorded in
+        ``meta["seed"]``), a ``np.random.SeedSequence`` (the root itself), a
+        ``np.random.Generator`` (a child of its bit generator's ``SeedSequence`` is
+        spawned, so two calls with one Generator differ) or ``None`` (fresh entropy).
+        For the last three, ``meta["seed"]`` is ``{"entropy", "spawn_key"}`` and
+        ``seed=np.random.SeedSequence(**meta["seed"])`` repeats the run. Anything else
+        (a string, a float, a bool, a negative integer) is refused.
+    seeds : int
         ``seeds`` independent runs; run ``i`` draws its initialization from child
-        ``i`` of ``np.random.SeedSequence(seed)``, so a run does not depend on how
+        ``i`` of the root ``SeedSequence``, so a run does not depend on how
         many others there are. GD runs the seeds in blocks on up to
         ``ufm._threads.seed_threads()`` threads (``numba.get_num_threads()``, capped by
         ``NUMBA_NUM_THREADS``/``OMP_NUM_THREADS``, the usable CPUs and cgroup quota, and
@@ -366,12 +376,15 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
         :data:`RECORDERS`); a dict maps extra names to ``fn(problem, state)``.
     n_records, grid, record_steps :
         Recorded steps: ``record_grid(steps, n_records, grid)`` (log-spaced by
-        default, always with 0 and ``steps``), or explicit ``record_steps``.
+        default, always with 0 and ``steps``), or explicit ``record_steps``: step
+        numbers in ``[0, steps]``, integers or whole floats (``10.0``); a fractional
+        step such as ``1.5`` is refused, never rounded.
     W0, H0, A0, b0 : array, optional
         Initial blocks, one array for every seed or one per seed (leading axis).
     attributes : (K, F) int array, optional
         Latent attributes of the classes, for ``"semantic_gap"``; defaults to
-        ``problem.attributes`` when the problem has them.
+        ``problem.attributes`` when the problem has them. Checked when given, whatever
+        is recorded: one row per class, integer levels (whole floats allowed), no NaN.
     dtype : float64 or float32
         Arithmetic precision of the kernels (records are float64).
     progress : {"auto", True, False}
@@ -396,6 +409,7 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
         KeyboardInterrupt as err: err.result`` keeps it); ``"return"``: the Trajectory is
         returned and the caller goes on.
     throw : bool
+        ``True`` or ``False`` (a numpy bool too; a string such as ``"yes"`` is refused).
         Raise :class:`~ufm.results.NotConverged` (with the Trajectory in ``err.result``)
         instead of returning a run that diverged or ran out of integrator steps
         (an interruption follows ``on_interrupt``).
@@ -415,7 +429,8 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
     ValueError
         Bad arguments, a stationary start, or a run whose estimated peak memory
         (:func:`memory_estimate`: records, state, kernel buffers, temporaries) exceeds half
-        the free memory; all checked before anything large is allocated.
+        the memory this process may use (:mod:`ufm._memory`: the available memory, the cgroup
+        limit, ``ulimit -v``); all checked before anything large is allocated.
     KeyboardInterrupt
         After Ctrl-C with ``on_interrupt="raise"``; its ``result`` holds the Trajectory.
     NotConverged
@@ -431,16 +446,14 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
     steps, lr = _steps_and_lr(mode, steps, lr, horizon)
     a = check_arguments(steps=steps, lr=lr, mode=mode, init_scale=init_scale, seeds=seeds, dtype=dtype,
                         time_variable=time_variable, n_records=n_records, grid=grid, rtol=rtol, atol=atol,
-                        max_steps=max_steps, on_interrupt=on_interrupt)
+                        max_steps=max_steps, on_interrupt=on_interrupt, throw=throw, record_steps=record_steps)
     steps, lr, init_scale, seeds, dtype = a["steps"], a["lr"], a["init_scale"], a["seeds"], a["dtype"]
+    root, seed_meta = _seed_root(seed)
 
     if record_steps is None:
         grid_steps = record_grid(steps, n_records, grid)
     else:
-        grid_steps = _sorted_unique(np.asarray(record_steps, dtype=np.int64).ravel())
-        if grid_steps.size == 0 or grid_steps[0] < 0 or grid_steps[-1] > steps:
-            raise ValueError(f"record_steps must lie in [0, steps={steps}].")
-        grid_steps = _sorted_unique(np.concatenate([[0], grid_steps, [steps]]))
+        grid_steps = _sorted_unique(np.concatenate([[0], a["record_steps"], [steps]]))
 
     recorders = _resolve_recorders(problem, record, attributes)
     parts = memory_estimate(problem, recorders, seeds, len(grid_steps), mode, dtype)
@@ -462,13 +475,13 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
             raise ValueError(f"{name}0 was given but a {model} model has no block {name!r} (blocks: {sorted(allowed)}).")
 
     meta = {"problem": problem.as_dict(), "model": model, "loss_kernel": _kernel_name(problem), "lr": lr,
-            "steps_requested": steps, "seed": seed,
+            "steps_requested": steps, "seed": seed_meta,
             "seeds": seeds, "init_scale": init_scale, "dtype": dtype.name, "grid": grid if record_steps is None
             else "explicit", "record": sorted(recorders), "memory_estimate": {k: int(v) for k, v in parts.items()}}
     warnings = []
     with _interrupt.deferred():
         try:
-            batch = initial_states(problem, seeds, seed, init_scale, given, dtype)
+            batch = initial_states(problem, seeds, root, init_scale, given, dtype)
         except KeyboardInterrupt:
             raise _interrupt.interrupted(None, "interrupted while drawing the initial states; nothing was run.") \
                 from None
@@ -542,12 +555,14 @@ def check_arguments(**kw) -> dict:
     **kw
         Any of ``steps``, ``lr``, ``mode``, ``init_scale``, ``seeds``, ``dtype``,
         ``time_variable``, ``n_records``, ``grid``, ``rtol``, ``atol``, ``max_steps``,
-        ``on_interrupt``; others are ignored.
+        ``on_interrupt``, ``throw``, ``record_steps`` (checked against ``steps`` when both are
+        given), ``seed``; others are ignored.
 
     Returns
     -------
     dict
-        The checked values (ints, floats, a numpy dtype).
+        The checked values (ints, floats, a numpy dtype, a bool; ``record_steps`` as sorted
+        distinct int64 steps).
     """
     out = dict(kw)
     if "steps" in kw:
@@ -560,6 +575,12 @@ def check_arguments(**kw) -> dict:
         out["max_steps"] = check_int("max_steps", kw["max_steps"], 1)
     if "on_interrupt" in kw:
         _interrupt.check_on_interrupt(kw["on_interrupt"])
+    if "throw" in kw:
+        out["throw"] = check_bool("throw", kw["throw"])
+    if kw.get("record_steps") is not None:
+        out["record_steps"] = _check_record_steps(kw["record_steps"], out.get("steps"))
+    if "seed" in kw:
+        _seed_root(kw["seed"], spawn=False)
     if "lr" in kw:
         if kw["lr"] is None:
             raise ValueError("lr is required: the GD step size (in flow mode, the time unit: horizon = steps * lr).")
@@ -604,6 +625,69 @@ def check_arguments(**kw) -> dict:
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a finite number > 0 (the integrator's tolerance), got {kw[name]!r}.")
     return out
+
+
+_SEED_TYPES = "an integer >= 0, a np.random.SeedSequence, a np.random.Generator or None (fresh entropy)"
+
+
+def _seed_root(seed, spawn: bool = True):
+    """The root ``SeedSequence`` of ``seed`` and what ``meta["seed"]`` records of it.
+
+    An int is recorded as given; for a ``SeedSequence``, a ``Generator`` (a child of its
+    bit generator's ``SeedSequence`` is spawned, so two runs given one Generator differ, as
+    its draws would) or ``None`` (fresh entropy), ``{"entropy", "spawn_key"}``, so that
+    ``seed=np.random.SeedSequence(**meta["seed"])`` repeats the run. ``spawn=False`` only checks.
+    """
+    if isinstance(seed, (bool, np.bool_)) or not (seed is None or isinstance(
+            seed, (int, np.integer, np.random.SeedSequence, np.random.Generator))):
+        raise ArgumentTypeError(f"seed must be {_SEED_TYPES}, got {seed!r} ({type(seed).__name__}); pass e.g. "
+                                "seed=0.")
+    if isinstance(seed, (int, np.integer)):
+        if seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed}; pass e.g. seed=0 (or its absolute value).")
+        return np.random.SeedSequence(int(seed)), int(seed)
+    if isinstance(seed, np.random.Generator):
+        parent = getattr(seed.bit_generator, "seed_seq", None)
+        if not isinstance(parent, np.random.SeedSequence):
+            raise ValueError("seed: this Generator was not made from a SeedSequence (its bit generator's seed_seq is "
+                             f"{type(parent).__name__}), so no child can be spawned from it; pass an int seed or "
+                             "np.random.default_rng(seed) instead.")
+        if not spawn:
+            return None, None
+        root = parent.spawn(1)[0]
+    elif seed is None:
+        root = np.random.SeedSequence()
+    else:
+        root = seed
+    entropy = root.entropy
+    entropy = int(entropy) if isinstance(entropy, (int, np.integer)) else [int(e) for e in entropy]
+    return root, {"entropy": entropy, "spawn_key": [int(k) for k in root.spawn_key]}
+
+
+def _check_record_steps(record_steps, steps: int | None) -> np.ndarray:
+    """``record_steps`` as sorted distinct int64 steps in ``[0, steps]``: integers or whole floats, never rounded."""
+    try:
+        arr = np.asarray(record_steps)
+    except (TypeError, ValueError):
+        arr = np.asarray(None)
+    if arr.dtype.kind not in "iuf":
+        raise ArgumentTypeError(f"record_steps must be a sequence of step numbers (integers), got {record_steps!r}; "
+                                "pass e.g. record_steps=[0, 10, 100], or omit it for n_records log-spaced steps.")
+    arr = arr.ravel()
+    if arr.size == 0:
+        raise ValueError("record_steps is empty; pass the steps to record, e.g. [0, 10, 100], or omit it for "
+                         "n_records log-spaced steps.")
+    if arr.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))
+        if bad.size:
+            first = float(arr[bad[0]])
+            raise ValueError(f"record_steps must be whole step numbers: record_steps[{bad[0]}] = {first!r} is not "
+                             f"({bad.size} such); pass integers, e.g. np.round(record_steps).astype(int), or a GD "
+                             "run's own steps.")
+    if arr.min() < 0 or (steps is not None and arr.max() > steps):
+        raise ValueError(f"record_steps must lie in [0, steps={steps if steps is not None else 'steps'}], got "
+                         f"values from {arr.min():g} to {arr.max():g}; drop the steps outside or raise steps.")
+    return _sorted_unique(arr.astype(np.int64))
 
 
 class _Records:
@@ -652,7 +736,9 @@ def _resolve_recorders(problem, record, attributes):
         names = []
     else:
         names = list(record)
-    if attributes is None:
+    if attributes is not None:          # the caller's table: checked whatever is recorded
+        attributes = check_attributes(attributes, problem.K, f"the problem has K={problem.K} classes")
+    else:
         attributes = getattr(problem, "attributes", None)
     out = {}
     for name in names:
@@ -663,7 +749,8 @@ def _resolve_recorders(problem, record, attributes):
             if attributes is None:
                 raise ValueError("recording 'semantic_gap' needs attributes=(K x F table) or a problem built "
                                  "with attributes (InputCoupledUFM.from_setting).")
-            out[name] = _semantic_gap(np.asarray(attributes))
+            out[name] = _semantic_gap(check_attributes(attributes, problem.K, f"the problem has K={problem.K} "
+                                                        "classes (problem.attributes has one row per item)"))
         elif name in RECORDERS:
             out[name] = RECORDERS[name]
         else:

@@ -15,7 +15,9 @@ import importlib
 
 import numpy as np
 
+from ._checks import check_bool, check_problem
 from .convex import form_of
+from .problems import InputCoupledUFM, LayerPeeledProblem, UFMProblem
 from .results import NoMethodApplies, Solution
 
 __all__ = ["solve", "METHODS", "NoMethodApplies"]
@@ -29,6 +31,10 @@ METHODS: dict[str, tuple[str, str, str]] = {
 }
 
 
+#: The models ``ufm.solve`` takes (AnchoredUFM is a UFMProblem).
+_MODELS = (UFMProblem, InputCoupledUFM, LayerPeeledProblem)
+
+
 def _method(name: str):
     module, fn, check = METHODS[name]
     mod = importlib.import_module(module)
@@ -40,7 +46,7 @@ def solve(problem, method: str = "auto", *, throw: bool = False, **options):
 
     Parameters
     ----------
-    problem : UFMProblem or LayerPeeledProblem
+    problem : UFMProblem, AnchoredUFM, InputCoupledUFM or LayerPeeledProblem
         The problem (see :mod:`ufm.problems` for the objective and its conventions:
         halved regularizers, means over the N examples).
     method : str
@@ -69,8 +75,12 @@ def solve(problem, method: str = "auto", *, throw: bool = False, **options):
     Raises
     ------
     ValueError
-        For an unknown method or an option the method does not take.
+        For a ``problem`` that is not a model of :mod:`ufm.problems` (a ``TypeError`` too),
+        an unknown method, an option the method does not take, or a bad option value
+        (e.g. ``tol <= 0``), before any work.
     """
+    check_problem(problem, _MODELS, "ufm.solve")
+    throw = check_bool("throw", throw)
     if method != "auto" and method not in METHODS:
         raise ValueError(f"method must be 'auto' or one of {sorted(METHODS)}, got {method!r}.")
     try:
@@ -95,15 +105,33 @@ def _solve(problem, method, options):
     return Solution.unsolved(problem, method, "no_method", f"method={method!r} cannot solve {problem!r}.{hint}\n{detail}")
 
 
-def _check_options(method, run, options):
-    """Options the method does not take are refused by name, with the ones it does take."""
+def option_names() -> set:
+    """Every option some method of :data:`METHODS` takes: what ``ufm.solve(problem, **options)`` can accept.
+
+    Returns
+    -------
+    set of str
+        The names (``ufm.sweep`` refuses a grid or fixed name outside them, and ``method``, before any run).
+    """
+    return set().union(*(_options_of(_method(name)[0]) or () for name in METHODS))
+
+
+def _options_of(run) -> list | None:
+    """The options ``run`` takes after the problem (``throw`` aside); ``None`` when it takes any (``**kwargs``)."""
     import inspect
 
     params = inspect.signature(run).parameters
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return None
+    return [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+            and n != "throw"][1:]
+
+
+def _check_options(method, run, options):
+    """Options the method does not take are refused by name, with the ones it does take."""
+    known = _options_of(run)
+    if known is None:
         return
-    known = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-             and n != "throw"][1:]
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ValueError(f"method={method} takes no option {', '.join(map(repr, unknown))}; its options are "

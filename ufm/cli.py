@@ -43,7 +43,8 @@ def _demo(args) -> int:
 def _sweep(args) -> int:
     try:
         res = run_config(args.config, out=args.out, resume=args.resume, backend=args.backend, n_jobs=args.n_jobs,
-                         figure=not args.no_figure, progress=not args.quiet, on_interrupt="return")["result"]
+                         figure=not args.no_figure, progress=not args.quiet, on_interrupt="return",
+                         allow_import=args.allow_import)["result"]
     except (ValueError, OSError) as err:
         print(f"ufm sweep: {err}", file=sys.stderr)
         return 2
@@ -239,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--n-jobs", type=int, help="override the file's n_jobs")
     sw.add_argument("--no-figure", action="store_true", help="write the result only")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.add_argument("--allow-import", action="store_true",
+                    help="let a file whose task is 'module:function' (and that says allow_import = true) import and "
+                         "run that function; without it a config names a registered task (simulate, solve)")
     sw.set_defaults(func=_sweep)
     ft = sub.add_parser("fit", help="fit UFM models to a recorded run; print the table, write the overlay figure",
                         description="Fit the static ETF + attribute decomposition, the input-coupled UFM (M2) and "

@@ -46,6 +46,7 @@ import math
 import numpy as np
 
 from . import losses
+from ._checks import check_bool
 from ._util import RANK_RTOL, numerical_rank
 from .metrics import centering_matrix
 from .problems import InputCoupledUFM, LayerPeeledProblem, UFMProblem
@@ -506,6 +507,7 @@ def solve(problem, *, throw: bool = False) -> Solution:
         the closed-form quantities. When no case applies: ``status`` ``no_method``,
         the message gives every case's reason, and ``W, H, Z`` are NaN.
     """
+    throw = check_bool("throw", throw)
     reasons = []
     for name, case in CASES.items():
         try:

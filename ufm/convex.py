@@ -45,7 +45,7 @@ from ._util import numerical_rank
 from .closed_form import NotApplicable, balanced_split
 from .metrics import centering_matrix
 from .results import NotConverged, Solution
-from ._checks import check_int, check_positive
+from ._checks import check_bool, check_int, check_positive
 
 __all__ = ["convex", "prox", "svm", "certificate", "Form", "form_of", "applies_convex", "applies_prox",
            "applies_svm", "SOLVERS"]
@@ -410,9 +410,12 @@ def convex(problem, *, solver: str = "CLARABEL", reduce="auto", tol: float = 1e-
     """
     import cvxpy as cp
 
-    solver = solver.upper()
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
+    solver = _check_solver(solver)
+    tol = check_positive("tol", tol, "the solver tolerance, e.g. 1e-9")
+    max_iter = check_int("max_iter", max_iter, 1)
+    if polish is not None:
+        polish = check_positive("polish", polish, "the certified gap to polish to, e.g. 1e-7; None skips it")
+    throw = check_bool("throw", throw)
     try:
         form = form_of(problem, reduce)
     except NotApplicable as err:
@@ -421,8 +424,6 @@ def convex(problem, *, solver: str = "CLARABEL", reduce="auto", tol: float = 1e-
     if zero is not None:
         return zero
     prob, X, b = _cvx_program(form)
-    tol = check_positive("tol", tol, "the solver tolerance, e.g. 1e-9")
-    max_iter = check_int("max_iter", max_iter, 1)
     opts = ({"eps_abs": tol, "eps_rel": tol, "max_iters": max_iter} if solver == "SCS" else
             {"tol_gap_abs": tol, "tol_gap_rel": tol, "tol_feas": tol, "max_iter": min(max_iter, 500)})
     t0 = time.perf_counter()
@@ -453,6 +454,13 @@ def convex(problem, *, solver: str = "CLARABEL", reduce="auto", tol: float = 1e-
         return sol
     return _finish(sol.replace(status="inaccurate", message=sol.message + " Not certified optimal: tighten tol or "
                                "use method='prox'."), throw)
+
+
+def _check_solver(solver) -> str:
+    """``solver`` upper-cased, one of :data:`SOLVERS`."""
+    if not isinstance(solver, str) or solver.upper() not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
+    return solver.upper()
 
 
 def _finish(sol: Solution, throw: bool) -> Solution:
@@ -845,6 +853,10 @@ def prox(problem, *, tol: float = 1e-6, max_iter: int = 20_000, reduce="auto", c
         thresholdings took each path (``"full"`` includes the fallbacks).
     """
     check_progress(progress)
+    tol = check_positive("tol", tol, "the target relative duality gap, e.g. 1e-6")
+    max_iter = check_int("max_iter", max_iter, 1)
+    check_every = check_int("check_every", check_every, 1)
+    throw = check_bool("throw", throw)
     try:
         form = form_of(problem, reduce)
     except NotApplicable as err:
@@ -903,9 +915,8 @@ def svm(problem, *, solver: str = "CLARABEL", throw: bool = False) -> Solution:
         is not an unregularized CE problem. For soft labels ``meta``
         holds ``L_in``, ``support_proxy`` (``S~``), ``cos_to_proxy`` and ``nuclear_proxy``.
     """
-    solver = solver.upper()
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
+    solver = _check_solver(solver)
+    throw = check_bool("throw", throw)
     ok, why = applies_svm(problem)
     if not ok:
         return _finish(Solution.unsolved(problem, "svm", "no_method", why), throw)

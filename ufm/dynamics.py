@@ -39,7 +39,7 @@ import numpy as np
 
 from . import _memory
 from ._simulate import initial_states
-from ._checks import check_nonneg
+from ._checks import check_bool, check_nonneg
 from .loss_registry import get_loss
 from .problems import InputCoupledUFM, UFMProblem
 from ._solve import solve
@@ -69,13 +69,14 @@ def _failure_as_result(kind: str):
         @functools.wraps(fn)
         def curve(*args, **kwargs):
             arguments = signature.bind(*args, **kwargs).arguments
+            throw = check_bool("throw", arguments.get("throw", False))
             try:
                 result = fn(*args, **kwargs)
             except NotConverged as err:
                 times = np.atleast_1d(np.asarray(arguments["times"], dtype=float))
                 result = TheoryCurve(times=times, records={}, kind=kind, status="solver_failed", message=str(err),
                                      meta={"function": fn.__name__})
-            return result.raise_on_failure() if arguments.get("throw", False) else result
+            return result.raise_on_failure() if throw else result
         return curve
     return wrap
 

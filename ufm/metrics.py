@@ -62,6 +62,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._checks import check_attributes
 from ._util import numerical_rank
 
 __all__ = [
@@ -203,30 +204,6 @@ def _check_gram(G, name: str = "gram", *, psd: bool = True, size: int | None = N
                 f"max|eig| = {-PSD_RTOL * lscale:.3g}; pass a Gram matrix X^T X."
             )
     return G
-
-
-def _check_attributes(attributes, K: int | None = None) -> np.ndarray:
-    A = np.asarray(attributes)
-    if A.ndim != 2:
-        raise ValueError(
-            f"attributes must be a K x F table (one row per class, one column per factor), got shape {A.shape}; "
-            "for a single factor pass attributes[:, None]."
-        )
-    if A.size == 0:
-        raise ValueError(f"attributes is empty (shape {A.shape}); give at least one factor column.")
-    if A.dtype == np.bool_:
-        A = A.astype(np.int64)
-    if np.issubdtype(A.dtype, np.floating):
-        if not (np.all(np.isfinite(A)) and np.all(A == np.round(A))):
-            raise ValueError("attributes must hold integer factor levels; found non-integer or non-finite values.")
-        A = A.astype(np.int64)
-    elif not np.issubdtype(A.dtype, np.integer):
-        raise ValueError(f"attributes must hold integer factor levels, got dtype {A.dtype}.")
-    if K is not None and A.shape[0] != K:
-        raise ValueError(
-            f"attributes must have one row per class: gram is {K} x {K} but attributes has {A.shape[0]} rows."
-        )
-    return A
 
 
 def _check_variant(variant, allowed, who: str) -> str:
@@ -1307,14 +1284,14 @@ def attribute_kernel(attributes) -> np.ndarray:
     THEORY.md §7.4 (derived), TV6; motivating setting: Zhao, Papadimitriou,
     Thrampoulidis, arXiv 2606.26749.
     """
-    A = _check_attributes(attributes)
+    A = check_attributes(attributes)
     return np.sum(A[:, None, :] == A[None, :, :], axis=-1).astype(np.float64)
 
 
 def _semantic_cosines(gram, attributes, center: bool, check_psd: bool = True):
     G = _check_gram(gram, "gram", psd=check_psd, min_size=2)
     K = G.shape[0]
-    A = _check_attributes(attributes, K)
+    A = check_attributes(attributes, K)
     Gc = center_gram(G) if center else G
     return _cosines(Gc, "gram (centred)" if center else "gram"), A, K
 
@@ -1466,7 +1443,7 @@ def excess_cka(gram, attributes) -> float:
     """
     G = _check_gram(gram, "gram", min_size=2)
     K = G.shape[0]
-    S = attribute_kernel(_check_attributes(attributes, K))
+    S = attribute_kernel(check_attributes(attributes, K))
     if not np.linalg.norm(center_gram(S)) > 0:
         raise ValueError("attributes: every factor is constant, so the shared-factor kernel is constant after "
                          "centring and CKA with it is undefined.")
@@ -1548,7 +1525,7 @@ def semantic_regression(gram, attributes, *, per_factor: bool = False) -> Semant
     """
     G = _check_gram(gram, "gram", min_size=2)
     K = G.shape[0]
-    A = _check_attributes(attributes, K)
+    A = check_attributes(attributes, K)
     Gc = center_gram(G)
     nG = np.linalg.norm(Gc)
     if not nG > ZERO_RTOL * np.linalg.norm(G):

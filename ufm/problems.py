@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._checks import check_int as _check_int, check_nonneg as _check_nonneg
+from ._checks import ArgumentTypeError as _ArgumentTypeError
 from ._util import numerical_rank
 from . import losses as _losses
+from . import _memory
 from .loss_registry import get_loss
 from .losses import CrossEntropy, Loss
 
@@ -52,6 +54,18 @@ def _counts_from(K, n, counts, who: str) -> tuple[int, ...]:
     if len(c) != K:
         raise ValueError(f"counts must have one entry per class: K={K} but len(counts)={len(c)}.")
     return tuple(_check_int(f"counts[{i}]", ci, 1) for i, ci in enumerate(c))
+
+
+#: Labels smaller than this (bytes) are made without asking the memory guard (which reads ``/proc``: 0.2 ms).
+_SMALL_LABELS = 1 << 26
+
+
+def _label_memory(who: str, K: int, N: int) -> None:
+    """Refuse labels whose arrays (K counts, N class indices) do not fit in memory, before making them."""
+    if 8 * N + 24 * K < _SMALL_LABELS:
+        return
+    _memory.check({"the class of each example (N int64)": 8 * N, "the class indices and counts (K)": 24 * K},
+                  f"{who}(K={K}, N={N})", "Use fewer classes (K) or examples per class (n, counts).")
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,7 +119,10 @@ class Labels:
             if K is None:
                 raise ValueError("K (number of classes) is required unless labels are given.")
             K = _check_int("K", K, 2)
+            if n is not None and counts is None:       # refused before the K counts are made
+                _label_memory(who, K, K * _check_int("n", n, 1))
             c = _counts_from(K, n, counts, who)
+            _label_memory(who, K, sum(c))
             return cls._hard(K, c, np.repeat(np.arange(K), c))
         lab = np.asarray(labels)
         if lab.ndim == 1:
@@ -923,6 +940,13 @@ class InputCoupledUFM:
         InputCoupledUFM
             The model, with ``attributes`` and ``sigma`` of the setting.
         """
+        from .settings import Setting
+
+        if not isinstance(setting, Setting):
+            named = "" if not isinstance(setting, str) else (
+                f"; for the setting named {setting!r} pass ufm.settings.named_setting({setting!r})")
+            raise _ArgumentTypeError(f"setting must be a Setting (ufm.settings), got {type(setting).__name__}: build "
+                                     f"one, e.g. ufm.factorial((2, 2, 2)){named}.")
         Phi = setting.encoding(sigma, strengths=strengths)
         return cls(Phi=Phi, d=setting.N if d is None else d, loss=loss, lam_W=lam_W, lam_A=lam_A,
                    labels=np.asarray(setting.labels), attributes=setting.attributes, sigma=sigma, lam_H=lam_H)

@@ -8,8 +8,11 @@ Every backend has the signature ``run(call, jobs, done, opts)``: it executes
 
 from __future__ import annotations
 
+import ast
+import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 
 from .. import _memory
@@ -129,10 +132,72 @@ def _dask_client(client, n_jobs):
     try:
         return distributed.get_client(), []
     except ValueError:
+        pass
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # a new worker process importing the main script (multiprocessing's own test): the script called ufm.sweep
+        # at its top level
+        raise RuntimeError(_unguarded_hint("this process is such a worker, and the script it imports calls ufm.sweep "
+                                           "at its top level, outside `if __name__ == \"__main__\":`, so it would "
+                                           "run the sweep again"))
+    try:
         cluster = distributed.LocalCluster(n_workers=n_jobs, threads_per_worker=1, processes=True,
                                            dashboard_address=None)
-        c = distributed.Client(cluster)
-        return c, [c, cluster]
+    except Exception as err:
+        import dask
+
+        site = _main_call_site()
+        if site is None or _guarded(*site) or \
+                dask.config.get("distributed.worker.multiprocessing-method", "spawn") == "fork":
+            raise
+        raise RuntimeError(f"Dask could not start its worker processes ({type(err).__name__}: {err}). "
+                           + _unguarded_hint(f"the script {site[0]} runs ufm.sweep from its line {site[1]}, outside "
+                                             "`if __name__ == \"__main__\":`, so each worker runs the sweep again "
+                                             "as it starts, and its nanny fails to start it")) from err
+    c = distributed.Client(cluster)
+    return c, [c, cluster]
+
+
+def _unguarded_hint(why: str) -> str:
+    """What went wrong when a script calls ``ufm.sweep(backend="dask")`` at its top level (``why``), and the fix."""
+    return (f"backend='dask' starts a LocalCluster whose worker processes begin by importing the main script "
+            f"(multiprocessing's 'spawn'): {why}. Put the script's work under `if __name__ == \"__main__\":` "
+            "(see docs/guide/sweeps.md, 'A Dask cluster'), or pass client= a running cluster.")
+
+
+def _main_call_site():
+    """``(file, line)`` of the top-level statement of the main script that is running now, or ``None``.
+
+    ``None`` also where the main module is no file that a worker would import again (an interactive
+    session, ``python -c``, a notebook).
+    """
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path or not os.path.isfile(path):
+        return None
+    frame, line = sys._getframe(1), None
+    while frame is not None:
+        if frame.f_code.co_name == "<module>" and os.path.abspath(frame.f_code.co_filename) == os.path.abspath(path):
+            line = frame.f_lineno
+        frame = frame.f_back
+    return None if line is None else (path, line)
+
+
+def _guarded(path: str, line: int) -> bool:
+    """Whether ``line`` of the script ``path`` lies in the body of an ``if __name__ == "__main__":`` (True when the
+    script cannot be read: no claim is made then)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            tree = ast.parse(fh.read())
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return True
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and \
+                all(isinstance(op, ast.Eq) for op in node.test.ops):
+            sides = [node.test.left, *node.test.comparators]
+            if any(isinstance(s, ast.Name) and s.id == "__name__" for s in sides) and \
+                    any(isinstance(s, ast.Constant) and s.value == "__main__" for s in sides) and \
+                    node.body[0].lineno <= line <= node.body[-1].end_lineno:
+                return True
+    return False
 
 
 def _run_dask(call, jobs, done, opts):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import time
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import _interrupt, _threads
+from .._checks import check_bool
 from .._progress import Progress, check_progress
 from .._simulate import check_arguments, simulate
 from .._util import canonical, canonical_json, check_output_folder
@@ -18,7 +20,7 @@ from .cache import read_cached, write_cached
 from .grid import RESERVED, grid_points
 from .keys import call_id, point_seed, run_key
 from .runner import Call, Job
-from .tasks import PROBLEMS, problem_keys, resolve_task, signature_keys
+from .tasks import PROBLEMS, problem_keys, resolve_task, signature_keys, task_keys
 
 __all__ = ["sweep"]
 
@@ -137,6 +139,7 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
     """
     t0 = time.perf_counter()
     check_progress(progress)
+    throw = check_bool("throw", throw)
     plan = _plan(task, grid, seeds=seeds, seed=seed, fixed=fixed, problem=problem, keep=keep, backend=backend,
                  n_jobs=n_jobs, client=client, cache_dir=cache_dir, retries=retries, seed_scope=seed_scope,
                  seed_arg=seed_arg, on_interrupt=on_interrupt)
@@ -175,10 +178,10 @@ def _plan(task, grid, *, seeds, seed, fixed, problem, keep, backend, n_jobs, cli
     fixed = dict(fixed or {})
     points = grid_points(grid)
     axes = list(dict.fromkeys(name for point in points for name in point))
-    task_keys, task_var = signature_keys(fn)
+    t_keys, task_var = task_keys(fn)
     if seed_arg == "auto":
-        seed_arg = "seed" if "seed" in task_keys else None
-    routed = _route_keywords(task_name, task_keys, task_var, problem, fixed, axes, seed_arg)
+        seed_arg = "seed" if "seed" in t_keys else None
+    routed = _route_keywords(task_name, t_keys, task_var, problem, fixed, axes, seed_arg)
     _precheck(fn, fixed, points, routed)
     call = Call(fn, problem, routed, fixed, keep, seed_arg)
     cid = call_id(task_name, problem, fixed, keep, seed_arg)
@@ -250,9 +253,21 @@ def _route_keywords(task_name, task_keys, task_var, problem, fixed, axes, seed_a
         if name in p_keys or (p_var and name not in task_keys):
             routed.add(name)
         elif name not in task_keys and not task_var:
-            where = "the problem factory nor the task" if problem is not None else "the task"
-            raise ValueError(f"{name!r} is not a keyword of {where} ({task_name}); check its spelling.")
+            _unknown_keyword(name, name in axes, task_name, task_keys - {seed_arg}, problem, p_keys)
     return routed
+
+
+def _unknown_keyword(name, in_grid, task_name, task_keys, problem, p_keys):
+    """One ValueError for a grid or fixed name that neither the problem factory nor the task accepts (every run
+    would fail on it): the names each accepts, and the closest one."""
+    accepted = set(task_keys) | set(p_keys)
+    close = difflib.get_close_matches(name, sorted(accepted), n=1, cutoff=0.6)
+    what = f"grid parameter {name!r}" if in_grid else f"fixed[{name!r}]"
+    where = f"the problem factory ({problem!r}) nor the task" if problem is not None else "the task"
+    lists = f"the task takes {sorted(task_keys)}" + (f", the problem {sorted(p_keys)}" if problem is not None else "")
+    raise ValueError(f"{what} is not a keyword of {where} ({task_name}), so every run would fail"
+                     + (f"; did you mean {close[0]!r}?" if close else "; check its spelling.")
+                     + f" Accepted: {lists}.")
 
 
 def _precheck(fn, fixed, points, routed):

@@ -6,10 +6,12 @@ import importlib
 import inspect
 
 from .. import settings
+from .._solve import option_names, solve
 from .._util import callable_name
 from ..problems import InputCoupledUFM
 
-__all__ = ["PROBLEMS", "TASKS", "build_problem", "import_target", "problem_keys", "resolve_task", "signature_keys"]
+__all__ = ["PROBLEMS", "TASKS", "build_problem", "import_target", "problem_keys", "resolve_task", "signature_keys",
+           "task_keys"]
 
 #: Tasks that can be named by a string (``task="simulate"``); ``"module:function"`` names any other.
 TASKS = {"simulate": "ufm._simulate:simulate", "solve": "ufm._solve:solve"}
@@ -88,6 +90,29 @@ def signature_keys(fn) -> tuple[set, bool]:
         return set(), True
     names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     return names, any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def task_keys(fn) -> tuple[set, bool]:
+    """Keyword names the task ``fn`` accepts and whether it takes any other.
+
+    Its signature's (:func:`signature_keys`), except for ``ufm.solve``, whose ``**options``
+    go to its methods: it accepts its own keywords and the options of some method
+    (:func:`ufm._solve.option_names`), so a misspelled option is one error before any run.
+
+    Parameters
+    ----------
+    fn : callable
+        The task.
+
+    Returns
+    -------
+    tuple of (set of str, bool)
+        The explicit keyword names, and whether it also takes ``**kwargs``.
+    """
+    names, var = signature_keys(fn)
+    if fn is solve:
+        return names | option_names(), False
+    return names, var
 
 
 def resolve_task(task):
