@@ -91,7 +91,7 @@ def problem(K, lam, seed=0):
     rate = 2.0 * evals[-1] / K
     horizon = HORIZON if lam == 0 else min(HORIZON, 50.0 / lam)
     t = np.concatenate([[0.0], np.geomspace(min(1e-2 / rate, horizon * 1e-6), horizon, N_MODEL - 1)])
-    data = (K, d, np.ascontiguousarray(Kx), lam, lam, 0)
+    data = (K, d, np.ascontiguousarray(Kx), lam, lam, 0.0, 0)      # lam_W, lam_A, lam_H, CE
     return dict(rhs=kern.m2_kernel_flow_rhs, y0=y0, data=data, t_eval=t, rtol=RTOL, atol=RTOL * c * 1e-3,
                 log_time=lam == 0, max_steps=50_000)
 

@@ -62,7 +62,7 @@ def _warm_kernels():
     compiled here first, the workers load them from disk.
     """
     import ufm
-    from ufm.bridge.m2 import M2Model
+    from ufm.bridge.m2 import M2Model, Points
     from ufm.bridge.patterns import PatternAlgebra
 
     p = ufm.UFMProblem(K=3, n=2, d=4, lam_W=1e-3, lam_H=1e-3)
@@ -73,9 +73,12 @@ def _warm_kernels():
     ufm.simulate(m, steps=5, lr=0.1)
     ufm.simulate(m, steps=5, lr=0.1, mode="flow")
     a = PatternAlgebra.from_attributes(s.attributes)
-    for engine in ("patterns", "dense"):
-        model = M2Model(s.N, setting=s, algebra=a, lam=1e-3, scale=1e-2, n_model=5, engine=engine)
-        model.trajectory(model.pack(sigma=1.0, strengths=[1.0, 1.0]))
+    for engine in ("patterns", "dense"):      # the fit's engines: flow and GD, fixed and random starts
+        model = M2Model(s.N, setting=s, algebra=a, lam=1e-3, scale=1e-2, engine=engine)
+        x = model.pack(sigma=1.0, strengths=[1.0, 1.0])
+        for points in (Points(times=[0.0, 1.0, 2.0]), Points(gd_steps=[0, 1, 2], lr=0.1)):
+            model.run(x, points)
+            model.random_run(x, 8.0, points, np.random.default_rng(0))
 
 
 def pytest_configure(config):

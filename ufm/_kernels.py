@@ -1071,20 +1071,10 @@ def icm_flow_rhs(y, data, out):
 
 
 # -- input-coupled UFM, Gram-level flows for fitting (ufm.bridge.m2) -----------------------
-@njit(cache=True)
-def m2_kernel_flow_rhs(y, data, out):
-    """Velocity of the kernel flow of M2 with distinct labels for a flat state ``y = [W (K x d), H (d x K)]``.
-
-    ``dW/dt = -G H^T - lam_W W``, ``dH/dt = -W^T G K_x - lam_A H`` with
-    ``G = grad_Z g(W H)``, ``Y = I_K``: the flow of ``(W, A)`` seen through
-    ``H = A Phi`` (``K_x = Phi^T Phi``); only ``K_x`` enters (THEORY §8.2).
-    Twin: :func:`ufm.bridge.m2.kernel_flow_rhs_numpy`.
-    """
-    K, d, Kx, lam_W, lam_A, loss_id = data
-    W = y[:K * d].reshape((K, d))
-    H = y[K * d:].reshape((d, K))
-    Z = np.dot(W, H)
-    G = np.empty((K, K))
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _m2_logit_grad(Z, loss_id, G):
+    """``G = grad_Z g(Z)`` for distinct labels ``Y = I_K`` (mean over the K columns): CE or MSE."""
+    K = Z.shape[0]
     inv = 1.0 / K
     if loss_id == 0:
         for j in range(K):
@@ -1106,10 +1096,20 @@ def m2_kernel_flow_rhs(y, data, out):
             for j in range(K):
                 G[i, j] = Z[i, j] * inv
             G[i, i] -= inv
-    dW = out[:K * d].reshape((K, d))
-    dH = out[K * d:].reshape((d, K))
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _m2_kernel_velocity(W, H, Kx, lam_W, lam_A, lam_H, loss_id, G, dW, dH):
+    """``dW = -G H^T - lam_W W`` and ``dH = -(W^T G + lam_H H) K_x - lam_A H`` at ``G = grad_Z g(W H)``."""
+    K, d = W.shape
+    _m2_logit_grad(np.dot(W, H), loss_id, G)
     GH = np.dot(G, H.T)
-    WG = np.dot(np.dot(W.T, G), Kx)
+    T = np.dot(W.T, G)
+    if lam_H != 0.0:
+        for i in range(d):
+            for j in range(K):
+                T[i, j] += lam_H * H[i, j]
+    WG = np.dot(T, Kx)
     for i in range(K):
         for j in range(d):
             dW[i, j] = -GH[i, j] - lam_W * W[i, j]
@@ -1119,23 +1119,68 @@ def m2_kernel_flow_rhs(y, data, out):
 
 
 @njit(cache=True)
-def m2_pattern_flow_rhs(y, data, out):
-    """Velocity of M2's kernel flow inside the pattern algebra, ``y = [z, p, s]`` (eigenvalues, R each).
+def m2_kernel_flow_rhs(y, data, out):
+    """Velocity of the kernel flow of M2 / M2-H with distinct labels, flat state ``y = [W (K x d), H (d x K)]``.
 
-    ``z, p, s`` are the eigenvalues of ``Z = W H``, ``P = W W^T`` and
-    ``S = H^T H`` on the algebra's idempotents (``ufm.bridge.patterns``); with
-    ``k`` those of ``K_x`` and ``gamma`` those of ``G = grad_Z g(Z)``:
-    ``dz = -gamma s - p gamma k - (lam_W + lam_A) z``,
-    ``dp = -2 gamma z - 2 lam_W p``, ``ds = -2 k gamma z - 2 lam_A s``.
-    The softmax is taken on pattern values ``zeta = P^-1 z`` (every column of
-    ``Z`` holds the same values, with multiplicities ``valency``).
-    Twin: :func:`ufm.bridge.m2.pattern_flow_rhs_numpy`.
+    ``dW/dt = -G H^T - lam_W W``, ``dH/dt = -(W^T G + lam_H H) K_x - lam_A H`` with
+    ``G = grad_Z g(W H)``, ``Y = I_K``: the flow of ``(W, A)`` under the halved decays
+    ``lam_W/2 ||W||^2 + lam_A/2 ||A||^2 + lam_H/2 ||A Phi||^2`` seen through ``H = A Phi``
+    (``K_x = Phi^T Phi``); only ``K_x`` enters (THEORY §8.2, §8.2b).
+    ``data = (K, d, K_x, lam_W, lam_A, lam_H, loss_id)``.
+    Twin: :func:`ufm.bridge.m2.kernel_flow_rhs_numpy`.
     """
-    P, Pinv, valency, k, lam_W, lam_A, loss_id, K = data
+    K, d, Kx, lam_W, lam_A, lam_H, loss_id = data
+    W = y[:K * d].reshape((K, d))
+    H = y[K * d:].reshape((d, K))
+    G = np.empty((K, K))
+    _m2_kernel_velocity(W, H, Kx, lam_W, lam_A, lam_H, loss_id, G, out[:K * d].reshape((K, d)),
+                        out[K * d:].reshape((d, K)))
+
+
+@njit(cache=True)
+def m2_kernel_gd(y0, data, lr, rec, grams):
+    """Plain GD with step ``lr`` of M2 / M2-H seen through ``H = A Phi`` (the map ``H <- H + lr dH``,
+    ``W <- W + lr dW`` with the velocities of :func:`m2_kernel_flow_rhs`: exactly GD on ``(W, A)``).
+
+    Records the feature Gram ``H^T H`` after ``rec[i]`` steps into ``grams[i]`` (``rec`` sorted,
+    non-negative integers). Returns how many records were written: fewer than ``len(rec)`` when the
+    state stopped being finite. ``data`` as for :func:`m2_kernel_flow_rhs`.
+    """
+    K, d, Kx, lam_W, lam_A, lam_H, loss_id = data
+    W = y0[:K * d].copy().reshape((K, d))
+    H = y0[K * d:].copy().reshape((d, K))
+    G = np.empty((K, K))
+    dW = np.empty((K, d))
+    dH = np.empty((d, K))
+    n = 0
+    for i in range(rec.shape[0]):
+        while n < rec[i]:
+            _m2_kernel_velocity(W, H, Kx, lam_W, lam_A, lam_H, loss_id, G, dW, dH)
+            for a in range(K):
+                for b in range(d):
+                    W[a, b] += lr * dW[a, b]
+            for a in range(d):
+                for b in range(K):
+                    H[a, b] += lr * dH[a, b]
+            n += 1
+        S = np.dot(H.T, H)
+        tot = 0.0
+        for a in range(K):
+            for b in range(K):
+                grams[i, a, b] = S[a, b]
+                tot += S[a, b]
+        if not math.isfinite(tot):
+            return i
+    return rec.shape[0]
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _m2_pattern_grad(P, Pinv, valency, z, loss_id, K, gam):
+    """Eigenvalues ``gam`` of ``G = grad_Z g(Z)`` for ``Z`` in the pattern algebra with eigenvalues ``z``.
+
+    The softmax is taken on the pattern values ``zeta = P^-1 z`` (every column of ``Z`` holds the
+    same values, with multiplicities ``valency``)."""
     R = valency.shape[0]
-    z = y[:R]
-    p = y[R:2 * R]
-    s = y[2 * R:]
     zeta = np.dot(Pinv, z)
     g = np.empty(R)
     inv = 1.0 / K
@@ -1154,9 +1199,76 @@ def m2_pattern_flow_rhs(y, data, out):
         for r in range(R):
             g[r] = zeta[r] * inv
     g[0] -= inv
-    gam = np.dot(P, g)
-    lam = lam_W + lam_A
+    res = np.dot(P, g)
+    for r in range(R):
+        gam[r] = res[r]
+
+
+@njit(cache=True)
+def m2_pattern_flow_rhs(y, data, out):
+    """Velocity of the M2 / M2-H kernel flow inside the pattern algebra, ``y = [z, p, s]`` (eigenvalues, R each).
+
+    ``z, p, s`` are the eigenvalues of ``Z = W H``, ``P = W W^T`` and
+    ``S = H^T H`` on the algebra's idempotents (``ufm.bridge.patterns``); with
+    ``k`` those of ``K_x`` and ``gamma`` those of ``G = grad_Z g(Z)``, and
+    ``a = lam_A + lam_H k`` the feature decay on each idempotent:
+    ``dz = -gamma s - p gamma k - (lam_W + a) z``,
+    ``dp = -2 gamma z - 2 lam_W p``, ``ds = -2 k gamma z - 2 a s`` (THEORY §8.2, §8.2b).
+    ``data = (P, P_inv, valency, k, lam_W, lam_A, lam_H, loss_id, K)``.
+    Twin: :func:`ufm.bridge.m2.pattern_flow_rhs_numpy`.
+    """
+    P, Pinv, valency, k, lam_W, lam_A, lam_H, loss_id, K = data
+    R = valency.shape[0]
+    gam = np.empty(R)
+    _m2_pattern_grad(P, Pinv, valency, y[:R], loss_id, K, gam)
     for j in range(R):
-        out[j] = -gam[j] * (s[j] + p[j] * k[j]) - lam * z[j]
-        out[R + j] = -2.0 * gam[j] * z[j] - 2.0 * lam_W * p[j]
-        out[2 * R + j] = -2.0 * k[j] * gam[j] * z[j] - 2.0 * lam_A * s[j]
+        z, p, s = y[j], y[R + j], y[2 * R + j]
+        a = lam_A + lam_H * k[j]
+        out[j] = -gam[j] * (s + p * k[j]) - (lam_W + a) * z
+        out[R + j] = -2.0 * gam[j] * z - 2.0 * lam_W * p
+        out[2 * R + j] = -2.0 * k[j] * gam[j] * z - 2.0 * a * s
+
+
+@njit(cache=True)
+def m2_pattern_gd(y0, data, lr, rec, out):
+    """Plain GD with step ``lr`` of M2 / M2-H inside the pattern algebra (exact: GD on ``(W, A)`` keeps
+    ``Z``, ``P``, ``S`` in the algebra when it starts there).
+
+    One step, with ``u = 1 - lr lam_W`` and ``v = 1 - lr (lam_A + lam_H k)`` per idempotent::
+
+        z' = u v z - lr u p gam k - lr v gam s + lr^2 gam^2 z k
+        p' = u^2 p - 2 lr u gam z + lr^2 gam^2 s
+        s' = v^2 s - 2 lr v k gam z + lr^2 k^2 gam^2 p
+
+    Records the state ``[z, p, s]`` after ``rec[i]`` steps into ``out[i]`` (``rec`` sorted,
+    non-negative integers). Returns how many records were written: fewer than ``len(rec)`` when the
+    state stopped being finite. ``data`` as for :func:`m2_pattern_flow_rhs`.
+    """
+    P, Pinv, valency, k, lam_W, lam_A, lam_H, loss_id, K = data
+    R = valency.shape[0]
+    z = y0[:R].copy()
+    p = y0[R:2 * R].copy()
+    s = y0[2 * R:].copy()
+    gam = np.empty(R)
+    u = 1.0 - lr * lam_W
+    n = 0
+    for i in range(rec.shape[0]):
+        while n < rec[i]:
+            _m2_pattern_grad(P, Pinv, valency, z, loss_id, K, gam)
+            for j in range(R):
+                v = 1.0 - lr * (lam_A + lam_H * k[j])
+                g = gam[j]
+                zj, pj, sj = z[j], p[j], s[j]
+                z[j] = u * v * zj - lr * u * pj * g * k[j] - lr * v * g * sj + lr * lr * g * g * zj * k[j]
+                p[j] = u * u * pj - 2.0 * lr * u * g * zj + lr * lr * g * g * sj
+                s[j] = v * v * sj - 2.0 * lr * v * k[j] * g * zj + lr * lr * k[j] * k[j] * g * g * pj
+            n += 1
+        tot = 0.0
+        for j in range(R):
+            out[i, j] = z[j]
+            out[i, R + j] = p[j]
+            out[i, 2 * R + j] = s[j]
+            tot += z[j] + p[j] + s[j]
+        if not math.isfinite(tot):
+            return i
+    return rec.shape[0]

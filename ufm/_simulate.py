@@ -177,6 +177,15 @@ def initial_states(problem, seeds, seed, init_scale, given, dtype):
     return batch
 
 
+def _start_kind(init_scale, given, blocks) -> str:
+    """What ``meta["start"]`` says of the start: ``"gaussian"`` (every weight block drawn), ``"zero"`` or
+    ``"given: W0, A0"`` (the blocks the caller passed); the bias is not a weight block."""
+    passed = [f"{n}0" for n in sorted(blocks) if n != "b" and given.get(n) is not None]
+    if passed:
+        return "given: " + ", ".join(passed)
+    return "gaussian" if init_scale > 0 else "zero"
+
+
 def _stationary_start(problem, batch, init_scale, given):
     """Seeds whose start is an exact stationary point of the features (gradient of W and H/A exactly 0)."""
     if init_scale > 0 and all(given.get(n) is None for n in ("W", "H", "A")):
@@ -477,7 +486,8 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
     meta = {"problem": problem.as_dict(), "model": model, "loss_kernel": _kernel_name(problem), "lr": lr,
             "steps_requested": steps, "seed": seed_meta,
             "seeds": seeds, "init_scale": init_scale, "dtype": dtype.name, "grid": grid if record_steps is None
-            else "explicit", "record": sorted(recorders), "memory_estimate": {k: int(v) for k, v in parts.items()}}
+            else "explicit", "record": sorted(recorders), "memory_estimate": {k: int(v) for k, v in parts.items()},
+            "start": _start_kind(init_scale, given, allowed)}
     warnings = []
     with _interrupt.deferred():
         try:

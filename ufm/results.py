@@ -1478,18 +1478,31 @@ class FitResult(Result):
     Attributes
     ----------
     params : dict
-        Fitted values (JSON-friendly, read-only): ``"sigma"``, ``"strengths"``,
-        ``"lam"``, ``"init_scale"``, ``"time_exponent"``, ``"time_offset"``
-        (input-coupled M2 and its time map ``log tau ~ offset + exponent log
-        step``; ``"m2_engine"``, ``"m2_start"``, ``"m2_kernel"``,
-        ``"m2_simulations"`` say how it was simulated),
-        ``"transition_model_time"``, ``"beta_start"``, ``"beta_end"`` (anchored
+        Fitted values (JSON-friendly, read-only). ``"model"`` names the *quoted*
+        M2-family model (the best accepted one, else the best fitted one) whose
+        values follow: ``"sigma"``, ``"strengths"``, ``"lam"``, ``"init_scale"``,
+        and for a declared clock ``"time_scale"``, ``"time_exponent"``
+        (``tau = time_scale * step^time_exponent``) and ``"gram_scale"``
+        (``"engine"``, ``"start"``, ``"kernel"``, ``"simulations"``, ``"clock"``
+        say how it was simulated); ``"beta_start"``, ``"beta_end"`` (anchored
         M1), ``"a_end"``, ``"b_end"`` and their ``*_ci`` intervals,
         ``"ratio_end"`` (static decomposition at the last record),
-        ``"observed_transition"`` (a step, or ``None`` without a clear
-        transient), ``"outside_patterns"`` and ``"outside_patterns_change"``
-        (share of the unit Grams, and of their change over training, that no
-        attribute model can produce).
+        ``"outside_patterns"`` and ``"outside_patterns_change"`` (share of the
+        unit Grams, and of their change over training, that no attribute model
+        can produce).
+    intervals : dict
+        The quoted model's fitted parameters -> ``[low, high]`` at the fit's
+        ``level`` (``"strengths"``: a list of pairs, ``None`` for a block held
+        at 1); empty without a bootstrap. ``estimates[model]["interval_method"]``
+        names the method.
+    identifiable : dict
+        Same keys: False where the records cannot pin the parameter down (its
+        interval is then the flat range, clipped to the search box).
+    estimates : dict
+        Each fitted M2-family model -> ``{"params", "intervals", "identifiable",
+        "interval_method", "clock", "engine", "start", "kernel", "simulations",
+        "cost", "weights", "time_maps", "bootstrap"}`` (intervals only for the
+        quoted model).
     gof : dict
         Model name -> ``{"gap_r2", "gap_rmse", "etf_r2", "etf_rmse", "gram_r2"
         (matched representation), "gram_r2_patterns", "gram_r2_full",
@@ -1512,13 +1525,15 @@ class FitResult(Result):
         The accepted dynamical model with the highest Gram R^2; ``None`` when
         no model meets the minimum quality (``ufm.bridge.fitting.ACCEPT``).
     predicted_transition : float or None
-        Observed step at which the fitted M2 model's Gram becomes closer to its
-        end state than to its semantic peak, when that lies inside the
-        observed steps; ``None`` otherwise (``transitions["predicted"]`` says why).
+        ``transitions["predicted"]["transition"]["step"]``: the step at which
+        the accepted model's Gram turns towards its end state; ``None`` when no
+        model is accepted or it is not determined (the entry says why).
     transitions : dict
-        ``"observed"`` and ``"predicted"``: step, reason, and for the
-        prediction the model time, whether it lies inside the observed range
-        and the extrapolated step when it does not.
+        ``"observed"`` and ``"predicted"``, each with ``"peak"`` (the gap's
+        peak), ``"transition"`` (the Gram's turn towards the end state) and
+        ``"collapse"`` (the first record with ETF distance at most the fit's
+        ``collapse``): ``{"step", "reason"}``, and for a prediction ``"low"``,
+        ``"high"`` (its interval). Only an accepted model predicts.
     verdict : str
         One line: what the models explain and what nothing here explains.
     success, status : bool, Status
@@ -1540,6 +1555,9 @@ class FitResult(Result):
     predicted_transition: float | None = None
     transitions: dict = field(default_factory=dict)
     verdict: str = ""
+    intervals: dict = field(default_factory=dict)
+    identifiable: dict = field(default_factory=dict)
+    estimates: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     citation: str = "THEORY.md §8.6 (Gram-matrix bridge), §8.1 (M1), §8.2 (M2)"
 
@@ -1553,7 +1571,24 @@ class FitResult(Result):
                                                      for k, v in dict(self.gof).items()}))
         object.__setattr__(self, "transitions", _FrozenDict({k: _FrozenDict(jsonable(dict(v)))
                                                              for k, v in dict(self.transitions).items()}))
+        for name in ("intervals", "identifiable", "estimates"):
+            object.__setattr__(self, name, _FrozenDict(jsonable(dict(getattr(self, name)))))
         super().__post_init__()
+
+    @property
+    def forecast(self) -> dict:
+        """The predicted gap peak and collapse: ``{"peak": (step, low, high) or None, "collapse": ...,
+        "reason": {"peak": str, "collapse": str}, "until": step or None}``.
+
+        Read from ``transitions["predicted"]`` (one value per quantity); with ``fit(until=STEP)`` the model
+        saw only the records up to STEP. ``low``/``high`` are ``None`` without a bootstrap."""
+        pred = self.transitions.get("predicted", {})
+        out = {"reason": {}, "until": self.meta.get("until")}
+        for k in ("peak", "collapse"):
+            e = pred.get(k) or {}
+            out[k] = None if e.get("step") is None else (e["step"], e.get("low"), e.get("high"))
+            out["reason"][k] = e.get("reason", "not fitted")
+        return out
 
     def __str__(self) -> str:
         return self.message[len(self.status.message):].strip() if self.success else self.message

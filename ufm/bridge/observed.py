@@ -68,6 +68,7 @@ def read_observed(source, setting, attributes, steps) -> Observed:
         source = _load_source(path)
         desc = f"{type(source).__name__} {os.path.basename(path)}"
     recorded = None
+    run_clock = None          # what a ufm Trajectory says about its own clock and start (ufm.bridge.clock)
     if isinstance(source, Run):
         run = source
         obs_steps, grams, run_attrs = np.asarray(source.steps, float), np.asarray(source.grams), source.attributes
@@ -87,7 +88,16 @@ def read_observed(source, setting, attributes, steps) -> Observed:
             raise ValueError(f"source: the Trajectory recorded {sorted(rec)}, none of 'gram_means', 'gram_H'; "
                              f"simulate with record=('gram_means',) to fit it.")
         grams = np.asarray(rec[name]).mean(axis=0)          # mean over seeds
-        obs_steps = np.asarray(source.times, float)
+        meta = source.meta
+        lr = float(meta.get("lr", 1.0))
+        gd = source.mode == "gd"
+        # a GD run is compared step for step (its own clock); a flow run at its flow times
+        obs_steps = np.asarray(source.steps if gd else source.times, float)
+        problem = meta.get("problem") or {}
+        gaussian = (meta.get("start") == "gaussian" or ("start" not in meta and float(meta.get("init_scale", 0)) > 0))
+        run_clock = {"kind": "gd" if gd else "flow", "lr": lr, "seeds": int(source.n_seeds),
+                     "width": (float(problem["d"]) if gaussian and problem.get("model") == "input_coupled"
+                               and problem.get("d") else None)}
         desc = f"Trajectory ({name}, {source.n_seeds} seed(s) averaged)"
         prob_attrs = source.meta.get("attributes")
         run_attrs = None if prob_attrs is None else np.asarray(prob_attrs)
@@ -137,7 +147,22 @@ def read_observed(source, setting, attributes, steps) -> Observed:
     if setting is None:
         setting = Setting(attributes=attributes, name="from attributes")
     return Observed(steps=obs_steps, grams=grams, attributes=attributes, setting=setting, desc=desc, run=run,
-                W0=W0, M0=M0, within=within, counts=counts, K=K, T=len(grams))
+                    W0=W0, M0=M0, within=within, counts=counts, K=K, T=len(grams), clock=run_clock)
+
+
+def until_step(obs: Observed, until) -> Observed:
+    """The records of ``obs`` up to step ``until`` (all of them for ``None``); at least 3 must remain."""
+    if until is None:
+        return obs
+    keep = obs.steps <= until
+    n = int(keep.sum())
+    if n < 3:
+        raise ValueError(f"until={until!r} keeps {n} record(s) (steps {obs.steps[:4].tolist()}...); a trajectory fit "
+                         f"needs at least 3. Pass a later step.")
+    kw = dict(obs.__dict__)
+    kw.update(steps=obs.steps[keep], grams=obs.grams[keep], T=n,
+              within=None if obs.within is None else obs.within[keep])
+    return Observed(**kw)
 
 
 def _load_source(path: str):

@@ -21,19 +21,27 @@ from .patterns import project_patterns
 # the rest (goodness_of_fit, explains, verdict_line, table, ...) is the fit's own plumbing
 __all__ = ["ACCEPT", "NAMES", "TRANSIENT", "observed_transition", "within_class"]
 
-NAMES = {"static": "static", "input_coupled": "M2 (input-coupled)", "anchored": "M1 (anchored)"}
+NAMES = {"static": "static", "input_coupled": "M2 (input-coupled)", "feature_penalty": "M2-H (feature penalty)",
+         "anchored": "M1 (anchored)"}
 
-#: Minimum quality for a dynamical model to count as an explanation (``fit(accept=...)`` overrides).
-#: A curve is explained when its R^2 reaches ``*_r2``, or, when it hardly moves (it spans less than 3
-#: times ``*_rmse``: its R^2 measures noise), when the model stays within ``*_rmse`` of it.
-#: ``rise_r2`` applies to the records from the first to the gap's peak when the gap rises clearly
-#: (``TRANSIENT["rise"]``): a model whose gap can only fall matches the fall and fails the rise.
+#: Minimum quality for a dynamical model to count as an explanation (``fit(accept=...)`` overrides). Each R^2
+#: has one threshold, and the verdict says a model "explains" a curve or the Grams only at or above it:
+#: ``gap_r2`` the semantic-gap curve, ``rise_r2`` its early rise (the records from the first to the gap's
+#: peak, when the gap rises clearly: a model whose gap can only fall matches the fall and fails here),
+#: ``etf_r2`` the ETF-distance curve, ``gram_r2`` the Grams in the matched representation, ``full_gram_r2``
+#: the full Grams. A curve that hardly moves (it spans less than 3 times ``*_rmse``, so its R^2 measures
+#: noise) is explained when the model stays within ``*_rmse`` of it instead (said as "a flat curve").
+#: ``end_etf`` / ``end_gap``: the model's ETF distance and semantic gap at the last record must lie within
+#: these of the run's (a model is a model of the run only if it ends where the run ends).
 ACCEPT = {"gap_r2": 0.8, "gap_rmse": 0.01, "rise_r2": 0.5, "etf_r2": 0.5, "etf_rmse": 0.02, "gram_r2": 0.5,
-          "full_gram_r2": 0.0}
+          "full_gram_r2": 0.5, "end_etf": 0.05, "end_gap": 0.05}
 
 #: The observed transition needs a clear transient: a rise of at least ``rise`` above the first record,
 #: then a fall of at least ``max(rise, fall * (peak - start))`` below the peak by the last record.
 TRANSIENT = {"rise": 0.02, "fall": 0.25}
+
+#: Default ETF-distance threshold of a collapse (``fit(collapse=...)``): the first record at or below it.
+COLLAPSE = 0.1
 
 
 # -- within-class metrics from a run's traces --------------------------------------------
@@ -118,7 +126,10 @@ def curves_of(rep, G):
 
 
 def goodness_of_fit(rep, model_full, n_params):
-    """Goodness of fit of one model's unit-centred Grams (T, K, K) against the observed representations."""
+    """Goodness of fit of one model's unit-centred Grams (T, K, K) against the observed representations.
+
+    Besides the R^2 of the curves and the Grams (module :mod:`ufm.bridge.fitting`), ``end_etf`` and
+    ``end_gap`` are the model's ETF distance and semantic gap at the last record minus the run's."""
     gap, etf = curves_of(rep, model_full)
     model_pat = project_patterns(model_full, rep.ids)
     model_matched = model_pat if rep.match == "patterns" else model_full
@@ -127,7 +138,8 @@ def goodness_of_fit(rep, model_full, n_params):
          "etf_r2": r2(rep.etf, etf), "etf_rmse": float(np.sqrt(np.mean((rep.etf - etf) ** 2))),
          "gram_r2": _gramr2(rep.matched, model_matched),
          "gram_r2_patterns": _gramr2(rep.patterns, model_pat), "gram_r2_full": _gramr2(rep.full, model_full),
-         "gram_distance": float(d.mean()), "n_params": int(n_params), "n_data": int(rep.n_data)}
+         "gram_distance": float(d.mean()), "n_params": int(n_params), "n_data": int(rep.n_data),
+         "end_etf": float(etf[-1] - rep.etf[-1]), "end_gap": float(gap[-1] - rep.gap[-1])}
     if rep.rise is not None:                    # the early rise alone: a model whose gap can only fall fails here
         o, m = rep.gap[rep.rise], gap[rep.rise]
         g.update(rise_r2=r2(o, m), rise_rmse=float(np.sqrt(np.mean((o - m) ** 2))))
@@ -135,11 +147,12 @@ def goodness_of_fit(rep, model_full, n_params):
 
 
 def explains(g, accept, rep) -> dict:
-    """Which of the curves and Grams a model explains, by the thresholds of ``accept``.
+    """Which of the curves, the Grams and the end state a model explains, by the thresholds of ``accept``.
 
     A curve is explained when its R^2 reaches the threshold, or, for a *flat* curve (the observed values
     span less than 3 times the RMSE tolerance, where R^2 measures noise), when the model stays within
-    the RMSE tolerance of it.
+    the RMSE tolerance of it. The end state is explained when the model's ETF distance and semantic gap at
+    the last record are within ``end_etf`` and ``end_gap`` of the run's.
     """
     def ok(r2, r2_min, rmse=None, rmse_max=None, span=None):
         if np.isfinite(r2) and r2 >= r2_min:
@@ -149,14 +162,15 @@ def explains(g, accept, rep) -> dict:
     out = {"gap": ok(g["gap_r2"], accept["gap_r2"], g["gap_rmse"], accept["gap_rmse"], float(np.ptp(rep.gap))),
            "etf": ok(g["etf_r2"], accept["etf_r2"], g["etf_rmse"], accept["etf_rmse"], float(np.ptp(rep.etf))),
            "gram": ok(g["gram_r2"], accept["gram_r2"]),
-           "full_gram": ok(g["gram_r2_full"], accept["full_gram_r2"])}
+           "full_gram": ok(g["gram_r2_full"], accept["full_gram_r2"]),
+           "end": bool(abs(g["end_etf"]) <= accept["end_etf"] and abs(g["end_gap"]) <= accept["end_gap"])}
     if "rise_r2" in g:
         out["rise"] = ok(g["rise_r2"], accept["rise_r2"], g["rise_rmse"], accept["gap_rmse"],
                          float(np.ptp(rep.gap[rep.rise])))
     return out
 
 
-# -- transitions --------------------------------------------------------------------------
+# -- events: the gap's peak, the transition, the collapse ---------------------------------------------
 def observed_transition(steps, gaps, grams, *, rise: float = TRANSIENT["rise"],
                         fall: float = TRANSIENT["fall"]) -> dict:
     """The observed transition of a run: defined only after a clear rise and a clear fall of the gap.
@@ -217,48 +231,95 @@ def observed_transition(steps, gaps, grams, *, rise: float = TRANSIENT["rise"],
             "last record's than to the peak's"}
 
 
-def time_map_powerlaw(obs_steps, model_times):
-    """Least squares ``log tau = offset + exponent log step`` over records with step > 0 and tau > 0."""
-    m = (obs_steps > 0) & (model_times > 0)
-    if m.sum() < 2 or np.ptp(np.log(obs_steps[m])) == 0 or np.ptp(np.log(model_times[m])) == 0:
-        return None, None
-    exponent, offset = np.polyfit(np.log(obs_steps[m]), np.log(model_times[m]), 1)
-    return float(exponent), float(offset)
+def observed_events(steps, gaps, etf, grams, *, collapse: float = COLLAPSE) -> dict:
+    """The three events of a run, each ``{"step", "reason"}``: ``peak``, ``transition``, ``collapse``.
+
+    * ``peak``: the record of the largest semantic gap, when the gap rises clearly above the first
+      record to it and falls clearly after it (:data:`TRANSIENT`; the criterion of
+      :func:`observed_transition`): a gap that only rises or only falls has no peak.
+    * ``transition``: :func:`observed_transition`, the Gram's turn towards the end state.
+    * ``collapse``: the first record whose ETF distance is at most ``collapse``; none when the run never
+      gets there (it does not collapse within its records).
+
+    Parameters
+    ----------
+    steps, gaps, etf : array (T,)
+        Record steps, semantic gaps and ETF distances.
+    grams : array (T, K, K)
+        The Grams the fit is matched on.
+    collapse : float
+        ETF-distance threshold.
+
+    Returns
+    -------
+    dict
+        The three events.
+    """
+    tr = observed_transition(steps, gaps, grams)
+    clear = tr["step"] is not None or not any(w in tr["reason"] for w in ("no rise", "no fall", "no clear", "fewer"))
+    peak = ({"step": tr["peak_step"], "reason": "the record of the largest semantic gap (a clear rise and fall)"}
+            if clear else {"step": None, "reason": tr["reason"]})
+    etf = np.asarray(etf, dtype=np.float64)
+    hit = np.flatnonzero(etf <= collapse)
+    if hit.size:
+        col = {"step": float(steps[hit[0]]), "reason": f"the first record with ETF distance <= {collapse:g}"}
+    else:
+        col = {"step": None, "reason": f"the run does not collapse within its records: its ETF distance stays above "
+                                       f"{collapse:g} (last record {etf[-1]:.3g}, lowest {np.nanmin(etf):.3g})"}
+    return {"peak": peak, "transition": {"step": tr["step"], "reason": tr["reason"]}, "collapse": col}
 
 
-def predicted_transition(tau_tr, obs_steps, tau_obs, exponent, offset) -> dict:
-    """Map the model's transition time to observed steps, only inside the aligned range."""
-    m = (obs_steps > 0) & (tau_obs > 0)
-    out = {"model_time": tau_tr, "step": None, "extrapolated_step": None, "inside": False}
-    if m.sum() >= 2 and exponent is not None and exponent > 0:
-        out["extrapolated_step"] = float(math.exp((math.log(tau_tr) - offset) / exponent))
-    if m.sum() < 2:
-        out["reason"] = "fewer than two records aligned with positive model times; no time map"
-        return out
-    lt, ls = np.log(tau_obs[m]), np.log(obs_steps[m])
-    if tau_tr > tau_obs[m][-1]:
-        out["reason"] = (f"M2 reaches its transition at model time {tau_tr:.3g}, after the model time aligned with "
-                         f"the last record ({tau_obs[m][-1]:.3g}): the run ends before the predicted transition"
-                         + ("" if out["extrapolated_step"] is None else
-                            f"; the power-law time map would put it at step {out['extrapolated_step']:.3g}, "
-                            f"outside the observed steps (not reported as a prediction)"))
-        return out
-    if tau_tr < tau_obs[m][0]:
-        out["reason"] = (f"M2's transition (model time {tau_tr:.3g}) comes before the model time aligned with the "
-                         f"first positive step ({tau_obs[m][0]:.3g})")
-        return out
-    keep = np.concatenate([[True], np.diff(lt) > 0])
-    if keep.sum() < 2:
-        out["reason"] = "the aligned model times do not advance; no time map"
-        return out
-    out.update(step=float(np.exp(np.interp(math.log(tau_tr), lt[keep], ls[keep]))), inside=True,
-               reason="inside the observed steps (log-log interpolation of the aligned time map)")
-    return out
+def model_events(times, gaps, etf, dist, *, collapse: float = COLLAPSE) -> dict:
+    """The model's own events over its curve, as model times: ``{"peak", "transition", "collapse"}``.
+
+    Each value is a model time or None; ``reasons`` says why one is missing. The peak is the largest gap
+    when it lies inside the curve (not at its first or last time); the transition the first time after it
+    whose Gram is closer to the curve's end than to the peak (``dist(i, j)``); the collapse the first time
+    with ETF distance at most ``collapse``.
+    """
+    gaps = np.asarray(gaps, dtype=np.float64)
+    etf = np.asarray(etf, dtype=np.float64)
+    out, why = {"peak": None, "transition": None, "collapse": None}, {}
+    j_tr, p = model_transition_index(gaps, dist)
+    if p in (0, len(times) - 1):
+        why["peak"] = why["transition"] = ("the model's semantic gap has no interior peak within its horizon"
+                                           if p == 0 else "the model's semantic gap still rises at its horizon")
+    else:
+        out["peak"] = float(times[p])
+        if j_tr is None:
+            why["transition"] = "the model's Gram never gets closer to its end state than to its peak"
+        else:
+            out["transition"] = float(times[j_tr])
+    hit = np.flatnonzero(etf <= collapse)
+    if hit.size:
+        out["collapse"] = float(times[hit[0]])
+    else:
+        why["collapse"] = (f"the model's ETF distance stays above {collapse:g} within its horizon (it ends at "
+                           f"{etf[-1]:.3g}: its end state is not the simplex ETF)")
+    return out, why
+
+
+def model_transition_index(gaps, dist):
+    gaps = np.asarray(gaps, dtype=np.float64)
+    if not np.any(np.isfinite(gaps)):
+        return None, 0
+    p = int(np.nanargmax(gaps))
+    J = len(gaps)
+    if p == 0 or p == J - 1:
+        return None, p
+    for j in range(p + 1, J):
+        if dist(j, J - 1) < dist(j, p):
+            return j, p
+    return None, p
 
 
 # -- the verdict ------------------------------------------------------------------------------
 def verdict_line(gof, explains, best, outside_change, static_saturated, accept) -> str:
-    """One plain-language line: what the dynamical models explain and what nothing here explains."""
+    """One plain-language line: what the dynamical models explain and what nothing here explains.
+
+    A model is said to explain a curve or the Grams only when its R^2 reaches that R^2's threshold in
+    ``accept`` (or, for a flat curve, when it stays within the RMSE tolerance; said as "a flat curve"),
+    and the end state only when it ends within ``end_etf`` / ``end_gap`` of the run."""
     dyn = [m for m in gof if m != "static"]
     if not dyn:
         msg = "no dynamical model was fitted" + ("; the static decomposition describes each record separately"
@@ -271,19 +332,28 @@ def verdict_line(gof, explains, best, outside_change, static_saturated, accept) 
     if all("rise_r2" in gof[m] for m in dyn):
         keys.append(("rise", "its early rise", "rise_r2", "rise_rmse"))
     keys += [("etf", "the ETF distance", "etf_r2", "etf_rmse"),
-             ("full_gram", "the full Grams", "gram_r2_full", "full_gram_r2")]
-    for key, label, r2, rmse in keys:
+             ("full_gram", "the full Grams", "gram_r2_full", None)]
+    threshold = {"gap_r2": "gap_r2", "rise_r2": "rise_r2", "etf_r2": "etf_r2", "gram_r2_full": "full_gram_r2"}
+    for key, label, r2_name, rmse in keys:
         def score(m):
-            return gof[m][r2] if np.isfinite(gof[m][r2]) else -np.inf
+            return gof[m][r2_name] if np.isfinite(gof[m][r2_name]) else -np.inf
         who = [m for m in dyn if explains[m][key]]
         if who:
             m = max(who, key=score)
-            how = (f"R^2 {gof[m][r2]:.2f}" if score(m) >= accept[r2 if key != "full_gram" else rmse] else
+            how = (f"R^2 {gof[m][r2_name]:.2f}" if score(m) >= accept[threshold[r2_name]] else
                    f"a flat curve, RMSE {gof[m][rmse]:.3f}")
             parts.append((m, label, how))
         else:
             m = max(dyn, key=score)
-            missing.append(f"{label} (best R^2 {gof[m][r2]:.2f}, {NAMES[m]})")
+            missing.append(f"{label} (best R^2 {gof[m][r2_name]:.2f}, {NAMES[m]})")
+    who = [m for m in dyn if explains[m]["end"]]
+    if who:
+        m = min(who, key=lambda m: abs(gof[m]["end_etf"]))
+        parts.append((m, "the end state", f"ETF distance {gof[m]['end_etf']:+.3f} from the run's"))
+    else:
+        m = min(dyn, key=lambda m: abs(gof[m]["end_etf"]))
+        missing.append(f"the end state (closest: {NAMES[m]}, ETF distance {gof[m]['end_etf']:+.3f} and gap "
+                       f"{gof[m]['end_gap']:+.3f} from the run's at the last record)")
     by_model = {}
     for m, label, how in parts:
         by_model.setdefault(m, []).append(f"{label} ({how})")
@@ -305,28 +375,13 @@ def join_words(items):
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def model_transition_index(gaps, dist):
-    gaps = np.asarray(gaps, dtype=np.float64)
-    if not np.any(np.isfinite(gaps)):
-        return None, 0
-    p = int(np.nanargmax(gaps))
-    J = len(gaps)
-    if p == 0 or p == J - 1:
-        return None, p
-    for j in range(p + 1, J):
-        if dist(j, J - 1) < dist(j, p):
-            return j, p
-    return None, p
-
-
-
 def table(gof, rep) -> str:
-    head = (f"{'model':<15}{'gap R^2':>9}{'rise R^2':>9}{'ETF R^2':>9}{'Gram R^2':>10}{'patt R^2':>10}"
-            f"{'full R^2':>10}{'params':>8}{'data':>7}  accepted")
+    head = (f"{'model':<16}{'gap R^2':>9}{'rise R^2':>9}{'ETF R^2':>9}{'Gram R^2':>10}{'patt R^2':>10}"
+            f"{'full R^2':>10}{'end dETF':>10}{'params':>8}{'data':>7}  accepted")
     rows = [head]
 
-    def f(v):
-        return "n/a" if v is None or not np.isfinite(v) else f"{v:.3f}"
+    def f(v, fmt="{:.3f}"):
+        return "n/a" if v is None or not np.isfinite(v) else fmt.format(v)
     for m, g in gof.items():
         if m == "static" and g.get("saturated"):
             tail = "saturated (descriptive)"
@@ -334,24 +389,34 @@ def table(gof, rep) -> str:
             tail = "descriptive"
         else:
             tail = "yes" if g["accepted"] else "no (" + ", ".join(k for k, v in g["explains"].items() if not v) + ")"
-        rows.append(f"{m:<15}{f(g['gap_r2']):>9}{f(g.get('rise_r2')):>9}{f(g['etf_r2']):>9}{f(g['gram_r2']):>10}"
-                    f"{f(g['gram_r2_patterns']):>10}{f(g['gram_r2_full']):>10}{g['n_params']:>8d}{g['n_data']:>7d}"
-                    f"  {tail}")
+        rows.append(f"{m:<16}{f(g['gap_r2']):>9}{f(g.get('rise_r2')):>9}{f(g['etf_r2']):>9}{f(g['gram_r2']):>10}"
+                    f"{f(g['gram_r2_patterns']):>10}{f(g['gram_r2_full']):>10}{f(g.get('end_etf'), '{:+.3f}'):>10}"
+                    f"{g['n_params']:>8d}{g['n_data']:>7d}  {tail}")
     rows.append(f"data: {100 * rep.outside.mean():.0f}% of the unit Grams (mean over records) and "
                 f"{100 * rep.outside_change:.0f}% of their change over training lie outside the attribute patterns")
     return "\n".join(rows)
 
 
-def transition_lines(transitions) -> str:
+def event_lines(transitions) -> str:
+    """The observed and predicted events, one line each, with the predicted intervals."""
     out = ""
-    o = transitions.get("observed")
-    if o is not None:
-        out += ("\nobserved transition: " + (f"step {o['step']:.4g}" if o["step"] is not None else "none")
-                + f" ({o['reason']})")
-    p = transitions.get("predicted")
-    if p is not None:
-        out += ("\npredicted transition (M2): " + (f"step {p['step']:.4g}" if p.get("inside") else "none")
-                + f" ({p['reason']})")
+    names = {"peak": "gap peak", "transition": "gap transition", "collapse": "collapse"}
+    o = transitions.get("observed", {})
+    for k, label in names.items():
+        e = o.get(k)
+        if e is not None:
+            out += f"\nobserved {label}: " + (f"step {e['step']:.4g}" if e["step"] is not None else "none") \
+                   + f" ({e['reason']})"
+    p = transitions.get("predicted", {})
+    for k, label in names.items():
+        e = p.get(k)
+        if e is None:
+            continue
+        if e.get("step") is None:
+            out += f"\npredicted {label}: none ({e['reason']})"
+        else:
+            rng = "" if e.get("low") is None else f" [{e['low']:.4g}, {e['high']:.4g}]"
+            out += f"\npredicted {label}: step {e['step']:.4g}{rng} ({e['reason']})"
     return out
 
 
@@ -363,20 +428,46 @@ def within_lines(curves) -> str:
             f"NC1 trace ratio {nc1[0]:.3g} -> {nc1[-1]:.3g}, mean CDNV {cd[0]:.3g} -> {cd[-1]:.3g}")
 
 
-def m2_lines(params) -> str:
-    """M2's fitted parameters with their near-best ranges (how flat the alignment cost is around the optimum)."""
-    if "lam" not in params or "init_scale" not in params:
-        return ""
-    near = params.get("near_best", {})
+def estimate_lines(estimates, level) -> str:
+    """Each M2-family model's parameters: value, interval at ``level`` and identifiability; its time maps."""
+    out = ""
+    for m, e in estimates.items():
+        vals, iv, ok = e["params"], e.get("intervals") or {}, e.get("identifiable") or {}
+        cor = e.get("corrected") or {}
+        items = []
+        for name in PARAM_ORDER:
+            if name not in vals:
+                continue
+            v = vals[name]
+            if isinstance(v, list):
+                n = len(v)
+                for b, vb in enumerate(v):
+                    items.append(_param_text(f"{name}[{b}]", vb, (iv.get(name) or [None] * n)[b],
+                                             (ok.get(name) or [None] * n)[b], (cor.get(name) or [None] * n)[b]))
+            else:
+                items.append(_param_text(name, v, iv.get(name), ok.get(name), cor.get(name)))
+        how = e.get("interval_method") or "no intervals"
+        out += f"\n{NAMES[m]} parameters ({how}; {100 * level:.0f}% intervals): " + ", ".join(items)
+        maps = e.get("time_maps")
+        if maps:
+            out += f"\n{NAMES[m]} time map: " + "; ".join(
+                f"{k} (full Gram R^2 {g['gram_r2_full']:.3f}, gap R^2 {g['gap_r2']:.3f}, {g['n_params']} params)"
+                for k, g in maps.items())
+    return out
 
-    def show(name, label, fmt="{:.3g}"):
-        v = params.get(name)
-        if v is None:
-            return None
-        r = near.get(name)
-        rng = "" if r is None else f" [{fmt.format(r[0])}, {fmt.format(r[1])}]"
-        return f"{label} {fmt.format(v)}{rng}"
 
-    items = [x for x in (show("sigma", "sigma"), show("lam", "lam"), show("init_scale", "start scale")) if x]
-    return ("\nM2 parameters, with the range over simulated points within 5% of the best alignment cost (how flat "
-            "the fit is there, not a confidence interval): " + ", ".join(items))
+#: The order in which a model's parameters are printed.
+PARAM_ORDER = ("sigma", "strengths", "lam", "init_scale", "time_scale", "time_exponent", "time_break", "late_exponent",
+               "gram_scale")
+
+
+def _param_text(name, v, interval, identifiable, corrected=None) -> str:
+    """``name value [low, high]``; the bias-corrected value when it is off the estimate by more than a quarter
+    of the interval; the flat range of a parameter that is not identifiable."""
+    if interval is None:
+        return f"{name} {v:.3g}"
+    lo, hi = interval
+    if identifiable is False:
+        return f"{name} {v:.3g} (not identifiable: flat over [{lo:.3g}, {hi:.3g}])"
+    shift = "" if corrected is None or abs(corrected - v) <= 0.25 * (hi - lo) else f" (bias-corrected {corrected:.3g})"
+    return f"{name} {v:.3g}{shift} [{lo:.3g}, {hi:.3g}]"
