@@ -32,6 +32,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ._atomic import write_npz
 from ._util import canonical_json
 
 __all__ = ["FitResult", "NoMethodApplies", "NotConverged", "PhasePoint", "Result", "Run", "Solution", "Status",
@@ -401,6 +402,11 @@ def check_save_path(path) -> str:
     return path
 
 
+def _write_result(path: str, header: dict, arrays: dict) -> str:
+    """The ``.npz`` file of a result: its JSON ``__header__`` and its arrays, written whole or not at all."""
+    return write_npz(path, {"__header__": np.array(json.dumps(header)), **arrays})
+
+
 class _Frozen:
     """The frozen-container base of every result and of :class:`Run`: read-only arrays and dicts,
     a content hash in ``meta``, ``save``/``load``, ``replace``, and the entries of the dict fields
@@ -481,7 +487,12 @@ class _Frozen:
         return dataclasses.replace(self, **changes)
 
     def save(self, path: str | os.PathLike) -> str:
-        """Write this result to ``path`` (``.npz``, no pickles).
+        """Write this result to ``path`` (``.npz``, no pickles), replacing a file there only once the new one is whole.
+
+        The file is written beside ``path`` under a temporary name, flushed to the disk and
+        renamed over ``path`` (:func:`ufm._atomic.write_atomically`): a save stopped by
+        Ctrl-C, SIGTERM, ``kill -9`` or a full disk leaves the earlier file complete. A
+        symbolic link at ``path`` is replaced by the file, not written through.
 
         Parameters
         ----------
@@ -495,11 +506,9 @@ class _Frozen:
             The path written.
         """
         path = check_save_path(path)
-        arrays = self._all_arrays()
         header = {"schema": _SCHEMA, "type": type(self).__name__,
                   "scalars": jsonable(self._scalars()), "meta": self.meta}
-        np.savez_compressed(path, __header__=np.array(json.dumps(header)), **arrays)
-        return path
+        return _write_result(path, header, self._all_arrays())
 
     @classmethod
     def _upgrade(cls, fields: dict, schema: int) -> dict:
@@ -1127,7 +1136,7 @@ class SweepResult(Result):
         return feed
 
     def save(self, path: str | os.PathLike) -> str:
-        """Write the sweep to ``path`` (``.npz``, no pickles).
+        """Write the sweep to ``path`` (``.npz``, no pickles), whole or not at all (as :meth:`Result.save`).
 
         Parameters
         ----------
@@ -1143,8 +1152,7 @@ class SweepResult(Result):
         rows, arrays = pack_records(self.records)
         header = {"schema": _SCHEMA, "type": type(self).__name__, "scalars": self._scalars(),
                   "records": rows, "meta": self.meta}
-        np.savez_compressed(path, __header__=np.array(json.dumps(header)), **arrays)
-        return path
+        return _write_result(path, header, arrays)
 
     @classmethod
     def _fields_from_file(cls, header, data) -> dict:
