@@ -475,6 +475,10 @@ def _build_run(path: str, arrays: dict, header: str | None, strings: dict) -> Ru
                               "store numbers (float64, or int64 for " + ", ".join(_INT_FIELDS) + ")")
     if parsed is not None:
         fields, meta, stored_hash = _from_header(path, arrays, parsed)
+        if not isinstance(stored_hash, str):
+            raise _file_error(path, "content_hash", "is missing from the header (every file ufm writes has one, so "
+                              "this one was edited and its arrays cannot be checked)",
+                              "record or export the run again")
     else:
         fields, meta, stored_hash = _from_foreign(path, arrays, strings, hint)
     try:
