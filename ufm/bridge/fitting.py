@@ -239,17 +239,27 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
     KeyboardInterrupt
         After Ctrl-C with ``on_interrupt="raise"``; its ``result`` holds the FitResult.
     """
-    on_interrupt = _interrupt.check_on_interrupt(on_interrupt)
-    with _interrupt.deferred():
+    # -- Ctrl-C: one protected region from the first check to the return (ufm._interrupt.STAGES["fit"]) --
+    with _interrupt.protected("fit", on_interrupt) as call:
+        call.stage("checks")
         res = _fit(source, setting, attributes=attributes, steps=steps, models=models, loss=loss, lam=lam,
-                    fit_strengths=fit_strengths, inputs=inputs, kernel=kernel, start=start,
-                    init_scale=init_scale, match=match, engine=engine, horizon=horizon, n_model=n_model,
-                    sigma_grid=sigma_grid, max_iter=max_iter, anchor=anchor, lam_W_anchor=lam_W_anchor,
-                    lam_H_anchor=lam_H_anchor, betas=betas, level=level, accept=accept, seed=seed,
-                    progress=progress)
-    res = _interrupt.finish(res, bool(res.meta.get("interrupted")), on_interrupt,
-                            "interrupted (Ctrl-C): the fit was finished from the best point found so far")
+                   fit_strengths=fit_strengths, inputs=inputs, kernel=kernel, start=start,
+                   init_scale=init_scale, match=match, engine=engine, horizon=horizon, n_model=n_model,
+                   sigma_grid=sigma_grid, max_iter=max_iter, anchor=anchor, lam_W_anchor=lam_W_anchor,
+                   lam_H_anchor=lam_H_anchor, betas=betas, level=level, accept=accept, seed=seed,
+                   progress=progress, stage=call.stage)
+        res = call.finish(res, bool(res.meta.get("interrupted")), mark=_interrupted_after_the_fit,
+                          message="interrupted (Ctrl-C): err.result holds the FitResult of every model fitted "
+                                  "before it (see its notes)")
     return res.raise_on_failure() if throw else res
+
+
+def _interrupted_after_the_fit(res: FitResult) -> FitResult:
+    """``res``, whose every model was fitted before a Ctrl-C was seen, marked interrupted (nothing is missing)."""
+    note = "interrupted (Ctrl-C) after the fit had ended; nothing is missing from it"
+    return res.replace(status="interrupted", message=f"{res.message}\nnote: {note}",
+                       meta={**res.meta, "interrupted": True, "notes": [*res.meta["notes"], note]})
+# -- end of the Ctrl-C part of fit --
 
 
 def _fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, loss: str = "ce", lam="fit",
@@ -257,9 +267,9 @@ def _fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, lo
          match: str = "auto", engine: str = "auto", horizon: float = 1e6, n_model: int = 160,
          sigma_grid=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0), max_iter: int = 150, anchor=None, lam_W_anchor: float = 1e-2,
          lam_H_anchor: float = 1e-2, betas=None, level: float = 0.95, accept=None, seed: int = 0,
-         progress="auto") -> FitResult:
-    """:func:`fit` without the Ctrl-C policy (it runs inside ``_interrupt.deferred``): check, observe, fit each
-    model, judge."""
+         progress="auto", stage) -> FitResult:
+    """:func:`fit` without the Ctrl-C policy (it runs inside ``fit``'s protected region): check, observe, fit each
+    model, judge. ``stage(name)`` marks each stage of ``ufm._interrupt.STAGES["fit"]`` as it begins."""
     t_start = time.perf_counter()
     report = Progress(progress, None, "ufm.fit").note     # status lines on stderr
     models = _check_models(models)
@@ -285,6 +295,7 @@ def _fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, lo
     if inputs is not None and kernel is not None:
         raise ValueError("pass inputs= or kernel=, not both.")
     report("reading and checking the Grams", force=True)
+    stage("read")
     obs = read_observed(source, setting, attributes, steps)
     K, T = obs.K, obs.T
     dense = engine == "dense" or start == "observed" or inputs is not None or kernel is not None
@@ -300,13 +311,16 @@ def _fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, lo
 
     out = _Fits()
     report(f"{K} classes, {T} records: centring, pattern projections, observed curves", force=True)
+    stage("observe")
     rep = _observe(obs, match, out)
     if "static" in models:
         report("static decomposition", force=True)
+        stage("static")
         _fit_static_model(rep, obs, level, match, out)
     m2 = None
     if "input_coupled" in models:
         report(f"input_coupled: fitting {K} classes, {T} records", force=True)
+        stage("input_coupled")
         m2 = _fit_input_coupled_model(rep, obs, out, user=user, inputs_given=inputs is not None, loss=loss, lam=lam,
                                       init_scale=init_scale, fit_strengths=fit_strengths, start=start, engine=engine,
                                       horizon=horizon, n_model=n_model, sigma_grid=sigma_grid, max_iter=max_iter,
@@ -316,15 +330,17 @@ def _fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, lo
         if grid.ndim != 1 or len(grid) < 2 or np.any(grid <= 0):
             raise ValueError("betas must be a 1-D grid of at least 2 values > 0.")
         report(f"anchored: beta path over {len(grid)} values", force=True)
+        stage("anchored")
         _fit_anchored_model(rep, obs, out, anchor=anchor, m2=m2, lam_W=lam_W_anchor, lam_H=lam_H_anchor, betas=grid,
                             seed=seed)
 
     report("goodness of fit", force=True)
+    stage("judge")
     best, verdict = _judge(rep, out, accept)
     pred = out.transitions.get("predicted")
     predicted = pred["step"] if pred is not None and pred.get("inside") else None
     interrupted = bool(m2 is not None and m2["interrupted"]) or _interrupt.requested()
-    if interrupted and not (m2 is not None and m2["interrupted"]):
+    if interrupted and not any("interrupted (Ctrl-C)" in n for n in out.notes):
         out.notes.append("interrupted (Ctrl-C) where no search could stop early; every model was fitted to the end")
     text = table(out.gof, rep)
     message = (f"fit of {obs.desc}: {K} classes, {T} records, matched on {match} Grams.\n{text}\nverdict: {verdict}"
@@ -335,6 +351,7 @@ def _fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, lo
             "horizon": horizon, "n_model": n_model, "max_iter": max_iter, "accept": accept, "seed": seed,
             "setting": getattr(obs.setting, "name", None), "attributes": np.asarray(obs.attributes).tolist(),
             "seconds": time.perf_counter() - t_start, "notes": out.notes, "interrupted": interrupted}
+    stage("result")
     return FitResult(params=out.params, gof=out.gof, steps=obs.steps, curves=out.curves, grams=out.fitted,
                      best_model=best, predicted_transition=predicted, transitions=out.transitions, verdict=verdict,
                      message=message, status="interrupted" if interrupted else "completed", meta=meta)
@@ -558,7 +575,8 @@ def _fit_input_coupled(rep, obs, *, user, inputs_given, loss, lam, init_scale, f
         pre = M2Model(K, start="isotropic", engine="patterns", **common)
         r1 = fit_m2(pre, alignment_cost(rep, pre)[0], starts=grid(pre), max_iter=max_iter, report=report)
         if r1["x"] is None:
-            raise _NotFitted(f"none of the {len(r1['seen'])} starting points of the isotropic pattern fit could be "
+            raise _NotFitted("interrupted (Ctrl-C) before any starting point was simulated" if r1["interrupted"] else
+                             f"none of the {len(r1['seen'])} starting points of the isotropic pattern fit could be "
                              f"simulated (every flow non-finite or outside the parameter bounds)")
         interrupted = r1["interrupted"]
         q1 = pre.unpack(r1["x"])
@@ -574,7 +592,8 @@ def _fit_input_coupled(rep, obs, *, user, inputs_given, loss, lam, init_scale, f
                    n_searches=2)
         interrupted, x, seen = r["interrupted"], r["x"], r["seen"]
         if x is None:
-            raise _NotFitted(f"none of the {len(seen)} starting points could be simulated (every flow non-finite or "
+            raise _NotFitted("interrupted (Ctrl-C) before any starting point was simulated" if interrupted else
+                             f"none of the {len(seen)} starting points could be simulated (every flow non-finite or "
                              f"outside the parameter bounds); check the inputs or kernel and the horizon")
     else:
         seen = []

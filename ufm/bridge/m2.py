@@ -686,7 +686,8 @@ def fit_m2(model: M2Model, cost, *, starts, max_iter: int, report=None, n_search
     point found (a restart: Nelder-Mead's simplex can collapse early); Ctrl-C keeps the best point.
 
     Returns ``{"x", "cost", "nfev", "interrupted", "seen"}`` (``seen``: every ``(cost, x)`` evaluated);
-    ``x`` is None when no start could be simulated (every flow non-finite or out of bounds).
+    ``x`` is None when no start could be simulated (every flow non-finite or out of bounds), or when Ctrl-C came
+    before the first one was (``interrupted`` is then True).
     """
     from scipy.optimize import minimize
 
@@ -729,8 +730,6 @@ def fit_m2(model: M2Model, cost, *, starts, max_iter: int, report=None, n_search
                 search(x)
             best["phase"] = "restart"
             search(best["x"].copy())
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:        # x stays None when no point was evaluated: the fit goes on without M2
         interrupted = True
-        if best["x"] is None:
-            raise
     return {"x": best["x"], "cost": best["cost"], "nfev": best["nfev"], "interrupted": interrupted, "seen": seen}
