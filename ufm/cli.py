@@ -10,7 +10,7 @@ from ._atomic import write_atomically
 from ._cli_sweep import run_config
 from ._util import check_output_folder
 from .bridge.fitting import fit
-from .bridge.networks import gap_summary, train_network
+from .bridge.networks import gap_summary, run_path, train_network
 from .plotting import plot_fit_figure
 from .settings import NAMED_SETTINGS, named_setting
 
@@ -184,6 +184,8 @@ def _train_network(args) -> int:
             return 2
     try:
         setting = network_setting(args.setting, levels)
+        # where the run goes, decided before training: a partial run does not replace a file already there
+        written = {status: run_path(args.out, status) for status in ("completed", "interrupted")}
         t0 = time.perf_counter()
         run = train_network(setting, arch=args.arch, steps=args.steps, lr=args.lr, optimizer=args.optimizer,
                             weight_decay=args.weight_decay, width=args.width, depth=args.depth,
@@ -212,8 +214,9 @@ def _train_network(args) -> int:
         print(f"ETF distance: start {s['etf_start']:.3f}, min {s['etf_min']:.3f} (step {s['etf_min_step']}), end "
               f"{s['etf_end']:.3f} -> collapsed {'yes' if s['collapsed'] else 'no'} (end <= 0.1); loss: start "
               f"{s['loss_start']:.3g}, end {s['loss_end']:.3g}")
-    print(f"wrote {os.path.abspath(args.out if os.path.splitext(args.out)[1] else args.out + '.npz')} "
-          f"({run.T} records; labels: {m['labels']})")
+    path = written["interrupted" if m["status"] == "interrupted" else "completed"]
+    kept = f"; {written['completed']} is kept as it was" if path != written["completed"] else ""
+    print(f"wrote {os.path.abspath(path)} ({run.T} records; labels: {m['labels']}){kept}")
     if m["status"] == "interrupted":
         return 130
     return 0 if m["status"] == "completed" else 1
