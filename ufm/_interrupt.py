@@ -8,7 +8,8 @@ thread, SIGINT does not raise at a random bytecode (or, worse, while a compiled 
 where Python cannot handle it): it only sets a flag. The computation looks at the flag
 between chunks of bounded work (:func:`requested`), stops, and assembles its partial result.
 A second Ctrl-C while the flag is set restores Python's own behaviour and raises
-``KeyboardInterrupt`` at once; the entry point then keeps what it can.
+``KeyboardInterrupt`` at once; the entry point then keeps what it can and raises it (even
+with ``on_interrupt="return"``: the user insisted).
 
 A Ctrl-C seen inside the region is always honoured when the region closes
 (:meth:`Protected.finish`): a run that finished anyway (the signal came after its last
@@ -43,10 +44,12 @@ when the main thread's region has seen a Ctrl-C (the flag is one for the process
 Stages
 ------
 Each entry point calls :func:`stage` as it enters each stage of :data:`STAGES`. It does
-nothing; tests replace it to deliver a Ctrl-C at a chosen boundary deterministically:
-calling the installed SIGINT handler (``signal.getsignal(signal.SIGINT)(signal.SIGINT,
-None)``, what the signal itself runs) or raising ``KeyboardInterrupt`` (what a second
-Ctrl-C does).
+nothing; tests replace it (``monkeypatch.setattr(ufm._interrupt, "stage", hook)``) to
+deliver a Ctrl-C at a chosen boundary deterministically: ``hook`` calls the installed SIGINT
+handler, ``signal.getsignal(signal.SIGINT)(signal.SIGINT, None)``, what the signal itself
+runs (once: the flag is set; twice: the second call raises, as a second Ctrl-C does), or
+raises ``KeyboardInterrupt`` itself. The stage names are stable: tests and the fit's code
+use them.
 """
 
 from __future__ import annotations
