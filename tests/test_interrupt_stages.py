@@ -280,3 +280,53 @@ def test_ctrl_c_at_any_stage_of_ufm_sweep_writes_what_it_has(monkeypatch, tmp_pa
     assert len(saved.records) == ran and saved.status is (Status.interrupted if ran == 0 else Status.completed)
     drew = name in ("return",) or (name == "figure" and presses == 1)
     assert (out / "phase_diagram.png").is_file() == drew
+
+
+# -- the commands: what they write when Ctrl-C comes late ----------------------------------------
+def _run_file(run, path):
+    Run(steps=run.steps, grams=run.grams, labels=run.labels, counts=run.counts, attributes=run.attributes,
+        meta={"setting": SETTING.params}).save(path)
+    return path
+
+
+def test_ufm_fit_pressed_twice_as_it_ends_still_writes_the_whole_fit_and_exits_130(monkeypatch, run, tmp_path,
+                                                                                    capsys):
+    from ufm.cli import main
+
+    source = _run_file(run, tmp_path / "run.npz")
+    ctrl_c_at(monkeypatch, "fit", "return", presses=2)
+    assert main(["fit", str(source), "--out", str(tmp_path / "fit"), "--no-figure", "--quiet"]) == 130
+    saved = ufm.load(tmp_path / "fit" / "fit.npz")
+    assert saved.meta["interrupted"] and "input_coupled" in saved.gof and "static" in saved.gof
+    assert "the best parameters found before it were written" in capsys.readouterr().err
+
+
+def test_a_ctrl_c_while_ufm_fit_writes_lets_the_file_be_completed_and_exits_130(monkeypatch, run, tmp_path,
+                                                                              capsys):
+    import ufm.results
+    from ufm.cli import main
+
+    source = _run_file(run, tmp_path / "run.npz")
+    write = ufm.results.write_npz
+
+    def pressed_while_writing(path, arrays, **kw):
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)            # Ctrl-C as fit.npz is written
+        return write(path, arrays, **kw)
+
+    monkeypatch.setattr(ufm.results, "write_npz", pressed_while_writing)
+    assert main(["fit", str(source), "--out", str(tmp_path / "fit"), "--quiet"]) == 130
+    saved = ufm.load(tmp_path / "fit" / "fit.npz")
+    assert saved.status is Status.completed and "input_coupled" in saved.gof      # the fit had ended: complete
+    assert not (tmp_path / "fit" / "fit_overlay.png").exists()                     # the figure is left out
+    assert "interrupted (Ctrl-C) while writing; fit.npz holds the whole fit" in capsys.readouterr().err
+
+
+def test_ufm_sweep_interrupted_after_the_sweep_ended_writes_every_run_and_exits_130(monkeypatch, tmp_path, capsys):
+    from ufm.cli import main
+
+    (tmp_path / "s.toml").write_text(CONFIG)
+    ctrl_c_at(monkeypatch, "sweep_config", "save")
+    assert main(["sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out"), "--quiet"]) == 130
+    saved = ufm.load(tmp_path / "out" / "result.npz")
+    assert saved.status is Status.completed and len(saved.records) == 4
+    assert "interrupted (Ctrl-C) after the sweep had ended; result.npz holds every run" in capsys.readouterr().err
