@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ufm.bridge.io import log_steps
-from ufm.bridge.networks import DEFAULTS, LEGACY, gap_summary, train_network
+from ufm.bridge.networks import DEFAULTS, LEGACY, gap_summary, run_path, train_network
 from ufm.cli import main
 from ufm.results import Run, load
 from ufm.settings import factorial, hierarchy, ntp_contexts
@@ -228,6 +228,24 @@ def test_keyboard_interrupt_returns_the_partial_run(tmp_path):
     full = train_network(hierarchy(2, depth=3), steps=500, width=16, n_records=30)
     np.testing.assert_array_equal(full.grams[: len(kept)], run.grams)
     assert full.meta["status"] == "completed"
+
+
+def test_an_interrupted_run_does_not_replace_an_earlier_run_at_out(tmp_path):
+    def stop(step, loss):
+        if step >= 20:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run.npz"
+    kw = dict(steps=60, width=16, n_records=10)
+    earlier = train_network(hierarchy(2, depth=3), out=out, **kw)
+    partial = train_network(hierarchy(2, depth=3), callback=stop, out=out, **{**kw, "seed": 1})
+    assert partial.meta["status"] == "interrupted"
+    assert load(out).meta["content_hash"] == earlier.meta["content_hash"]           # the complete run is kept
+    beside = tmp_path / "run.interrupted.npz"
+    assert run_path(out, "interrupted") == str(beside) and run_path(out, "completed") == str(out)
+    assert load(beside).meta["content_hash"] == partial.meta["content_hash"]
+    again = train_network(hierarchy(2, depth=3), callback=stop, out=tmp_path / "fresh", **kw)
+    assert load(tmp_path / "fresh.npz").meta["content_hash"] == again.meta["content_hash"]   # nothing there: out
 
 
 def test_interrupt_before_the_first_record_propagates(monkeypatch):

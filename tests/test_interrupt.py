@@ -3,7 +3,7 @@
 Each test starts a child (a script or the ``ufm`` command) in its own process group, waits
 until it says it is inside the long computation, sends SIGINT to the group (what a
 terminal's Ctrl-C does) and checks the partial result on disk and the exit code. The
-problems are tiny and the runs would last hours without the signal; no timing is asserted.
+problems are tiny and the runs would last many minutes or hours without the signal; no timing is asserted.
 """
 
 from __future__ import annotations
@@ -85,10 +85,12 @@ SIMULATE_CHILD = textwrap.dedent(r"""
     gd = ufm.UFMProblem(K=4, n=2, d=8, lam_W=1e-3, lam_H=1e-3)
     flow = ufm.InputCoupledUFM.from_setting(ufm.factorial((2, 2)), sigma=2.0, d=8, lam_W=1e-5, lam_A=1e-5)
     def long(mode, seeds, **kw):
-        # hours of work without the signal: GD to step 1e12, the flow to t = 1e9 at tight tolerances
+        # many minutes of work without the signal: GD to step 1e12; the flow to t = 1e12 at tight tolerances
+        # (about 13 minutes a seed: the step size stops growing once the weight decay has settled the state;
+        # t = 1e9 took one second, so a signal sent half a second after "go" could come after the run ended)
         if mode == "gd":
             return ufm.simulate(gd, steps=10**12, lr=0.1, seeds=seeds, record=("objective", "W"), **kw)
-        return ufm.simulate(flow, steps=10**9, lr=1.0, mode="flow", seeds=seeds, record=("objective", "A"),
+        return ufm.simulate(flow, steps=10**12, lr=1.0, mode="flow", seeds=seeds, record=("objective", "A"),
                             rtol=1e-10, atol=1e-12, max_steps=10**9, **kw)
     for mode in ("gd", "flow"):                      # load the compiled kernels before the first signal
         ufm.simulate(gd if mode == "gd" else flow, steps=10, lr=0.1, mode=mode, seeds=2)
@@ -131,7 +133,7 @@ def test_ctrl_c_keeps_every_record_of_gd_and_flow_runs_and_reaches_the_script(tm
         tr = ufm.load(tmp_path / f"{mode}{seeds}.npz")
         assert tr.status is Status.interrupted and "Ctrl-C" in tr.message
         T = len(tr.steps)
-        assert T >= 3 and tr.steps[-1] < (10**12 if mode == "gd" else 10**9)
+        assert T >= 3 and tr.steps[-1] < 10**12
         assert tr.objective.shape == (seeds, T) and np.all(np.isfinite(tr.objective))  # every seed, every row
         block = "W" if mode == "gd" else "A"
         # the records are those of an uninterrupted run to the last kept step, row for row

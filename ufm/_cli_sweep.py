@@ -10,6 +10,7 @@ import difflib
 import os
 
 from . import _interrupt
+from ._atomic import write_atomically
 from ._checks import check_bool
 from ._sweep import PROBLEMS, RESERVED, TASKS, sweep
 from ._util import check_output_folder
@@ -114,15 +115,25 @@ def run_config(path, *, out=None, resume: bool = False, backend=None, n_jobs=Non
     allow_import : bool
         Let a file whose ``task`` is ``"module:function"`` (and which says ``allow_import = true``)
         import and run that function.
+        A Ctrl-C while ``result.npz`` is written or the figure drawn lets the file be
+        completed (the figure is then not drawn) and counts as an interruption too.
 
     Returns
     -------
     dict
-        ``result`` (the SweepResult) and ``paths`` written.
+        ``result`` (the SweepResult), ``paths`` written and ``interrupted`` (whether
+        Ctrl-C was pressed: during the sweep, whose result then has status
+        ``interrupted``, or after it, while writing).
     """
+    with _interrupt.protected("sweep_config", on_interrupt) as call:     # from reading the file to the return
+        return _run_config(call, path, out, resume, backend, n_jobs, figure, progress, echo, allow_import)
+
+
+def _run_config(call, path, out, resume, backend, n_jobs, figure, progress, echo, allow_import) -> dict:
+    """:func:`run_config` in its protected region ``call`` (``_interrupt.STAGES["sweep_config"]``)."""
     import tomllib
 
-    on_interrupt = _interrupt.check_on_interrupt(on_interrupt)
+    call.stage("config")
     allow_import = check_bool("allow_import", allow_import)
     with open(path, "rb") as fh:
         try:
@@ -179,16 +190,38 @@ def run_config(path, *, out=None, resume: bool = False, backend=None, n_jobs=Non
                          "another --out.")
     check_output_folder(out, "out")
     os.makedirs(out, exist_ok=True)
-    result = sweep(task, cfg["grid"], seeds=cfg.get("seeds", 1), seed=cfg.get("seed", 0), fixed=fixed,
-                   problem=problem, keep=cfg.get("keep", ()), backend=backend or cfg.get("backend", "loky"),
-                   n_jobs=n_jobs or cfg.get("n_jobs"), cache_dir=cache, progress=progress,
-                   retries=cfg.get("retries", 2), seed_scope=cfg.get("seed_scope", "point"), on_interrupt="return")
-    paths = {"result": result.save(os.path.join(out, "result.npz"))}
-    echo(result.summary())
-    if result.status is Status.interrupted:
-        echo("interrupted (Ctrl-C): wrote the finished runs; rerun with --resume to compute the rest.")
-        echo("wrote: " + ", ".join(paths.values()))
-        return _interrupt.finish({"result": result, "paths": paths}, True, on_interrupt, result.message)
+    call.stage("sweep")
+    try:
+        result = sweep(task, cfg["grid"], seeds=cfg.get("seeds", 1), seed=cfg.get("seed", 0), fixed=fixed,
+                       problem=problem, keep=cfg.get("keep", ()), backend=backend or cfg.get("backend", "loky"),
+                       n_jobs=n_jobs or cfg.get("n_jobs"), cache_dir=cache, progress=progress,
+                       retries=cfg.get("retries", 2), seed_scope=cfg.get("seed_scope", "point"),
+                       on_interrupt="return")
+    except KeyboardInterrupt as err:      # Ctrl-C pressed twice: the sweep's partial result is still written
+        if getattr(err, "result", None) is None:
+            raise
+        result = err.result
+    stopped = result.status is Status.interrupted
+    done = {"result": result, "paths": {}, "interrupted": stopped}
+    try:
+        call.stage("save")
+        done["paths"]["result"] = result.save(os.path.join(out, "result.npz"))
+        echo(result.summary())
+        if stopped:
+            echo("interrupted (Ctrl-C): wrote the finished runs; rerun with --resume to compute the rest.")
+        elif figure and result.records and not _interrupt.requested():
+            call.stage("figure")
+            _phase_figure(cfg, result, out, done["paths"], echo)
+    except KeyboardInterrupt:       # Ctrl-C again while writing: what is written is listed, the runs are in the cache
+        raise _interrupt.interrupted({**done, "interrupted": True},
+                                     f"interrupted (Ctrl-C) while writing; wrote {list(done['paths'].values())}; "
+                                     f"the finished runs are in {cache} (--resume)") from None
+    echo("wrote: " + ", ".join(done["paths"].values()))
+    return call.finish(done, stopped, mark=lambda d: {**d, "interrupted": True}, message=result.message)
+
+
+def _phase_figure(cfg, result, out, paths, echo) -> None:
+    """``phase_diagram.png`` of the ``[plot]`` table (axes and value picked when not given), added to ``paths``."""
     plot = dict(cfg.get("plot", {}))
     x, y = plot.get("x"), plot.get("y")
     varying = [a for a in result.axes if len(result.axis_values(a)) > 1] or list(result.axes)
@@ -197,20 +230,17 @@ def run_config(path, *, out=None, resume: bool = False, backend=None, n_jobs=Non
     if y is None:
         y = next((a for a in varying if a != x), None)
     value = plot.get("value") or _pick_value(result.records)
-    if figure and result.records:
-        if x is None or y is None or value is None:
-            echo("no phase diagram: it needs two grid parameters and a numeric result ([plot] x, y, value).")
-        else:
-            import matplotlib
+    if x is None or y is None or value is None:
+        echo("no phase diagram: it needs two grid parameters and a numeric result ([plot] x, y, value).")
+        return
+    import matplotlib
 
-            matplotlib.use("Agg", force=True)
-            import matplotlib.pyplot as plt
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
 
-            fig, ax = plt.subplots(figsize=(4.2, 3.4))
-            plot_phase_diagram(result, x, y, value, ax=ax, where=plot.get("where"), annotate=plot.get("annotate", True))
-            fig.tight_layout()
-            paths["figure"] = os.path.join(out, "phase_diagram.png")
-            fig.savefig(paths["figure"], dpi=120)
-            plt.close(fig)
-    echo("wrote: " + ", ".join(paths.values()))
-    return {"result": result, "paths": paths}
+    fig, ax = plt.subplots(figsize=(4.2, 3.4))
+    plot_phase_diagram(result, x, y, value, ax=ax, where=plot.get("where"), annotate=plot.get("annotate", True))
+    fig.tight_layout()
+    paths["figure"] = write_atomically(os.path.join(out, "phase_diagram.png"),
+                                       lambda fh: fig.savefig(fh, format="png", dpi=120))
+    plt.close(fig)

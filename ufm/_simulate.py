@@ -41,7 +41,7 @@ from . import _interrupt, _memory, _threads, metrics
 from ._checks import ArgumentTypeError, check_attributes, check_bool, check_int
 from ._progress import Progress, check_progress
 from .metrics import double_centre
-from .results import Trajectory
+from .results import Status, Trajectory
 
 __all__ = ["simulate", "RECORDERS", "record_grid"]
 
@@ -449,6 +449,17 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
     ----------
     THEORY.md §4 (gradients), §6 (dynamics), §8.1-8.2 (anchored and input-coupled models).
     """
+    with _interrupt.protected("simulate", on_interrupt) as call:     # from the first check to the return
+        return _simulate(call, problem, steps, lr, horizon, mode, init_scale, seed, seeds, record, n_records, grid,
+                         record_steps, W0, H0, A0, b0, attributes, dtype, progress, time_variable, rtol, atol,
+                         max_steps, on_interrupt, throw)
+
+
+def _simulate(call, problem, steps, lr, horizon, mode, init_scale, seed, seeds, record, n_records, grid,
+              record_steps, W0, H0, A0, b0, attributes, dtype, progress, time_variable, rtol, atol, max_steps,
+              on_interrupt, throw) -> Trajectory:
+    """:func:`simulate` in its protected region ``call`` (``_interrupt.STAGES["simulate"]``)."""
+    call.stage("checks")
     model = _model_name(problem)
     check_progress(progress)
     _kernel_id(problem, mode)
@@ -489,35 +500,49 @@ def simulate(problem, steps: int | None = None, lr: float | None = None, *, hori
             else "explicit", "record": sorted(recorders), "memory_estimate": {k: int(v) for k, v in parts.items()},
             "start": _start_kind(init_scale, given, allowed)}
     warnings = []
-    with _interrupt.deferred():
-        try:
-            batch = initial_states(problem, seeds, root, init_scale, given, dtype)
-        except KeyboardInterrupt:
-            raise _interrupt.interrupted(None, "interrupted while drawing the initial states; nothing was run.") \
-                from None
-        still = _stationary_start(problem, batch, init_scale, given)
-        if still:
-            raise ValueError(
-                f"the start of seed(s) {still[:8]}{'...' if len(still) > 8 else ''} is an exact stationary point: "
-                f"the gradients of the weights and features are exactly 0 there"
-                f"{' (init_scale=0 starts every block at 0, a saddle of the objective)' if init_scale == 0 else ''}"
-                f", so GD and the gradient flow never leave it and the run would record a state that cannot move. "
-                f"Pass init_scale > 0 (e.g. 1e-3) or initial blocks W0/H0/A0 with a nonzero gradient.")
-        rec = _Records(problem, recorders, seeds, len(grid_steps), warnings)
-        if mode == "gd":
-            status, message, kept = _run_gd(problem, batch, lr, dtype, grid_steps, rec, progress)
-        else:
-            status, message, kept, info = _run_flow(problem, batch, lr, grid_steps, rec, progress, time_variable,
-                                                    rtol, atol, max_steps)
-            meta.update(info)
+    call.stage("initial_states")
+    batch = initial_states(problem, seeds, root, init_scale, given, dtype)
+    still = _stationary_start(problem, batch, init_scale, given)
+    if still:
+        raise ValueError(
+            f"the start of seed(s) {still[:8]}{'...' if len(still) > 8 else ''} is an exact stationary point: "
+            f"the gradients of the weights and features are exactly 0 there"
+            f"{' (init_scale=0 starts every block at 0, a saddle of the objective)' if init_scale == 0 else ''}"
+            f", so GD and the gradient flow never leave it and the run would record a state that cannot move. "
+            f"Pass init_scale > 0 (e.g. 1e-3) or initial blocks W0/H0/A0 with a nonzero gradient.")
+    rec = _Records(problem, recorders, seeds, len(grid_steps), warnings)
+    call.stage("run")
+    if mode == "gd":
+        status, message, kept = _run_gd(problem, batch, lr, dtype, grid_steps, rec, progress)
+    else:
+        status, message, kept, info = _run_flow(problem, batch, lr, grid_steps, rec, progress, time_variable,
+                                                rtol, atol, max_steps)
+        meta.update(info)
     if warnings:
         meta["warnings"] = warnings
     done = grid_steps[:kept]
-    traj = Trajectory(steps=done, times=done * lr, records=rec.arrays(kept), status=status, message=message,
-                      mode=mode, meta=meta, citation="THEORY §4, §6, §8; ufm.simulate")
-    if throw and status != "interrupted":
+
+    def trajectory(status, message):
+        return Trajectory(steps=done, times=done * lr, records=rec.arrays(kept), status=status, message=message,
+                          mode=mode, meta=meta, citation="THEORY §4, §6, §8; ufm.simulate")
+
+    try:
+        call.stage("result")
+        traj = trajectory(status, message)
+    except KeyboardInterrupt:            # Ctrl-C again while the Trajectory was built: built once more, interrupted
+        traj = trajectory("interrupted", message if status == "interrupted" else
+                          f"Ctrl-C came as the Trajectory was built, after the run had ended ({message}); all "
+                          f"{kept} records are kept.")
+    traj = call.finish(traj, traj.status is Status.interrupted, mark=_interrupted_after_the_run)
+    if throw and traj.status is not Status.interrupted:
         traj.raise_on_failure()
-    return _interrupt.finish(traj, status == "interrupted", on_interrupt, traj.message)
+    return traj
+
+
+def _interrupted_after_the_run(traj: Trajectory) -> Trajectory:
+    """``traj``, whose run ended before a Ctrl-C was seen, marked interrupted (nothing is missing from it)."""
+    return traj.replace(status="interrupted", message=f"Ctrl-C came after the run had ended ({traj.message}); all "
+                                                      f"{len(traj.steps)} records are kept.")
 
 
 #: Time resolution of a flow given by its horizon alone: ``lr = horizon / FLOW_UNITS``.

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import demo
+from . import _interrupt, demo
+from ._atomic import write_atomically
 from ._cli_sweep import run_config
 from ._util import check_output_folder
 from .bridge.fitting import fit
-from .bridge.networks import gap_summary, train_network
+from .bridge.networks import gap_summary, run_path, train_network
 from .plotting import plot_fit_figure
 from .settings import NAMED_SETTINGS, named_setting
 
@@ -42,16 +43,23 @@ def _demo(args) -> int:
 
 def _sweep(args) -> int:
     try:
-        res = run_config(args.config, out=args.out, resume=args.resume, backend=args.backend, n_jobs=args.n_jobs,
-                         figure=not args.no_figure, progress=not args.quiet, on_interrupt="return",
-                         allow_import=args.allow_import)["result"]
+        done = run_config(args.config, out=args.out, resume=args.resume, backend=args.backend, n_jobs=args.n_jobs,
+                          figure=not args.no_figure, progress=not args.quiet, on_interrupt="return",
+                          allow_import=args.allow_import)
     except (ValueError, OSError) as err:
         print(f"ufm sweep: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("ufm sweep: interrupted (Ctrl-C) before any result could be written", file=sys.stderr)
+    except KeyboardInterrupt as err:         # Ctrl-C pressed twice, or before the sweep had anything to keep
+        if err.result is None:
+            print(f"ufm sweep: {err} Nothing was written.", file=sys.stderr)
+        else:
+            print(f"ufm sweep: {err}", file=sys.stderr)
         return 130
-    if res.status.name == "interrupted":
+    res = done["result"]
+    if done["interrupted"]:
+        if res.status.name != "interrupted":
+            print("ufm sweep: interrupted (Ctrl-C) after the sweep had ended; result.npz holds every run",
+                  file=sys.stderr)
         return 130
     if res.n_failed:
         print(f"ufm sweep: {res.n_failed} of {len(res.records)} runs failed"
@@ -110,9 +118,11 @@ def _fit(args) -> int:
                   progress=not args.quiet, on_interrupt="return", **arrays)
     except (ValueError, OSError) as err:
         return fail(str(err))
-    except KeyboardInterrupt:
-        print("ufm fit: interrupted (Ctrl-C) before any model had a point to keep; nothing written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:         # Ctrl-C pressed twice, or before the fit had anything to keep
+        if err.result is None:
+            print(f"ufm fit: {err} Nothing was written.", file=sys.stderr)
+            return 130
+        res = err.result
     print(res)                      # the fit table (with the status first when it was interrupted)
     p = res.params
     if "lam" in p:
@@ -127,19 +137,25 @@ def _fit(args) -> int:
         print(f"static at the last record: a = {p['a_end']:.3g}, b_f = {lo_hi}")
     if "beta_end" in p:
         print(f"anchored (M1): beta from {p['beta_start']:.3g} to {p['beta_end']:.3g}")
-    os.makedirs(out, exist_ok=True)
-    res.save(os.path.join(out, "fit.npz"))
-    written = [os.path.join(out, "fit.npz")]
-    if not args.no_figure:
-        import matplotlib
+    try:
+        with _interrupt.deferred() as writing:       # a Ctrl-C while the files are written lets them be completed
+            os.makedirs(out, exist_ok=True)
+            written = [res.save(os.path.join(out, "fit.npz"))]
+            if not args.no_figure and not _interrupt.requested():
+                import matplotlib
 
-        matplotlib.use("Agg")
-        fig = plot_fit_figure(res)
-        fig.savefig(os.path.join(out, "fit_overlay.png"), dpi=110)
-        written.append(os.path.join(out, "fit_overlay.png"))
+                matplotlib.use("Agg")
+                fig = plot_fit_figure(res)
+                written.append(write_atomically(os.path.join(out, "fit_overlay.png"),
+                                                lambda fh: fig.savefig(fh, format="png", dpi=110)))
+    except (ValueError, OSError) as err:
+        return fail(str(err))
     print("wrote " + ", ".join(written))
     if res.meta.get("interrupted"):
         print("ufm fit: interrupted (Ctrl-C); the best parameters found before it were written", file=sys.stderr)
+        return 130
+    if writing.seen:
+        print("ufm fit: interrupted (Ctrl-C) while writing; fit.npz holds the whole fit", file=sys.stderr)
         return 130
     return 0
 
@@ -169,6 +185,8 @@ def _train_network(args) -> int:
             return 2
     try:
         setting = network_setting(args.setting, levels)
+        # where the run goes, decided before training: a partial run does not replace a file already there
+        written = {status: run_path(args.out, status) for status in ("completed", "interrupted")}
         t0 = time.perf_counter()
         run = train_network(setting, arch=args.arch, steps=args.steps, lr=args.lr, optimizer=args.optimizer,
                             weight_decay=args.weight_decay, width=args.width, depth=args.depth,
@@ -197,8 +215,9 @@ def _train_network(args) -> int:
         print(f"ETF distance: start {s['etf_start']:.3f}, min {s['etf_min']:.3f} (step {s['etf_min_step']}), end "
               f"{s['etf_end']:.3f} -> collapsed {'yes' if s['collapsed'] else 'no'} (end <= 0.1); loss: start "
               f"{s['loss_start']:.3g}, end {s['loss_end']:.3g}")
-    print(f"wrote {os.path.abspath(args.out if os.path.splitext(args.out)[1] else args.out + '.npz')} "
-          f"({run.T} records; labels: {m['labels']})")
+    path = written["interrupted" if m["status"] == "interrupted" else "completed"]
+    kept = f"; {written['completed']} is kept as it was" if path != written["completed"] else ""
+    print(f"wrote {os.path.abspath(path)} ({run.T} records; labels: {m['labels']}){kept}")
     if m["status"] == "interrupted":
         return 130
     return 0 if m["status"] == "completed" else 1

@@ -32,6 +32,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ._atomic import write_npz
 from ._util import canonical_json
 
 __all__ = ["FitResult", "NoMethodApplies", "NotConverged", "PhasePoint", "Result", "Run", "Solution", "Status",
@@ -401,6 +402,11 @@ def check_save_path(path) -> str:
     return path
 
 
+def _write_result(path: str, header: dict, arrays: dict) -> str:
+    """The ``.npz`` file of a result: its JSON ``__header__`` and its arrays, written whole or not at all."""
+    return write_npz(path, {"__header__": np.array(json.dumps(header)), **arrays})
+
+
 class _Frozen:
     """The frozen-container base of every result and of :class:`Run`: read-only arrays and dicts,
     a content hash in ``meta``, ``save``/``load``, ``replace``, and the entries of the dict fields
@@ -481,7 +487,12 @@ class _Frozen:
         return dataclasses.replace(self, **changes)
 
     def save(self, path: str | os.PathLike) -> str:
-        """Write this result to ``path`` (``.npz``, no pickles).
+        """Write this result to ``path`` (``.npz``, no pickles), replacing a file there only once the new one is whole.
+
+        The file is written beside ``path`` under a temporary name, flushed to the disk and
+        renamed over ``path`` (:func:`ufm._atomic.write_atomically`): a save stopped by
+        Ctrl-C, SIGTERM, ``kill -9`` or a full disk leaves the earlier file complete. A
+        symbolic link at ``path`` is replaced by the file, not written through.
 
         Parameters
         ----------
@@ -495,11 +506,9 @@ class _Frozen:
             The path written.
         """
         path = check_save_path(path)
-        arrays = self._all_arrays()
         header = {"schema": _SCHEMA, "type": type(self).__name__,
                   "scalars": jsonable(self._scalars()), "meta": self.meta}
-        np.savez_compressed(path, __header__=np.array(json.dumps(header)), **arrays)
-        return path
+        return _write_result(path, header, self._all_arrays())
 
     @classmethod
     def _upgrade(cls, fields: dict, schema: int) -> dict:
@@ -1127,7 +1136,7 @@ class SweepResult(Result):
         return feed
 
     def save(self, path: str | os.PathLike) -> str:
-        """Write the sweep to ``path`` (``.npz``, no pickles).
+        """Write the sweep to ``path`` (``.npz``, no pickles), whole or not at all (as :meth:`Result.save`).
 
         Parameters
         ----------
@@ -1143,8 +1152,7 @@ class SweepResult(Result):
         rows, arrays = pack_records(self.records)
         header = {"schema": _SCHEMA, "type": type(self).__name__, "scalars": self._scalars(),
                   "records": rows, "meta": self.meta}
-        np.savez_compressed(path, __header__=np.array(json.dumps(header)), **arrays)
-        return path
+        return _write_result(path, header, arrays)
 
     @classmethod
     def _fields_from_file(cls, header, data) -> dict:
@@ -1620,34 +1628,59 @@ def load(path: str | os.PathLike):
         (or its status, when it named how a solver stopped); schemas 1 and 2: the
         objective value called ``loss`` (a Solution field, a Trajectory record)
         becomes ``objective``.
-    """
-    import zipfile
 
+    Raises
+    ------
+    ValueError
+        ``"<path> does not exist"``, or ``"<path> is not a readable ufm result file
+        (...)"`` with the reason: a truncated or corrupted file (whatever part a
+        flipped byte hit: the zip directory, a compressed entry, the header), a file
+        of another program, an unknown result type or schema, a header without its
+        ``content_hash`` (every file ufm writes has one, so a missing hash means an
+        edited file) or a hash that does not match the content. Edited data is
+        never returned.
+    """
+    if not os.path.exists(path):
+        raise ValueError(f"{path} does not exist.")
     try:
-        data = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise ValueError(f"{path} does not exist.") from None
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        return _load(path)
+    except _Unreadable as err:
+        raise ValueError(f"{path} is not a readable ufm result file: {err}") from None
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - zipfile, zlib, numpy and json raise many types on a damaged file
         raise ValueError(f"{path} is not a readable ufm result file ({type(err).__name__}: {err}); it is truncated, "
                          f"corrupted or not an .npz written by ufm.") from None
+
+
+class _Unreadable(Exception):
+    """Why :func:`load` refuses a file that it could read (the message follows ``"<path> is not a readable ..."``)."""
+
+
+def _load(path):
+    """:func:`load` once the file exists: any exception means the file cannot be read as a ufm result."""
+    data = np.load(path, allow_pickle=False)
     if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path} holds a single array, not a ufm result file (.npz with a __header__).")
+        raise _Unreadable("it holds a single array, not a ufm result (.npz with a __header__).")
     with data:
         if "__header__" not in data:
-            raise ValueError(f"{path} is not a ufm result file (no __header__ entry).")
+            raise _Unreadable("no __header__ entry; it is not an .npz written by ufm.")
         header = json.loads(str(data["__header__"]))
         cls = _TYPES.get(header.get("type"))
         if cls is None:
-            raise ValueError(f"{path}: unknown result type {header.get('type')!r}; known: {sorted(_TYPES)}.")
+            raise _Unreadable(f"unknown result type {header.get('type')!r}; known: {sorted(_TYPES)}.")
         schema = header.get("schema")
         if schema not in range(1, _SCHEMA + 1):
-            raise ValueError(f"{path}: schema {schema} not supported (this ufm reads 1 to {_SCHEMA}); load it with "
-                             f"the ufm version that wrote it.")
+            raise _Unreadable(f"schema {schema} not supported (this ufm reads 1 to {_SCHEMA}); load it with the ufm "
+                              f"version that wrote it.")
         meta = header["meta"]
-        stored = meta.get("content_hash")
-        if stored is not None and schema < _SCHEMA and _file_hash(header, data) != stored:
+        stored = meta.get(_HASH_KEY)
+        if not isinstance(stored, str):
+            raise _Unreadable(f"its header has no {_HASH_KEY!r}, so its content cannot be checked (every file ufm "
+                              f"writes has one: this one was edited); save the result again from its source.")
+        if schema < _SCHEMA and _file_hash(header, data) != stored:
             # an old file is checked on its own content: the upgraded object hashes differently
-            raise ValueError(f"{path}: content hash mismatch; the file was changed or corrupted.")
+            raise _Unreadable("content hash mismatch; the file was changed or corrupted.")
         if hasattr(cls, "_fields_from_file"):     # results with their own layout (SweepResult)
             fields = cls._fields_from_file(header, data)
         else:
@@ -1660,8 +1693,8 @@ def load(path: str | os.PathLike):
     if schema < _SCHEMA:     # checked above; the upgraded object gets a new hash (the stored one is dropped)
         return cls(**cls._upgrade(fields, schema), meta=meta)
     obj = cls(**fields, meta=meta)      # a current file: the object's own hash is the file's
-    if stored is not None and obj.meta["content_hash"] != stored:
-        raise ValueError(f"{path}: content hash mismatch; the file was changed or corrupted.")
+    if obj.meta[_HASH_KEY] != stored:
+        raise _Unreadable("content hash mismatch; the file was changed or corrupted.")
     return obj
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import numpy as np
 
 from .. import __version__
+from .._atomic import write_npz
 from ..results import pack_records, unpack_records
 
 __all__ = ["read_cached", "write_cached"]
@@ -19,22 +19,11 @@ def _cache_path(cache_dir, key: str) -> str:
 
 
 def write_cached(cache_dir, key: str, record: dict) -> str:
-    """Write one finished run to ``cache_dir/<key>.npz`` atomically (temporary file, then ``os.replace``)."""
+    """Write one finished run to ``cache_dir/<key>.npz``, whole or not at all (:func:`ufm._atomic.write_npz`)."""
     os.makedirs(cache_dir, exist_ok=True)
     rows, arrays = pack_records([record], prefix="r")
     header = json.dumps({"key": key, "ufm": __version__, "record": rows[0]})
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, __record__=np.array(header), **arrays)
-        os.replace(tmp, _cache_path(cache_dir, key))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return _cache_path(cache_dir, key)
+    return write_npz(_cache_path(cache_dir, key), {"__record__": np.array(header), **arrays}, compressed=False)
 
 
 def read_cached(cache_dir, key: str):

@@ -138,15 +138,28 @@ def sweep(task, grid, *, seeds: int = 1, seed: int = 0, fixed: dict | None = Non
     >>> res.to_pandas().groupby(["sigma", "lam_W"]).etf_distance.mean()           # doctest: +SKIP
     """
     t0 = time.perf_counter()
-    check_progress(progress)
-    throw = check_bool("throw", throw)
-    plan = _plan(task, grid, seeds=seeds, seed=seed, fixed=fixed, problem=problem, keep=keep, backend=backend,
-                 n_jobs=n_jobs, client=client, cache_dir=cache_dir, retries=retries, seed_scope=seed_scope,
-                 seed_arg=seed_arg, on_interrupt=on_interrupt)
-    outcome = _execute(plan, progress)
-    result = _collect(plan, outcome, time.perf_counter() - t0)
-    result = _interrupt.finish(result, result.status is Status.interrupted, plan.on_interrupt, result.message)
+    with _interrupt.protected("sweep", on_interrupt) as call:     # from the first check to the return
+        call.stage("plan")
+        check_progress(progress)
+        throw = check_bool("throw", throw)
+        plan = _plan(task, grid, seeds=seeds, seed=seed, fixed=fixed, problem=problem, keep=keep, backend=backend,
+                     n_jobs=n_jobs, client=client, cache_dir=cache_dir, retries=retries, seed_scope=seed_scope,
+                     seed_arg=seed_arg, on_interrupt=on_interrupt)
+        outcome = _execute(plan, progress, call)
+        try:
+            call.stage("result")
+            result = _collect(plan, outcome, time.perf_counter() - t0)
+        except KeyboardInterrupt:       # Ctrl-C again while the records were packed: packed once more, interrupted
+            outcome.status = "interrupted"
+            result = _collect(plan, outcome, time.perf_counter() - t0)
+        result = call.finish(result, result.status is Status.interrupted, mark=_interrupted_after_the_runs)
     return result.raise_on_failure() if throw else result
+
+
+def _interrupted_after_the_runs(result: SweepResult) -> SweepResult:
+    """``result``, whose runs all ended before a Ctrl-C was seen, marked interrupted (nothing is missing from it)."""
+    return result.replace(status="interrupted", message=f"Ctrl-C came after every run had ended ({result.message}); "
+                                                        f"all {len(result.records)} records are kept.")
 
 
 # -- plan: check everything, route the keywords, list the jobs -----------------------------------
@@ -297,31 +310,46 @@ class _Outcome:
     tracebacks: dict = field(default_factory=dict)
 
 
-def _execute(plan: _Plan, progress: bool) -> _Outcome:
+def _execute(plan: _Plan, progress: bool, call) -> _Outcome:
+    """The cached runs, then the others on the backend; a Ctrl-C stops the runs and keeps every finished one.
+
+    The runs themselves (and the wait for workers) may be abandoned anywhere
+    (``_interrupt.raising``); storing a finished run is not cut short, and a Ctrl-C seen
+    meanwhile stops the sweep right after it.
+    """
     cache_dir = plan.opts["cache_dir"]
     records: list = [None] * len(plan.jobs)
-    if cache_dir is not None:
-        for job in plan.jobs:
-            records[job.index] = read_cached(cache_dir, job.key)
-    outcome = _Outcome(records, sum(r is not None for r in records), "completed")
-    todo = [job for job in plan.jobs if records[job.index] is None]
-    bar = Progress(progress, len(plan.jobs), "ufm.sweep", unit="run", initial=outcome.n_cached)
+    outcome = _Outcome(records, 0, "completed")
+    bar = None
 
     def done(index, record, tb, written):
-        records[index] = record
-        if record["ok"] and cache_dir is not None and not written:
-            write_cached(cache_dir, plan.jobs[index].key, record)
-        if tb is not None and record["error"] not in outcome.tracebacks and len(outcome.tracebacks) < 5:
-            outcome.tracebacks[record["error"]] = tb
-        bar.advance()
+        with _interrupt.deferred():
+            records[index] = record
+            if record["ok"] and cache_dir is not None and not written:
+                write_cached(cache_dir, plan.jobs[index].key, record)
+            if tb is not None and record["error"] not in outcome.tracebacks and len(outcome.tracebacks) < 5:
+                outcome.tracebacks[record["error"]] = tb
+            bar.advance()
+        if _interrupt.requested():
+            raise KeyboardInterrupt
 
     try:
-        if todo:
-            RUNNERS[plan.backend](plan.call, todo, done, plan.opts)
+        call.stage("cache")
+        if cache_dir is not None:
+            for job in plan.jobs:
+                records[job.index] = read_cached(cache_dir, job.key)
+                outcome.n_cached += records[job.index] is not None
+        todo = [job for job in plan.jobs if records[job.index] is None]
+        bar = Progress(progress, len(plan.jobs), "ufm.sweep", unit="run", initial=outcome.n_cached)
+        call.stage("run")
+        with _interrupt.raising():
+            if todo:
+                RUNNERS[plan.backend](plan.call, todo, done, plan.opts)
     except KeyboardInterrupt:
         outcome.status = "interrupted"
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     return outcome
 
 

@@ -84,7 +84,7 @@ def run_job(call, job: Job, cache_dir=None, marks_dir=None, cap=None, workers=1)
         try:
             write_cached(cache_dir, job.key, record)
             written = True
-        except OSError:     # e.g. a cluster worker that does not see the client's folder: the client writes it
+        except (OSError, ValueError):     # a worker that cannot write the client's folder: the client writes it
             pass
     return job.index, record, None, written
 

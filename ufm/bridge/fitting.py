@@ -287,20 +287,30 @@ def fit(source, setting=None, *, attributes=None, steps=None, models=MODELS, los
     KeyboardInterrupt
         After Ctrl-C with ``on_interrupt="raise"``; its ``result`` holds the FitResult.
     """
-    on_interrupt = _interrupt.check_on_interrupt(on_interrupt)
     throw = check_bool("throw", throw)
-    # one BLAS thread: the least-squares SVDs and the model's products are small, and threads fighting over
-    # a shared 2-core machine made each of them 100x slower (measured)
-    with _interrupt.deferred(), _threads.one_blas_thread():
+    # -- Ctrl-C: one protected region from the first check to the return (ufm._interrupt.STAGES["fit"]) --
+    # and one BLAS thread: the least-squares SVDs and the model's products are small, and threads fighting
+    # over a shared 2-core machine made each of them 100x slower (measured)
+    with _interrupt.protected("fit", on_interrupt) as call, _threads.one_blas_thread():
+        call.stage("checks")
         res = _fit(source, setting, attributes=attributes, steps=steps, models=models, loss=loss, lam=lam,
                    fit_strengths=fit_strengths, inputs=inputs, kernel=kernel, start=start, init_scale=init_scale,
                    match=match, engine=engine, clock=clock, until=until, horizon=horizon, sigma_grid=sigma_grid,
                    max_iter=max_iter, n_boot=bootstrap, width=width, anchor=anchor, lam_W_anchor=lam_W_anchor,
                    lam_H_anchor=lam_H_anchor, betas=betas, level=level, collapse=collapse, accept=accept,
-                   seed=seed, progress=progress)
-    res = _interrupt.finish(res, bool(res.meta.get("interrupted")), on_interrupt,
-                            "interrupted (Ctrl-C): the fit was finished from what was found so far")
+                   seed=seed, progress=progress, stage=call.stage)
+        res = call.finish(res, bool(res.meta.get("interrupted")), mark=_interrupted_after_the_fit,
+                          message="interrupted (Ctrl-C): err.result holds the FitResult of every model fitted "
+                                  "before it (see its notes)")
     return res.raise_on_failure() if throw else res
+
+
+def _interrupted_after_the_fit(res: FitResult) -> FitResult:
+    """``res``, whose every model was fitted before a Ctrl-C was seen, marked interrupted (nothing is missing)."""
+    note = "interrupted (Ctrl-C) after the fit had ended; nothing is missing from it"
+    return res.replace(status="interrupted", message=f"{res.message}\nnote: {note}",
+                       meta={**res.meta, "interrupted": True, "notes": [*res.meta["notes"], note]})
+# -- end of the Ctrl-C part of fit --
 
 
 @dataclass
@@ -357,9 +367,10 @@ def _check_arguments(models, loss, lam, init_scale, start, engine, match, clock,
 
 def _fit(source, setting=None, *, attributes, steps, models, loss, lam, fit_strengths, inputs, kernel, start,
          init_scale, match, engine, clock, until, horizon, sigma_grid, max_iter, n_boot, width, anchor,
-         lam_W_anchor, lam_H_anchor, betas, level, collapse, accept, seed, progress) -> FitResult:
-    """:func:`fit` without the Ctrl-C policy (it runs inside ``_interrupt.deferred``): check, observe, fit each
-    model, judge, bootstrap the quoted model, predict."""
+         lam_W_anchor, lam_H_anchor, betas, level, collapse, accept, seed, progress, stage) -> FitResult:
+    """:func:`fit` without the Ctrl-C policy (it runs inside ``fit``'s protected region): check, observe, fit each
+    model, judge, bootstrap the quoted model, predict. ``stage(name)`` marks each stage of
+    ``ufm._interrupt.STAGES["fit"]`` as it begins."""
     t_start = time.perf_counter()
     report = Progress(progress, None, "ufm.fit").note     # status lines on stderr
     a = _check_arguments(models, loss, lam, init_scale, start, engine, match, clock, horizon, max_iter, n_boot,
@@ -367,6 +378,7 @@ def _fit(source, setting=None, *, attributes, steps, models, loss, lam, fit_stre
     models, lam, init_scale, horizon, max_iter, n_boot = (a["models"], a["lam"], a["init_scale"], a["horizon"],
                                                           a["max_iter"], a["n_boot"])
     width, collapse, until, sigma_grid, accept = a["width"], a["collapse"], a["until"], a["sigma_grid"], a["accept"]
+    stage("read")
     report("reading and checking the Grams", force=True)
     whole = read_observed(source, setting, attributes, steps)
     obs = until_step(whole, until)
@@ -384,12 +396,14 @@ def _fit(source, setting=None, *, attributes, steps, models, loss, lam, fit_stre
         match = "full" if start == "observed" else "patterns"
 
     out = _Fits()
+    stage("observe")
     report(f"{K} classes, {T} records: centring, pattern projections, observed curves", force=True)
     rep = _observe(obs, match, out)
     rep_whole = rep if whole.T == T else Representations(whole, match, rep.algebra)
     out.transitions["observed"] = observed_events(whole.steps, rep_whole.gap, rep_whole.etf, rep_whole.matched,
                                                   collapse=collapse)
     if "static" in models:
+        stage("static")
         report("static decomposition", force=True)
         _fit_static_model(rep, obs, level, match, out)
     options = dict(user=user, kind=("encoding" if user is None else "inputs" if inputs is not None else "kernel"),
@@ -397,7 +411,8 @@ def _fit(source, setting=None, *, attributes, steps, models, loss, lam, fit_stre
                    engine=engine, horizon=horizon, sigma_grid=sigma_grid, max_iter=max_iter, report=report,
                    clock=the_clock, size_offset=whole.clock is None)
     fitted = {}
-    for name in (m for m in models if m in M2_FAMILY):
+    for name in (m for m in MODELS if m in models and m in M2_FAMILY):
+        stage(name)
         if out.interrupted:
             out.notes.append(f"{name}: not fitted (interrupted before it started)")
             continue
@@ -405,19 +420,22 @@ def _fit(source, setting=None, *, attributes, steps, models, loss, lam, fit_stre
         f = _fit_m2_model(name, rep, obs, out, **options)
         if f is not None:
             fitted[name] = f
-    if "anchored" in models and not out.interrupted:
+    if "anchored" in models:
         grid = np.logspace(3, -5, 81) if betas is None else np.asarray(betas, dtype=np.float64)
         if grid.ndim != 1 or len(grid) < 2 or np.any(grid <= 0):
             raise ValueError("betas must be a 1-D grid of at least 2 values > 0.")
+        stage("anchored")
         report(f"anchored: beta path over {len(grid)} values", force=True)
         m2 = fitted.get("input_coupled") or fitted.get("feature_penalty")
         _fit_anchored_model(rep, obs, out, anchor=anchor, m2=m2, lam_W=lam_W_anchor, lam_H=lam_H_anchor, betas=grid,
                             seed=seed)
 
+    stage("judge")
     report("goodness of fit", force=True)
     best, verdict = _judge(rep, out, accept)
     quoted = best if best in fitted else max(fitted, key=lambda m: out.gof[m]["gram_r2"], default=None)
     if quoted is not None:
+        stage("intervals")
         _intervals_and_events(quoted, fitted[quoted], out, accepted=quoted == best, n_boot=n_boot, width=width,
                               whole=whole, level=level, collapse=collapse, seed=seed, until=until, report=report)
     else:
@@ -426,7 +444,7 @@ def _fit(source, setting=None, *, attributes, steps, models, loss, lam, fit_stre
                                         for k in ("peak", "transition", "collapse")}
     _flat_params(out, quoted)
     interrupted = out.interrupted or _interrupt.requested()
-    if interrupted and not out.interrupted:
+    if interrupted and not any("interrupted (Ctrl-C)" in n for n in out.notes):
         out.notes.append("interrupted (Ctrl-C) where no search could stop early; every model was fitted to the end")
     text = table(out.gof, rep)
     message = (f"fit of {obs.desc}: {K} classes, {T} records"
@@ -442,6 +460,7 @@ def _fit(source, setting=None, *, attributes, steps, models, loss, lam, fit_stre
             "seconds": time.perf_counter() - t_start, "notes": out.notes, "interrupted": interrupted}
     pred = out.transitions.get("predicted", {}).get("transition", {})
     q = out.estimates.get(quoted, {}) if quoted else {}
+    stage("result")
     return FitResult(params=out.params, gof=out.gof, steps=obs.steps, curves=out.curves, grams=out.fitted,
                      best_model=best, predicted_transition=pred.get("step"), transitions=out.transitions,
                      verdict=verdict, intervals=q.get("intervals") or {}, identifiable=q.get("identifiable") or {},
@@ -566,7 +585,7 @@ def _fit_m2_model(name, rep, obs, out: _Fits, *, user, kind, loss, lam, init_sca
         out.interrupted = True
         r = est.best_so_far()
         if r is None:
-            out.notes.append(f"{name}: not fitted (interrupted before any starting point was evaluated)")
+            out.notes.append(f"{name}: not fitted: interrupted (Ctrl-C) before any starting point was simulated")
             return None
         out.notes.append(f"{name}: interrupted (Ctrl-C); the parameters are the best point found before it")
     if r["x"] is None:

@@ -46,6 +46,7 @@ import os
 
 import numpy as np
 
+from .._atomic import write_atomically, write_npz
 from .._checks import check_int
 from .._simulate import record_grid
 from ..results import (RUN_ARRAYS, RUN_INT_ARRAYS, RUN_SCHEMA, Run, check_run_file, check_save_path, jsonable,
@@ -174,12 +175,6 @@ def _file_error(path: str, field: str, problem: str, fix: str) -> ValueError:
     return ValueError(f"{path}: field {field!r} {problem}; {fix}.")
 
 
-def _atomic_target(path: str, suffix: str) -> str:
-    """A temporary name next to ``path`` (same folder, so ``os.replace`` is atomic)."""
-    folder, base = os.path.split(path)
-    return os.path.join(folder, f".{base}.tmp{os.getpid()}{suffix}")
-
-
 # -- saving -------------------------------------------------------------------------------------
 def save_run(run: Run, path: str | os.PathLike, *, group: str | None = None) -> str:
     """Write a bridge run to ``.npz`` (default), ``.safetensors`` or ``.h5`` / ``.hdf5``, by extension.
@@ -197,8 +192,11 @@ def save_run(run: Run, path: str | os.PathLike, *, group: str | None = None) -> 
         Target file. No extension means ``.npz`` (appended, as :meth:`Run.save`
         does); an unknown extension is a ``ValueError``. ``.npz`` and
         ``.safetensors`` files, and ``.h5`` files written without ``group``,
-        are replaced atomically (written to a temporary file, then renamed),
-        so an interrupted save never leaves a half-written run behind.
+        are replaced atomically (written to a temporary file beside it, flushed
+        to the disk, then renamed: :func:`ufm._atomic.write_atomically`), so an
+        interrupted save never leaves a half-written run behind nor destroys the
+        file that was there; a symbolic link at ``path`` is replaced, not
+        written through. A ``group`` is added to the existing file in place.
     group : str, optional
         HDF5 only: write the datasets under this group of ``path`` (created;
         the file is opened for appending, so other groups are kept). A group
@@ -231,24 +229,18 @@ def save_run(run: Run, path: str | os.PathLike, *, group: str | None = None) -> 
     if fmt == "hdf5" and group is not None:
         _write_h5(path, arrays, header, group)
         return path
-    tmp = _atomic_target(path, os.path.splitext(path)[1].lower())   # numpy appends .npz unless lower-case
-    try:
-        if fmt == "npz":
-            np.savez_compressed(tmp, **{_HEADER_KEY: np.array(header)}, **arrays)
-        elif fmt == "safetensors":
-            st = _optional("safetensors.numpy", ".safetensors")
-            st.save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp,
-                         metadata={_META_KEY: header})
-        else:
-            _write_h5(tmp, arrays, header, None)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    if fmt == "npz":
+        return write_npz(path, {_HEADER_KEY: np.array(header), **arrays})
+    if fmt == "safetensors":
+        st = _optional("safetensors.numpy", ".safetensors")
+        blob = st.save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata={_META_KEY: header})
+        return write_atomically(path, lambda fh: fh.write(blob))
+    _optional("h5py", ".h5")
+    return write_atomically(path, lambda fh: _write_h5(fh, arrays, header, None))
 
 
-def _write_h5(path: str, arrays: dict, header: str, group: str | None):
+def _write_h5(path, arrays: dict, header: str, group: str | None):
+    """Write the datasets to ``path`` (a file name, or a binary file opened for writing) or to its ``group``."""
     h5py = _optional("h5py", ".h5")
     try:
         f = h5py.File(path, "w" if group is None else "a")
@@ -483,6 +475,10 @@ def _build_run(path: str, arrays: dict, header: str | None, strings: dict) -> Ru
                               "store numbers (float64, or int64 for " + ", ".join(_INT_FIELDS) + ")")
     if parsed is not None:
         fields, meta, stored_hash = _from_header(path, arrays, parsed)
+        if not isinstance(stored_hash, str):
+            raise _file_error(path, "content_hash", "is missing from the header (every file ufm writes has one, so "
+                              "this one was edited and its arrays cannot be checked)",
+                              "record or export the run again")
     else:
         fields, meta, stored_hash = _from_foreign(path, arrays, strings, hint)
     try:

@@ -75,7 +75,7 @@ from ..settings import Setting, generator_of
 from .io import Exporter, file_format, log_steps, save_run
 from .report import within_class
 
-__all__ = ["DEFAULTS", "LEGACY", "gap_summary", "train_network"]
+__all__ = ["DEFAULTS", "LEGACY", "gap_summary", "run_path", "train_network"]
 
 #: Defaults of :func:`train_network` per architecture (``None`` arguments take these).
 #: Measured to show the rise of the semantic gap and then the simplex ETF (ETF distance < 0.02, 3/3 seeds)
@@ -269,7 +269,9 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
     out : str or path, optional
         Also write the run there with :func:`ufm.bridge.io.save_run` (``.npz``
         by default; ``.safetensors`` / ``.h5`` by extension; the folder must
-        exist). Written after an interruption too.
+        exist), whole or not at all. Written after an interruption too, but an
+        interrupted run never replaces a file already at ``out``: it goes beside
+        it as ``<stem>.interrupted<ext>`` (:func:`run_path`).
     callback : callable, optional
         ``callback(step, loss)`` after each record, e.g. to print or to stop
         early by raising ``KeyboardInterrupt``.
@@ -338,8 +340,36 @@ def train_network(setting, *, arch: str = "auto", steps: int | None = None, lr: 
     exporter.meta.update(status=status, message=message, steps_run=current)
     run = exporter.run()
     if cfg["out"] is not None:
-        save_run(run, cfg["out"])
+        save_run(run, run_path(cfg["out"], status))
     return run
+
+
+def run_path(out, status: str) -> str:
+    """The file :func:`train_network` writes for ``out`` when its run ends with ``status``.
+
+    ``out`` itself (``.npz`` appended when it has no extension), except that an interrupted
+    run never replaces a file already there (an earlier, complete run, say): it is written
+    beside it, as ``<stem>.interrupted<ext>``.
+
+    Parameters
+    ----------
+    out : str or path
+        The ``out`` argument.
+    status : str
+        The run's ``meta["status"]``.
+
+    Returns
+    -------
+    str
+        The path.
+    """
+    path = os.fspath(out)
+    if file_format(path, default_npz=True) == "npz" and not path.lower().endswith(".npz"):
+        path += ".npz"
+    if status != "interrupted" or not os.path.exists(path):
+        return path
+    stem, ext = os.path.splitext(path)
+    return f"{stem}.interrupted{ext}"
 
 
 def _options(setting, *, arch, steps, lr, optimizer, weight_decay, width, depth, item_scale, feature_layer,
