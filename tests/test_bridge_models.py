@@ -7,8 +7,9 @@ import ufm
 from ufm import _kernels as kern
 from ufm.bridge.fitting import unit_centred
 from ufm.bridge.m1 import anchored_path, anchored_path_patterns
-from ufm.bridge.m2 import (M2Model, align_monotone, align_refined, at_fraction, kernel_flow_rhs_numpy,
-                           pattern_flow_rhs_numpy)
+from ufm.bridge.clock import Clock, powerlaw_init
+from ufm.bridge.m2 import (M2Model, Points, align_monotone, align_refined, at_fraction, kernel_flow_rhs_numpy,
+                           kernel_gd_numpy, pattern_flow_rhs_numpy, pattern_gd_numpy)
 from ufm.bridge.patterns import PatternAlgebra, outside_fraction, pattern_ids, project_patterns
 from ufm.metrics import etf_distance, semantic_gap
 
@@ -74,66 +75,121 @@ def test_projection_and_outside_fraction():
 
 # -- M2: numba kernels equal their numpy twins; the two engines agree -----------------------------
 @pytest.mark.slow
-def test_m2_right_hand_sides_equal_their_numpy_twins():
+def test_m2_kernels_equal_their_numpy_twins():
+    """The compiled flows and GD maps of M2 / M2-H (dense and in the pattern algebra) against their numpy twins."""
     rng = np.random.default_rng(2)
     K, d = 6, 9
     Kx = (lambda X: X.T @ X)(rng.standard_normal((8, K)))
-    y = rng.standard_normal(K * d + d * K)
+    y = 0.3 * rng.standard_normal(K * d + d * K)
+    rec = np.array([0, 1, 5, 12], dtype=np.int64)
     for loss_id in (0, 1):
-        data = (K, d, Kx, 1e-2, 3e-2, loss_id)
-        a, b = np.empty_like(y), np.empty_like(y)
-        kern.m2_kernel_flow_rhs(y, data, a)
-        kernel_flow_rhs_numpy(y, data, b)
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-    alg = PatternAlgebra.from_attributes(ufm.factorial((3, 2)).attributes)
-    z = rng.standard_normal(3 * alg.R)
-    k = alg.eigen(alg.values(ufm.factorial((3, 2)).input_kernel(1.3)))
+        for lam_A, lam_H in ((3e-2, 0.0), (0.0, 2e-2), (1e-2, 2e-2)):
+            data = (K, d, Kx, 1e-2, lam_A, lam_H, loss_id)
+            a, b = np.empty_like(y), np.empty_like(y)
+            kern.m2_kernel_flow_rhs(y, data, a)
+            kernel_flow_rhs_numpy(y, data, b)
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+            G = np.empty((len(rec), K, K))
+            assert kern.m2_kernel_gd(y, data, 0.05, rec, G) == len(rec)
+            np.testing.assert_allclose(G, kernel_gd_numpy(y, data, 0.05, rec), rtol=1e-11, atol=1e-12)
+    s = ufm.factorial((3, 2))
+    alg = PatternAlgebra.from_attributes(s.attributes)
+    k = alg.eigen(alg.values(s.input_kernel(1.3)))
+    z = 0.3 * rng.standard_normal(3 * alg.R)
+    z[alg.R:] = np.abs(z[alg.R:])
     for loss_id in (0, 1):
-        data = (alg.P, alg.P_inv, alg.valency, k, 1e-2, 2e-2, loss_id, float(alg.K))
-        a, b = np.empty_like(z), np.empty_like(z)
-        kern.m2_pattern_flow_rhs(z, data, a)
-        pattern_flow_rhs_numpy(z, data, b)
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        for lam_A, lam_H in ((2e-2, 0.0), (0.0, 2e-2)):
+            data = (alg.P, alg.P_inv, alg.valency, k, 1e-2, lam_A, lam_H, loss_id, float(alg.K))
+            a, b = np.empty_like(z), np.empty_like(z)
+            kern.m2_pattern_flow_rhs(z, data, a)
+            pattern_flow_rhs_numpy(z, data, b)
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+            Y = np.empty((len(rec), 3 * alg.R))
+            assert kern.m2_pattern_gd(z, data, 0.05, rec, Y) == len(rec)
+            np.testing.assert_allclose(Y, pattern_gd_numpy(z, data, 0.05, rec), rtol=1e-11, atol=1e-13)
 
 
-def test_kernel_flow_is_the_input_coupled_gradient_flow_seen_through_H():
-    """dH/dt of the kernel flow equals (dA/dt) Phi of ufm's own M2 gradient (THEORY §8.2)."""
+@pytest.mark.parametrize("lam_A, lam_H", [(0.02, 0.0), (0.0, 0.03), (0.01, 0.03)])
+def test_kernel_flow_is_the_input_coupled_gradient_flow_seen_through_H(lam_A, lam_H):
+    """dH/dt of the kernel flow equals (dA/dt) Phi of ufm's own M2 / M2-H gradient (THEORY §8.2, §8.2b)."""
     s = ufm.factorial((2, 2))
-    prob = ufm.InputCoupledUFM.from_setting(s, 1.5, d=7, lam_W=0.02, lam_A=0.02)
+    prob = ufm.InputCoupledUFM.from_setting(s, 1.5, d=7, lam_W=0.02, lam_A=lam_A, lam_H=lam_H)
     rng = np.random.default_rng(3)
     W, A = rng.standard_normal((4, 7)), rng.standard_normal((7, prob.p))
     g = ufm.losses.state_gradients(prob, {"W": W, "A": A})
     y = np.concatenate([W.ravel(), (A @ prob.Phi).ravel()])
     out = np.empty_like(y)
-    kernel_flow_rhs_numpy(y, (4, 7, prob.Phi.T @ prob.Phi, 0.02, 0.02, 0), out)
+    kernel_flow_rhs_numpy(y, (4, 7, prob.Phi.T @ prob.Phi, 0.02, lam_A, lam_H, 0), out)
     np.testing.assert_allclose(out[:28].reshape(4, 7), -g["W"], atol=1e-12)
     np.testing.assert_allclose(out[28:].reshape(7, 4), -g["A"] @ prob.Phi, atol=1e-12)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lam", [0.0, 1e-3])
-def test_pattern_engine_equals_dense_engine_and_ufm_simulate(lam):
+@pytest.mark.parametrize("penalty, lam", [("A", 0.0), ("A", 1e-3), ("H", 2e-3)])
+def test_pattern_engine_equals_dense_engine_and_ufm_simulate(penalty, lam):
+    """Flow and GD: the exact pattern reduction, the dense engine and ufm.simulate of (W, A) agree."""
     s = ufm.factorial((3, 3))
     a = PatternAlgebra.from_attributes(s.attributes)
-    kw = dict(setting=s, algebra=a, lam=lam, scale=1e-2, n_model=40)
+    kw = dict(setting=s, algebra=a, lam=lam, scale=1e-2, penalty=penalty)
     mp, md = M2Model(s.N, **kw), M2Model(s.N, engine="dense", **kw)
     assert mp.engine == "patterns" and md.engine == "dense"
     x = mp.pack(sigma=1.8, strengths=[1.3, 1 / 1.3])
-    tp, Gp = mp.trajectory(x)
-    td, Gd = md.trajectory(x)
-    np.testing.assert_array_equal(tp, td)
-    assert np.max(np.abs(mp.dense(Gp) - Gd)) < 1e-6
-    # and ufm.simulate's own flow of (W, A) from the same isotropic start
+    prob = mp.problem(x)
+    assert (prob.lam_A, prob.lam_H) == ((lam, 0.0) if penalty == "A" else (0.0, lam))
     from ufm.bridge.fitting import isotropic_init
 
-    prob = mp.problem(x)
-    horizon = 1e6 if lam == 0 else 50 / lam
-    tr = ufm.simulate(prob, steps=10**6, lr=horizon / 10**6, mode="flow", n_records=30, record=("gram_H",),
-                      rtol=1e-9, atol=1e-12, **isotropic_init(prob, 1e-2))
-    mp.cache.clear()
-    mp.times = lambda params, top: np.asarray(tr.times)                # evaluate the engine at simulate's times
-    sim = unit_centred(np.asarray(tr.records["gram_H"][0]))
-    assert np.max(np.abs(sim - mp.dense(mp.trajectory(x)[1]))) < 1e-5
+    horizon = 1e5 if lam == 0 else 20 / lam
+    flow = ufm.simulate(prob, steps=10**6, lr=horizon / 10**6, mode="flow", n_records=30, record=("gram_H",),
+                        rtol=1e-9, atol=1e-12, **isotropic_init(prob, 1e-2))
+    gd = ufm.simulate(prob, steps=3000, lr=0.5, n_records=30, record=("gram_H",), **isotropic_init(prob, 1e-2))
+    for tr, points in ((flow, Points(times=flow.times)), (gd, Points(gd_steps=gd.steps, lr=0.5))):
+        Sp, Sd = mp.run(x, points), md.run(x, points)
+        sim = unit_centred(np.asarray(tr.records["gram_H"][0]))
+        assert np.max(np.abs(mp.dense(mp.centred_unit(Sp)) - md.centred_unit(Sd))) < 1e-6
+        assert np.max(np.abs(sim - mp.dense(mp.centred_unit(Sp)))) < 1e-5
+        np.testing.assert_allclose(mp.log_norm(Sp), np.log(np.linalg.norm(
+            ufm.metrics.double_centre(np.asarray(tr.records["gram_H"][0])), axis=(1, 2))), atol=1e-5)
+
+
+def test_random_starts_have_the_isotropic_start_as_their_mean():
+    """The bootstrap's Gaussian start of width d: E W0 W0^T = s^2 I, E H0^T H0 = s^2 K_x, E W0 H0 = 0, and
+    (Bartlett) any width costs a 2K-wide state."""
+    s = ufm.factorial((2, 2))
+    m = M2Model(s.N, setting=s, scale=0.1)
+    x = m.pack(sigma=1.5, strengths=[1.0, 1.0], lam=1e-3)
+    q = m.unpack(x)
+    Kx = m.kernel(q)
+    rng = np.random.default_rng(0)
+    for d in (3.0, 40.0, 1e4):
+        P, S, Z = np.zeros((4, 4)), np.zeros((4, 4)), np.zeros((4, 4))
+        n = 4000
+        for _ in range(n):
+            W0, H0 = m._gaussian_start(q, d, rng)
+            assert W0.shape[1] == H0.shape[0] == min(int(d), 8)
+            P += W0 @ W0.T / n
+            S += H0.T @ H0 / n
+            Z += W0 @ H0 / n
+        np.testing.assert_allclose(P, 0.01 * np.eye(4), atol=0.01 * 0.15)
+        np.testing.assert_allclose(S, 0.01 * Kx, atol=0.01 * 0.15 * np.abs(Kx).max())
+        assert np.abs(Z).max() < 0.01 * 0.1
+
+
+def test_clocks_map_steps_to_model_times_and_back():
+    steps = np.array([0.0, 1.0, 10.0, 300.0, 5000.0])
+    for kind, xc in (("linear", [-1.0]), ("power", [0.5, 1.7]), ("broken", [0.3, 1.6, 2.0, 0.6])):
+        c = Clock(kind)
+        tau = c.times(xc, steps)
+        assert tau[0] == 0 and np.all(np.diff(tau) > 0)
+        np.testing.assert_allclose(c.steps(xc, tau), steps, rtol=1e-9)
+        assert len(c.names) == len(xc)
+    np.testing.assert_allclose(Clock("gd", lr=0.5).times([], steps), steps * 0.5)
+    np.testing.assert_array_equal(Clock("flow").times([], steps), steps)
+    # starting values from aligned times: exact on a power law
+    np.testing.assert_allclose(powerlaw_init("power", steps, 3.0 * steps ** 1.4), [np.log10(3.0), 1.4])
+    with pytest.raises(ValueError, match="clock must be one of"):
+        Clock("adam")
+    with pytest.raises(ValueError, match="needs the run's step lr"):
+        Clock("gd")
 
 
 def test_model_refuses_the_patterns_engine_where_it_is_not_exact():

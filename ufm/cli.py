@@ -77,6 +77,14 @@ def _fit_or_number(value: str, flag: str, requirement: str):
         raise ValueError(f"{flag} must be 'fit' or a number {requirement}, got {value!r}") from None
 
 
+def _number(value: str, flag: str, requirement: str) -> float:
+    """The number ``value`` names; ValueError naming ``flag`` otherwise."""
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{flag} must be a number {requirement}, got {value!r}") from None
+
+
 def _fit(args) -> int:
     import os
 
@@ -90,6 +98,7 @@ def _fit(args) -> int:
     try:
         lam = _fit_or_number(args.lam, "--lam", ">= 0")
         init_scale = _fit_or_number(args.init_scale, "--init-scale", "> 0")
+        until = None if args.until is None else _number(args.until, "--until", ">= 0 (a step)")
     except ValueError as err:
         return fail(str(err))
     setting = None
@@ -114,8 +123,9 @@ def _fit(args) -> int:
         return fail(f"--out {out}: its parent folder {parent} does not exist or is not writable")
     try:
         res = fit(args.run, setting=setting, models=models, loss=args.loss, lam=lam, init_scale=init_scale,
-                  fit_strengths=not args.no_strengths, match=args.match, start=args.start,
-                  progress=not args.quiet, on_interrupt="return", **arrays)
+                  fit_strengths=not args.no_strengths, match=args.match, start=args.start, clock=args.clock,
+                  until=until, bootstrap=args.bootstrap, level=args.level, progress=not args.quiet,
+                  on_interrupt="return", **arrays)
     except (ValueError, OSError) as err:
         return fail(str(err))
     except KeyboardInterrupt as err:         # Ctrl-C pressed twice, or before the fit had anything to keep
@@ -125,13 +135,6 @@ def _fit(args) -> int:
         res = err.result
     print(res)                      # the fit table (with the status first when it was interrupted)
     p = res.params
-    if "lam" in p:
-        sig = "" if "sigma" not in p else (f"sigma = {p['sigma']:.4g}, strengths = "
-                                           f"{[round(v, 4) for v in p['strengths']]}, ")
-        tmap = ("" if p.get("time_exponent") is None else
-                f", time map: log tau = {p['time_offset']:.3g} + {p['time_exponent']:.3g} log step")
-        print(f"input-coupled (M2, {p['m2_kernel']}, start {p['m2_start']}): {sig}lam = {p['lam']:.3g}, "
-              f"start scale = {p['init_scale']:.3g}{tmap}")
     if "b_end" in p:
         lo_hi = ", ".join(f"{b:.3g} [{lo:.3g}, {hi:.3g}]" for b, (lo, hi) in zip(p["b_end"], p["b_end_ci"]))
         print(f"static at the last record: a = {p['a_end']:.3g}, b_f = {lo_hi}")
@@ -264,10 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "run that function; without it a config names a registered task (simulate, solve)")
     sw.set_defaults(func=_sweep)
     ft = sub.add_parser("fit", help="fit UFM models to a recorded run; print the table, write the overlay figure",
-                        description="Fit the static ETF + attribute decomposition, the input-coupled UFM (M2) and "
-                                    "the anchored UFM (M1) to the class-mean Grams of RUN (a bridge file: .npz, "
+                        description="Fit the static ETF + attribute decomposition, the input-coupled UFM (M2), the "
+                                    "feature-penalty UFM (M2-H) and the anchored UFM (M1) to the class-mean Grams of RUN (a bridge file: .npz, "
                                     ".safetensors, .h5; THEORY §8.6). Prints the goodness-of-fit table and the "
-                                    "fitted parameters; writes OUT/fit.npz and OUT/fit_overlay.png (observed "
+                                    "fitted parameters with their intervals and the observed and predicted events; writes OUT/fit.npz and OUT/fit_overlay.png (observed "
                                     "semantic gap and ETF distance with the fitted curves, Gram snapshots side by "
                                     "side), and a verdict line saying what is and is not explained. Exit status 2 "
                                     "on a bad file or argument, 130 after Ctrl-C (the best parameters found are "
@@ -276,8 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--setting", choices=sorted(NAMED_SETTINGS),
                     help="the setting `ufm train-network --setting NAME` uses by default, when the run does not "
                          "record its setting")
-    ft.add_argument("--models", default="static,input_coupled,anchored",
-                    help="comma-separated subset of static,input_coupled,anchored (default: all)")
+    ft.add_argument("--models", default="static,input_coupled,feature_penalty,anchored",
+                    help="comma-separated subset of static,input_coupled,feature_penalty,anchored (default: all)")
     ft.add_argument("--loss", choices=["ce", "mse"], default="ce", help="loss of the M2 model (default: ce)")
     ft.add_argument("--lam", default="fit", help="M2 weight decay: 'fit' (default) or a number >= 0")
     ft.add_argument("--no-strengths", action="store_true", help="hold the attribute strengths at 1")
@@ -290,6 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--inputs", metavar="NPY", help="the network's own inputs for M2, a (p, K) .npy array (one "
                                                     "column per class); sigma and strengths are then not fitted")
     ft.add_argument("--kernel", metavar="NPY", help="the input kernel for M2, a (K, K) .npy array")
+    ft.add_argument("--clock", choices=["auto", "gd", "flow", "linear", "power", "broken"], default="auto",
+                    help="how steps map to model time (default auto: a ufm Trajectory's own clock, else the broken "
+                         "power law); the linear and free maps are reported beside a declared one")
+    ft.add_argument("--until", metavar="STEP", help="fit only the records up to STEP: the predicted gap peak and "
+                                                     "collapse are then a forecast of the rest")
+    ft.add_argument("--bootstrap", type=int, default=30, help="synthetic runs of the parametric bootstrap for the "
+                                                               "intervals (default 30; 0: no intervals)")
+    ft.add_argument("--level", type=float, default=0.9, help="confidence level of the intervals (default 0.9)")
     ft.add_argument("--out", help="output folder (default: RUN without extension + '_fit')")
     ft.add_argument("--no-figure", action="store_true", help="write fit.npz only")
     ft.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -116,7 +116,7 @@ class Clock:
             return steps
         q = self.unpack(xc)
         s = np.maximum(steps, 1e-300)
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):     # a far step may overflow to inf
             tau = q["time_scale"] * np.power(s, q["time_exponent"])
             if self.kind == "broken":
                 tau = tau * np.power(1.0 + s / q["time_break"], q["late_exponent"] - q["time_exponent"])
@@ -132,21 +132,15 @@ class Clock:
         q = self.unpack(xc)
         with np.errstate(divide="ignore"):
             out = np.where(tau > 0, np.power(np.maximum(tau, 1e-300) / q["time_scale"], 1.0 / q["time_exponent"]), 0.0)
-        if self.kind == "broken":              # monotone: bisection in log step on the power-law guess
-            out = np.array([self._invert(xc, t) if t > 0 else 0.0 for t in np.atleast_1d(tau)]).reshape(np.shape(tau))
+        if self.kind == "broken":              # monotone: bisection in log10 step, all times at once
+            t = np.atleast_1d(tau).astype(np.float64)
+            lo, hi = np.full(t.shape, -12.0), np.full(t.shape, 30.0)
+            for _ in range(60):                # 42 decades / 2^60: far below float64's resolution of a step
+                mid = 0.5 * (lo + hi)
+                below = self.times(xc, 10.0 ** mid) < t
+                lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+            out = np.where(t > 0, 10.0 ** (0.5 * (lo + hi)), 0.0).reshape(np.shape(tau))
         return out
-
-    def _invert(self, xc, t: float) -> float:
-        lo, hi = -12.0, 30.0
-        for _ in range(200):
-            mid = 0.5 * (lo + hi)
-            if self.times(xc, [10.0 ** mid])[0] < t:
-                lo = mid
-            else:
-                hi = mid
-            if hi - lo < 1e-12:
-                break
-        return 10.0 ** (0.5 * (lo + hi))
 
     def bounds(self):
         """``(low, high)`` arrays of the clock's parameters."""

@@ -677,7 +677,7 @@ def _intervals_and_events(name, f, out: _Fits, *, accepted, n_boot, width, whole
                    f"({source})")
             report(f"{name}: {how}", force=True)
             bs = bootstrap(est, x, width=w, n_runs=n_boot, rng=rng, report=lambda m: report(f"{name}: {m}"),
-                           seeds=(whole.clock or {}).get("seeds", 1))
+                           seeds=(whole.clock or {}).get("seeds", 1), chord=True)
         except KeyboardInterrupt as err:
             out.interrupted = True
             bs = getattr(err, "partial", None)
@@ -688,7 +688,7 @@ def _intervals_and_events(name, f, out: _Fits, *, accepted, n_boot, width, whole
             iv, ok, corrected = interval_table(est, x, refits, level)
             e.update(intervals=iv, identifiable=ok, corrected=corrected,
                      interval_method=how.replace(f"{n_boot} runs", f"{len(refits)} runs")
-                     + "; least-squares refits; bias-corrected normal intervals")
+                     + "; Gauss-Newton refits; bias-corrected normal intervals")
             e["bootstrap"] = {"runs": len(refits), "failed": bs["failed"], "width": w, "width_source": source,
                               "misfit_ratio": float(np.mean(bs["costs"]) / max(est.channel_rss(x)[0], 1e-300)),
                               "seconds": bs["seconds"]}
@@ -728,7 +728,12 @@ def _intervals_and_events(name, f, out: _Fits, *, accepted, n_boot, width, whole
                                                f"horizon (point value {v:.4g})")
             else:
                 lo, hi = _log_interval(v, vals[np.isfinite(vals)], level)
-                if hi / lo > FORECAST_SPAN:
+                if not lo <= v <= hi:
+                    entry.update(step=None, reason=f"not determined by the records{horizon_note}: the bootstrap "
+                                                   f"refits put it elsewhere (their bias-corrected "
+                                                   f"{100 * level:.0f}% interval [{lo:.4g}, {hi:.4g}] does not "
+                                                   f"contain the point value {v:.4g})")
+                elif hi / lo > FORECAST_SPAN:
                     entry.update(step=None, reason=f"not determined by the records{horizon_note}: its "
                                                    f"{100 * level:.0f}% interval [{lo:.4g}, {hi:.4g}] spans more "
                                                    f"than {FORECAST_SPAN:g}x (point value {v:.4g})")
@@ -784,7 +789,7 @@ def _bootstrap_width(est, x, width, whole, rng, report):
     d0, n0 = PILOT
     data = est.channel_rss(x)[0]
     report(f"bootstrap: {n0} pilot runs at width {d0:g} to match the observed misfit", force=True)
-    pilot = bootstrap(est, x, width=d0, n_runs=n0, rng=rng)
+    pilot = bootstrap(est, x, width=d0, n_runs=n0, rng=rng, chord=True)
     if len(pilot["costs"]) == 0 or data <= 0:
         return 1e6, "the widest start (the pilot failed, or the data fit exactly)"
     w = float(np.clip(d0 * np.mean(pilot["costs"]) / data, 2.0, 1e6))
