@@ -91,7 +91,7 @@ def test_round_trip_with_weight_decay_fits_lam():
     _close(r.params["lam"], lam, 0.2)
     _inside(r.intervals["lam"], lam)
     assert r.identifiable["lam"]
-    assert r.gof["input_coupled"]["gram_r2"] > 0.99
+    assert r.gof["input_coupled"]["gram_r2"] > 0.9        # the pattern part of a width-128 random start
 
 
 @pytest.mark.slow
