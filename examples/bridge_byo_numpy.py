@@ -5,7 +5,7 @@ full-batch gradient descent (gradients written out by hand) are averaged per
 class at log-spaced steps, their Grams ``M^T M`` stacked into a ``(T, K, K)``
 array, and fitted with the attribute table and the network's inputs::
 
-    ufm.fit(grams, steps=steps, attributes=attributes, inputs=X.T)
+    ufm.fit(grams, steps=steps, attributes=attributes, inputs=X.T, clock="linear")
 
 The items are the ``levels`` factorial (one class per item); item ``i``'s input
 is the concatenated one-hots of its levels plus ``item_scale`` times its own
@@ -60,12 +60,13 @@ def train(X, *, width=128, steps=8000, lr=2.0, init=0.02, weight_decay=0.0, n_re
     return record_at.astype(float), np.array(grams)
 
 
-def main(levels=(2, 2, 2), steps=3000, max_iter=200):
+def main(levels=(2, 2, 2), steps=3000, max_iter=60, bootstrap=30):
     import ufm
 
     X, attributes = make_inputs(levels)
     steps_rec, grams = train(X, steps=steps, weight_decay=3e-3)
-    fit = ufm.fit(grams, steps=steps_rec, attributes=attributes, inputs=X.T, max_iter=max_iter)
+    fit = ufm.fit(grams, steps=steps_rec, attributes=attributes, inputs=X.T, clock="linear", max_iter=max_iter,
+                  bootstrap=bootstrap)
     print(fit.message)
     return steps_rec, grams, fit
 

@@ -9,16 +9,22 @@ records (``Exporter.attach`` on the classifier) and fits (``ufm.fit``).
   random embedding per factor level plus an item-specific random vector, in
   ``p = 32`` dimensions. Each item is its own class; training examples are
   ``x_i`` plus small noise (``n_per_class`` per class).
-* Model: a two-layer ReLU MLP, a linear classifier ``fc``; cross-entropy, Adam,
-  full batch, float32.
+* Model: a wide linear feature layer on the inputs (``h = A x``, no bias) and a
+  linear classifier ``fc``; cross-entropy plus the UFM's penalties, written in
+  the loss (``feature_decay / 2`` times the squared features per class) and as
+  the classifier's weight decay; full-batch SGD with a constant step, float64.
+  The features are linear in the inputs, so the input-coupled models with the
+  network's own inputs are the network (THEORY §8.2, §8.2b); a ReLU network's
+  effective kernel is not its inputs' (``bridge_byo_numpy.py`` shows that).
 * Recording: class means, within-class spread and classifier rows on the
   training examples, at log-spaced steps.
-* Fit: the attribute table as an integer array, and M2 given the network's own
-  inputs (the class-mean inputs, p x K): M2's kernel is their Gram, so no
-  ``sigma`` or strengths are fitted, only the weight decay, the start scale and
-  the time map.
+* Fit: the attribute table as an integer array, M2 and M2-H given the
+  network's own inputs (the class-mean inputs, p x K: their Gram is the
+  kernel, so no ``sigma`` or strengths are fitted), and the clock SGD gives,
+  ``tau = c * step`` (``clock="linear"``): fitted are the weight decay, the
+  start scale, ``c`` and the Grams' overall size.
 
-Run: ``python examples/bridge_byo_torch.py [--out run.npz]`` (about a minute on one core).
+Run: ``python examples/bridge_byo_torch.py [--out run.npz]`` (about half a minute on one core).
 """
 
 from __future__ import annotations
@@ -41,8 +47,9 @@ def make_data(levels=(3, 3, 3), p=32, item_scale=1.0, n_per_class=8, noise=0.1, 
     return X, attributes, X_train, y
 
 
-def train(X, X_train, y, *, width=128, steps=1500, lr=3e-3, n_records=30, seed=0, attributes=None):
-    """Train the MLP with a plain torch loop; return the recorded bridge Run."""
+def train(X, X_train, y, *, width=64, steps=3000, lr=0.5, feature_decay=1e-3, classifier_decay=1e-3,
+          init=1e-3, n_records=40, seed=0, attributes=None):
+    """Train the linear-feature network with a plain torch loop; return the recorded bridge Run."""
     import torch
 
     from ufm.bridge import Exporter, log_steps
@@ -50,33 +57,35 @@ def train(X, X_train, y, *, width=128, steps=1500, lr=3e-3, n_records=30, seed=0
     torch.manual_seed(seed)
     torch.set_num_threads(1)
     K, p = X.shape
+    n_per_class = len(y) // K
 
-    class MLP(torch.nn.Module):
+    class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.body = torch.nn.Sequential(torch.nn.Linear(p, width), torch.nn.ReLU(),
-                                            torch.nn.Linear(width, width), torch.nn.ReLU())
-            self.fc = torch.nn.Linear(width, K)
+            self.features = torch.nn.Linear(p, width, bias=False)
+            self.fc = torch.nn.Linear(width, K, bias=False)
+            for layer in (self.features, self.fc):                 # a small start: the rich regime
+                torch.nn.init.normal_(layer.weight, std=init)
 
         def forward(self, x):
-            return self.fc(self.body(x))
+            return self.fc(self.features(x))
 
-    model = MLP()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    xb, yb = torch.tensor(X_train, dtype=torch.float32), torch.tensor(y)
-    probe, probe_y = xb, y                             # probe with the training examples: class means and spread
-    exporter = Exporter(labels=np.arange(K), attributes=attributes, name="byo torch MLP")
+    model = Net().double()
+    opt = torch.optim.SGD([{"params": model.features.parameters()},
+                           {"params": model.fc.parameters(), "weight_decay": classifier_decay}], lr=lr)
+    xb, yb = torch.tensor(X_train), torch.tensor(y)
+    exporter = Exporter(labels=np.arange(K), attributes=attributes, name="byo torch linear-feature network")
     exporter.attach(model.fc, weight=True)          # records fc's input (the features) and fc.weight
     record_at = set(log_steps(steps, n_records).tolist())
     for step in range(steps + 1):
         if step in record_at:
-            model.eval()
-            with torch.no_grad(), exporter.capture(step, probe_y) as cap:
-                cap.loss = float(torch.nn.functional.cross_entropy(model(probe), yb))
-            model.train()
+            with torch.no_grad(), exporter.capture(step, y) as cap:
+                cap.loss = float(torch.nn.functional.cross_entropy(model(xb), yb))
         if step == steps:
             break
-        loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        h = model.features(xb)
+        loss = (torch.nn.functional.cross_entropy(model.fc(h), yb)
+                + 0.5 * feature_decay * h.pow(2).sum() / n_per_class)     # feature_decay/2 sum_k ||h_k||^2
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -84,7 +93,7 @@ def train(X, X_train, y, *, width=128, steps=1500, lr=3e-3, n_records=30, seed=0
     return exporter.run()
 
 
-def main(argv=None, *, levels=(3, 3, 3), steps=1500, max_iter=200):
+def main(argv=None, *, levels=(3, 3, 3), steps=3000, bootstrap=30):
     import ufm
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -95,7 +104,8 @@ def main(argv=None, *, levels=(3, 3, 3), steps=1500, max_iter=200):
     if args.out:
         run.save(args.out)
     class_inputs = np.stack([X_train[y == k].mean(axis=0) for k in range(len(X))], axis=1)     # p x K
-    fit = ufm.fit(run, attributes=attributes, inputs=class_inputs, max_iter=max_iter)
+    fit = ufm.fit(run, attributes=attributes, inputs=class_inputs, clock="linear", bootstrap=bootstrap,
+                  models=("static", "input_coupled", "feature_penalty"))
     print(fit.message)
     return run, fit
 

@@ -336,6 +336,8 @@ class Estimator:
             no = self.obs_shape / np.maximum(np.linalg.norm(self.obs_shape, axis=1, keepdims=True), 1e-300)
             frac, _ = align_refined(no @ nm.T, np.sum(nm[:-1] * nm[1:], axis=1))
             xc = powerlaw_init(self.clock.kind, self.steps, at_fraction(t, frac, log=True))
+            if xc is None:        # the records align with the start alone: spread them over the curve instead
+                xc = powerlaw_init(self.clock.kind, self.steps, self.steps / max(self.steps[-1], 1e-300) * t[len(t) // 2])
             if xc is None:
                 return None
             lo, hi = self.clock.bounds()
