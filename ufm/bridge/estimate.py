@@ -63,7 +63,7 @@ from .. import _interrupt
 from .clock import Clock, align_refined, at_fraction, powerlaw_init
 from .m2 import M2Model, Points
 from .patterns import project_patterns
-from .report import etf_of, gaps_of
+from .report import etf_of, gaps_of, model_events
 
 __all__ = ["FLAT_SPAN", "Estimator", "bootstrap", "chord_refit", "interval_table", "jacobian", "residual_bootstrap"]
 
@@ -557,7 +557,7 @@ def residual_bootstrap(est: Estimator, x_hat, *, n_runs: int, rng, report=None) 
 
 
 def bootstrap(est: Estimator, x_hat, *, width: float, n_runs: int, rng, report=None, seeds: int = 1,
-              J=None, chord: bool = False) -> dict:
+              J=None, chord: bool = False, events=None) -> dict:
     """Refits of ``n_runs`` synthetic runs of the fitted model from Gaussian starts of width ``width``.
 
     Each run is simulated at the records' model times (or GD steps) by
@@ -568,12 +568,19 @@ def bootstrap(est: Estimator, x_hat, *, width: float, n_runs: int, rng, report=N
     Jacobian ``J`` at ``x_hat``, computed when not given; cheaper, and as good for a
     well-identified model, but a near-flat direction sends its steps far).
 
+    With ``events = (collapse, reach)`` each run is also simulated on the model's long curve
+    (:meth:`Estimator.long_curve` at ``x_hat``, up to ``reach`` x its last model time at most)
+    and its own events (:func:`ufm.bridge.report.model_events` on its dense Grams, mapped to
+    steps by the clock at ``x_hat``) are returned: what a run of the fitted model actually does
+    after the records, for prediction intervals.
+
     Returns
     -------
     dict
         ``refits`` (B, n) of the runs that could be simulated, ``costs`` (B,) their
         unweighted shape misfits at the refit, ``failed`` (how many runs could not be
-        simulated), ``seconds``. Ctrl-C raises ``KeyboardInterrupt`` with the runs
+        simulated), ``seconds``, and with ``events`` the list ``events`` (one dict of
+        steps or None per refit). Ctrl-C raises ``KeyboardInterrupt`` with the runs
         done so far in its ``partial`` attribute.
     """
     report = report or (lambda *a, **k: None)
@@ -586,13 +593,20 @@ def bootstrap(est: Estimator, x_hat, *, width: float, n_runs: int, rng, report=N
         tau = np.minimum(est.clock.times(xc, est.steps), t_end)
         times, where = np.unique(tau, return_inverse=True)
         points = Points(times=times)
+    n_rec = len(points.times)
+    long = est.long_curve(x_hat) if events is not None else None
+    if long is not None:            # one run covers the records and the long curve
+        points, n_long = _joined(points, long, est.clock), len(long["times"])
     J = jacobian(est, x_hat) if J is None and chord else J
     obs_shape, obs_size, best = est.obs_shape, est.obs_size, est._best
-    refits, costs, failed = [], [], 0
+    refits, costs, failed, run_events = [], [], 0, []
 
     def done():
-        return {"refits": np.array(refits).reshape(len(refits), len(x_hat)), "costs": np.array(costs),
-                "failed": failed, "seconds": time.perf_counter() - t0}
+        out = {"refits": np.array(refits).reshape(len(refits), len(x_hat)), "costs": np.array(costs),
+               "failed": failed, "seconds": time.perf_counter() - t0}
+        if events is not None:
+            out["events"] = run_events
+        return out
 
     try:
         for b in range(n_runs):
@@ -602,11 +616,16 @@ def bootstrap(est: Estimator, x_hat, *, width: float, n_runs: int, rng, report=N
             if any(S is None for S in runs):
                 failed += 1
                 continue
+            S = np.mean(runs, axis=0)
+            if isinstance(points, _UnionPoints):
+                S = S[points.inverse]
             try:
-                est.set_data(np.mean(runs, axis=0)[where] * math.exp(off))
+                est.set_data(S[:n_rec][where] * math.exp(off))
             except ValueError:
                 failed += 1
                 continue
+            if long is not None:
+                run_events.append(_run_events(est, xc, long, S[n_rec:n_rec + n_long], events[0]))
             xr = chord_refit(est, x_hat, J) if chord else est.solve(x_hat, max_nfev=REFIT_NFEV)["x"]
             refits.append(xr)
             costs.append(est.channel_rss(xr)[0])
@@ -617,6 +636,40 @@ def bootstrap(est: Estimator, x_hat, *, width: float, n_runs: int, rng, report=N
     finally:
         est.obs_shape, est.obs_size, est._best = obs_shape, obs_size, best
     return done()
+
+
+def _joined(points: Points, long: dict, clock) -> Points:
+    """The record points followed by the long curve's (one simulation for both; the integrator needs increasing
+    times, so the union is simulated and split back by index)."""
+    if points.gd:
+        return _UnionPoints(points.steps, np.round(long["times"] / clock.lr).astype(np.int64), lr=points.lr)
+    return _UnionPoints(points.times, long["times"])
+
+
+class _UnionPoints(Points):
+    """Points whose ``run`` output is the first list's values then the second's (duplicates allowed)."""
+
+    def __init__(self, first, second, lr=None):
+        both = np.concatenate([np.asarray(first), np.asarray(second)])
+        uniq, self.inverse = np.unique(both, return_inverse=True)
+        super().__init__(gd_steps=uniq, lr=lr) if lr is not None else super().__init__(times=uniq)
+
+
+def _run_events(est, xc, long, S, collapse) -> dict:
+    """The events of a synthetic run's dense Grams on the long curve, in steps by the clock ``xc``."""
+    U = est.model.centred_unit(S) if est.model.engine != "patterns" else _unit_dense(S)
+    gap, etf = gaps_of(U, est.attributes), etf_of(U)
+    times, _ = model_events(long["times"], gap, etf, lambda i, j: float(np.linalg.norm(U[i] - U[j])),
+                            collapse=collapse)
+    return {k: (None if t is None else float(est.clock.steps(xc, [t])[0])) for k, t in times.items()}
+
+
+def _unit_dense(S):
+    from ..metrics import double_centre
+
+    G = double_centre(np.asarray(S))
+    n = np.linalg.norm(G, axis=(-2, -1), keepdims=True)
+    return G / np.where(n > 0, n, 1.0)
 
 
 # -- intervals ---------------------------------------------------------------------------------------

@@ -668,16 +668,15 @@ def _intervals_and_events(name, f, out: _Fits, *, accepted, n_boot, width, whole
     est, x = f["est"], f["x"]
     e = out.estimates[name]
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5eed]))
-    refits, boot_info = None, None
+    refits, bs = None, None
     if n_boot > 0 and not out.interrupted:
-        bs = None
         try:
             w, source = _bootstrap_width(est, x, width, whole, rng, report)
             how = (f"parametric bootstrap: {n_boot} runs of the fitted model from Gaussian starts of width {w:.3g} "
                    f"({source})")
             report(f"{name}: {how}", force=True)
             bs = bootstrap(est, x, width=w, n_runs=n_boot, rng=rng, report=lambda m: report(f"{name}: {m}"),
-                           seeds=(whole.clock or {}).get("seeds", 1), chord=True)
+                           seeds=(whole.clock or {}).get("seeds", 1), chord=True, events=(collapse, None))
         except KeyboardInterrupt as err:
             out.interrupted = True
             bs = getattr(err, "partial", None)
@@ -701,48 +700,61 @@ def _intervals_and_events(name, f, out: _Fits, *, accepted, n_boot, width, whole
             out.notes.append(f"{name}: only {len(bs['refits'])} bootstrap runs could be refitted; no intervals")
     elif n_boot == 0:
         out.notes.append(f"{name}: bootstrap=0, so no intervals: the parameters are point values only")
-    # events: the model's own, in steps, with intervals from the refits
+    # events: the model's own, in steps; their prediction intervals from what the bootstrap runs did
     events = _events_of(est, x, collapse)
-    per_refit = [_events_of(est, r, collapse) for r in refits] if refits is not None else []
+    runs = list(zip(bs["events"], [_events_of(est, r, collapse)[0] for r in refits])) if refits is not None else []
     pred = {}
-    horizon_note = f" (fitted on the records up to step {until:g})" if until is not None else ""
+    note = f" (fitted on the records up to step {until:g})" if until is not None else ""
     for k in ("peak", "transition", "collapse"):
         v, why = events[0].get(k), events[1].get(k, "")
         if not accepted:
-            pred[k] = {"step": None, "low": None, "high": None,
+            pred[k] = {"step": None, "low": None, "high": None, "model_step": v,
                        "reason": f"no model is accepted for this run, so none predicts it ({NAMES[name]}, the "
                                  f"best fitted, is not accepted)"}
             continue
         if v is None:
-            pred[k] = {"step": None, "low": None, "high": None, "reason": why + horizon_note}
+            pred[k] = {"step": None, "low": None, "high": None, "model_step": None, "reason": why + note}
             continue
-        entry = {"step": v, "low": None, "high": None,
-                 "reason": f"{NAMES[name]}'s own {k}, mapped to steps by its clock{horizon_note}"}
-        if per_refit:
-            vals = np.array([ev[0].get(k) if ev[0].get(k) is not None else np.nan for ev in per_refit])
-            missing = int(np.sum(~np.isfinite(vals)))
-            tail = (1 - level) / 2
-            if missing > tail * len(vals):
-                entry.update(step=None, reason=f"not determined by the records{horizon_note}: {missing} of "
-                                               f"{len(vals)} bootstrap refits have no {k} within the model's "
-                                               f"horizon (point value {v:.4g})")
-            else:
-                lo, hi = _log_interval(v, vals[np.isfinite(vals)], level)
-                if not lo <= v <= hi:
-                    entry.update(step=None, reason=f"not determined by the records{horizon_note}: the bootstrap "
-                                                   f"refits put it elsewhere (their bias-corrected "
-                                                   f"{100 * level:.0f}% interval [{lo:.4g}, {hi:.4g}] does not "
-                                                   f"contain the point value {v:.4g})")
-                elif hi / lo > FORECAST_SPAN:
-                    entry.update(step=None, reason=f"not determined by the records{horizon_note}: its "
-                                                   f"{100 * level:.0f}% interval [{lo:.4g}, {hi:.4g}] spans more "
-                                                   f"than {FORECAST_SPAN:g}x (point value {v:.4g})")
-                else:
-                    entry.update(low=lo, high=hi)
-        elif n_boot > 0:
-            entry["reason"] += "; no interval (the bootstrap did not run)"
-        pred[k] = entry
+        pred[k] = _predicted_event(k, v, runs, level, NAMES[name], note, n_boot)
     out.transitions["predicted"] = pred
+
+
+def _predicted_event(k, v, runs, level, who, note, n_boot) -> dict:
+    """One predicted event: the model's own step ``v`` corrected by the bootstrap's prediction errors.
+
+    In each bootstrap run the error is ``log(step the run's own Grams reach the event) - log(step its
+    refitted model predicts)``: what separates a finite run from the model fitted to it. The prediction is
+    ``v exp(mean error)`` and its interval ``v exp(mean error +- z sd)`` at ``level``; it is not
+    determined when more than the interval's tail of runs miss the event (or their refit does) within the
+    model's horizon, or when the interval spans more than :data:`FORECAST_SPAN`."""
+    from scipy.stats import norm
+
+    entry = {"step": v, "low": None, "high": None, "model_step": v,
+             "reason": f"{who}'s own {k}, mapped to steps by its clock{note}"}
+    if not runs:
+        if n_boot > 0:
+            entry["reason"] += "; no interval (the bootstrap did not run)"
+        return entry
+    err = np.array([math.log(o[k]) - math.log(p[k]) if o.get(k) and p.get(k) else np.nan for o, p in runs])
+    missing = int(np.sum(~np.isfinite(err)))
+    if missing > (1 - level) / 2 * len(err):
+        entry.update(step=None, reason=f"not determined by the records{note}: in {missing} of {len(err)} bootstrap "
+                                       f"runs the run or its refitted model has no {k} within the model's horizon "
+                                       f"({who}'s own: step {v:.4g})")
+        return entry
+    e = err[np.isfinite(err)]
+    z = float(norm.ppf(0.5 + level / 2))
+    mid, sd = float(e.mean()), float(e.std(ddof=1)) if len(e) > 1 else 0.0
+    lo, hi = v * math.exp(mid - z * sd), v * math.exp(mid + z * sd)
+    if hi / lo > FORECAST_SPAN:
+        entry.update(step=None, reason=f"not determined by the records{note}: its {100 * level:.0f}% interval "
+                                       f"[{lo:.4g}, {hi:.4g}] spans more than {FORECAST_SPAN:g}x ({who}'s own: "
+                                       f"step {v:.4g})")
+        return entry
+    entry.update(step=v * math.exp(mid), low=lo, high=hi,
+                 reason=f"{who}'s own {k} at step {v:.4g}{note}, corrected by the bootstrap runs' prediction "
+                        f"errors (the interval is where a run of the fitted model reaches it)")
+    return entry
 
 
 def _events_of(est, x, collapse):
@@ -762,17 +774,6 @@ def _events_of(est, x, collapse):
     times, why = model_events(long["times"], long["gap"], long["etf"], dist, collapse=collapse)
     steps = {k: (None if t is None else float(est.clock.steps(est.split(x)[1], [t])[0])) for k, t in times.items()}
     return steps, why
-
-
-def _log_interval(v, vals, level):
-    """Bias-corrected normal interval on the log scale of positive ``vals`` around the point value ``v``."""
-    from scipy.stats import norm
-
-    z = float(norm.ppf(0.5 + level / 2))
-    lv = np.log(np.maximum(vals, 1e-300))
-    c = math.log(max(v, 1e-300)) - (lv.mean() - math.log(max(v, 1e-300)))
-    sd = float(lv.std(ddof=1)) if len(lv) > 1 else 0.0
-    return float(math.exp(c - z * sd)), float(math.exp(c + z * sd))
 
 
 def _bootstrap_width(est, x, width, whole, rng, report):

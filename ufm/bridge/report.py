@@ -32,9 +32,11 @@ NAMES = {"static": "static", "input_coupled": "M2 (input-coupled)", "feature_pen
 #: the full Grams. A curve that hardly moves (it spans less than 3 times ``*_rmse``, so its R^2 measures
 #: noise) is explained when the model stays within ``*_rmse`` of it instead (said as "a flat curve").
 #: ``end_etf`` / ``end_gap``: the model's ETF distance and semantic gap at the last record must lie within
-#: these of the run's (a model is a model of the run only if it ends where the run ends).
+#: these of the run's (a model is a model of the run only if it ends where the run ends), plus
+#: ``end_slack`` times the run's own value there: at a run's collapsed end (ETF distance ~0) the tolerance is
+#: ``end_etf``; at a last record mid-way (``fit(until=...)``, ETF distance 0.5) it is ``end_etf + 0.05``.
 ACCEPT = {"gap_r2": 0.8, "gap_rmse": 0.01, "rise_r2": 0.5, "etf_r2": 0.5, "etf_rmse": 0.02, "gram_r2": 0.5,
-          "full_gram_r2": 0.5, "end_etf": 0.05, "end_gap": 0.05}
+          "full_gram_r2": 0.5, "end_etf": 0.05, "end_gap": 0.05, "end_slack": 0.1}
 
 #: The observed transition needs a clear transient: a rise of at least ``rise`` above the first record,
 #: then a fall of at least ``max(rise, fall * (peak - start))`` below the peak by the last record.
@@ -139,7 +141,8 @@ def goodness_of_fit(rep, model_full, n_params):
          "gram_r2": _gramr2(rep.matched, model_matched),
          "gram_r2_patterns": _gramr2(rep.patterns, model_pat), "gram_r2_full": _gramr2(rep.full, model_full),
          "gram_distance": float(d.mean()), "n_params": int(n_params), "n_data": int(rep.n_data),
-         "end_etf": float(etf[-1] - rep.etf[-1]), "end_gap": float(gap[-1] - rep.gap[-1])}
+         "end_etf": float(etf[-1] - rep.etf[-1]), "end_gap": float(gap[-1] - rep.gap[-1]),
+         "run_end_etf": float(rep.etf[-1]), "run_end_gap": float(rep.gap[-1])}
     if rep.rise is not None:                    # the early rise alone: a model whose gap can only fall fails here
         o, m = rep.gap[rep.rise], gap[rep.rise]
         g.update(rise_r2=r2(o, m), rise_rmse=float(np.sqrt(np.mean((o - m) ** 2))))
@@ -152,7 +155,8 @@ def explains(g, accept, rep) -> dict:
     A curve is explained when its R^2 reaches the threshold, or, for a *flat* curve (the observed values
     span less than 3 times the RMSE tolerance, where R^2 measures noise), when the model stays within
     the RMSE tolerance of it. The end state is explained when the model's ETF distance and semantic gap at
-    the last record are within ``end_etf`` and ``end_gap`` of the run's.
+    the last record are within ``end_etf`` and ``end_gap`` (plus ``end_slack`` times the run's own values
+    there) of the run's.
     """
     def ok(r2, r2_min, rmse=None, rmse_max=None, span=None):
         if np.isfinite(r2) and r2 >= r2_min:
@@ -163,7 +167,8 @@ def explains(g, accept, rep) -> dict:
            "etf": ok(g["etf_r2"], accept["etf_r2"], g["etf_rmse"], accept["etf_rmse"], float(np.ptp(rep.etf))),
            "gram": ok(g["gram_r2"], accept["gram_r2"]),
            "full_gram": ok(g["gram_r2_full"], accept["full_gram_r2"]),
-           "end": bool(abs(g["end_etf"]) <= accept["end_etf"] and abs(g["end_gap"]) <= accept["end_gap"])}
+           "end": bool(abs(g["end_etf"]) <= accept["end_etf"] + accept["end_slack"] * abs(g["run_end_etf"])
+                       and abs(g["end_gap"]) <= accept["end_gap"] + accept["end_slack"] * abs(g["run_end_gap"]))}
     if "rise_r2" in g:
         out["rise"] = ok(g["rise_r2"], accept["rise_r2"], g["rise_rmse"], accept["gap_rmse"],
                          float(np.ptp(rep.gap[rep.rise])))
