@@ -87,7 +87,7 @@ CHORD_ITERATIONS = 4
 REFIT_NFEV = 12
 
 #: How far past the last record (in model time) the model's long curve runs, for its events and forecasts.
-LONG_REACH = 1000.0
+LONG_REACH = 20.0
 
 
 class Estimator:
