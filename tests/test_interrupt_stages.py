@@ -183,7 +183,7 @@ def test_a_ctrl_c_while_a_users_task_runs_raises_there_and_stops_the_sweep(monke
 
 # -- ufm.fit -----------------------------------------------------------------------------------
 SETTING = ufm.factorial((2, 2))
-FIT = dict(setting=SETTING, max_iter=0, sigma_grid=(2.0,), progress=False)
+FIT = dict(setting=SETTING, max_iter=0, sigma_grid=(2.0,), bootstrap=5, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -209,10 +209,17 @@ def test_one_ctrl_c_at_any_stage_of_fit_ends_it_interrupted_with_every_model_it_
     res = err.result
     assert res.status is Status.interrupted and res.meta["interrupted"] is True and not res.success
     before_m2 = name in ("checks", "read", "observe", "static", "input_coupled")
-    if before_m2:                    # M2 stops before its first simulation; the others are fitted
+    if before_m2:                    # M2 stops before its first simulation (M2-H is not started); M1 is fitted
         assert sorted(res.gof) == ["anchored", "static"]
         assert any("input_coupled: not fitted: interrupted (Ctrl-C) before any starting point was simulated" in n
                    for n in res.meta["notes"])
+    elif name == "feature_penalty":  # M2 was fitted; M2-H stops before its first simulation
+        assert sorted(res.gof) == ["anchored", "input_coupled", "static"]
+        assert any("feature_penalty: not fitted: interrupted (Ctrl-C) before any starting point was simulated" in n
+                   for n in res.meta["notes"])
+    elif name in ("anchored", "judge", "intervals"):   # every model fitted; the bootstrap stops before its first run
+        assert sorted(res.gof) == sorted(full.gof) and res.params["sigma"] == full.params["sigma"]
+        assert any("bootstrap interrupted (Ctrl-C) after 0 runs" in n for n in res.meta["notes"]) and not res.intervals
     else:
         assert sorted(res.gof) == sorted(full.gof)
         assert res.params["sigma"] == full.params["sigma"]

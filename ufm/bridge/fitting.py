@@ -651,8 +651,9 @@ def _time_maps(est, x, rep, name, out) -> dict:
             G = lin.model_grams(r["x"])
             if G is not None:
                 gof_of["linear"] = goodness_of_fit(rep, G, len(r["x"]))[2]
-        except KeyboardInterrupt:
-            raise
+        except KeyboardInterrupt:         # Ctrl-C: the side-by-side refit is left out
+            out.interrupted = True
+            out.notes.append(f"{name}: interrupted (Ctrl-C) before the linear time map was refitted")
     free = est.free_map(x)
     if free is not None:
         out.curves[f"{name}_free_time_map"] = free[0]
