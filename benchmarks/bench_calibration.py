@@ -175,7 +175,8 @@ def table(rows, base_rows, args) -> str:
              f"(half GD, half flow; widths 16-64; only `gram_H`; lam unknown to the fit), "
              + ("the width hidden from the fit (Grams as arrays: matched to the misfit)" if args.hide_width else
                 "fitted from the Trajectory (the run's own clock and width)")
-             + f"; {args.bootstrap} bootstrap runs; nominal level 90%. Interval method: {rows[0][1]['method']}.", "",
+             + f"; {args.bootstrap} bootstrap runs; nominal level 90%. Interval method (first run): "
+             f"{rows[0][1]['method']}.", "",
              "| runs | parameter | coverage of the 90% intervals | identifiable | median relative error "
              "(identifiable) |", "|---|---|---|---|---|"]
     for label, sel in (("GD", [r for r in rows if r[0]["mode"] == "gd"]),
