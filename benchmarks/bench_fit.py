@@ -1,10 +1,12 @@
 """Time of ``ufm.fit`` against the number of classes K, next to the fit of an earlier ufm, in the same run.
 
-What is timed: the default fit (``models = static, input_coupled, anchored``,
-``lam="fit"``, start scale fitted, ``match="patterns"``) of one observed run per
-K, on one core (``NUMBA_NUM_THREADS = OMP_NUM_THREADS = OPENBLAS_NUM_THREADS =
-1`` in every process). The baseline is the same call on the ufm of an earlier
-commit (default ``e4a8667``, the fit before the pattern reduction), checked out
+What is timed: the default fit (today: ``models = static, input_coupled,
+feature_penalty, anchored``, ``lam="fit"``, start scale and clock fitted,
+``match="patterns"``, 30 bootstrap runs for the quoted model's intervals) of one
+observed run per K, on one core (``NUMBA_NUM_THREADS = OMP_NUM_THREADS =
+OPENBLAS_NUM_THREADS = 1`` in every process). The baseline is the same call on the
+ufm of an earlier commit (default ``29256ad``, the fit before the intervals: Nelder-Mead
+on a free time map, no intervals), checked out
 with ``git worktree`` into a temporary folder and run in its own process on the
 same file; it is stopped after ``--baseline-timeout`` seconds. Each fit runs in
 a fresh process after a warm-up fit of a small run, so numba's compile time is
@@ -19,12 +21,12 @@ a 4^5 factorial (32 patterns), as the documented route to 1000+ classes.
 
 Reported per K: wall seconds, the number of M2 simulations, the longest silence
 between progress lines (``progress=True``), the baseline's seconds (or ``>``
-the timeout) and the speed-up. With ``--out`` the table is appended to
+the timeout) and the ratio baseline / new. With ``--out`` the table is appended to
 ``benchmarks/RESULTS.md`` with the CPU it ran on.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_fit.py                       # K = 8..256, baseline up to K = 32
+    .venv/bin/python benchmarks/bench_fit.py                       # K = 32 and 81 against the baseline
     .venv/bin/python benchmarks/bench_fit.py --sizes 32 81 --out benchmarks/RESULTS.md
     .venv/bin/python benchmarks/bench_fit.py --baseline-max-k 64 --baseline-timeout 900
 """
@@ -75,8 +77,9 @@ r = fit(data["grams"], setting=s, steps=data["steps"], **kw)
 t1 = time.perf_counter()
 sys.stderr = sys.__stderr__
 gaps = np.diff([t0] + lines + [t1]) if lines else np.array([t1 - t0])
-print(json.dumps({"seconds": t1 - t0, "simulations": r.params.get("m2_simulations"),
-                  "silence": float(gaps.max()), "best": r.best_model, "gap_r2": r.gof["input_coupled"]["gap_r2"]}))
+sims = r.params.get("simulations", r.params.get("m2_simulations"))
+print(json.dumps({"seconds": t1 - t0, "simulations": sims, "intervals": bool(getattr(r, "intervals", None)),
+                  "silence": float(gaps.max()), "best": r.best_model}))
 """
 
 
@@ -85,14 +88,16 @@ print(json.dumps({"seconds": t1 - t0, "simulations": r.params.get("m2_simulation
 def make_run(K: int, path: Path, seed: int = 0) -> None:
     """The imitation of a network's Gram trajectory described in the module docstring."""
     sys.path.insert(0, str(ROOT))
-    from ufm.bridge.m2 import M2Model
+    from ufm.bridge.m2 import M2Model, Points
     from ufm.bridge.patterns import PatternAlgebra
     from ufm.settings import factorial
 
     s = factorial(SETTINGS[K])
     a = PatternAlgebra.from_attributes(s.attributes)
-    m = M2Model(s.N, setting=s, algebra=a, lam=1e-3, scale=1e-2, n_model=400)
-    t, G = m.trajectory(m.pack(sigma=3.0, strengths=np.ones(len(s.blocks))))
+    m = M2Model(s.N, setting=s, algebra=a, lam=1e-3, scale=1e-2)
+    x = m.pack(sigma=3.0, strengths=np.ones(len(s.blocks)))
+    t = m.grid(m.unpack(x), 1e6)
+    G = m.centred_unit(m.run(x, Points(times=t)))
     idx = np.unique(np.round(np.geomspace(1, len(t) - 1, 40)).astype(int))
     steps = np.round(t[idx] * 10).astype(float)
     steps = np.maximum.accumulate(steps + np.arange(len(steps)))        # strictly increasing integers
@@ -116,10 +121,10 @@ def run_child(src: Path, data: Path, K: int, warm: Path, kind: str, timeout: flo
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="ufm.fit time against K, next to an earlier ufm's fit")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32, 64, 81, 128, 256])
-    ap.add_argument("--baseline", default="e4a8667", help="commit of the baseline ufm (default: the fit before "
-                                                          "the pattern reduction)")
-    ap.add_argument("--baseline-max-k", type=int, default=32, help="largest K the baseline runs at")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 81])
+    ap.add_argument("--baseline", default="29256ad", help="commit of the baseline ufm (default: the fit before "
+                                                          "the intervals)")
+    ap.add_argument("--baseline-max-k", type=int, default=81, help="largest K the baseline runs at")
     ap.add_argument("--baseline-timeout", type=float, default=600.0)
     ap.add_argument("--out", help="append the table to this Markdown file")
     args = ap.parse_args(argv)
@@ -161,16 +166,17 @@ def _row(r, args) -> str:
         ratio = f"> {args.baseline_timeout / n['seconds']:.0f}x" if r["K"] <= args.baseline_max_k else ""
     else:
         old, ratio = f"{o['seconds']:.1f}", f"{o['seconds'] / n['seconds']:.1f}x"
-    return (f"| {r['K']} | {'x'.join(map(str, r['levels']))} | {n['seconds']:.1f} | {n['simulations']} | "
-            f"{n['silence']:.1f} | {old} | {ratio} | {n['best']} |")
+    return (f"| {r['K']} | {'x'.join(map(str, r['levels']))} | {n['seconds']:.1f} | "
+            f"{'yes' if n.get('intervals') else 'no'} | {n['simulations']} | {n['silence']:.1f} | {old} | {ratio} | "
+            f"{n['best']} |")
 
 
 def _table(rows, args) -> str:
     head = (f"## ufm.fit against K (`benchmarks/bench_fit.py`), {time.strftime('%Y-%m-%d')}\n\n"
             f"CPU: {cpu_model()}; one core per fit (numba, OpenMP and BLAS at 1 thread); load average at the end "
             f"{os.getloadavg()[0]:.1f}. Baseline: ufm at `{args.baseline}` in the same run, on the same files.\n\n"
-            "| K | factorial | fit (s) | M2 simulations | longest silence (s) | baseline fit (s) | speed-up | "
-            "best model |\n|---|---|---|---|---|---|---|---|")
+            "| K | factorial | fit (s) | intervals | M2 simulations (quoted model) | longest silence (s) | "
+            "baseline fit (s) | time ratio | best model |\n|---|---|---|---|---|---|---|---|---|")
     return head + "\n" + "\n".join(_row(r, args) for r in rows)
 
 

@@ -4,7 +4,7 @@
 
 For factorial((2,)*5), hierarchy(2, depth=5) and ntp_contexts (the defaults of
 ``ufm train-network``): trains the network (:func:`ufm.bridge.train_network`,
-default arguments), fits the static decomposition, M2 and M1
+default arguments), fits the static decomposition, M2, M2-H and M1
 (:func:`ufm.fit`, default arguments), prints one table row per setting and
 writes ``fit_<setting>.png`` (the ``ufm fit`` overlay) and ``fits.md`` to
 ``--out``. Needs torch (``pip install 'ufm[torch]'``).
@@ -67,31 +67,44 @@ def _table(rows) -> str:
     def f(v, fmt="{:.2f}"):
         return "n/a" if v is None or not np.isfinite(v) else fmt.format(v)
 
+    def quoted(res, name):
+        v, iv, ok = res.params.get(name), res.intervals.get(name), res.identifiable.get(name)
+        if v is None:
+            return "n/a"
+        if iv is None:
+            return f"{v:.3g}"
+        return f"{v:.3g} " + (f"(flat over [{iv[0]:.2g}, {iv[1]:.2g}])" if ok is False else
+                              f"[{iv[0]:.3g}, {iv[1]:.3g}]")
+
+    def event(res, k):
+        o = res.transitions["observed"][k]["step"]
+        p = res.transitions["predicted"][k]
+        pred = "none" if p["step"] is None else f"{p['step']:.3g}" + (
+            "" if p.get("low") is None else f" [{p['low']:.3g}, {p['high']:.3g}]")
+        return f"{f(o, '{:.3g}') if o is not None else 'none'} / {pred}"
+
     head = ("| setting | net | gap start / peak (step) / end | ETF dist. start / end | outside patterns (change) | "
-            "model | gap R^2 | rise R^2 | ETF R^2 | pattern Gram R^2 | full Gram R^2 | accepted | best model | "
-            "sigma [near-best] | transition observed / predicted | train s | fit s |")
-    lines = [head, "|" + "---|" * 17]
+            "model | gap R^2 | rise R^2 | ETF R^2 | pattern Gram R^2 | full Gram R^2 | end dETF | accepted | "
+            "quoted model | sigma [90%] | lam [90%] | peak observed / predicted | collapse observed / predicted | "
+            "train s | fit s |")
+    lines = [head, "|" + "---|" * 20]
     for r in rows:
         res, p = r["fit"], r["fit"].params
-        near = p.get("near_best", {}).get("sigma")
-        sig = "n/a" if "sigma" not in p else f"{p['sigma']:.3g}" + ("" if near is None else
-                                                                    f" [{near[0]:.3g}, {near[1]:.3g}]")
-        obs = res.transitions["observed"]["step"]
-        pred = res.predicted_transition
-        for i, m in enumerate(("input_coupled", "anchored")):
+        for i, m in enumerate(m for m in ("input_coupled", "feature_penalty", "anchored") if m in res.gof):
             g = res.gof[m]
             first = i == 0
+            label = {"input_coupled": "M2", "feature_penalty": "M2-H", "anchored": "M1"}[m]
             lines.append(
                 f"| {r['setting'] if first else ''} | {r['net'] if first else ''} | "
                 + (f"{r['gap'][0]:.3f} / {r['gap'].max():.3f} ({r['peak_step']}) / {r['gap'][-1]:.3f} | "
-                   f"{r['etf'][0]:.2f} / {r['etf'][-1]:.2f} | {100 * p['outside_patterns']:.0f}% "
+                   f"{r['etf'][0]:.2f} / {r['etf'][-1]:.3f} | {100 * p['outside_patterns']:.0f}% "
                    f"({100 * p['outside_patterns_change']:.0f}%) | " if first else "| | | ")
-                + f"{'M2' if m == 'input_coupled' else 'M1'} | {f(g['gap_r2'])} | {f(g.get('rise_r2'))} | "
-                f"{f(g['etf_r2'])} | "
-                f"{f(g['gram_r2_patterns'])} | {f(g['gram_r2_full'])} | {'yes' if g['accepted'] else 'no'} | "
-                + (f"{res.best_model or 'none'} | {sig} | {f(obs, '{:.3g}') if obs else 'none'} / "
-                   f"{f(pred, '{:.3g}') if pred else 'none'} | {r['train_s']:.1f} | {r['fit_s']:.1f} |" if first else
-                   "| | | | |"))
+                + f"{label} | {f(g['gap_r2'])} | {f(g.get('rise_r2'))} | {f(g['etf_r2'])} | "
+                f"{f(g['gram_r2_patterns'])} | {f(g['gram_r2_full'])} | {f(g['end_etf'], '{:+.3f}')} | "
+                f"{'yes' if g['accepted'] else 'no'} | "
+                + (f"{p['model'] or 'none'}{'' if res.best_model else ' (not accepted)'} | {quoted(res, 'sigma')} | "
+                   f"{quoted(res, 'lam')} | {event(res, 'peak')} | {event(res, 'collapse')} | {r['train_s']:.1f} | "
+                   f"{r['fit_s']:.1f} |" if first else "| | | | | | |"))
     return "\n".join(lines)
 
 

@@ -79,8 +79,11 @@ def _check_sweeps(ns):
 
 def _check_bridge(ns):
     f = ns["f"]
-    assert f.best_model == "input_coupled" and f.gof["input_coupled"]["accepted"]
+    assert f.params["model"] in ("input_coupled", "feature_penalty")       # lam = 0: the two coincide
     assert f.gof["input_coupled"]["gap_r2"] > 0.95 and f.gof["anchored"]["gap_r2"] < 0.5
+    lo, hi = f.intervals["sigma"]
+    assert abs(f.params["sigma"] - 2.0) < 0.1 and lo <= 2.0 <= hi                  # as the comments say
+    assert f.identifiable["lam"] is False and f.intervals["lam"][1] < 1e-6
     assert Path("run.npz").exists() and "input_coupled" in f.message
 
 

@@ -394,6 +394,7 @@ def plot_phase_lines(result, x: str = "sigma", values=("peak_gap", "end_gap", "e
 
 
 _FIT_STYLE = {"static": ("static", ":", "tab:gray"), "input_coupled": ("M2 input-coupled", "-", "tab:blue"),
+              "feature_penalty": ("M2-H feature penalty", "-.", "tab:green"),
               "anchored": ("M1 anchored", "--", "tab:orange")}
 
 
@@ -403,8 +404,8 @@ def plot_fit(result, metric: str = "gap", ax=None):
     Every model's legend entry carries the R^2 of *this* curve and whether the
     fit accepted the model as an explanation (``ufm.bridge.fitting.ACCEPT``);
     a saturated static decomposition (as many numbers per record as the data)
-    is not drawn. Vertical lines: the observed transition and M2's predicted
-    one, each only when it is defined inside the observed steps.
+    is not drawn. Vertical lines: the observed gap transition and, when a model
+    is accepted, its predicted one with its interval (shaded).
 
     Parameters
     ----------
@@ -444,11 +445,16 @@ def plot_fit(result, metric: str = "gap", ax=None):
         ax.plot(x, result.curves[key], ls, color=color, lw=1.6,
                 label=f"{name}: R²={gof[r2_key]:.2f} ({status})")
     trans = getattr(result, "transitions", {}) or {}
-    obs_tr = (trans.get("observed") or {}).get("step")
+    observed = trans.get("observed") or {}
+    obs_tr = (observed.get("transition") or {}).get("step") if "transition" in observed else observed.get("step")
     if obs_tr is not None:
         ax.axvline(obs_tr if obs_tr > 0 else x[0], color="k", ls=":", lw=0.9, label="observed transition")
-    if result.predicted_transition is not None:
-        ax.axvline(result.predicted_transition, color="tab:blue", lw=0.8, alpha=0.6, label="M2 predicted transition")
+    pred = (trans.get("predicted") or {}).get("transition") or {}
+    if pred.get("step") is not None:
+        quoted = _FIT_STYLE.get(result.params.get("model"), ("model",))[0]
+        ax.axvline(pred["step"], color="tab:blue", lw=0.8, alpha=0.6, label=f"{quoted}: predicted transition")
+        if pred.get("low") is not None:
+            ax.axvspan(pred["low"], pred["high"], color="tab:blue", alpha=0.1)
     ax.set_xscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel({"gap": "semantic gap", "etf_distance": "ETF distance",
@@ -457,7 +463,7 @@ def plot_fit(result, metric: str = "gap", ax=None):
     return ax
 
 
-def plot_fit_figure(result, *, snapshots: int = 3, models=("input_coupled",)):
+def plot_fit_figure(result, *, snapshots: int = 3, models=None):
     """The overlay figure of ``ufm fit``: the fit's verdict, its curves with their R^2, Gram snapshots.
 
     Title: the fit's verdict line (what is and is not explained). Top row:
@@ -473,8 +479,9 @@ def plot_fit_figure(result, *, snapshots: int = 3, models=("input_coupled",)):
         What :func:`ufm.fit` returned.
     snapshots : int
         Number of Gram snapshots.
-    models : sequence of str
-        The fitted models to show beside the observed Grams.
+    models : sequence of str, optional
+        The fitted models to show beside the observed Grams (default: the quoted model,
+        ``result.params["model"]``).
 
     Returns
     -------
@@ -485,6 +492,8 @@ def plot_fit_figure(result, *, snapshots: int = 3, models=("input_coupled",)):
 
     import matplotlib.pyplot as plt
 
+    if models is None:
+        models = [result.params.get("model") or "input_coupled"]
     models = [m for m in models if m in result.grams]
     gap = np.asarray(result.curves["observed_gap"])
     picks = sorted({0, int(np.argmax(gap)), len(gap) - 1})[:snapshots]

@@ -612,6 +612,8 @@ def bootstrap(est: Estimator, x_hat, *, width: float, n_runs: int, rng, report=N
         for b in range(n_runs):
             if _interrupt.requested():
                 raise KeyboardInterrupt
+            if b == 5 and failed == 5:      # the model cannot be run from such starts: stop wasting the time
+                break
             runs = [est.model.random_run(xm, width, points, rng) for _ in range(seeds)]
             if any(S is None for S in runs):
                 failed += 1
@@ -716,7 +718,7 @@ def fitted_names(est: Estimator) -> list:
     return out
 
 
-def interval_table(est: Estimator, x_hat, refits, level: float) -> tuple:
+def interval_table(est: Estimator, x_hat, refits, level: float, inflate: float = 1.0) -> tuple:
     """Intervals and identifiability of every fitted parameter, from bootstrap refits.
 
     On each parameter's fitted scale (log for ``sigma``, the strengths and the size, log10 for ``lam``,
@@ -724,6 +726,8 @@ def interval_table(est: Estimator, x_hat, refits, level: float) -> tuple:
     ``theta_hat - bias +- z sd`` over the refits (bias-corrected normal; ``bias`` = mean refit minus
     estimate), clipped to the box. A parameter is identifiable when its interval lies strictly inside the
     box, no refit reached the box's edge, and the interval spans less than :data:`FLAT_SPAN`.
+    ``inflate`` multiplies the half-widths (the bootstrap's runs misfit less than the data: see
+    :func:`ufm.bridge.fitting.fit`).
 
     Returns
     -------
@@ -747,7 +751,7 @@ def interval_table(est: Estimator, x_hat, refits, level: float) -> tuple:
         lo_t, hi_t = float(_fwd(kind, lo_b)), float(_fwd(kind, hi_b))
         bias = float(t.mean()) - tv
         sd = float(t.std(ddof=1))
-        low, high = tv - bias - z * sd, tv - bias + z * sd
+        low, high = tv - bias - z * inflate * sd, tv - bias + z * inflate * sd
         edge = 1e-3 * (hi_t - lo_t)
         reached = bool(np.min(t) <= lo_t + edge or np.max(t) >= hi_t - edge)
         ok = bool(low > lo_t and high < hi_t and high - low < FLAT_SPAN[_SPAN_KEY[name]] and not reached)
@@ -773,3 +777,42 @@ def interval_table(est: Estimator, x_hat, refits, level: float) -> tuple:
         else:
             intervals[name], ident[name], corrected[name] = one(name, point[name], np.array([r[name] for r in reps]))
     return intervals, ident, corrected
+
+
+#: The vector coordinate of each reported scalar parameter that is one coordinate of ``x``.
+_COORDINATE = {"sigma": "log_sigma", "lam": "log10_lam", "init_scale": "log10_scale",
+               "time_scale": "log10_time_scale", "time_exponent": "time_exponent",
+               "time_break": "log10_time_break", "late_exponent": "late_exponent", "gram_scale": "log_gram_scale"}
+
+
+def flat_range(est: Estimator, x_hat, name: str, *, points: int = 25):
+    """The range of parameter ``name`` over which the fit is as good as at the estimate, or None.
+
+    A scan of ``points`` values across the search box with the other parameters held at the estimate:
+    the contiguous values around the estimate whose weighted cost exceeds the estimate's by at most
+    ``2.71 x cost / T`` (the 90% point of a chi-square with one degree of freedom, in units of one
+    record's share of the cost: the records, not their entries, are the independent units). Holding
+    the others fixed makes it a lower bound on the true flat range (a profile would let them follow).
+    """
+    coord = _COORDINATE.get(name)
+    if coord not in est.names:
+        return None
+    i = est.names.index(coord)
+    lo, hi = est.bounds()
+    x = np.asarray(x_hat, dtype=np.float64)
+    c0 = est.cost(x)
+    grid = np.unique(np.concatenate([np.linspace(lo[i], hi[i], points), [x[i]]]))
+    costs = []
+    for v in grid:
+        xv = x.copy()
+        xv[i] = v
+        costs.append(est.cost(xv))
+    ok = np.asarray(costs) - c0 <= 2.71 * c0 / max(est.T, 1)
+    j = int(np.searchsorted(grid, x[i]))
+    a = b = j
+    while a > 0 and ok[a - 1]:
+        a -= 1
+    while b < len(grid) - 1 and ok[b + 1]:
+        b += 1
+    kind = _SCALES[name][0]
+    return [_inv(kind, grid[a]), _inv(kind, grid[b])]

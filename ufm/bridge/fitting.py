@@ -86,7 +86,7 @@ from .._checks import check_bool, check_int, check_nonneg, check_positive
 from .._progress import Progress
 from ..results import FitResult
 from .clock import CLOCKS, Clock, align_monotone, align_refined, at_fraction
-from .estimate import Estimator, bootstrap, interval_table
+from .estimate import Estimator, bootstrap, flat_range, interval_table
 from .io import as_numpy
 from .m1 import anchored_path, anchored_path_patterns
 from .m2 import CACHE_BYTES, CACHE_ENTRIES, ENGINES, STARTS, M2Model, isotropic_init
@@ -685,13 +685,21 @@ def _intervals_and_events(name, f, out: _Fits, *, accepted, n_boot, width, whole
                              f"{0 if bs is None else len(bs['refits'])} runs")
         if bs is not None and len(bs["refits"]) >= 5:
             refits = bs["refits"]
-            iv, ok, corrected = interval_table(est, x, refits, level)
+            ratio = float(np.mean(bs["costs"]) / max(est.channel_rss(x)[0], 1e-300))
+            inflate = 1.0 / math.sqrt(ratio) if source.startswith("the narrowest") and ratio < 1 else 1.0
+            iv, ok, corrected = interval_table(est, x, refits, level, inflate=inflate)
+            for p_name, good in ok.items():        # a parameter the records cannot pin: its flat range
+                if good is False:
+                    flat = flat_range(est, x, p_name)
+                    if flat is not None:
+                        iv[p_name] = [min(flat[0], iv[p_name][0]), max(flat[1], iv[p_name][1])]
             e.update(intervals=iv, identifiable=ok, corrected=corrected,
                      interval_method=how.replace(f"{n_boot} runs", f"{len(refits)} runs")
                      + "; Gauss-Newton refits; bias-corrected normal intervals")
             e["bootstrap"] = {"runs": len(refits), "failed": bs["failed"], "width": w, "width_source": source,
-                              "misfit_ratio": float(np.mean(bs["costs"]) / max(est.channel_rss(x)[0], 1e-300)),
-                              "seconds": bs["seconds"]}
+                              "misfit_ratio": ratio, "widened": inflate, "seconds": bs["seconds"]}
+            if inflate > 1:
+                e["interval_method"] += f"; widened {inflate:.2f}x (the data misfit {1 / ratio:.2f}x as much)"
             flat = [n for n, v in ok.items() if (not all(v for v in v if v is not None) if isinstance(v, list)
                                                   else not v)]
             if flat:
@@ -782,7 +790,9 @@ def _bootstrap_width(est, x, width, whole, rng, report):
 
     Given, or a ufm Trajectory's own; otherwise matched to the observed misfit: a pilot of
     :data:`PILOT` runs at width 64, and ``d = 64 x (pilot misfit / observed misfit)`` (a Gaussian
-    start's imprint on the Grams shrinks as ``1 / d``), within [2, 10^6]."""
+    start's imprint on the Grams shrinks as ``1 / d``), within [K, 10^6]. At the floor ``K`` the
+    runs misfit less than the data, and :func:`_intervals_and_events` widens the intervals by the
+    square root of the ratio."""
     if not isinstance(width, str):
         return float(width), "given"
     own = (whole.clock or {}).get("width")
@@ -794,8 +804,12 @@ def _bootstrap_width(est, x, width, whole, rng, report):
     pilot = bootstrap(est, x, width=d0, n_runs=n0, rng=rng, chord=True)
     if len(pilot["costs"]) == 0 or data <= 0:
         return 1e6, "the widest start (the pilot failed, or the data fit exactly)"
-    w = float(np.clip(d0 * np.mean(pilot["costs"]) / data, 2.0, 1e6))
-    return w, "an effective width: the synthetic runs misfit the model as much as the data does"
+    w = d0 * np.mean(pilot["costs"]) / data
+    floor = float(est.model.K)
+    if w < floor:
+        return floor, (f"the narrowest start used, K = {est.model.K} wide: the data misfit the model more than "
+                       f"a start of any such width does, and the intervals are widened to match")
+    return float(min(w, 1e6)), "an effective width: the synthetic runs misfit the model as much as the data does"
 
 
 def _flat_params(out: _Fits, quoted) -> None:
