@@ -60,6 +60,7 @@ import time
 import numpy as np
 
 from .. import _interrupt
+from ..metrics import double_centre
 from .clock import Clock, align_refined, at_fraction, powerlaw_init
 from .m2 import M2Model, Points
 from .patterns import project_patterns
@@ -148,8 +149,6 @@ class Estimator:
     # -- the data ----------------------------------------------------------------------------
     def set_data(self, grams) -> None:
         """Observed raw Grams ``(T, K, K)`` in the two channels (used again for each bootstrap run)."""
-        from ..metrics import double_centre
-
         G = double_centre(np.asarray(grams, dtype=np.float64))
         norm = np.linalg.norm(G, axis=(-2, -1))
         if np.any(norm <= 1e-300):
@@ -659,7 +658,7 @@ class _UnionPoints(Points):
 
 def _run_events(est, xc, long, S, collapse) -> dict:
     """The events of a synthetic run's dense Grams on the long curve, in steps by the clock ``xc``."""
-    U = est.model.centred_unit(S) if est.model.engine != "patterns" else _unit_dense(S)
+    U = _unit_dense(S)                      # a synthetic run is dense whatever the model's engine
     gap, etf = gaps_of(U, est.attributes), etf_of(U)
     times, _ = model_events(long["times"], gap, etf, lambda i, j: float(np.linalg.norm(U[i] - U[j])),
                             collapse=collapse)
@@ -667,8 +666,6 @@ def _run_events(est, xc, long, S, collapse) -> dict:
 
 
 def _unit_dense(S):
-    from ..metrics import double_centre
-
     G = double_centre(np.asarray(S))
     n = np.linalg.norm(G, axis=(-2, -1), keepdims=True)
     return G / np.where(n > 0, n, 1.0)
