@@ -58,8 +58,8 @@ def table(rows, fraction) -> str:
         inside = "" if e["inside"] is None else ("yes" if e["inside"] else "no")
         return f"{e['predicted']:.4g}{iv} / {obs}", ratio, inside
 
-    lines = [f"| setting | seed | fitted up to step | accepted model | gap peak: predicted [interval] / observed | "
-             f"ratio | inside | collapse: predicted [interval] / observed | ratio | inside | fit s |",
+    lines = ["| setting | seed | fitted up to step | accepted model | gap peak: predicted [interval] / observed | "
+             "ratio | inside | collapse: predicted [interval] / observed | ratio | inside | fit s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         pk, cl = cell(r["peak"]), cell(r["collapse"])

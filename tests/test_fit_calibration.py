@@ -4,7 +4,6 @@ runs (random parameters, Gaussian starts of widths 16-64, only gram_H, lam unkno
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

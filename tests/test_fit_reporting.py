@@ -119,7 +119,7 @@ def test_a_run_cut_before_its_peak_cannot_forecast_its_collapse_and_says_so(m2h)
     assert f.forecast["collapse"] is None
     why = f.forecast["reason"]["collapse"]
     assert "not determined" in why or "no model is accepted" in why, why
-    assert f"predicted collapse: none" in f.message
+    assert "predicted collapse: none" in f.message
 
 
 def test_fit_fields_have_one_value_per_quantity():

@@ -40,8 +40,6 @@ THEORY.md §8.6; Zhao, Papadimitriou, Thrampoulidis, "Structure Before Collapse"
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 __all__ = ["CLOCKS", "Clock", "align_monotone", "align_refined", "at_fraction", "powerlaw_init"]

@@ -85,16 +85,16 @@ from .. import _interrupt, _memory, _threads
 from .._checks import check_bool, check_int, check_nonneg, check_positive
 from .._progress import Progress
 from ..results import FitResult
-from .clock import CLOCKS, Clock, align_monotone, align_refined, at_fraction
+from .clock import CLOCKS, Clock, align_monotone
 from .estimate import Estimator, bootstrap, flat_range, interval_table
 from .io import as_numpy
 from .m1 import anchored_path, anchored_path_patterns
 from .m2 import CACHE_BYTES, CACHE_ENTRIES, ENGINES, STARTS, M2Model, isotropic_init
 from .observed import Representations, first_state, read_observed, unit_centred, until_step
 from .patterns import PatternAlgebra, pattern_ids, project_patterns
-from .report import (ACCEPT, COLLAPSE, NAMES, TRANSIENT, estimate_lines, etf_of, event_lines, explains, gaps_of,
-                     goodness_of_fit, model_events, observed_events, observed_transition, table, unit,
-                     verdict_line, within_class, within_lines)
+from .report import (ACCEPT, COLLAPSE, NAMES, TRANSIENT, estimate_lines, event_lines, explains, goodness_of_fit,
+                     model_events, observed_events, observed_transition, table, verdict_line, within_class,
+                     within_lines)
 from .static import static_decomposition
 
 __all__ = ["ACCEPT", "COLLAPSE", "MODELS", "TRANSIENT", "align_monotone", "anchored_path", "fit", "isotropic_init",

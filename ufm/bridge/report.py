@@ -11,8 +11,6 @@ THEORY.md §7.1 (NC1, CDNV), §7.2 (ETF distance), §7.4 (semantic gap), §8.6.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .. import metrics
