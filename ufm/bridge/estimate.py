@@ -522,11 +522,13 @@ def bootstrap(est: Estimator, x_hat, *, width: float, n_runs: int, rng, report=N
     Jacobian ``J`` at ``x_hat``, computed when not given; cheaper, and as good for a
     well-identified model, but a near-flat direction sends its steps far).
 
-    With ``events = (collapse, reach)`` each run is also simulated on the model's long curve
-    (:meth:`Estimator.long_curve` at ``x_hat``, up to ``reach`` x its last model time at most)
-    and its own events (:func:`ufm.bridge.report.model_events` on its dense Grams, mapped to
-    steps by the clock at ``x_hat``) are returned: what a run of the fitted model actually does
-    after the records, for prediction intervals.
+    With ``events = (collapse, steps)`` each run is also simulated at the model times of
+    ``steps`` (the whole run's record steps, when known: its events are then read at the
+    resolution the run's own are) or, for ``steps=None``, on the model's long curve
+    (:meth:`Estimator.long_curve` at ``x_hat``), and its own events
+    (:func:`ufm.bridge.report.model_events` on its dense Grams, mapped to steps by the clock
+    at ``x_hat``) are returned: what a run of the fitted model actually does after the
+    records, for prediction intervals.
 
     Returns
     -------
@@ -548,7 +550,9 @@ def bootstrap(est: Estimator, x_hat, *, width: float, n_runs: int, rng, report=N
         times, where = np.unique(tau, return_inverse=True)
         points = Points(times=times)
     n_rec = len(points.times)
-    long = est.long_curve(x_hat) if events is not None else None
+    long = None
+    if events is not None:
+        long = _event_points(est, x_hat, events[1])
     if long is not None:            # one run covers the records and the long curve
         points, n_long = _joined(points, long, est.clock), len(long["times"])
     J = jacobian(est, x_hat) if J is None and chord else J
@@ -592,6 +596,18 @@ def bootstrap(est: Estimator, x_hat, *, width: float, n_runs: int, rng, report=N
     finally:
         est.obs_shape, est.obs_size, est._best = obs_shape, obs_size, best
     return done()
+
+
+def _event_points(est, x, steps):
+    """``{"times": model times}`` where a synthetic run's events are read: the clock at ``x`` of ``steps`` (past
+    the model's end state, its end), or the model's long curve."""
+    if steps is None:
+        return est.long_curve(x)
+    xm, xc, _ = est.split(x)
+    tau = est.clock.times(xc, np.asarray(steps, dtype=np.float64))
+    if not est.clock.known:
+        tau = np.minimum(tau, est.model.grid(est.model.unpack(xm), est.horizon)[-1])
+    return {"times": tau}
 
 
 def _joined(points: Points, long: dict, clock) -> Points:

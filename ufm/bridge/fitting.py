@@ -86,7 +86,7 @@ from .._checks import check_bool, check_int, check_nonneg, check_positive
 from .._progress import Progress
 from ..results import FitResult
 from .clock import CLOCKS, Clock, align_monotone
-from .estimate import Estimator, bootstrap, flat_range, interval_table
+from .estimate import LONG_REACH, Estimator, bootstrap, flat_range, interval_table
 from .io import as_numpy
 from .m1 import anchored_path, anchored_path_patterns
 from .m2 import CACHE_BYTES, CACHE_ENTRIES, ENGINES, STARTS, M2Model, isotropic_init
@@ -677,7 +677,7 @@ def _intervals_and_events(name, f, out: _Fits, *, accepted, n_boot, width, whole
                    f"({source})")
             report(f"{name}: {how}", force=True)
             bs = bootstrap(est, x, width=w, n_runs=n_boot, rng=rng, report=lambda m: report(f"{name}: {m}"),
-                           seeds=(whole.clock or {}).get("seeds", 1), chord=True, events=(collapse, None))
+                           seeds=(whole.clock or {}).get("seeds", 1), chord=True, events=(collapse, _event_steps(whole.steps)))
         except KeyboardInterrupt as err:
             out.interrupted = True
             bs = getattr(err, "partial", None)
@@ -728,16 +728,27 @@ def _intervals_and_events(name, f, out: _Fits, *, accepted, n_boot, width, whole
     out.transitions["predicted"] = pred
 
 
+def _event_steps(steps):
+    """Where the bootstrap runs' own events are read: the run's record steps, then on past its last record at
+    the same log spacing as its last two, to :data:`ufm.bridge.estimate.LONG_REACH` x its last step (a
+    prediction is compared with the run's events at the resolution the run has)."""
+    steps = np.asarray(steps, dtype=np.float64)
+    last, before = steps[-1], steps[-2] if len(steps) > 1 else 0.0
+    ratio = last / before if before > 0 and last > before else 1.1
+    n = int(math.ceil(math.log(LONG_REACH) / math.log(ratio)))
+    return np.concatenate([steps, last * ratio ** np.arange(1, min(n, 400) + 1)])
+
+
 def _predicted_event(k, v, runs, level, who, note, n_boot) -> dict:
     """One predicted event: the model's own step ``v`` corrected by the bootstrap's prediction errors.
 
     In each bootstrap run the error is ``log(step the run's own Grams reach the event) - log(step its
-    refitted model predicts)``: what separates a finite run from the model fitted to it. The prediction is
-    ``v exp(mean error)`` and its interval ``v exp(mean error +- z sd)`` at ``level``; it is not
-    determined when more than the interval's tail of runs miss the event (or their refit does) within the
-    model's horizon, or when the interval spans more than :data:`FORECAST_SPAN`."""
-    from scipy.stats import norm
-
+    refitted model predicts)``: what separates a finite run, read at its record steps, from the model
+    fitted to it. The prediction is ``v exp(median error)`` and its interval runs from ``v exp(q)`` to
+    ``v exp(q')`` with ``q, q'`` the errors' ``(1 - level)/2`` and ``(1 + level)/2`` quantiles (empirical:
+    an event read at record steps takes few values); it is not determined when more than the interval's
+    tail of runs miss the event (or their refit does) within the model's horizon, or when the interval
+    spans more than :data:`FORECAST_SPAN`."""
     entry = {"step": v, "low": None, "high": None, "model_step": v,
              "reason": f"{who}'s own {k}, mapped to steps by its clock{note}"}
     if not runs:
@@ -752,9 +763,10 @@ def _predicted_event(k, v, runs, level, who, note, n_boot) -> dict:
                                        f"({who}'s own: step {v:.4g})")
         return entry
     e = err[np.isfinite(err)]
-    z = float(norm.ppf(0.5 + level / 2))
-    mid, sd = float(e.mean()), float(e.std(ddof=1)) if len(e) > 1 else 0.0
-    lo, hi = v * math.exp(mid - z * sd), v * math.exp(mid + z * sd)
+    tail = (1 - level) / 2
+    mid = float(np.median(e))
+    lo = v * math.exp(float(np.quantile(e, tail, method="lower")))
+    hi = v * math.exp(float(np.quantile(e, 1 - tail, method="higher")))
     if hi / lo > FORECAST_SPAN:
         entry.update(step=None, reason=f"not determined by the records{note}: its {100 * level:.0f}% interval "
                                        f"[{lo:.4g}, {hi:.4g}] spans more than {FORECAST_SPAN:g}x ({who}'s own: "
