@@ -37,7 +37,8 @@ extensions = [
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build", "auto_examples/*.ipynb", "auto_examples/*.py", "auto_examples/*.zip",
-                    "auto_examples/*.codeobj.json", "auto_examples/*.md5", "bridge/fits_table.md"]
+                    "auto_examples/*.codeobj.json", "auto_examples/*.md5", "bridge/fits_table.md",
+                    "bridge/forecast_table.md"]
 templates_path = ["_templates"]
 nitpicky = False
 
