@@ -94,7 +94,13 @@ class Clock:
             self.kind]
 
     def unpack(self, xc) -> dict:
-        """``{"time_scale": c, "time_exponent": alpha}`` of the clock's part ``xc`` of a parameter vector."""
+        """``{"time_scale": c, "time_exponent": alpha}`` of the clock's part ``xc`` of a parameter vector.
+
+        Parameters
+        ----------
+        xc : array
+            The clock's part of a parameter vector (:attr:`names`).
+        """
         xc = list(np.asarray(xc, dtype=np.float64))
         if self.kind == "linear":
             return {"time_scale": 10.0 ** xc[0], "time_exponent": 1.0}
@@ -106,7 +112,15 @@ class Clock:
         return {}
 
     def times(self, xc, steps) -> np.ndarray:
-        """Model times of observed steps (the steps themselves for a ``"flow"`` clock; ``lr * steps`` for GD)."""
+        """Model times of observed steps (the steps themselves for a ``"flow"`` clock; ``lr * steps`` for GD).
+
+        Parameters
+        ----------
+        xc : array
+            The clock's parameters.
+        steps : array
+            Observed steps.
+        """
         steps = np.asarray(steps, dtype=np.float64)
         if self.kind == "gd":
             return self.lr * steps
@@ -121,7 +135,15 @@ class Clock:
         return np.where(steps > 0, tau, 0.0)
 
     def steps(self, xc, tau) -> np.ndarray:
-        """Observed steps of model times (the inverse of :meth:`times`)."""
+        """Observed steps of model times (the inverse of :meth:`times`).
+
+        Parameters
+        ----------
+        xc : array
+            The clock's parameters.
+        tau : array
+            Model times.
+        """
         tau = np.asarray(tau, dtype=np.float64)
         if self.kind == "gd":
             return tau / self.lr

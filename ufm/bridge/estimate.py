@@ -144,7 +144,13 @@ class Estimator:
             self.points = None      # declared clocks: curves on the model's grid, interpolated at tau(steps)
 
     def with_clock(self, clock: Clock) -> "Estimator":
-        """The same model and records under another declared clock (the model's simulations are shared)."""
+        """The same model and records under another declared clock (the model's simulations are shared).
+
+        Parameters
+        ----------
+        clock : Clock
+            The other clock (a declared one).
+        """
         other = Estimator.__new__(Estimator)
         other.__dict__.update(self.__dict__)
         other.clock, other.points, other._best = clock, None, None
@@ -154,7 +160,13 @@ class Estimator:
 
     # -- the data ----------------------------------------------------------------------------
     def set_data(self, grams) -> None:
-        """Observed raw Grams ``(T, K, K)`` in the two channels (used again for each bootstrap run)."""
+        """Observed raw Grams ``(T, K, K)`` in the two channels (used again for each bootstrap run).
+
+        Parameters
+        ----------
+        grams : array (T, K, K)
+            Raw Grams, one per record.
+        """
         G = double_centre(np.asarray(grams, dtype=np.float64))
         norm = np.linalg.norm(G, axis=(-2, -1))
         if np.any(norm <= 1e-300):
@@ -188,13 +200,25 @@ class Estimator:
 
     # -- the model at the records ---------------------------------------------------------------
     def split(self, x):
-        """``(model part, clock part, size offset)`` of a parameter vector."""
+        """``(model part, clock part, size offset)`` of a parameter vector.
+
+        Parameters
+        ----------
+        x : array
+            A parameter vector (:attr:`names`).
+        """
         x = np.asarray(x, dtype=np.float64)
         a, b = self.n_model, self.n_model + self.n_clock
         return x[:a], x[a:b], (float(x[b]) if self.size_offset else 0.0)
 
     def curves(self, xm):
-        """The model on its long grid (declared clocks): ``(times, unit Grams, size)`` or None."""
+        """The model on its long grid (declared clocks): ``(times, unit Grams, size)`` or None.
+
+        Parameters
+        ----------
+        xm : array
+            The model's part of a parameter vector.
+        """
         m = self.model
         t = m.grid(m.unpack(xm), self.horizon)
         S = m.run(xm, Points(times=t))
@@ -218,26 +242,50 @@ class Estimator:
         return _interp_log(t, U, tau), _interp_log(t, size, tau) + off
 
     def predict(self, x):
-        """Model shape (T, n) and size (T,) at the records, or None when the model cannot be simulated."""
+        """Model shape (T, n) and size (T,) at the records, or None when the model cannot be simulated.
+
+        Parameters
+        ----------
+        x : array
+            A parameter vector (:attr:`names`).
+        """
         p = self._at_records(x)
         if p is None:
             return None
         return self._shape_of_unit(p[0]), p[1]
 
     def model_grams(self, x):
-        """The model's dense unit-centred Grams (T, K, K) at the records, or None."""
+        """The model's dense unit-centred Grams (T, K, K) at the records, or None.
+
+        Parameters
+        ----------
+        x : array
+            A parameter vector (:attr:`names`).
+        """
         p = self._at_records(x)
         return None if p is None else self.model.dense(p[0])
 
     def model_times(self, x) -> np.ndarray:
-        """Model times of the records (the clock at ``x``)."""
+        """Model times of the records (the clock at ``x``).
+
+        Parameters
+        ----------
+        x : array
+            A parameter vector (:attr:`names`).
+        """
         return self.clock.times(self.split(x)[1], self.steps)
 
     def long_curve(self, x):
         """The model past the records: ``{"times", "steps", "grams" (unit-centred), "gap", "etf"}`` or None.
 
         Declared clocks reuse the fit's curve; known clocks run the model on a log grid to
-        :data:`LONG_REACH` x the last record's model time (GD at whole steps)."""
+        :data:`LONG_REACH` x the last record's model time (GD at whole steps).
+
+        Parameters
+        ----------
+        x : array
+            A parameter vector (:attr:`names`).
+        """
         xm, xc, _ = self.split(x)
         m = self.model
         q = m.unpack(xm)
@@ -266,7 +314,13 @@ class Estimator:
 
     def free_map(self, x):
         """The best monotone map of the records onto the model's curve (same model): ``(tau (T,), dense
-        unit-centred model Grams (T, K, K))``, or None."""
+        unit-centred model Grams (T, K, K))``, or None.
+
+        Parameters
+        ----------
+        x : array
+            A parameter vector (:attr:`names`).
+        """
         long = self.long_curve(x)
         if long is None:
             return None
@@ -278,7 +332,13 @@ class Estimator:
         return at_fraction(long["times"], frac, log=True), self.model.dense(at_fraction(U, frac))
 
     def residuals(self, x) -> np.ndarray:
-        """Weighted residuals ``[shape / sigma_shape, size / sigma_size]`` (a large constant where the model fails)."""
+        """Weighted residuals ``[shape / sigma_shape, size / sigma_size]`` (a large constant where the model fails).
+
+        Parameters
+        ----------
+        x : array
+            A parameter vector (:attr:`names`).
+        """
         p = self.predict(x)
         n = self.obs_shape.size + self.obs_size.size
         if p is None:
@@ -289,7 +349,13 @@ class Estimator:
         return np.where(np.isfinite(r), r, 1e3)
 
     def channel_rss(self, x) -> tuple:
-        """Unweighted sums of squares of the shape and size residuals at ``x``."""
+        """Unweighted sums of squares of the shape and size residuals at ``x``.
+
+        Parameters
+        ----------
+        x : array
+            A parameter vector (:attr:`names`).
+        """
         p = self.predict(x)
         if p is None:
             return math.inf, math.inf
@@ -306,7 +372,13 @@ class Estimator:
 
     def values(self, x) -> dict:
         """The parameters of ``x`` by name: ``sigma``, ``strengths`` (list), ``lam``, ``init_scale``, and for a
-        declared clock ``time_scale``, ``time_exponent``, ``gram_scale`` (known ones included)."""
+        declared clock ``time_scale``, ``time_exponent``, ``gram_scale`` (known ones included).
+
+        Parameters
+        ----------
+        x : array
+            A parameter vector (:attr:`names`).
+        """
         xm, xc, off = self.split(x)
         q = self.model.unpack(xm)
         out = {}
@@ -327,6 +399,11 @@ class Estimator:
         A declared clock starts from the power law through the monotone alignment of the records
         to the model curve (:func:`~ufm.bridge.clock.align_refined`); the size offset from the mean
         log-size difference. None when the model cannot be simulated or aligned.
+
+        Parameters
+        ----------
+        xm : array
+            The model's part of a parameter vector.
         """
         xm = np.asarray(xm, dtype=np.float64)
         if self.points is not None:
@@ -369,7 +446,15 @@ class Estimator:
 
     # -- the fit ---------------------------------------------------------------------------------
     def solve(self, x0, *, max_nfev: int = 200) -> dict:
-        """``least_squares`` from ``x0`` within the box; ``{"x", "cost", "nfev", "status"}``."""
+        """``least_squares`` from ``x0`` within the box; ``{"x", "cost", "nfev", "status"}``.
+
+        Parameters
+        ----------
+        x0 : array
+            The start (clipped into the box).
+        max_nfev : int
+            Function evaluations at most (0: ``x0`` itself).
+        """
         from scipy.optimize import least_squares
 
         lo, hi = self.bounds()
@@ -394,7 +479,13 @@ class Estimator:
                 "status": int(res.status)}
 
     def reweight(self, x) -> None:
-        """Set each channel's noise level to its RMS residual at ``x`` (floors keep a perfect channel finite)."""
+        """Set each channel's noise level to its RMS residual at ``x`` (floors keep a perfect channel finite).
+
+        Parameters
+        ----------
+        x : array
+            A parameter vector (:attr:`names`).
+        """
         rs, rn = self.channel_rss(x)
         ns, nn = self.obs_shape.size, self.obs_size.size
         s_shape = math.sqrt(max(rs / ns, 1e-24))
@@ -410,6 +501,17 @@ class Estimator:
         """Grid, then least squares from the ``n_best`` best distinct points, then a reweighted refit.
 
         Returns ``{"x", "cost", "starts", "nfev", "weights"}``; ``x`` is None when no start could be simulated.
+
+        Parameters
+        ----------
+        starts : sequence of array
+            Model parts of starting vectors (:meth:`start_from` completes them).
+        max_nfev : int
+            Function evaluations of each search.
+        n_best : int
+            How many of the best distinct starts are searched from.
+        report : callable, optional
+            ``report(text)`` for progress lines.
         """
         report = report or (lambda *a, **k: None)
         scored = []
@@ -469,7 +571,15 @@ def _interp_log(t, values, tau):
 
 # -- the parametric bootstrap --------------------------------------------------------------------------
 def jacobian(est: Estimator, x) -> np.ndarray:
-    """Forward-difference Jacobian of the weighted residuals at ``x`` (the step of ``least_squares``' default)."""
+    """Forward-difference Jacobian of the weighted residuals at ``x`` (the step of ``least_squares``' default).
+
+    Parameters
+    ----------
+    est : Estimator
+        The problem.
+    x : array
+        Where.
+    """
     x = np.asarray(x, dtype=np.float64)
     lo, hi = est.bounds()
     r0 = est.residuals(x)
@@ -489,7 +599,19 @@ def chord_refit(est: Estimator, x_hat, J, *, iterations: int = CHORD_ITERATIONS)
 
     Each iteration costs one residual evaluation (one simulation); a step that does not lower the cost is
     halved up to three times, and the iterate stays in the box. This is the refit of a bootstrap run: it
-    starts at the estimate, where the run's own optimum lies within the spread the interval measures."""
+    starts at the estimate, where the run's own optimum lies within the spread the interval measures.
+
+    Parameters
+    ----------
+    est : Estimator
+        The problem, holding the run to refit.
+    x_hat : array
+        The estimate (the start).
+    J : array
+        The Jacobian of the weighted residuals at ``x_hat`` (:func:`jacobian`).
+    iterations : int
+        Gauss-Newton iterations.
+    """
     lo, hi = est.bounds()
     x = np.asarray(x_hat, dtype=np.float64).copy()
     r = est.residuals(x)
@@ -529,6 +651,29 @@ def bootstrap(est: Estimator, x_hat, *, width: float, n_runs: int, rng, report=N
     (:func:`ufm.bridge.report.model_events` on its dense Grams, mapped to steps by the clock
     at ``x_hat``) are returned: what a run of the fitted model actually does after the
     records, for prediction intervals.
+
+    Parameters
+    ----------
+    est : Estimator
+        The fitted problem (its data are restored afterwards).
+    x_hat : array
+        The estimate.
+    width : float
+        The starts' width ``d``.
+    n_runs : int
+        Synthetic runs.
+    rng : numpy.random.Generator
+        Source of the starts.
+    report : callable, optional
+        ``report(text)`` for progress lines.
+    seeds : int
+        Starts averaged per run (the observed Grams' own number of seeds).
+    J : array, optional
+        The Jacobian at ``x_hat`` for ``chord`` (computed when not given).
+    chord : bool
+        Refit by :func:`chord_refit` instead of a short least-squares search.
+    events : (float, array or None), optional
+        ``(collapse, steps)``: also read each run's own events (above).
 
     Returns
     -------
@@ -696,6 +841,19 @@ def interval_table(est: Estimator, x_hat, refits, level: float, inflate: float =
     box, no refit reached the box's edge, and the interval spans less than :data:`FLAT_SPAN`.
     ``inflate`` multiplies the half-widths (the bootstrap's runs misfit less than the data: see
     :func:`ufm.bridge.fitting.fit`).
+
+    Parameters
+    ----------
+    est : Estimator
+        The fitted problem.
+    x_hat : array
+        The estimate.
+    refits : array (B, n)
+        The bootstrap refits.
+    level : float
+        Confidence level.
+    inflate : float
+        Factor on the half-widths.
 
     Returns
     -------

@@ -353,7 +353,13 @@ class M2Model:
 
     # -- parameters ----------------------------------------------------------------------------
     def decays(self, lam: float) -> tuple:
-        """``(lam_W, lam_A, lam_H)`` of the model's one weight decay ``lam`` (halved convention)."""
+        """``(lam_W, lam_A, lam_H)`` of the model's one weight decay ``lam`` (halved convention).
+
+        Parameters
+        ----------
+        lam : float
+            The model's weight decay.
+        """
         return (lam, lam, 0.0) if self.penalty == "A" else (lam, 0.0, lam)
 
     def unpack(self, x) -> dict:
@@ -484,7 +490,13 @@ class M2Model:
                                             loss=self.loss, lam_W=lam_W, lam_A=lam_A, strengths=q["strengths"], **kw)
 
     def in_bounds(self, x) -> bool:
-        """Whether a parameter vector lies in :attr:`BOUNDS`."""
+        """Whether a parameter vector lies in :attr:`BOUNDS`.
+
+        Parameters
+        ----------
+        x : array
+            A parameter vector.
+        """
         lo, hi = self.bounds()
         x = np.asarray(x, dtype=np.float64)
         return bool(np.all(x >= lo - 1e-12) and np.all(x <= hi + 1e-12))
@@ -674,7 +686,13 @@ class M2Model:
 
     # -- representations -------------------------------------------------------------------------
     def centred_unit(self, S) -> np.ndarray:
-        """Unit-centred Grams of raw model Grams (eigenvalues on the patterns engine, else dense)."""
+        """Unit-centred Grams of raw model Grams (eigenvalues on the patterns engine, else dense).
+
+        Parameters
+        ----------
+        S : array
+            Raw model Grams: eigenvalues (patterns engine) or dense.
+        """
         if self.engine == "patterns":
             return self.algebra.unit_centred(S)
         G = double_centre(np.asarray(S))
@@ -682,7 +700,13 @@ class M2Model:
         return G / np.where(n > 0, n, 1.0)
 
     def log_norm(self, S) -> np.ndarray:
-        """``log ||P_K S P_K||_F`` of raw model Grams (``-inf`` where it is 0)."""
+        """``log ||P_K S P_K||_F`` of raw model Grams (``-inf`` where it is 0).
+
+        Parameters
+        ----------
+        S : array
+            Raw model Grams: eigenvalues (patterns engine) or dense.
+        """
         if self.engine == "patterns":
             v = np.sum(self.algebra.mult[1:] * np.asarray(S)[..., 1:] ** 2, axis=-1)
         else:
