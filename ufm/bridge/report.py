@@ -449,8 +449,10 @@ def estimate_lines(estimates, level) -> str:
                                              (ok.get(name) or [None] * n)[b], (cor.get(name) or [None] * n)[b]))
             else:
                 items.append(_param_text(name, v, iv.get(name), ok.get(name), cor.get(name)))
-        how = e.get("interval_method") or "no intervals"
-        out += f"\n{NAMES[m]} parameters ({how}; {100 * level:.0f}% intervals): " + ", ".join(items)
+        how = e.get("interval_method")
+        how = (f"{how}; {100 * level:.0f}% intervals" if how else
+               "point values: the intervals are computed for the quoted model")
+        out += f"\n{NAMES[m]} parameters ({how}): " + ", ".join(items)
         maps = e.get("time_maps")
         if maps:
             out += f"\n{NAMES[m]} time map: " + "; ".join(
