@@ -1,4 +1,4 @@
-"""Bad arguments are one clear error naming the argument and the fix, raised before any work (issue 20).
+"""Bad arguments are one clear error naming the argument and the fix, raised before any work.
 
 Each case used to raise a raw error from deep inside (AttributeError, a bare MemoryError,
 SeedSequence's TypeError) or was accepted and gave a wrong run (a negative tolerance ran to

@@ -1,4 +1,4 @@
-"""ufm.sweep and ``ufm sweep CONFIG.toml``: what every run would refuse is one error up front (issue 20).
+"""ufm.sweep and ``ufm sweep CONFIG.toml``: what every run would refuse is one error up front.
 
 A config names its task from the registry (an import path runs any function: ``os:system``
 was run); a misspelled grid parameter is one error naming the accepted names; a Dask sweep
