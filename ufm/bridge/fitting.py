@@ -86,7 +86,7 @@ from .._checks import check_bool, check_int, check_nonneg, check_positive
 from .._progress import Progress
 from ..results import FitResult
 from .clock import CLOCKS, Clock, align_monotone
-from .estimate import LONG_REACH, Estimator, bootstrap, flat_range, interval_table
+from .estimate import LONG_REACH, Estimator, bootstrap, flat_range, interval_table, jacobian
 from .io import as_numpy
 from .m1 import anchored_path, anchored_path_patterns
 from .m2 import CACHE_BYTES, CACHE_ENTRIES, ENGINES, STARTS, M2Model, isotropic_init
@@ -599,7 +599,7 @@ def _fit_m2_model(name, rep, obs, out: _Fits, *, user, kind, loss, lam, init_sca
     fitted = est.model_grams(x)
     if fitted is None:
         raise RuntimeError(f"the best {name} parameters no longer simulate; this is a bug, please report it.")
-    gap, etf, gof = goodness_of_fit(rep, fitted, len(x) + 0)
+    gap, etf, gof = goodness_of_fit(rep, fitted, len(x))
     out.gof[name] = gof
     out.fitted[name] = fitted
     long = est.long_curve(x)
@@ -607,7 +607,7 @@ def _fit_m2_model(name, rep, obs, out: _Fits, *, user, kind, loss, lam, init_sca
                        f"{name}_model_times": long["times"], f"{name}_model_steps": long["steps"],
                        f"{name}_model_gap": long["gap"], f"{name}_model_etf_distance": long["etf"]})
     values = est.values(x)
-    maps = _time_maps(est, x, rep, name, out) if not clock.known else {}
+    maps = _time_maps(est, x, rep, name, out, gof) if not clock.known else {}
     degenerate = _degenerate_clock(est, x)
     if degenerate:
         out.notes.append(f"{name}: {degenerate}")
@@ -636,13 +636,11 @@ def _degenerate_clock(est, x) -> str:
     return ""
 
 
-def _time_maps(est, x, rep, name, out) -> dict:
-    """The declared clock against the linear map (refitted) and the free monotone map (same model), side by side."""
+def _time_maps(est, x, rep, name, out, gof) -> dict:
+    """The declared clock (goodness of fit ``gof``) against the linear map (refitted) and the free monotone map
+    (same model), side by side."""
     maps = {}
-    gof_of = {}
-    fitted = est.model_grams(x)
-    _, _, g = goodness_of_fit(rep, fitted, len(x))
-    gof_of[est.clock.kind] = g
+    gof_of = {est.clock.kind: gof}
     if est.clock.kind in ("power", "broken"):
         lin = est.with_clock(Clock("linear"))
         xl = np.delete(x, range(est.n_model + 1, est.n_model + est.n_clock))
@@ -672,12 +670,13 @@ def _intervals_and_events(name, f, out: _Fits, *, accepted, n_boot, width, whole
     refits, bs = None, None
     if n_boot > 0 and not out.interrupted:
         try:
-            w, source = _bootstrap_width(est, x, width, whole, rng, report)
+            J = jacobian(est, x)                 # one Jacobian at the estimate serves every refit
+            w, source = _bootstrap_width(est, x, J, width, whole, rng, report)
             how = (f"parametric bootstrap: {n_boot} runs of the fitted model from Gaussian starts of width {w:.3g} "
                    f"({source})")
             report(f"{name}: {how}", force=True)
             bs = bootstrap(est, x, width=w, n_runs=n_boot, rng=rng, report=lambda m: report(f"{name}: {m}"),
-                           seeds=(whole.clock or {}).get("seeds", 1), chord=True, events=(collapse, _event_steps(whole.steps)))
+                           seeds=(whole.clock or {}).get("seeds", 1), J=J, events=(collapse, _event_steps(whole.steps)))
         except KeyboardInterrupt as err:
             out.interrupted = True
             bs = getattr(err, "partial", None)
@@ -710,7 +709,7 @@ def _intervals_and_events(name, f, out: _Fits, *, accepted, n_boot, width, whole
     elif n_boot == 0:
         out.notes.append(f"{name}: bootstrap=0, so no intervals: the parameters are point values only")
     # events: the model's own, in steps; their prediction intervals from what the bootstrap runs did
-    events = _events_of(est, x, collapse)
+    events = _events_of(est, x, collapse, f["long"])
     runs = list(zip(bs["events"], [_events_of(est, r, collapse)[0] for r in refits])) if refits is not None else []
     pred = {}
     note = f" (fitted on the records up to step {until:g})" if until is not None else ""
@@ -778,9 +777,10 @@ def _predicted_event(k, v, runs, level, who, note, n_boot) -> dict:
     return entry
 
 
-def _events_of(est, x, collapse):
-    """``({"peak", "transition", "collapse"}: steps or None, reasons)`` of the model at ``x``."""
-    long = est.long_curve(x)
+def _events_of(est, x, collapse, long=None):
+    """``({"peak", "transition", "collapse"}: steps or None, reasons)`` of the model at ``x`` (its long curve
+    ``long`` when already computed)."""
+    long = est.long_curve(x) if long is None else long
     if long is None:
         return {}, {k: "the model could not be simulated" for k in ("peak", "transition", "collapse")}
     G = long["grams"]
@@ -797,7 +797,7 @@ def _events_of(est, x, collapse):
     return steps, why
 
 
-def _bootstrap_width(est, x, width, whole, rng, report):
+def _bootstrap_width(est, x, J, width, whole, rng, report):
     """The width of the bootstrap's Gaussian starts and where it comes from.
 
     Given, or a ufm Trajectory's own; otherwise matched to the observed misfit: a pilot of
@@ -813,7 +813,7 @@ def _bootstrap_width(est, x, width, whole, rng, report):
     d0, n0 = PILOT
     data = est.channel_rss(x)[0]
     report(f"bootstrap: {n0} pilot runs at width {d0:g} to match the observed misfit", force=True)
-    pilot = bootstrap(est, x, width=d0, n_runs=n0, rng=rng, chord=True)
+    pilot = bootstrap(est, x, width=d0, n_runs=n0, rng=rng, J=J)
     if len(pilot["costs"]) == 0 or data <= 0:
         return 1e6, "the widest start (the pilot failed, or the data fit exactly)"
     w = d0 * np.mean(pilot["costs"]) / data

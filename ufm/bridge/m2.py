@@ -695,9 +695,7 @@ class M2Model:
         """
         if self.engine == "patterns":
             return self.algebra.unit_centred(S)
-        G = double_centre(np.asarray(S))
-        n = np.linalg.norm(G, axis=(-2, -1), keepdims=True)
-        return G / np.where(n > 0, n, 1.0)
+        return unit_centred_dense(S)
 
     def log_norm(self, S) -> np.ndarray:
         """``log ||P_K S P_K||_F`` of raw model Grams (``-inf`` where it is 0).
@@ -728,6 +726,14 @@ class M2Model:
             The Grams.
         """
         return self.algebra.dense(grams) if self.engine == "patterns" else np.asarray(grams)
+
+
+def unit_centred_dense(S) -> np.ndarray:
+    """``P_K S P_K / ||P_K S P_K||_F`` of dense Grams (T, K, K); a Gram that is zero after centring stays zero
+    (a model's Grams may vanish; :func:`ufm.bridge.observed.unit_centred` refuses an observed one)."""
+    G = double_centre(np.asarray(S))
+    n = np.linalg.norm(G, axis=(-2, -1), keepdims=True)
+    return G / np.where(n > 0, n, 1.0)
 
 
 #: The simulation cache of :class:`M2Model` (least squares revisits points for its Jacobians) holds at most
